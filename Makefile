@@ -1,0 +1,36 @@
+# TierBench. `make bench` and `make test` set up .venv on first use (torch first, then the project).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+WHEELS := $(wildcard /opt/wheels)
+PIP_EXTRA := $(if $(WHEELS),--find-links $(WHEELS),)
+PYTEST_ARGS ?= -m "not perf and not slow"
+OUT ?= results
+
+.PHONY: install bench test test-all perf lint clean-results
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check $(PIP_EXTRA) torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check $(PIP_EXTRA) -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+bench: install
+	$(PY) -m bench run scenarios/smoke.yaml --out $(OUT)/runs
+	$(PY) -m bench table $(OUT)/runs/results.jsonl
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest -m "not perf"
+
+perf: install
+	$(PY) -m pytest -m perf --benchmark-only tests/benchmarks
+
+lint: install
+	$(PY) -m ruff check bench attacks defenses tests

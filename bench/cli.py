@@ -1,0 +1,97 @@
+"""The command line: a thin layer over the library (``python -m bench`` or ``tierbench``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.errors import UserError
+
+DEFAULT_SCENARIOS = "scenarios/smoke.yaml"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bench.scenario import load_many
+    from bench.sweep import run_status, sweep
+
+    scenarios = load_many(args.paths)
+    store = sweep(scenarios, args.out, seeds=args.seeds, force=args.force, show_progress=not args.quiet)
+    counts = run_status(store)
+    print(f"wrote {store.jsonl} and {store.csv}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from bench.scenario import load_many
+
+    paths = args.paths or ["scenarios"]
+    scenarios = load_many(paths)
+    print(f"ok: {len(scenarios)} scenarios in {', '.join(map(str, paths))}")
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    from bench.config import field_docs
+    from bench.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
+
+    for registry in (TIERS, MODELS, TASKS, METHODS, ATTACKS, DEFENSES):
+        print(f"{registry.kind}s:")
+        for name in registry.names():
+            cls = registry.get(name)
+            summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            print(f"  {name:24s} {summary}")
+            if args.verbose:
+                for key, text in field_docs(cls.Config).items():
+                    print(f"      {key}: {text}")
+    scenario_files = sorted(Path("scenarios").rglob("*.yaml")) if Path("scenarios").exists() else []
+    print("scenario files:")
+    for path in scenario_files:
+        print(f"  {path}")
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from bench.report import metric_table
+
+    print(metric_table(args.results, metrics=args.metric))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"run": _run, "validate": _validate, "ls": _ls, "table": _table}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tierbench", description="Privacy attacks and defenses in federated post-training.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run scenario files (a grid expands) and write results")
+    run.add_argument("paths", nargs="*", default=[DEFAULT_SCENARIOS])
+    run.add_argument("--out", default="results/runs", help="directory for results.jsonl and results.csv")
+    run.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 instead of the files' seeds")
+    run.add_argument("--force", action="store_true", help="rerun runs already in the results")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    validate = sub.add_parser("validate", help="load and check scenario files")
+    validate.add_argument("paths", nargs="*")
+    ls = sub.add_parser("ls", help="list registered components and scenario files")
+    ls.add_argument("-v", "--verbose", action="store_true", help="also list each component's config keys")
+    table = sub.add_parser("table", help="print a results table")
+    table.add_argument("results", nargs="?", default="results/runs/results.jsonl")
+    table.add_argument("--metric", action="append", help="only these metrics (repeatable)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

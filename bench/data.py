@@ -1,0 +1,331 @@
+"""Tasks: where records come from, how they are batched and scored, and how clients split them.
+
+A task produces a pool of records; ``partition`` deals them to clients (iid or Dirichlet over labels)
+and splits each client's share into members (trained on) and held-out non-members of the same
+distribution. A disjoint public ``auxiliary`` set (for shadow models, backdoor evaluation) and a
+``test`` set (utility) are drawn too. All from the seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from bench import synthetic
+from bench.config import doc
+from bench.errors import UserError
+from bench.registry import TASKS
+
+PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n### Response:\n"
+PREFERENCE_TEMPLATE = "### Instruction:\n{prompt}\n### Chosen:\n{chosen}\n### Rejected:\n{rejected}"
+"""How a preference record is rendered as one text (what a provider logs when it receives the record)."""
+
+
+@dataclass
+class Canary:
+    """A canary record: ``prefix`` + one secret from ``secret_space`` (the true one is ground truth)."""
+
+    prefix: str
+    secret_space: list[str]
+    secret: str = field(repr=False)
+
+
+@dataclass
+class TaskData:
+    pool: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    auxiliary: list[dict[str, Any]]
+    canaries: list[Canary] = field(default_factory=list)
+
+
+class Task:
+    name: ClassVar[str]
+    kind: ClassVar[str] = "classification"
+    """``classification``, ``language``, ``instruction`` or ``preference``."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        max_length: int = doc("Tokens per example after truncation.", 64)
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @property
+    def num_labels(self) -> int:
+        return 0
+
+    def load(self, total: int, rng: torch.Generator) -> TaskData:
+        raise NotImplementedError
+
+    def text_of(self, example: dict[str, Any]) -> str:
+        """The raw text an example carries (what leaves a client when it is sent to a provider)."""
+        if "chosen" in example:
+            return PREFERENCE_TEMPLATE.format(**example)
+        return example.get("text") or PROMPT_TEMPLATE.format(**example) + example.get("response", "")
+
+    def label_of(self, example: dict[str, Any]) -> int:
+        return int(example.get("label", 0))
+
+    # --- batching and loss -----------------------------------------------------------------------
+    def collate(self, examples: list[dict[str, Any]], tokenizer: Any, device: Any) -> dict[str, torch.Tensor]:
+        texts = [self.text_of(e) + (tokenizer.eos_token or "") for e in examples]
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt")
+        batch = _with_positions(enc)
+        if self.kind == "classification":
+            batch["labels"] = torch.tensor([self.label_of(e) for e in examples])
+        else:
+            batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def example_losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits
+        if self.kind == "classification":
+            return F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+        return token_losses(logits, batch["labels"])
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL per example over positions whose label is not -100."""
+    shifted, targets = logits[:, :-1].float(), labels[:, 1:]
+    nll = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), reduction="none", ignore_index=-100)
+    nll = nll.view(targets.shape)
+    counts = (targets != -100).sum(dim=1).clamp(min=1)
+    return nll.sum(dim=1) / counts
+
+
+def _with_positions(enc: Any) -> dict[str, torch.Tensor]:
+    # Per-sample-gradient engines need position ids expanded to the batch (GPT-2 otherwise broadcasts).
+    ids = enc["input_ids"]
+    positions = torch.arange(ids.shape[1]).unsqueeze(0).expand(ids.shape[0], -1).contiguous()
+    return {"input_ids": ids, "attention_mask": enc["attention_mask"], "position_ids": positions}
+
+
+@TASKS.register("synthetic-clinical")
+class SyntheticClinical(Task):
+    """Generated clinical notes with names, record numbers and dates; label = condition."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config(Task.Config):
+        num_classes: int = doc("Number of condition classes (at most 5).", 5)
+        objective: str = doc("'classification' (a head predicts the condition) or 'language' (next-token).", "classification")
+        canary_fraction: float = doc("Fraction of pool records that are canaries with a random secret.", 0.0)
+        canary_digits: int = doc("Digits in a canary secret; the secret space is every such number.", 4)
+        canary_space: int = doc("Candidate secrets the attacker ranks (the true one among them).", 1000)
+
+        def __post_init__(self) -> None:
+            if not 2 <= self.num_classes <= len(synthetic.CONDITION_NAMES):
+                raise ValueError(f"num_classes must be in 2..{len(synthetic.CONDITION_NAMES)}")
+            if self.objective not in ("classification", "language"):
+                raise ValueError("objective must be 'classification' or 'language'")
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self.config.objective
+
+    @property
+    def num_labels(self) -> int:
+        return self.config.num_classes
+
+    def _note(self, rng: torch.Generator) -> dict[str, Any]:
+        label = int(torch.randint(self.config.num_classes, (1,), generator=rng))
+        return {"text": synthetic.clinical_note(label, rng), "label": label}
+
+    def load(self, total: int, rng: torch.Generator) -> TaskData:
+        pool = [self._note(rng) for _ in range(total)]
+        canaries = self._canaries(pool, rng)
+        test = [self._note(rng) for _ in range(max(total // 4, 64))]
+        auxiliary = [self._note(rng) for _ in range(max(total // 4, 64))]
+        return TaskData(pool, test, auxiliary, canaries)
+
+    def _canaries(self, pool: list[dict[str, Any]], rng: torch.Generator) -> list[Canary]:
+        count = int(round(self.config.canary_fraction * len(pool)))
+        canaries = []
+        for index in torch.randperm(len(pool), generator=rng)[:count].tolist():
+            name = synthetic.patient(rng)["name"]
+            prefix = synthetic.CANARY_PREFIX.format(name=name)
+            space = sorted({synthetic.canary_secret(rng, self.config.canary_digits) for _ in range(self.config.canary_space)})
+            secret = space[int(torch.randint(len(space), (1,), generator=rng))]
+            pool[index] = {"text": f"{prefix}{secret}.", "label": pool[index]["label"], "canary": len(canaries)}
+            canaries.append(Canary(prefix=prefix, secret_space=space, secret=secret))
+        return canaries
+
+
+@TASKS.register("synthetic-instructions")
+class SyntheticInstructions(Task):
+    """Instruction -> response pairs that carry private facts (addresses, record numbers, dates)."""
+
+    kind = "instruction"
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config(Task.Config):
+        pass
+
+    def load(self, total: int, rng: torch.Generator) -> TaskData:
+        draw = lambda n: [synthetic.instruction_pair(rng) for _ in range(n)]  # noqa: E731
+        return TaskData(draw(total), draw(max(total // 4, 32)), draw(max(total // 4, 32)))
+
+    def text_of(self, example: dict[str, Any]) -> str:
+        return PROMPT_TEMPLATE.format(instruction=example["instruction"]) + example["response"]
+
+    def collate(self, examples, tokenizer, device):
+        return collate_prompt_response(
+            [PROMPT_TEMPLATE.format(instruction=e["instruction"]) for e in examples],
+            [e["response"] for e in examples], tokenizer, self.config.max_length, device)
+
+
+def collate_prompt_response(prompts, responses, tokenizer, max_length, device) -> dict[str, torch.Tensor]:
+    """Prompt + response + eos with the loss on response tokens only (SFT)."""
+    eos = tokenizer.eos_token or ""
+    full = tokenizer([p + r + eos for p, r in zip(prompts, responses)], padding=True, truncation=True,
+                     max_length=max_length, return_tensors="pt")
+    batch = _with_positions(full)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    for row, prompt in enumerate(prompts):
+        labels[row, : len(tokenizer(prompt).input_ids)] = -100
+    batch["labels"] = labels
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@TASKS.register("synthetic-preferences")
+class SyntheticPreferences(Task):
+    """Preference pairs (prompt, chosen, rejected) whose chosen answers carry private facts.
+
+    A batch holds the chosen sequences under the usual keys (``input_ids``, ``attention_mask``,
+    ``labels`` with the loss on response tokens only, ``position_ids``) and the rejected ones under
+    ``rejected_*``: code that knows nothing of preferences sees one sequence per record (the chosen
+    one), and the per-example loss is the chosen response's NLL (the SFT view of the record).
+    """
+
+    kind = "preference"
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config(Task.Config):
+        pass
+
+    def load(self, total: int, rng: torch.Generator) -> TaskData:
+        draw = lambda n: [synthetic.preference_triple(rng) for _ in range(n)]  # noqa: E731
+        return TaskData(draw(total), draw(max(total // 4, 32)), draw(max(total // 4, 32)))
+
+    def collate(self, examples, tokenizer, device):
+        return collate_preferences(examples, tokenizer, self.config.max_length, device)
+
+    def example_losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return token_losses(logits, batch["labels"])
+
+
+def collate_preferences(examples, tokenizer, max_length, device) -> dict[str, torch.Tensor]:
+    """Chosen sequences under the plain keys, rejected ones under ``rejected_*``; response-only labels."""
+    prompts = [PROMPT_TEMPLATE.format(instruction=e["prompt"]) for e in examples]
+    chosen = collate_prompt_response(prompts, [e["chosen"] for e in examples], tokenizer, max_length, device)
+    rejected = collate_prompt_response(prompts, [e["rejected"] for e in examples], tokenizer, max_length, device)
+    return {**chosen, **{f"rejected_{k}": v for k, v in rejected.items()}}
+
+
+LOCAL_OBJECTIVES = ("classification", "language", "instruction", "preference")
+
+
+@TASKS.register("local-file")
+class LocalFile(Task):
+    """Records from a local CSV, JSON or JSONL file with a column mapping."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config(Task.Config):
+        path: str = doc("File path (.csv, .json or .jsonl); relative paths are taken from the working directory.")
+        objective: str = doc("'classification', 'language', 'instruction' or 'preference'.", "classification")
+        text_column: str = doc("Column with the text (classification / language).", "text")
+        label_column: str = doc("Column with the class label (classification).", "label")
+        instruction_column: str = doc("Column with the instruction (instruction tuning).", "instruction")
+        input_column: str = doc("Optional column appended to the instruction (empty = none).", "input")
+        response_column: str = doc("Column with the response (instruction tuning).", "output")
+        prompt_column: str = doc("Column with the prompt (preference pairs).", "prompt")
+        chosen_column: str = doc("Column with the preferred response (preference pairs).", "chosen")
+        rejected_column: str = doc("Column with the dispreferred response (preference pairs).", "rejected")
+        limit: int = doc("Use at most this many records (0 = all).", 0)
+
+        def __post_init__(self) -> None:
+            if self.objective not in LOCAL_OBJECTIVES:
+                raise ValueError(f"objective must be one of {', '.join(LOCAL_OBJECTIVES)}")
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self.config.objective
+
+    @property
+    def num_labels(self) -> int:
+        return len(self._label_ids())
+
+    def _rows(self) -> list[dict[str, Any]]:
+        path = Path(self.config.path)
+        if not path.exists():
+            raise UserError(f"data file {path} does not exist", key="task.path")
+        readers = {".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl}
+        if path.suffix not in readers:
+            raise UserError(f"unsupported file type {path.suffix!r}; allowed: .csv, .json, .jsonl", key="task.path")
+        rows = readers[path.suffix](path)
+        return rows[: self.config.limit] if self.config.limit else rows
+
+    def _label_ids(self) -> dict[str, int]:
+        if not hasattr(self, "_labels"):
+            values = sorted({str(r[self.config.label_column]) for r in self._rows()})
+            self._labels = {v: i for i, v in enumerate(values)}
+        return self._labels
+
+    def _record(self, row: dict[str, Any]) -> dict[str, Any]:
+        c = self.config
+        if c.objective == "preference":
+            return {"prompt": str(row[c.prompt_column]), "chosen": str(row[c.chosen_column]),
+                    "rejected": str(row[c.rejected_column])}
+        if c.objective == "instruction":
+            extra = str(row.get(c.input_column) or "").strip()
+            instruction = str(row[c.instruction_column]) + (f"\n{extra}" if extra else "")
+            return {"instruction": instruction, "response": str(row[c.response_column])}
+        record = {"text": str(row[c.text_column])}
+        if c.objective == "classification":
+            record["label"] = self._label_ids()[str(row[c.label_column])]
+        return record
+
+    def load(self, total: int, rng: torch.Generator) -> TaskData:
+        rows = self._rows()
+        order = torch.randperm(len(rows), generator=rng).tolist()
+        records = [self._record(rows[i]) for i in order]
+        n_test = max(len(records) // 10, 1)
+        test, aux, pool = records[:n_test], records[n_test : 2 * n_test], records[2 * n_test :]
+        return TaskData(pool[:total], test, aux)
+
+    def text_of(self, example: dict[str, Any]) -> str:
+        if self.config.objective == "instruction":
+            return SyntheticInstructions.text_of(self, example)
+        return Task.text_of(self, example)
+
+    def collate(self, examples, tokenizer, device):
+        if self.config.objective == "instruction":
+            return SyntheticInstructions.collate(self, examples, tokenizer, device)
+        if self.config.objective == "preference":
+            return collate_preferences(examples, tokenizer, self.config.max_length, device)
+        return super().collate(examples, tokenizer, device)
+
+    def example_losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.config.objective == "preference":
+            return SyntheticPreferences.example_losses(self, model, batch)
+        return super().example_losses(model, batch)
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,174 @@
+"""The federated round loop: the one place where rounds happen.
+
+Attacks and defenses never copy this loop; they are hooks (``defenses.base.Defense``,
+``attacks.base.Attack`` participant hooks) and observers (anything with ``on_round``), called in
+this order each round:
+
+  sample clients -> per client: [Defense.wrap_training] local training -> flat update
+  -> [Attack.poison_updates] (malicious clients) -> [Defense.on_client_update]
+  -> transport.encode (what the server sees) -> [observers.on_round_messages]
+  -> [Defense.aggregate] or transport.aggregate -> [Defense.on_aggregate]
+  -> global += server_lr * aggregate -> [observers.on_round_end]
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from bench.partition import ClientData
+from bench.seeding import generator
+from bench.training import LocalJob, Trainer, train_local
+from bench.transcript import GroundTruth, RoundRecord, Transcript
+from defenses.base import Defense, Transport
+
+
+class Observer(Protocol):
+    def on_round_messages(self, record: RoundRecord, messages: dict[int, Any]) -> None: ...
+
+    def on_round_end(self, record: RoundRecord) -> None: ...
+
+
+@dataclass
+class Federation:
+    """Everything the round loop needs; built by ``bench.runner``."""
+
+    method: Any
+    model: nn.Module
+    clients: list[ClientData]
+    collate: Any
+    settings: Any
+    """``bench.scenario.Federation``."""
+    seed_parts: tuple[Any, ...]
+    defenses: list[Defense] = field(default_factory=list)
+    attackers: list[Any] = field(default_factory=list)
+    malicious: tuple[int, ...] = ()
+    keep: frozenset[str] = frozenset()
+    """Transcript parts to keep: ``client_updates``, ``global_states``, ``client_batches``."""
+    observers: list[Any] = field(default_factory=list)
+    trainer: Trainer = train_local
+    progress: Any = None
+
+
+@dataclass
+class FederationStats:
+    client_s: float = 0.0
+    server_s: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    plain_bytes_up: int = 0
+    train_losses: list[float] = field(default_factory=list)
+
+
+def transport_of(defenses: list[Defense]) -> Transport:
+    transports = [t for t in (d.transport() for d in defenses) if t is not None]
+    return transports[0] if transports else Transport()
+
+
+def run(fed: Federation, transcript: Transcript, truth: GroundTruth) -> FederationStats:
+    """Run every round; fills ``transcript`` (what vantages saw) and ``truth`` (client batches)."""
+    stats = FederationStats()
+    transport = transport_of(fed.defenses)
+    global_state = fed.method.get_flat()
+    for round_index in range(fed.settings.rounds):
+        global_state = _round(fed, round_index, global_state, transport, transcript, truth, stats)
+        if fed.progress is not None:
+            fed.progress.update(1)
+    fed.method.set_flat(global_state)
+    return stats
+
+
+def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Transport, transcript: Transcript,
+           truth: GroundTruth, stats: FederationStats) -> torch.Tensor:
+    s = fed.settings
+    rng = generator(*fed.seed_parts, "round", r)
+    sampled = sorted(torch.randperm(s.clients, generator=rng)[: s.clients_per_round].tolist())
+    record = RoundRecord(round=r, sampled=sampled)
+    fed.method.on_round_start(r, s.rounds)
+    if "global_states" in fed.keep:
+        record.global_before = global_state.clone()
+    started = time.perf_counter()
+    updates = {c: _train_client(fed, r, c, global_state, truth, stats) for c in sampled}
+    updates = _apply_participant_attacks(fed, r, updates, rng)
+    for defense in fed.defenses:
+        updates = {c: defense.on_client_update(r, c, u, generator(*fed.seed_parts, "clip", r, c)) for c, u in updates.items()}
+    weights = {c: float(len(fed.clients[c].members)) for c in sampled}
+    record.weights = weights
+    messages = transport.encode(r, updates, weights, generator(*fed.seed_parts, "transport", r))
+    stats.client_s += time.perf_counter() - started
+    stats.bytes_up += sum(transport.message_bytes(m) for m in messages.values())
+    stats.plain_bytes_up += sum(int(u.numel()) * 4 for u in updates.values())
+    stats.bytes_down += int(global_state.numel()) * 4 * len(sampled)
+    if "client_updates" in fed.keep:
+        record.transmitted = messages
+    for observer in fed.observers:
+        observer.on_round_messages(record, messages)
+    started = time.perf_counter()
+    aggregate = _aggregate(fed, r, transport, messages, weights)
+    for defense in fed.defenses:
+        aggregate = defense.on_aggregate(r, aggregate, len(sampled), generator(*fed.seed_parts, "server", r))
+    stats.server_s += time.perf_counter() - started
+    record.aggregate = aggregate if "aggregates" in fed.keep else None
+    transcript.rounds.append(record)
+    for observer in fed.observers:
+        observer.on_round_end(record)
+    return global_state + s.server_lr * aggregate.to(global_state.dtype)
+
+
+def _train_client(fed: Federation, r: int, client: int, global_state: torch.Tensor, truth: GroundTruth,
+                  stats: FederationStats) -> torch.Tensor:
+    s = fed.settings
+    fed.method.set_flat(global_state)
+    fedsgd = s.protocol == "fedsgd"
+    job = LocalJob(
+        model=fed.method.model,
+        parameters=[p for _, p in fed.method.named_trainable],
+        examples=fed.clients[client].members,
+        collate=fed.collate,
+        example_losses=fed.method.example_losses,
+        steps=1 if fedsgd else s.local_steps,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        optimizer="sgd" if fedsgd else s.optimizer,  # FedSGD transmits lr * gradient
+        rng=generator(*fed.seed_parts, "client", r, client),
+        client=client,
+    )
+    trainer = fed.trainer
+    for defense in fed.defenses:
+        trainer = defense.wrap_training(trainer, client, job.rng)
+    result = trainer(job)
+    stats.train_losses.append(float(result.get("loss", float("nan"))))
+    if "client_batches" in fed.keep:
+        trained_on = list(dict.fromkeys(i for step in job.seen for i in step))
+        truth.client_batches[(r, client)] = _token_ids(fed, job, trained_on)
+    return fed.method.get_flat() - global_state
+
+
+def _token_ids(fed: Federation, job: LocalJob, indices: list[int]) -> list[list[int]]:
+    batch = fed.collate([job.examples[i] for i in indices])
+    ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu().bool()
+    return [row[m].tolist() for row, m in zip(ids, mask)]
+
+
+def _apply_participant_attacks(fed: Federation, r: int, updates: dict[int, torch.Tensor], rng: torch.Generator):
+    malicious = [c for c in updates if c in fed.malicious]
+    if not malicious:
+        return updates
+    for attacker in fed.attackers:
+        updates = attacker.poison_updates(r, updates, malicious, generator(*fed.seed_parts, "poison", r, attacker.name))
+    return updates
+
+
+def _aggregate(fed: Federation, r: int, transport: Transport, messages: dict[int, Any], weights: dict[int, float]):
+    rules = [d for d in fed.defenses if d.needs_client_updates]
+    if not rules:
+        return transport.aggregate(r, messages, weights)
+    individual = transport.decode_individual(messages)
+    clients = sorted(individual)
+    stacked = torch.stack([individual[c] for c in clients])
+    weight_vector = torch.tensor([weights[c] for c in clients])
+    return rules[0].aggregate(r, stacked, weight_vector, generator(*fed.seed_parts, "robust", r))

@@ -1,0 +1,1 @@
+"""Post-training methods; each module registers its method in ``bench.registry.METHODS``."""

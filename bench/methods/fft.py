@@ -1,0 +1,26 @@
+"""Full fine-tuning: every parameter of the base model is client-trainable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.methods.base import Method
+from bench.registry import METHODS
+
+
+@METHODS.register("fft")
+class FullFineTuning(Method):
+    """Full fine-tuning: every weight of the base model is trained and transmitted."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        pass
+
+    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model

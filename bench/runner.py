@@ -1,0 +1,251 @@
+"""One run (a scenario at one seed): plan, build, train federated, attack, score, evaluate.
+
+``plan`` decides before anything runs whether the combination is possible (Table 1 availability and
+defense compatibility); ``execute`` turns a run into result rows, recording failures instead of
+raising them so that a sweep goes on.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bench import federation as fl
+from bench.device import describe, peak_gpu_memory_mb, pick_device, reset_peak_memory
+from bench.errors import IncompatibleError, UserError
+from bench.evaluate import evaluate
+from bench.partition import ClientData, deal, split_members
+from bench.provenance import git_commit, package_versions, peak_rss_mb
+from bench.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
+from bench.results import Row
+from bench.scenario import Scenario
+from bench.score import Metric, score
+from bench.seeding import derive_seed, generator
+from bench.transcript import GroundTruth, Transcript
+from bench.views import ViewBuilder
+
+
+@dataclass
+class Plan:
+    """The instantiated components of a run, checked for compatibility."""
+
+    tier: Any
+    model_source: Any
+    task: Any
+    method: Any
+    defenses: list[Any]
+    attacks: list[Any]
+
+
+def plan(scenario: Scenario) -> Plan:
+    """Instantiate components and check them; raises ``IncompatibleError`` with the reason."""
+    built = Plan(
+        tier=TIERS.get(scenario.tier.name)(scenario.tier.config),
+        model_source=MODELS.get(scenario.model.name)(scenario.model.config),
+        task=TASKS.get(scenario.task.name)(scenario.task.config),
+        method=METHODS.get(scenario.method.name)(scenario.method.config),
+        defenses=[DEFENSES.get(d.name)(d.config) for d in scenario.defenses],
+        attacks=[ATTACKS.get(a.name)(a.config) for a in scenario.attacks],
+    )
+    reason = incompatibility(built, scenario)
+    if reason:
+        raise IncompatibleError(reason, file=scenario.file)
+    return built
+
+
+def availability(tier: Any, method: Any) -> str | None:
+    """Why ``tier`` does not allow ``method`` (Table 1), or None."""
+    missing = tier.missing(method.needs)
+    if missing:
+        return f"{method.name} needs {', '.join(a.value for a in missing)} access, which {tier.name} does not grant"
+    return None
+
+
+def incompatibility(built: Plan, scenario: Scenario) -> str | None:
+    reason = availability(built.tier, built.method)
+    if reason:
+        return reason
+    if built.task.kind not in built.method.task_kinds:
+        return f"{built.method.name} cannot train a {built.task.kind} task (it trains: {', '.join(sorted(built.method.task_kinds))})"
+    reason = built.method.check_compatible(built.defenses)
+    if reason:
+        return reason
+    if sum(d.is_transport for d in built.defenses) > 1:
+        return "at most one transport defense (secagg or he) per scenario"
+    for defense in built.defenses:
+        reason = defense.check_compatible([d for d in built.defenses if d is not defense], scenario)
+        if reason:
+            return reason
+    return None
+
+
+@dataclass
+class RunResult:
+    metrics: list[tuple[str, Metric]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    status: str = "ok"
+    error: str = ""
+    device: str = "cpu"
+
+
+def execute(scenario: Scenario, seed: int, *, progress: Any = None) -> list[Row]:
+    """Result rows of one run; failures become rows with ``status`` failed/incompatible."""
+    started = time.perf_counter()
+    result = RunResult()
+    try:
+        built = plan(scenario)
+        result = _run(scenario, seed, built, progress)
+    except IncompatibleError as error:
+        result = RunResult(status="incompatible", error=str(error).split(": ", 1)[-1])
+    except UserError:
+        raise
+    except Exception as error:  # a failing run is recorded and the sweep goes on
+        trace = traceback.format_exception_only(type(error), error)[-1].strip()
+        result = RunResult(status="failed", error=trace[:500])
+    return _rows(scenario, seed, result, time.perf_counter() - started)
+
+
+def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> list[Row]:
+    base = dict(
+        run_id=f"{scenario.hash}-{seed}", scenario=scenario.name, scenario_hash=scenario.hash, seed=seed,
+        tier=scenario.tier.name, model=scenario.model.name, task=scenario.task.name, method=scenario.method.name,
+        defenses=scenario.defense_label, status=result.status, error=result.error, git_commit=git_commit(),
+        packages=package_versions(), device=result.device, wall_s=round(wall_s, 3), peak_mem_mb=round(peak_rss_mb(), 1),
+        extra=result.extra,
+    )
+    if result.status != "ok":
+        return [Row(attack="none", metric="run", value=None, **base)]
+    metrics = result.metrics + [("none", Metric("cost.wall_s", wall_s, higher_is_better=False))]
+    return [Row(attack=attack, metric=m.name, value=m.value, ci_low=m.ci_low, ci_high=m.ci_high,
+                higher_is_better=m.higher_is_better, **base) for attack, m in metrics]
+
+
+@dataclass
+class Prepared:
+    """A run ready to train: components built, data dealt, the round loop configured."""
+
+    scenario: Scenario
+    seed: int
+    built: Plan
+    task_data: Any
+    clients: list[ClientData]
+    tokenizer: Any
+    device: torch.device
+    fed: fl.Federation
+    transcript: Transcript
+    truth: GroundTruth
+
+
+def prepare(scenario: Scenario, seed: int, built: Plan, progress: Any = None) -> Prepared:
+    # Randomness is keyed on the seed, not the scenario hash: scenarios that differ only in their
+    # defenses or attacks are paired (same data, initialisation, client sampling), so a Table 4 cell
+    # compares like with like.
+    parts = ("run", seed)
+    device = pick_device(scenario.device)
+    s = scenario.federation
+    task_data = built.task.load(s.clients * s.examples_per_client, generator(*parts, "data"))
+    clients = _deal_clients(built.task, task_data.pool, s, generator(*parts, "partition"))
+    malicious = _malicious(built.attacks, s.clients, generator(*parts, "malicious"))
+    _poison_clients(built.attacks, clients, malicious, parts)
+    model, tokenizer = built.model_source.load(built.task.kind, built.task.num_labels, device, derive_seed(*parts, "init"))
+    built.method.task_loss = built.task.example_losses
+    built.method.tier = built.tier
+    built.method.prepare(model, built.task, generator(*parts, "method"))
+    for defense in built.defenses:
+        defense.setup(scenario, {c: len(d.members) for c, d in enumerate(clients)})
+    fed = fl.Federation(
+        method=built.method, model=built.method.model, clients=clients,
+        collate=lambda examples: built.task.collate(examples, tokenizer, device), settings=s, seed_parts=parts,
+        defenses=built.defenses, attackers=[a for a in built.attacks if a.changes_training], malicious=tuple(malicious),
+        keep=_kept_parts(built), progress=progress,
+    )
+    truth = GroundTruth(malicious_clients=tuple(malicious), canaries=task_data.canaries)
+    transcript = Transcript()
+    fed.trainer = built.method.trainer(fed.trainer, transcript)
+    return Prepared(scenario, seed, built, task_data, clients, tokenizer, device, fed, transcript, truth)
+
+
+def _run(scenario: Scenario, seed: int, built: Plan, progress: Any) -> RunResult:
+    p = prepare(scenario, seed, built, progress)
+    reset_peak_memory(p.device)
+    stats = fl.run(p.fed, p.transcript, p.truth)
+    result = RunResult(device=describe(p.device))
+    from bench.tiers import OpenModel
+
+    own_view = OpenModel(built.method.model, built.method, built.task, p.tokenizer)
+    eval_set = _eval_set(p.task_data.test, scenario.federation.eval_examples)
+    result.metrics += [("none", m) for m in evaluate(own_view, built.task, eval_set)]
+    views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth)
+    for attack in built.attacks:
+        prediction = attack.run(views.for_attack(attack), generator("run", seed, "attack", attack.name))
+        result.metrics += [(attack.name, m) for m in score(prediction, views.truth)]
+    result.metrics += [("none", m) for m in _cost_metrics(stats, scenario.federation.rounds, built.defenses, p.device)]
+    result.metrics += [("none", m) for m in _privacy_metrics(built.defenses, p.transcript, result.extra)]
+    result.extra.update({"trainable_params": built.method.num_trainable, "malicious": list(p.fed.malicious),
+                         "model": built.model_source.metadata()})
+    return result
+
+
+def _deal_clients(task: Any, pool: list[dict], s: Any, rng: torch.Generator) -> list[ClientData]:
+    labels = [task.label_of(e) for e in pool]
+    shares = deal(len(pool), s.clients, s.partition, s.alpha, labels, rng)
+    return [split_members([pool[i] for i in share], s.member_fraction, rng) for share in shares]
+
+
+def _malicious(attacks: list[Any], clients: int, rng: torch.Generator) -> list[int]:
+    fraction = max([a.malicious_fraction() for a in attacks if a.changes_training], default=0.0)
+    count = int(round(fraction * clients))
+    return sorted(torch.randperm(clients, generator=rng)[:count].tolist())
+
+
+def _poison_clients(attacks: list[Any], clients: list[ClientData], malicious: list[int], parts: tuple) -> None:
+    for attack in (a for a in attacks if a.changes_training):
+        for c in malicious:
+            clients[c].members = attack.poison_examples(c, clients[c].members, generator(*parts, "poison-data", c))
+
+
+def _kept_parts(built: Plan) -> frozenset[str]:
+    keep = set().union(*(a.needs for a in built.attacks)) if built.attacks else set()
+    keep |= {"aggregates"} if any(a.vantage == "aggregate" for a in built.attacks) else set()
+    if "client_updates" in keep or "aggregates" in keep:
+        keep.add("client_batches")
+    return frozenset(keep)
+
+
+def _eval_set(test: list[dict], limit: int) -> list[dict]:
+    return test[:limit] if limit else test
+
+
+def _cost_metrics(stats: fl.FederationStats, rounds: int, defenses: list[Any], device: torch.device) -> list[Metric]:
+    metrics = [
+        Metric("cost.client_s", stats.client_s / rounds, higher_is_better=False),
+        Metric("cost.server_s", stats.server_s / rounds, higher_is_better=False),
+        Metric("cost.bytes_up", stats.bytes_up / rounds, higher_is_better=False),
+        Metric("cost.bytes_down", stats.bytes_down / rounds, higher_is_better=False),
+        Metric("cost.expansion", stats.bytes_up / max(stats.plain_bytes_up, 1), higher_is_better=False),
+        Metric("cost.peak_mem_mb", peak_rss_mb(), higher_is_better=False),
+    ]
+    gpu = peak_gpu_memory_mb(device)
+    if gpu is not None:
+        metrics.append(Metric("cost.peak_gpu_mem_mb", gpu, higher_is_better=False))
+    for defense in defenses:
+        metrics += [Metric(name, float(value), higher_is_better=False) for name, value in defense.costs().items()]
+    return metrics
+
+
+def _privacy_metrics(defenses: list[Any], transcript: Transcript, extra: dict[str, Any]) -> list[Metric]:
+    metrics = [
+        Metric("privacy.egress_records", float(transcript.egress_records), higher_is_better=False),
+        Metric("privacy.egress_bytes", float(transcript.egress_bytes), higher_is_better=False),
+    ]
+    for defense in defenses:
+        for key, value in defense.privacy().items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics.append(Metric(key, float(value), higher_is_better=key != "dp.epsilon"))
+            else:
+                extra[key] = value
+    return metrics

@@ -1,0 +1,1 @@
+"""One scorer module per prediction type (see ``bench.score``)."""

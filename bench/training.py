@@ -1,0 +1,78 @@
+"""Local training on one client: the default trainer, and the job it receives.
+
+A ``LocalJob`` is everything a client needs to train: the (shared, in-process) model with the
+method's trainable parameters, the client's examples, how to batch them and the per-example loss.
+``Defense.wrap_training`` may replace the trainer (record-level DP-SGD does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+Trainer = Callable[["LocalJob"], dict[str, float]]
+
+
+@dataclass
+class LocalJob:
+    model: nn.Module
+    parameters: list[nn.Parameter]
+    examples: list[dict[str, Any]]
+    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+    """Turns examples into a batch of tensors already on the model's device."""
+    example_losses: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+    """Per-example losses, shape (batch,); the trainer averages them."""
+    steps: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    rng: torch.Generator
+    full_batch: bool = False
+    """FedSGD: one step on the whole local batch (``batch_size`` examples drawn once)."""
+    seen: list[list[int]] = field(default_factory=list)
+    """Filled by the trainer: indices of the examples in each step's batch (ground truth)."""
+    client: int | None = None
+    """Which client trains (methods that send data to a provider log it under this id)."""
+
+
+def make_optimizer(name: str, parameters: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    factories = {
+        "sgd": lambda: torch.optim.SGD(parameters, lr=lr),
+        "adam": lambda: torch.optim.Adam(parameters, lr=lr),
+        "adamw": lambda: torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0),
+    }
+    return factories[name]()
+
+
+def batch_indices(job: LocalJob) -> list[list[int]]:
+    """Indices for each local step: shuffled epochs over the client's examples, from ``job.rng``."""
+    n = len(job.examples)
+    size = min(job.batch_size, n)
+    order: list[int] = []
+    batches = []
+    for _ in range(job.steps):
+        if len(order) < size:
+            order += torch.randperm(n, generator=job.rng).tolist()
+        batches.append(order[:size])
+        order = order[size:]
+    return batches
+
+
+def train_local(job: LocalJob) -> dict[str, float]:
+    """Plain local training: ``job.steps`` optimizer steps on mini-batches; returns the mean loss."""
+    job.model.train()
+    optimizer = make_optimizer(job.optimizer, job.parameters, job.lr)
+    total = 0.0
+    for indices in batch_indices(job):
+        job.seen.append(indices)
+        batch = job.collate([job.examples[i] for i in indices])
+        optimizer.zero_grad(set_to_none=True)
+        loss = job.example_losses(job.model, batch).mean()
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach())
+    return {"loss": total / max(job.steps, 1)}

@@ -1,0 +1,1 @@
+"""Defenses: one module per defense; each registers itself in ``bench.registry.DEFENSES``."""
