@@ -1,0 +1,82 @@
+"""Loss-based membership inference: the loss attack, its zlib calibration, and a reference model.
+
+- ``mia-loss``: Yeom et al. 2018, "Privacy Risk in Machine Learning: Analyzing the Connection to
+  Overfitting" (CSF). Score = -loss. Departure: for classification the score is the logit-scaled
+  confidence of the true label, log p_y - log(1 - p_y) (Carlini et al. 2022), a monotone transform of
+  the loss for one example, so the ranking and the AUC are those of the loss attack. On generative
+  tasks with canaries it also reports each canary's candidate log-perplexities, from which the scorer
+  computes exposure (Carlini et al. 2019, "The Secret Sharer", USENIX Security).
+- ``mia-zlib``: Carlini et al. 2021, "Extracting Training Data from Large Language Models" (USENIX
+  Security): log-perplexity divided by the zlib entropy (compressed length in bytes) of the text.
+  Departure: used as a membership score on given candidates rather than to rank generated samples.
+- ``mia-reference``: the reference-model attack of Carlini et al. 2021 (and Mireshghallah et al. 2022,
+  "Quantifying Privacy Risks of Masked Language Models Using Membership Inference Attacks"):
+  calibrate by the same signal under a reference model. The reference is the pre-fine-tuning base
+  model, the natural reference in post-training.
+
+All three default to the ``external`` vantage and read the final model through the tier's access
+(a ``ProviderAPI`` at gray-box; at black-box the logits request raises ``TierAccessError``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import torch
+
+from attacks.base import Attack
+from attacks.mia._common import canary_losses, confidence_signal, is_classification, membership_scores, text_of
+from bench.config import doc
+from bench.registry import ATTACKS
+from bench.transcript import ThreatView
+
+
+@ATTACKS.register("mia-loss")
+class LossAttack(Attack):
+    """Score = -loss (logit-scaled confidence for classification)."""
+
+    vantage = "external"
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        canaries: bool = doc("also report canary log-perplexities for exposure (generative tasks with canaries)", True)
+
+    def run(self, view: ThreatView, rng: torch.Generator):
+        scores = confidence_signal(view.final_model, view.candidates)
+        text_task = not (view.candidates and is_classification(view.candidates[0]))
+        canary = (
+            canary_losses(view.final_model, view.canaries)
+            if self.config.canaries and view.canaries and text_task
+            else None
+        )
+        return membership_scores(scores, canary)
+
+
+def zlib_entropy(text: str) -> int:
+    """Bytes of the zlib-compressed UTF-8 text (Carlini et al. 2021's zlib entropy)."""
+    return len(zlib.compress(text.encode("utf-8")))
+
+
+@ATTACKS.register("mia-zlib")
+class ZlibAttack(Attack):
+    """Score = -loss / zlib entropy: texts that are easy to compress are expected to have low loss."""
+
+    vantage = "external"
+
+    def run(self, view: ThreatView, rng: torch.Generator):
+        losses = view.final_model.example_losses(view.candidates).double()
+        entropy = torch.tensor([zlib_entropy(text_of(view, e)) for e in view.candidates], dtype=torch.float64)
+        return membership_scores(-(losses / entropy))
+
+
+@ATTACKS.register("mia-reference")
+class ReferenceAttack(Attack):
+    """Score = signal under the fine-tuned model - signal under the base model."""
+
+    vantage = "external"
+
+    def run(self, view: ThreatView, rng: torch.Generator):
+        target = confidence_signal(view.final_model, view.candidates)
+        reference = confidence_signal(view.base_model, view.candidates)
+        return membership_scores(target - reference)

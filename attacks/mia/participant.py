@@ -1,0 +1,73 @@
+"""Participant-side membership inference from consecutive global models.
+
+Melis, Song, De Cristofaro, Shmatikov 2019, "Exploiting Unintended Feature Leakage in Collaborative
+Learning" (IEEE S&P) and Nasr et al. 2019 observe that a federated participant, who receives the
+global model every round, sees the other clients' contributions as the difference between
+consecutive global models. Here the participant scores each candidate by how much its loss drops
+from one global model to the next: the training data of the clients in a round is what that
+round's aggregate fits. Score = the largest drop over consecutive rounds (``reduce: max``) or the
+total drop from the first to the final model (``reduce: sum``).
+
+Departures: passive only (no active gradient-ascent probes as in Nasr et al.); the participant's own
+contribution is not subtracted from the aggregate. The states are the rounds' broadcast
+``global_before`` and the final model's state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from attacks.base import Attack
+from attacks.mia._common import membership_scores
+from bench.config import doc
+from bench.errors import UserError
+from bench.registry import ATTACKS
+from bench.transcript import ThreatView
+
+LOSS_CHUNK = 32
+_REDUCERS = {"max": lambda drops: drops.max(0).values, "sum": lambda drops: drops.sum(0)}
+
+
+@torch.no_grad()
+def losses_at_state(view: ThreatView, state: torch.Tensor) -> torch.Tensor:
+    """Each candidate's task loss with the trainable state set to ``state``."""
+    method = view.method
+    device = next(method.model.parameters()).device
+    method.set_flat(state.to(device))
+    out = []
+    for start in range(0, len(view.candidates), LOSS_CHUNK):
+        batch = view.final_model.task.collate(view.candidates[start : start + LOSS_CHUNK], view.tokenizer, device)
+        out.append(method.example_losses(method.model, batch).float().cpu())
+    return torch.cat(out)
+
+
+@ATTACKS.register("mia-participant")
+class ConsecutiveModelDrop(Attack):
+    """Score = loss drop of each candidate between consecutive global models."""
+
+    vantage = "participant"
+    needs = frozenset({"global_states"})
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        reduce: Literal["max", "sum"] = doc(
+            "combine per-round drops: the largest one, or their sum (first to final model)", "max"
+        )
+
+    def run(self, view: ThreatView, rng: torch.Generator):
+        method, model = view.method, view.method.model
+        final = method.get_flat()
+        states = [r.global_before for r in view.rounds if r.global_before is not None] + [final]
+        if len(states) < 2:
+            raise UserError("mia-participant needs the global model of at least one round before the final one")
+        was_training = model.training
+        model.eval()
+        try:
+            losses = torch.stack([losses_at_state(view, state) for state in states])
+        finally:
+            method.set_flat(final)
+            model.train(was_training)
+        return membership_scores(_REDUCERS[self.config.reduce](losses[:-1] - losses[1:]))

@@ -1,0 +1,511 @@
+"""Membership-inference attacks (attacks/mia/) on fakes and on a tiny byte-level GPT-2.
+
+Oracles: a model that saw neither candidate set gives AUC ~ 0.5 (the interval contains 0.5); a model
+that memorised the members gives AUC ~ 1; calibrated attacks (LiRA, reference) beat the plain loss
+attack when per-example difficulty varies; exposure is high for a memorised canary.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+
+from bench.config import bind
+from bench.errors import IncompatibleError, UserError
+from bench.methods.base import Method
+from bench.registry import ATTACKS
+from bench.score import score
+from bench.scoring import mia as metrics
+from bench.transcript import GroundTruth, ProviderRecord, RoundRecord, ThreatView
+
+BOS, PAD = 256, 257
+
+
+def attack(name: str, **params):
+    cls = ATTACKS.get(name)
+    return cls(bind(cls.Config, params, file=None, key=name))
+
+
+def make_view(candidates, final_model=None, **kwargs) -> ThreatView:
+    defaults = dict(vantage="external", rounds=[], method=None, base_model=None, tokenizer=None, federation=None)
+    return ThreatView(candidates=candidates, final_model=final_model, **{**defaults, **kwargs})
+
+
+def auc_of(prediction, flags) -> float:
+    return metrics.auc(prediction.scores, flags)
+
+
+def rng(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --- a tiny byte-level GPT-2 behind the handle API -------------------------------------------------
+class ByteLM:
+    """``OpenModel``-like handle: bytes are tokens, BOS-prefixed, mean token NLL as the loss."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @staticmethod
+    def collate(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [[BOS] + list(t.encode()) for t in texts]
+        ids = torch.full((len(rows), max(map(len, rows))), PAD)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return ids, ids != PAD
+
+    def _logits(self, texts):
+        ids, mask = self.collate(texts)
+        logits = self.model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1]
+        return logits, ids[:, 1:].masked_fill(~mask[:, 1:], -100)
+
+    def token_nll(self, texts) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, targets = self._logits(texts)
+        return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none"), targets != -100
+
+    @torch.no_grad()
+    def example_losses(self, examples):
+        nll, keep = self.token_nll([e["text"] for e in examples])
+        return (nll.sum(1) / keep.sum(1)).float()
+
+    @torch.no_grad()
+    def token_logits(self, examples):
+        logits, targets = self._logits([e["text"] for e in examples])
+        return [(logits[i][targets[i] != -100], targets[i][targets[i] != -100]) for i in range(len(examples))]
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens=16):
+        out = []
+        for prompt in prompts:
+            ids = self.collate([prompt])[0]
+            for _ in range(max_new_tokens):
+                ids = torch.cat([ids, self.model(input_ids=ids).logits[:, -1:].argmax(-1)], dim=1)
+            new = [i for i in ids[0, 1 + len(prompt.encode()) :].tolist() if i < 256]
+            out.append(bytes(new).decode(errors="ignore"))
+        return out
+
+
+def tiny_gpt2(seed: int) -> nn.Module:
+    torch.manual_seed(seed)  # weight init only; the tests own this process's global generator
+    config = transformers.GPT2Config(
+        vocab_size=258,
+        n_embd=64,
+        n_layer=1,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=BOS,
+        eos_token_id=BOS,
+        resid_pdrop=0,
+        embd_pdrop=0,
+        attn_pdrop=0,
+    )
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def random_texts(count: int, generator: torch.Generator) -> list[str]:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = [
+        "".join(
+            letters[i]
+            for i in torch.randint(26, (int(torch.randint(3, 7, (1,), generator=generator)),), generator=generator)
+        )
+        for _ in range(60)
+    ]
+    return [" ".join(words[i] for i in torch.randint(60, (5,), generator=generator)) for _ in range(count)]
+
+
+CANARY = SimpleNamespace(prefix="my pin is ", secret="4821")
+
+
+@pytest.fixture(scope="module")
+def memorised():
+    """A tiny GPT-2 overfit on 24 member texts (and one canary); 24 unseen non-members; 200 more unseen."""
+    generator = rng(0)
+    texts = random_texts(248, generator)
+    members, nonmembers = texts[:24], texts[24:48]
+    space = sorted({f"{int(i):04d}" for i in torch.randint(10_000, (80,), generator=generator)} - {CANARY.secret})[:63]
+    canary = SimpleNamespace(prefix=CANARY.prefix, secret=CANARY.secret, secret_space=sorted(space + [CANARY.secret]))
+    base = tiny_gpt2(1)
+    model = tiny_gpt2(1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    handle = ByteLM(model)
+    for _ in range(120):
+        nll, keep = handle.token_nll(members + [canary.prefix + canary.secret])
+        optimizer.zero_grad()
+        (nll.sum() / keep.sum()).backward()
+        optimizer.step()
+    model.eval()
+    candidates = [{"text": t} for t in members + nonmembers]
+    flags = torch.tensor([1] * 24 + [0] * 24)
+    unseen = [{"text": t} for t in texts[48:248]]
+    return SimpleNamespace(
+        handle=handle, base=ByteLM(base), candidates=candidates, flags=flags, unseen=unseen, canary=canary
+    )
+
+
+LANGUAGE_ATTACKS = ["mia-loss", "mia-zlib", "mia-mink", "mia-minkpp"]
+
+
+@pytest.mark.parametrize("name", LANGUAGE_ATTACKS + ["mia-reference"])
+def test_language_attacks_separate_memorised_members(memorised, name):
+    view = make_view(memorised.candidates, memorised.handle, base_model=memorised.base)
+    prediction = attack(name).run(view, rng())
+    assert prediction.scores.shape == (48,)
+    assert auc_of(prediction, memorised.flags) > 0.95
+
+
+@pytest.mark.parametrize("name", LANGUAGE_ATTACKS + ["mia-reference"])
+def test_language_attacks_are_at_chance_on_sets_the_model_never_saw(memorised, name):
+    # Both "members" and "non-members" are unseen texts from the training distribution.
+    # 100 vs 100: the AUC's standard error is ~0.04, so 0.15 is a ~4-sigma band.
+    flags = torch.tensor([1, 0] * 100)
+    view = make_view(memorised.unseen, memorised.handle, base_model=memorised.base)
+    prediction = attack(name).run(view, rng())
+    assert abs(auc_of(prediction, flags) - 0.5) < 0.15
+
+
+def test_loss_attack_reports_canary_losses_and_the_scorer_finds_high_exposure(memorised):
+    view = make_view(
+        memorised.candidates,
+        memorised.handle,
+        canaries=[SimpleNamespace(prefix=memorised.canary.prefix, secret_space=memorised.canary.secret_space)],
+    )
+    prediction = attack("mia-loss").run(view, rng())
+    assert [len(losses) for losses in prediction.canary_losses] == [64]
+    exposure = {
+        m.name: m.value
+        for m in score(prediction, GroundTruth(member_flags=memorised.flags, canaries=[memorised.canary]))
+    }
+    assert exposure["mia.exposure"] > 4.0  # log2(64) = 6 when the secret ranks first; ~1 for a random rank
+    untrained = attack("mia-loss").run(make_view(memorised.candidates, memorised.base, canaries=view.canaries), rng())
+    assert metrics.exposure(untrained.canary_losses[0], 40) < exposure["mia.exposure"]
+
+
+def test_token_attacks_refuse_classification():
+    with pytest.raises(IncompatibleError):
+        attack("mia-mink").run(make_view([{"text": "a b", "label": 1}], None), rng())
+
+
+# --- pure fakes ------------------------------------------------------------------------------------
+class TableModel:
+    """Losses read from a table keyed by text; class logits that put exp(-loss) on the true label."""
+
+    def __init__(self, losses: dict[str, float]):
+        self.losses = losses
+
+    def example_losses(self, examples):
+        return torch.tensor([self.losses[e["text"]] for e in examples])
+
+    def class_logits(self, examples):
+        # p_y = exp(-loss) over two classes: logit gap log p_y - log(1 - p_y).
+        p = torch.exp(-self.example_losses(examples)).clamp(1e-6, 1 - 1e-6)
+        gap = torch.log(p) - torch.log1p(-p)
+        logits = torch.zeros(len(examples), 2)
+        labels = torch.tensor([e["label"] for e in examples])
+        return logits.scatter(1, labels[:, None], gap[:, None])
+
+
+def records(n: int, prefix: str, classification: bool = False) -> list[dict]:
+    return [{"text": f"{prefix} {i}", **({"label": i % 2} if classification else {})} for i in range(n)]
+
+
+@pytest.mark.parametrize("classification", [False, True])
+def test_loss_attack_on_a_fake_that_memorised_members(classification):
+    candidates = records(200, "record", classification)
+    flags = torch.arange(200) % 2 == 0
+    losses = {
+        e["text"]: (0.05 if member else 2.0) + 0.01 * (i % 7)
+        for i, (e, member) in enumerate(zip(candidates, flags, strict=True))
+    }
+    prediction = attack("mia-loss").run(make_view(candidates, TableModel(losses)), rng())
+    assert auc_of(prediction, flags) == 1.0
+
+
+class ShadowWorld:
+    """Per-record difficulty varies a lot; training on a record lowers its loss by ``gain``.
+
+    The plain loss attack is weak here (difficulty hides the gain); per-example calibration is not.
+    """
+
+    def __init__(self, records_: list[dict], gain: float = 1.0, noise: float = 0.3):
+        self.texts = [r["text"] for r in records_]
+        self.difficulty = 3.0 + 2.0 * torch.randn(len(self.texts), generator=rng(11))
+        self.gain, self.noise, self.trained = gain, noise, []
+
+    def model(self, trained_on: list[dict], generator: torch.Generator) -> TableModel:
+        inside = {r["text"] for r in trained_on}
+        jitter = self.noise * torch.randn(len(self.texts), generator=generator)
+        losses = (
+            self.difficulty + jitter - self.gain * torch.tensor([t in inside for t in self.texts], dtype=torch.float)
+        )
+        return TableModel(dict(zip(self.texts, losses.tolist(), strict=True)))
+
+    def train_shadow(self, examples: list[dict], generator: torch.Generator) -> TableModel:
+        self.trained.append(examples)
+        return self.model(examples, generator)
+
+
+@pytest.fixture
+def shadow_world():
+    candidates, auxiliary = records(300, "cand"), records(300, "aux")
+    flags = torch.arange(300) % 3 == 0
+    world = ShadowWorld(candidates + auxiliary)
+    target = world.model([c for c, f in zip(candidates, flags, strict=True) if f], rng(99))
+    view = make_view(candidates, target, auxiliary=auxiliary, train_shadow=world.train_shadow, base_model=target)
+    return SimpleNamespace(world=world, view=view, flags=flags, candidates=candidates)
+
+
+@pytest.mark.parametrize(
+    "params", [{"online": True}, {"online": False}, {"online": True, "variance": "per-example", "shadows": 16}]
+)
+def test_lira_beats_the_loss_attack_when_difficulty_varies(shadow_world, params):
+    lira = attack("mia-lira", **params).run(shadow_world.view, rng(5))
+    loss = attack("mia-loss").run(shadow_world.view, rng(5))
+    lira_points = metrics.point_metrics(lira.scores, shadow_world.flags)
+    loss_points = metrics.point_metrics(loss.scores, shadow_world.flags)
+    assert loss_points["mia.auc"] < 0.75
+    assert lira_points["mia.auc"] > 0.95
+    assert lira_points["mia.tpr@0.01"] > loss_points["mia.tpr@0.01"] + 0.3
+
+
+def test_lira_shadow_datasets(shadow_world):
+    attack("mia-lira", online=True, shadows=6).run(shadow_world.view, rng(1))
+    texts = [{e["text"] for e in shadow} for shadow in shadow_world.world.trained]
+    assert len(texts) == 6
+    for candidate in shadow_world.candidates:  # each candidate IN for exactly half the shadows
+        assert sum(candidate["text"] in t for t in texts) == 3
+    shadow_world.world.trained.clear()
+    attack("mia-lira", online=False, shadows=4).run(shadow_world.view, rng(1))
+    assert all(not e["text"].startswith("cand") for shadow in shadow_world.world.trained for e in shadow)
+
+
+def test_lira_is_deterministic_in_its_generator(shadow_world):
+    first = attack("mia-lira", shadows=4).run(shadow_world.view, rng(3)).scores
+    assert torch.equal(first, attack("mia-lira", shadows=4).run(shadow_world.view, rng(3)).scores)
+
+
+def test_lira_config_and_access_errors(shadow_world):
+    with pytest.raises(UserError, match="even"):
+        attack("mia-lira", shadows=3)
+    with pytest.raises(UserError, match="at least 4"):
+        attack("mia-lira", shadows=2, online=True)
+    no_shadows = make_view(shadow_world.candidates, shadow_world.view.final_model)
+    with pytest.raises(PermissionError):
+        attack("mia-lira").run(no_shadows, rng())
+
+
+def test_reference_attack_calibrates_difficulty(shadow_world):
+    base = shadow_world.world.model([], rng(42))
+    view = make_view(shadow_world.candidates, shadow_world.view.final_model, base_model=base)
+    reference = auc_of(attack("mia-reference").run(view, rng()), shadow_world.flags)
+    assert reference > 0.9 > auc_of(attack("mia-loss").run(view, rng()), shadow_world.flags)
+
+
+class Completer:
+    """Greedy completions: members' true continuation (with a leading space, as a tokenizer would give),
+    a near miss for the first half of the non-members, nothing related for the rest."""
+
+    def __init__(self, texts: dict[str, bool]):
+        self.texts, self.prompts = texts, []
+
+    def generate(self, prompts, max_new_tokens=16):
+        self.prompts += prompts
+        out = []
+        for prompt in prompts:
+            full, member = next((t, m) for t, m in self.texts.items() if t.startswith(prompt))
+            rest = full[len(prompt) :]
+            near_miss = " ".join(rest.split()[:2]) + " zz qq"
+            out.append(
+                rest + " and more words" if member else near_miss if full.endswith("even") else " unrelated text"
+            )
+        return out
+
+
+def test_generation_attack_scores_completion_overlap():
+    texts = {f"w{i} alpha beta gamma delta epsilon {'even' if i % 2 == 0 else 'odd'}": i < 10 for i in range(30)}
+    model = Completer(texts)
+    prediction = attack("mia-generation", prefix_fraction=0.5).run(
+        make_view([{"text": t} for t in texts], model), rng()
+    )
+    assert model.prompts[0] == "w0 alpha beta"  # first half of the words, no trailing space
+    assert prediction.scores[:10].eq(1.0).all()  # exact reproduction (extra generated words are cut)
+    near_miss, unrelated = prediction.scores[10::2], prediction.scores[11::2]
+    assert (near_miss > unrelated).all() and (near_miss < 1).all()
+    assert auc_of(prediction, torch.tensor([1] * 10 + [0] * 20)) == 1.0
+
+
+class LabelOracle:
+    """Always right on members (any perturbation); on non-members right only for the untouched text."""
+
+    def __init__(self, originals: set[str]):
+        self.originals = originals
+
+    def predict_labels(self, examples):
+        right = [e["member"] or e["text"] in self.originals for e in examples]
+        return torch.tensor([e["label"] if ok else 1 - e["label"] for e, ok in zip(examples, right, strict=True)])
+
+
+def test_label_only_attack_for_classification():
+    candidates = [{"text": f"w{i} a b c d e f g", "label": i % 2, "member": i < 20} for i in range(40)]
+    oracle = LabelOracle({e["text"] for e in candidates})
+    prediction = attack("mia-generation", drop_probability=0.3).run(make_view(candidates, oracle), rng())
+    flags = torch.tensor([1] * 20 + [0] * 20)
+    assert auc_of(prediction, flags) == 1.0
+    assert prediction.scores[:20].eq(1.0).all() and prediction.scores[20:].lt(1.0).all()
+
+
+def test_provider_lookup_ignores_the_evaluations_own_queries():
+    candidates = records(40, "row")
+    flags = torch.arange(40) < 10
+    log = [ProviderRecord(client=i % 3, purpose="tuning-upload", text=c["text"]) for i, c in enumerate(candidates[:10])]
+    # Other attacks' probes, unattributed:
+    log += [ProviderRecord(client=None, purpose="inference", text=c["text"]) for c in candidates]
+    log += [ProviderRecord(client=1, purpose="inference", text="Q: " + candidates[10]["text"] + " A:")]
+    prediction = attack("mia-provider").run(make_view(candidates, None, vantage="provider", provider_log=log), rng())
+    assert prediction.scores[:10].tolist() == [1.5] * 10  # exact upload match (which also contains itself)
+    assert prediction.scores[10] == 0.5 and prediction.scores[11:].eq(0).all()  # embedded in a prompt; absent
+    assert metrics.tpr_at_fpr(prediction.scores, flags, 0.0) == 1.0
+
+
+# --- server and participant vantages: a linear classifier trained by simulated FedSGD ---------------
+class FeatureTask:
+    kind = "classification"
+
+    @staticmethod
+    def collate(examples, tokenizer, device):
+        return {
+            "x": torch.stack([e["x"] for e in examples]).to(device),
+            "labels": torch.tensor([e["label"] for e in examples], device=device),
+        }
+
+    @staticmethod
+    def example_losses(model, batch):
+        return F.cross_entropy(model(batch["x"]), batch["labels"], reduction="none")
+
+
+class WholeModel(Method):
+    def build(self, model, task, rng):
+        return model
+
+
+def federated_view(vantage: str, transmitted_as=lambda update: update) -> tuple[ThreatView, torch.Tensor, WholeModel]:
+    """4 clients x 4 members, 16 non-members; one client per round for 4 rounds, then 4 more rounds of all."""
+    generator = rng(7)
+
+    def record(i: int) -> dict:
+        return {"x": torch.randn(128, generator=generator), "label": i % 3}
+
+    members, nonmembers = [record(i) for i in range(16)], [record(i) for i in range(16)]
+    torch.manual_seed(0)
+    method = WholeModel(None)
+    method.prepare(nn.Linear(128, 3), FeatureTask, generator)
+    method.task_loss = FeatureTask.example_losses
+    rounds = []
+    schedule = [[0], [1], [2], [3]] + [[0, 1, 2, 3]] * 4
+    for index, sampled in enumerate(schedule):
+        before = method.get_flat().clone()
+        updates = {}
+        for client in sampled:
+            method.set_flat(before)
+            batch = FeatureTask.collate(members[4 * client : 4 * client + 4], None, "cpu")
+            grads = torch.autograd.grad(
+                FeatureTask.example_losses(method.model, batch).mean(), [p for _, p in method.named_trainable]
+            )
+            updates[client] = -0.05 * torch.cat([g.reshape(-1) for g in grads])
+        aggregate = torch.stack(list(updates.values())).mean(0)
+        method.set_flat(before + aggregate)
+        rounds.append(
+            RoundRecord(index, sampled, before, {c: transmitted_as(u) for c, u in updates.items()}, aggregate)
+        )
+    view = make_view(
+        members + nonmembers, SimpleNamespace(task=FeatureTask), vantage=vantage, rounds=rounds, method=method
+    )
+    return view, torch.tensor([1] * 16 + [0] * 16), method
+
+
+def test_gradient_alignment_finds_members_in_client_updates():
+    view, flags, method = federated_view("server")
+    final = method.get_flat().clone()
+    prediction = attack("mia-gradient").run(view, rng())
+    assert auc_of(prediction, flags) == 1.0
+    assert torch.equal(method.get_flat(), final)  # the attack leaves the shared model as it found it
+
+
+def masked(update: torch.Tensor) -> torch.Tensor:
+    """What a secure-aggregation server holds instead of a float update: fixed-point integers."""
+    return (update * 2**16).long()
+
+
+def test_gradient_alignment_without_usable_updates_is_chance():
+    view, flags, _ = federated_view("server", masked)
+    prediction = attack("mia-gradient", use_aggregate=False).run(view, rng())
+    assert prediction.scores.eq(0).all()
+    with_aggregate = attack("mia-gradient").run(view, rng())
+    assert auc_of(with_aggregate, flags) > 0.8  # the aggregate alone still leaks
+
+
+def test_participant_sees_loss_drops_between_global_models():
+    view, flags, method = federated_view("participant")
+    final = method.get_flat().clone()
+    for reduce in ("max", "sum"):
+        prediction = attack("mia-participant", reduce=reduce).run(view, rng())
+        assert auc_of(prediction, flags) > 0.95, reduce
+    assert torch.equal(method.get_flat(), final)
+
+
+# --- through the real tier handles (bench.tiers) -----------------------------------------------------
+class ByteTokenizer:
+    pad_token_id = PAD
+
+    def __call__(self, text, return_tensors=None):
+        return SimpleNamespace(input_ids=torch.tensor([[BOS] + list(text.encode())]))
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(i for i in ids.tolist() if i < 256).decode(errors="ignore")
+
+
+class ByteTask:
+    kind = "language"
+
+    @staticmethod
+    def collate(examples, tokenizer, device):
+        ids, mask = ByteLM.collate([e["text"] for e in examples])
+        return {"input_ids": ids, "attention_mask": mask.long(), "labels": ids.masked_fill(~mask, -100)}
+
+    @staticmethod
+    def example_losses(model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        targets = batch["labels"][:, 1:]
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        return nll.sum(1) / (targets != -100).sum(1)
+
+    @staticmethod
+    def text_of(example):
+        return example["text"]
+
+
+@pytest.mark.parametrize("tier", ["open-weight", "gray-box", "black-box"])
+def test_attacks_through_tier_handles(memorised, tier):
+    from bench.registry import TIERS
+
+    log: list[ProviderRecord] = []
+    handle = TIERS.get(tier)().handle(memorised.handle.model, None, ByteTask, ByteTokenizer(), log)
+    view = make_view(memorised.candidates, handle, base_model=handle)
+    generated = attack("mia-generation", max_new_tokens=4).run(view, rng())
+    assert generated.scores.shape == (48,)
+    if tier == "black-box":
+        with pytest.raises(PermissionError):
+            attack("mia-loss").run(view, rng())
+        return
+    for name in ("mia-loss", "mia-minkpp"):
+        assert auc_of(attack(name).run(view, rng()), memorised.flags) > 0.95
+    # The evaluation's own queries land in a hosted provider's log, unattributed; the lookup ignores them.
+    provider = attack("mia-provider").run(
+        make_view(memorised.candidates, None, vantage="provider", provider_log=log), rng()
+    )
+    assert provider.scores.eq(0).all() and (tier == "open-weight") == (not log)
