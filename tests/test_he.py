@@ -1,0 +1,91 @@
+"""Oracle and contract tests of CKKS homomorphic aggregation (defenses/he.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.config import bind
+from bench.errors import UserError
+from bench.registry import DEFENSES
+from defenses.he import Ciphertexts, HETransport, HomomorphicEncryption
+from defenses.secagg import IndividualUpdatesHiddenError
+
+ts = pytest.importorskip("tenseal")
+
+LENGTH = 5000  # two chunks of 4096 slots at N = 8192, the second one partial
+
+
+@pytest.fixture(scope="module")
+def round_trip():
+    """One round with three clients of unequal weight, shared by the tests (key generation is slow-ish)."""
+    rng = torch.Generator().manual_seed(0)
+    updates = {c: torch.randn(LENGTH, generator=rng) * 0.02 for c in range(3)}
+    weights = {0: 10.0, 1: 30.0, 2: 60.0}
+    defense = HomomorphicEncryption(HomomorphicEncryption.Config())
+    carrier = defense.transport()
+    messages = carrier.encode(0, updates, weights, rng)
+    mean = carrier.aggregate(0, messages, weights)
+    return defense, carrier, updates, weights, messages, mean
+
+
+def test_decrypted_sum_matches_the_plain_weighted_mean(round_trip):
+    _, _, updates, weights, _, mean = round_trip
+    expected = sum(updates[c] * (weights[c] / 100.0) for c in updates)
+    relative = (mean - expected).abs().max() / expected.abs().max()
+    assert mean.dtype == torch.float32 and mean.shape == (LENGTH,)
+    assert relative < 1e-4
+
+
+def test_the_server_sees_ciphertext_bytes_it_cannot_decrypt(round_trip):
+    _, carrier, updates, _, messages, _ = round_trip
+    message = messages[0]
+    assert isinstance(message, Ciphertexts) and len(message.chunks) == 2
+    assert all(isinstance(chunk, bytes) for chunk in message.chunks)
+    assert carrier.message_bytes(message) == sum(len(chunk) for chunk in message.chunks)
+    server_context = ts.context_from(carrier._key_holder.public_context)
+    assert not server_context.is_private()
+    with pytest.raises(ValueError, match="secret"):
+        ts.ckks_vector_from(server_context, message.chunks[0]).decrypt()
+    with pytest.raises(IndividualUpdatesHiddenError):
+        carrier.decode_individual(messages)
+    assert "secret key hidden" in repr(carrier._key_holder)
+
+
+def test_costs_report_time_bytes_and_expansion(round_trip):
+    defense, *_ = round_trip
+    costs = defense.costs()
+    for key in ("client_s", "server_s", "keyholder_s", "bytes_up", "bytes_down"):
+        key = f"cost.he.{key}"
+        assert costs[key] > 0, key
+    assert costs["cost.he.expansion"] > 10  # a CKKS ciphertext is far larger than the floats it packs
+    assert costs["cost.he.precision_loss"] < 1e-6
+
+
+def test_weights_renormalise_over_the_clients_whose_message_arrived(round_trip):
+    _, carrier, updates, weights, _, _ = round_trip
+    messages = carrier.encode(1, updates, weights, torch.Generator())
+    del messages[2]
+    mean = carrier.aggregate(1, messages, weights)
+    expected = (updates[0] * 10 + updates[1] * 30) / 40
+    assert (mean - expected).abs().max() / expected.abs().max() < 1e-4
+
+
+def test_defense_contract():
+    cls = DEFENSES.get("he")
+    assert cls is HomomorphicEncryption and cls.is_transport and cls.removes_vantages == frozenset({"server"})
+    assert isinstance(cls(cls.Config()).transport(), HETransport)
+
+
+def test_config_rejects_insecure_or_unknown_parameters():
+    with pytest.raises(UserError, match="128-bit"):
+        bind(HomomorphicEncryption.Config, {"poly_modulus_degree": 4096}, file="s.yaml", key="defenses.he")
+    with pytest.raises(UserError, match="poly_modulus_degree"):
+        bind(HomomorphicEncryption.Config, {"poly_modulus_degree": 5000}, file="s.yaml", key="defenses.he")
+    config = bind(
+        HomomorphicEncryption.Config,
+        {"poly_modulus_degree": 4096, "coeff_mod_bit_sizes": [40, 20, 40], "scale_bits": 21},
+        file="s.yaml",
+        key="defenses.he",
+    )
+    assert config.coeff_mod_bit_sizes == (40, 20, 40) and config.slots == 2048
