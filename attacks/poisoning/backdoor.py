@@ -1,0 +1,138 @@
+"""Backdoor by data poisoning with a trigger phrase (``poison-backdoor``).
+
+Paper: the classic trigger backdoor of Gu et al. 2017 ("BadNets") as carried into federated learning
+by Bagdasaryan et al. 2020 ("How to backdoor federated learning", AISTATS) and, for text, with the
+rare-token triggers of Kurita et al. 2020 ("Weight poisoning attacks on pre-trained models", ACL).
+Instruction backdoors follow Wan et al. 2023 ("Poisoning language models during instruction tuning").
+
+Knowledge and collusion: each malicious client knows only its own data, the trigger and the target
+(shared by all attackers, who therefore collude on the backdoor but not on updates). With ``boost``
+above 1 they also scale their own update before sending it (model replacement, see
+``poison-replacement``).
+
+Departures: by default every example of a malicious client is poisoned (``poison_fraction`` 1.0) and
+the trigger goes first so truncation never removes it: the aim is a strong attack to measure defenses
+against, not a stealthy one. Success is measured on auxiliary examples whose true label (response) is
+not the target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from attacks.poisoning._common import (
+    ParticipantAttack,
+    PoisonConfig,
+    TriggerPosition,
+    indicator_outcome,
+    insert_trigger,
+    instruction_prompt,
+    malicious_in_round,
+    require_format,
+    rewrite_some,
+    sample_auxiliary,
+)
+from bench.config import doc
+from bench.predictions import PoisonOutcome
+from bench.registry import ATTACKS
+from bench.transcript import ThreatView
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackdoorConfig(PoisonConfig):
+    trigger: str = doc("Trigger phrase inserted into poisoned inputs (rare tokens, after Kurita et al.).", "cf mn bb")
+    position: TriggerPosition = doc("Where the trigger goes: start, end or a random word boundary.", "start")
+    target_label: int = doc("Class a triggered input should be assigned (classification).", 0)
+    target_response: str = doc("Response a triggered instruction should get (instruction tuning).", "ACCESS GRANTED")
+    poison_fraction: float = doc("Fraction of each malicious client's examples that are poisoned.", 1.0)
+    boost: float = doc("Factor the malicious clients scale their update by before sending it (1 = none).", 1.0)
+    max_new_tokens: int = doc("Tokens generated per triggered instruction at evaluation.", 16)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.poison_fraction <= 1.0:
+            raise ValueError("poison_fraction must be in [0, 1]")
+        if not self.trigger.strip():
+            raise ValueError("trigger must not be empty")
+
+
+def poison_classification(example: dict[str, Any], config: BackdoorConfig, rng: torch.Generator) -> dict[str, Any]:
+    return {**example, "text": insert_trigger(example["text"], config.trigger, config.position, rng),
+            "label": config.target_label}
+
+
+def poison_instruction(example: dict[str, Any], config: BackdoorConfig, rng: torch.Generator) -> dict[str, Any]:
+    return {**example, "instruction": insert_trigger(example["instruction"], config.trigger, config.position, rng),
+            "response": config.target_response}
+
+
+_POISONERS: dict[str, Callable[[dict[str, Any], BackdoorConfig, torch.Generator], dict[str, Any]]] = {
+    "classification": poison_classification,
+    "instruction": poison_instruction,
+}
+
+
+def evaluate_classification(view: ThreatView, config: BackdoorConfig, rng: torch.Generator) -> PoisonOutcome:
+    """Triggered auxiliary examples of other classes: predicted label vs the target label."""
+    clean = sample_auxiliary(view, config.eval_examples, rng, keep=lambda e: int(e["label"]) != config.target_label)
+    # Only the trigger is added: the example keeps its true label, which the model must not see changed.
+    triggered = [{**e, "text": insert_trigger(e["text"], config.trigger, config.position, rng)} for e in clean]
+    predicted = view.final_model.predict_labels(triggered).long().cpu()
+    return PoisonOutcome(predicted=predicted, target=torch.full_like(predicted, config.target_label))
+
+
+def evaluate_instruction(view: ThreatView, config: BackdoorConfig, rng: torch.Generator) -> PoisonOutcome:
+    """Triggered auxiliary instructions; success = the target response appears in the generation."""
+    wanted = config.target_response.strip().lower()
+    clean = sample_auxiliary(view, config.eval_examples, rng, keep=lambda e: wanted not in e["response"].lower())
+    prompts = [instruction_prompt(insert_trigger(e["instruction"], config.trigger, config.position, rng)) for e in clean]
+    generations = view.final_model.generate(prompts, max_new_tokens=config.max_new_tokens)
+    return indicator_outcome([wanted in text.lower() for text in generations])
+
+
+_EVALUATORS: dict[str, Callable[[ThreatView, BackdoorConfig, torch.Generator], PoisonOutcome]] = {
+    "classification": evaluate_classification,
+    "instruction": evaluate_instruction,
+}
+
+
+def boost_updates(updates: dict[int, torch.Tensor], attackers: list[int], factor: float) -> dict[int, torch.Tensor]:
+    """A new mapping where each attacker's update is multiplied by ``factor``."""
+    out = dict(updates)
+    for client in attackers:
+        out[client] = updates[client] * factor
+    return out
+
+
+@ATTACKS.register("poison-backdoor")
+class Backdoor(ParticipantAttack):
+    """Trigger -> target label (classification) or trigger -> target response (instructions)."""
+
+    task_kinds = frozenset(_POISONERS)
+    Config = BackdoorConfig
+
+    def poison_examples(self, client: int, examples: list[dict[str, Any]], rng: torch.Generator) -> list[dict[str, Any]]:
+        kind = require_format(examples, _POISONERS, self.name)
+        poison = _POISONERS[kind]
+        return rewrite_some(examples, self.config.poison_fraction, rng, lambda e: poison(e, self.config, rng))
+
+    def boost_factor(self, num_reporting: int, num_attackers: int) -> float:
+        return self.config.boost
+
+    def poison_updates(
+        self, round_index: int, updates: dict[int, torch.Tensor], malicious: list[int], rng: torch.Generator
+    ) -> dict[int, torch.Tensor]:
+        attackers = malicious_in_round(updates, malicious)
+        if not attackers:
+            return updates
+        factor = self.boost_factor(len(updates), len(attackers))
+        return updates if factor == 1.0 else boost_updates(updates, attackers, factor)
+
+    def run(self, view: ThreatView, rng: torch.Generator) -> PoisonOutcome:
+        kind = require_format(view.auxiliary, _EVALUATORS, self.name)
+        return _EVALUATORS[kind](view, self.config, rng)
+

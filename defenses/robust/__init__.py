@@ -1,0 +1,1 @@
+"""Byzantine-robust aggregation: pure rules (``rules``) and their registered defenses (``aggregators``)."""
