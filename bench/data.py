@@ -260,7 +260,7 @@ class LocalFile(Task):
 
     @property
     def num_labels(self) -> int:
-        return len(self._label_ids())
+        return len(self._label_ids()) if self.config.objective == "classification" else 0
 
     def _rows(self) -> list[dict[str, Any]]:
         path = Path(self.config.path)

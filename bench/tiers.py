@@ -47,6 +47,13 @@ class Tier:
     def missing(self, needs: frozenset[Access]) -> list[Access]:
         return sorted((a for a in needs if a not in self.grants), key=lambda a: a.value)
 
+    def public_corpus(self, model_source: Any) -> list[str] | None:
+        """The base model's pretraining data where this tier publishes it (open-source), else None:
+        knowledge an attacker (reference models) or a defender (public pretraining for DP) may use."""
+        if Access.TRAINING_DATA not in self.grants:
+            return None
+        return model_source.pretraining_corpus()
+
     def handle(self, model: nn.Module, method: Any, task: Any, tokenizer: Any, log: list[ProviderRecord]) -> Any:
         if self.hosted:
             return ProviderAPI(OpenModel(model, method, task, tokenizer), self.grants, log)
@@ -159,12 +166,21 @@ class OpenModel:
     def generate(self, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
         self.model.eval()
         texts = []
+        room = prompt_room(self.model, max_new_tokens)
         for prompt in prompts:
-            ids = self.tokenizer(prompt, return_tensors="pt").input_ids.to(self.device)
+            ids = self.tokenizer(prompt, return_tensors="pt").input_ids[:, -room:].to(self.device)
             out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                       do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
             texts.append(self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
         return texts
+
+
+def prompt_room(model: nn.Module, max_new_tokens: int) -> int:
+    """Prompt tokens that fit before generation runs past the model's positions (long prompts keep
+    their end, where the instruction template asks for the response). Methods that prepend their own
+    positions (soft prompts, prefixes, textual prompts) declare them as ``extra_positions``."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 1_000_000
+    return max(1, limit - max_new_tokens - int(getattr(model, "extra_positions", 0)))
 
 
 class ProviderAPI:

@@ -1,0 +1,84 @@
+"""Helpers shared by the post-training methods (not a method: the leading underscore keeps the
+registry's plugin loader from importing it as one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.seeding import derive_seed, isolated_rng
+
+HEAD_NAMES = ("score", "classifier")
+"""Classification heads of Hugging Face sequence-classification models (fresh, so always trained)."""
+
+
+def freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze_heads(model: nn.Module, task: Any) -> None:
+    """A classification task needs its freshly initialised head trained."""
+    if task.kind != "classification":
+        return
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in HEAD_NAMES:
+            for p in module.parameters():
+                p.requires_grad_(True)
+
+
+def seeded(rng: torch.Generator) -> Any:
+    """Library code that initialises weights from torch's global RNG, made reproducible from ``rng``."""
+    return isolated_rng(derive_seed(int(torch.randint(2**31, (1,), generator=rng))))
+
+
+def tokenizer_of(model: nn.Module) -> Any:
+    """The tokenizer saved beside the model (zoo directory or hub name); pad token as the runner sets it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model.config._name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks (GPT-2's ``transformer.h``, Llama's ``model.layers``, ...)."""
+    count = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"cannot find the {count} decoder layers of {type(model).__name__}")
+
+
+class Wrapper(nn.Module):
+    """A module around a Hugging Face model that forwards unknown attributes (``config``,
+    ``generate``, ...) to it, so handles and attacks use it like the model itself."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.generate(*args, **kwargs)
+
+
+def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      labels: torch.Tensor) -> torch.Tensor:
+    """Sum over response tokens (labels != -100) of log p(token | prefix), per sequence."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    keep = targets != -100
+    picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * keep).sum(dim=1)

@@ -1,0 +1,153 @@
+"""Soft prompt tuning (Lester et al. 2021) and prefix tuning (Li & Liang 2021), through peft.
+
+Prompt tuning prepends ``num_virtual_tokens`` trainable embeddings to the input; prefix tuning
+prepends trainable keys and values to every attention layer. A classification head stays trainable.
+
+peft holds the trainable state (its prompt encoder) and generates; for prompt tuning the forward
+pass is done here (``SoftPromptModel``): peft embeds the prompt once and repeats it over the batch,
+which hides per-example gradients from DP-SGD; its causal LM returns logits for the virtual
+positions too (cut off here so logits line up with the input); and its classifier, seeing only
+embeddings, pools the last position even when that is padding (here: each example's last real
+token). Position ids are dropped: peft ignores them for prompt learning anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
+
+from bench.config import doc
+from bench.methods._common import HEAD_NAMES, Wrapper, seeded
+from bench.methods.base import Method
+from bench.registry import METHODS
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptSettings:
+    num_virtual_tokens: int = doc("Trainable virtual tokens (prompt length).", 8)
+
+    def __post_init__(self) -> None:
+        if self.num_virtual_tokens < 1:
+            raise ValueError("num_virtual_tokens must be at least 1")
+
+
+class SoftPromptModel(Wrapper):
+    """peft's prompt-tuning model, with the forward pass done here so that (1) every example gets its
+    own row of prompt embeddings (peft embeds one row and repeats it, which hides per-example
+    gradients from DP-SGD), (2) causal-LM logits line up with the real tokens, and (3) a classifier
+    pools each example's last real token."""
+
+    def __init__(self, inner: nn.Module, classification: bool):
+        super().__init__(inner)
+        self.classification = classification
+        self.extra_positions = inner.active_peft_config.num_virtual_tokens
+
+    def _prompts(self, rows: int) -> torch.Tensor:
+        adapter = self.inner.active_adapter
+        encoder = self.inner.prompt_encoder[adapter]
+        tokens = self.inner.prompt_tokens[adapter].unsqueeze(0).expand(rows, -1).to(encoder.embedding.weight.device)
+        return encoder(tokens)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        kwargs.pop("position_ids", None)  # positions restart under the prompt, as in peft
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hf = self.inner.base_model  # prompt learning leaves the Hugging Face model itself here
+        embeds = hf.get_input_embeddings()(input_ids)
+        prompts = self._prompts(input_ids.shape[0]).to(embeds.dtype)
+        virtual = prompts.shape[1]
+        inputs = torch.cat([prompts, embeds], dim=1)
+        mask = torch.cat([torch.ones(prompts.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device),
+                          attention_mask], dim=1)
+        if self.classification:
+            hidden = hf.base_model(inputs_embeds=inputs, attention_mask=mask, **kwargs)
+            last_real = virtual + attention_mask.sum(dim=1) - 1  # right padding
+            pooled = hidden.last_hidden_state[torch.arange(inputs.shape[0], device=inputs.device), last_real]
+            return SequenceClassifierOutput(logits=_head(hf)(pooled), hidden_states=hidden.hidden_states)
+        out = hf(inputs_embeds=inputs, attention_mask=mask, **kwargs)
+        states = tuple(h[:, virtual:] for h in out.hidden_states) if out.hidden_states is not None else None
+        return CausalLMOutput(logits=out.logits[:, virtual:], hidden_states=states)
+
+
+def _head(model: nn.Module) -> nn.Module:
+    for name in HEAD_NAMES:
+        if hasattr(model, name):
+            return getattr(model, name)
+    raise ValueError(f"no classification head ({', '.join(HEAD_NAMES)}) on {type(model).__name__}")
+
+
+class PrefixModel(Wrapper):
+    """peft's prefix-tuning model; position ids are dropped (peft ignores them, with a warning)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__(inner)
+        self.extra_positions = inner.active_peft_config.num_virtual_tokens
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("position_ids", None)
+        return self.inner(*args, **kwargs)
+
+
+class PromptLearning(Method):
+    """Shared build: a peft prompt-learning model for the task (classifier or causal LM), then wrapped."""
+
+    def peft_config_class(self) -> Any:
+        raise NotImplementedError
+
+    def peft_settings(self) -> dict[str, Any]:
+        return {"num_virtual_tokens": self.config.num_virtual_tokens}
+
+    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+        from peft import TaskType, get_peft_model
+
+        task_type = TaskType.SEQ_CLS if task.kind == "classification" else TaskType.CAUSAL_LM
+        with seeded(rng):
+            peft_model = get_peft_model(model, self.peft_config_class()(task_type=task_type, **self.peft_settings()))
+        return self.wrap(peft_model, task)
+
+    def wrap(self, peft_model: nn.Module, task: Any) -> nn.Module:
+        raise NotImplementedError
+
+
+@METHODS.register("prompt-tuning")
+class PromptTuning(PromptLearning):
+    """Trainable soft-prompt embeddings prepended to the input (Lester et al. 2021, peft)."""
+
+    Config = PromptSettings
+
+    def wrap(self, peft_model: nn.Module, task: Any) -> nn.Module:
+        return SoftPromptModel(peft_model, task.kind == "classification")
+
+    def peft_config_class(self) -> Any:
+        from peft import PromptTuningConfig
+
+        return PromptTuningConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrefixSettings(PromptSettings):
+    projection: bool = doc("Reparametrise the prefix through an MLP (Li & Liang's stabiliser).", False)
+    projection_width: int = doc("Hidden width of that MLP.", 64)
+
+
+@METHODS.register("prefix-tuning")
+class PrefixTuning(PromptLearning):
+    """Trainable key/value prefixes in every attention layer (Li & Liang 2021, peft)."""
+
+    Config = PrefixSettings
+
+    def peft_config_class(self) -> Any:
+        from peft import PrefixTuningConfig
+
+        return PrefixTuningConfig
+
+    def wrap(self, peft_model: nn.Module, task: Any) -> nn.Module:
+        return PrefixModel(peft_model)
+
+    def peft_settings(self) -> dict[str, Any]:
+        return {**super().peft_settings(), "prefix_projection": self.config.projection,
+                "encoder_hidden_size": self.config.projection_width}

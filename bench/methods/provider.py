@@ -1,0 +1,94 @@
+"""Provider-side tuning (gray-box): federated training of adapters that the provider trains and hosts.
+
+A gray-box provider offers a tuning endpoint (as hosted fine-tuning APIs do): a client uploads its
+training examples and the provider trains an adapter on its side; the client can use the result only
+through the provider's API. Federated, each round every sampled client submits a tuning job on its
+own data, starting from the current global adapter; the adapter delta is what reaches the server and
+goes through the usual transport and defense hooks. The adapters live with the provider, so in
+practice the aggregating server is the provider (or trusts it): the ``server`` vantage then sits
+with the provider, on top of the ``provider`` vantage's request log.
+
+What this costs in privacy is the point: every training example leaves the client. The trainer logs
+each uploaded example in the provider's request log (purpose ``tuning-upload``, with the client id),
+which is the ``provider`` vantage, and counts it as egress. Each round's job uploads the client's
+whole training set again (a tuning job trains on the file it is given).
+
+The adapter is LoRA (default) or a Houlsby bottleneck adapter, the methods the seed paper marks as
+"partially" available at gray-box tiers through the provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.config import doc
+from bench.methods.adapter import AdapterSettings, apply_adapters
+from bench.methods.base import Method
+from bench.methods.lora import LoraSettings, apply_lora
+from bench.registry import METHODS
+from bench.tiers import Access, OpenModel, ProviderAPI, record_egress
+
+
+def _lora(model: nn.Module, settings: Any, task: Any, rng: torch.Generator) -> nn.Module:
+    return apply_lora(model, settings, task, rng)
+
+
+def _houlsby(model: nn.Module, settings: Any, task: Any, rng: torch.Generator) -> nn.Module:
+    return apply_adapters(model, settings, task, rng)
+
+
+PROVIDER_ADAPTERS: dict[str, Callable[[nn.Module, Any, Any, torch.Generator], nn.Module]] = {
+    "lora": _lora, "houlsby": _houlsby}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderTuningSettings(LoraSettings, AdapterSettings):
+    adapter: str = doc("Adapter the provider trains: 'lora' (rank/alpha/target apply) or 'houlsby' (size/activation).",
+                       "lora")
+
+    def __post_init__(self) -> None:
+        LoraSettings.__post_init__(self)
+        AdapterSettings.__post_init__(self)
+        if self.adapter not in PROVIDER_ADAPTERS:
+            raise ValueError(f"adapter must be one of {', '.join(PROVIDER_ADAPTERS)}")
+
+
+def replaces_training(defense: Any) -> bool:
+    """True for defenses that run their own trainer instead of the one given (record-level DP-SGD)."""
+    return bool(defense.replaces_training)
+
+
+@METHODS.register("provider-tuning")
+class ProviderTuning(Method):
+    """Gray-box: clients upload their data to the provider's tuning endpoint; the provider trains an adapter."""
+
+    Config = ProviderTuningSettings
+    needs = frozenset({Access.PROVIDER_TUNING})
+
+    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+        self.task = task
+        return PROVIDER_ADAPTERS[self.config.adapter](model, self.config, task, rng)
+
+    def check_compatible(self, defenses: list[Any]) -> str | None:
+        for defense in defenses:
+            if replaces_training(defense):
+                return (f"{defense.name} replaces the client's trainer, but with provider-tuning the provider trains "
+                        "(client-side record-level DP is not modelled for provider-side tuning)")
+        return None
+
+    def grants(self) -> frozenset[Access]:
+        return self.tier.grants if self.tier is not None else self.needs
+
+    def trainer(self, default: Any, transcript: Any) -> Any:
+        def tune_at_provider(job: Any) -> dict[str, float]:
+            api = ProviderAPI(OpenModel(job.model, self, self.task, None), self.grants(), transcript.provider_log,
+                              client=getattr(job, "client", None))
+            record_egress(transcript, [self.task.text_of(e) for e in job.examples])
+            return api.tune(job, default)
+
+        return tune_at_provider

@@ -1,0 +1,215 @@
+"""RLHF in two federated phases: a reward model on preference pairs, then policy optimisation.
+
+Phase 1 (the first ``reward_rounds`` rounds) trains a reward model with the Bradley-Terry loss
+``-log sigmoid(r(chosen) - r(rejected))`` (Ouyang et al. 2022). Phase 2 trains the policy, by default
+with DPO (Rafailov et al. 2023: ``-log sigmoid(beta * (log-ratio(chosen) - log-ratio(rejected)))``,
+log-ratios against the base model), or with ``policy_step: reward``: REINFORCE on the learned reward
+with a KL penalty to the base model and a leave-one-out baseline over ``samples`` sampled responses
+(RLOO, Ahmadian et al. 2024), a PPO-free stand-in for the PPO step of Ouyang et al.
+
+Both phases run in the one round loop, so the reward model's updates and the policy's pass through
+the same transport and defense hooks. One base model is in memory: the policy and the reward model
+are two LoRA adapters on it (the reward model adds a scalar head on the last real token's final
+hidden state), and the reference model is the base with adapters disabled. The trainable state is
+the union of both adapters and the head, so its flat layout is fixed across phases; in each phase
+only that phase's parameters require gradients and are handed to the trainer (``named_trainable``),
+so the other part's update is exactly zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.config import doc
+from bench.methods._common import Wrapper, freeze, seeded, sequence_logprobs
+from bench.methods.base import Method
+from bench.methods.lora import LoraSettings, apply_lora, lora_config
+from bench.methods.provider import replaces_training
+from bench.registry import METHODS
+from bench.score import Metric
+
+REWARD_ADAPTER, POLICY_ADAPTER = "reward", "default"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RlhfSettings(LoraSettings):
+    reward_rounds: int = doc("Rounds that train the reward model before the policy (0 = half the rounds, at least 1).", 0)
+    policy_step: str = doc("'dpo' (default) or 'reward' (REINFORCE on the learned reward, KL-penalised).", "dpo")
+    beta: float = doc("KL strength: DPO's beta, or the KL penalty of the reward-driven step.", 0.1)
+    samples: int = doc("Responses sampled per prompt by the reward-driven step (leave-one-out baseline).", 2)
+    max_new_tokens: int = doc("Tokens sampled per response by the reward-driven step.", 12)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.policy_step not in ("dpo", "reward"):
+            raise ValueError("policy_step must be 'dpo' or 'reward'")
+        if self.samples < 2 or self.reward_rounds < 0 or self.beta <= 0:
+            raise ValueError("samples must be at least 2, reward_rounds non-negative and beta positive")
+
+
+class RlhfModel(Wrapper):
+    """The policy (LoRA adapter ``default``) answers; ``reward`` scores sequences with the other adapter."""
+
+    def __init__(self, inner: nn.Module, reward_head: nn.Linear):
+        super().__init__(inner)
+        self.reward_head = reward_head
+
+    @contextlib.contextmanager
+    def adapter(self, name: str) -> Iterator[None]:
+        # peft's set_adapter also flips requires_grad; the phase's flags are restored afterwards.
+        flags = {n: p.requires_grad for n, p in self.named_parameters()}
+        self.inner.set_adapter(name)
+        try:
+            yield
+        finally:
+            self.inner.set_adapter(POLICY_ADAPTER)
+            for n, p in self.named_parameters():
+                p.requires_grad_(flags[n])
+
+    def reward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with self.adapter(REWARD_ADAPTER):
+            hidden = self.inner(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states[-1]
+        last_real = attention_mask.sum(dim=1) - 1  # right padding
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_real]
+        return self.reward_head(pooled.float()).squeeze(-1)
+
+    def logprobs(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, reference: bool = False) -> torch.Tensor:
+        if not reference:
+            return sequence_logprobs(self.inner, ids, mask, labels)
+        with torch.no_grad(), self.inner.disable_adapter():
+            return sequence_logprobs(self.inner, ids, mask, labels)
+
+
+def _pair(batch: dict[str, torch.Tensor], side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    prefix = "rejected_" if side == "rejected" else ""
+    return batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"], batch[f"{prefix}labels"]
+
+
+@METHODS.register("rlhf")
+class Rlhf(Method):
+    """Federated reward model, then federated policy optimisation (DPO by default), both as LoRA adapters."""
+
+    Config = RlhfSettings
+    task_kinds = frozenset({"preference"})
+
+    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+        freeze(model)
+        peft_model = apply_lora(model, self.config, task, rng)
+        with seeded(rng):
+            peft_model.add_adapter(REWARD_ADAPTER, lora_config(model, self.config, task))
+            head = nn.Linear(model.config.hidden_size, 1).to(next(model.parameters()).device)
+        wrapped = RlhfModel(peft_model, head)
+        self._reward_names, self._policy_names = set(), set()
+        for name, p in wrapped.named_parameters():
+            part = self._reward_names if (f".{REWARD_ADAPTER}." in name or name.startswith("reward_head")) else (
+                self._policy_names if ".lora_" in name else None)
+            if part is not None:
+                part.add(name)
+                p.requires_grad_(True)
+        self._sampling = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=rng)))
+        self.phase = "reward"
+        return wrapped
+
+    # --- phases ----------------------------------------------------------------------------------
+    def reward_rounds(self, rounds: int) -> int:
+        return self.config.reward_rounds or max(1, rounds // 2)
+
+    def on_round_start(self, round_index: int, rounds: int) -> None:
+        self.phase = "reward" if round_index < self.reward_rounds(rounds) else "policy"
+        active = self._active_names()
+        for name, p in self._named:
+            p.requires_grad_(name in active)
+
+    def _active_names(self) -> set[str]:
+        return self._reward_names if self.phase == "reward" else self._policy_names
+
+    @property
+    def named_trainable(self) -> list[tuple[str, nn.Parameter]]:
+        """The current phase's parameters (what local training optimises, and what DP-SGD clips);
+        the flat state (``get_flat``/``set_flat``/``unflatten``) always spans both phases."""
+        active = self._active_names()
+        return [(n, p) for n, p in self._named if n in active]
+
+    def check_compatible(self, defenses: list[Any]) -> str | None:
+        if self.config.policy_step == "reward":
+            for defense in defenses:
+                if replaces_training(defense):
+                    return (f"{defense.name} clips per-example gradients, but the reward-driven policy step "
+                            "trains on several sampled responses per example; use policy_step: dpo")
+        return None
+
+    def example_losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        losses: dict[str, Callable[[RlhfModel, dict[str, torch.Tensor]], torch.Tensor]] = {
+            "reward": self.reward_losses, "policy": self.dpo_losses if self.config.policy_step == "dpo" else self.rloo_losses}
+        return losses[self.phase](model, batch)
+
+    # --- losses ----------------------------------------------------------------------------------
+    def reward_margins(self, model: RlhfModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model.reward(*_pair(batch, "chosen")[:2]) - model.reward(*_pair(batch, "rejected")[:2])
+
+    def reward_losses(self, model: RlhfModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return -F.logsigmoid(self.reward_margins(model, batch))
+
+    def implicit_margins(self, model: RlhfModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """beta * (log-ratio(chosen) - log-ratio(rejected)), the DPO policy's implicit reward margin."""
+        ratios = []
+        for side in ("chosen", "rejected"):
+            ids, mask, labels = _pair(batch, side)
+            ratios.append(model.logprobs(ids, mask, labels) - model.logprobs(ids, mask, labels, reference=True))
+        return self.config.beta * (ratios[0] - ratios[1])
+
+    def dpo_losses(self, model: RlhfModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return -F.logsigmoid(self.implicit_margins(model, batch))
+
+    def rloo_losses(self, model: RlhfModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids, mask, labels = _pair(batch, "chosen")
+        has_response = (labels != -100).any(dim=1)
+        first_response = (labels != -100).int().argmax(dim=1)
+        prompt_lengths = torch.where(has_response, first_response, mask.sum(dim=1)).clamp(min=1).tolist()
+        losses = []
+        for row, length in enumerate(prompt_lengths):
+            sampled, sampled_labels = self._sample(model, ids[row : row + 1, :length])
+            ones = torch.ones_like(sampled)
+            logp = model.logprobs(sampled, ones, sampled_labels)
+            with torch.no_grad():
+                score = model.reward(sampled, ones) - self.config.beta * (
+                    logp.detach() - model.logprobs(sampled, ones, sampled_labels, reference=True))
+                baseline = (score.sum() - score) / (len(score) - 1)  # leave-one-out
+            losses.append(-((score - baseline) * logp).mean())
+        return torch.stack(losses)
+
+    @torch.no_grad()
+    def _sample(self, model: RlhfModel, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``samples`` responses to one prompt from the policy, from the method's own generator."""
+        ids = prompt.expand(self.config.samples, -1)
+        for _ in range(self.config.max_new_tokens):
+            logits = model.inner(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, -1].float()
+            step = torch.multinomial(torch.softmax(logits, -1).cpu(), 1, generator=self._sampling).to(ids.device)
+            ids = torch.cat([ids, step], dim=1)
+        labels = ids.clone()
+        labels[:, : prompt.shape[1]] = -100
+        eos = model.config.eos_token_id
+        after_eos = (torch.cumsum((ids == eos).int(), dim=1) - (ids == eos).int()) > 0  # tokens after the first eos
+        labels[after_eos] = -100
+        return ids, labels
+
+    # --- utility ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def extra_utility(self, handle: Any, task: Any, test: list[dict]) -> list[Metric]:
+        model, correct, margins = self.model, [], []
+        model.eval()
+        for start in range(0, len(test), 16):
+            batch = task.collate(test[start : start + 16], handle.tokenizer, handle.device)
+            correct.append(self.reward_margins(model, batch) > 0)
+            margins.append(self.implicit_margins(model, batch))
+        correct_all, margin_all = torch.cat(correct).float(), torch.cat(margins).float()
+        return [Metric("utility.reward_accuracy", float(correct_all.mean())),
+                Metric("utility.implicit_reward_margin", float(margin_all.mean())),
+                Metric("utility.implicit_reward_accuracy", float((margin_all > 0).float().mean()))]

@@ -1,0 +1,228 @@
+"""Post-training methods: each round changes only the method's trainable state; method oracles."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+
+from bench import federation as fl
+from bench.errors import IncompatibleError
+from bench.methods import textual_prompt
+from bench.registry import METHODS
+from bench.runner import plan, prepare
+from bench.seeding import derive_seed
+from tests.helpers import make_scenario
+
+TASKS = {
+    "classification": {"name": "synthetic-clinical", "params": {"num_classes": 3, "max_length": 40}},
+    "instruction": {"name": "synthetic-instructions", "params": {"max_length": 48}},
+    "preference": {"name": "synthetic-preferences", "params": {"max_length": 48}},
+}
+TIER_OF = {"provider-tuning": "gray-box", "textual-prompt": "black-box"}
+SMALL = {"clients": 2, "clients_per_round": 2, "rounds": 1, "local_steps": 2, "batch_size": 4,
+         "examples_per_client": 8, "eval_examples": 8}
+
+
+def kind_for(method: str) -> str:
+    kinds = METHODS.get(method).task_kinds
+    return next(k for k in ("classification", "instruction", "preference") if k in kinds)
+
+
+def prepared(tmp_path, method: str, kind: str | None = None, params: dict | None = None, **federation):
+    scenario = make_scenario(tmp_path, tier=TIER_OF.get(method, "open-weight"),
+                             method={"name": method, "params": params or {}},
+                             task=TASKS[kind or kind_for(method)], federation={**SMALL, **federation})
+    return prepare(scenario, 0, plan(scenario))
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    state = {f"param:{n}": p.detach().clone() for n, p in model.named_parameters()}
+    return state | {f"buffer:{n}": b.detach().clone() for n, b in model.named_buffers()}
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_a_round_changes_only_the_methods_trainable_state(tmp_path, method):
+    # textual-prompt on instructions: ROUGE-L rewards vary between prompts, so its logits move.
+    p = prepared(tmp_path, method, kind="instruction" if method == "textual-prompt" else None)
+    model = p.built.method.model
+    before = snapshot(model)
+    fl.run(p.fed, p.transcript, p.truth)
+    after = snapshot(model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    trainable = {f"param:{n}" for n, _ in p.built.method.named_trainable}
+    assert changed and changed <= trainable, sorted(changed - trainable)[:5]
+
+
+# --- Houlsby adapters -----------------------------------------------------------------------------
+def test_adapters_start_as_the_identity_and_sit_after_attention_and_mlp(tmp_path):
+    p = prepared(tmp_path, "adapter")
+    model = p.built.method.model
+    base, _ = p.built.model_source.load("classification", 3, torch.device("cpu"), derive_seed("run", 0, "init"))
+    batch = p.fed.collate(p.clients[0].members[:3])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        assert torch.allclose(model(**inputs).logits, base(**inputs).logits, atol=1e-6)
+    adapters = [n for n, _ in model.named_modules() if n.endswith(("adapter_attention", "adapter_mlp"))]
+    assert len(adapters) == 2 * model.config.num_hidden_layers
+    names = [n for n, _ in p.built.method.named_trainable]
+    assert all(".adapter_" in n or ".ln_" in n or n.startswith(("score", "transformer.ln_f")) for n in names)
+
+
+# --- QLoRA ----------------------------------------------------------------------------------------
+def test_qlora_quantises_the_blocks_to_4_bits_and_stays_close_to_the_base(tmp_path):
+    import bitsandbytes as bnb
+
+    p = prepared(tmp_path, "qlora", kind="instruction")
+    model = p.built.method.model
+    quantised = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(quantised) == p.built.method.quantized_layers == 4 * model.config.num_hidden_layers
+    assert all(m.weight.dtype == torch.uint8 and m.weight.quant_type == "nf4" for m in quantised)
+    base, _ = p.built.model_source.load("instruction", 0, torch.device("cpu"), 0)
+    batch = p.fed.collate(p.clients[0].members[:3])
+    with torch.no_grad():
+        q, full = (m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits for m in (model, base))
+    assert torch.nn.functional.cosine_similarity(q.flatten(), full.flatten(), dim=0) > 0.95
+    assert not torch.equal(q, full)
+
+
+def test_qlora_without_bitsandbytes_fails_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(RuntimeError, match="qlora needs bitsandbytes"):
+        prepared(tmp_path, "qlora")
+
+
+# --- prompt and prefix tuning ---------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["prompt-tuning", "prefix-tuning"])
+def test_prompt_classifiers_ignore_padding(tmp_path, method):
+    p = prepared(tmp_path, method)
+    model = p.built.method.model.eval()
+    short, longer = {"text": "Patient seen.", "label": 0}, p.clients[0].members[0]
+    alone, padded = p.fed.collate([short]), p.fed.collate([short, longer])
+    assert padded["attention_mask"][0].sum() < padded["attention_mask"].shape[1]  # the short one is padded
+    with torch.no_grad():
+        first = model(input_ids=alone["input_ids"], attention_mask=alone["attention_mask"]).logits[0]
+        second = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits[0]
+    assert torch.allclose(first, second, atol=1e-5)
+
+
+def test_soft_prompt_logits_match_peft_and_line_up_with_the_input(tmp_path):
+    p = prepared(tmp_path, "prompt-tuning", kind="instruction")
+    wrapper = p.built.method.model.eval()
+    batch = p.fed.collate(p.clients[0].members[:1])  # one example: no padding
+    with torch.no_grad():
+        ours = wrapper(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        peft = wrapper.inner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert ours.shape[1] == batch["input_ids"].shape[1]
+    assert torch.allclose(ours, peft[:, -ours.shape[1]:], atol=1e-5)
+    assert wrapper._prompts(3).shape[0] == 3  # one prompt row per example (per-example gradients)
+
+
+# --- instruction tuning ---------------------------------------------------------------------------
+def test_instruction_tuning_is_lora_or_full_and_refuses_other_tasks(tmp_path):
+    lora = prepared(tmp_path, "instruction-tuning").built.method
+    assert all("lora_" in n for n, _ in lora.named_trainable)
+    full = prepared(tmp_path, "instruction-tuning", params={"mode": "full"}).built.method
+    assert full.num_trainable == sum(p.numel() for p in full.model.parameters())
+    scenario = make_scenario(tmp_path, method="instruction-tuning", task=TASKS["classification"])
+    with pytest.raises(IncompatibleError, match="cannot train a classification task"):
+        plan(scenario)
+
+
+# --- RLHF -----------------------------------------------------------------------------------------
+def test_dpo_starts_at_log_two_because_the_policy_is_the_reference(tmp_path):
+    p = prepared(tmp_path, "rlhf")
+    method = p.built.method
+    method.phase = "policy"
+    losses = method.dpo_losses(method.model, p.fed.collate(p.clients[0].members[:4]))
+    assert torch.allclose(losses, torch.full_like(losses, math.log(2.0)), atol=1e-5)
+
+
+def test_rlhf_trains_the_reward_model_then_the_policy_through_the_round_loop(tmp_path):
+    p = prepared(tmp_path, "rlhf", params={"reward_rounds": 1}, rounds=2)
+    p.fed.keep = frozenset({"aggregates"})
+    fl.run(p.fed, p.transcript, p.truth)
+    method = p.built.method
+    reward = torch.cat([torch.full((t.numel(),), n in method._reward_names) for n, t in method._named])
+    first, second = (r.aggregate for r in p.transcript.rounds)
+    assert first[reward].abs().sum() > 0 and (first[~reward] == 0).all()
+    assert second[~reward].abs().sum() > 0 and (second[reward] == 0).all()
+
+
+def test_reward_driven_policy_step_samples_responses_and_masks_prompts(tmp_path):
+    p = prepared(tmp_path, "rlhf", params={"policy_step": "reward", "max_new_tokens": 4})
+    method = p.built.method
+    batch = p.fed.collate(p.clients[0].members[:2])
+    prompt = batch["input_ids"][:1, :5]
+    ids, labels = method._sample(method.model, prompt)
+    assert ids.shape == (method.config.samples, 9) and (labels[:, :5] == -100).all()
+    method.phase = "policy"
+    losses = method.example_losses(method.model, batch)
+    assert losses.shape == (2,) and torch.isfinite(losses).all() and losses.requires_grad
+
+
+# --- textual prompt (black-box) -------------------------------------------------------------------
+def test_policy_gradient_oracle():
+    grad = textual_prompt.policy_gradient(torch.zeros(2), [0, 1], [1.0, 0.0])
+    assert torch.allclose(grad, torch.tensor([0.5, -0.5]))  # 0.5 * (e0 - p) - 0.5 * (e1 - p)
+    assert torch.equal(textual_prompt.policy_gradient(torch.zeros(3), [0, 2], [0.3, 0.3]), torch.zeros(3))
+
+
+def test_textual_prompt_moves_towards_the_prompt_that_scores_best(tmp_path, monkeypatch):
+    p = prepared(tmp_path, "textual-prompt", rounds=3, local_steps=3)
+    best = 3
+    candidates = p.built.method.config.candidates
+    monkeypatch.setitem(textual_prompt.REWARDS, "classification",
+                        lambda api, candidate, examples, settings: (float(candidate == candidates[best]), []))
+    fl.run(p.fed, p.transcript, p.truth)
+    assert int(p.built.method.model.logits.argmax()) == best
+
+
+def test_textual_prompt_queries_leave_the_client_only_at_hosted_tiers(tmp_path):
+    hosted = prepared(tmp_path, "textual-prompt")
+    fl.run(hosted.fed, hosted.transcript, hosted.truth)
+    log, transcript = hosted.transcript.provider_log, hosted.transcript
+    candidates = hosted.built.method.config.candidates
+    raw = [next(r.text[len(c):] for c in sorted(candidates, key=len, reverse=True) if r.text.startswith(c)) for r in log]
+    members = {e["text"] for c in hosted.clients for e in c.members}
+    assert log and {r.purpose for r in log} == {"inference"} and {r.client for r in log} == {0, 1}
+    assert set(raw) <= members
+    assert transcript.egress_records == len(log) and transcript.egress_bytes == sum(len(t.encode()) for t in raw)
+
+    local = make_scenario(tmp_path, tier="open-weight", method="textual-prompt", task=TASKS["classification"],
+                          federation=SMALL)
+    run = prepare(local, 0, plan(local))
+    fl.run(run.fed, run.transcript, run.truth)
+    assert run.transcript.provider_log == [] and run.transcript.egress_records == run.transcript.egress_bytes == 0
+
+
+@pytest.mark.parametrize("method", ["textual-prompt", "provider-tuning"])
+def test_methods_that_do_not_train_locally_refuse_client_dp_sgd_before_training(tmp_path, method):
+    scenario = make_scenario(tmp_path, tier=TIER_OF[method], method=method, task=TASKS["classification"],
+                             defenses=[{"name": "dp-local", "params": {"noise_multiplier": 1.0}}])
+    with pytest.raises(IncompatibleError, match="dp-local"):
+        plan(scenario)
+
+
+# --- provider tuning (gray-box) -------------------------------------------------------------------
+def test_provider_tuning_uploads_every_training_example_each_round(tmp_path):
+    p = prepared(tmp_path, "provider-tuning", rounds=2)
+    fl.run(p.fed, p.transcript, p.truth)
+    task, log = p.built.task, p.transcript.provider_log
+    expected = [(c, task.text_of(e)) for _ in range(2) for c in range(2) for e in p.clients[c].members]
+    assert [(r.client, r.text) for r in log] == expected and {r.purpose for r in log} == {"tuning-upload"}
+    assert p.transcript.egress_records == len(expected)
+    assert p.transcript.egress_bytes == sum(len(text.encode()) for _, text in expected)
+
+
+@pytest.mark.parametrize(("method", "params"), [("rlhf", {"policy_step": "reward", "reward_rounds": 1, "max_new_tokens": 3}),
+                                                ("textual-prompt", {})])
+def test_methods_with_their_own_sampling_are_deterministic(tmp_path, method, params):
+    def final_state():
+        p = prepared(tmp_path, method, params=params, rounds=2, local_steps=1)
+        fl.run(p.fed, p.transcript, p.truth)
+        return p.built.method.get_flat()
+
+    assert torch.equal(final_state(), final_state())
