@@ -12,8 +12,9 @@ Order inside one round (the engine calls every defense's hook in scenario order)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -47,6 +48,10 @@ class Defense:
     needs_client_updates: ClassVar[bool] = False
     """True for robust aggregators: they must read each client's plain update."""
     is_transport: ClassVar[bool] = False
+    replaces_training: ClassVar[bool] = False
+    """True when ``wrap_training`` runs its own trainer (DP-SGD) instead of wrapping the given one."""
+    requires_uniform_weights: ClassVar[bool] = False
+    """True when the aggregate must weight clients equally (user-level DP-FedAvg's sensitivity)."""
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
@@ -55,7 +60,7 @@ class Defense:
     def __init__(self, config: Any):
         self.config = config
 
-    def check_compatible(self, others: list["Defense"], scenario: Any) -> str | None:
+    def check_compatible(self, others: list[Defense], scenario: Any) -> str | None:
         """A reason this defense cannot run with ``others`` in ``scenario``, or None."""
         if self.needs_client_updates:
             hiding = [d.name for d in others if d.is_transport]
