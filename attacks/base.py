@@ -23,6 +23,8 @@ class Attack:
     """Transcript parts the attack reads: ``client_updates``, ``global_states``, ``aggregates``."""
     changes_training: ClassVar[bool] = False
     """True for participant attacks that alter training; they need runs of their own."""
+    task_kinds: ClassVar[frozenset[str]] = frozenset({"classification", "language", "instruction", "preference"})
+    """Task kinds the attack applies to; checked before any training."""
 
     @dataclass(frozen=True, kw_only=True)
     class Config:

@@ -52,6 +52,8 @@ class Federation:
     observers: list[Any] = field(default_factory=list)
     trainer: Trainer = train_local
     progress: Any = None
+    global_state: torch.Tensor | None = None
+    """The flat state broadcast this round (set by the loop)."""
 
 
 @dataclass
@@ -88,6 +90,7 @@ def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Trans
     rng = generator(*fed.seed_parts, "round", r)
     sampled = sorted(torch.randperm(s.clients, generator=rng)[: s.clients_per_round].tolist())
     record = RoundRecord(round=r, sampled=sampled)
+    fed.global_state = global_state
     fed.method.on_round_start(r, s.rounds)
     if "global_states" in fed.keep:
         record.global_before = global_state.clone()
@@ -96,7 +99,8 @@ def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Trans
     updates = _apply_participant_attacks(fed, r, updates, rng)
     for defense in fed.defenses:
         updates = {c: defense.on_client_update(r, c, u, generator(*fed.seed_parts, "clip", r, c)) for c, u in updates.items()}
-    weights = {c: float(len(fed.clients[c].members)) for c in sampled}
+    uniform = any(d.requires_uniform_weights for d in fed.defenses)
+    weights = {c: 1.0 if uniform else float(len(fed.clients[c].members)) for c in sampled}
     record.weights = weights
     messages = transport.encode(r, updates, weights, generator(*fed.seed_parts, "transport", r))
     stats.client_s += time.perf_counter() - started
@@ -119,15 +123,21 @@ def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Trans
     return global_state + s.server_lr * aggregate.to(global_state.dtype)
 
 
-def _train_client(fed: Federation, r: int, client: int, global_state: torch.Tensor, truth: GroundTruth,
-                  stats: FederationStats) -> torch.Tensor:
+def server_update(fed: Federation, r: int, root: list[dict[str, Any]]) -> torch.Tensor:
+    """The update the server itself would send, trained on ``root`` from this round's global state."""
+    job = _job(fed, r, -1, fed.global_state, root)
+    fed.trainer(job)
+    return fed.method.get_flat() - fed.global_state
+
+
+def _job(fed: Federation, r: int, client: int, global_state: torch.Tensor, examples: list[dict[str, Any]]) -> LocalJob:
     s = fed.settings
     fed.method.set_flat(global_state)
     fedsgd = s.protocol == "fedsgd"
-    job = LocalJob(
+    return LocalJob(
         model=fed.method.model,
         parameters=[p for _, p in fed.method.named_trainable],
-        examples=fed.clients[client].members,
+        examples=examples,
         collate=fed.collate,
         example_losses=fed.method.example_losses,
         steps=1 if fedsgd else s.local_steps,
@@ -137,6 +147,11 @@ def _train_client(fed: Federation, r: int, client: int, global_state: torch.Tens
         rng=generator(*fed.seed_parts, "client", r, client),
         client=client,
     )
+
+
+def _train_client(fed: Federation, r: int, client: int, global_state: torch.Tensor, truth: GroundTruth,
+                  stats: FederationStats) -> torch.Tensor:
+    job = _job(fed, r, client, global_state, fed.clients[client].members)
     trainer = fed.trainer
     for defense in fed.defenses:
         trainer = defense.wrap_training(trainer, client, job.rng)

@@ -16,7 +16,7 @@ import torch
 
 from bench import federation as fl
 from bench.device import describe, peak_gpu_memory_mb, pick_device, reset_peak_memory
-from bench.errors import IncompatibleError, UserError
+from bench.errors import IncompatibleError, TierAccessError, UserError
 from bench.evaluate import evaluate
 from bench.partition import ClientData, deal, split_members
 from bench.provenance import git_commit, package_versions, peak_rss_mb
@@ -74,6 +74,9 @@ def incompatibility(built: Plan, scenario: Scenario) -> str | None:
     reason = built.method.check_compatible(built.defenses)
     if reason:
         return reason
+    for attack in built.attacks:
+        if built.task.kind not in attack.task_kinds:
+            return f"{attack.name} applies to {', '.join(sorted(attack.task_kinds))} tasks, not {built.task.kind}"
     if sum(d.is_transport for d in built.defenses) > 1:
         return "at most one transport defense (secagg or he) per scenario"
     for defense in built.defenses:
@@ -90,6 +93,8 @@ class RunResult:
     status: str = "ok"
     error: str = ""
     device: str = "cpu"
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """Attacks the tier or task rules out at evaluation time, with the reason."""
 
 
 def execute(scenario: Scenario, seed: int, *, progress: Any = None) -> list[Row]:
@@ -120,8 +125,11 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
     if result.status != "ok":
         return [Row(attack="none", metric="run", value=None, **base)]
     metrics = result.metrics + [("none", Metric("cost.wall_s", wall_s, higher_is_better=False))]
-    return [Row(attack=attack, metric=m.name, value=m.value, ci_low=m.ci_low, ci_high=m.ci_high,
+    rows = [Row(attack=attack, metric=m.name, value=m.value, ci_low=m.ci_low, ci_high=m.ci_high,
                 higher_is_better=m.higher_is_better, **base) for attack, m in metrics]
+    for attack, reason in result.skipped:
+        rows.append(Row(attack=attack, metric="run", value=None, **{**base, "status": "not-applicable", "error": reason}))
+    return rows
 
 
 @dataclass
@@ -163,6 +171,7 @@ def prepare(scenario: Scenario, seed: int, built: Plan, progress: Any = None) ->
         defenses=built.defenses, attackers=[a for a in built.attacks if a.changes_training], malicious=tuple(malicious),
         keep=_kept_parts(built), progress=progress,
     )
+    _give_server_updates(built.defenses, fed, task_data.auxiliary)
     truth = GroundTruth(malicious_clients=tuple(malicious), canaries=task_data.canaries)
     transcript = Transcript()
     fed.trainer = built.method.trainer(fed.trainer, transcript)
@@ -181,13 +190,25 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any) -> RunResult
     result.metrics += [("none", m) for m in evaluate(own_view, built.task, eval_set)]
     views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth)
     for attack in built.attacks:
-        prediction = attack.run(views.for_attack(attack), generator("run", seed, "attack", attack.name))
+        try:
+            prediction = attack.run(views.for_attack(attack), generator("run", seed, "attack", attack.name))
+        except (TierAccessError, IncompatibleError) as error:  # the tier or task rules this attack out
+            result.skipped.append((attack.name, str(error).split(": ", 1)[-1] if isinstance(error, UserError) else str(error)))
+            continue
         result.metrics += [(attack.name, m) for m in score(prediction, views.truth)]
     result.metrics += [("none", m) for m in _cost_metrics(stats, scenario.federation.rounds, built.defenses, p.device)]
     result.metrics += [("none", m) for m in _privacy_metrics(built.defenses, p.transcript, result.extra)]
     result.extra.update({"trainable_params": built.method.num_trainable, "malicious": list(p.fed.malicious),
                          "model": built.model_source.metadata()})
     return result
+
+
+def _give_server_updates(defenses: list[Any], fed: fl.Federation, public: list[dict]) -> None:
+    """FLTrust-style rules train a server update on a small public root set each round."""
+    for defense in defenses:
+        if getattr(defense, "needs_server_update", False):
+            root = public[: defense.config.root_size]
+            defense.server_update_fn = lambda r, root=root: fl.server_update(fed, r, root)
 
 
 def _deal_clients(task: Any, pool: list[dict], s: Any, rng: torch.Generator) -> list[ClientData]:
@@ -242,10 +263,16 @@ def _privacy_metrics(defenses: list[Any], transcript: Transcript, extra: dict[st
         Metric("privacy.egress_records", float(transcript.egress_records), higher_is_better=False),
         Metric("privacy.egress_bytes", float(transcript.egress_bytes), higher_is_better=False),
     ]
-    for defense in defenses:
-        for key, value in defense.privacy().items():
+    reports = [(d.name, d.privacy()) for d in defenses]
+    counts: dict[str, int] = {}
+    for _, report in reports:
+        for key in report:
+            counts[key] = counts.get(key, 0) + 1
+    for name, report in reports:
+        for key, value in report.items():
+            label = key if counts[key] == 1 else f"{key}[{name}]"  # two DP layers: keep both, apart
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                metrics.append(Metric(key, float(value), higher_is_better=key != "dp.epsilon"))
+                metrics.append(Metric(label, float(value), higher_is_better=not key.startswith("dp.epsilon")))
             else:
-                extra[key] = value
+                extra[label] = value
     return metrics

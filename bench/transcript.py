@@ -87,3 +87,5 @@ class ThreatView:
     """Runs the same harness on auxiliary data to train a shadow model (``None`` when not allowed)."""
     canaries: list[Any] = field(default_factory=list)
     """Canary prefixes and the secret space (not which secret was inserted)."""
+    pretraining_corpus: list[str] | None = None
+    """The base model's pretraining documents, when the tier publishes them (open-source)."""

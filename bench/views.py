@@ -17,7 +17,7 @@ import torch
 from bench.registry import METHODS
 from bench.seeding import derive_seed, generator
 from bench.training import LocalJob, train_local
-from bench.transcript import GroundTruth, RoundRecord, ThreatView
+from bench.transcript import GroundTruth, RoundRecord, ThreatView, Transcript
 
 # What each vantage keeps of a round record.
 ROUND_FIELDS = {
@@ -67,6 +67,7 @@ class ViewBuilder:
             provider_log=list(self.transcript.provider_log) if vantage == "provider" else [],
             train_shadow=self.train_shadow if self.built.tier.grants_weights() else None,
             canaries=[dataclasses.replace(c, secret="") for c in self.task_data.canaries],
+            pretraining_corpus=self.built.tier.public_corpus(self.built.model_source),
         )
 
     def _handle(self, model: Any) -> Any:
@@ -100,7 +101,7 @@ class ViewBuilder:
                        collate=lambda ex: built.task.collate(ex, self.tokenizer, _device(built)),
                        example_losses=method.example_losses, steps=max(steps, 1), batch_size=s.batch_size, lr=s.lr,
                        optimizer=s.optimizer, rng=generator(seed, "shadow"))
-        train_local(job)
+        method.trainer(train_local, Transcript())(job)
         return OpenModel(method.model, method, built.task, self.tokenizer)
 
 

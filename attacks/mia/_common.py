@@ -22,12 +22,22 @@ TOKEN_CHUNK = 16
 _SCHEMA_FIELDS = (("text",), ("instruction", "response"), ("prompt", "chosen"))
 
 
-def is_classification(example: dict) -> bool:
+def is_classification(example: dict, task: Any = None) -> bool:
+    """The task's kind when the task is known (a language task may still carry labels), else the schema."""
+    if task is not None and hasattr(task, "kind"):
+        return task.kind == "classification"
     return "label" in example
 
 
-def require_text_task(examples: list[dict], attack: str) -> None:
-    if examples and is_classification(examples[0]):
+def task_of(view_or_handle: Any) -> Any:
+    task = getattr(view_or_handle, "task", None)
+    if task is None and hasattr(view_or_handle, "final_model"):
+        task = getattr(view_or_handle.final_model, "task", None)
+    return task
+
+
+def require_text_task(examples: list[dict], attack: str, task: Any = None) -> None:
+    if examples and is_classification(examples[0], task):
         raise IncompatibleError(f"{attack} scores tokens of generated text; it does not apply to classification tasks")
 
 
@@ -44,7 +54,7 @@ def confidence_signal(handle: Any, examples: list[dict]) -> torch.Tensor:
     (classification) or the negative task loss (text)."""
     if not examples:
         return torch.zeros(0)
-    if is_classification(examples[0]):
+    if is_classification(examples[0], task_of(handle)):
         labels = torch.tensor([int(e["label"]) for e in examples])
         return logit_confidence(handle.class_logits(examples), labels)
     return -handle.example_losses(examples).float()

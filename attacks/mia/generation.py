@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import Attack
-from attacks.mia._common import is_classification, membership_scores, text_of
+from attacks.mia._common import is_classification, membership_scores, task_of, text_of
 from bench.config import doc
 from bench.registry import ATTACKS
 from bench.transcript import ThreatView
@@ -93,7 +93,7 @@ class GenerationAttack(Attack):
                 raise ValueError("max_new_tokens must be at least 1 and perturbations at least 0")
 
     def run(self, view: ThreatView, rng: torch.Generator):
-        if view.candidates and is_classification(view.candidates[0]):
+        if view.candidates and is_classification(view.candidates[0], task_of(view)):
             return membership_scores(self._label_only(view, rng))
         return membership_scores(self._completion_overlap(view))
 

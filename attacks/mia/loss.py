@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import Attack
-from attacks.mia._common import canary_losses, confidence_signal, is_classification, membership_scores, text_of
+from attacks.mia._common import canary_losses, confidence_signal, is_classification, membership_scores, task_of, text_of
 from bench.config import doc
 from bench.registry import ATTACKS
 from bench.transcript import ThreatView
@@ -44,7 +44,7 @@ class LossAttack(Attack):
 
     def run(self, view: ThreatView, rng: torch.Generator):
         scores = confidence_signal(view.final_model, view.candidates)
-        text_task = not (view.candidates and is_classification(view.candidates[0]))
+        text_task = not (view.candidates and is_classification(view.candidates[0], task_of(view)))
         canary = (
             canary_losses(view.final_model, view.canaries)
             if self.config.canaries and view.canaries and text_task

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import Attack
-from attacks.mia._common import membership_scores, per_example_tokens, require_text_task
+from attacks.mia._common import membership_scores, per_example_tokens, require_text_task, task_of
 from bench.config import doc
 from bench.registry import ATTACKS
 from bench.transcript import ThreatView
@@ -64,7 +64,7 @@ class MinKProb(Attack):
     token_score = staticmethod(token_log_probs)
 
     def run(self, view: ThreatView, rng: torch.Generator):
-        require_text_task(view.candidates, self.name)
+        require_text_task(view.candidates, self.name, task_of(view))
         k = self.config.k
         scores = per_example_tokens(
             view.final_model, view.candidates, lambda z, t: lowest_fraction_mean(self.token_score(z, t), k)

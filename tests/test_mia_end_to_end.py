@@ -1,0 +1,49 @@
+"""Membership inference through the whole harness: chance on the base model, strength when overfit."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import federation as fl
+from bench.runner import plan, prepare
+from bench.score import score
+from bench.seeding import generator
+from bench.views import ViewBuilder
+from tests.helpers import make_scenario
+
+LANGUAGE = {"name": "synthetic-clinical", "params": {"num_classes": 5, "max_length": 48, "objective": "language"}}
+EXTERNAL = ["mia-loss", "mia-zlib", "mia-mink", "mia-minkpp", "mia-reference", {"name": "mia-lira", "params": {"shadows": 2}}]
+
+
+def _attack_metrics(prepared):
+    views = ViewBuilder(prepared.scenario, prepared.seed, prepared.built, prepared.transcript, prepared.tokenizer,
+                        prepared.clients, prepared.task_data, prepared.truth)
+    out = {}
+    for attack in prepared.built.attacks:
+        prediction = attack.run(views.for_attack(attack), generator("test", attack.name))
+        out[attack.name] = {m.name: m for m in score(prediction, views.truth)}
+    return out
+
+
+def test_every_attack_is_at_chance_on_the_base_model(tmp_path):
+    scenario = make_scenario(tmp_path, task=LANGUAGE, method="lora", attacks=EXTERNAL,
+                             federation={"clients": 4, "clients_per_round": 4, "rounds": 1, "local_steps": 2,
+                                         "examples_per_client": 24})
+    prepared = prepare(scenario, 0, plan(scenario))  # no round runs: nothing was trained on the members
+    for name, metrics in _attack_metrics(prepared).items():
+        auc = metrics["mia.auc"]
+        assert auc.ci_low <= 0.5 <= auc.ci_high, (name, auc)
+
+
+@pytest.mark.slow
+def test_attacks_beat_chance_when_clients_overfit_and_lira_leads_at_low_fpr(tmp_path):
+    attacks = ["mia-loss", "mia-reference", {"name": "mia-lira", "params": {"shadows": 8}}]
+    scenario = make_scenario(tmp_path, task=LANGUAGE, method="fft", attacks=attacks,
+                             federation={"clients": 2, "clients_per_round": 2, "rounds": 2, "local_steps": 15,
+                                         "batch_size": 8, "lr": 0.003, "examples_per_client": 48})
+    prepared = prepare(scenario, 0, plan(scenario))
+    fl.run(prepared.fed, prepared.transcript, prepared.truth)
+    metrics = _attack_metrics(prepared)
+    for name in ("mia-loss", "mia-reference", "mia-lira"):
+        assert metrics[name]["mia.auc"].ci_low > 0.6, (name, metrics[name]["mia.auc"])
+    assert metrics["mia-lira"]["mia.tpr@0.01"].value > metrics["mia-loss"]["mia.tpr@0.01"].value
