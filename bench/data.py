@@ -329,3 +329,29 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@TASKS.register("hf-dataset")
+class HuggingFaceDataset(LocalFile):
+    """A Hugging Face dataset by hub name, or a directory written by ``Dataset.save_to_disk``."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config(LocalFile.Config):
+        path: str = doc("Hub dataset name (e.g. 'ag_news') or a local save_to_disk directory.")
+        subset: str = doc("Dataset configuration name (empty = default).", "")
+        split: str = doc("Split to draw records from.", "train")
+
+    def _rows(self) -> list[dict[str, Any]]:
+        import datasets
+
+        c = self.config
+        try:
+            if Path(c.path).is_dir():
+                loaded = datasets.load_from_disk(c.path)
+                loaded = loaded[c.split] if isinstance(loaded, datasets.DatasetDict) else loaded
+            else:
+                loaded = datasets.load_dataset(c.path, c.subset or None, split=c.split)
+        except (FileNotFoundError, ValueError, KeyError, ConnectionError) as error:
+            raise UserError(f"cannot load dataset {c.path!r} split {c.split!r}: {error}", key="task.params.path") from None
+        rows = loaded.to_list()
+        return rows[: c.limit] if c.limit else rows

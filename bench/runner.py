@@ -74,7 +74,7 @@ def incompatibility(built: Plan, scenario: Scenario) -> str | None:
     reason = built.method.check_compatible(built.defenses)
     if reason:
         return reason
-    for attack in built.attacks:
+    for attack in (a for a in built.attacks if a.changes_training):  # others are skipped at evaluation
         if built.task.kind not in attack.task_kinds:
             return f"{attack.name} applies to {', '.join(sorted(attack.task_kinds))} tasks, not {built.task.kind}"
     if sum(d.is_transport for d in built.defenses) > 1:
@@ -190,6 +190,9 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any) -> RunResult
     result.metrics += [("none", m) for m in evaluate(own_view, built.task, eval_set)]
     views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth)
     for attack in built.attacks:
+        if built.task.kind not in attack.task_kinds:
+            result.skipped.append((attack.name, f"{attack.name} applies to {', '.join(sorted(attack.task_kinds))} tasks"))
+            continue
         try:
             prediction = attack.run(views.for_attack(attack), generator("run", seed, "attack", attack.name))
         except (TierAccessError, IncompatibleError) as error:  # the tier or task rules this attack out

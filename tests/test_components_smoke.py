@@ -17,7 +17,8 @@ SETTINGS = {  # task kind -> (task, method) that trains it
     "instruction": ({"name": "synthetic-instructions", "params": {"max_length": 48}}, "instruction-tuning"),
     "preference": ({"name": "synthetic-preferences", "params": {"max_length": 48}}, "rlhf"),
 }
-FAST_PARAMS = {"mia-lira": {"shadows": 2}, "inversion-optim": {"iterations": 5}}
+FAST_PARAMS = {"mia-lira": {"shadows": 4}, "inversion-optim": {"steps": 5}, "poison-labelflip": {"num_classes": 3}}
+DEFENSE_PARAMS = {"dp-local": {"noise_multiplier": 1.0}, "dp-central": {"noise_multiplier": 1.0}}
 VANTAGE_TIER = {"provider": "gray-box"}
 
 
@@ -46,7 +47,7 @@ def test_every_attack_runs_and_is_scored(tmp_path, name):
 
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_every_defense_runs(tmp_path, name):
-    scenario = make_scenario(tmp_path, federation=TINY, defenses=[name])
+    scenario = make_scenario(tmp_path, federation=TINY, defenses=[{"name": name, "params": DEFENSE_PARAMS.get(name, {})}])
     rows = execute(scenario, 0)
     assert {r.status for r in rows} == {"ok"}, [r.error for r in rows]
     assert "utility.accuracy" in {r.metric for r in rows}

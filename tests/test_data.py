@@ -89,3 +89,19 @@ def test_preference_utility_counts_pairs_where_the_chosen_response_is_likelier()
     metrics = {m.name: m.value for m in EVALUATORS["preference"](Handle(), None, pairs)}
     assert metrics["utility.likelihood_preference_accuracy"] == 0.5
     assert metrics["utility.perplexity"] == pytest.approx(float(torch.tensor(3.0).exp()))
+
+
+def test_a_dataset_saved_to_disk_loads_through_the_hf_dataset_task(tmp_path):
+    import datasets
+
+    from bench.runner import execute
+    from tests.helpers import make_scenario
+
+    records = [{"note": f"Patient {i} has {'a cough' if i % 2 else 'chest pain'}.", "condition": i % 2} for i in range(80)]
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "ds"))
+    task = {"name": "hf-dataset", "params": {"path": str(tmp_path / "ds"), "text_column": "note",
+                                            "label_column": "condition", "max_length": 24}}
+    scenario = make_scenario(tmp_path, task=task, federation={"rounds": 1, "local_steps": 1, "examples_per_client": 8})
+    rows = execute(scenario, 0)
+    assert {r.status for r in rows} == {"ok"}, [r.error for r in rows]
+    assert "utility.accuracy" in {r.metric for r in rows}

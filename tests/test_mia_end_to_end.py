@@ -12,7 +12,7 @@ from bench.views import ViewBuilder
 from tests.helpers import make_scenario
 
 LANGUAGE = {"name": "synthetic-clinical", "params": {"num_classes": 5, "max_length": 48, "objective": "language"}}
-EXTERNAL = ["mia-loss", "mia-zlib", "mia-mink", "mia-minkpp", "mia-reference", {"name": "mia-lira", "params": {"shadows": 2}}]
+EXTERNAL = ["mia-loss", "mia-zlib", "mia-mink", "mia-minkpp", "mia-reference", {"name": "mia-lira", "params": {"shadows": 4}}]
 
 
 def _attack_metrics(prepared):
@@ -28,7 +28,7 @@ def _attack_metrics(prepared):
 def test_every_attack_is_at_chance_on_the_base_model(tmp_path):
     scenario = make_scenario(tmp_path, task=LANGUAGE, method="lora", attacks=EXTERNAL,
                              federation={"clients": 4, "clients_per_round": 4, "rounds": 1, "local_steps": 2,
-                                         "examples_per_client": 24})
+                                         "examples_per_client": 48})
     prepared = prepare(scenario, 0, plan(scenario))  # no round runs: nothing was trained on the members
     for name, metrics in _attack_metrics(prepared).items():
         auc = metrics["mia.auc"]

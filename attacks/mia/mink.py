@@ -58,6 +58,7 @@ class MinKConfig:
 @ATTACKS.register("mia-mink")
 class MinKProb(Attack):
     """Score = mean log p of the k% least likely tokens."""
+    task_kinds = frozenset({"language", "instruction"})
 
     vantage = "external"
     Config = MinKConfig
