@@ -171,7 +171,11 @@ def _expand(document: dict[str, Any], file: str) -> list[tuple[str, dict[str, An
 
 def _short(value: Any) -> str:
     if isinstance(value, dict):
-        return str(value.get("name", json.dumps(value, sort_keys=True)))
+        if "name" not in value:
+            return json.dumps(value, sort_keys=True)
+        params = value.get("params") or {}
+        inner = ",".join(f"{k}={_short(v)}" for k, v in sorted(params.items()))
+        return f"{value['name']}({inner})" if inner else str(value["name"])
     if isinstance(value, list):
         return "+".join(_short(v) for v in value) or "none"
     return str(value)
