@@ -164,6 +164,8 @@ def _train_client(fed: Federation, r: int, client: int, global_state: torch.Tens
 
 
 def _token_ids(fed: Federation, job: LocalJob, indices: list[int]) -> list[list[int]]:
+    if not indices:  # Poisson sampling (DP-SGD) may draw empty batches
+        return []
     batch = fed.collate([job.examples[i] for i in indices])
     ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu().bool()
     return [row[m].tolist() for row, m in zip(ids, mask)]

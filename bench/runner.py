@@ -93,8 +93,8 @@ class RunResult:
     status: str = "ok"
     error: str = ""
     device: str = "cpu"
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    """Attacks the tier or task rules out at evaluation time, with the reason."""
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    """(attack, status, reason) for attacks ruled out at evaluation time or that failed there."""
 
 
 def execute(scenario: Scenario, seed: int, *, progress: Any = None) -> list[Row]:
@@ -109,9 +109,12 @@ def execute(scenario: Scenario, seed: int, *, progress: Any = None) -> list[Row]
     except UserError:
         raise
     except Exception as error:  # a failing run is recorded and the sweep goes on
-        trace = traceback.format_exception_only(type(error), error)[-1].strip()
-        result = RunResult(status="failed", error=trace[:500])
+        result = RunResult(status="failed", error=_one_line(error))
     return _rows(scenario, seed, result, time.perf_counter() - started)
+
+
+def _one_line(error: BaseException) -> str:
+    return traceback.format_exception_only(type(error), error)[-1].strip()[:500]
 
 
 def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> list[Row]:
@@ -127,8 +130,8 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
     metrics = result.metrics + [("none", Metric("cost.wall_s", wall_s, higher_is_better=False))]
     rows = [Row(attack=attack, metric=m.name, value=m.value, ci_low=m.ci_low, ci_high=m.ci_high,
                 higher_is_better=m.higher_is_better, **base) for attack, m in metrics]
-    for attack, reason in result.skipped:
-        rows.append(Row(attack=attack, metric="run", value=None, **{**base, "status": "not-applicable", "error": reason}))
+    for attack, status, reason in result.skipped:
+        rows.append(Row(attack=attack, metric="run", value=None, **{**base, "status": status, "error": reason}))
     return rows
 
 
@@ -191,12 +194,16 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any) -> RunResult
     views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth)
     for attack in built.attacks:
         if built.task.kind not in attack.task_kinds:
-            result.skipped.append((attack.name, f"{attack.name} applies to {', '.join(sorted(attack.task_kinds))} tasks"))
+            kinds = ", ".join(sorted(attack.task_kinds))
+            result.skipped.append((attack.name, "not-applicable", f"{attack.name} applies to {kinds} tasks"))
             continue
         try:
             prediction = attack.run(views.for_attack(attack), generator("run", seed, "attack", attack.name))
         except (TierAccessError, IncompatibleError) as error:  # the tier or task rules this attack out
-            result.skipped.append((attack.name, str(error).split(": ", 1)[-1] if isinstance(error, UserError) else str(error)))
+            result.skipped.append((attack.name, "not-applicable", str(error).split(": ", 1)[-1]))
+            continue
+        except Exception as error:  # one broken attack must not discard the run's other measurements
+            result.skipped.append((attack.name, "failed", _one_line(error)))
             continue
         result.metrics += [(attack.name, m) for m in score(prediction, views.truth)]
     result.metrics += [("none", m) for m in _cost_metrics(stats, scenario.federation.rounds, built.defenses, p.device)]

@@ -96,7 +96,7 @@ def load(path: str | Path) -> list[Scenario]:
     """Every scenario a file describes (a grid expands)."""
     path = Path(path)
     document = _read(path, chain=())
-    return [_build(entry, name, str(path)) for name, entry in _expand(document, str(path))]
+    return [build(entry, name, str(path)) for name, entry in _expand(document, str(path))]
 
 
 def load_many(paths: list[str | Path]) -> list[Scenario]:
@@ -127,14 +127,14 @@ def _read(path: Path, chain: tuple[str, ...]) -> dict[str, Any]:
     if str(base_path) in chain:
         raise UserError("include cycle", file=str(path), key="include")
     base = _read(base_path, chain + (str(path),))
-    return _merge(base, document)
+    return merge(base, document)
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -236,7 +236,7 @@ def _seeds(value: Any, file: str) -> tuple[int, ...]:
     raise UserError("seeds must be a positive count or a non-empty list of integers", file=file, key="seeds")
 
 
-def _build(entry: dict[str, Any], name: str, file: str) -> Scenario:
+def build(entry: dict[str, Any], name: str, file: str) -> Scenario:
     for required in ("tier", "model", "task", "method"):
         if required not in entry:
             raise UserError(f"missing required key {required!r}", file=file, key=required)
