@@ -6,6 +6,8 @@ WHEELS := $(wildcard /opt/wheels)
 PIP_EXTRA := $(if $(WHEELS),--find-links $(WHEELS),)
 PYTEST_ARGS ?= -m "not perf and not slow"
 OUT ?= results
+PRESET ?= cpu-small
+BENCH_SCENARIOS ?= scenarios/table4.yaml scenarios/table4-poisoning.yaml scenarios/table4-closed.yaml
 
 .PHONY: install bench test test-all perf lint clean-results
 
@@ -19,9 +21,10 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# Table 4's grid (resumes: finished (scenario, seed) runs are skipped), then every published file.
 bench: install
-	$(PY) -m bench run scenarios/smoke.yaml --out $(OUT)/runs
-	$(PY) -m bench table $(OUT)/runs/results.jsonl
+	$(PY) -m bench run $(BENCH_SCENARIOS) --out $(OUT)/runs --preset $(PRESET)
+	$(PY) -m bench report $(OUT)/runs --out $(OUT) --scenarios $(BENCH_SCENARIOS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -13,10 +13,16 @@ DEFAULT_SCENARIOS = "scenarios/smoke.yaml"
 
 
 def _run(args: argparse.Namespace) -> int:
+    from bench.presets import apply, runnable
     from bench.scenario import load_many
     from bench.sweep import run_status, sweep
 
-    scenarios = load_many(args.paths)
+    scenarios, skipped = runnable(apply(load_many(args.paths), args.preset))
+    for message in skipped:
+        print(message, file=sys.stderr)
+    if not scenarios:
+        print("nothing to run on this machine")
+        return 0
     store = sweep(scenarios, args.out, seeds=args.seeds, force=args.force, show_progress=not args.quiet)
     counts = run_status(store)
     print(f"wrote {store.jsonl} and {store.csv}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
@@ -59,7 +65,31 @@ def _table(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"run": _run, "validate": _validate, "ls": _ls, "table": _table}
+def _report(args: argparse.Namespace) -> int:
+    from bench.report import write_reports, write_study_report
+
+    if args.study:
+        command = args.command_line or ""
+        paths = write_study_report(args.runs, args.out, command)
+        print("wrote " + ", ".join(map(str, paths)))
+        return 0
+    notes = write_reports(args.runs, args.out, args.scenarios, figures=not args.no_figures)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {args.out}/leaderboard.csv, table4.csv, table4.md, table1.*, figures/, index.html")
+    return 0
+
+
+def _table1(args: argparse.Namespace) -> int:
+    from bench.table1 import write_table1
+
+    csv_path, md_path = write_table1(Path(args.out))
+    print(f"wrote {csv_path} and {md_path}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"run": _run, "validate": _validate, "ls": _ls, "table": _table,
+                                                           "report": _report, "table1": _table1}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,6 +101,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 instead of the files' seeds")
     run.add_argument("--force", action="store_true", help="rerun runs already in the results")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--preset", default="cpu-small", help="size overlay: cpu-small (the files as written) or gpu")
     validate = sub.add_parser("validate", help="load and check scenario files")
     validate.add_argument("paths", nargs="*")
     ls = sub.add_parser("ls", help="list registered components and scenario files")
@@ -78,6 +109,16 @@ def parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="print a results table")
     table.add_argument("results", nargs="?", default="results/runs/results.jsonl")
     table.add_argument("--metric", action="append", help="only these metrics (repeatable)")
+    report = sub.add_parser("report", help="leaderboard, Table 4, Table 1, figures and index.html from results")
+    report.add_argument("runs", nargs="?", default="results/runs", help="results directory (or its results.jsonl)")
+    report.add_argument("--out", default="results", help="directory for the published files")
+    report.add_argument("--scenarios", nargs="*", default=["scenarios/table4.yaml", "scenarios/table4-poisoning.yaml", "scenarios/table4-closed.yaml"],
+                        help="scenario files of the runs (to name the attacks of runs that recorded none)")
+    report.add_argument("--no-figures", action="store_true", help="skip the figures")
+    report.add_argument("--study", action="store_true", help="a study: leaderboard.csv, summary.md, index.html only")
+    report.add_argument("--command-line", help="the command that produced the runs, recorded in summary.md")
+    table1 = sub.add_parser("table1", help="write Table 1 (tier x method) as CSV and markdown")
+    table1.add_argument("--out", default="results")
     return p
 
 

@@ -1,15 +1,30 @@
-"""Reports built from the results store: tables (leaderboard, Table 1, Table 4) and figures."""
+"""Reports built from the results store: tables (leaderboard, Table 1, Table 4) and figures.
+
+``write_reports`` is what ``make bench`` calls after the sweep (``python -m bench report``): it reads
+``RUNS/results.jsonl`` and writes, under ``OUT``: ``leaderboard.csv``, ``table4.csv``, ``table4.md``,
+``table1.csv``/``.md``, ``figures/*.png|svg`` and ``index.html``. Every output is a pure function of
+the stored rows (plus the scenario files, to name the attacks of runs that recorded none).
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from bench import leaderboard, paper4, table4
 from bench.errors import UserError
 
 
 def load_frame(path: str | Path):
     import pandas as pd
 
+    return pd.DataFrame(load_rows(path))
+
+
+def load_rows(path: str | Path) -> list[dict[str, Any]]:
     from bench.results import ResultStore
 
     path = Path(path)
@@ -17,7 +32,7 @@ def load_frame(path: str | Path):
     rows = store.rows()
     if not rows:
         raise UserError("no results found (run `python -m bench run` first)", file=str(path))
-    return pd.DataFrame(rows)
+    return rows
 
 
 def metric_table(path: str | Path, metrics: list[str] | None = None) -> str:
@@ -30,3 +45,172 @@ def metric_table(path: str | Path, metrics: list[str] | None = None) -> str:
         return "(no ok rows)"
     wide = frame.pivot_table(index=["scenario", "attack"], columns="metric", values="value", aggfunc="mean")
     return wide.to_string(float_format=lambda v: f"{v:.4g}")
+
+
+def scenario_attacks(paths: list[str | Path]) -> dict[str, list[str]]:
+    """scenario_hash -> attack names, for every scenario in ``paths`` (missing files are skipped)."""
+    from bench.scenario import load_many
+
+    existing = [p for p in paths if Path(p).exists()]
+    return {s.hash: [a.name for a in s.attacks] for s in load_many(existing)} if existing else {}
+
+
+# --- Table 4 files ---------------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+def write_table4_csv(cells: list[table4.Cell], path: Path) -> Path:
+    from bench.results import _atomic_write
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=table4.TABLE4_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in table4.as_dicts(cells):
+        writer.writerow({k: _fmt(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    _atomic_write(path, buffer.getvalue())
+    return path
+
+
+COMPARISON_MARK = {"agree": "agree", "disagree": "**disagree**", "not measurable": "n/m"}
+
+
+def cell_text(cell: table4.Cell) -> str:
+    """``0.71->0.52 partial (du -0.03, x1.4) agree`` for one cell of the markdown table."""
+    if cell.verdict in ("incompatible", "failed", "not applicable") and cell.success_with is None:
+        return f"{cell.verdict} · {COMPARISON_MARK.get(cell.comparison, cell.comparison)}"
+    moved = f"{_fmt(cell.success_without, 2)}→{_fmt(cell.success_with, 2)}"
+    extras = []
+    if cell.utility_change is not None:
+        extras.append(f"Δu {cell.utility_change:+.2f}")
+    if cell.cost_factor is not None:
+        extras.append(f"×{cell.cost_factor:.1f}")
+    return f"{moved} {cell.verdict} ({', '.join(extras)}) · {COMPARISON_MARK.get(cell.comparison, cell.comparison)}"
+
+
+def table4_markdown(cells: list[table4.Cell]) -> str:
+    roles = [r for r in table4.ROLES if any(c.role == r for c in cells)]
+    attack_names = {r: next((c.attack for c in cells if c.role == r and c.attack), "") for r in roles}
+    header = ["tier", "method", "defense", "paper"] + [f"{table4.ROLE_TITLES[r]} ({attack_names[r]})" for r in roles]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows: dict[tuple, dict[str, table4.Cell]] = {}
+    for cell in cells:
+        rows.setdefault((cell.tier, cell.method, cell.defense), {})[cell.role] = cell
+    for (tier, method, defense), by_role in rows.items():
+        paper = next(iter(by_role.values())).paper
+        texts = [cell_text(by_role[r]) if r in by_role else "" for r in roles]
+        lines.append("| " + " | ".join([tier, method, defense, paper] + texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+TABLE4_LEGEND = """
+Each cell: attack success without → with the defense (headline metric of the attack, mean over
+paired seeds), the verdict, the change in headline utility (Δu) and the compute cost factor (×, client +
+server seconds per round),
+then our comparison with the paper's mark (agree, **disagree**, n/m = not measurable).
+Verdict rule (bench/table4.py): advantage = metric − failure level (AUC 0.5; ROUGE-1 0; backdoor
+ASR 0; Byzantine: error rate − the attacker-free run's error rate); reduction r = (a0 − a1)/a0;
+*mitigates* r ≥ 0.75, *partial* 0.25 ≤ r < 0.75, *no effect* r < 0.25 or a0 − a1 within 2 standard
+errors of the paired seeds; *not applicable* when the attack does not reach advantage 0.05 without
+the defense (nothing to mitigate) or cannot run without it; *incompatible* when the runner refused the
+combination before training (reason in table4.csv). Paper marks and the agree rule: bench/paper4.py.
+"""
+
+
+def write_table4_markdown(cells: list[table4.Cell], path: Path, title: str = "Table 4, measured") -> Path:
+    from bench.results import _atomic_write
+
+    counts: dict[str, int] = {}
+    for cell in cells:
+        counts[cell.comparison] = counts.get(cell.comparison, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    _atomic_write(path, f"# {title}\n\n{TABLE4_LEGEND}\nComparison with the paper: {summary}.\n\n"
+                        + table4_markdown(cells))
+    return path
+
+
+# --- everything ------------------------------------------------------------------------------------
+def _optional(step: Callable[[], Any], name: str, notes: list[str]) -> None:
+    """Run a report step whose module may be missing; a missing one is noted, not fatal."""
+    try:
+        step()
+    except ImportError as error:
+        notes.append(f"{name} skipped: {error}")
+
+
+def write_reports(runs: str | Path, out: str | Path, scenario_paths: list[str | Path] | None = None, *,
+                  figures: bool = True) -> list[str]:
+    """Every report file from ``runs`` into ``out``; returns notes on skipped parts."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    board = leaderboard.build(load_rows(runs), scenario_attacks(scenario_paths or []))
+    leaderboard.write_csv(board, out / "leaderboard.csv")
+    cells = table4.build(board, paper=paper4.annotate)
+    write_table4_csv(cells, out / "table4.csv")
+    write_table4_markdown(cells, out / "table4.md")
+
+    def table1() -> None:
+        from bench.table1 import write_table1
+
+        write_table1(out)
+
+    _optional(table1, "table1", notes)
+    if figures:
+        from bench import figures as figs
+
+        notes += figs.write_all(board, cells, out / "figures", scenario_paths)
+    from bench import html
+
+    html.write_index(out)
+    return notes
+
+
+# --- studies ---------------------------------------------------------------------------------------
+SUMMARY_COLUMNS = ["utility", "mia.auc", "mia.tpr@0.01", "poison.asr", "dp.epsilon", "privacy.egress_records",
+                   "cost.client_s", "cost.bytes_up", "cost.expansion"]
+
+
+def _group_order(key: tuple[str, str, str, str]) -> tuple:
+    tier, method, defenses, epsilon = key
+    return (tier, method, defenses, -float(epsilon[2:]) if epsilon else -float("inf"))
+
+
+def study_summary(board: list[dict[str, Any]]) -> str:
+    """Markdown: per (tier, method, defenses), the mean over seeds of the headline columns."""
+    import statistics
+
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    for row in board:
+        # dp.epsilon is in the key: a grid over target epsilon shares one defenses label
+        epsilon = "" if row.get("dp.epsilon") is None else f"ε≈{row['dp.epsilon']:.2g}"
+        groups.setdefault((row["tier"], row["method"], row["defenses"], epsilon), []).append(row)
+    header = ["tier", "method", "defenses", "runs", "status", "utility_metric", "mia_attack"] + SUMMARY_COLUMNS
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (tier, method, defenses, _), rows in sorted(groups.items(), key=lambda item: _group_order(item[0])):
+        statuses = ",".join(sorted({str(r["status"]) for r in rows}))
+        texts = [next((str(r[k]) for r in rows if r.get(k)), "") for k in ("utility_metric", "mia_attack")]
+        means = []
+        for column in SUMMARY_COLUMNS:
+            values = [r[column] for r in rows if r.get(column) is not None]
+            means.append(f"{statistics.fmean(values):.4g}" if values else "")
+        lines.append("| " + " | ".join([tier, method, defenses, str(len(rows)), statuses, *texts, *means]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_study_report(runs: str | Path, out: str | Path, command: str = "") -> list[Path]:
+    """A study's leaderboard.csv, summary.md (means over seeds, and the command) and index.html."""
+    from bench.results import _atomic_write
+
+    out = Path(out)
+    board = leaderboard.build(load_rows(runs))
+    paths = [leaderboard.write_csv(board, out / "leaderboard.csv"), out / "summary.md"]
+    made_by = f"Made by:\n\n```bash\n{command}\n```\n\n" if command else ""
+    _atomic_write(paths[1], f"# Study summary (means over seeds)\n\n{made_by}{study_summary(board)}")
+    from bench import figures, html
+
+    if any(r.get("dp.epsilon") is not None for r in board) and figures.frontier_points(board):
+        paths += figures.frontier(board, out / "figures")
+
+    paths.append(html.write_index(out))
+    return paths

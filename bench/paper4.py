@@ -1,0 +1,92 @@
+"""The seed paper's Table 4 marks, set beside each measured cell, and the agree/disagree rule.
+
+Agrawal, Mertel, Mayer 2025 (arXiv 2505.23593), Table 4, per post-training method: full
+fine-tuning, LoRA and adapters: all four defense families (differential privacy, secure aggregation,
+homomorphic encryption, robust aggregation) apply; prompt tuning: limited defense applicability;
+instruction tuning and RLHF: secure aggregation and HE not fully available, and both the reward and
+the policy model need protection. The closed tiers' methods (provider tuning, textual prompts) are
+not rows of that table; the paper argues that there the client's data reaches the provider, so we
+mark them "provider sees the data" and expect no client-side defense to stop ``mia-provider``.
+
+Comparison rule (per cell, ``compare``):
+- our verdict is ``not applicable`` or ``failed`` -> **not measurable** (the reason is ours);
+- paper "applies": ours ``incompatible`` -> **disagree**; else on the family's target threats
+  (DP: membership inference and inversion; SecAgg/HE: inversion at the server; robust aggregation:
+  backdoor and Byzantine) ``mitigates``/``partial`` -> **agree**, ``no effect`` -> **disagree**; other
+  threats -> **not measurable** (the paper makes no claim about them);
+- paper "limited": ``incompatible``, ``no effect`` or ``partial`` -> **agree**; ``mitigates`` on a
+  target threat -> **disagree**; ``mitigates`` elsewhere -> not measurable;
+- paper "not fully available": ours ``incompatible`` -> **agree**; it ran -> **disagree** (evidence:
+  the verdict and the cost factor);
+- closed tiers: ``no effect``/``incompatible`` against the provider -> **agree**; otherwise disagree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FAMILY = {"dp-local": "DP", "dp-central": "DP", "secagg": "SecAgg", "he": "HE"}
+TARGETS = {"DP": {"mia", "inversion"}, "SecAgg": {"inversion"}, "HE": {"inversion"},
+           "robust aggregation": {"backdoor", "byzantine"}}
+OPEN_FULL = {"fft", "lora", "adapter", "qlora"}
+PROMPT = {"prompt-tuning", "prefix-tuning"}
+PIPELINES = {"instruction-tuning", "rlhf"}
+CLOSED = {"provider-tuning", "textual-prompt"}
+
+
+def family(defense: str) -> str:
+    return "robust aggregation" if defense.startswith("robust-") else FAMILY.get(defense, defense)
+
+
+def paper_mark(method: str, defense: str) -> tuple[str, str]:
+    """(mark, note) of the paper's Table 4 for a (method, defense)."""
+    fam = family(defense)
+    if method in OPEN_FULL:
+        return "applies", "all four defense families apply"
+    if method in PROMPT:
+        return "limited", "limited defense applicability"
+    if method in PIPELINES:
+        if fam in ("SecAgg", "HE"):
+            return "not fully available", "secure aggregation and HE not fully available"
+        return "applies", "applies; reward and policy models both need protection"
+    if method in CLOSED:
+        return "provider sees the data", "closed tier: client data reaches the provider (not a Table 4 row)"
+    return "not stated", "method not in the paper's Table 4"
+
+
+def _evidence(cell: Any) -> str:
+    moved = ""
+    if cell.success_without is not None and cell.success_with is not None:
+        moved = f"{cell.metric} {cell.success_without:.3f} -> {cell.success_with:.3f}, "
+    cost = f", cost x{cell.cost_factor:.2f}" if cell.cost_factor else ""
+    return f"{moved}{cell.verdict}{cost}"
+
+
+def compare(cell: Any) -> tuple[str, str]:
+    """(agree | disagree | not measurable, note) for a measured cell."""
+    mark, _ = paper_mark(cell.method, cell.defense)
+    target = cell.role in TARGETS.get(family(cell.defense), set())
+    if cell.verdict in ("not applicable", "failed"):
+        return "not measurable", cell.reason
+    if mark == "applies":
+        if cell.verdict == "incompatible":
+            return "disagree", f"cannot run: {cell.reason}"
+        if not target:
+            return "not measurable", f"the paper's mark is about {family(cell.defense)} against its target threats"
+        return ("agree", _evidence(cell)) if cell.verdict in ("mitigates", "partial") else ("disagree", _evidence(cell))
+    if mark == "limited":
+        if cell.verdict != "mitigates":
+            return "agree", cell.reason if cell.verdict == "incompatible" else _evidence(cell)
+        return ("disagree", _evidence(cell)) if target else ("not measurable", "not a target threat")
+    if mark == "not fully available":
+        return ("agree", cell.reason) if cell.verdict == "incompatible" else ("disagree", f"ran: {_evidence(cell)}")
+    if mark == "provider sees the data":
+        ok = cell.verdict in ("no effect", "incompatible")
+        return ("agree" if ok else "disagree"), (cell.reason if cell.verdict == "incompatible" else _evidence(cell))
+    return "not measurable", "the paper states nothing for this method"
+
+
+def annotate(cell: Any) -> None:
+    """Fill a cell's paper columns in place (used as ``table4.build(board, paper=annotate)``)."""
+    cell.paper, cell.paper_note = paper_mark(cell.method, cell.defense)
+    cell.comparison, cell.comparison_note = compare(cell)

@@ -1,0 +1,106 @@
+"""The leaderboard's schema and contents, presets, and the report pipeline on synthetic rows."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from report_helpers import run_rows, synthetic_grid
+
+from bench import leaderboard, presets
+from bench.errors import UserError
+from bench.results import ResultStore, Row
+
+EXPECTED_COLUMNS = [
+    "leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses", "attacks",
+    "status", "error", "utility", "utility_metric", "utility.accuracy", "utility.macro_f1", "utility.perplexity",
+    "utility.rouge_l", "utility.reward_accuracy", "mia_attack", "mia.auc", "mia.auc_ci_low", "mia.auc_ci_high",
+    "mia.tpr@0.01", "mia.tpr@0.001", "mia.balanced_acc", "mia.exposure", "inversion_attack", "inversion.rouge1",
+    "inversion.rouge2", "inversion.exact", "inversion.token_f1", "poison_attack", "poison.asr", "poison.asr_ci_low",
+    "poison.asr_ci_high", "dp.epsilon", "dp.delta", "privacy.egress_records", "cost.wall_s", "cost.client_s",
+    "cost.server_s", "cost.bytes_up", "cost.bytes_down", "cost.expansion", "cost.peak_mem_mb", "git_commit", "device",
+]
+
+
+def test_leaderboard_schema_is_pinned():
+    # Changing the columns is a schema change: bump LEADERBOARD_SCHEMA and the README, then this list.
+    assert leaderboard.LEADERBOARD_SCHEMA == 1
+    assert leaderboard.COLUMNS == EXPECTED_COLUMNS
+
+
+def test_one_row_per_run_with_the_strongest_attack_per_family(tmp_path):
+    board = leaderboard.build(synthetic_grid())
+    assert len(board) == len({(r["scenario_hash"], r["seed"]) for r in synthetic_grid()})
+    row = next(r for r in board if r["defenses"] == "none" and r["mia_attack"] and r["seed"] == 0)
+    assert row["mia_attack"] == "mia-reference" and row["mia.auc"] == pytest.approx(0.80)   # mia-loss had 0.75
+    assert row["attacks"] == "inversion-dager+mia-loss+mia-reference"
+    assert row["utility"] == pytest.approx(0.9) and row["utility_metric"] == "utility.accuracy"
+    path = leaderboard.write_csv(board, tmp_path / "leaderboard.csv")
+    with path.open() as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames == EXPECTED_COLUMNS and len(rows) == len(board)
+    back = leaderboard.read_csv(path)
+    assert back[0]["leaderboard_schema"] == "1" and isinstance(back[0]["cost.wall_s"], float)
+
+
+def test_failed_and_incompatible_runs_keep_their_attacks_and_reason():
+    rows = run_rows("t4[method=lora,defenses=secagg,attacks=byz-ipm,local_steps=4]", 0, status="incompatible",
+                    error="robust needs updates")
+    (row,) = leaderboard.build(rows)
+    assert row["status"] == "incompatible" and row["error"] == "robust needs updates"
+    assert row["attacks"] == "byz-ipm" and row["utility"] is None
+    (named,) = leaderboard.build(rows, {rows[0]["scenario_hash"]: ["byz-alie"]})
+    assert named["attacks"] == "byz-alie"
+
+
+def test_attack_families():
+    assert [leaderboard.attack_family(a) for a in ("mia-lira", "inversion-dager", "poison-backdoor", "byz-ipm", "x")] == [
+        "mia", "inversion", "poison", "poison", None]
+
+
+def test_presets_rescale_and_rename(tmp_path):
+    from bench.scenario import load
+
+    (scenario,) = load("scenarios/smoke.yaml")[:1]
+    assert presets.apply([scenario], "cpu-small") == [scenario]
+    (gpu,) = presets.apply([scenario], "gpu")
+    assert gpu.model.name == "hf" and gpu.device == "cuda" and gpu.name.endswith("@gpu")
+    assert gpu.federation.rounds == scenario.federation.rounds * 5
+    assert gpu.federation.examples_per_client == scenario.federation.examples_per_client * 4
+    assert gpu.hash != scenario.hash   # resuming never mixes preset sizes
+    with pytest.raises(UserError, match="unknown preset"):
+        presets.apply([scenario], "tpu")
+
+
+def test_report_pipeline_writes_every_table(tmp_path):
+    store = ResultStore(tmp_path / "runs")
+    grid = synthetic_grid()
+    store.append([Row(**r) for r in grid])
+    from bench.report import write_reports
+
+    notes = write_reports(tmp_path / "runs", tmp_path / "out", [], figures=False)
+    for name in ("leaderboard.csv", "table4.csv", "table4.md", "index.html"):
+        assert (tmp_path / "out" / name).stat().st_size > 0, name
+    assert all("skipped" in n for n in notes)
+    table4_rows = list(csv.DictReader((tmp_path / "out" / "table4.csv").open()))
+    assert {(r["defense"], r["role"]) for r in table4_rows} >= {("dp-local", "mia"), ("robust-median", "backdoor")}
+
+
+def test_study_summary_means_over_seeds():
+    from bench.report import study_summary
+
+    board = leaderboard.build(synthetic_grid())
+    text = study_summary(board)
+    dp_row = next(line for line in text.splitlines() if "| dp-local |" in line)
+    assert "| 3 | ok |" in dp_row and "| 0.52 |" in dp_row and "| mia-reference |" in dp_row
+
+
+def test_frontier_points_group_by_method_and_epsilon():
+    from bench.figures import frontier_points
+
+    points = frontier_points(leaderboard.build(synthetic_grid()))
+    lora = sorted(points["lora"])
+    assert [p[0] for p in lora] == [8.0, float("inf")]
+    assert lora[0][1] == pytest.approx(0.52) and lora[0][2] == pytest.approx(0.8)
+    assert "lora+secagg" in points and "robust-krum" not in str(points)

@@ -1,0 +1,101 @@
+"""Table 4: the verdict rule on hand-set advantages, cells from a synthetic grid, the paper comparison."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from report_helpers import synthetic_grid
+
+from bench import leaderboard, paper4, table4
+from bench.report import table4_markdown, write_table4_csv
+
+
+@pytest.mark.parametrize(("without", "with_", "expected"), [
+    ([0.30, 0.30, 0.30], [0.02, 0.03, 0.01], "mitigates"),      # r ~ 0.93
+    ([0.40, 0.40, 0.40], [0.20, 0.20, 0.20], "partial"),        # r = 0.5
+    ([0.40, 0.40, 0.40], [0.35, 0.35, 0.35], "no effect"),      # r = 0.125 < 0.25
+    ([0.40, 0.40, 0.40], [0.50, 0.50, 0.50], "no effect"),      # the defense made it worse
+    ([0.40, 0.10, 0.70], [0.30, 0.40, 0.10], "no effect"),      # r = 0.33 but within 2 se of seed noise
+    ([0.01, 0.02, 0.03], [0.0, 0.0, 0.0], "not applicable"),    # nothing to mitigate (< MIN_ADVANTAGE)
+])
+def test_verdict_rule(without, with_, expected):
+    label, reduction, reason = table4.verdict(without, with_)
+    assert label == expected, reason
+    assert (reduction is None) == (expected == "not applicable")
+
+
+def test_verdict_thresholds_are_inclusive_at_the_boundaries():
+    assert table4.verdict([0.4], [0.1])[0] == "mitigates"   # r = 0.75 exactly
+    assert table4.verdict([0.4], [0.3])[0] == "partial"     # r = 0.25 exactly
+
+
+@pytest.fixture(scope="module")
+def cells():
+    board = leaderboard.build(synthetic_grid())
+    return {(c.defense, c.role): c for c in table4.build(board, paper=paper4.annotate) if c.method == "lora"}
+
+
+def test_an_attack_that_never_runs_is_not_applicable_not_incompatible():
+    board = leaderboard.build(synthetic_grid())
+    (cell,) = [c for c in table4.build(board, paper=paper4.annotate) if c.method == "rlhf"]
+    assert (cell.verdict, cell.comparison) == ("not applicable", "not measurable")
+    assert "classification" in cell.reason
+
+
+def test_cells_from_a_synthetic_grid(cells):
+    expected = {
+        ("dp-local", "mia"): ("mitigates", "agree"),
+        ("dp-local", "inversion"): ("partial", "agree"),
+        ("secagg", "inversion"): ("mitigates", "agree"),
+        ("secagg", "mia"): ("no effect", "not measurable"),        # SecAgg does not claim external MIA
+        ("secagg", "byzantine"): ("incompatible", "disagree"),     # the paper says all families apply to LoRA
+        ("robust-median", "backdoor"): ("partial", "agree"),
+        ("robust-krum", "mia"): ("no effect", "not measurable"),
+    }
+    got = {key: (cells[key].verdict, cells[key].comparison) for key in expected}
+    assert got == expected
+    assert "robust needs updates" in cells[("secagg", "byzantine")].reason
+
+
+def test_cell_numbers_are_paired_means(cells):
+    cell = cells[("dp-local", "mia")]
+    assert cell.seeds == 3 and cell.attack == "mia-reference"
+    assert cell.success_without == pytest.approx(0.80) and cell.success_with == pytest.approx(0.52)
+    assert cell.utility_change == pytest.approx(-0.1)
+    assert cell.cost_factor == pytest.approx(3.0) and cell.cost_factor_bytes == pytest.approx(1.0)
+    assert cell.epsilon == pytest.approx(8.0)
+
+
+def test_byzantine_advantage_is_measured_against_the_attacker_free_error():
+    board = leaderboard.build(synthetic_grid())
+    runs, clean = table4._index(board)
+    byz = next(r for r in runs[("open-weight", "lora", "none", "byzantine")] if r["seed"] == 0)
+    assert table4._advantage(byz, "byzantine", clean) == pytest.approx(0.5 - (1 - 0.9))
+
+
+def test_paper_marks():
+    assert paper4.paper_mark("fft", "he")[0] == "applies"
+    assert paper4.paper_mark("prompt-tuning", "dp-local")[0] == "limited"
+    assert paper4.paper_mark("rlhf", "secagg")[0] == "not fully available"
+    assert paper4.paper_mark("instruction-tuning", "robust-krum")[0] == "applies"
+    cell = table4.Cell(tier="open-weight", method="rlhf", defense="he", role="inversion", attack="a", metric="m", seeds=3,
+                       success_without=0.5, success_with=0.0, advantage_without=0.5, advantage_with=0.0, reduction=1.0,
+                       utility_metric="u", utility_without=1.0, utility_with=1.0, utility_change=0.0, cost_factor=2.0,
+                       cost_factor_bytes=20.0, epsilon=None, verdict="mitigates", reason="")
+    assert paper4.compare(cell)[0] == "disagree"   # HE ran for RLHF, which the paper says is not fully available
+
+
+def test_table4_csv_schema_and_markdown(cells, tmp_path):
+    path = write_table4_csv(list(cells.values()), tmp_path / "table4.csv")
+    with path.open() as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames == table4.TABLE4_COLUMNS
+    for column in ("method", "defense", "role", "success_without", "success_with", "utility_change", "cost_factor",
+                   "verdict", "paper", "comparison"):
+        assert column in reader.fieldnames
+    assert {r["verdict"] for r in rows} <= set(table4.VERDICTS)
+    markdown = table4_markdown(list(cells.values()))
+    assert "| open-weight | lora | dp-local | applies |" in markdown
+    assert "0.80→0.52 mitigates" in markdown
