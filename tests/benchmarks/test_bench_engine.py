@@ -32,7 +32,7 @@ def test_federated_engine(benchmark, scenario):
         prepared = prepare(scenario, 0, plan(scenario))
         return (prepared,), {}
 
-    benchmark.pedantic(lambda p: fl.run(p.fed, p.transcript, p.truth), setup=setup, rounds=3)
+    benchmark.pedantic(lambda p: fl.run(p.fed, p.transcript, p.truth), setup=setup, rounds=5)
 
 
 @pytest.mark.perf
@@ -48,4 +48,4 @@ def test_central_loop_same_steps(benchmark, scenario):
                        rng=generator("central"))
         return (job,), {}
 
-    benchmark.pedantic(train_local, setup=setup, rounds=3)
+    benchmark.pedantic(train_local, setup=setup, rounds=5)

@@ -1,0 +1,208 @@
+"""DAGER's two search stages: token candidates from layer 0, sequences grown through layer 1.
+
+Stage 1 (token candidates). The layer-0 input of a token depends on the token and, with learned
+absolute positions (GPT-2), on its position: x = LN(wte[v] + wpe[p]). All (v, p) inputs are computed
+by feeding rows of one repeated token (row v = [v, v, ...]) and stopping at the layer-0 projection;
+a token is a candidate at position p when its input lies in the layer-0 span. Models whose layer-0
+input does not depend on the position (RoPE rotates after the projection: x = RMSNorm(embed[v]))
+give one bag of candidates used at every position.
+
+Stage 2 (sequences). Causal attention makes the layer-1 input at position i a function of tokens
+0..i only, so prefixes grow left to right: every prefix is extended by every candidate for the next
+position (one cached prefix pass, then one token per extension), and an extension survives when
+its layer-1 input at the new position lies in the layer-1 span. A prefix with no surviving extension
+is complete. In a causal LM the final token of a sequence is never an input that receives gradient
+(its output has no label), so "complete" means "all but the last token"; ``_labels`` recovers it.
+
+Three guards that the paper's exact-arithmetic setting does not need, found necessary on float32
+updates and small widths: (1) a relative test: an extension's layer-1 distance must stay within a
+factor of its token's layer-0 distance, which rejects a right token after a wrong prefix (close to
+the span, since only the attention output differs, but far above the noise a true input shows);
+(2) extensions whose input repeats the previous position's are refused (runs of one token under
+RoPE are indistinguishable from a single token); (3) complete sequences are selected greedily by
+how much of the span they explain, within the span's rank and the number of sequences the client
+can have trained on (``select_sequences``).
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attacks.inversion._layers import capture_extensions, capture_inputs
+from attacks.inversion._span import SpanCheck
+
+POSITION_BLOCK = 32
+REPEAT_TOLERANCE = 1e-4
+NOISE_FLOOR = 1e-5
+"""float32 distances below this are rounding, not evidence (relative test's smallest reference)."""
+
+
+@dataclass
+class Candidates:
+    tokens: list[torch.Tensor]
+    """Candidate token ids at each position (position-free models: one entry, used everywhere)."""
+    distances: list[torch.Tensor]
+    """Each candidate's layer-0 distance: the noise level its true occurrences show at layer 1."""
+    position_free: bool
+
+    def at(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = 0 if self.position_free else position
+        if index >= len(self.tokens):
+            return self.tokens[0][:0], self.distances[0][:0]
+        return self.tokens[index], self.distances[index]
+
+
+@dataclass(frozen=True)
+class Growth:
+    """How sequences grow: the layer-1 check, the relative test and the beam."""
+
+    check: SpanCheck
+    relative: float
+    """An extension's layer-1 distance may exceed its token's layer-0 distance by at most this factor
+    (each distance taken relative to its layer's noise floor)."""
+    max_length: int
+    max_prefixes: int
+    noise_ratio: float = 1.0
+    """Layer-1 noise floor / layer-0 noise floor (at least 1): true distances scale with their layer's noise."""
+
+
+def token_candidates(model: nn.Module, module: nn.Module, check: SpanCheck, vocab: int, max_positions: int,
+                     chunk: int) -> Candidates:
+    probe = capture_inputs(model, module, torch.arange(min(vocab, 8))[:, None].repeat(1, 2))
+    if torch.allclose(probe[:, 0], probe[:, 1], atol=1e-6, rtol=1e-5):
+        tokens, distances = _in_span_tokens(model, module, check, vocab, 0, 1, chunk)
+        return _floored(Candidates(tokens, distances, True))
+    found = Candidates([], [], False)
+    for start in range(0, max_positions, POSITION_BLOCK):
+        block = _in_span_tokens(model, module, check, vocab, start, min(start + POSITION_BLOCK, max_positions), chunk)
+        for tokens, distances in zip(*block):
+            if tokens.numel() == 0:
+                return _floored(found)
+            found.tokens.append(tokens)
+            found.distances.append(distances)
+    return _floored(found)
+
+
+def _in_span_tokens(model: nn.Module, module: nn.Module, check: SpanCheck, vocab: int, start: int, stop: int,
+                    chunk: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """For each position in [start, stop): the tokens whose layer-0 input is in the span, and their
+    distances (the chance threshold is per position: the whole vocabulary competes for each)."""
+    scores, distances = [], []
+    for first in range(0, vocab, chunk):
+        tokens = torch.arange(first, min(first + chunk, vocab))
+        inputs = capture_inputs(model, module, tokens[:, None].repeat(1, stop), chunk=chunk)[:, start:stop]
+        score, distance = check.measure(inputs, vocab)  # (tokens, positions)
+        scores.append(score.cpu())
+        distances.append(distance.cpu())
+    score, distance = torch.cat(scores), torch.cat(distances)
+    hits = [torch.nonzero(score[:, p] < 1.0).reshape(-1) for p in range(score.shape[1])]
+    return hits, [distance[h, p] for p, h in enumerate(hits)]
+
+
+def _floored(found: Candidates) -> Candidates:
+    """Reference distances no smaller than the median over all candidates: a token that occurs in
+    several sequences at one position has one layer-0 input with their gradients summed (a tiny
+    distance), but a distinct, noisier layer-1 input per sequence."""
+    every = torch.cat(found.distances) if found.distances else torch.zeros(0)
+    if every.numel():
+        floor = float(every.median())
+        found.distances = [d.clamp_min(floor) for d in found.distances]
+    return found
+
+
+@dataclass
+class Grown:
+    sequences: list[list[int]]
+    worst: list[float]
+    """Per sequence: the largest ratio of an extension's layer-1 distance to its layer-0 reference
+    (how close the weakest link came to the relative threshold)."""
+
+
+def grow_sequences(model: nn.Module, module: nn.Module, growth: Growth, candidates: Candidates) -> Grown:
+    """Complete sequences (all tokens that received gradient), by left-to-right extension."""
+    tokens, reference = candidates.at(0)
+    first = capture_inputs(model, module, tokens[:, None])[:, -1]
+    ok, ratio = _passes(growth, first, None, reference)
+    prefixes, worst = _beam(tokens[:, None][ok], ratio[ok], growth.max_prefixes)
+    done = Grown([], [])
+    for position in range(1, growth.max_length):
+        following, reference = candidates.at(position)
+        if prefixes.shape[0] == 0 or following.numel() == 0:
+            break
+        count, width = prefixes.shape[0], following.numel()
+        last, previous = capture_extensions(model, module, prefixes, following)
+        ok, ratio = _passes(growth, last, previous, reference.repeat(count))
+        ended = ~ok.view(count, width).any(1)
+        done.sequences += prefixes[ended].tolist()
+        done.worst += worst[ended].tolist()
+        grown = torch.cat([prefixes.repeat_interleave(width, 0), following.repeat(count)[:, None]], dim=1)
+        prefixes, worst = _beam(grown[ok], torch.maximum(worst.repeat_interleave(width), ratio)[ok], growth.max_prefixes)
+    done.sequences += prefixes.tolist()
+    done.worst += worst.tolist()
+    return done
+
+
+def select_sequences(grown: Grown, rank: int, limit: int) -> list[list[int]]:
+    """The sequences that best explain the span, at most ``limit`` of them.
+
+    Each distinct prefix is one layer-1 input (a node of the sequences' trie) and the span holds at
+    most ``rank`` of them. Sequences are admitted greedily by how many new nodes they add (a true
+    sequence adds its whole length; a spurious branch off a true prefix adds a token or two), ties
+    broken by the weakest link (``Grown.worst``), while the trie stays within the rank and the count
+    within ``limit`` (how many sequences the client can have trained on). Gains only shrink as nodes
+    are taken, so a stale heap entry is re-scored and pushed back (lazy greedy).
+    """
+    prefixes = [{tuple(s[: k + 1]) for k in range(len(s))} for s in grown.sequences]
+    heap = [(-len(p), grown.worst[i], i) for i, p in enumerate(prefixes)]
+    heapq.heapify(heap)
+    nodes: set[tuple[int, ...]] = set()
+    kept: list[list[int]] = []
+    while heap and len(kept) < limit:
+        stale_gain, worst, i = heapq.heappop(heap)
+        gain = len(prefixes[i] - nodes)
+        if gain != -stale_gain:
+            if gain:
+                heapq.heappush(heap, (-gain, worst, i))
+            continue
+        if kept and len(nodes) + gain > rank:
+            break
+        nodes |= prefixes[i]
+        kept.append(grown.sequences[i])
+    return kept
+
+
+def _passes(growth: Growth, last: torch.Tensor, previous: torch.Tensor | None,
+            reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which extensions survive, and each one's ratio of layer-1 to layer-0 distance.
+
+    Two tests: the absolute one (``SpanCheck``), and a relative one against the new token's own
+    layer-0 distance ``reference``. A wrong prefix followed by a token that is right for this
+    position in another sequence differs from a true input only by what attention brings in, so its
+    layer-1 input sits close to the span, yet much farther than the token's layer-0 input (whose
+    distance is float noise); a true extension stays at the noise level. An extension whose input
+    repeats the previous position's is refused too (``_repeats``).
+    """
+    score, distance = growth.check.measure(last, last.shape[0])
+    ratio = distance.cpu() / (growth.noise_ratio * reference).clamp_min(NOISE_FLOOR)
+    ok = (score.cpu() < 1.0) & (ratio <= growth.relative)
+    if previous is not None:
+        ok &= ~_repeats(last, previous).cpu()
+    return ok, ratio
+
+
+def _repeats(last: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """The new position's input equals the previous one's (a run of one token under RoPE: attention
+    over identical keys and values returns the same value wherever it looks). Such an extension
+    adds no evidence: the gradient cannot tell "a" from "a a a", and accepting it loops forever."""
+    return (last - previous).norm(dim=-1) <= REPEAT_TOLERANCE * last.norm(dim=-1)
+
+
+def _beam(sequences: torch.Tensor, worst: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most ``limit`` prefixes, those whose weakest link is strongest."""
+    if sequences.shape[0] <= limit:
+        return sequences, worst
+    keep = torch.argsort(worst)[:limit].sort().values
+    return sequences[keep], worst[keep]

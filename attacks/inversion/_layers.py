@@ -1,0 +1,151 @@
+"""Where the attention projections are, what their gradients reveal, and the inputs they receive.
+
+Architectures are recognised by module names (a table of patterns, extended by adding one): GPT-2's
+fused ``h.<i>.attn.c_attn`` (a ``Conv1D`` storing W as (in, out)) and Llama-style
+``layers.<i>.self_attn.{q,k,v}_proj`` (``nn.Linear``, W as (out, in)). The same names hold inside a
+peft wrapper, whose LoRA layer wraps the original module.
+
+Probes per projection (see ``_span``):
+- the full weight is trainable (full fine-tuning): dL/dW; its input-side space is the span of the
+  layer inputs x_i.
+- LoRA (h = W x + s B A x): dL/dA = s B^T G X^T (columns in x-space: a subspace of span(X), equal to
+  it when B != 0 and the batch has fewer distinct inputs than r), and dL/dB = s G (A X)^T (columns of
+  its transpose in r-space: span{A x_i}, checked by mapping candidates through A). dL/dA is zero while
+  B = 0 (peft's initialisation, so in round 0), and either probe is informative only when the number
+  of distinct inputs is below r: the matrix has rank <= r, and once the inputs outnumber r it fills
+  the r-dimensional space. That is the LoRA identifiability limit.
+
+Layer inputs are captured with a forward pre-hook on the projection module (its input is the
+normalised hidden state the weight multiplies), and the forward stops there, so a check of layer L
+costs the embedding and L blocks, nothing more.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from attacks.inversion._span import Probe
+
+PROJECTION_PATTERNS = (
+    re.compile(r"(?:^|\.)h\.(\d+)\.attn\.c_attn$"),
+    re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.[qkv]_proj$"),
+)
+LORA_FACTOR = re.compile(r"\.lora_([AB])\.[^.]+\.weight$")
+
+
+def projection_modules(model: nn.Module, layer: int) -> list[tuple[str, nn.Module]]:
+    found = []
+    for name, module in model.named_modules():
+        for pattern in PROJECTION_PATTERNS:
+            match = pattern.search(name)
+            if match and int(match.group(1)) == layer:
+                found.append((name, module))
+    return found
+
+
+def probes_for(model: nn.Module, layer: int, grads: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
+               noise: dict[str, torch.Tensor] | None = None) -> list[Probe]:
+    """Every probe the trainable gradients offer at ``layer``'s attention projections.
+
+    ``grads``/``weights``/``noise`` map trainable names to the update, the state the inputs are
+    computed at, and the update's per-element rounding noise (optional).
+    """
+    noise = noise or {}
+    probes = []
+    for name, module in projection_modules(model, layer):
+        key = f"{name}.weight"
+        if key in grads:
+            flip = isinstance(module, nn.Linear)  # Linear stores (out, in), Conv1D (in, out)
+            probes.append(Probe(_oriented(grads[key], flip), noise=_oriented(noise.get(key), flip)))
+        probes += _lora_probes(name, grads, weights, noise)
+    return probes
+
+
+def _oriented(matrix: torch.Tensor | None, flip: bool) -> torch.Tensor | None:
+    return None if matrix is None else (matrix.T if flip else matrix)
+
+
+def _lora_probes(module_name: str, grads: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
+                 noise: dict[str, torch.Tensor]) -> list[Probe]:
+    factors: dict[str, str] = {}
+    for name in grads:
+        if name.startswith(module_name + ".") and (match := LORA_FACTOR.search(name[len(module_name):])):
+            factors[match.group(1)] = name
+    if set(factors) != {"A", "B"}:
+        return []
+    a, b = factors["A"], factors["B"]
+    lora_a = weights[a].detach().float()
+    return [Probe(grads[a].T, noise=_oriented(noise.get(a), True)),
+            Probe(grads[b].T, transform=lora_a, noise=_oriented(noise.get(b), True))]
+
+
+class _Captured(Exception):
+    """Raised by the hook to stop the forward once the wanted input is in hand."""
+
+
+def capture_inputs(model: nn.Module, module: nn.Module, input_ids: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """The input ``module`` receives for each sequence of ``input_ids`` (n, T) -> (n, T, width)."""
+    outputs = []
+    for start in range(0, input_ids.shape[0], chunk):
+        outputs.append(_capture_once(model, module, input_ids[start : start + chunk]))
+    return torch.cat(outputs) if outputs else torch.zeros(0)
+
+
+def _capture_once(model: nn.Module, module: nn.Module, input_ids: torch.Tensor, cache: Any = None,
+                  past: int = 0) -> torch.Tensor:
+    seen: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen.append((args[0] if args else next(iter(kwargs.values()))).detach())
+        raise _Captured
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    ids = input_ids.to(_device(model))
+    mask = torch.ones((ids.shape[0], past + ids.shape[1]), dtype=torch.long, device=ids.device)
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=cache is not None)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError("the projection module was not reached by the forward pass")
+    return seen[0].float()
+
+
+def capture_extensions(model: nn.Module, module: nn.Module, prefixes: torch.Tensor, following: torch.Tensor,
+                       budget: int = 2**15) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs ``module`` receives at the last position of every prefix + next-token extension
+    (prefix-major order, (n * w, width)), and at the prefix's own last position (repeated to match).
+
+    Each prefix runs once and leaves its key/value cache; the extensions then run one token each on
+    the repeated cache. The forward stops at ``module``, so the cache holds only the layers below it.
+    """
+    from transformers import DynamicCache
+
+    width = following.numel()
+    rows = max(1, budget // max(width * prefixes.shape[1], 1))
+    last, previous = [], []
+    for start in range(0, prefixes.shape[0], rows):
+        chunk = prefixes[start : start + rows]
+        cache = DynamicCache(config=model.config)
+        own = _capture_once(model, module, chunk, cache)[:, -1]
+        cache.batch_repeat_interleave(width)
+        new = following.repeat(chunk.shape[0])[:, None]
+        last.append(_capture_once(model, module, new, cache, past=chunk.shape[1])[:, -1])
+        previous.append(own.repeat_interleave(width, 0))
+    return torch.cat(last), torch.cat(previous)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def first_module(model: nn.Module, layer: int) -> nn.Module | None:
+    modules = projection_modules(model, layer)
+    return modules[0][1] if modules else None

@@ -1,0 +1,186 @@
+"""DAGER: exact gradient inversion of text batches from attention-projection gradients.
+
+Petrov, Dimitrov, Baader, Mueller, Vechev 2024, "DAGER: Exact Gradient Inversion for Large Language
+Models" (NeurIPS). The gradient of a linear layer is a sum of rank-one terms g_i x_i^T, so its span
+contains exactly the layer inputs of the batch (when the width exceeds their number). Tokens are
+recovered by checking every (token, position) layer-0 input against the span of the first attention
+projection's gradient; decoder sequences are then grown left to right by checking each extension's
+layer-1 input against the second layer's span (``_span``, ``_layers``, ``_decode``). All checks are
+batched matrix products over the vocabulary or over all extensions of a step.
+
+What it needs and where it stops:
+- the first two layers' attention projections must be trainable: full fine-tuning (the weights) or
+  LoRA on them (the factors; identifiable only while the batch has fewer distinct layer inputs than
+  the rank r, see ``_layers``). Adapters and prompt tuning expose no such gradient: the attack returns
+  empty reconstructions there (``inversion-optim`` covers them).
+- the span must not fill the input space: the number of distinct layer inputs (token positions that
+  receive gradient, about B x (T - 1)) must stay below the hidden width d, with a margin. Past it
+  the attack reports nothing rather than guesses.
+- updates must be plain SGD steps (FedSGD forces SGD). Adam's normalised steps destroy the low rank.
+- precision: the server sees float32 ``after - before``, whose rounding (half an ulp of the weights)
+  swamps the weakest gradient directions when lr x gradient is small next to the weights. The rank
+  is cut at the edge of that known noise (``noise_margin``), and inputs whose gradient sinks below
+  it are lost: a small learning rate acts like quantisation.
+
+Thresholds: a candidate passes when its normalised distance to the span is below ``span_threshold``
+and below the distance at which ``false_positives`` unrelated candidates would pass by chance (the
+Beta law of a random unit vector's distance to a rank-r subspace), measured in the space real
+inputs occupy (LayerNorm keeps them in a hyperplane).
+
+FedSGD is exact up to that noise. FedAvg (several local steps): the update is a sum of gradients
+taken at drifting weights, so its span only approximately contains the inputs. As DAGER does for
+FedAvg, inputs are computed at an interpolated state (start + ``fedavg_interpolation`` x update,
+by default the midpoint of the trajectory), the rank threshold is looser and the distance threshold
+wider (``fedavg_*`` fields); recovery degrades with learning rate x steps.
+
+Departures from the paper: the final token of each causal-LM sequence (a label only, invisible to
+span checks) is recovered from the output-side gradient (``_labels``); the guards of ``_decode``
+(relative test, repeat test, span-explaining selection) replace the paper's top-B heuristics; LoRA is
+handled by the projected check of ``_layers``; the aggregate target treats a round's aggregate as one
+batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from attacks.base import Attack
+from attacks.inversion._common import (
+    Target,
+    TargetConfig,
+    configure_vantage,
+    is_language_model,
+    model_at,
+    observed_gradient,
+    targets,
+    trainable_names,
+)
+from attacks.inversion._decode import Growth, grow_sequences, select_sequences, token_candidates
+from attacks.inversion._labels import complete
+from attacks.inversion._layers import capture_inputs, first_module, probes_for
+from attacks.inversion._span import SpanBasis, SpanCheck, merge_probes, restrict_to_inputs, rounding_noise, span_basis
+from bench.config import doc
+from bench.predictions import Reconstruction
+from bench.registry import ATTACKS
+from bench.transcript import ThreatView
+
+
+@dataclass(frozen=True, kw_only=True)
+class DagerConfig(TargetConfig):
+    span_threshold: float = doc("FedSGD: a unit-norm input closer than this to the span is in the batch.", 0.1)
+    rank_tol: float = doc("FedSGD: singular values above rank_tol x the largest count towards the span's rank.", 1e-6)
+    noise_margin: float = doc("Singular values must also exceed this x the edge of the update's float32 rounding noise.", 2.0)
+    fedavg_span_threshold: float = doc("FedAvg (drifting weights): the distance threshold.", 0.1)
+    fedavg_rank_tol: float = doc("FedAvg: the rank threshold (looser: drift adds small singular values).", 1e-3)
+    fedavg_interpolation: float = doc("FedAvg: inputs are computed at start + this x update (0.5 = midpoint).", 0.5)
+    false_positives: float = doc("Unrelated candidates allowed to pass by chance per check (per position at layer 0, per "
+                                 "extension step at layer 1); tightens the threshold as the span nears full rank.", 0.01)
+    relative_threshold: float = doc("An extension's layer-1 distance may be at most this x its token's layer-0 distance "
+                                    "(rejects right tokens after wrong prefixes; see _decode).", 15.0)
+    max_prefixes: int = doc("Most prefixes kept per position while growing sequences (strongest first).", 2048)
+    beam_factor: int = doc("Prefixes kept per position: at most this x the most sequences the batch can hold.", 8)
+    max_sequences: int = doc("Most sequences reported per batch (0 = batch size x local steps x clients, capped by the "
+                             "example counts clients report).", 0)
+    max_length: int = doc("Longest sequence searched (0 = the model's position limit).", 0)
+    vocab_chunk: int = doc("Tokens checked per batched span computation (memory bound).", 512)
+    recover_last_token: bool = doc("Causal LMs: recover each sequence's final (label-only) token.", True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.span_threshold <= 0 or self.fedavg_span_threshold <= 0:
+            raise ValueError("span thresholds must be positive")
+        if not 0.0 <= self.fedavg_interpolation <= 1.0:
+            raise ValueError("fedavg_interpolation must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    span: float
+    rank: float
+    interpolation: float
+
+
+@ATTACKS.register("inversion-dager")
+class Dager(Attack):
+    """DAGER (Petrov et al. 2024): exact batch recovery by span checks on attention gradients."""
+
+    vantage = "server"
+    needs = frozenset({"client_updates", "global_states"})
+    Config = DagerConfig
+
+    def __init__(self, config: DagerConfig):
+        super().__init__(config)
+        configure_vantage(self, config)
+
+    def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
+        method = view.method
+        result = Reconstruction()
+        for target in targets(view, self.config, method.num_trainable):
+            result.sequences[target.key] = [] if target.update is None else self.invert(view, target, rng)
+        return result
+
+    def tolerance(self, federation: Any) -> Tolerance:
+        c = self.config
+        if getattr(federation, "protocol", "fedsgd") == "fedsgd":
+            return Tolerance(c.span_threshold, c.rank_tol, 0.0)
+        return Tolerance(c.fedavg_span_threshold, c.fedavg_rank_tol, c.fedavg_interpolation)
+
+    def invert(self, view: ThreatView, target: Target, rng: torch.Generator) -> list[list[int]]:
+        method, tol = view.method, self.tolerance(view.federation)
+        update = target.update.to(target.global_before.device)
+        state = target.global_before + tol.interpolation * update
+        with model_at(method, state) as model:
+            layers = [first_module(model, 0), first_module(model, 1)]
+            if None in layers:
+                return []
+            checks = [SpanCheck(self._bases(method, model, layer, target, state, tol), tol.span,
+                                self.config.false_positives) for layer in (0, 1)]
+            self._measure_input_space(model, layers, checks, rng)
+            if not (checks[0].informative and checks[1].informative):
+                return []
+            sequences = self._search(model, layers, checks, self._most_sequences(view, target))
+            if sequences and is_language_model(model) and self.config.recover_last_token:
+                observed = method.unflatten(observed_gradient(update, view.federation))
+                sequences = complete(model, sequences, observed, trainable_names(method))
+        return sequences
+
+    def _bases(self, method: Any, model: torch.nn.Module, layer: int, target: Target, state: torch.Tensor,
+               tol: Tolerance) -> list[SpanBasis]:
+        update = target.update.to(state.device)
+        noise = rounding_noise(target.global_before + update)
+        probes = probes_for(model, layer, method.unflatten(update), method.unflatten(state), method.unflatten(noise))
+        return [span_basis(p, tol.rank, self.config.noise_margin) for p in merge_probes(probes)]
+
+    def _measure_input_space(self, model: torch.nn.Module, layers: list[torch.nn.Module], checks: list[SpanCheck],
+                             rng: torch.Generator) -> None:
+        """Each span is judged within the space random inputs occupy (``restrict_to_inputs``)."""
+        vocab, width = model.get_input_embeddings().weight.shape
+        length = min(16, _position_limit(model))
+        sample = torch.randint(vocab, (-(-4 * width // length), length), generator=rng)
+        for layer, check in zip(layers, checks):
+            inputs = capture_inputs(model, layer, sample)
+            for basis in check.bases:
+                restrict_to_inputs(basis, inputs)
+
+    def _most_sequences(self, view: ThreatView, target: Target) -> int:
+        return self.config.max_sequences or target.most_sequences(view.federation)
+
+    def _search(self, model: torch.nn.Module, layers: list[torch.nn.Module], checks: list[SpanCheck],
+                most: int) -> list[list[int]]:
+        vocab = model.get_input_embeddings().weight.shape[0]
+        # every position of every sequence is a distinct layer-1 input: no sequence outgrows the rank
+        limit = min(self.config.max_length or _position_limit(model), checks[1].rank + 1)
+        candidates = token_candidates(model, layers[0], checks[0], vocab, limit, self.config.vocab_chunk)
+        if not candidates.tokens or candidates.at(0)[0].numel() == 0:
+            return []
+        noise_ratio = max(checks[1].noise, 1e-12) / max(checks[0].noise, 1e-12) if checks[0].noise > 0 else 1.0
+        beam = min(self.config.max_prefixes, self.config.beam_factor * most)
+        growth = Growth(checks[1], self.config.relative_threshold, limit, beam, max(noise_ratio, 1.0))
+        return select_sequences(grow_sequences(model, layers[1], growth, candidates), checks[1].rank, most)
+
+
+def _position_limit(model: torch.nn.Module) -> int:
+    config = model.config
+    return int(getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 512)

@@ -1,0 +1,31 @@
+"""Benchmark: DAGER attack time (and recovery) against batch size, FedSGD, full fine-tuning.
+
+A tiny GPT-2 (d = 128, 4 layers, 2,000 tokens) and sequences of 8 tokens, so that even 16 x 7
+inputs with gradient stay below the width (the span check's limit). Recovery figures go to
+``extra_info``; the assertion guards the exactness the attack promises in this regime.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attacks.inversion._harness import TinyArch, build_method, random_sequences, run_round
+from attacks.inversion.dager import Dager
+from bench.score import score
+
+ARCH = TinyArch(family="gpt2", vocab=2000, hidden=128, layers=4, heads=4, positions=64)
+LENGTH = 8
+
+
+@pytest.mark.perf
+@pytest.mark.parametrize("batch", [1, 2, 4, 8, 16])
+def test_dager_time_by_batch_size(benchmark, batch):
+    method = build_method(ARCH)
+    data = {0: random_sequences(batch, LENGTH, ARCH.vocab, torch.Generator().manual_seed(batch))}
+    view, truth = run_round(method, data, lr=1e-2)
+    attack = Dager(Dager.Config())
+    prediction = benchmark.pedantic(attack.run, args=(view, torch.Generator()), rounds=1, iterations=1)
+    metrics = {m.name: m.value for m in score(prediction, truth)}
+    benchmark.extra_info.update(metrics)
+    assert metrics["inversion.exact"] >= 0.95
