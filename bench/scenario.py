@@ -182,7 +182,15 @@ def _short(value: Any) -> str:
 
 
 def _matches(chosen: dict[str, Any], rule: Any) -> bool:
-    return isinstance(rule, dict) and all(_short(chosen.get(k)) == _short(v) for k, v in rule.items())
+    """An exclude rule matches when every key agrees; a bare name matches a component of that name
+    whatever its params."""
+    return isinstance(rule, dict) and all(_same(chosen.get(k), v) for k, v in rule.items())
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    if isinstance(wanted, str) and isinstance(value, dict):
+        return value.get("name") == wanted
+    return _short(value) == _short(wanted)
 
 
 def _set_dotted(entry: dict[str, Any], dotted: str, value: Any, file: str) -> None:

@@ -32,6 +32,16 @@ def test_grid_expands_with_exclude_and_include(tmp_path):
     assert len({s.hash for s in scenarios}) == 3
 
 
+def test_exclude_by_bare_name_matches_components_with_params(tmp_path):
+    grid = dict(scenario_dict(), matrix={
+        "task": [{"name": "synthetic-clinical", "params": {"num_classes": 3}}, {"name": "synthetic-instructions"}],
+        "method": [{"name": "lora", "params": {"rank": 2}}, "fft"]},
+        exclude=[{"task": "synthetic-instructions"}, {"method": "lora", "task": "synthetic-clinical"}])
+    scenarios = load(write_scenario(tmp_path, grid, "grid.yaml"))
+    assert [(s.task.name, s.method.name) for s in scenarios] == [("synthetic-clinical", "fft")]
+    assert "num_classes=3" in scenarios[0].name
+
+
 def test_hash_ignores_seeds_and_name(tmp_path):
     a = load(write_scenario(tmp_path, scenario_dict(seeds=[0]), "a.yaml"))[0]
     b = load(write_scenario(tmp_path, scenario_dict(seeds=3, name="other"), "b.yaml"))[0]
