@@ -23,7 +23,8 @@ def _run(args: argparse.Namespace) -> int:
     if not scenarios:
         print("nothing to run on this machine")
         return 0
-    store = sweep(scenarios, args.out, seeds=args.seeds, force=args.force, show_progress=not args.quiet)
+    figures = str(Path(args.out) / "figures") if args.figures else None
+    store = sweep(scenarios, args.out, seeds=args.seeds, force=args.force, show_progress=not args.quiet, figures=figures)
     counts = run_status(store)
     print(f"wrote {store.jsonl} and {store.csv}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return 0
@@ -101,6 +102,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 instead of the files' seeds")
     run.add_argument("--force", action="store_true", help="rerun runs already in the results")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--figures", action="store_true", help="a log-log ROC figure per run with membership attacks, in OUT/figures")
     run.add_argument("--preset", default="cpu-small", help="size overlay: cpu-small (the files as written) or gpu")
     validate = sub.add_parser("validate", help="load and check scenario files")
     validate.add_argument("paths", nargs="*")

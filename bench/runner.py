@@ -19,11 +19,13 @@ from bench.device import describe, peak_gpu_memory_mb, pick_device, reset_peak_m
 from bench.errors import IncompatibleError, TierAccessError, UserError
 from bench.evaluate import evaluate
 from bench.partition import ClientData, deal, split_members
+from bench.predictions import MembershipScores
 from bench.provenance import git_commit, package_versions, peak_rss_mb
 from bench.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
 from bench.results import Row
 from bench.scenario import Scenario
 from bench.score import Metric, score
+from bench.scoring.mia import roc_curve
 from bench.seeding import derive_seed, generator
 from bench.transcript import GroundTruth, Transcript
 from bench.views import ViewBuilder
@@ -97,13 +99,13 @@ class RunResult:
     """(attack, status, reason) for attacks ruled out at evaluation time or that failed there."""
 
 
-def execute(scenario: Scenario, seed: int, *, progress: Any = None) -> list[Row]:
+def execute(scenario: Scenario, seed: int, *, progress: Any = None, figures: str | None = None) -> list[Row]:
     """Result rows of one run; failures become rows with ``status`` failed/incompatible."""
     started = time.perf_counter()
     result = RunResult()
     try:
         built = plan(scenario)
-        result = _run(scenario, seed, built, progress)
+        result = _run(scenario, seed, built, progress, figures)
     except IncompatibleError as error:
         result = RunResult(status="incompatible", error=str(error).split(": ", 1)[-1])
     except UserError:
@@ -181,7 +183,7 @@ def prepare(scenario: Scenario, seed: int, built: Plan, progress: Any = None) ->
     return Prepared(scenario, seed, built, task_data, clients, tokenizer, device, fed, transcript, truth)
 
 
-def _run(scenario: Scenario, seed: int, built: Plan, progress: Any) -> RunResult:
+def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str | None = None) -> RunResult:
     p = prepare(scenario, seed, built, progress)
     reset_peak_memory(p.device)
     stats = fl.run(p.fed, p.transcript, p.truth)
@@ -192,6 +194,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any) -> RunResult
     eval_set = _eval_set(p.task_data.test, scenario.federation.eval_examples)
     result.metrics += [("none", m) for m in evaluate(own_view, built.task, eval_set)]
     views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth)
+    curves: dict[str, Any] = {}
     for attack in built.attacks:
         if built.task.kind not in attack.task_kinds:
             kinds = ", ".join(sorted(attack.task_kinds))
@@ -206,8 +209,12 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any) -> RunResult
             result.skipped.append((attack.name, "failed", _one_line(error)))
             continue
         result.metrics += [(attack.name, m) for m in score(prediction, views.truth)]
+        if figures and isinstance(prediction, MembershipScores):
+            curves[attack.name] = roc_curve(prediction.scores, views.truth.member_flags)[:2]
     result.metrics += [("none", m) for m in _cost_metrics(stats, scenario.federation.rounds, built.defenses, p.device)]
     result.metrics += [("none", m) for m in _privacy_metrics(built.defenses, p.transcript, result.extra)]
+    if curves:
+        result.extra["roc_figure"] = _save_roc(curves, figures, f"{scenario.hash}-{seed}")
     result.extra.update({"trainable_params": built.method.num_trainable, "malicious": list(p.fed.malicious),
                          "model": built.model_source.metadata()})
     return result
@@ -219,6 +226,18 @@ def _give_server_updates(defenses: list[Any], fed: fl.Federation, public: list[d
         if getattr(defense, "needs_server_update", False):
             root = public[: defense.config.root_size]
             defense.server_update_fn = lambda r, root=root: fl.server_update(fed, r, root)
+
+
+def _save_roc(curves: dict[str, Any], directory: str, stem: str) -> str:
+    """A log-log ROC figure of every membership attack of the run (``run --figures DIR``)."""
+    from pathlib import Path
+
+    from bench.scoring.mia import plot_roc
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = str(Path(directory) / f"roc-{stem}.png")
+    plot_roc(curves, path)
+    return path
 
 
 def _deal_clients(task: Any, pool: list[dict], s: Any, rng: torch.Generator) -> list[ClientData]:

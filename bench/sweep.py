@@ -28,7 +28,7 @@ def quiet_libraries() -> None:
 
 
 def sweep(scenarios: list[Scenario], out: str | Path, *, seeds: int | None = None, force: bool = False,
-          show_progress: bool = True) -> ResultStore:
+          show_progress: bool = True, figures: str | None = None) -> ResultStore:
     from tqdm import tqdm
 
     quiet_libraries()
@@ -41,7 +41,7 @@ def sweep(scenarios: list[Scenario], out: str | Path, *, seeds: int | None = Non
             if force or (scenario.hash, seed) not in done:
                 with tqdm(total=scenario.federation.rounds, desc="rounds", leave=False, disable=not show_progress,
                           position=1) as rounds:
-                    rows = execute(scenario, seed, progress=rounds)
+                    rows = execute(scenario, seed, progress=rounds, figures=figures)
                 store.append(rows, replace=(scenario.hash, seed))
             bar.update(1)
     return store

@@ -47,3 +47,14 @@ def test_attacks_beat_chance_when_clients_overfit_and_lira_leads_at_low_fpr(tmp_
     for name in ("mia-loss", "mia-reference", "mia-lira"):
         assert metrics[name]["mia.auc"].ci_low > 0.6, (name, metrics[name]["mia.auc"])
     assert metrics["mia-lira"]["mia.tpr@0.01"].value > metrics["mia-loss"]["mia.tpr@0.01"].value
+
+
+def test_run_with_figures_writes_a_log_log_roc_per_run(tmp_path):
+    from bench.cli import main
+    from tests.helpers import scenario_dict, write_scenario
+
+    path = write_scenario(tmp_path, scenario_dict(attacks=["mia-loss", "mia-zlib"],
+                                                  federation={"rounds": 1, "local_steps": 1}))
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet", "--figures"]) == 0
+    figures = list((tmp_path / "out" / "figures").glob("roc-*.png"))
+    assert len(figures) == 1 and figures[0].stat().st_size > 1000
