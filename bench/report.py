@@ -47,6 +47,16 @@ def metric_table(path: str | Path, metrics: list[str] | None = None) -> str:
     return wide.to_string(float_format=lambda v: f"{v:.4g}")
 
 
+def _current(rows: list[dict[str, Any]], attacks: dict[str, list[str]], notes: list[str]) -> list[dict[str, Any]]:
+    """Only the runs of the scenarios the files describe now: a store may still hold runs of grid
+    cells that were since edited away. Kept whole when none match (e.g. a preset changed the hashes)."""
+    current = [r for r in rows if r["scenario_hash"] in attacks]
+    if attacks and current and len(current) < len(rows):
+        notes.append(f"ignored {len(rows) - len(current)} result rows of scenarios no longer in the files")
+        return current
+    return rows
+
+
 def scenario_attacks(paths: list[str | Path]) -> dict[str, list[str]]:
     """scenario_hash -> attack names, for every scenario in ``paths`` (missing files are skipped)."""
     from bench.scenario import load_many
@@ -144,7 +154,8 @@ def write_reports(runs: str | Path, out: str | Path, scenario_paths: list[str | 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    board = leaderboard.build(load_rows(runs), scenario_attacks(scenario_paths or []))
+    attacks = scenario_attacks(scenario_paths or [])
+    board = leaderboard.build(_current(load_rows(runs), attacks, notes), attacks)
     leaderboard.write_csv(board, out / "leaderboard.csv")
     cells = table4.build(board, paper=paper4.annotate)
     write_table4_csv(cells, out / "table4.csv")

@@ -190,6 +190,8 @@ def _matches(chosen: dict[str, Any], rule: Any) -> bool:
 def _same(value: Any, wanted: Any) -> bool:
     if isinstance(wanted, str) and isinstance(value, dict):
         return value.get("name") == wanted
+    if isinstance(wanted, list) and isinstance(value, list):
+        return len(wanted) == len(value) and all(_same(v, w) for v, w in zip(value, wanted))
     return _short(value) == _short(wanted)
 
 

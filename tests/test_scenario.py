@@ -36,7 +36,10 @@ def test_exclude_by_bare_name_matches_components_with_params(tmp_path):
     grid = dict(scenario_dict(), matrix={
         "task": [{"name": "synthetic-clinical", "params": {"num_classes": 3}}, {"name": "synthetic-instructions"}],
         "method": [{"name": "lora", "params": {"rank": 2}}, "fft"]},
-        exclude=[{"task": "synthetic-instructions"}, {"method": "lora", "task": "synthetic-clinical"}])
+        exclude=[{"task": "synthetic-instructions"}, {"method": "lora", "task": "synthetic-clinical"}],
+        attacks=[{"name": "mia-lira", "params": {"shadows": 4}}])
+    grid["matrix"]["attacks"] = [[{"name": "mia-lira", "params": {"shadows": 4}}], ["mia-loss"]]
+    grid["exclude"].append({"attacks": ["mia-lira"]})
     scenarios = load(write_scenario(tmp_path, grid, "grid.yaml"))
     assert [(s.task.name, s.method.name) for s in scenarios] == [("synthetic-clinical", "fft")]
     assert "num_classes=3" in scenarios[0].name
