@@ -2,13 +2,10 @@
 
 from pathlib import Path
 
-import pytest
-
 from bench.runner import execute
 from bench.scenario import load
 
 
-@pytest.mark.slow
 def test_boosted_backdoor_reaches_asr_090_with_one_malicious_client_in_ten():
     scenario = next(s for s in load(Path(__file__).resolve().parents[1] / "scenarios" / "poisoning.yaml")
                     if "fraction=0.1" in s.name and s.defense_label == "none")
