@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -29,6 +30,11 @@ ROUND_FIELDS = {
 }
 
 
+SHADOW_CACHE: OrderedDict[str, Any] = OrderedDict()
+"""Shadow models of this process, least recently used first (each holds a model copy)."""
+SHADOW_CACHE_SIZE = 32
+
+
 class ViewBuilder:
     def __init__(self, scenario: Any, seed: int, built: Any, transcript: Any, tokenizer: Any, clients: list[Any],
                  task_data: Any, truth: GroundTruth, max_candidates: int = 256):
@@ -36,7 +42,6 @@ class ViewBuilder:
         self.tokenizer, self.task_data, self.truth = tokenizer, task_data, truth
         self.candidates = self._draw_candidates(clients, max_candidates)
         self._base: Any = None
-        self._shadows: dict[str, Any] = {}
 
     def _draw_candidates(self, clients: list[Any], limit: int) -> list[dict]:
         rng = generator("run", self.seed, "candidates")
@@ -81,11 +86,21 @@ class ViewBuilder:
         return self._base
 
     def train_shadow(self, examples: list[dict], rng: torch.Generator) -> Any:
-        """A central fine-tune of the base model on ``examples`` with the run's method and settings."""
-        key = hashlib.sha256(json.dumps(examples, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        if key not in self._shadows:
-            self._shadows[key] = self._fit_shadow(examples, derive_seed(key, int(torch.randint(2**31, (1,), generator=rng))))
-        return self._shadows[key]
+        """A central fine-tune of the base model on ``examples`` with the run's method and settings.
+
+        Cached across the runs of a sweep: a shadow depends on the model, task, method, federation
+        settings, seed and its examples, not on the defenses or attacks, so paired Table 4 cells share it."""
+        s = self.scenario
+        setting = [s.model.name, s.model.params, s.task.name, s.task.params, s.method.name, s.method.params,
+                   dataclasses.asdict(s.federation), s.device, self.seed, examples]
+        key = hashlib.sha256(json.dumps(setting, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        draw = int(torch.randint(2**31, (1,), generator=rng))
+        if key not in SHADOW_CACHE:
+            SHADOW_CACHE[key] = self._fit_shadow(examples, derive_seed(key, draw))
+            while len(SHADOW_CACHE) > SHADOW_CACHE_SIZE:
+                SHADOW_CACHE.popitem(last=False)
+        SHADOW_CACHE.move_to_end(key)
+        return SHADOW_CACHE[key]
 
     def _fit_shadow(self, examples: list[dict], seed: int) -> Any:
         from bench.tiers import OpenModel

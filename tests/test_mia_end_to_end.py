@@ -57,3 +57,19 @@ def test_run_with_figures_writes_a_log_log_roc_per_run(tmp_path):
     assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet", "--figures"]) == 0
     figures = list((tmp_path / "out" / "figures").glob("roc-*.png"))
     assert len(figures) == 1 and figures[0].stat().st_size > 1000
+
+
+def test_shadow_models_are_shared_by_runs_that_differ_only_in_defenses(tmp_path):
+    from bench import views
+
+    first = make_scenario(tmp_path, federation={"rounds": 1, "local_steps": 1})
+    second = make_scenario(tmp_path, federation={"rounds": 1, "local_steps": 1}, defenses=["robust-clip"])
+    examples = [{"text": "Patient Ann Berg, MRN 123456, age 40, seen on 2026-01-02 with a cough.", "label": 1}] * 4
+    handles = []
+    for scenario in (first, second):
+        prepared = prepare(scenario, 0, plan(scenario))
+        builder = ViewBuilder(scenario, 0, prepared.built, prepared.transcript, prepared.tokenizer, prepared.clients,
+                              prepared.task_data, prepared.truth)
+        handles.append(builder.train_shadow(examples, generator("lira")))
+    assert handles[0] is handles[1]
+    assert len(views.SHADOW_CACHE) >= 1
