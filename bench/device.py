@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 
@@ -36,7 +35,3 @@ def describe(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     return "cpu"
 
-
-@contextlib.contextmanager
-def no_op() -> Iterator[None]:
-    yield

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.device import autocast
+
 Trainer = Callable[["LocalJob"], dict[str, float]]
 
 
@@ -71,7 +73,8 @@ def train_local(job: LocalJob) -> dict[str, float]:
         job.seen.append(indices)
         batch = job.collate([job.examples[i] for i in indices])
         optimizer.zero_grad(set_to_none=True)
-        loss = job.example_losses(job.model, batch).mean()
+        with autocast(next(job.model.parameters()).device):  # bf16 on CUDA where supported; no-op on CPU
+            loss = job.example_losses(job.model, batch).mean()
         loss.backward()
         optimizer.step()
         total += float(loss.detach())

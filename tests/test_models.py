@@ -49,3 +49,16 @@ def test_a_model_saved_to_a_directory_runs_through_the_hf_path(tmp_path):
                              federation={"rounds": 1, "local_steps": 1})
     rows = execute(scenario, 0)
     assert {r.status for r in rows} == {"ok"} and "utility.accuracy" in {r.metric for r in rows}
+
+
+def test_bf16_autocast_only_where_the_device_supports_it(monkeypatch):
+    import contextlib
+
+    from bench.device import autocast
+
+    assert isinstance(autocast(torch.device("cpu")), contextlib.nullcontext)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    context = autocast(torch.device("cuda"))
+    assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert isinstance(autocast(torch.device("cuda")), contextlib.nullcontext)
