@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-LEADERBOARD_SCHEMA = 1
+LEADERBOARD_SCHEMA = 2
 
 IDENTITY = ["leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses",
             "attacks", "status", "error"]
@@ -30,7 +30,7 @@ FAMILY_METRICS = {
     "mia": ["mia.auc", "mia.auc_ci_low", "mia.auc_ci_high", "mia.tpr@0.01", "mia.tpr@0.001", "mia.balanced_acc",
             "mia.exposure"],
     "inversion": ["inversion.rouge1", "inversion.rouge2", "inversion.exact", "inversion.token_f1"],
-    "poison": ["poison.asr", "poison.asr_ci_low", "poison.asr_ci_high"],
+    "poison": ["poison.asr", "poison.asr_ci_low", "poison.asr_ci_high", "poison.utility_drop"],
 }
 FAMILY_HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "poison": "poison.asr"}
 FAMILY_OF_PREFIX = {"mia": "mia", "inversion": "inversion", "poison": "poison", "byz": "poison"}

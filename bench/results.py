@@ -89,6 +89,13 @@ class ResultStore:
         _atomic_write(self.jsonl, "\n".join(lines) + "\n")
         self.export_csv()
 
+    def replace_metric(self, metric: str, derived: list[dict[str, Any]]) -> None:
+        """Swap every stored row of ``metric`` for ``derived`` (metrics computed across runs), atomically."""
+        kept = [r for r in self.rows() if r["metric"] != metric] + derived
+        lines = [json.dumps({k: _clean(v) for k, v in r.items()}, sort_keys=True) for r in kept]
+        _atomic_write(self.jsonl, "\n".join(lines) + "\n" if lines else "")
+        self.export_csv()
+
     def export_csv(self) -> None:
         rows = self.rows()
         _atomic_write_csv(self.csv, rows)
@@ -102,6 +109,7 @@ def _atomic_write(path: Path, text: str) -> None:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; results are meant to be shared
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -125,7 +125,7 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
         tier=scenario.tier.name, model=scenario.model.name, task=scenario.task.name, method=scenario.method.name,
         defenses=scenario.defense_label, status=result.status, error=result.error, git_commit=git_commit(),
         packages=package_versions(), device=result.device, wall_s=round(wall_s, 3), peak_mem_mb=round(peak_rss_mb(), 1),
-        extra=result.extra,
+        extra={**result.extra, **_training_identity(scenario)},
     )
     if result.status != "ok":
         return [Row(attack="none", metric="run", value=None, **base)]
@@ -135,6 +135,15 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
     for attack, status, reason in result.skipped:
         rows.append(Row(attack=attack, metric="run", value=None, **{**base, "status": status, "error": reason}))
     return rows
+
+
+def _training_identity(scenario: Scenario) -> dict[str, Any]:
+    """What lets a later step pair this run with the run that trained the same model without attackers."""
+    identity: dict[str, Any] = {"training_key": scenario.training_key}
+    if scenario.training_attacks:
+        identity.update(clean_training_key=scenario.clean_training_key,
+                        training_attacks=[a.name for a in scenario.training_attacks])
+    return identity
 
 
 @dataclass

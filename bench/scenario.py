@@ -80,8 +80,32 @@ class Scenario:
 
     @property
     def hash(self) -> str:
-        body = {k: v for k, v in (self.raw or {}).items() if k not in ("seeds", "description", "name")}
-        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return _digest({k: v for k, v in (self.raw or {}).items() if k not in ("seeds", "description", "name")})
+
+    @property
+    def training_attacks(self) -> tuple[Component, ...]:
+        """The attacks that change what clients train on or send (poisoning, Byzantine); the others only observe."""
+        return tuple(a for a in self.attacks if ATTACKS.get(a.name).changes_training)
+
+    @property
+    def training_key(self) -> str:
+        """Runs with the same key and seed train the same model, whatever they observe afterwards."""
+        return self._training_digest(self.training_attacks)
+
+    @property
+    def clean_training_key(self) -> str:
+        """The training key of this scenario without its attackers (its clean twin's)."""
+        return self._training_digest(())
+
+    def without_attacks(self) -> Scenario:
+        """The same federation with no attack at all: the reference for ``poison.utility_drop``."""
+        raw = {k: v for k, v in (self.raw or {}).items() if k != "attacks"}
+        return build(raw, f"{self.name}~no-attackers", self.file)
+
+    def _training_digest(self, attacks: tuple[Component, ...]) -> str:
+        body = {k: v for k, v in (self.raw or {}).items() if k not in ("seeds", "description", "name", "tags", "attacks")}
+        body["training_attacks"] = [{"name": a.name, "params": a.params} for a in attacks]
+        return _digest(body)
 
     @property
     def defense_label(self) -> str:
@@ -90,6 +114,10 @@ class Scenario:
     @property
     def attack_label(self) -> str:
         return "+".join(a.name for a in self.attacks) or "none"
+
+
+def _digest(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def load(path: str | Path) -> list[Scenario]:

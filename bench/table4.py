@@ -7,9 +7,10 @@ the seed alone, so the pair differs only in the defense). Roles: ``mia`` (member
 
 **Attack advantage** = headline metric - the level a failed attack reaches:
 - mia: ``mia.auc`` - 0.5;  inversion: ``inversion.rouge1`` - 0;  backdoor: ``poison.asr`` - 0;
-- byzantine: ``poison.asr`` (error rate on clean inputs) - the error rate of the run with the same
-  method, defense and seed but no attacker (the privacy run), so that a defense that merely makes the
-  model worse is not counted as an attack.
+- byzantine: ``poison.asr`` (error rate on clean inputs) - the error rate of the same scenario and
+  seed without attackers (its clean twin, through ``poison.utility_drop``; failing that, the privacy
+  run of the same method, defense and seed), so that a defense that merely makes the model worse is
+  not counted as an attack.
 
 **Verdict rule** (``verdict``; a0, a1 = mean advantage without / with the defense over paired seeds,
 reduction r = (a0 - a1) / a0, se = standard error of the paired differences):
@@ -127,9 +128,18 @@ def _advantage(row: dict[str, Any], role: str, clean: dict[tuple, dict[str, Any]
         return None
     if role != "byzantine":
         return value - FAILURE_LEVEL[role]
-    twin = clean.get((row["tier"], row["method"], row["defenses"], int(row["seed"])))
-    accuracy = twin.get("utility.accuracy") if twin else None
+    accuracy = _twin_accuracy(row, clean)
     return value - (1.0 - accuracy) if accuracy is not None else value
+
+
+def _twin_accuracy(row: dict[str, Any], clean: dict[tuple, dict[str, Any]]) -> float | None:
+    """Clean accuracy of the same scenario without attackers: from ``poison.utility_drop`` (the sweep's
+    exact twin) when the run has one, else an attacker-free run of the same tier, method and defense."""
+    drop, accuracy = row.get("poison.utility_drop"), row.get("utility.accuracy")
+    if drop is not None and accuracy is not None and row.get("utility_metric") == "utility.accuracy":
+        return accuracy + drop
+    twin = clean.get((row["tier"], row["method"], row["defenses"], int(row["seed"])))
+    return twin.get("utility.accuracy") if twin else None
 
 
 def _index(board: list[dict[str, Any]]) -> tuple[dict[tuple, list[dict]], dict[tuple, dict]]:
