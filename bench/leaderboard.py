@@ -34,7 +34,7 @@ FAMILY_METRICS = {
 }
 FAMILY_HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "poison": "poison.asr"}
 FAMILY_OF_PREFIX = {"mia": "mia", "inversion": "inversion", "poison": "poison", "byz": "poison"}
-PRIVACY = ["dp.epsilon", "dp.delta", "privacy.egress_records"]
+PRIVACY = ["dp.epsilon", "dp.delta", "dp.epsilon_lower", "privacy.egress_records"]
 COST = ["cost.wall_s", "cost.client_s", "cost.server_s", "cost.bytes_up", "cost.bytes_down", "cost.expansion",
         "cost.peak_mem_mb"]
 PROVENANCE = ["git_commit", "device"]

@@ -178,8 +178,8 @@ def write_reports(runs: str | Path, out: str | Path, scenario_paths: list[str | 
 
 
 # --- studies ---------------------------------------------------------------------------------------
-SUMMARY_COLUMNS = ["utility", "mia.auc", "mia.tpr@0.01", "poison.asr", "dp.epsilon", "privacy.egress_records",
-                   "cost.client_s", "cost.bytes_up", "cost.expansion"]
+SUMMARY_COLUMNS = ["utility", "mia.auc", "mia.tpr@0.01", "poison.asr", "poison.utility_drop", "dp.epsilon",
+                   "dp.epsilon_lower", "privacy.egress_records", "cost.client_s", "cost.bytes_up", "cost.expansion"]
 
 
 def _group_order(key: tuple[str, str, str, str]) -> tuple:

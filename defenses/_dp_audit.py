@@ -114,3 +114,79 @@ def audit_with_canaries(
     train([c for c, flag in zip(canaries, included.tolist(), strict=True) if flag])
     scores = before - canary_losses(canaries).detach().double()
     return AuditOutcome(audit_one_run(scores, included, delta, confidence), included, scores)
+
+
+# --- the audit inside a federated run (dp-local's ``audit_canaries``) --------------------------------
+
+def random_text(vocabulary: list[str], rng: torch.Generator, words: int = 8) -> str:
+    """Words of the client's own vocabulary in a random order: cheap to tokenise, yet a sequence no
+    record contains, so only training on it lowers its loss much."""
+    picks = torch.randint(0, len(vocabulary), (words,), generator=rng).tolist()
+    return " ".join(vocabulary[i] for i in picks)
+
+
+def make_canaries(template: dict[str, Any], labels: list[int], vocabulary: list[str], m: int,
+                  rng: torch.Generator) -> list[dict[str, Any]]:
+    """``m`` records shaped like ``template`` (the task's fields) with random text and random labels."""
+    canaries = []
+    for _ in range(m):
+        canary = {}
+        for key, value in template.items():
+            if isinstance(value, str):
+                canary[key] = random_text(vocabulary, rng)
+            elif key == "label" and labels:
+                canary[key] = labels[int(torch.randint(0, len(labels), (1,), generator=rng))]
+            else:
+                canary[key] = value
+        canaries.append(canary)
+    return canaries
+
+
+class ClientAudit:
+    """One-run audit of one client's record-level guarantee inside the federation.
+
+    On the client's first job, ``m`` canaries are made and each is included with probability 1/2;
+    every job of that client trains on its records plus the included canaries (so the accountant
+    charges the sampling rate actually used). A canary's score is its loss before the client's first
+    job minus its loss on the client's model after its last job: that model is the global model it
+    started from (other clients' data, independent of the canaries) plus its own DP-SGD output, so
+    the audit is post-processing of what the DP guarantee covers. The score is the relative loss
+    decrease, 1 - after / before.
+    """
+
+    def __init__(self, canaries: int, seed: int):
+        self.m = canaries
+        self.rng = torch.Generator().manual_seed(seed)
+        self.canaries: list[dict[str, Any]] = []
+        self.included = torch.zeros(0, dtype=torch.bool)
+        self.before: torch.Tensor | None = None
+        self.after: torch.Tensor | None = None
+
+    def augment(self, job: Any) -> Any:
+        """The job with the included canaries appended to its examples (made on the first call)."""
+        from dataclasses import replace
+
+        if not self.canaries:
+            labels = sorted({e["label"] for e in job.examples if isinstance(e.get("label"), int)})
+            words = sorted({w for e in job.examples for v in e.values() if isinstance(v, str) for w in v.split()})
+            self.canaries = make_canaries(job.examples[0], labels, words or ["canary"], self.m, self.rng)
+            self.included = torch.rand(self.m, generator=self.rng) < 0.5
+            self.before = self.losses(job)
+        extra = [c for c, flag in zip(self.canaries, self.included.tolist(), strict=True) if flag]
+        return replace(job, examples=list(job.examples) + extra, seen=[])
+
+    def losses(self, job: Any, chunk: int = 32) -> torch.Tensor:
+        was_training = job.model.training
+        job.model.eval()
+        with torch.no_grad():
+            parts = [job.example_losses(job.model, job.collate(self.canaries[i : i + chunk])).detach().double().cpu()
+                     for i in range(0, len(self.canaries), chunk)]
+        job.model.train(was_training)
+        return torch.cat(parts)
+
+    def epsilon_lower(self, delta: float, confidence: float) -> float | None:
+        if self.before is None or self.after is None:
+            return None  # the audited client never trained
+        # Relative decrease: canaries start at different losses, and a long one drops more in absolute
+        # terms whether or not it was trained on (measured: ratio 1.02 vs difference 0.72 at no noise).
+        return audit_one_run(1.0 - self.after / self.before, self.included, delta, confidence)

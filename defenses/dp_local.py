@@ -40,6 +40,7 @@ from bench.config import doc
 from bench.registry import DEFENSES
 from bench.training import LocalJob
 from defenses._dp_accounting import Ledger, calibrate_noise
+from defenses._dp_audit import ClientAudit
 from defenses._dp_sgd import DPSGDSettings, resolve_mode, run_dp_sgd
 from defenses.base import Defense
 
@@ -76,6 +77,12 @@ class DPLocal(Defense):
             "Participations assumed by target_epsilon calibration: every round, or the expected count.",
             "every-round",
         )
+        audit_canaries: int = doc(
+            "One-run audit (Steinke et al. 2023): canaries made for one client, each added to its data with "
+            "probability 1/2; reports dp.epsilon_lower. 0 = no audit.", 0
+        )
+        audit_client: int = doc("The client whose guarantee is audited.", 0)
+        audit_confidence: float = doc("Confidence of the audit's epsilon lower bound.", 0.95)
 
         def __post_init__(self) -> None:
             if (self.noise_multiplier is None) == (self.target_epsilon is None):
@@ -88,6 +95,10 @@ class DPLocal(Defense):
                 raise ValueError("max_grad_norm must be a positive finite number")
             if self.delta is not None and not 0 < self.delta < 1:
                 raise ValueError("delta must be in (0, 1)")
+            if self.audit_canaries < 0 or self.audit_canaries == 1:
+                raise ValueError("audit_canaries must be 0 (no audit) or at least 2")
+            if not 0 < self.audit_confidence < 1:
+                raise ValueError("audit_confidence must be in (0, 1)")
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -95,8 +106,11 @@ class DPLocal(Defense):
         self.delta = config.delta if config.delta is not None else 1e-5
         self.noise_multiplier = config.noise_multiplier
         self.mode: str | None = None
+        self.audit: ClientAudit | None = None
 
     def setup(self, scenario: Any, num_examples: dict[int, int]) -> None:
+        if self.config.audit_canaries and self.config.audit_client not in num_examples:
+            raise ValueError(f"audit_client {self.config.audit_client} is not a client (0..{len(num_examples) - 1})")
         if self.config.delta is None:
             self.delta = default_delta(sum(num_examples.values()))
         if self.config.target_epsilon is not None:
@@ -116,7 +130,14 @@ class DPLocal(Defense):
         if self.noise_multiplier is None:
             raise RuntimeError("dp-local with target_epsilon needs setup(scenario, num_examples) before training")
 
+        audited = self.config.audit_canaries > 0 and client == self.config.audit_client
+
         def train_with_dp_sgd(job: LocalJob) -> dict[str, float]:
+            if audited:
+                return self._audited(job, train_with_dp_sgd_plain)
+            return train_with_dp_sgd_plain(job)
+
+        def train_with_dp_sgd_plain(job: LocalJob) -> dict[str, float]:
             self.mode = resolve_mode(job, self.config.grad_sample_mode, self.config.max_grad_norm)
             settings = DPSGDSettings(
                 noise_multiplier=float(self.noise_multiplier),
@@ -129,6 +150,18 @@ class DPLocal(Defense):
             return result
 
         return train_with_dp_sgd
+
+    def _audited(self, job: LocalJob, train: Callable[[LocalJob], dict[str, float]]) -> dict[str, float]:
+        """Train the audited client on its records plus the included canaries; score the canaries after."""
+        if self.audit is None:
+            # Its own stream (not job.rng): the canaries must not shift the client's batch sampling.
+            self.audit = ClientAudit(self.config.audit_canaries, seed=job.rng.initial_seed() ^ 0x5EED)
+        augmented = self.audit.augment(job)
+        result = train(augmented)
+        own = len(job.examples)  # the truth about which records trained excludes the canaries
+        job.seen.extend([i for i in step if i < own] for step in augmented.seen)
+        self.audit.after = self.audit.losses(augmented)
+        return result
 
     def privacy(self) -> dict[str, Any]:
         worst, epsilon = self.ledger.worst(self.delta, self.config.accountant)
@@ -143,4 +176,17 @@ class DPLocal(Defense):
             "dp.sampling_rate": max((q for _, q, _ in history), default=0.0),
             "dp.steps": self.ledger.steps(worst) if worst is not None else 0,
             "dp.grad_sample_mode": self.mode or self.config.grad_sample_mode,
+            **self._audit_report(),
+        }
+
+    def _audit_report(self) -> dict[str, Any]:
+        if self.audit is None:
+            return {}
+        audited = self.config.audit_client
+        lower = self.audit.epsilon_lower(self.delta, self.config.audit_confidence)
+        return {
+            "dp.epsilon_lower": lower if lower is not None else float("nan"),
+            "dp.audit_epsilon": self.ledger.epsilons(self.delta, self.config.accountant).get(audited, 0.0),
+            "dp.audit_canaries": self.config.audit_canaries,
+            "dp.audit_included": int(self.audit.included.sum()),
         }

@@ -107,3 +107,73 @@ def test_noiseless_memorisation_gives_a_clearly_positive_bound_that_exposes_miss
     # A trainer that claimed z = 13 (epsilon ~1.8 for these 30 full-batch steps) but added no noise
     # is caught: the audit's lower bound exceeds the claimed epsilon.
     assert lower > epsilon_for([(13.0, 1.0, STEPS)], 1e-5, "rdp")
+
+
+# --- inside a federated run: dp-local's audit_canaries --------------------------------------------
+
+
+def _audited_scenarios(tmp_path, noise_multipliers, canaries=200, rounds=3):
+    import yaml
+
+    from bench.scenario import load
+
+    document = {
+        "name": "audit", "tier": "open-weight", "model": "tiny-gpt2", "method": "fft",
+        "task": {"name": "synthetic-clinical", "params": {"objective": "language", "max_length": 32}},
+        "federation": {"clients": 2, "clients_per_round": 2, "rounds": rounds, "local_steps": 10, "batch_size": 16,
+                       "lr": 0.01, "examples_per_client": 32, "eval_examples": 16},
+        "matrix": {"defenses": [[{"name": "dp-local", "params": {
+            "noise_multiplier": z, "audit_canaries": canaries, "grad_sample_mode": "hooks"}}] for z in noise_multipliers]},
+    }
+    path = tmp_path / "audit.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return load(path)
+
+
+def _privacy_row(rows) -> dict[str, float]:
+    assert all(r.status == "ok" for r in rows), [r.error for r in rows]
+    return {r.metric: r.value for r in rows if r.metric.startswith("dp.")}
+
+
+def test_an_audited_run_reports_a_lower_bound_below_the_accountant(tmp_path):
+    from bench.runner import execute
+
+    (scenario,) = _audited_scenarios(tmp_path, [1.0], canaries=40, rounds=1)
+    noisy = _privacy_row(execute(scenario, 0))
+    assert 0.0 <= noisy["dp.epsilon_lower"] <= noisy["dp.audit_epsilon"] <= noisy["dp.epsilon"] < math.inf
+    assert noisy["dp.audit_canaries"] == 40 and 0 < noisy["dp.audit_included"] < 40
+
+
+@pytest.mark.slow  # two federated DP-SGD runs with 200 canaries: ~25 s of CPU
+def test_audit_in_the_federation_catches_missing_noise_and_stays_below_the_accountant(tmp_path):
+    from bench.runner import execute
+
+    noiseless, noisy = (_privacy_row(execute(s, 0)) for s in _audited_scenarios(tmp_path, [0.0, 1.0]))
+    assert noiseless["dp.epsilon"] == math.inf and noiseless["dp.epsilon_lower"] > 0.5  # measured 1.02
+    assert 0.0 <= noisy["dp.epsilon_lower"] <= noisy["dp.audit_epsilon"] <= noisy["dp.epsilon"] < math.inf
+    assert noisy["dp.audit_canaries"] == 200 and 0 < noisy["dp.audit_included"] < 200
+
+
+def test_audit_settings_are_checked():
+    from defenses.dp_local import DPLocal
+
+    with pytest.raises(ValueError, match="audit_canaries"):
+        DPLocal.Config(noise_multiplier=1.0, audit_canaries=1)
+    with pytest.raises(ValueError, match="audit_confidence"):
+        DPLocal.Config(noise_multiplier=1.0, audit_canaries=10, audit_confidence=1.0)
+    defense = DPLocal(DPLocal.Config(noise_multiplier=1.0, audit_canaries=10, audit_client=5))
+    with pytest.raises(ValueError, match="audit_client 5 is not a client"):
+        defense.setup(None, {0: 8, 1: 8})
+
+
+def test_audited_client_trains_on_its_records_plus_the_included_canaries_only(tmp_path):
+    from defenses._dp_audit import ClientAudit
+
+    model = tiny_model("llama", "fft", seed=0)
+    job = make_job(model, make_examples(12, seed=1), steps=2, batch_size=4, lr=0.01, optimizer="sgd", seed=0)
+    audit = ClientAudit(canaries=20, seed=3)
+    augmented = audit.augment(job)
+    included = [c for c, flag in zip(audit.canaries, audit.included.tolist(), strict=True) if flag]
+    assert augmented.examples == job.examples + included and augmented.seen == [] and job.examples is not augmented.examples
+    assert audit.augment(job).examples == augmented.examples  # the same canaries on every participation
+    assert audit.before.shape == (20,) and torch.isfinite(audit.before).all()

@@ -17,7 +17,8 @@ EXPECTED_COLUMNS = [
     "utility.rouge_l", "utility.reward_accuracy", "mia_attack", "mia.auc", "mia.auc_ci_low", "mia.auc_ci_high",
     "mia.tpr@0.01", "mia.tpr@0.001", "mia.balanced_acc", "mia.exposure", "inversion_attack", "inversion.rouge1",
     "inversion.rouge2", "inversion.exact", "inversion.token_f1", "poison_attack", "poison.asr", "poison.asr_ci_low",
-    "poison.asr_ci_high", "poison.utility_drop", "dp.epsilon", "dp.delta", "privacy.egress_records", "cost.wall_s", "cost.client_s",
+    "poison.asr_ci_high", "poison.utility_drop", "dp.epsilon", "dp.delta", "dp.epsilon_lower", "privacy.egress_records",
+    "cost.wall_s", "cost.client_s",
     "cost.server_s", "cost.bytes_up", "cost.bytes_down", "cost.expansion", "cost.peak_mem_mb", "git_commit", "device",
 ]
 
