@@ -122,7 +122,8 @@ def roc_curves(scenarios: list[Any], attack_name: str, seed: int = 0) -> dict[st
             built.attacks = [a for a in built.attacks if a.name == attack_name]
             p = runner.prepare(scenario, seed, built)
             fl.run(p.fed, p.transcript, p.truth)
-            views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth)
+            views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth,
+                                max_candidates=scenario.federation.mia_candidates or None)
             attack = built.attacks[0]
             prediction = attack.run(views.for_attack(attack), generator("run", seed, "attack", attack_name))
         except Exception:  # noqa: BLE001 - the results store already records why this run fails

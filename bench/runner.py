@@ -202,7 +202,8 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
     own_view = OpenModel(built.method.model, built.method, built.task, p.tokenizer)
     eval_set = _eval_set(p.task_data.test, scenario.federation.eval_examples)
     result.metrics += [("none", m) for m in evaluate(own_view, built.task, eval_set)]
-    views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth)
+    views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth,
+                        max_candidates=scenario.federation.mia_candidates or None)
     curves: dict[str, Any] = {}
     for attack in built.attacks:
         if built.task.kind not in attack.task_kinds:

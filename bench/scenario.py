@@ -41,6 +41,8 @@ class Federation:
     examples_per_client: int = doc("Records dealt to each client (members + non-members).", 32)
     member_fraction: float = doc("Share of a client's records it trains on; the rest are non-members.", 0.5)
     eval_examples: int = doc("Test records for utility (0 = all).", 128)
+    mia_candidates: int = doc("Members + non-members scored by membership attacks, half each (0 = every record the "
+                              "smaller side has). TPR at 1% FPR needs about 2000 to mean >= 10 false positives.", 256)
 
     def __post_init__(self) -> None:
         positive = ["clients", "clients_per_round", "rounds", "local_steps", "batch_size", "examples_per_client"]
@@ -51,6 +53,8 @@ class Federation:
             raise ValueError(f"clients_per_round ({self.clients_per_round}) exceeds clients ({self.clients})")
         if not 0 < self.member_fraction < 1:
             raise ValueError("member_fraction must be strictly between 0 and 1")
+        if self.mia_candidates == 1 or self.mia_candidates < 0:
+            raise ValueError("mia_candidates must be 0 (every record) or at least 2")
         if self.lr <= 0 or self.alpha <= 0:
             raise ValueError("lr and alpha must be positive")
 

@@ -261,7 +261,9 @@ def shadow_world():
 
 
 @pytest.mark.parametrize(
-    "params", [{"online": True}, {"online": False}, {"online": True, "variance": "per-example", "shadows": 16}]
+    "params",
+    [{"online": True}, {"online": False}, {"online": True, "variance": "per-example", "shadows": 16},
+     {"online": True, "center": "median"}],
 )
 def test_lira_beats_the_loss_attack_when_difficulty_varies(shadow_world, params):
     lira = attack("mia-lira", **params).run(shadow_world.view, rng(5))
@@ -271,6 +273,31 @@ def test_lira_beats_the_loss_attack_when_difficulty_varies(shadow_world, params)
     assert loss_points["mia.auc"] < 0.75
     assert lira_points["mia.auc"] > 0.95
     assert lira_points["mia.tpr@0.01"] > loss_points["mia.tpr@0.01"] + 0.3
+
+
+def test_masked_gaussian_centres_and_variances():
+    from attacks.mia.lira import masked_gaussian
+
+    observations = torch.tensor([[1.0, 0.0], [2.0, 5.0], [10.0, 7.0], [3.0, 9.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True], [True, True], [True, False], [True, True]])
+    mean, variance = masked_gaussian(observations, mask, pooled=False)
+    assert mean.tolist() == pytest.approx([4.0, 14 / 3]) and variance[1].item() == pytest.approx(366 / 18)
+    median, _ = masked_gaussian(observations, mask, pooled=False, center="median")
+    assert median.tolist() == [2.5, 5.0]  # even count: midpoint of the middle two; masked-out values ignored
+    _, pooled = masked_gaussian(observations, mask, pooled=True)
+    assert pooled.tolist() == pytest.approx([(50 + 366 / 9) / 5] * 2)  # residuals around each record's own mean
+
+
+def test_offline_scores_of_an_online_fit_read_only_the_out_shadows():
+    from attacks.mia.lira import ShadowFit, offline_scores, online_scores
+
+    candidate_in = torch.tensor([[True, False], [False, True], [True, False], [False, True]])
+    observations = torch.tensor([[8.0, 1.0], [1.0, 8.0], [10.0, 3.0], [3.0, 10.0]], dtype=torch.float64)
+    fit = ShadowFit(torch.tensor([2.0, 2.0], dtype=torch.float64), observations, candidate_in)
+    wild = ShadowFit(fit.target, observations.masked_fill(candidate_in, 1e6), candidate_in)
+    assert torch.equal(offline_scores(fit, pooled=False), offline_scores(wild, pooled=False))
+    assert offline_scores(fit, pooled=False).tolist() == pytest.approx([0.0, 0.0])  # target at the OUT mean
+    assert (online_scores(fit, pooled=True) < 0).all()  # 2 is far likelier under OUT (mean 2) than IN (mean 9)
 
 
 def test_lira_shadow_datasets(shadow_world):

@@ -15,6 +15,18 @@ LANGUAGE = {"name": "synthetic-clinical", "params": {"num_classes": 5, "max_leng
 EXTERNAL = ["mia-loss", "mia-zlib", "mia-mink", "mia-minkpp", "mia-reference", {"name": "mia-lira", "params": {"shadows": 4}}]
 
 
+def test_candidate_cap_limits_the_draw_and_none_draws_every_record(tmp_path):
+    scenario = make_scenario(tmp_path, federation={"rounds": 1, "local_steps": 1})  # 3 clients x 6 members
+    prepared = prepare(scenario, 0, plan(scenario))
+    args = (scenario, 0, prepared.built, prepared.transcript, prepared.tokenizer, prepared.clients,
+            prepared.task_data, prepared.truth)
+    assert len(ViewBuilder(*args).candidates) == 36  # the default cap (256) is above the 18 + 18 records
+    capped = ViewBuilder(*args, max_candidates=8)
+    assert len(capped.candidates) == 8 and int(capped.truth.member_flags.sum()) == 4
+    every = ViewBuilder(*args, max_candidates=None)
+    assert len(every.candidates) == 36 and int(every.truth.member_flags.sum()) == 18
+
+
 def _attack_metrics(prepared):
     views = ViewBuilder(prepared.scenario, prepared.seed, prepared.built, prepared.transcript, prepared.tokenizer,
                         prepared.clients, prepared.task_data, prepared.truth)
@@ -35,8 +47,13 @@ def test_every_attack_is_at_chance_on_the_base_model(tmp_path):
         assert auc.ci_low <= 0.5 <= auc.ci_high, (name, auc)
 
 
-@pytest.mark.slow  # LiRA's lead at 1% FPR is real but thin at 48 non-members: it tied on other zoo weights
-def test_attacks_beat_chance_when_clients_overfit_and_lira_leads_at_low_fpr(tmp_path):
+@pytest.mark.slow  # ~40 s on one thread: a federated FFT run and 8 shadow fine-tunes
+def test_attacks_beat_chance_when_clients_overfit(tmp_path):
+    """Every attack separates 48 members from 48 non-members far above chance, at every FPR.
+
+    Which attack leads at 1% FPR is not asserted here: with 48 non-members 1% FPR is zero false
+    positives, and the order flipped between zoo weights. tests/benchmarks/test_bench_mia_lira.py
+    measures the LiRA-vs-loss gap on 1024 non-members with paired bootstrap intervals."""
     attacks = ["mia-loss", "mia-reference", {"name": "mia-lira", "params": {"shadows": 8}}]
     scenario = make_scenario(tmp_path, task=LANGUAGE, method="fft", attacks=attacks,
                              federation={"clients": 2, "clients_per_round": 2, "rounds": 2, "local_steps": 15,
@@ -48,7 +65,8 @@ def test_attacks_beat_chance_when_clients_overfit_and_lira_leads_at_low_fpr(tmp_
         print(name, {k: round(m.value, 3) for k, m in values.items()})
     for name in ("mia-loss", "mia-reference", "mia-lira"):
         assert metrics[name]["mia.auc"].ci_low > 0.6, (name, metrics[name]["mia.auc"])
-    assert metrics["mia-lira"]["mia.tpr@0.01"].value > metrics["mia-loss"]["mia.tpr@0.01"].value
+        # chance at zero false positives is a TPR of about 1/48; the interval must clear it
+        assert metrics[name]["mia.tpr@0.01"].ci_low > 0.1, (name, metrics[name]["mia.tpr@0.01"])
 
 
 def test_run_with_figures_writes_a_log_log_roc_per_run(tmp_path):
@@ -76,3 +94,22 @@ def test_shadow_models_are_shared_by_runs_that_differ_only_in_defenses(tmp_path)
         handles.append(builder.train_shadow(examples, generator("lira")))
     assert handles[0] is handles[1]
     assert len(views.SHADOW_CACHE) >= 1
+
+
+def test_scenario_sets_how_many_candidates_membership_attacks_score(tmp_path, monkeypatch):
+    import bench.runner as runner
+    from bench.scenario import Federation
+
+    with pytest.raises(ValueError, match="mia_candidates"):
+        Federation(mia_candidates=1)
+    seen = []
+
+    class Recording(ViewBuilder):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(len(self.candidates))
+
+    monkeypatch.setattr(runner, "ViewBuilder", Recording)
+    scenario = make_scenario(tmp_path, federation={"rounds": 1, "local_steps": 1, "mia_candidates": 8})
+    rows = runner.execute(scenario, 0)
+    assert all(r.status == "ok" for r in rows) and seen == [8]
