@@ -1,4 +1,4 @@
-"""dp-local step time against non-private local training on a ~1.3M-parameter tiny Llama.
+"""dp-local step time against non-private local training on tiny Llamas of 1.3M and 3.4M parameters.
 
 For sequence lengths 64 and 256, full fine-tuning and LoRA, and each Opacus per-sample-gradient
 mode (all three work on Llama, whose embeddings are untied), one benchmark round is one
@@ -22,14 +22,17 @@ from bench.training import LocalJob, train_local
 from defenses.dp_local import DPLocal
 
 VOCAB, MAX_LENGTH, BATCH, STEPS, ROUNDS = 2000, 256, 8, 3, 5
+# (hidden, intermediate, layers): the zoo's width (1.3M parameters) and the issue's ~3M-parameter size.
+SIZES = {"1.3M": (128, 344, 4), "3.4M": (192, 512, 6)}
 
 
-def tiny_llama(method: str) -> torch.nn.Module:
+def tiny_llama(method: str, size: str = "1.3M") -> torch.nn.Module:
+    hidden, intermediate, layers = SIZES[size]
     config = transformers.LlamaConfig(
         vocab_size=VOCAB,
-        hidden_size=128,
-        intermediate_size=344,
-        num_hidden_layers=4,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=MAX_LENGTH,
@@ -71,8 +74,9 @@ def job_for(model: torch.nn.Module, examples: list[torch.Tensor]) -> LocalJob:
 @pytest.mark.parametrize("mode", ["hooks", "ghost", "functorch"])
 @pytest.mark.parametrize("method", ["fft", "lora"])
 @pytest.mark.parametrize("length", [64, 256])
-def test_dp_local_step_time_vs_non_private(benchmark, length, method, mode):
-    model = tiny_llama(method)
+@pytest.mark.parametrize("size", list(SIZES))
+def test_dp_local_step_time_vs_non_private(benchmark, size, length, method, mode):
+    model = tiny_llama(method, size)
     examples = list(torch.randint(0, VOCAB, (BATCH, length), generator=torch.Generator().manual_seed(1)))
     defense = DPLocal(DPLocal.Config(noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode))
     private = defense.wrap_training(train_local, 0, torch.Generator().manual_seed(2))
@@ -96,5 +100,5 @@ def test_dp_local_step_time_vs_non_private(benchmark, length, method, mode):
         batch=BATCH,
         length=length,
     )
-    print(f"\nT={length} {method}/{mode}: private/non-private step time = {ratio:.2f}x")
+    print(f"\n{size} T={length} {method}/{mode}: private/non-private step time = {ratio:.2f}x")
     assert ratio < 6.0, "per-sample gradients should cost a small multiple of a plain step"
