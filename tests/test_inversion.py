@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from attacks.inversion._common import observed_gradient, trainable_names
-from attacks.inversion._decode import Grown, select_sequences
+from attacks.inversion._decode import Grown, refine_by_energy, select_sequences
 from attacks.inversion._harness import TinyArch, build_method, random_sequences, run_round
 from attacks.inversion._labels import last_tokens
-from attacks.inversion._span import Probe, chance_distance, rounding_noise, span_basis, span_distance
+from attacks.inversion._span import Probe, SpanCheck, chance_distance, rounding_noise, span_basis, span_distance
 from attacks.inversion.dager import Dager
 from attacks.inversion.optim import GradientMatching
 from attacks.inversion.tokens import EmbeddingRows
@@ -81,6 +81,49 @@ def test_selection_prefers_sequences_that_explain_the_span():
     assert select_sequences(grown, rank=8, limit=10) == true  # the trie of all three needs 9 inputs
     assert sorted(select_sequences(grown, rank=9, limit=10)) == sorted(true + [spurious])
     assert select_sequences(grown, rank=9, limit=2) == true  # at most as many as the batch holds
+
+
+def _templated_span(true, weak, generator, dim=48, noise=1e-3):
+    """Layer-1 inputs of prefixes and a noisy gradient of the ``true`` batch, as ``_decode`` sees them.
+
+    A prefix's input is its last token's vector at that position plus a small term from the whole
+    prefix (what attention brings in), so a wrong prefix ending in a right token sits near the span.
+    Inputs of prefixes in ``weak`` get a gradient of only a few noise edges (confidently predicted)."""
+    vectors = {}
+
+    def vector(prefix):
+        key = (len(prefix), prefix[-1])
+        vectors.setdefault(key, torch.randn(dim, generator=generator, dtype=torch.float64))
+        vectors.setdefault(prefix, torch.randn(dim, generator=generator, dtype=torch.float64))
+        return vectors[key] + 0.03 * vectors[prefix]
+
+    nodes = sorted({tuple(s[: k + 1]) for s in true for k in range(len(s))})
+    edge = (dim**0.5 + 64**0.5) * noise
+    scale = torch.tensor([3 * edge if node in weak else 100 * edge for node in nodes], dtype=torch.float64)
+    inputs = torch.stack([vector(n) / vector(n).norm() for n in nodes])
+    outputs = torch.randn(len(nodes), 64, generator=generator, dtype=torch.float64)
+    outputs = outputs / outputs.norm(dim=1, keepdim=True) * scale[:, None]
+    gradient = inputs.T @ outputs + noise * torch.randn(dim, 64, generator=generator, dtype=torch.float64)
+    basis = span_basis(Probe(gradient.float(), noise=torch.full((dim, 64), noise)), 1e-6, noise_margin=2.0)
+    rows = lambda s: torch.stack([vector(tuple(s[: k + 1])) for k in range(len(s))])  # noqa: E731
+    return SpanCheck([basis], 0.1, 0.01), rows
+
+
+def test_energy_refinement_recovers_a_weak_template_suffix():
+    """Real text (measured on tiny-gpt2, B=2): the second sequence's template suffix carries a
+    gradient a few times the rounding noise, so the trie selection (capped at the underestimated rank)
+    kept the first sequence alone, and wrong branches reusing the first sequence's suffix looked as
+    close to the span as the true one. The unexplained gradient tells them apart."""
+    first, second = [1, 2, 3, 4, 5, 6], [1, 7, 8, 9, 4, 5, 6]  # shared start, same template suffix
+    weak = {(1, 7, 8, 9, 4), (1, 7, 8, 9, 4, 5), (1, 7, 8, 9, 4, 5, 6)}
+    check, rows = _templated_span([first, second], weak, torch.Generator().manual_seed(0))
+    wrong = [[1, 7, 3, 4, 5, 6], [1, 7, 8, 9, 4, 5, 10], [1, 2, 8, 9, 4, 5, 6], [1, 7, 8, 9, 5, 6]]
+    pool = [first, *wrong, second]
+    inputs = [rows(s) for s in pool]
+    assert refine_by_energy(pool, [first], check, inputs, limit=2) == [first, second]  # adds the missing one
+    assert refine_by_energy(pool, [first], check, inputs, limit=5) == [first, second]  # stops at the noise
+    assert refine_by_energy(pool, [first, wrong[0]], check, inputs, limit=2) == [first, second]  # swaps
+    assert refine_by_energy(pool, [first, wrong[1]], check, inputs, limit=2) == [first, second]
 
 
 # --- DAGER -------------------------------------------------------------------------------------------

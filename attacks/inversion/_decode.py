@@ -21,7 +21,8 @@ the span, since only the attention output differs, but far above the noise a tru
 (2) extensions whose input repeats the previous position's are refused (runs of one token under
 RoPE are indistinguishable from a single token); (3) complete sequences are selected greedily by
 how much of the span they explain, within the span's rank and the number of sequences the client
-can have trained on (``select_sequences``).
+can have trained on (``select_sequences``), then refined by the layer-1 gradient the chosen set
+leaves unexplained (``refine_by_energy``).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from attacks.inversion._layers import capture_extensions, capture_inputs
-from attacks.inversion._span import SpanCheck
+from attacks.inversion._span import SpanBasis, SpanCheck
 
 POSITION_BLOCK = 32
 REPEAT_TOLERANCE = 1e-4
@@ -206,3 +207,124 @@ def _beam(sequences: torch.Tensor, worst: torch.Tensor, limit: int) -> tuple[tor
         return sequences, worst
     keep = torch.argsort(worst)[:limit].sort().values
     return sequences[keep], worst[keep]
+
+
+NEW_DIRECTION = 1e-4
+"""A candidate input adds a direction when it reaches this far (unit inputs) beyond the chosen span:
+above float32 input precision, below the distance a different prefix or position makes."""
+
+
+class _Energy:
+    """The layer-1 gradient that a set of sequences leaves unexplained.
+
+    Each informative span's gradient (its singular directions scaled by their singular values) is
+    projected off the span of the set's layer-1 inputs; what remains is the unexplained energy. True
+    sequences leave rounding noise; a wrong prefix leaves the true input's whole direction behind,
+    even where that direction carries little more than the noise (a confidently predicted token).
+    """
+
+    def __init__(self, check: SpanCheck, inputs: list[torch.Tensor]):
+        useful = [b for b in check.bases if b.informative]
+        self.gradients = [b.weighted for b in useful]
+        self.noise = sum(b.cut**2 for b in useful)
+        self.directions = [_unit_rows(_mapped(inputs, b)) for b in useful]  # per span: (n, length, dim)
+
+    def gains(self, chosen: list[int]) -> torch.Tensor:
+        """(n,) energy each candidate would explain on top of the ``chosen`` candidates."""
+        total = torch.zeros(self.directions[0].shape[0], dtype=torch.float64)
+        for gradient, directions in zip(self.gradients, self.directions):
+            basis = _orthonormal(directions[chosen].reshape(-1, directions.shape[-1]))  # (k, dim)
+            residual = gradient - basis.T @ (basis @ gradient)
+            new = _new_directions(directions, basis)
+            total += torch.einsum("nld,dr->nlr", new, residual).pow(2).sum((1, 2)).cpu()
+        return total
+
+
+def refine_by_energy(sequences: list[list[int]], kept: list[list[int]], check: SpanCheck,
+                     inputs: list[torch.Tensor], limit: int, swaps: int = 8) -> list[list[int]]:
+    """Improve a selection of ``sequences`` (``kept``) by the layer-1 gradient it explains (``_Energy``).
+
+    Two moves, each taken only when it explains more than one noise-level direction's energy: add
+    the candidate that explains most (while fewer than ``limit`` are kept), and swap a kept sequence
+    for the candidate that explains most in its place. Per-extension distances cannot tell a true
+    input whose gradient sank towards the noise from a wrong prefix's input; the joint residual can.
+    """
+    if not sequences or not kept:
+        return kept
+    energy = _Energy(check, inputs)
+    if not energy.gradients:
+        return kept
+    index = {tuple(s): i for i, s in enumerate(sequences)}
+    chosen = [index[tuple(s)] for s in kept]
+    while len(chosen) < limit:
+        gains = energy.gains(chosen)
+        gains[chosen] = -1.0
+        best = int(torch.argmax(gains))
+        if float(gains[best]) <= energy.noise:
+            break
+        chosen.append(best)
+    for _ in range(swaps):
+        if not _swap_pass(energy, chosen):
+            break
+    return [sequences[i] for i in chosen]
+
+
+def _swap_pass(energy: _Energy, chosen: list[int]) -> bool:
+    """The single swap that explains most more (of all kept slots), if it beats the noise: swapping
+    slot by slot would let a wrong member push out a true one that it half duplicates."""
+    best_gain, best_slot, best_candidate = energy.noise, -1, -1
+    for slot in range(len(chosen)):
+        gains = energy.gains(chosen[:slot] + chosen[slot + 1 :])
+        own = float(gains[chosen[slot]])
+        gains[chosen] = -1.0
+        candidate = int(torch.argmax(gains))
+        if float(gains[candidate]) - own > best_gain:
+            best_gain, best_slot, best_candidate = float(gains[candidate]) - own, slot, candidate
+    if best_slot < 0:
+        return False
+    chosen[best_slot] = best_candidate
+    return True
+
+
+def sequence_inputs(model: nn.Module, module: nn.Module, sequences: list[list[int]]) -> list[torch.Tensor]:
+    """Each sequence's layer inputs at every position ((length, width) each), batched by length."""
+    by_length: dict[int, list[int]] = {}
+    for i, s in enumerate(sequences):
+        by_length.setdefault(len(s), []).append(i)
+    found: list[torch.Tensor] = [torch.zeros(0)] * len(sequences)
+    for indices in by_length.values():
+        captured = capture_inputs(model, module, torch.tensor([sequences[i] for i in indices]))
+        for i, rows in zip(indices, captured):
+            found[i] = rows.double()
+    return found
+
+
+def _mapped(inputs: list[torch.Tensor], basis: SpanBasis) -> torch.Tensor:
+    """(n, longest, dim): inputs through the basis' transform, zero rows padding shorter sequences."""
+    longest = max(x.shape[0] for x in inputs)
+    mapped = [x if basis.transform is None else x @ basis.transform.double().T for x in inputs]
+    out = mapped[0].new_zeros(len(mapped), longest, mapped[0].shape[1])
+    for i, x in enumerate(mapped):
+        out[i, : x.shape[0]] = x
+    return out
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+
+
+def _orthonormal(rows: torch.Tensor) -> torch.Tensor:
+    """(k, dim) orthonormal rows spanning ``rows`` beyond float32 input precision."""
+    if rows.shape[0] == 0:
+        return rows
+    _, singular, right = torch.linalg.svd(rows, full_matrices=False)
+    return right[singular > NEW_DIRECTION]
+
+
+def _new_directions(directions: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Orthonormal rows spanning what each candidate's inputs add beyond ``basis`` (zero rows where
+    they add nothing beyond float32 input precision)."""
+    if basis.shape[0]:
+        directions = directions - (directions @ basis.T) @ basis
+    _, singular, rows = torch.linalg.svd(directions, full_matrices=False)  # rows: (n, length, dim)
+    return rows * (singular > NEW_DIRECTION)[..., None]

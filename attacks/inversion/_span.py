@@ -38,6 +38,20 @@ class SpanBasis:
     dim: int
     floor: float = 0.0
     """The rank cut relative to the largest singular value: how loud the noise is in this span."""
+    singular: torch.Tensor | None = None
+    """(rank,) the kept singular values: how much gradient each basis direction carries (the final
+    selection weighs candidate inputs by the gradient they explain, ``_decode.refine_by_energy``)."""
+
+    @property
+    def weighted(self) -> torch.Tensor:
+        """(dim, rank) the gradient's column space scaled by its singular values (float64)."""
+        scale = self.singular if self.singular is not None else torch.ones(self.rank)
+        return self.basis.double().T * scale.double().to(self.basis.device)
+
+    @property
+    def cut(self) -> float:
+        """The singular value at the rank cut: the loudest the noise can be along one direction."""
+        return self.floor * float(self.singular[0]) if self.singular is not None and self.rank else 0.0
 
     @property
     def informative(self) -> bool:
@@ -61,7 +75,8 @@ def span_basis(probe: Probe, rank_tol: float, noise_margin: float = 2.0) -> Span
         edge = (matrix.shape[0] ** 0.5 + matrix.shape[1] ** 0.5) * probe.noise.double().pow(2).mean().sqrt()
         floor = max(float(floor), noise_margin * float(edge))
     rank = int((singular > floor).sum())
-    return SpanBasis(left[:, :rank].T.float().contiguous(), probe.transform, rank, dim, float(floor / singular[0]))
+    return SpanBasis(left[:, :rank].T.float().contiguous(), probe.transform, rank, dim, float(floor / singular[0]),
+                     singular[:rank].float())
 
 
 def merge_probes(probes: list[Probe]) -> list[Probe]:

@@ -43,6 +43,21 @@ span checks) is recovered from the output-side gradient (``_labels``); the guard
 (relative test, repeat test, span-explaining selection) replace the paper's top-B heuristics; LoRA is
 handled by the projected check of ``_layers``; the aggregate target treats a round's aggregate as one
 batch.
+
+Final selection (``_decode.select_sequences`` then ``_decode.refine_by_energy``): the trie selection
+(most new layer-1 inputs first, within the layer-1 rank) is refined by the layer-1 gradient the chosen
+set leaves unexplained (singular directions weighted by their values, projected off the set's
+inputs): add the sequence that explains most while fewer than the batch holds, and make the single
+best swap, each only when it explains more than one noise-level direction (the rank cut squared).
+Why, measured on ``scenarios/inversion.yaml`` (tiny-gpt2, B=2, one step): a confidently predicted
+template suffix has gradient 1.2-5x the noise edge, so the rank is underestimated (26 of 29 inputs),
+the trie cap dropped the second sequence, and wrong branches sat as close to the span as the true
+one; the unexplained gradient of the true pair was 0.99 noise edges against 9125 for the first
+sequence alone and 777-5315 for wrong variants. Probe ROUGE-1 (exact) before -> after, tiny-gpt2:
+B=2 0.50 (0.5) -> 0.94 (0.5), B=4 0.44 (0.25) -> 0.67 (0), B=8 0.23 (0) -> 0.42 (0); tiny-llama
+unchanged (0.93/0.81/0.80/0.70 at B=1/2/4/8, exact 0). The remaining loss is in growth, not
+selection: the beam ranks prefixes by their worst extension ratio, and the true branch of a weak
+suffix (ratios up to 3.9) loses to wrong branches (~1.8), so it is often not among the candidates.
 """
 from __future__ import annotations
 
@@ -62,7 +77,14 @@ from attacks.inversion._common import (
     targets,
     trainable_names,
 )
-from attacks.inversion._decode import Growth, grow_sequences, select_sequences, token_candidates
+from attacks.inversion._decode import (
+    Growth,
+    grow_sequences,
+    refine_by_energy,
+    select_sequences,
+    sequence_inputs,
+    token_candidates,
+)
 from attacks.inversion._labels import complete
 from attacks.inversion._layers import capture_inputs, first_module, probes_for
 from attacks.inversion._span import SpanBasis, SpanCheck, merge_probes, restrict_to_inputs, rounding_noise, span_basis
@@ -185,7 +207,10 @@ class Dager(Attack):
         noise_ratio = max(checks[1].noise, 1e-12) / max(checks[0].noise, 1e-12) if checks[0].noise > 0 else 1.0
         beam = min(self.config.max_prefixes, self.config.beam_factor * most)
         growth = Growth(checks[1], self.config.relative_threshold, limit, beam, max(noise_ratio, 1.0))
-        return select_sequences(grow_sequences(model, layers[1], growth, candidates), checks[1].rank, most)
+        grown = grow_sequences(model, layers[1], growth, candidates)
+        kept = select_sequences(grown, checks[1].rank, most)
+        inputs = sequence_inputs(model, layers[1], grown.sequences)
+        return refine_by_energy(grown.sequences, kept, checks[1], inputs, most)
 
 
 def _position_limit(model: torch.nn.Module) -> int:
