@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from bench.leaderboard import UTILITY_HEADLINE
 from bench.results import ResultStore
 
 UTILITY_DROP = "poison.utility_drop"
-# Headline utility per task kind, first present wins; True when higher is better.
-HEADLINES = [("utility.accuracy", True), ("utility.reward_accuracy", True), ("utility.rouge_l", True),
-             ("utility.exact_match", True), ("utility.likelihood_preference_accuracy", True),
-             ("utility.perplexity", False)]
+# The leaderboard's headline utility (first present wins, higher is better), then perplexity for
+# tasks that have nothing else.
+HEADLINES = [(metric, True) for metric in UTILITY_HEADLINE] + [("utility.perplexity", False)]
 
 
 def _runs(rows: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
