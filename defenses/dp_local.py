@@ -22,6 +22,10 @@ Departures from the paper / from plain Opacus usage:
   with evaluation, attacks and other scenarios); autograd's summed weight gradients, which DP-SGD
   discards, are not computed (see ``defenses/_dp_hooks.py``).
 - ``wrap_training`` replaces the trainer it is given (DP-SGD is a different trainer, not a wrapper).
+- ``audit_canaries`` adds a one-run audit (Steinke, Nasr, Jagielski 2023; ``defenses/_dp_audit.py``):
+  one client's data gets canaries, each with probability 1/2, and ``dp.epsilon_lower`` is reported
+  beside that client's own accountant epsilon (``dp.audit_epsilon``). The audited client trains on
+  more records than the others, so its sampling rate (and epsilon) is lower than without the audit.
 - The privacy unit is one example as the task batches it: a method whose forward packs several
   sequences of one example into separate rows (DPO's chosen and rejected) must run them as separate
   forward calls; otherwise training stops with an error rather than under-report epsilon.
