@@ -252,3 +252,15 @@ def test_tokens_find_nothing_in_masked_messages():
     record.transmitted[0] = torch.randint(0, 2**31, record.transmitted[0].shape, generator=torch.Generator().manual_seed(0))
     prediction = EmbeddingRows(EmbeddingRows.Config()).run(view, torch.Generator())
     assert metrics(prediction, truth)["inversion.token_f1"] < 0.05
+
+
+def test_dager_can_grow_sequences_at_a_deeper_layer():
+    method = build_method(arch("gpt2", layers=3))
+    data = {0: random_sequences(2, 8, SMALL["vocab"], torch.Generator().manual_seed(4))}
+    view, truth = run_round(method, data)
+    prediction = Dager(Dager.Config(growth_layer=2)).run(view, torch.Generator())
+    assert metrics(prediction, truth)["inversion.exact"] == 1.0
+    beyond = Dager(Dager.Config(growth_layer=5)).run(view, torch.Generator())  # the model has 3 layers
+    assert beyond.sequences[(0, 0)] == []
+    with pytest.raises(ValueError, match="growth_layer"):
+        Dager.Config(growth_layer=0)
