@@ -160,7 +160,25 @@ def _train_client(fed: Federation, r: int, client: int, global_state: torch.Tens
     if "client_batches" in fed.keep:
         trained_on = list(dict.fromkeys(i for step in job.seen for i in step))
         truth.client_batches[(r, client)] = _token_ids(fed, job, trained_on)
-    return fed.method.get_flat() - global_state
+    return _transmitted(fed, job, global_state)
+
+
+def _transmitted(fed: Federation, job: LocalJob, global_state: torch.Tensor) -> torch.Tensor:
+    return transmitted_update(fed.settings.protocol, job, global_state, fed.method.get_flat())
+
+
+def transmitted_update(protocol: str, job: LocalJob, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """What a client sends: its weight difference, or under FedSGD its step itself (-lr x the
+    gradient), when the trainer reports one that the weights confirm (a wrapped trainer that changed
+    the weights after the step falls back to the difference)."""
+    difference = after - before
+    step = job.step_update
+    if protocol != "fedsgd" or step is None or step.shape != difference.shape:
+        return difference
+    step = step.to(difference.device, difference.dtype)
+    ulp = torch.nextafter(after.abs(), torch.full_like(after, float("inf"))) - after.abs()
+    agrees = (step - difference).abs() <= ulp + 1e-6 * step.abs()
+    return step if bool(agrees.all()) else difference
 
 
 def _token_ids(fed: Federation, job: LocalJob, indices: list[int]) -> list[list[int]]:

@@ -34,7 +34,9 @@ class Federation:
     batch_size: int = doc("Examples per local step.", 8)
     lr: float = doc("Client learning rate.", 1e-3)
     optimizer: Literal["sgd", "adam", "adamw"] = doc("Client optimizer.", "adam")
-    protocol: Literal["fedavg", "fedsgd"] = doc("fedavg: local steps then average; fedsgd: one gradient step.", "fedavg")
+    protocol: Literal["fedavg", "fedsgd"] = doc("fedavg: local steps, clients send their new weights (as a "
+                                                "difference); fedsgd: one SGD step, clients send the step itself "
+                                                "(-lr x gradient).", "fedavg")
     server_lr: float = doc("Server step size on the aggregate update.", 1.0)
     partition: Literal["iid", "dirichlet"] = doc("How the pool is dealt to clients.", "iid")
     alpha: float = doc("Dirichlet concentration over labels (partition: dirichlet).", 0.5)

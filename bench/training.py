@@ -33,8 +33,10 @@ class LocalJob:
     lr: float
     optimizer: str
     rng: torch.Generator
-    full_batch: bool = False
-    """FedSGD: one step on the whole local batch (``batch_size`` examples drawn once)."""
+    step_update: torch.Tensor | None = None
+    """Filled by a trainer whose whole job is one plain SGD step: -lr x the gradient it applied, flat
+    in ``parameters`` order. FedSGD transmits this (the gradient) rather than the weight difference,
+    whose float32 rounding at the weights' ulp would swamp the gradient's weakest directions."""
     seen: list[list[int]] = field(default_factory=list)
     """Filled by the trainer: indices of the examples in each step's batch (ground truth)."""
     client: int | None = None
@@ -76,6 +78,13 @@ def train_local(job: LocalJob) -> dict[str, float]:
         with autocast(next(job.model.parameters()).device):  # bf16 on CUDA where supported; no-op on CPU
             loss = job.example_losses(job.model, batch).mean()
         loss.backward()
+        if job.steps == 1 and job.optimizer == "sgd":
+            job.step_update = -job.lr * _flat_gradient(job.parameters)
         optimizer.step()
         total += float(loss.detach())
     return {"loss": total / max(job.steps, 1)}
+
+
+def _flat_gradient(parameters: list[nn.Parameter]) -> torch.Tensor:
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).float()
+                      for p in parameters])

@@ -103,6 +103,53 @@ def test_fedsgd_aggregate_is_the_weighted_mean_of_minus_lr_gradients(tmp_path):
     assert torch.allclose(aggregate, expected, atol=1e-6, rtol=1e-4)
 
 
+LR = 1e-4  # small next to the weights, so their float32 rounding is visible in a weight difference
+
+
+def _sent_and_weight_difference(tmp_path, protocol):
+    """One client, one SGD step on all its members: what it sent, -lr x its gradient, and what the
+    weight difference would have been."""
+    scenario = make_scenario(tmp_path, federation={"clients": 1, "clients_per_round": 1, "rounds": 1, "batch_size": 64,
+                                                   "local_steps": 1, "optimizer": "sgd", "protocol": protocol,
+                                                   "examples_per_client": 10, "lr": LR})
+    prepared = prepare(scenario, 0, plan(scenario))
+    start = prepared.built.method.get_flat()
+    prepared.fed.keep = frozenset({"client_updates"})
+    fl.run(prepared.fed, prepared.transcript, prepared.truth)
+    moved = prepared.built.method.get_flat() - start  # the server applied the one client's update
+    prepared.built.method.set_flat(start)
+    step = -LR * _gradient(prepared, prepared.clients[0].members)
+    return prepared.transcript.rounds[0].transmitted[0], step, moved
+
+
+def _largest_error(update, step):
+    return float((update - step).abs().max() / step.abs().max())
+
+
+def test_fedsgd_sends_the_gradient_step_itself(tmp_path):
+    sent, step, moved = _sent_and_weight_difference(tmp_path, "fedsgd")
+    assert _largest_error(sent, step) < 1e-6  # summation order only (measured 8e-8)
+    # the weight difference carries the weights' float32 rounding (measured 2.6e-5): what FedSGD avoids
+    assert _largest_error(moved, step) > 1e-6
+
+
+def test_fedavg_sends_the_weight_difference_even_for_one_step(tmp_path):
+    sent, step, _ = _sent_and_weight_difference(tmp_path, "fedavg")
+    assert 1e-6 < _largest_error(sent, step) < 1e-3
+
+
+def test_a_step_the_weights_do_not_confirm_is_not_sent():
+    from bench.training import LocalJob
+
+    job = LocalJob(model=None, parameters=[], examples=[], collate=None, example_losses=None, steps=1, batch_size=1,
+                   lr=0.1, optimizer="sgd", rng=torch.Generator())
+    before, after = torch.ones(4), torch.tensor([0.9, 1.0, 1.0, 1.0])
+    job.step_update = torch.tensor([-0.1, 0.0, 0.0, 0.0])
+    assert torch.equal(fl.transmitted_update("fedsgd", job, before, after), job.step_update)
+    job.step_update = torch.tensor([-0.1, 0.0, 0.0, 0.5])  # e.g. a wrapper moved the weights after the step
+    assert torch.equal(fl.transmitted_update("fedsgd", job, before, after), after - before)
+
+
 def test_one_client_fedavg_equals_central_training(tmp_path):
     scenario = make_scenario(tmp_path, federation={"clients": 1, "clients_per_round": 1, "rounds": 1, "local_steps": 3,
                                                    "optimizer": "sgd", "lr": 0.05})

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from bench.federation import transmitted_update
 from bench.methods.base import Method
 from bench.seeding import isolated_rng
 from bench.training import LocalJob, train_local
@@ -140,7 +141,7 @@ def run_round(
                        batch_size=batch_size or len(examples), lr=lr, optimizer="sgd",
                        rng=torch.Generator().manual_seed(seed + client))
         train_local(job)
-        record.transmitted[client] = method.get_flat() - global_state
+        record.transmitted[client] = transmitted_update(protocol, job, global_state, method.get_flat())
         record.weights[client] = float(len(examples))
         updates.append(record.transmitted[client])
         seen = list(dict.fromkeys(i for step in job.seen for i in step))
