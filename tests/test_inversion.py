@@ -12,10 +12,18 @@ import pytest
 import torch
 
 from attacks.inversion._common import observed_gradient, trainable_names
-from attacks.inversion._decode import Grown, refine_by_energy, select_sequences
+from attacks.inversion._decode import Grown, Growth, _passes, refine_by_energy, select_sequences
 from attacks.inversion._harness import TinyArch, build_method, random_sequences, run_round
 from attacks.inversion._labels import last_tokens
-from attacks.inversion._span import Probe, SpanCheck, chance_distance, rounding_noise, span_basis, span_distance
+from attacks.inversion._span import (
+    Probe,
+    SpanBasis,
+    SpanCheck,
+    chance_distance,
+    rounding_noise,
+    span_basis,
+    span_distance,
+)
 from attacks.inversion.dager import Dager
 from attacks.inversion.optim import GradientMatching
 from attacks.inversion.tokens import EmbeddingRows
@@ -264,3 +272,27 @@ def test_dager_can_grow_sequences_at_a_deeper_layer():
     assert beyond.sequences[(0, 0)] == []
     with pytest.raises(ValueError, match="growth_layer"):
         Dager.Config(growth_layer=0)
+
+
+def _check_spanning(*axes, dim=16):
+    basis = torch.eye(dim)[list(axes)]
+    return SpanCheck([SpanBasis(basis, None, len(axes), dim)], threshold=0.1, false_positives=0.01)
+
+
+def test_an_extension_must_pass_every_checked_layer():
+    growth_layer, deeper = _check_spanning(0, 1, 2), _check_spanning(0, 1, 3)
+    inputs = torch.eye(16)[[0, 2]]  # the second is in the growth layer's span only
+    reference = torch.full((2,), 1e-3)
+    alone, _ = _passes(Growth((growth_layer,), 40.0, 8, 8), [inputs], None, reference)
+    both, _ = _passes(Growth((growth_layer, deeper), 40.0, 8, 8, (1.0, 1.0)), [inputs, inputs], None, reference)
+    assert alone.tolist() == [True, True] and both.tolist() == [True, False]
+
+
+def test_dager_with_a_confirming_layer_still_recovers_the_batch():
+    method = build_method(arch("gpt2", layers=3))
+    data = {0: random_sequences(2, 8, SMALL["vocab"], torch.Generator().manual_seed(4))}
+    view, truth = run_round(method, data)
+    prediction = Dager(Dager.Config(confirm_layer=2)).run(view, torch.Generator())
+    assert metrics(prediction, truth)["inversion.exact"] == 1.0
+    with pytest.raises(ValueError, match="confirm_layer"):
+        Dager.Config(growth_layer=2, confirm_layer=2)

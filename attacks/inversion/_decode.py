@@ -58,16 +58,18 @@ class Candidates:
 
 @dataclass(frozen=True)
 class Growth:
-    """How sequences grow: the layer-1 check, the relative test and the beam."""
+    """How sequences grow: the span checks, the relative test and the beam."""
 
-    check: SpanCheck
+    checks: tuple[SpanCheck, ...]
+    """Span checks every extension must pass: the growth layer's, then any deeper confirming layers'."""
     relative: float
-    """An extension's layer-1 distance may exceed its token's layer-0 distance by at most this factor
+    """An extension's layer distance may exceed its token's layer-0 distance by at most this factor
     (each distance taken relative to its layer's noise floor)."""
     max_length: int
     max_prefixes: int
-    noise_ratio: float = 1.0
-    """Layer-1 noise floor / layer-0 noise floor (at least 1): true distances scale with their layer's noise."""
+    noise_ratios: tuple[float, ...] = (1.0,)
+    """Per check: its layer's noise floor / layer-0 noise floor (at least 1): true distances scale
+    with their layer's noise."""
 
 
 def token_candidates(model: nn.Module, module: nn.Module, check: SpanCheck, vocab: int, max_positions: int,
@@ -122,10 +124,11 @@ class Grown:
     (how close the weakest link came to the relative threshold)."""
 
 
-def grow_sequences(model: nn.Module, module: nn.Module, growth: Growth, candidates: Candidates) -> Grown:
-    """Complete sequences (all tokens that received gradient), by left-to-right extension."""
+def grow_sequences(model: nn.Module, modules: list[nn.Module], growth: Growth, candidates: Candidates) -> Grown:
+    """Complete sequences (all tokens that received gradient), by left-to-right extension; ``modules``
+    are the projections whose inputs ``growth.checks`` judge, in the same order."""
     tokens, reference = candidates.at(0)
-    first = capture_inputs(model, module, tokens[:, None])[:, -1]
+    first = [capture_inputs(model, module, tokens[:, None])[:, -1] for module in modules]
     ok, ratio = _passes(growth, first, None, reference)
     prefixes, worst = _beam(tokens[:, None][ok], ratio[ok], growth.max_prefixes)
     done = Grown([], [])
@@ -134,8 +137,8 @@ def grow_sequences(model: nn.Module, module: nn.Module, growth: Growth, candidat
         if prefixes.shape[0] == 0 or following.numel() == 0:
             break
         count, width = prefixes.shape[0], following.numel()
-        last, previous = capture_extensions(model, module, prefixes, following)
-        ok, ratio = _passes(growth, last, previous, reference.repeat(count))
+        captured = capture_extensions(model, modules, prefixes, following)
+        ok, ratio = _passes(growth, [c[0] for c in captured], captured[0][1], reference.repeat(count))
         ended = ~ok.view(count, width).any(1)
         done.sequences += prefixes[ended].tolist()
         done.worst += worst[ended].tolist()
@@ -175,23 +178,27 @@ def select_sequences(grown: Grown, rank: int, limit: int) -> list[list[int]]:
     return kept
 
 
-def _passes(growth: Growth, last: torch.Tensor, previous: torch.Tensor | None,
+def _passes(growth: Growth, lasts: list[torch.Tensor], previous: torch.Tensor | None,
             reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which extensions survive, and each one's ratio of layer-1 to layer-0 distance.
+    """Which extensions survive, and each one's largest ratio of layer distance to layer-0 distance.
 
-    Two tests: the absolute one (``SpanCheck``), and a relative one against the new token's own
-    layer-0 distance ``reference``. A wrong prefix followed by a token that is right for this
-    position in another sequence differs from a true input only by what attention brings in, so its
-    layer-1 input sits close to the span, yet much farther than the token's layer-0 input (whose
-    distance is float noise); a true extension stays at the noise level. An extension whose input
-    repeats the previous position's is refused too (``_repeats``).
+    Two tests per checked layer: the absolute one (``SpanCheck``), and a relative one against the
+    new token's own layer-0 distance ``reference``. A wrong prefix followed by a token that is right
+    for this position in another sequence differs from a true input only by what attention brings
+    in, so its input sits close to the span, yet much farther than the token's layer-0 input (whose
+    distance is float noise); a true extension stays at the noise level. An extension whose
+    growth-layer input repeats the previous position's (``previous``) is refused too (``_repeats``).
     """
-    score, distance = growth.check.measure(last, last.shape[0])
-    ratio = distance.cpu() / (growth.noise_ratio * reference).clamp_min(NOISE_FLOOR)
-    ok = (score.cpu() < 1.0) & (ratio <= growth.relative)
+    ok = torch.ones(lasts[0].shape[0], dtype=torch.bool)
+    worst = torch.zeros(lasts[0].shape[0])
+    for check, noise_ratio, last in zip(growth.checks, growth.noise_ratios, lasts):
+        score, distance = check.measure(last, last.shape[0])
+        ratio = distance.cpu() / (noise_ratio * reference).clamp_min(NOISE_FLOOR)
+        ok &= (score.cpu() < 1.0) & (ratio <= growth.relative)
+        worst = torch.maximum(worst, ratio)
     if previous is not None:
-        ok &= ~_repeats(last, previous).cpu()
-    return ok, ratio
+        ok &= ~_repeats(lasts[0], previous).cpu()
+    return ok, worst
 
 
 def _repeats(last: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:

@@ -91,19 +91,23 @@ def capture_inputs(model: nn.Module, module: nn.Module, input_ids: torch.Tensor,
     """The input ``module`` receives for each sequence of ``input_ids`` (n, T) -> (n, T, width)."""
     outputs = []
     for start in range(0, input_ids.shape[0], chunk):
-        outputs.append(_capture_once(model, module, input_ids[start : start + chunk]))
+        outputs.append(_capture_once(model, [module], input_ids[start : start + chunk])[0])
     return torch.cat(outputs) if outputs else torch.zeros(0)
 
 
-def _capture_once(model: nn.Module, module: nn.Module, input_ids: torch.Tensor, cache: Any = None,
-                  past: int = 0) -> torch.Tensor:
-    seen: list[torch.Tensor] = []
+def _capture_once(model: nn.Module, modules: list[nn.Module], input_ids: torch.Tensor, cache: Any = None,
+                  past: int = 0) -> list[torch.Tensor]:
+    """The inputs each of ``modules`` receives (in forward order); the forward stops at the last."""
+    seen: dict[int, torch.Tensor] = {}
 
-    def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        seen.append((args[0] if args else next(iter(kwargs.values()))).detach())
-        raise _Captured
+    def hook_for(index: int) -> Any:
+        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            seen[index] = (args[0] if args else next(iter(kwargs.values()))).detach()
+            if len(seen) == len(modules):
+                raise _Captured
+        return hook
 
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [m.register_forward_pre_hook(hook_for(i), with_kwargs=True) for i, m in enumerate(modules)]
     ids = input_ids.to(_device(model))
     mask = torch.ones((ids.shape[0], past + ids.shape[1]), dtype=torch.long, device=ids.device)
     try:
@@ -112,34 +116,40 @@ def _capture_once(model: nn.Module, module: nn.Module, input_ids: torch.Tensor, 
     except _Captured:
         pass
     finally:
-        handle.remove()
-    if not seen:
-        raise RuntimeError("the projection module was not reached by the forward pass")
-    return seen[0].float()
+        for handle in handles:
+            handle.remove()
+    if len(seen) < len(modules):
+        raise RuntimeError("a projection module was not reached by the forward pass")
+    return [seen[i].float() for i in range(len(modules))]
 
 
-def capture_extensions(model: nn.Module, module: nn.Module, prefixes: torch.Tensor, following: torch.Tensor,
-                       budget: int = 2**15) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs ``module`` receives at the last position of every prefix + next-token extension
-    (prefix-major order, (n * w, width)), and at the prefix's own last position (repeated to match).
+def capture_extensions(model: nn.Module, modules: list[nn.Module], prefixes: torch.Tensor, following: torch.Tensor,
+                       budget: int = 2**15) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per module: the inputs it receives at the last position of every prefix + next-token
+    extension (prefix-major order, (n * w, width)), and at the prefix's own last position (repeated
+    to match).
 
     Each prefix runs once and leaves its key/value cache; the extensions then run one token each on
-    the repeated cache. The forward stops at ``module``, so the cache holds only the layers below it.
+    the repeated cache. The forward stops at the deepest module, so the cache holds only the layers
+    below it.
     """
     from transformers import DynamicCache
 
     width = following.numel()
     rows = max(1, budget // max(width * prefixes.shape[1], 1))
-    last, previous = [], []
+    last: list[list[torch.Tensor]] = [[] for _ in modules]
+    previous: list[list[torch.Tensor]] = [[] for _ in modules]
     for start in range(0, prefixes.shape[0], rows):
         chunk = prefixes[start : start + rows]
         cache = DynamicCache(config=model.config)
-        own = _capture_once(model, module, chunk, cache)[:, -1]
+        own = _capture_once(model, modules, chunk, cache)
         cache.batch_repeat_interleave(width)
         new = following.repeat(chunk.shape[0])[:, None]
-        last.append(_capture_once(model, module, new, cache, past=chunk.shape[1])[:, -1])
-        previous.append(own.repeat_interleave(width, 0))
-    return torch.cat(last), torch.cat(previous)
+        extended = _capture_once(model, modules, new, cache, past=chunk.shape[1])
+        for i in range(len(modules)):
+            last[i].append(extended[i][:, -1])
+            previous[i].append(own[i][:, -1].repeat_interleave(width, 0))
+    return [(torch.cat(a), torch.cat(b)) for a, b in zip(last, previous)]
 
 
 def _device(model: nn.Module) -> torch.device:

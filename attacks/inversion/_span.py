@@ -94,10 +94,11 @@ def _joined_noise(group: list[Probe]) -> torch.Tensor | None:
     return torch.cat([p.noise for p in group], dim=1)
 
 
-def rounding_noise(after: torch.Tensor) -> torch.Tensor:
-    """Standard deviation of the float32 rounding in ``after - before`` (the transmitted update):
-    the client's new weights were rounded to float32, an error uniform within half an ulp."""
-    magnitude = after.detach().float().abs()
+def rounding_noise(values: torch.Tensor) -> torch.Tensor:
+    """Standard deviation of rounding ``values`` to float32: an error uniform within half an ulp.
+    Applied to the client's new weights when it sends them (their difference carries the weights'
+    rounding), to the update itself when it sends its gradient step (FedSGD)."""
+    magnitude = values.detach().float().abs()
     ulp = torch.nextafter(magnitude, torch.full_like(magnitude, float("inf"))) - magnitude
     return ulp / 12**0.5
 

@@ -17,10 +17,12 @@ What it needs and where it stops:
   receive gradient, about B x (T - 1)) must stay below the hidden width d, with a margin. Past it
   the attack reports nothing rather than guesses.
 - updates must be plain SGD steps (FedSGD forces SGD). Adam's normalised steps destroy the low rank.
-- precision: the server sees float32 ``after - before``, whose rounding (half an ulp of the weights)
-  swamps the weakest gradient directions when lr x gradient is small next to the weights. The rank
-  is cut at the edge of that known noise (``noise_margin``), and inputs whose gradient sinks below
-  it are lost: a small learning rate acts like quantisation.
+- precision: what the client sends sets the noise. Under FedAvg the server sees float32 ``after -
+  before``, whose rounding (half an ulp of the weights) swamps the weakest gradient directions when
+  lr x gradient is small next to the weights: a small learning rate acts like quantisation. Under
+  FedSGD it sees the gradient step itself, whose error is the float32 arithmetic behind it (far
+  smaller). The rank is cut at the edge of the known noise (``noise_margin``, ``gradient_noise``),
+  and inputs whose gradient sinks below it are lost.
 
 Thresholds: a candidate passes when its normalised distance to the span is below ``span_threshold``
 and below the distance at which ``false_positives`` unrelated candidates would pass by chance (the
@@ -28,7 +30,7 @@ Beta law of a random unit vector's distance to a rank-r subspace), measured in t
 inputs occupy (LayerNorm keeps them in a hyperplane).
 
 FedSGD is exact up to that noise, and so is FedAvg with one local SGD step (the update is one
-gradient at the start state): it gets the FedSGD tolerances, not the FedAvg ones. Measured on
+gradient at the start state): it gets the one-step tolerances, not the several-step ones. Measured on
 ``scenarios/inversion.yaml`` (tiny-gpt2, B=2, one step, lr 1e-2): the FedAvg rank cut (1e-3 x the
 largest singular value) kept rank 22 of 27 true layer-0 inputs and the midpoint state moved true
 distances from ~1e-5 to ~1e-3, so the confidently predicted template suffix was lost.
@@ -67,11 +69,30 @@ Traced on tiny-gpt2 B=2: from position 10 nearly every candidate token passes th
 after the true prefix (ratios 1.1-2.6, the true one 1.1), because in a shallow model with weak
 attention a layer-1 input is dominated by its own token; a 2048-prefix beam does not help.
 
+The gradient sent itself (FedSGD, ``bench.federation.transmitted_update``). Its noise is not the
+rounding of its values: the top noise singular value sat at 5-9x the Marchenko-Pastur edge of that
+rounding on both zoo models at B = 1-8 (the float32 sums behind each element), while true inputs
+sat at 175x-2e6x it (layer 0) and down to 4-9x it at layer 1 when B x (T - 1) nears the width. So the
+edge is scaled by ``gradient_noise`` (8) and ``gradient_rank_tol`` (1e-9 of the largest, below any
+edge) only guards a degenerate update (the weights' ``rank_tol`` of 1e-6 stays: at 1e-9 LoRA r16's
+one-step spans filled with rounding noise and its B=1 recovery fell from 0.94 / 1.00 to 0). A weak true extension (the confidently predicted last body token)
+is then perturbed by the noise next to its small singular value, up to ~150x its token's layer-0
+distance, so the relative test is looser there (``gradient_relative_threshold``). Probe, real notes
+of 16 tokens, one step, exact recovery at B = 1 / 2 / 4 / 8: margin x4 gave GPT-2 1 / 1 / 1 / 0 (the
+near-full layer-1 span admits digit runs), x6-x10 gave GPT-2 1 / 1 / 1 / 1 and Llama 1 / 1 / 0.75 /
+0.125; with the relative threshold 150: Llama 1 / 1 / 1 / 0.5 (500: Llama B=8 0). The same batches
+sent as weights (FedAvg, one step) stay at GPT-2 1 / 0.5 / 0.25 / 0 and Llama 1 / 0.5 / 0.25 / 0.
+At 8 tokens (16 x 7 inputs < 128) both models are exact at B = 8 and 16
+(``tests/benchmarks/test_bench_inversion_text.py``).
+
 ``growth_layer`` (departure, default 1 as in the paper) grows sequences at a deeper layer, whose
 inputs mix more context. Probe ROUGE-1 (exact), B = 1 / 2 / 4 / 8, real text, one step: growth at
 layer 2 gives tiny-gpt2 1.00 (1) / 1.00 (1) / 0.77 / 0.68 against 1.00 (1) / 0.97 (0.5) / 0.67 (0.25)
 / 0.54 at layer 1, but tiny-llama 1.00 (1) / 0.84 / 0.84 / 0.48 against 1.00 (1) / 0.91 (0.5) / 0.87
 (0.25) / 0.83; layer 3 is between. Not a uniform gain, so the default stays the paper's.
+``confirm_layer`` (departure, default off) requires each extension to pass a deeper layer's check as
+well. Sent as weights, confirming at layer 3 moved Llama's exact recovery at B = 4 / 8 from 0.25 / 0
+to 0.25 / 0.125 and left GPT-2 unchanged; at layer 2 it gained nothing. Off by default.
 """
 from __future__ import annotations
 
@@ -111,8 +132,16 @@ from bench.transcript import ThreatView
 @dataclass(frozen=True, kw_only=True)
 class DagerConfig(TargetConfig):
     span_threshold: float = doc("FedSGD: a unit-norm input closer than this to the span is in the batch.", 0.1)
-    rank_tol: float = doc("FedSGD: singular values above rank_tol x the largest count towards the span's rank.", 1e-6)
+    rank_tol: float = doc("One step sent as weights: singular values above rank_tol x the largest count towards the "
+                          "span's rank.", 1e-6)
     noise_margin: float = doc("Singular values must also exceed this x the edge of the update's float32 rounding noise.", 1.0)
+    gradient_rank_tol: float = doc("FedSGD (the gradient sent): rank_tol, below any noise edge, so the edge decides.",
+                                   1e-9)
+    gradient_noise: float = doc("FedSGD sends the gradient itself: its float32 error as a multiple of the rounding of its "
+                                "values (the float32 sums behind each element; measured 5-9x, see the docstring).", 8.0)
+    gradient_relative_threshold: float = doc("FedSGD: relative_threshold when the gradient itself is sent (true "
+                                             "distances are set by its computation noise, not the weights' rounding).",
+                                             150.0)
     fedavg_span_threshold: float = doc("FedAvg (drifting weights): the distance threshold.", 0.1)
     fedavg_rank_tol: float = doc("FedAvg: the rank threshold (looser: drift adds small singular values).", 1e-3)
     fedavg_interpolation: float = doc("FedAvg: inputs are computed at start + this x update (0.5 = midpoint).", 0.5)
@@ -122,6 +151,8 @@ class DagerConfig(TargetConfig):
                                     "(rejects right tokens after wrong prefixes; see _decode).", 40.0)
     growth_layer: int = doc("Layer whose input span grows sequences (the paper: 1, the second layer; deeper layers mix "
                             "more context, which helps on templated text for some models; see the docstring).", 1)
+    confirm_layer: int = doc("A deeper layer whose span check every extension must pass too (0 = none; see the "
+                             "docstring).", 0)
     max_prefixes: int = doc("Most prefixes kept per position while growing sequences (strongest first).", 2048)
     beam_factor: int = doc("Prefixes kept per position: at most this x the most sequences the batch can hold.", 8)
     max_sequences: int = doc("Most sequences reported per batch (0 = batch size x local steps x clients, capped by the "
@@ -138,6 +169,8 @@ class DagerConfig(TargetConfig):
             raise ValueError("fedavg_interpolation must be in [0, 1]")
         if self.growth_layer < 1:
             raise ValueError("growth_layer must be at least 1 (layer 0 finds the tokens)")
+        if self.confirm_layer and self.confirm_layer <= self.growth_layer:
+            raise ValueError("confirm_layer must be 0 (none) or deeper than growth_layer")
 
 
 @dataclass(frozen=True)
@@ -145,6 +178,9 @@ class Tolerance:
     span: float
     rank: float
     interpolation: float
+    relative: float
+    sends_gradient: bool = False
+    """FedSGD: the update is the gradient step itself, its noise the gradient's own float32 error."""
 
 
 @ATTACKS.register("inversion-dager")
@@ -168,36 +204,42 @@ class Dager(Attack):
 
     def tolerance(self, federation: Any) -> Tolerance:
         c = self.config
-        # one local step is FedSGD whatever the protocol is called: the update is one gradient taken
-        # at the start state, so its inputs are computed there and the span needs no drift allowance
-        if getattr(federation, "protocol", "fedsgd") == "fedsgd" or int(getattr(federation, "local_steps", 1)) <= 1:
-            return Tolerance(c.span_threshold, c.rank_tol, 0.0)
-        return Tolerance(c.fedavg_span_threshold, c.fedavg_rank_tol, c.fedavg_interpolation)
+        if getattr(federation, "protocol", "fedsgd") == "fedsgd":
+            return Tolerance(c.span_threshold, c.gradient_rank_tol, 0.0, c.gradient_relative_threshold, sends_gradient=True)
+        # one local step is FedSGD sent as weights: the update is one gradient taken at the start
+        # state, so its inputs are computed there and the span needs no drift allowance
+        if int(getattr(federation, "local_steps", 1)) <= 1:
+            return Tolerance(c.span_threshold, c.rank_tol, 0.0, c.relative_threshold)
+        return Tolerance(c.fedavg_span_threshold, c.fedavg_rank_tol, c.fedavg_interpolation, c.relative_threshold)
 
     def invert(self, view: ThreatView, target: Target, rng: torch.Generator) -> list[list[int]]:
         method, tol = view.method, self.tolerance(view.federation)
         update = target.update.to(target.global_before.device)
         state = target.global_before + tol.interpolation * update
         with model_at(method, state) as model:
-            depths = (0, self.config.growth_layer)
+            depths = (0, self.config.growth_layer) + ((self.config.confirm_layer,) if self.config.confirm_layer else ())
             layers = [first_module(model, depth) for depth in depths]
             if None in layers:
                 return []
-            checks = [SpanCheck(self._bases(method, model, depth, target, state, tol), tol.span,
+            checks = [SpanCheck(self._bases(view, model, depth, target, state, tol), tol.span,
                                 self.config.false_positives) for depth in depths]
             self._measure_input_space(model, layers, checks, rng)
             if not (checks[0].informative and checks[1].informative):
                 return []
-            sequences = self._search(model, layers, checks, self._most_sequences(view, target))
+            sequences = self._search(model, layers, checks, self._most_sequences(view, target), tol.relative)
             if sequences and is_language_model(model) and self.config.recover_last_token:
                 observed = method.unflatten(observed_gradient(update, view.federation))
                 sequences = complete(model, sequences, observed, trainable_names(method))
         return sequences
 
-    def _bases(self, method: Any, model: torch.nn.Module, layer: int, target: Target, state: torch.Tensor,
+    def _bases(self, view: ThreatView, model: torch.nn.Module, layer: int, target: Target, state: torch.Tensor,
                tol: Tolerance) -> list[SpanBasis]:
+        method = view.method
         update = target.update.to(state.device)
-        noise = rounding_noise(target.global_before + update)
+        if tol.sends_gradient:
+            noise = self.config.gradient_noise * rounding_noise(update)
+        else:
+            noise = rounding_noise(target.global_before + update)
         probes = probes_for(model, layer, method.unflatten(update), method.unflatten(state), method.unflatten(noise))
         return [span_basis(p, tol.rank, self.config.noise_margin) for p in merge_probes(probes)]
 
@@ -216,20 +258,27 @@ class Dager(Attack):
         return self.config.max_sequences or target.most_sequences(view.federation)
 
     def _search(self, model: torch.nn.Module, layers: list[torch.nn.Module], checks: list[SpanCheck],
-                most: int) -> list[list[int]]:
+                most: int, relative: float) -> list[list[int]]:
         vocab = model.get_input_embeddings().weight.shape[0]
         # every position of every sequence is a distinct layer-1 input: no sequence outgrows the rank
         limit = min(self.config.max_length or _position_limit(model), checks[1].rank + 1)
         candidates = token_candidates(model, layers[0], checks[0], vocab, limit, self.config.vocab_chunk)
         if not candidates.tokens or candidates.at(0)[0].numel() == 0:
             return []
-        noise_ratio = max(checks[1].noise, 1e-12) / max(checks[0].noise, 1e-12) if checks[0].noise > 0 else 1.0
+        # a deeper confirming layer only helps where its span says something
+        judged = [i for i in range(1, len(checks)) if i == 1 or checks[i].informative]
+        ratios = tuple(max(_noise_ratio(checks[i], checks[0]), 1.0) for i in judged)
         beam = min(self.config.max_prefixes, self.config.beam_factor * most)
-        growth = Growth(checks[1], self.config.relative_threshold, limit, beam, max(noise_ratio, 1.0))
-        grown = grow_sequences(model, layers[1], growth, candidates)
+        growth = Growth(tuple(checks[i] for i in judged), relative, limit, beam, ratios)
+        grown = grow_sequences(model, [layers[i] for i in judged], growth, candidates)
         kept = select_sequences(grown, checks[1].rank, most)
         inputs = sequence_inputs(model, layers[1], grown.sequences)
         return refine_by_energy(grown.sequences, kept, checks[1], inputs, most)
+
+
+def _noise_ratio(check: SpanCheck, tokens: SpanCheck) -> float:
+    """How much noisier this layer's true distances are than layer 0's."""
+    return max(check.noise, 1e-12) / max(tokens.noise, 1e-12) if tokens.noise > 0 else 1.0
 
 
 def _position_limit(model: torch.nn.Module) -> int:
