@@ -146,6 +146,7 @@ def _job(fed: Federation, r: int, client: int, global_state: torch.Tensor, examp
         optimizer="sgd" if fedsgd else s.optimizer,  # FedSGD transmits lr * gradient
         rng=generator(*fed.seed_parts, "client", r, client),
         client=client,
+        report_step=fedsgd,
     )
 
 

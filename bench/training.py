@@ -33,6 +33,9 @@ class LocalJob:
     lr: float
     optimizer: str
     rng: torch.Generator
+    report_step: bool = False
+    """FedSGD: a one-step plain SGD trainer fills ``step_update`` (skipped otherwise: it is a copy of
+    every trainable parameter)."""
     step_update: torch.Tensor | None = None
     """Filled by a trainer whose whole job is one plain SGD step: -lr x the gradient it applied, flat
     in ``parameters`` order. FedSGD transmits this (the gradient) rather than the weight difference,
@@ -78,7 +81,7 @@ def train_local(job: LocalJob) -> dict[str, float]:
         with autocast(next(job.model.parameters()).device):  # bf16 on CUDA where supported; no-op on CPU
             loss = job.example_losses(job.model, batch).mean()
         loss.backward()
-        if job.steps == 1 and job.optimizer == "sgd":
+        if job.report_step and job.steps == 1 and job.optimizer == "sgd":
             job.step_update = -job.lr * _flat_gradient(job.parameters)
         optimizer.step()
         total += float(loss.detach())

@@ -139,7 +139,7 @@ def run_round(
                        examples=examples, collate=collate, example_losses=lm_example_losses,
                        steps=1 if protocol == "fedsgd" else local_steps,
                        batch_size=batch_size or len(examples), lr=lr, optimizer="sgd",
-                       rng=torch.Generator().manual_seed(seed + client))
+                       rng=torch.Generator().manual_seed(seed + client), report_step=protocol == "fedsgd")
         train_local(job)
         record.transmitted[client] = transmitted_update(protocol, job, global_state, method.get_flat())
         record.weights[client] = float(len(examples))
