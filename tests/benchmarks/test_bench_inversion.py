@@ -29,3 +29,21 @@ def test_dager_time_by_batch_size(benchmark, batch):
     metrics = {m.name: m.value for m in score(prediction, truth)}
     benchmark.extra_info.update(metrics)
     assert metrics["inversion.exact"] >= 0.95
+
+
+GPT2_SMALL = TinyArch(family="gpt2", vocab=50257, hidden=768, layers=12, heads=12, positions=1024)
+
+
+@pytest.mark.perf
+def test_dager_at_batch_128_on_gpt2_small_shape(benchmark):
+    """The paper's batch of 128 on GPT-2 small's shape (random weights: no hub download here), 6
+    random tokens each so that 128 x 5 inputs stay below the width 768. About 5 minutes on one CPU
+    thread (the vocabulary-wide layer-0 check dominates)."""
+    method = build_method(GPT2_SMALL)
+    data = {0: random_sequences(128, 6, GPT2_SMALL.vocab, torch.Generator().manual_seed(128))}
+    view, truth = run_round(method, data, lr=1e-2)
+    attack = Dager(Dager.Config())
+    prediction = benchmark.pedantic(attack.run, args=(view, torch.Generator()), rounds=1, iterations=1)
+    metrics = {m.name: m.value for m in score(prediction, truth)}
+    benchmark.extra_info.update(metrics)
+    assert metrics["inversion.rouge1"] > 0.99 and metrics["inversion.rouge2"] > 0.99
