@@ -161,10 +161,6 @@ def _train_client(fed: Federation, r: int, client: int, global_state: torch.Tens
     if "client_batches" in fed.keep:
         trained_on = list(dict.fromkeys(i for step in job.seen for i in step))
         truth.client_batches[(r, client)] = _token_ids(fed, job, trained_on)
-    return _transmitted(fed, job, global_state)
-
-
-def _transmitted(fed: Federation, job: LocalJob, global_state: torch.Tensor) -> torch.Tensor:
     return transmitted_update(fed.settings.protocol, job, global_state, fed.method.get_flat())
 
 
