@@ -3,6 +3,16 @@
 ``plan`` decides before anything runs whether the combination is possible (Table 1 availability and
 defense compatibility); ``execute`` turns a run into result rows, recording failures instead of
 raising them so that a sweep goes on.
+
+Attacks the tier rules out. Every attack declares the ``Access`` it needs (``Attack.access``); an
+attack whose needs the tier does not grant is refused by ``plan``, before training, and never runs:
+- an attack that changes training (poisoning, Byzantine clients) defines the run, so the whole run
+  is ``incompatible`` with the reason (training without it would measure something else);
+- an attack that only evaluates the trained model gets one row of its own, ``incompatible`` with
+  the reason (``Plan.refused``); the run still trains, and its utility and its other attacks are
+  measured and recorded as usual.
+``not-applicable`` is kept for what only shows at evaluation (an attack that finds the task's
+records are of a kind it does not score).
 """
 
 from __future__ import annotations
@@ -41,6 +51,9 @@ class Plan:
     method: Any
     defenses: list[Any]
     attacks: list[Any]
+    """The attacks that will run (those the tier grants)."""
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    """(attack, reason) for evaluation-only attacks the tier rules out: recorded, never run."""
 
 
 def plan(scenario: Scenario) -> Plan:
@@ -56,6 +69,9 @@ def plan(scenario: Scenario) -> Plan:
     reason = incompatibility(built, scenario)
     if reason:
         raise IncompatibleError(reason, file=scenario.file)
+    refused = {id(a): access_refusal(built.tier, a) for a in built.attacks}
+    built.refused = [(a.name, refused[id(a)]) for a in built.attacks if refused[id(a)]]
+    built.attacks = [a for a in built.attacks if not refused[id(a)]]
     return built
 
 
@@ -64,6 +80,14 @@ def availability(tier: Any, method: Any) -> str | None:
     missing = tier.missing(method.needs)
     if missing:
         return f"{method.name} needs {', '.join(a.value for a in missing)} access, which {tier.name} does not grant"
+    return None
+
+
+def access_refusal(tier: Any, attack: Any) -> str | None:
+    """Why ``tier`` rules out ``attack`` (it needs access the tier does not grant), or None."""
+    missing = tier.missing(attack.access)
+    if missing:
+        return f"{attack.name} needs {', '.join(a.value for a in missing)} access, which {tier.name} does not grant"
     return None
 
 
@@ -79,6 +103,9 @@ def incompatibility(built: Plan, scenario: Scenario) -> str | None:
     for attack in (a for a in built.attacks if a.changes_training):  # others are skipped at evaluation
         if built.task.kind not in attack.task_kinds:
             return f"{attack.name} applies to {', '.join(sorted(attack.task_kinds))} tasks, not {built.task.kind}"
+        reason = access_refusal(built.tier, attack)
+        if reason:
+            return reason
     if sum(d.is_transport for d in built.defenses) > 1:
         return "at most one transport defense (secagg or he) per scenario"
     for defense in built.defenses:
@@ -96,7 +123,8 @@ class RunResult:
     error: str = ""
     device: str = "cpu"
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
-    """(attack, status, reason) for attacks ruled out at evaluation time or that failed there."""
+    """(attack, status, reason) for attacks the tier ruled out before training (``incompatible``), or ruled
+    out at evaluation time or that failed there."""
 
 
 def execute(scenario: Scenario, seed: int, *, progress: Any = None, figures: str | None = None) -> list[Row]:
@@ -196,10 +224,10 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
     p = prepare(scenario, seed, built, progress)
     reset_peak_memory(p.device)
     stats = fl.run(p.fed, p.transcript, p.truth)
-    result = RunResult(device=describe(p.device))
+    result = RunResult(device=describe(p.device), skipped=[(name, "incompatible", why) for name, why in built.refused])
     from bench.tiers import OpenModel
 
-    own_view = OpenModel(built.method.model, built.method, built.task, p.tokenizer)
+    own_view = OpenModel(built.method.model, built.method.layout(), built.task, p.tokenizer)
     eval_set = _eval_set(p.task_data.test, scenario.federation.eval_examples)
     result.metrics += [("none", m) for m in evaluate(own_view, built.task, eval_set)]
     views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth,

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from bench.layout import ParameterLayout
 from bench.tiers import Access
 
 
@@ -90,6 +91,10 @@ class Method:
                 n = p.numel()
                 p.copy_(flat[offset : offset + n].view_as(p).to(p.dtype))
                 offset += n
+
+    def layout(self) -> ParameterLayout:
+        """Names and shapes of the flat state (what attacks get instead of this live object)."""
+        return ParameterLayout.of(self._named)
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named views into ``flat`` (same shapes as the trainable parameters)."""

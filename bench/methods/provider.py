@@ -86,7 +86,7 @@ class ProviderTuning(Method):
 
     def trainer(self, default: Any, transcript: Any) -> Any:
         def tune_at_provider(job: Any) -> dict[str, float]:
-            api = ProviderAPI(OpenModel(job.model, self, self.task, None), self.grants(), transcript.provider_log,
+            api = ProviderAPI(OpenModel(job.model, None, self.task, None), self.grants(), transcript.provider_log,
                               client=getattr(job, "client", None))
             record_egress(transcript, [self.task.text_of(e) for e in job.examples])
             return api.tune(job, default)
