@@ -120,6 +120,8 @@ def roc_curves(scenarios: list[Any], attack_name: str, seed: int = 0) -> dict[st
         try:
             built = runner.plan(scenario)
             built.attacks = [a for a in built.attacks if a.name == attack_name]
+            if not built.attacks:  # the tier refuses it (``Plan.refused``): nothing to train for
+                continue
             p = runner.prepare(scenario, seed, built)
             fl.run(p.fed, p.transcript, p.truth)
             views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth,
