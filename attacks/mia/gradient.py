@@ -15,6 +15,11 @@ float vectors of the trainable size (secure-aggregation masks, HE ciphertexts) c
 server can align with, so they are skipped; the round's aggregate, which the server sees under any
 transport, is compared too (``use_aggregate``). A round with nothing usable adds nothing; with
 nothing usable at all every score is 0 (chance).
+
+Access: the gradient at each round's broadcast state needs the weights and gradients (an open
+tier's handle, ``at_state``); the runner refuses the attack at tiers that do not grant them. The
+loss is the task's public loss (``task.example_losses``), which is what every method but RLHF
+trains on.
 """
 
 from __future__ import annotations
