@@ -42,6 +42,9 @@ MAX_BATCH_SIZE = 65_536
 MAX_EXAMPLES = 1_000_000
 """Records a federation may deal in all (clients x examples_per_client), and the cap on eval_examples
 and mia_candidates: beyond it, generating or scoring the records alone takes hours."""
+MAX_NESTING = 64
+"""Flow nesting (``[[[...``) and indentation columns past this are refused before parsing: PyYAML's
+scanner is quadratic in the nesting depth (1,500 levels take seconds), and no scenario nests past 6."""
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -268,6 +271,15 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return memo[key]
 
 
+def _biggest_key(node: yaml.Node, memo: dict[int, int]) -> str | None:
+    """The first top-level key whose value alone expands past the limit (where the bomb is)."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and memo.get(id(value), 0) > MAX_EXPANDED_SIZE:
+                return key.value
+    return None
+
+
 def parse_yaml(data: bytes, file: str) -> Any:
     """The document in ``data``, refusing what no scenario needs: over 1 MiB, non-UTF-8, duplicate
     keys, aliases that expand past ``MAX_EXPANDED_SIZE``, nesting deeper than Python's stack."""
@@ -277,14 +289,16 @@ def parse_yaml(data: bytes, file: str) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise UserError(f"not UTF-8 text: byte {data[error.start]:#04x} at offset {error.start}", file=file) from None
+    _check_nesting(text, file)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
-        if _expanded_size(node, {}) > MAX_EXPANDED_SIZE:
+        memo: dict[int, int] = {}
+        if _expanded_size(node, memo) > MAX_EXPANDED_SIZE:
             raise UserError(f"YAML aliases expand past {MAX_EXPANDED_SIZE} characters (an alias bomb or a recursive "
-                            f"alias); write the values out", file=file)
+                            f"alias); write the values out", file=file, key=_biggest_key(node, memo))
         return loader.construct_document(node)
     except yaml.YAMLError as error:
         raise UserError(f"invalid YAML: {error}".replace("\n", " "), file=file) from None
@@ -294,6 +308,29 @@ def parse_yaml(data: bytes, file: str) -> Any:
         raise UserError(f"invalid YAML value: {error}", file=file) from None
     finally:
         loader.dispose()
+
+
+def _check_nesting(text: str, file: str) -> None:
+    depth = deepest = 0
+    quote = ""
+    for line_number, line in enumerate(text.splitlines(), 1):
+        indent = len(line) - len(line.lstrip(" "))
+        if indent > 4 * MAX_NESTING:
+            raise UserError(f"line {line_number} is indented {indent} columns; at most {4 * MAX_NESTING}", file=file)
+        for char in line:
+            if quote:
+                quote = "" if char == quote else quote
+            elif char in "'\"":
+                quote = char
+            elif char == "#":
+                break
+            elif char in "[{":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif char in "]}":
+                depth -= 1
+        if deepest > MAX_NESTING:
+            raise UserError(f"brackets nest deeper than {MAX_NESTING} levels (line {line_number})", file=file)
 
 
 def _read(path: Path, chain: tuple[str, ...]) -> dict[str, Any]:
