@@ -105,8 +105,9 @@ class HuggingFaceModel(ModelSource):
         from bench.scenario import looks_local
 
         path = Path(self.config.path)
-        if looks_local(self.config.path) and not path.is_dir():
-            what = "is a file, not a model directory" if path.exists() else "does not exist"
+        if looks_local(self.config.path) and not (path / "config.json").is_file():
+            what = ("has no config.json" if path.is_dir() else "is a file, not a model directory" if path.exists()
+                    else "does not exist")
             raise UserError(f"model path {self.config.path} {what}; give a hub name (org/name) or a directory "
                             f"written by save_pretrained", key="model.params.path")
 

@@ -156,6 +156,8 @@ CASES: dict[str, tuple[object, str | None, str]] = {
                         "does not exist"),
     "hf_path_is_file": (scenario_dict(model={"name": "hf", "params": {"path": "data.csv"}}), "model.params.path",
                         "not a model directory"),
+    "hf_path_without_config": (scenario_dict(model={"name": "hf", "params": {"path": "./empty-model"}}),
+                               "model.params.path", "has no config.json"),
     "csv_missing": (scenario_dict(task=_local(path="missing.csv")), "task.params.path", "does not exist"),
     "csv_missing_column": (scenario_dict(task=_local(text_column="body")), "task.params.text_column", "its columns: label, text"),
     "csv_missing_label_column": (scenario_dict(task=_local(label_column="y")), "task.params.label_column", "its columns"),
@@ -180,6 +182,7 @@ CASES: dict[str, tuple[object, str | None, str]] = {
 def _write(tmp_path: Path, case: str) -> Path:
     for name, text in DATA.items():
         (tmp_path / name).write_text(text)
+    (tmp_path / "empty-model").mkdir(exist_ok=True)
     content = CASES[case][0]
     path = tmp_path / "case.yaml"
     if isinstance(content, bytes):
