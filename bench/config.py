@@ -60,7 +60,7 @@ def bind(config_cls: type, values: Mapping[str, Any] | None, *, file: str | None
         raise UserError(f"expected a mapping of keys to values, got {_shown(values)}", file=file, key=key or None)
     values = dict(values)
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted((k for k in values if k not in fields), key=str)
     if unknown:
         raise UserError(
             f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(fields)) or '(none)'}",

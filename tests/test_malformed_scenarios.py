@@ -124,6 +124,7 @@ CASES: dict[str, tuple[object, str | None, str]] = {
     "lr_negative": (scenario_dict(federation={"lr": -0.1}), "federation.lr", "positive"),
     "member_fraction_one": (scenario_dict(federation={"member_fraction": 1.0}), "federation.member_fraction", "between"),
     "mia_candidates_one": (scenario_dict(federation={"mia_candidates": 1}), "federation.mia_candidates", "or 2.."),
+    "federation_mixed_keys": (BASE_YAML.replace("  rounds: 2\n", "  rounds: 2\n  1: 2\n"), "federation.1", "allowed:"),
     "bad_optimizer": (scenario_dict(federation={"optimizer": "lion"}), "federation.optimizer", "adamw"),
     # --- components --------------------------------------------------------------------------------
     "method_list": (scenario_dict(method=["lora"]), "method", "mapping with 'name'"),
