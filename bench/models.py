@@ -115,7 +115,12 @@ class HuggingFaceModel(ModelSource):
         config = Path(self.config.path) / "config.json"
         if not config.is_file():
             return None
-        values = json.loads(config.read_text(encoding="utf-8"))
+        try:
+            values = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # from_pretrained will say what is wrong with it
+            return None
+        if not isinstance(values, dict):
+            return None
         known = [values[k] for k in ("max_position_embeddings", "n_positions") if isinstance(values.get(k), int)]
         return known[0] if known else None
 

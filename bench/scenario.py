@@ -555,7 +555,8 @@ def resolve_path(value: str, file: str, kind: str = "file") -> str:
     given = Path(value).expanduser()
     if given.is_absolute():
         return str(given)
-    here = Path(os.path.normpath(Path(file).parent / given))
+    folder = Path(file).parent.absolute()
+    here = Path(os.path.normpath(folder / given))
     if here.exists():
         return str(here)
     if given.exists():
@@ -563,8 +564,8 @@ def resolve_path(value: str, file: str, kind: str = "file") -> str:
               f"resolved from the scenario file's folder, so write {os.path.relpath(given.resolve(), Path(file).parent.resolve())}",
               file=sys.stderr)
         return value
-    if kind == "local-or-hub" and not looks_local(value):
-        return value
+    if kind == "local-or-hub" and not looks_local(value) and not (folder / given.parts[0]).is_dir():
+        return value  # a hub name; "models/mine" beside a models/ folder is a (missing) local one
     return str(here)
 
 

@@ -159,6 +159,8 @@ CASES: dict[str, tuple[object, str | None, str]] = {
                         "not a model directory"),
     "hf_path_without_config": (scenario_dict(model={"name": "hf", "params": {"path": "./empty-model"}}),
                                "model.params.path", "has no config.json"),
+    "hf_path_in_a_local_folder": (scenario_dict(model={"name": "hf", "params": {"path": "empty-model/mine"}}),
+                                  "model.params.path", "does not exist"),
     "csv_missing": (scenario_dict(task=_local(path="missing.csv")), "task.params.path", "does not exist"),
     "csv_missing_column": (scenario_dict(task=_local(text_column="body")), "task.params.text_column", "its columns: label, text"),
     "csv_missing_label_column": (scenario_dict(task=_local(label_column="y")), "task.params.label_column", "its columns"),
