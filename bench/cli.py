@@ -14,11 +14,11 @@ DEFAULT_SCENARIOS = "scenarios/smoke.yaml"
 
 def _run(args: argparse.Namespace) -> int:
     from bench.presets import apply, runnable
-    from bench.scenario import load_many
+    from bench.scenario import check_all, load_many
     from bench.sweep import run_status, sweep
 
     scenarios, skipped = runnable(apply(load_many(args.paths), args.preset))
-    for message in skipped:
+    for message in skipped + check_all(scenarios):  # data files, columns, model paths: before any run
         print(message, file=sys.stderr)
     if not scenarios:
         print("nothing to run on this machine")
@@ -31,10 +31,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from bench.scenario import load_many
+    from bench.scenario import check_all, load_many
 
     paths = args.paths or ["scenarios"]
     scenarios = load_many(paths)
+    for note in check_all(scenarios):
+        print(f"note: {note}", file=sys.stderr)
     print(f"ok: {len(scenarios)} scenarios in {', '.join(map(str, paths))}")
     return 0
 

@@ -16,12 +16,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from bench import synthetic
 from bench.config import doc
+from bench.errors import UserError
 from bench.registry import MODELS
 from bench.seeding import isolated_rng
 
@@ -74,6 +75,13 @@ class ModelSource:
     def load_kwargs(self) -> dict[str, Any]:
         return {}
 
+    def context_length(self) -> int | None:
+        """Positions the model takes (None when unknown without downloading it)."""
+        return None
+
+    def check(self) -> None:
+        """Raise ``UserError`` (key ``model.params.*``) for what is wrong before loading; offline and cheap."""
+
 
 @MODELS.register("hf")
 class HuggingFaceModel(ModelSource):
@@ -81,8 +89,9 @@ class HuggingFaceModel(ModelSource):
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
-        path: str = doc("Hub name (e.g. 'Qwen/Qwen2.5-0.5B') or a local directory saved by save_pretrained.")
-        dtype: str = doc("Weights dtype: 'float32', 'bfloat16' or 'float16'.", "float32")
+        path: str = doc("Hub name (e.g. 'Qwen/Qwen2.5-0.5B') or a local directory saved by save_pretrained "
+                        "(relative to the scenario file's folder).", path="local-or-hub")
+        dtype: Literal["float32", "bfloat16", "float16"] = doc("Weights dtype.", "float32")
         license: str = doc("License of the weights, for the results' metadata.", "unknown")
         openness: str = doc("Openness of the release: open-source, open-weight, gray-box or black-box.", "open-weight")
 
@@ -91,6 +100,29 @@ class HuggingFaceModel(ModelSource):
 
     def load_kwargs(self) -> dict[str, Any]:
         return {"dtype": getattr(torch, self.config.dtype)}
+
+    def check(self) -> None:
+        from bench.scenario import looks_local
+
+        path = Path(self.config.path)
+        if looks_local(self.config.path) and not (path / "config.json").is_file():
+            what = ("has no config.json" if path.is_dir() else "is a file, not a model directory" if path.exists()
+                    else "does not exist")
+            raise UserError(f"model path {self.config.path} {what}; give a hub name (org/name) or a directory "
+                            f"written by save_pretrained", key="model.params.path")
+
+    def context_length(self) -> int | None:
+        config = Path(self.config.path) / "config.json"
+        if not config.is_file():
+            return None
+        try:
+            values = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # from_pretrained will say what is wrong with it
+            return None
+        if not isinstance(values, dict):
+            return None
+        known = [values[k] for k in ("max_position_embeddings", "n_positions") if isinstance(values.get(k), int)]
+        return known[0] if known else None
 
     def metadata(self) -> dict[str, Any]:
         return {"license": self.config.license, "openness": self.config.openness, "source": self.config.path}
@@ -128,6 +160,9 @@ class ZooModel(ModelSource):
         if not (target / "done").exists():
             _build_atomically(target, self._pretrain)
         return str(target)
+
+    def context_length(self) -> int | None:
+        return self.config.context
 
     def pretraining_corpus(self) -> list[str]:
         return synthetic.pretraining_corpus(self.config.corpus_documents, torch.Generator().manual_seed(self.config.seed))
