@@ -97,6 +97,9 @@ def test_he_reruns_give_identical_precision_loss_and_metrics(tmp_path):
     pytest.importorskip("tenseal")
     scenario = make_scenario(tmp_path, method="lora", defenses=["he"], attacks=["mia-loss"],
                              federation={**TINY, "rounds": 2, "optimizer": "adam", "lr": 0.01})
-    first, second = measured(execute(scenario, 0)), measured(execute(scenario, 0))
+    before = torch.get_rng_state()
+    first = measured(execute(scenario, 0))
+    assert torch.equal(torch.get_rng_state(), before)
+    second = measured(execute(scenario, 0))
     assert first[("none", "cost.he.precision_loss")] > 0  # the noise is there, and it is the same
     assert first == second
