@@ -22,7 +22,7 @@ from torch import nn
 
 from bench.partition import ClientData
 from bench.seeding import generator
-from bench.training import LocalJob, Trainer, train_local
+from bench.training import LocalJob, Trainer, job_rng, train_local
 from bench.transcript import GroundTruth, RoundRecord, Transcript
 from defenses.base import Defense, Transport
 
@@ -126,7 +126,8 @@ def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Trans
 def server_update(fed: Federation, r: int, root: list[dict[str, Any]]) -> torch.Tensor:
     """The update the server itself would send, trained on ``root`` from this round's global state."""
     job = _job(fed, r, -1, fed.global_state, root)
-    fed.trainer(job)
+    with job_rng(job):  # dropout inside any trainer (DP-SGD too) draws from the job's seed
+        fed.trainer(job)
     return fed.method.get_flat() - fed.global_state
 
 
@@ -156,7 +157,8 @@ def _train_client(fed: Federation, r: int, client: int, global_state: torch.Tens
     trainer = fed.trainer
     for defense in fed.defenses:
         trainer = defense.wrap_training(trainer, client, job.rng)
-    result = trainer(job)
+    with job_rng(job):  # dropout inside any trainer (DP-SGD too) draws from the job's seed
+        result = trainer(job)
     stats.train_losses.append(float(result.get("loss", float("nan"))))
     if "client_batches" in fed.keep:
         trained_on = list(dict.fromkeys(i for step in job.seen for i in step))

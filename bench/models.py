@@ -55,10 +55,29 @@ class ModelSource:
         """The pretraining data when it is public (what makes a model open-source tier)."""
         return None
 
+    def architecture(self) -> Any | None:
+        """The model's transformers config, read without its weights; None where only building the model
+        would tell (zoo models, whose architectures are known decoders)."""
+        return None
+
+    def check(self, task_kind: str) -> str | None:
+        """Why this model cannot serve a ``task_kind`` task, or None: an encoder-only model (BERT family)
+        cannot generate, and loading it as a causal LM would attach an untrained LM head. Cheap (reads
+        the config only), so scenario validation can call it, together with ``Method.check_model``."""
+        config = self.architecture()
+        if config is None or task_kind == "classification" or not encoder_only(config):
+            return None
+        return (f"model '{self.path()}' is encoder-only ({config.model_type}); a {task_kind} task needs a causal "
+                "language model (a decoder): an encoder would get an untrained LM head. Use it for a "
+                "classification task, or choose a decoder model")
+
     def load(self, task_kind: str, num_labels: int, device: torch.device, init_seed: int) -> tuple[Any, Any]:
         """(model, tokenizer): a sequence-classification head for classification, else a causal LM."""
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+        problem = self.check(task_kind)
+        if problem:  # validation refuses it first; a run that gets here fails with the reason
+            raise ValueError(problem)
         location = self.path()
         tokenizer = AutoTokenizer.from_pretrained(location)
         if tokenizer.pad_token is None:
@@ -85,7 +104,7 @@ class ModelSource:
 
 @MODELS.register("hf")
 class HuggingFaceModel(ModelSource):
-    """Any Hugging Face causal LM by hub name or local directory."""
+    """Any Hugging Face model by hub name or local directory (decoders for every task; encoders for classification)."""
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
@@ -95,8 +114,21 @@ class HuggingFaceModel(ModelSource):
         license: str = doc("License of the weights, for the results' metadata.", "unknown")
         openness: str = doc("Openness of the release: open-source, open-weight, gray-box or black-box.", "open-weight")
 
+    _architecture: Any = None  # the transformers config, read once
+
     def path(self) -> str:
         return self.config.path
+
+    def architecture(self) -> Any:
+        if self._architecture is None:
+            from transformers import AutoConfig
+
+            try:
+                self._architecture = AutoConfig.from_pretrained(self.config.path)
+            except (OSError, ValueError) as error:
+                raise UserError(f"cannot read a model config at '{self.config.path}': {error}",
+                                key="model.params.path") from None
+        return self._architecture
 
     def load_kwargs(self) -> dict[str, Any]:
         return {"dtype": getattr(torch, self.config.dtype)}
@@ -126,6 +158,15 @@ class HuggingFaceModel(ModelSource):
 
     def metadata(self) -> dict[str, Any]:
         return {"license": self.config.license, "openness": self.config.openness, "source": self.config.path}
+
+
+def encoder_only(config: Any) -> bool:
+    """True for a bidirectional encoder (BERT, RoBERTa, DistilBERT, ModernBERT, ...): a model type that
+    transformers knows as a masked LM, with a config that is neither a decoder nor an encoder-decoder."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return (config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+            and not getattr(config, "is_encoder_decoder", False) and not getattr(config, "causal", False))
 
 
 @dataclass(frozen=True, kw_only=True)
