@@ -60,7 +60,7 @@ class ModelSource:
         would tell (zoo models, whose architectures are known decoders)."""
         return None
 
-    def check(self, task_kind: str) -> str | None:
+    def check_task(self, task_kind: str) -> str | None:
         """Why this model cannot serve a ``task_kind`` task, or None: an encoder-only model (BERT family)
         cannot generate, and loading it as a causal LM would attach an untrained LM head. Cheap (reads
         the config only), so scenario validation can call it, together with ``Method.check_model``."""
@@ -75,7 +75,7 @@ class ModelSource:
         """(model, tokenizer): a sequence-classification head for classification, else a causal LM."""
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-        problem = self.check(task_kind)
+        problem = self.check_task(task_kind)
         if problem:  # validation refuses it first; a run that gets here fails with the reason
             raise ValueError(problem)
         location = self.path()

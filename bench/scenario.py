@@ -615,6 +615,7 @@ def check(scenario: Scenario) -> list[str]:
         model.check()
         notes = task.check()
         context = model.context_length()
+        _check_architecture(scenario, model, task)
     except UserError as error:
         if error.file:
             raise
@@ -627,13 +628,30 @@ def check(scenario: Scenario) -> list[str]:
     return [f"{scenario.file}: {note}" for note in notes]
 
 
+def _check_architecture(scenario: Scenario, model: Any, task: Any) -> None:
+    """An encoder for a generative task, or LoRA/adapter targets the architecture lacks: refused by name
+    before any weights load. Only where the config is readable offline (zoo models and local paths;
+    a hub name is checked when the run loads it)."""
+    path = getattr(scenario.model.config, "path", None)
+    if isinstance(path, str) and not looks_local(path):
+        return
+    reason = model.check_task(task.kind)
+    if reason:
+        raise UserError(reason, file=scenario.file, key="model")
+    method = METHODS.get(scenario.method.name)(scenario.method.config)
+    reason = method.check_model(model.architecture(), task.kind)
+    if reason:
+        raise UserError(reason, file=scenario.file, key="method")
+
+
 def check_all(scenarios: list[Scenario]) -> list[str]:
     """``check`` on each scenario (a grid's cells often share a model and a file: each pair is checked once)."""
     notes: list[str] = []
     seen: set[str] = set()
     for scenario in scenarios:
         key = _digest({"file": scenario.file, "model": scenario.model.config, "task": scenario.task.config,
-                       "names": [scenario.model.name, scenario.task.name]})
+                       "method": scenario.method.config,
+                       "names": [scenario.model.name, scenario.task.name, scenario.method.name]})
         if key not in seen:
             seen.add(key)
             notes += [n for n in check(scenario) if n not in notes]

@@ -140,9 +140,9 @@ def test_adapters_refuse_a_block_without_the_sublayers_naming_its_modules(distil
 @pytest.mark.parametrize("kind", ["language", "instruction"])
 def test_an_encoder_is_refused_for_a_generative_task_by_name(minilm, kind):
     model = source(minilm)
-    reason = model.check(kind)
+    reason = model.check_task(kind)
     assert reason and "encoder-only" in reason and "bert" in reason and str(minilm) in reason
-    assert model.check("classification") is None
+    assert model.check_task("classification") is None
     with pytest.raises(ValueError, match="encoder-only"):
         model.load(kind, 0, torch.device("cpu"), 0)
 
@@ -156,6 +156,22 @@ def test_a_decoder_passes_every_check(tmp_path):
     from tests.test_determinism import save_dropout_gpt2
 
     gpt2 = source(save_dropout_gpt2(tmp_path / "gpt2", dropout=0.0))
-    assert gpt2.check("language") is None
+    assert gpt2.check_task("language") is None
     for name in ("lora", "adapter", "qlora"):
         assert method(name).check_model(gpt2.architecture(), "language") is None, name
+
+
+@pytest.mark.parametrize("task, method, key", [
+    ("synthetic-instructions", "lora", "model"),  # an encoder cannot generate
+    ("{name: synthetic-clinical, params: {num_classes: 3, max_length: 40}}", "{name: lora, params: {target_modules: [no_such_layer]}}", "method"),
+])
+def test_validate_refuses_what_cannot_work_on_an_encoder(tmp_path, capsys, minilm, task, method, key):
+    """The checks run at ``validate`` (exit 2 naming the file and the key), before any weights load."""
+    from bench.cli import main
+
+    scenario = tmp_path / "enc.yaml"
+    scenario.write_text(f"name: enc\ntier: open-weight\nmodel: {{name: hf, params: {{path: '{minilm}'}}}}\n"
+                        f"task: {task}\nmethod: {method}\n")
+    assert main(["validate", str(scenario)]) == 2
+    err = capsys.readouterr().err
+    assert str(scenario) in err and f": {key}" in err and "Traceback" not in err
