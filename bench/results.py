@@ -79,7 +79,12 @@ class ResultStore:
         return rows
 
     def done(self) -> set[tuple[str, int]]:
-        return {(r["scenario_hash"], int(r["seed"])) for r in self.rows()}
+        """Runs that finished (ok or incompatible); a failed run, or one with a failed attack, is not done."""
+        finished: dict[tuple[str, int], bool] = {}
+        for r in self.rows():
+            key = (r["scenario_hash"], int(r["seed"]))
+            finished[key] = finished.get(key, True) and r["status"] != "failed"
+        return {key for key, ok in finished.items() if ok}
 
     def append(self, new_rows: Iterable[Row], *, replace: tuple[str, int] | None = None) -> None:
         """Add one run's rows (replacing that run's earlier rows when ``replace`` is given)."""
