@@ -79,12 +79,8 @@ class ResultStore:
         return rows
 
     def done(self) -> set[tuple[str, int]]:
-        """Runs that finished (ok or incompatible); a failed run, or one with a failed attack, is not done."""
-        finished: dict[tuple[str, int], bool] = {}
-        for r in self.rows():
-            key = (r["scenario_hash"], int(r["seed"]))
-            finished[key] = finished.get(key, True) and r["status"] != "failed"
-        return {key for key, ok in finished.items() if ok}
+        """Runs that finished (ok or incompatible); a failed run is retried by the next sweep."""
+        return {(r["scenario_hash"], int(r["seed"])) for r in self.rows() if r.get("status") in ("ok", "incompatible")}
 
     def append(self, new_rows: Iterable[Row], *, replace: tuple[str, int] | None = None) -> None:
         """Add one run's rows (replacing that run's earlier rows when ``replace`` is given)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from bench import federation as fl
 from bench.cli import main
 from bench.data import SyntheticInstructions, truncation
 from bench.errors import DivergedError, UserError
+from bench.results import ResultStore, Row
 from bench.runner import execute
 from tests.helpers import make_scenario, scenario_dict
 
@@ -214,3 +216,24 @@ def test_run_exits_0_when_every_run_is_ok_or_incompatible(tmp_path, capsys):
     assert main(["run", str(grid), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert "runs: 0 ok, 0 failed, 1 incompatible" in capsys.readouterr().out
     assert main(["run", str(tmp_path / "absent.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+
+
+def _store_row(seed, status="ok", attack="none", metric="utility.accuracy", error=""):
+    return Row(run_id=f"h-{seed}", scenario="s", scenario_hash="h", seed=seed, tier="open-weight", model="m", task="t",
+               method="lora", defenses="none", attack=attack, metric=metric, value=None if error else 0.5,
+               status=status, error=error)
+
+
+def test_only_finished_runs_are_skipped_and_the_summary_lists_each_failure(tmp_path):
+    store = ResultStore(tmp_path)
+    store.append([_store_row(0), _store_row(0, "failed", "mia-loss", "run", "ValueError: boom")])
+    store.append([_store_row(1)])
+    store.append([_store_row(2, "failed", metric="run", error="diverged in round 1: client 0's update is not finite")])
+    store.append([_store_row(3, "incompatible", metric="run", error="fft needs weights")])
+    assert store.done() == {("h", 0), ("h", 1), ("h", 3)}
+    assert store.done() - sweep_module.failed_runs(store) == {("h", 1), ("h", 3)}  # what a rerun skips
+    scenario = SimpleNamespace(hash="h", name="s")
+    summary = sweep_module.summarize(store, [(scenario, seed) for seed in range(4)])
+    assert summary.counts == {"ok": 1, "failed": 2, "incompatible": 1}
+    assert summary.failed == ["s seed 0: attack mia-loss: ValueError: boom",
+                              "s seed 2: diverged in round 1: client 0's update is not finite"]
