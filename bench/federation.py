@@ -136,7 +136,7 @@ def check_finite(r: int, client: int | None, what: str, value: Any) -> None:
     bad = int((~torch.isfinite(tensor)).sum())
     who = f"client {client}'s " if client is not None else "the "
     detail = f"{float(tensor):g}" if tensor.numel() == 1 else f"{bad} of {tensor.numel()} values non-finite"
-    raise DivergedError(f"diverged in round {r}: {who}{what} is not finite ({detail}); lower the learning rate")
+    raise DivergedError(f"diverged in round {r}: {who}{what} is not finite ({detail})")
 
 
 def server_update(fed: Federation, r: int, root: list[dict[str, Any]]) -> torch.Tensor:
@@ -174,7 +174,7 @@ def _train_client(fed: Federation, r: int, client: int, global_state: torch.Tens
         trainer = defense.wrap_training(trainer, client, job.rng)
     result = trainer(job)
     stats.train_losses.append(float(result.get("loss", float("nan"))))
-    if any(job.seen):  # a DP-SGD client whose Poisson batches were all empty has no loss to check
+    if not job.seen or any(job.seen):  # a DP-SGD client whose Poisson batches were all empty has no loss
         check_finite(r, client, "training loss", result.get("loss"))
     if "client_batches" in fed.keep:
         trained_on = list(dict.fromkeys(i for step in job.seen for i in step))

@@ -23,7 +23,8 @@ from bench.cli import main
 from bench.data import SyntheticInstructions, truncation
 from bench.errors import DivergedError, UserError
 from bench.results import ResultStore, Row
-from bench.runner import execute
+from bench.runner import execute, plan, prepare
+from bench.transcript import GroundTruth, Transcript
 from tests.helpers import make_scenario, scenario_dict
 
 # The smallest federation that still trains: every run here takes a few seconds.
@@ -62,6 +63,24 @@ def test_a_non_finite_aggregate_names_the_round():
         fl.check_finite(2, None, "aggregate", torch.tensor([0.0, float("inf"), 1.0]))
     with pytest.raises(DivergedError, match="client 1's training loss is not finite"):
         fl.check_finite(0, 1, "training loss", float("nan"))
+
+
+@pytest.mark.parametrize("batches, fails", [([[]], False), ([[0]], True)])
+def test_a_nan_loss_fails_the_run_unless_the_client_drew_no_example(tmp_path, batches, fails):
+    # DP-SGD's Poisson batches may all be empty: that client reports a NaN loss it never computed.
+    scenario = make_scenario(tmp_path, **_tiny())
+    prepared = prepare(scenario, 0, plan(scenario))
+
+    def untrained(job):
+        job.seen.extend(batches)
+        return {"loss": float("nan")}
+
+    prepared.fed.trainer = untrained
+    if fails:
+        with pytest.raises(DivergedError, match="round 0: client 0's training loss is not finite"):
+            fl.run(prepared.fed, Transcript(), GroundTruth())
+    else:
+        fl.run(prepared.fed, Transcript(), GroundTruth())
 
 
 def test_a_secagg_abort_at_run_time_fails_the_run_and_does_not_raise(tmp_path):
