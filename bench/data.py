@@ -110,6 +110,41 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nll.sum(dim=1) / counts
 
 
+def truncation(task: Task, examples: list[dict[str, Any]], tokenizer: Any) -> float:
+    """The fraction of ``examples`` that ``max_length`` cuts short (``data.truncated_fraction``).
+
+    A record whose prompt alone fills ``max_length`` keeps no response token: its loss masks every
+    position, and the run would report perplexity 1.0 and chance-level attacks as a measurement.
+    That is an error naming the task, the key and the length needed.
+    """
+    limit, eos = task.config.max_length, tokenizer.eos_token or ""
+    records = [_prompt_and_full(task, e, eos) for e in examples]
+    pairs = [pair for record in records for pair in record]
+    if not pairs:
+        return 0.0
+    prompts = [len(ids) for ids in tokenizer([p for p, _ in pairs]).input_ids]  # as collate masks them
+    fulls = [len(ids) for ids in tokenizer([f for _, f in pairs]).input_ids]
+    starved = [n for n in prompts if n >= limit]
+    if starved:
+        raise UserError(f"task {task.name}: {len(starved)} of {len(pairs)} sequences have a prompt of {max(starved)} "
+                        f"tokens or more, so max_length {limit} cuts every response token; set max_length to at "
+                        f"least {max(starved) + 1} ({max(fulls)} keeps every record whole)", key="task.params.max_length")
+    cut = iter(full > limit for full in fulls)
+    return sum(any([next(cut) for _ in record]) for record in records) / len(records)
+
+
+def _prompt_and_full(task: Task, example: dict[str, Any], eos: str) -> list[tuple[str, str]]:
+    """(prompt, whole sequence) per sequence ``collate`` builds from ``example``; the prompt is empty
+    where every token (or a class label) is supervised."""
+    if task.kind == "instruction":
+        prompt = PROMPT_TEMPLATE.format(instruction=example["instruction"])
+        return [(prompt, prompt + example["response"] + eos)]
+    if task.kind == "preference":
+        prompt = PROMPT_TEMPLATE.format(instruction=example["prompt"])
+        return [(prompt, prompt + example[k] + eos) for k in ("chosen", "rejected")]
+    return [("", task.text_of(example) + eos)]
+
+
 def _with_positions(enc: Any) -> dict[str, torch.Tensor]:
     # Per-sample-gradient engines need position ids expanded to the batch (GPT-2 otherwise broadcasts).
     ids = enc["input_ids"]

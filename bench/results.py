@@ -79,7 +79,8 @@ class ResultStore:
         return rows
 
     def done(self) -> set[tuple[str, int]]:
-        return {(r["scenario_hash"], int(r["seed"])) for r in self.rows()}
+        """Runs that finished (ok or incompatible); a failed run is retried by the next sweep."""
+        return {(r["scenario_hash"], int(r["seed"])) for r in self.rows() if r.get("status") in ("ok", "incompatible")}
 
     def append(self, new_rows: Iterable[Row], *, replace: tuple[str, int] | None = None) -> None:
         """Add one run's rows (replacing that run's earlier rows when ``replace`` is given)."""
