@@ -33,7 +33,7 @@ def sweep(scenarios: list[Scenario], out: str | Path, *, seeds: int | None = Non
     from tqdm import tqdm
 
     quiet_libraries()
-    store = ResultStore(out)
+    store = ResultStore(out, writer=True)  # locks --out and proves it writable before the first run
     done = store.done()
     runs = [(s, seed) for s in scenarios for seed in (range(seeds) if seeds else s.seeds)]
     runs = _clean_twins(runs, store) + runs
@@ -47,6 +47,7 @@ def sweep(scenarios: list[Scenario], out: str | Path, *, seeds: int | None = Non
                 store.append(rows, replace=(scenario.hash, seed))
             bar.update(1)
     add_utility_drops(store)
+    store.close()  # writes results.csv from the log and releases the lock
     return store
 
 
