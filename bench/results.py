@@ -117,12 +117,12 @@ class _Log:
                 self._add_run_row(row)
         elif kind == "metric" and isinstance(record.get("metric"), str):
             metric = record["metric"]
+            by_key: dict[Key, list[dict[str, Any]]] = {}
+            for row in rows:  # before any change: a record that fails to read changes nothing
+                by_key.setdefault(_key(row), []).append(row)
             if metric in self.run_metrics:
                 for key, run in self.runs.items():
                     self.runs[key] = [r for r in run if r["metric"] != metric]
-            by_key: dict[Key, list[dict[str, Any]]] = {}
-            for row in rows:
-                by_key.setdefault(_key(row), []).append(row)
             self.derived.pop(metric, None)
             self.derived[metric] = by_key
             self.rows_read += len(rows)

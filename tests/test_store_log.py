@@ -103,7 +103,9 @@ def test_whole_trailing_record_without_its_newline_is_kept(tmp_path):
 
 
 @pytest.mark.parametrize("garbage", [b"{not json", b"\xff\xfe\x00 bytes", b"[1, 2]", b'{"record": "runs", "rows": 5}',
-                                     b'{"record": "runs", "rows": [{"metric": "x"}]}', b'"a string"'])
+                                     b'{"record": "runs", "rows": [{"metric": "x"}]}', b'"a string"',
+                                     b'{"record": "metric", "metric": "utility.m0", "rows": '
+                                     b'[{"metric": "x", "scenario_hash": "h", "seed": "not a seed"}]}'])
 def test_corrupt_middle_line_is_skipped_with_a_warning_naming_the_line(tmp_path, capsys, garbage):
     store = _store(tmp_path)
     lines = store.jsonl.read_bytes().split(b"\n")
