@@ -34,7 +34,7 @@ def sweep(scenarios: list[Scenario], out: str | Path, *, seeds: int | None = Non
     from tqdm import tqdm
 
     quiet_libraries()
-    store = ResultStore(out)
+    store = ResultStore(out, writer=True)  # locks --out and proves it writable before the first run
     done = store.done()
     runs = planned_runs(scenarios, store, seeds)
     done -= failed_runs(store)  # retried: a failed run, and an ok run one of whose attacks failed
@@ -48,6 +48,7 @@ def sweep(scenarios: list[Scenario], out: str | Path, *, seeds: int | None = Non
                 store.append(rows, replace=(scenario.hash, seed))
             bar.update(1)
     add_utility_drops(store)
+    store.close()  # writes results.csv from the log and releases the lock
     return store
 
 
