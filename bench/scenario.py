@@ -245,19 +245,20 @@ def _component_identity(component: Component) -> dict[str, Any]:
         for f in dataclasses.fields(component.config):
             value = getattr(component.config, f.name)
             if f.metadata.get("path") and isinstance(value, str):
-                config[f.name] = identity_path(value, component.params.get(f.name))
+                config[f.name] = identity_path(value)
     return {"name": component.name, "config": config}
 
 
-def identity_path(resolved: str, written: Any = None) -> str:
+def identity_path(resolved: str) -> str:
     """How a data or model path enters the identity: where the file is, not how it was spelled.
 
-    Inside the repository it is written relative to the repository root, so ``data.csv`` and
-    ``./sub/../data.csv`` agree, and the same checkout moved elsewhere keeps its hashes. Outside it,
-    a path the scenario wrote relative (as the shipped ``../../../shared/data/...``) is still written
-    from the root: it moves with the checkout by construction; a path written absolute (or ``~``)
-    stays absolute, since it does not move. A hub name (a value that is neither absolute nor found
-    from the working directory, which ``resolve_path`` left as it was) is kept as written.
+    It is written relative to the repository root (with ``..`` when outside it, as the shipped
+    ``../../../shared/data/...`` is), so ``data.csv``, ``./sub/../data.csv`` and the absolute path agree,
+    and the same checkout moved elsewhere keeps its hashes, with the data beside it as shared/ is. Not
+    absolute: that would change every hash on a move. Not as written: that would differ per scenario
+    folder and per spelling. (Data at a fixed absolute place outside a moved checkout changes its
+    hashes: a miss, which reruns, never a false hit.) A hub name, which ``resolve_path`` left as
+    written and no local file backs, stays as written.
     """
     if not resolved:
         return resolved
@@ -266,11 +267,18 @@ def identity_path(resolved: str, written: Any = None) -> str:
             return resolved  # a hub name
         resolved = os.path.abspath(resolved)  # found from the working directory (the compatibility case)
     path = os.path.normpath(resolved)
-    for root, where in ((str(REPO_ROOT), path), (os.path.realpath(REPO_ROOT), os.path.realpath(path))):
-        if where == root or where.startswith(root.rstrip(os.sep) + os.sep):
-            return Path(os.path.relpath(where, root)).as_posix()
-    written_relative = isinstance(written, str) and not written.startswith("~") and not os.path.isabs(written)
-    return Path(os.path.relpath(path, REPO_ROOT)).as_posix() if written_relative else Path(path).as_posix()
+    root = str(REPO_ROOT)
+    real = os.path.realpath(path)
+    if not _inside(path, root) and _inside(real, os.path.realpath(root)):
+        path, root = real, os.path.realpath(root)  # reached through a link to the checkout
+    try:
+        return Path(os.path.relpath(path, root)).as_posix()
+    except ValueError:  # another drive (Windows): no relative path exists
+        return Path(path).as_posix()
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def load(path: str | Path) -> list[Scenario]:
