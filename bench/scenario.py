@@ -222,7 +222,7 @@ def _digest(body: dict[str, Any]) -> str:
 
 
 REPO_ROOT = Path(__file__).absolute().parent.parent
-"""Data paths inside this folder enter a scenario's identity relative to it (see ``identity_path``)."""
+"""Data and model paths enter a scenario's identity relative to this folder (see ``identity_path``)."""
 
 
 def _canonical(value: Any) -> Any:
