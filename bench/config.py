@@ -132,7 +132,7 @@ def _coerce(value: Any, hint: Any, *, file: str | None, key: str) -> Any:
             raise UserError(f"expected a number, got {_shown(value)}", file=file, key=key)
         if isinstance(value, float) and math.isnan(value):
             raise UserError("expected a number, got NaN", file=file, key=key)
-        if abs(value) > MAX_INT and not math.isinf(value):
+        if isinstance(value, int) and abs(value) > MAX_INT:  # a float is any double; each field bounds its range
             raise UserError(f"number out of range (at most {MAX_INT:.3g} in magnitude; .inf where allowed)", file=file, key=key)
         return float(value)
     if hint is str:

@@ -8,7 +8,6 @@ CLI's summary and exit code; a rerun retries the failed runs only.
 from __future__ import annotations
 
 import csv
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -95,7 +94,7 @@ def test_a_data_file_gone_at_run_time_fails_the_run(tmp_path):
     scenario = make_scenario(tmp_path, **_tiny(task=_local_task(path)))
     path.unlink()  # it was there when the scenario loaded
     row = _only_row(execute(scenario, 0))
-    assert row.status == "failed" and f"data file {path} does not exist" in row.error and "task.path" in row.error
+    assert row.status == "failed" and f"data file {path} does not exist" in row.error and "task.params.path" in row.error
 
 
 # --- truncation ------------------------------------------------------------------------------------
@@ -213,11 +212,10 @@ def test_run_summarises_failures_exits_1_and_a_rerun_retries_only_them(tmp_path,
                  "secagg-dropout seed 0: "):
         assert line in printed, printed
     assert "does not exist" in printed and "secagg" in printed.split("secagg-dropout seed 0: ")[1]
-    statuses = {json.loads(line)["scenario"]: json.loads(line)["status"] for line in (out / "results.jsonl").read_text().splitlines()
-                if json.loads(line)["metric"] in ("run", "utility.accuracy")}
+    rows = ResultStore(out).rows()  # the log holds one record per run: read it through the store
+    statuses = {r["scenario"]: r["status"] for r in rows if r["metric"] in ("run", "utility.accuracy")}
     assert statuses == {"fine": "ok", "diverges": "failed", "missing-data": "failed", "secagg-dropout": "failed",
                         "ruled-out": "incompatible"}
-    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert any(r["scenario"] == "fine" and r["metric"] == "data.truncated_fraction" for r in rows)
 
     vanishing[0] = False

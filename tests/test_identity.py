@@ -146,6 +146,8 @@ def _candidates(value: Any, hint: Any) -> list[Any]:
         return [value + 1, value - 1, value + 2, 1]
     if hint is float:
         return [value * 2 if value else 0.5, value / 2, value + 0.01, 0.25]
+    if typing.get_origin(hint) is tuple:  # e.g. LoRA's target_modules: a layer name the zoo models have
+        return [v for v in (("c_attn",), ("q_proj",), ("x",)) if v != tuple(value)]
     if hint is str:  # free strings some Configs check against a documented set
         return [v for v in (value + "x", "all", "language", "instruction") if v != value]
     return []
