@@ -53,7 +53,10 @@ def _entry(scenario: Scenario, over: dict[str, Any]) -> dict[str, Any]:
     over = copy.deepcopy(over)
     scale = over.pop("scale", {})
     task_params = over.pop("task_params", {})
-    entry = merge(copy.deepcopy(scenario.raw or {}), over)
+    raw = copy.deepcopy(scenario.raw or {})
+    if "model" in over:  # a preset that swaps the model replaces its params: zoo sizes mean nothing to an hf model
+        raw.pop("model", None)
+    entry = merge(raw, over)
     federation = entry.setdefault("federation", {})
     for key, factor in scale.items():
         federation[key] = int(round(getattr(scenario.federation, key) * factor))

@@ -126,3 +126,12 @@ def test_a_preset_that_breaks_a_limit_names_the_preset(tmp_path):
         presets.apply(big, "gpu")  # 10 clients x 4 x 60,000 records is past the 1,000,000 cap
     message = str(error.value)
     assert "federation.examples_per_client" in message and "--preset gpu" in message and str(tmp_path) in message
+
+
+def test_the_gpu_preset_replaces_the_zoo_model_params_it_swaps_out():
+    """The zoo's sizes ('heads', 'layers') are not keys of the hf model the gpu preset swaps in."""
+    from bench.presets import apply
+    from bench.scenario import load_many
+
+    scenarios = apply(load_many(["scenarios/table4-poisoning.yaml"]), "gpu")
+    assert scenarios and {s.model.name for s in scenarios} == {"hf"}
