@@ -45,8 +45,11 @@ def test_noiseless_unclipped_full_batch_dp_sgd_equals_plain_training(optimizer):
     train_local(make_job(plain, examples, batch_size=8, optimizer=optimizer, lr=0.01))
     assert math.isfinite(result["loss"])
     assert not torch.equal(flat(private), flat(tiny_model("llama", "fft"))), "training must move the weights"
-    # Adam normalises each coordinate, so float-rounding noise on near-zero gradients shows up at lr scale.
-    torch.testing.assert_close(flat(private), flat(plain), rtol=1e-4, atol=1e-6 if optimizer == "sgd" else 1e-3 * 0.01)
+    # Adam normalises each coordinate: where a gradient is as small as its eps (1e-8), the float rounding
+    # that separates a sum of per-sample gradients from the batch gradient moves the step by a visible
+    # fraction of lr (measured: 0.26% of lr on one of 21,152 coordinates). A real departure (a missed
+    # sample, clipping, noise) moves most coordinates by a large fraction of lr, so 1% of lr still catches it.
+    torch.testing.assert_close(flat(private), flat(plain), rtol=1e-4, atol=1e-6 if optimizer == "sgd" else 1e-2 * 0.01)
 
 
 @pytest.mark.parametrize("mode", ["hooks", "ghost", "functorch"])
