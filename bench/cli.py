@@ -27,7 +27,16 @@ def _run(args: argparse.Namespace) -> int:
     store = sweep(scenarios, args.out, seeds=args.seeds, force=args.force, show_progress=not args.quiet, figures=figures)
     counts = run_status(store)
     print(f"wrote {store.jsonl} and {store.csv}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    _store_table1(Path(args.out))
     return 0
+
+
+def _store_table1(out: Path) -> None:
+    """Table 1 depends on the code, not on results: store it beside the runs so ``report`` copies it
+    without importing the components."""
+    from bench.table1 import write_table1
+
+    write_table1(out)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -67,17 +76,19 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from bench.report import write_reports, write_study_report
+    from bench.report import default_out, write_reports, write_study_report
 
+    out = Path(args.out) if args.out else default_out(args.runs)
     if args.study:
         command = args.command_line or ""
-        paths = write_study_report(args.runs, args.out, command)
+        paths = write_study_report(args.runs, out, command)
         print("wrote " + ", ".join(map(str, paths)))
         return 0
-    notes = write_reports(args.runs, args.out, args.scenarios, figures=not args.no_figures)
+    notes = write_reports(args.runs, out, args.scenarios, figures=not args.no_figures)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"wrote {args.out}/leaderboard.csv, table4.csv, table4.md, table1.*, figures/, index.html")
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    print(f"wrote {out}/: {', '.join(written)}")
     return 0
 
 
@@ -113,9 +124,12 @@ def parser() -> argparse.ArgumentParser:
     table.add_argument("--metric", action="append", help="only these metrics (repeatable)")
     report = sub.add_parser("report", help="leaderboard, Table 4, Table 1, figures and index.html from results")
     report.add_argument("runs", nargs="?", default="results/runs", help="results directory (or its results.jsonl)")
-    report.add_argument("--out", default="results", help="directory for the published files")
-    report.add_argument("--scenarios", nargs="*", default=["scenarios/table4.yaml", "scenarios/table4-poisoning.yaml", "scenarios/table4-closed.yaml"],
-                        help="scenario files of the runs (to name the attacks of runs that recorded none)")
+    report.add_argument("--out", default=None,
+                        help="directory for the report files, the only place written (default: RUNS/report; "
+                             "`make bench` passes --out results to publish)")
+    report.add_argument("--scenarios", nargs="*", default=[],
+                        help="scenario files: keep only stored runs of the scenarios they describe now "
+                             "(loads the files and the component registry)")
     report.add_argument("--no-figures", action="store_true", help="skip the figures")
     report.add_argument("--study", action="store_true", help="a study: leaderboard.csv, summary.md, index.html only")
     report.add_argument("--command-line", help="the command that produced the runs, recorded in summary.md")

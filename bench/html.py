@@ -115,7 +115,7 @@ def render(out: Path) -> str:
 
 
 def write_index(out: str | Path) -> Path:
-    from bench.results import _atomic_write
+    from bench.outfiles import atomic_write as _atomic_write
 
     out = Path(out)
     path = out / "index.html"
