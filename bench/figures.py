@@ -116,7 +116,7 @@ DEFENSES_IN_ROC = ("none", "dp-local", "dp-central")
 MAX_CURVES = 12  # beyond this a log-log ROC is unreadable
 
 
-def _preferred_attack(found: dict[str, set[str]], preferred: str) -> str | None:
+def _preferred_attack(found: dict[str, set[Any]], preferred: str) -> str | None:
     """The membership attack whose curves to draw: ``preferred`` if stored, else the one with most curves."""
     if preferred in found:
         return preferred
@@ -129,22 +129,25 @@ def stored_curves(rows: list[dict[str, Any]], attack_name: str = "mia-reference"
     at its lowest seed. Only what was run is drawn; nothing is re-run."""
     from bench.roc import stored_roc
 
-    candidates: dict[tuple[str, str, str], tuple[int, tuple[list[float], list[float]]]] = {}
-    found: dict[str, set[str]] = {}
+    candidates: dict[tuple[str, str, str, str], tuple[int, tuple[list[float], list[float]]]] = {}
     for row in rows:
         if row.get("status") != "ok" or row.get("metric") != "mia.auc":
             continue
         curve = stored_roc(row.get("extra"))
         if curve is None:
             continue
-        key = (str(row["attack"]), str(row["method"]), str(row["defenses"]))
-        found.setdefault(key[0], set()).add(f"{key[1]} / {key[2]}")
+        key = (str(row["attack"]), str(row["tier"]), str(row["method"]), str(row["defenses"]))
         if key not in candidates or int(row["seed"]) < candidates[key][0]:
             candidates[key] = (int(row["seed"]), curve)
+    found: dict[str, set[tuple[str, str, str]]] = {}
+    for attack, *cell in candidates:
+        found.setdefault(attack, set()).add(tuple(cell))
     chosen = _preferred_attack(found, attack_name)
-    curves = {f"{m} / {d}": curve for (a, m, d), (_, curve) in sorted(candidates.items()) if a == chosen}
+    tiers = {t for t, _, _ in found.get(chosen, ())}
+    curves = {(f"{t} / " if len(tiers) > 1 else "") + f"{m} / {d}": curve
+              for (a, t, m, d), (_, curve) in sorted(candidates.items()) if a == chosen}
     if len(curves) > MAX_CURVES:
-        curves = {k: v for k, v in curves.items() if k.split(" / ", 1)[1] in DEFENSES_IN_ROC} or curves
+        curves = {k: v for k, v in curves.items() if k.rsplit(" / ", 1)[1] in DEFENSES_IN_ROC} or curves
     return chosen, dict(list(curves.items())[:MAX_CURVES])
 
 
@@ -164,7 +167,7 @@ def roc_figure(curves: dict[str, tuple[list[float], list[float]]], folder: Path,
         axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         axis.set_minor_formatter(NullFormatter())
     axes.legend(loc="lower right", fontsize="x-small")
-    figure.subplots_adjust(left=0.14, right=0.97, top=0.93, bottom=0.1)
+    figure.subplots_adjust(left=0.18, right=0.97, top=0.93, bottom=0.1)
     return _save(figure, folder, "roc")
 
 

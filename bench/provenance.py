@@ -26,7 +26,8 @@ def git_state(root: Path) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *PROJECT_PATHS],
+        top = [f":/{path}" for path in PROJECT_PATHS]  # ":/" = from the checkout's top, wherever root is
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *top],
                                cwd=root, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return "unknown"

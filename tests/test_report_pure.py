@@ -86,6 +86,9 @@ def test_roc_figure_comes_from_stored_points_and_shows_only_what_ran():
     assert set(curves) == {"lora / none", "lora / dp-local"}          # rlhf, fft, ... were never run
     fpr, tpr = curves["lora / dp-local"]
     assert trapezoid_auc(fpr, tpr) == pytest.approx(0.52, abs=0.01)  # seed 0's curve, the lowest seed
+    two_tiers = rows + [{**r, "tier": "open-source"} for r in rows if r["defenses"] == "none"]
+    assert set(stored_curves(two_tiers)[1]) == {"open-weight / lora / none", "open-weight / lora / dp-local",
+                                                "open-source / lora / none"}
     older = [{**r, "extra": {}} for r in rows]                        # runs stored before ROC points
     assert stored_curves(older) == (None, {})
 
