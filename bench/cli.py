@@ -204,7 +204,8 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("-v", "--verbose", action="store_true", help="also list each component's config keys")
     table = sub.add_parser("table", help="print a results table")
     table.add_argument("results", nargs="?", default="results/runs/results.jsonl")
-    table.add_argument("--metric", action="append", help="only these metrics (repeatable)")
+    table.add_argument("--metric", action="append",
+                       help="show these metrics (repeatable; default: the headline ones that have values)")
     report = sub.add_parser("report", help="leaderboard, Table 4, Table 1, figures and index.html from results")
     report.add_argument("runs", nargs="?", default="results/runs", help="results directory (or its results.jsonl)")
     report.add_argument("--out", default=None,
@@ -241,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tierbench table | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -20,12 +20,6 @@ from bench import leaderboard, paper4, table4
 from bench.errors import UserError
 
 
-def load_frame(path: str | Path):
-    import pandas as pd
-
-    return pd.DataFrame(load_rows(path))
-
-
 def load_rows(path: str | Path) -> list[dict[str, Any]]:
     from bench.results import ResultStore
 
@@ -37,16 +31,55 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def metric_table(path: str | Path, metrics: list[str] | None = None) -> str:
-    """A wide table: one row per (scenario, attack), one column per metric, mean over seeds."""
-    frame = load_frame(path)
-    frame = frame[frame["status"] == "ok"]
-    if metrics:
-        frame = frame[frame["metric"].isin(metrics)]
-    if frame.empty:
-        return "(no ok rows)"
-    wide = frame.pivot_table(index=["scenario", "attack"], columns="metric", values="value", aggfunc="mean")
-    return wide.to_string(float_format=lambda v: f"{v:.4g}")
+HEADLINE_COLUMNS = ["utility", "mia.auc", "inversion.rouge1", "poison.asr", "dp.epsilon", "cost.wall_s"]
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+
+
+def metric_table(path: str | Path, metrics: list[str] | None = None, width: int | None = None) -> str:
+    """One line per scenario (mean over its ok seeds) with the headline columns that have a value, or
+    the ``metrics`` asked for, fitted to ``width`` (default: the terminal's)."""
+    import shutil
+    import statistics
+
+    from bench.display import fixed_width_table
+
+    rows = load_rows(path)
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    by_scenario: dict[str, list[dict[str, Any]]] = {}
+    for row in leaderboard.build(rows):
+        by_scenario.setdefault(row["scenario"], []).append(row)
+    asked = metrics or HEADLINE_COLUMNS
+    extra = _tidy_means(rows, [m for m in asked if m not in leaderboard.COLUMNS])
+    table = []
+    for scenario, runs in sorted(by_scenario.items()):
+        ok = [r for r in runs if r["status"] == "ok"]
+        statuses = ",".join(sorted({str(r["status"]) for r in runs}))
+        values = []
+        for column in asked:
+            present = [r[column] for r in ok if isinstance(r.get(column), (int, float))]
+            values.append(statistics.fmean(present) if present else extra.get((scenario, column)))
+        table.append([scenario, str(len(runs)), statuses, *values])
+    shown = [c for i, c in enumerate(asked) if metrics or any(r[3 + i] is not None for r in table)]
+    if not table:
+        return "(no runs)"
+    columns = [3 + asked.index(c) for c in shown]
+    text, dropped = fixed_width_table(["scenario", "seeds", "status", *shown],
+                                      [[r[0], r[1], r[2], *(_cell(r[i]) for i in columns)] for r in table], width)
+    return text + (f"\n({dropped} more columns do not fit: choose with --metric)" if dropped else "")
+
+
+def _tidy_means(rows: list[dict[str, Any]], metrics: list[str]) -> dict[tuple[str, str], float]:
+    """(scenario, metric) -> mean over ok rows, for metrics the leaderboard has no column for."""
+    import statistics
+
+    found: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        if row["metric"] in metrics and row.get("status") == "ok" and isinstance(row.get("value"), (int, float)):
+            found.setdefault((row["scenario"], row["metric"]), []).append(float(row["value"]))
+    return {key: statistics.fmean(values) for key, values in found.items()}
 
 
 def _current(rows: list[dict[str, Any]], attacks: dict[str, list[str]], notes: list[str]) -> list[dict[str, Any]]:

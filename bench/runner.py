@@ -207,6 +207,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
 
     own_view = OpenModel(built.method.model, built.method, built.task, p.tokenizer)
     eval_set = _eval_set(p.task_data.test, scenario.federation.eval_examples)
+    _stage(progress, "evaluating utility", total=1 + len(built.attacks))  # after training, time goes here
     result.metrics += [("none", m) for m in evaluate(own_view, built.task, eval_set)]
     views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth,
                         max_candidates=scenario.federation.mia_candidates or None)
@@ -216,6 +217,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
             kinds = ", ".join(sorted(attack.task_kinds))
             result.skipped.append((attack.name, "not-applicable", f"{attack.name} applies to {kinds} tasks"))
             continue
+        _stage(progress, f"attack {attack.name}")
         try:
             prediction = attack.run(views.for_attack(attack), generator("run", seed, "attack", attack.name))
         except (TierAccessError, IncompatibleError) as error:  # the tier or task rules this attack out
@@ -238,6 +240,17 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
     result.extra.update({"trainable_params": built.method.num_trainable, "malicious": list(p.fed.malicious),
                          "model": built.model_source.metadata()})
     return result
+
+
+def _stage(progress: Any, text: str, total: int | None = None) -> None:
+    """Show what a run is doing in its progress bar (one step per stage after the rounds)."""
+    if progress is None or not hasattr(progress, "set_description_str"):
+        return
+    if total is not None:
+        progress.reset(total=total)
+    else:
+        progress.update(1)
+    progress.set_description_str(text)
 
 
 def _give_server_updates(defenses: list[Any], fed: fl.Federation, public: list[dict]) -> None:

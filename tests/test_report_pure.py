@@ -162,3 +162,23 @@ def test_a_partial_grid_lists_its_missing_cells_and_seeds():
     assert "open-weight / fft / secagg (membership inference): 1 paired seeds of 3" in gaps
     only_baseline = leaderboard.build([r for r in rows if r["defenses"] == "none"])
     assert any("runs without a defense only" in g for g in table4.missing(only_baseline, []))
+
+
+@pytest.mark.parametrize("width", [60, 100, 200])
+def test_table_fits_the_terminal_and_shows_no_nan_wall(tmp_path, width):
+    from bench.report import metric_table
+
+    runs = store(tmp_path / "runs", synthetic_grid())
+    text = metric_table(runs, width=width)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= width and "NaN" not in text and "nan" not in text
+    assert lines[0].split()[:3] == ["scenario", "seeds", "status"]
+    assert len([line for line in lines[1:] if not line.startswith("(")]) == len({r["scenario"] for r in synthetic_grid()})
+    headline = ["utility", "mia.auc", "inversion.rouge1", "poison.asr", "dp.epsilon", "cost.wall_s"]
+    shown = lines[0].split()[3:]
+    assert shown == headline[:len(shown)]     # columns drop from the right, with a note saying so
+    assert (shown == headline) == (width == 200) and ("more columns do not fit" in lines[-1]) == (width < 200)
+    if "mia.auc" in shown:
+        assert "0.52" in next(line for line in lines if "dp-local" in line)   # mean of three seeds
+    chosen = metric_table(runs, metrics=["mia.auc", "cost.client_s"], width=max(width, 100)).splitlines()
+    assert chosen[0].split()[3:] == ["mia.auc", "cost.client_s"]
