@@ -57,9 +57,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+
+
 def _component(component: Any) -> dict[str, Any]:
-    config = component.config
-    params = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(component.params or {})
+    config = getattr(component, "config", None)
+    params = _plain(config) if dataclasses.is_dataclass(config) else dict(getattr(component, "params", None) or {})
     return {"name": component.name, "params": params}
 
 
@@ -72,8 +76,12 @@ def scenario_record(scenario: Any) -> dict[str, Any]:
     record = {
         "name": scenario.name, "file": scenario.file, "hash": scenario.hash, "device": scenario.device,
         **{part: _component(getattr(scenario, part)) for part in ("tier", "model", "task", "method")},
-        "federation": dataclasses.asdict(scenario.federation),
+        "federation": _plain(scenario.federation),
         "attacks": [_component(a) for a in scenario.attacks],
         "defenses": [_component(d) for d in scenario.defenses],
     }
+    from bench.registry import loaded_plugins
+
+    if loaded_plugins:  # code from outside the project: name it, since git_commit cannot cover it
+        record["plugins"] = list(loaded_plugins)
     return json.loads(json.dumps(record, default=str))  # tuples -> lists, paths -> strings: JSON-safe

@@ -182,3 +182,14 @@ def test_table_fits_the_terminal_and_shows_no_nan_wall(tmp_path, width):
         assert "0.52" in next(line for line in lines if "dp-local" in line)   # mean of three seeds
     chosen = metric_table(runs, metrics=["mia.auc", "cost.client_s"], width=max(width, 100)).splitlines()
     assert chosen[0].split()[3:] == ["mia.auc", "cost.client_s"]
+
+
+def test_the_stored_scenario_names_plugin_code(monkeypatch):
+    from bench import registry
+    from bench.provenance import scenario_record
+    from bench.scenario import load
+
+    scenario = load(ROOT / "scenarios" / "smoke.yaml")[0]
+    assert "plugins" not in scenario_record(scenario)
+    monkeypatch.setattr(registry, "loaded_plugins", ["/home/me/plugins/my_attack.py"])
+    assert scenario_record(scenario)["plugins"] == ["/home/me/plugins/my_attack.py"]
