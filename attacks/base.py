@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from bench.tiers import Access
 from bench.transcript import ThreatView
 
 
@@ -21,6 +22,9 @@ class Attack:
     vantage: ClassVar[str] = "external"
     needs: ClassVar[frozenset[str]] = frozenset()
     """Transcript parts the attack reads: ``client_updates``, ``global_states``, ``aggregates``."""
+    access: ClassVar[frozenset[Access]] = frozenset()
+    """What the attack needs of the model through the tier (``bench.tiers.Access``); the runner refuses
+    it before training where the tier does not grant all of it. Every attack declares its own."""
     changes_training: ClassVar[bool] = False
     """True for participant attacks that alter training; they need runs of their own."""
     task_kinds: ClassVar[frozenset[str]] = frozenset({"classification", "language", "instruction", "preference"})

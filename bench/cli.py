@@ -11,6 +11,10 @@ from pathlib import Path
 from bench.errors import UserError
 
 DEFAULT_SCENARIO = "smoke.yaml"
+EXIT_FAILED = 1
+"""``run``: some run (or one of its attacks) failed; rerunning the same command retries only those."""
+EXIT_USER_ERROR = 2
+"""A mistake in the input (scenario file, command line), reported without a traceback."""
 PLUGINS_ENV = "TIERBENCH_PLUGINS"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,23 +47,26 @@ def check_paths(paths: list[str]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from bench.presets import apply, runnable
-    from bench.scenario import load_many
-    from bench.sweep import run_status, sweep
+    from bench.results import ResultStore
+    from bench.scenario import check_all, load_many
+    from bench.sweep import planned_runs, summarize, sweep
 
     paths = args.paths or [str(_scenarios_or_explain() / DEFAULT_SCENARIO)]
     check_paths(paths)
     scenarios, skipped = runnable(apply(load_many(paths), args.preset))
-    for message in skipped:
+    for message in skipped + check_all(scenarios):  # data files, columns, model paths: before any run
         print(message, file=sys.stderr)
     if not scenarios:
         print("nothing to run on this machine")
         return 0
     figures = str(Path(args.out) / "figures") if args.figures else None
+    runs = planned_runs(scenarios, ResultStore(args.out), args.seeds)  # before the sweep adds to the store
     store = sweep(scenarios, args.out, seeds=args.seeds, force=args.force, show_progress=not args.quiet, figures=figures)
-    counts = run_status(store)
-    print(f"wrote {store.jsonl} and {store.csv}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    summary = summarize(store, runs)
+    print(f"wrote {store.jsonl} and {store.csv}")
+    print("\n".join(summary.lines()))
     _store_table1(Path(args.out))
-    return 0
+    return EXIT_FAILED if summary.failed else 0
 
 
 def _store_table1(out: Path) -> None:
@@ -71,11 +78,13 @@ def _store_table1(out: Path) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from bench.scenario import load_many
+    from bench.scenario import check_all, load_many
 
     paths = args.paths or [str(_scenarios_or_explain())]
     check_paths(paths)
     scenarios = load_many(paths)
+    for note in check_all(scenarios):
+        print(f"note: {note}", file=sys.stderr)
     print(f"ok: {len(scenarios)} scenarios in {', '.join(map(str, paths))}")
     return 0
 
@@ -116,7 +125,8 @@ def config_lines(config_cls: type) -> list[str]:
         if f.default is not dataclasses.MISSING:
             default = f"= {f.default!r}"
         elif f.default_factory is not dataclasses.MISSING:
-            default = f"= {f.default_factory()!r}"
+            value = f.default_factory()
+            default = "(a section: its keys are listed apart)" if dataclasses.is_dataclass(value) else f"= {value!r}"
         else:
             default = "(required)"
         lines.append(f"{f.name}: {type_name(hints.get(f.name, f.type))} {default}  {f.metadata.get('doc', '')}".rstrip())
@@ -127,11 +137,15 @@ def _ls(args: argparse.Namespace) -> int:
     from bench.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
 
     if args.verbose:
-        from bench.scenario import Federation
+        from bench import scenario
 
-        print("federation (scenario key `federation:`):")
-        for line in config_lines(Federation):
-            print(f"      {line}")
+        sections = [("scenario file (top-level keys)", getattr(scenario, "ScenarioSpec", None)),
+                    ("federation (scenario key `federation:`)", scenario.Federation)]
+        for title, config in sections:
+            if config is not None:
+                print(f"{title}:")
+                for line in config_lines(config):
+                    print(f"      {line}")
     for registry in (TIERS, MODELS, TASKS, METHODS, ATTACKS, DEFENSES):
         print(f"{registry.kind}s:")
         for name in registry.names():
@@ -230,7 +244,7 @@ def plugin_dirs(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if plugin_dirs(args):  # report and table never load components, so they take no plugins
+        if hasattr(args, "plugins") and plugin_dirs(args):  # report and table load no components: no plugins
             from bench.registry import load_plugin_dir
 
             for directory in plugin_dirs(args):
@@ -238,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

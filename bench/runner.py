@@ -3,6 +3,16 @@
 ``plan`` decides before anything runs whether the combination is possible (Table 1 availability and
 defense compatibility); ``execute`` turns a run into result rows, recording failures instead of
 raising them so that a sweep goes on.
+
+Attacks the tier rules out. Every attack declares the ``Access`` it needs (``Attack.access``); an
+attack whose needs the tier does not grant is refused by ``plan``, before training, and never runs:
+- an attack that changes training (poisoning, Byzantine clients) defines the run, so the whole run
+  is ``incompatible`` with the reason (training without it would measure something else);
+- an attack that only evaluates the trained model gets one row of its own, ``incompatible`` with
+  the reason (``Plan.refused``); the run still trains, and its utility and its other attacks are
+  measured and recorded as usual.
+``not-applicable`` is kept for what only shows at evaluation (an attack that finds the task's
+records are of a kind it does not score).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from typing import Any
 import torch
 
 from bench import federation as fl
+from bench.data import truncation
 from bench.device import describe, peak_gpu_memory_mb, pick_device, reset_peak_memory
 from bench.errors import IncompatibleError, TierAccessError, UserError
 from bench.evaluate import evaluate
@@ -42,6 +53,9 @@ class Plan:
     method: Any
     defenses: list[Any]
     attacks: list[Any]
+    """The attacks that will run (those the tier grants)."""
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    """(attack, reason) for evaluation-only attacks the tier rules out: recorded, never run."""
 
 
 def plan(scenario: Scenario) -> Plan:
@@ -57,6 +71,9 @@ def plan(scenario: Scenario) -> Plan:
     reason = incompatibility(built, scenario)
     if reason:
         raise IncompatibleError(reason, file=scenario.file)
+    refused = {id(a): access_refusal(built.tier, a) for a in built.attacks}
+    built.refused = [(a.name, refused[id(a)]) for a in built.attacks if refused[id(a)]]
+    built.attacks = [a for a in built.attacks if not refused[id(a)]]
     return built
 
 
@@ -65,6 +82,14 @@ def availability(tier: Any, method: Any) -> str | None:
     missing = tier.missing(method.needs)
     if missing:
         return f"{method.name} needs {', '.join(a.value for a in missing)} access, which {tier.name} does not grant"
+    return None
+
+
+def access_refusal(tier: Any, attack: Any) -> str | None:
+    """Why ``tier`` rules out ``attack`` (it needs access the tier does not grant), or None."""
+    missing = tier.missing(attack.access)
+    if missing:
+        return f"{attack.name} needs {', '.join(a.value for a in missing)} access, which {tier.name} does not grant"
     return None
 
 
@@ -80,6 +105,9 @@ def incompatibility(built: Plan, scenario: Scenario) -> str | None:
     for attack in (a for a in built.attacks if a.changes_training):  # others are skipped at evaluation
         if built.task.kind not in attack.task_kinds:
             return f"{attack.name} applies to {', '.join(sorted(attack.task_kinds))} tasks, not {built.task.kind}"
+        reason = access_refusal(built.tier, attack)
+        if reason:
+            return reason
     if sum(d.is_transport for d in built.defenses) > 1:
         return "at most one transport defense (secagg or he) per scenario"
     for defense in built.defenses:
@@ -97,7 +125,8 @@ class RunResult:
     error: str = ""
     device: str = "cpu"
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
-    """(attack, status, reason) for attacks ruled out at evaluation time or that failed there."""
+    """(attack, status, reason) for attacks the tier ruled out before training (``incompatible``), or ruled
+    out at evaluation time or that failed there."""
     row_extra: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     """(attack, metric) -> what that one row keeps beside its value (an MIA's ROC points, for the report)."""
 
@@ -111,8 +140,8 @@ def execute(scenario: Scenario, seed: int, *, progress: Any = None, figures: str
         result = _run(scenario, seed, built, progress, figures)
     except IncompatibleError as error:
         result = RunResult(status="incompatible", error=str(error).split(": ", 1)[-1])
-    except UserError:
-        raise
+    except UserError as error:  # found only at run time (a secagg abort, a data file gone): this run fails, the sweep goes on
+        result = RunResult(status="failed", error=str(error)[:500])
     except Exception as error:  # a failing run is recorded and the sweep goes on
         result = RunResult(status="failed", error=_one_line(error))
     return _rows(scenario, seed, result, time.perf_counter() - started)
@@ -200,12 +229,14 @@ def prepare(scenario: Scenario, seed: int, built: Plan, progress: Any = None) ->
 
 def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str | None = None) -> RunResult:
     p = prepare(scenario, seed, built, progress)
+    truncated = _truncation_metric(p)  # before training: a task that cuts every response token is an error
     reset_peak_memory(p.device)
     stats = fl.run(p.fed, p.transcript, p.truth)
-    result = RunResult(device=describe(p.device))
+    result = RunResult(device=describe(p.device), skipped=[(name, "incompatible", why) for name, why in built.refused])
+    result.metrics.append(("none", truncated))
     from bench.tiers import OpenModel
 
-    own_view = OpenModel(built.method.model, built.method, built.task, p.tokenizer)
+    own_view = OpenModel(built.method.model, built.method.layout(), built.task, p.tokenizer)
     eval_set = _eval_set(p.task_data.test, scenario.federation.eval_examples)
     _stage(progress, "evaluating utility", total=1 + len(built.attacks))  # after training, time goes here
     result.metrics += [("none", m) for m in evaluate(own_view, built.task, eval_set)]
@@ -251,6 +282,13 @@ def _stage(progress: Any, text: str, total: int | None = None) -> None:
     else:
         progress.update(1)
     progress.set_description_str(text)
+
+
+def _truncation_metric(p: Prepared) -> Metric:
+    """``data.truncated_fraction`` over every record the run trains, attacks or evaluates on."""
+    data = p.task_data
+    records = data.pool + data.auxiliary + _eval_set(data.test, p.scenario.federation.eval_examples)
+    return Metric("data.truncated_fraction", truncation(p.built.task, records, p.tokenizer), higher_is_better=False)
 
 
 def _give_server_updates(defenses: list[Any], fed: fl.Federation, public: list[dict]) -> None:

@@ -3,11 +3,20 @@
 Open tiers hand out an ``OpenModel`` (weights, gradients, logits, text). Gray- and black-box tiers
 hand out a ``ProviderAPI``: the provider hosts the model, logs every request (the ``provider``
 vantage) and refuses what the tier does not grant with ``TierAccessError``.
+
+The boundary is structural, not a convention: a ``ProviderAPI`` has no ``__dict__`` and no attribute
+that leads to the hosted model or to the request log. Both live in this module's private registry
+``_HOSTED``, keyed by an opaque number that the API object holds (an attacker is in-process code and
+could import the registry; the point is that nothing handed to an attack reaches it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import itertools
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -15,6 +24,7 @@ import torch
 from torch import nn
 
 from bench.errors import TierAccessError
+from bench.layout import ParameterLayout
 from bench.registry import TIERS
 from bench.transcript import ProviderRecord
 
@@ -54,10 +64,12 @@ class Tier:
             return None
         return model_source.pretraining_corpus()
 
-    def handle(self, model: nn.Module, method: Any, task: Any, tokenizer: Any, log: list[ProviderRecord]) -> Any:
+    def handle(self, model: nn.Module, layout: ParameterLayout | None, task: Any, tokenizer: Any,
+               log: list[ProviderRecord]) -> Any:
+        """``layout``: the trainable state's names and shapes (open tiers load flat states with it)."""
         if self.hosted:
-            return ProviderAPI(OpenModel(model, method, task, tokenizer), self.grants, log)
-        return OpenModel(model, method, task, tokenizer)
+            return ProviderAPI(OpenModel(model, layout, task, tokenizer), self.grants, log)
+        return OpenModel(model, layout, task, tokenizer)
 
 
 @TIERS.register("open-source")
@@ -97,11 +109,63 @@ def record_egress(transcript: Any, texts: list[str]) -> None:
 
 
 class OpenModel:
-    """Full access to a model held in this process."""
+    """Full access to a model held in this process.
 
-    def __init__(self, model: nn.Module, method: Any, task: Any, tokenizer: Any, batch_size: int = 32):
-        self.model, self.method, self.task, self.tokenizer = model, method, task, tokenizer
+    With a ``layout`` (the trainable state's names and shapes) it also reads and loads flat
+    trainable states (``get_flat``, ``set_flat``, ``at_state``, ``loss_at``): what white-box attacks
+    need of the post-training method, without the live method object."""
+
+    def __init__(self, model: nn.Module, layout: ParameterLayout | None, task: Any, tokenizer: Any, batch_size: int = 32):
+        self.model, self.layout, self.task, self.tokenizer = model, layout, task, tokenizer
         self.batch_size = batch_size
+
+    # --- the trainable state, as flat vectors ----------------------------------------------------
+    def _parameters(self) -> list[tuple[str, nn.Parameter]]:
+        if self.layout is None:
+            raise TierAccessError("this handle has no trainable-state layout")
+        found = dict(self.model.named_parameters())
+        return [(name, found[name]) for name in self.layout.names]
+
+    @property
+    def named_trainable(self) -> list[tuple[str, nn.Parameter]]:
+        """The layout's parameters that train now (a multi-phase method trains part of its state)."""
+        return [(n, p) for n, p in self._parameters() if p.requires_grad]
+
+    @property
+    def num_trainable(self) -> int:
+        return self.layout.num_trainable if self.layout is not None else 0
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.layout is None:
+            raise TierAccessError("this handle has no trainable-state layout")
+        return self.layout.unflatten(flat)
+
+    def get_flat(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1).float() for _, p in self._parameters()])
+
+    def set_flat(self, flat: torch.Tensor) -> None:
+        with torch.no_grad():
+            named = self.layout.unflatten(flat)
+            for name, p in self._parameters():
+                p.copy_(named[name].to(p.device, p.dtype))
+
+    @contextlib.contextmanager
+    def at_state(self, flat: torch.Tensor) -> Iterator[nn.Module]:
+        """The model with trainable state ``flat``, in eval mode; the state and mode restored on exit."""
+        saved, was_training = self.get_flat(), self.model.training
+        try:
+            self.set_flat(flat.to(saved.device))
+            self.model.eval()
+            yield self.model
+        finally:
+            self.set_flat(saved)
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def loss_at(self, state: torch.Tensor, examples: list[dict]) -> torch.Tensor:
+        """The task loss of each example with the trainable state set to ``state`` (restored after)."""
+        with self.at_state(state):
+            return self.example_losses(examples)
 
     @property
     def device(self) -> torch.device:
@@ -183,27 +247,68 @@ def prompt_room(model: nn.Module, max_new_tokens: int) -> int:
     return max(1, limit - max_new_tokens - int(getattr(model, "extra_positions", 0)))
 
 
-class ProviderAPI:
-    """A hosted model: every request is logged by the provider; ungranted access raises."""
+_HOSTED: dict[int, _Hosted] = {}
+"""Opaque key -> what a provider keeps behind its API (the model and its request log)."""
+_KEYS = itertools.count()
 
-    def __init__(self, inner: OpenModel, grants: frozenset[Access], log: list[ProviderRecord], client: int | None = None):
-        self._inner, self._grants, self.log, self.client = inner, grants, log, client
+
+class _Hosted:
+    """The provider's side: the hosted model (or a loader that builds it on first use) and its log."""
+
+    __slots__ = ("_inner", "log")
+
+    def __init__(self, inner: OpenModel | Callable[[], OpenModel], log: list[ProviderRecord]):
+        self._inner, self.log = inner, log
+
+    def inner(self) -> OpenModel:
+        if not isinstance(self._inner, OpenModel):
+            self._inner = self._inner()
+        return self._inner
+
+
+class ProviderAPI:
+    """A hosted model: every request is logged by the provider; ungranted access raises.
+
+    ``inner`` is the hosted model, or a zero-argument callable that loads it when first queried.
+    The object holds only an opaque key, the grants and the client id (``__slots__``, no
+    ``__dict__``): neither the model nor the request log is reachable from it."""
+
+    __slots__ = ("_key", "_grants", "client", "__weakref__")
+
+    def __init__(self, inner: OpenModel | Callable[[], OpenModel], grants: frozenset[Access],
+                 log: list[ProviderRecord], client: int | None = None):
+        self._attach(_Hosted(inner, log), grants, client)
+
+    def _attach(self, hosted: _Hosted, grants: frozenset[Access], client: int | None) -> None:
+        self._key, self._grants, self.client = next(_KEYS), frozenset(grants), client
+        _HOSTED[self._key] = hosted
+        weakref.finalize(self, _HOSTED.pop, self._key, None)
+
+    def _hosted(self) -> _Hosted:
+        return _HOSTED[self._key]
+
+    def __reduce__(self):
+        raise TypeError("a provider API cannot be copied or pickled")
 
     @property
     def task(self) -> Any:
         """The task's public definition (record format), not its data."""
-        return self._inner.task
+        return self._hosted().inner().task
 
     def for_client(self, client: int | None) -> ProviderAPI:
-        return ProviderAPI(self._inner, self._grants, self.log, client)
+        api = object.__new__(ProviderAPI)
+        api._attach(self._hosted(), self._grants, client)
+        return api
 
     def _require(self, access: Access, what: str) -> None:
         if access not in self._grants:
             raise TierAccessError(f"{what} needs {access.value} access, which this tier does not grant")
 
     def _record(self, examples: list[dict], purpose: str) -> None:
+        hosted = self._hosted()
+        task = hosted.inner().task
         for example in examples:
-            self.log.append(ProviderRecord(client=self.client, purpose=purpose, text=self._inner.task.text_of(example)))
+            hosted.log.append(ProviderRecord(client=self.client, purpose=purpose, text=task.text_of(example)))
 
     def weights(self):
         raise TierAccessError("the provider hosts the model: weights are not available at this tier")
@@ -216,6 +321,9 @@ class ProviderAPI:
 
     def gradients(self, examples: list[dict]):
         raise TierAccessError("the provider hosts the model: gradients are not available at this tier")
+
+    def loss_at(self, state: torch.Tensor, examples: list[dict]):
+        raise TierAccessError("the provider hosts the model: it does not load a client's trainable state (weights)")
 
     def upload_for_tuning(self, examples: list[dict]) -> None:
         """The tuning endpoint's upload: the provider receives (and logs) every training example."""
@@ -231,25 +339,26 @@ class ProviderAPI:
     def example_losses(self, examples: list[dict]) -> torch.Tensor:
         self._require(Access.LOGITS, "a loss")
         self._record(examples, "inference")
-        return self._inner.example_losses(examples)
+        return self._hosted().inner().example_losses(examples)
 
     def class_logits(self, examples: list[dict]) -> torch.Tensor:
         self._require(Access.LOGITS, "logits")
         self._record(examples, "inference")
-        return self._inner.class_logits(examples)
+        return self._hosted().inner().class_logits(examples)
 
     def token_logits(self, examples: list[dict]):
         self._require(Access.LOGITS, "logits")
         self._record(examples, "inference")
-        return self._inner.token_logits(examples)
+        return self._hosted().inner().token_logits(examples)
 
     def predict_labels(self, examples: list[dict]) -> torch.Tensor:
         self._require(Access.TEXT, "a label")
         self._record(examples, "inference")
-        return self._inner.predict_labels(examples)
+        return self._hosted().inner().predict_labels(examples)
 
     def generate(self, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
         self._require(Access.TEXT, "text generation")
+        hosted = self._hosted()
         for prompt in prompts:
-            self.log.append(ProviderRecord(client=self.client, purpose="inference", text=prompt))
-        return self._inner.generate(prompts, max_new_tokens)
+            hosted.log.append(ProviderRecord(client=self.client, purpose="inference", text=prompt))
+        return hosted.inner().generate(prompts, max_new_tokens)

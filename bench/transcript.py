@@ -65,14 +65,19 @@ class GroundTruth:
 
 @dataclass
 class ThreatView:
-    """What an attacker standing at ``vantage`` may use. Built by ``bench.runner``; no ground truth."""
+    """What an attacker standing at ``vantage`` may use. Built by ``bench.views``; no ground truth.
+
+    A capability: it carries only what the tier and vantage grant. No live post-training method, no
+    back-reference to the runner or the view builder: ``final_model`` and ``base_model`` are the tier's
+    handles (at gray/black-box a ``ProviderAPI`` that reaches neither the weights nor the request
+    log), and the trainable state's ``layout`` is names and shapes only."""
 
     vantage: str
     rounds: list[RoundRecord]
     candidates: list[Any]
     """Records whose membership the attacker must guess (members and non-members shuffled)."""
-    method: Any
-    """The post-training method object: maps flat vectors to named parameters (open tiers)."""
+    layout: Any
+    """The trainable state's ``ParameterLayout`` (names and shapes: flat vectors <-> named tensors)."""
     final_model: Any
     """The fine-tuned model through the tier's access (``OpenModel`` or ``ProviderAPI``)."""
     base_model: Any
@@ -84,7 +89,8 @@ class ThreatView:
     """Public records from the task's distribution, disjoint from every client (for shadows)."""
     provider_log: list[ProviderRecord] = field(default_factory=list)
     train_shadow: Callable[..., Any] | None = None
-    """Runs the same harness on auxiliary data to train a shadow model (``None`` when not allowed)."""
+    """Runs the same harness on auxiliary data to train a shadow model (``None`` when the tier does not
+    grant weights); it holds the model source and settings, not the run."""
     canaries: list[Any] = field(default_factory=list)
     """Canary prefixes and the secret space (not which secret was inserted)."""
     pretraining_corpus: list[str] | None = None

@@ -3,6 +3,10 @@
 The builder also draws the membership candidates (members and non-members at random from the same
 distribution, equal in number), keeps the matching ground truth for the scorer, and offers shadow
 training (central fine-tunes with the run's method and hyperparameters) cached per run.
+
+A view never refers back to the builder: the base model's lazy loader (``BaseModelLoader``) and
+shadow training (``ShadowTrainer``) are small objects built from the model source, the task, the
+method's name and settings and the run's seed, with no transcript and no ground truth.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import dataclasses
 import hashlib
 import json
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from bench.registry import METHODS
 from bench.seeding import derive_seed, generator
+from bench.tiers import OpenModel, ProviderAPI
 from bench.training import LocalJob, train_local
 from bench.transcript import GroundTruth, RoundRecord, ThreatView, Transcript
 
@@ -47,7 +53,11 @@ class ViewBuilder:
         self.scenario, self.seed, self.built, self.transcript = scenario, seed, built, transcript
         self.tokenizer, self.task_data, self.truth = tokenizer, task_data, truth
         self.candidates = self._draw_candidates(clients, max_candidates)
-        self._base: Any = None
+        device = _device(built)
+        self.layout = built.method.layout()
+        self.base_loader = BaseModelLoader(source=built.model_source, task=built.task, tokenizer=tokenizer,
+                                           device=device, seed=derive_seed("run", seed, "init"))
+        self.shadows = ShadowTrainer.for_run(scenario, seed, built, tokenizer, device) if built.tier.grants_weights() else None
 
     def _draw_candidates(self, clients: list[Any], limit: int | None) -> list[dict]:
         rng = generator("run", self.seed, "candidates")
@@ -64,66 +74,105 @@ class ViewBuilder:
 
     def for_attack(self, attack: Any) -> ThreatView:
         vantage = attack.vantage
-        final = self._handle(self.built.method.model)
+        tier = self.built.tier
         return ThreatView(
             vantage=vantage,
             rounds=[_strip(r, ROUND_FIELDS[vantage]) for r in self.transcript.rounds],
             candidates=list(self.candidates),
-            method=self.built.method,
-            final_model=final,
-            base_model=_LazyHandle(self.base_handle),
+            layout=self.layout,
+            final_model=tier.handle(self.built.method.model, self.layout, self.built.task, self.tokenizer,
+                                    self.transcript.provider_log),
+            base_model=self.base_handle(),
             tokenizer=self.tokenizer,
             federation=self.scenario.federation,
             auxiliary=list(self.task_data.auxiliary),
             provider_log=list(self.transcript.provider_log) if vantage == "provider" else [],
-            train_shadow=self.train_shadow if self.built.tier.grants_weights() else None,
+            train_shadow=self.shadows,
             canaries=[dataclasses.replace(c, secret="") for c in self.task_data.canaries],
-            pretraining_corpus=self.built.tier.public_corpus(self.built.model_source),
+            pretraining_corpus=tier.public_corpus(self.built.model_source),
         )
 
-    def _handle(self, model: Any) -> Any:
-        return self.built.tier.handle(model, self.built.method, self.built.task, self.tokenizer, self.transcript.provider_log)
-
     def base_handle(self) -> Any:
-        if self._base is None:
-            model, _ = self.built.model_source.load(self.built.task.kind, self.built.task.num_labels, _device(self.built),
-                                                    derive_seed("run", self.seed, "init"))
-            self._base = self._handle(model)
-        return self._base
+        """The base model through the tier's access, loaded when first used."""
+        if self.built.tier.hosted:  # the provider loads it behind its API; queries land in its log
+            return ProviderAPI(self.base_loader, self.built.tier.grants, self.transcript.provider_log)
+        return _LazyHandle(self.base_loader)
 
     def train_shadow(self, examples: list[dict], rng: torch.Generator) -> Any:
-        """A central fine-tune of the base model on ``examples`` with the run's method and settings.
+        """Shadow training for callers holding the builder (benchmarks); views get ``self.shadows``."""
+        if self.shadows is None:
+            raise TypeError("this tier does not grant the weights shadow training needs")
+        return self.shadows(examples, rng)
 
-        Cached across the runs of a sweep: a shadow depends on the model, task, method, federation
-        settings, seed and its examples, not on the defenses or attacks, so paired Table 4 cells share it."""
-        s = self.scenario
-        setting = [s.model.name, s.model.params, s.task.name, s.task.params, s.method.name, s.method.params,
-                   dataclasses.asdict(s.federation), s.device, self.seed, examples]
-        key = hashlib.sha256(json.dumps(setting, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+@dataclass(eq=False)
+class BaseModelLoader:
+    """Loads the run's base model (before post-training) once, from the model source and the seed."""
+
+    source: Any
+    task: Any
+    tokenizer: Any
+    device: torch.device
+    seed: int
+    _loaded: list[OpenModel] = field(default_factory=list, repr=False)
+
+    def __call__(self) -> OpenModel:
+        if not self._loaded:
+            model, _ = self.source.load(self.task.kind, self.task.num_labels, self.device, self.seed)
+            self._loaded.append(OpenModel(model, None, self.task, self.tokenizer))
+        return self._loaded[0]
+
+
+@dataclass(frozen=True, eq=False)
+class ShadowTrainer:
+    """Central fine-tunes of the base model with the run's method and settings (open tiers only).
+
+    Cached across the runs of a sweep: a shadow depends on the model, task, method, federation
+    settings, seed and its examples, not on the defenses or attacks, so paired Table 4 cells share it."""
+
+    setting: tuple
+    """What the shadow depends on besides its examples (the cache key's prefix)."""
+    method_name: str
+    method_config: Any
+    source: Any
+    task: Any
+    tokenizer: Any
+    federation: Any
+    device: torch.device
+    seed: int
+
+    @classmethod
+    def for_run(cls, scenario: Any, seed: int, built: Any, tokenizer: Any, device: torch.device) -> ShadowTrainer:
+        s = scenario
+        setting = (s.model.name, s.model.params, s.task.name, s.task.params, s.method.name, s.method.params,
+                   dataclasses.asdict(s.federation), s.device, seed)
+        return cls(setting=setting, method_name=built.method.name, method_config=built.method.config,
+                   source=built.model_source, task=built.task, tokenizer=tokenizer, federation=s.federation,
+                   device=device, seed=seed)
+
+    def __call__(self, examples: list[dict], rng: torch.Generator) -> Any:
+        key = hashlib.sha256(json.dumps([*self.setting, examples], sort_keys=True, default=str).encode()).hexdigest()[:20]
         draw = int(torch.randint(2**31, (1,), generator=rng))
         if key not in SHADOW_CACHE:
-            SHADOW_CACHE[key] = self._fit_shadow(examples, derive_seed(key, draw))
+            SHADOW_CACHE[key] = self._fit(examples, derive_seed(key, draw))
             while len(SHADOW_CACHE) > SHADOW_CACHE_SIZE:
                 SHADOW_CACHE.popitem(last=False)
         SHADOW_CACHE.move_to_end(key)
         return SHADOW_CACHE[key]
 
-    def _fit_shadow(self, examples: list[dict], seed: int) -> Any:
-        from bench.tiers import OpenModel
-
-        built, s = self.built, self.scenario.federation
-        method = METHODS.get(built.method.name)(built.method.config)
-        method.task_loss = built.task.example_losses
-        model, _ = built.model_source.load(built.task.kind, built.task.num_labels, _device(built),
-                                           derive_seed("run", self.seed, "init"))
-        method.prepare(model, built.task, generator(seed, "method"))
+    def _fit(self, examples: list[dict], seed: int) -> OpenModel:
+        task, s, device = self.task, self.federation, self.device
+        method = METHODS.get(self.method_name)(self.method_config)
+        method.task_loss = task.example_losses
+        model, _ = self.source.load(task.kind, task.num_labels, device, derive_seed("run", self.seed, "init"))
+        method.prepare(model, task, generator(seed, "method"))
         steps = _matching_exposure_steps(s, len(examples))
         job = LocalJob(model=method.model, parameters=[p for _, p in method.named_trainable], examples=examples,
-                       collate=lambda ex: built.task.collate(ex, self.tokenizer, _device(built)),
+                       collate=lambda ex: task.collate(ex, self.tokenizer, device),
                        example_losses=method.example_losses, steps=max(steps, 1), batch_size=s.batch_size, lr=s.lr,
                        optimizer=s.optimizer, rng=generator(seed, "shadow"))
         method.trainer(train_local, Transcript())(job)
-        return OpenModel(method.model, method, built.task, self.tokenizer)
+        return OpenModel(method.model, method.layout(), task, self.tokenizer)
 
 
 def _matching_exposure_steps(s: Any, num_examples: int) -> int:
@@ -135,13 +184,15 @@ def _matching_exposure_steps(s: Any, num_examples: int) -> int:
 
 
 class _LazyHandle:
-    """Loads the base model only when an attack first uses it."""
+    """Loads the base model only when an attack first uses it (``loader``: a ``BaseModelLoader``)."""
 
-    def __init__(self, factory: Any):
-        self._factory = factory
+    def __init__(self, loader: BaseModelLoader):
+        self._loader = loader
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._factory(), name)
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._loader(), name)
 
 
 def _strip(record: RoundRecord, keep: tuple[str, ...]) -> RoundRecord:

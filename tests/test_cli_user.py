@@ -36,7 +36,8 @@ def test_ls_verbose_shows_every_key_with_type_and_default(capsys):
 
     assert cli.main(["ls", "-v"]) == 0
     out = capsys.readouterr().out
-    assert "federation (scenario key `federation:`):" in out
+    assert "federation (scenario key `federation:`):" in out and "scenario file (top-level keys):" in out
+    assert "      seeds: int or list of int = 1  A count N" in out
     for f in dataclasses.fields(Federation):
         assert f"      {f.name}: " in out, f.name
     assert "      rounds: int = 2  Federated rounds." in out

@@ -21,6 +21,7 @@ from bench.methods.base import Method
 from bench.registry import ATTACKS
 from bench.score import score
 from bench.scoring import mia as metrics
+from bench.tiers import OpenModel
 from bench.transcript import GroundTruth, ProviderRecord, RoundRecord, ThreatView
 
 BOS, PAD = 256, 257
@@ -32,7 +33,7 @@ def attack(name: str, **params):
 
 
 def make_view(candidates, final_model=None, **kwargs) -> ThreatView:
-    defaults = dict(vantage="external", rounds=[], method=None, base_model=None, tokenizer=None, federation=None)
+    defaults = dict(vantage="external", rounds=[], layout=None, base_model=None, tokenizer=None, federation=None)
     return ThreatView(candidates=candidates, final_model=final_model, **{**defaults, **kwargs})
 
 
@@ -449,9 +450,8 @@ def federated_view(vantage: str, transmitted_as=lambda update: update) -> tuple[
         rounds.append(
             RoundRecord(index, sampled, before, {c: transmitted_as(u) for c, u in updates.items()}, aggregate)
         )
-    view = make_view(
-        members + nonmembers, SimpleNamespace(task=FeatureTask), vantage=vantage, rounds=rounds, method=method
-    )
+    handle = OpenModel(method.model, method.layout(), FeatureTask, None)
+    view = make_view(members + nonmembers, handle, vantage=vantage, rounds=rounds, layout=method.layout())
     return view, torch.tensor([1] * 16 + [0] * 16), method
 
 

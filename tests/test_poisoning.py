@@ -60,7 +60,7 @@ class FakeModel:
 
 
 def view_of(model, auxiliary) -> ThreatView:
-    return ThreatView(vantage="participant", rounds=[], candidates=[], method=None, final_model=model, base_model=None,
+    return ThreatView(vantage="participant", rounds=[], candidates=[], layout=None, final_model=model, base_model=None,
                       tokenizer=None, federation=None, auxiliary=auxiliary)
 
 

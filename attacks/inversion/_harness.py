@@ -18,6 +18,7 @@ import torch
 from bench.federation import transmitted_update
 from bench.methods.base import Method
 from bench.seeding import isolated_rng
+from bench.tiers import OpenModel
 from bench.training import LocalJob, train_local
 from bench.transcript import GroundTruth, RoundRecord, ThreatView
 
@@ -151,7 +152,9 @@ def run_round(
     federation = SimpleNamespace(lr=lr, protocol=protocol, local_steps=local_steps,
                                  batch_size=batch_size or max(len(v) for v in client_data.values()),
                                  optimizer="sgd")
-    view = ThreatView(vantage="server", rounds=[record], candidates=[], method=method, final_model=None,
+    layout = method.layout()
+    view = ThreatView(vantage="server", rounds=[record], candidates=[], layout=layout,
+                      final_model=OpenModel(method.model, layout, SimpleNamespace(kind="language"), None),
                       base_model=None, tokenizer=None, federation=federation)
     return view, truth
 

@@ -126,6 +126,7 @@ from attacks.inversion._span import SpanBasis, SpanCheck, merge_probes, restrict
 from bench.config import doc
 from bench.predictions import Reconstruction
 from bench.registry import ATTACKS
+from bench.tiers import Access
 from bench.transcript import ThreatView
 
 
@@ -188,6 +189,7 @@ class Dager(Attack):
     """DAGER (Petrov et al. 2024): exact batch recovery by span checks on attention gradients."""
 
     vantage = "server"
+    access = frozenset({Access.WEIGHTS, Access.GRADIENTS})
     needs = frozenset({"client_updates", "global_states"})
     Config = DagerConfig
 
@@ -196,7 +198,7 @@ class Dager(Attack):
         configure_vantage(self, config)
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
-        method = view.method
+        method = view.final_model
         result = Reconstruction()
         for target in targets(view, self.config, method.num_trainable):
             result.sequences[target.key] = [] if target.update is None else self.invert(view, target, rng)
@@ -213,7 +215,7 @@ class Dager(Attack):
         return Tolerance(c.fedavg_span_threshold, c.fedavg_rank_tol, c.fedavg_interpolation, c.relative_threshold)
 
     def invert(self, view: ThreatView, target: Target, rng: torch.Generator) -> list[list[int]]:
-        method, tol = view.method, self.tolerance(view.federation)
+        method, tol = view.final_model, self.tolerance(view.federation)
         update = target.update.to(target.global_before.device)
         state = target.global_before + tol.interpolation * update
         with model_at(method, state) as model:
@@ -234,7 +236,7 @@ class Dager(Attack):
 
     def _bases(self, view: ThreatView, model: torch.nn.Module, layer: int, target: Target, state: torch.Tensor,
                tol: Tolerance) -> list[SpanBasis]:
-        method = view.method
+        method = view.final_model
         update = target.update.to(state.device)
         if tol.sends_gradient:
             noise = self.config.gradient_noise * rounding_noise(update)

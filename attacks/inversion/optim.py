@@ -48,6 +48,7 @@ from attacks.inversion.tokens import EmbeddingRows, TokensConfig
 from bench.config import doc
 from bench.predictions import Reconstruction
 from bench.registry import ATTACKS
+from bench.tiers import Access
 from bench.transcript import ThreatView
 
 POSITION_EMBEDDING = re.compile(r"(?:^|\.)(?:wpe|embed_positions|position_embeddings)\.weight$")
@@ -76,6 +77,7 @@ class GradientMatching(Attack):
     """TAG/LAMP gradient matching on dummy input embeddings, with an LM prior (any method)."""
 
     vantage = "server"
+    access = frozenset({Access.WEIGHTS, Access.GRADIENTS})
     needs = frozenset({"client_updates", "global_states"})
     Config = OptimConfig
 
@@ -85,12 +87,12 @@ class GradientMatching(Attack):
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
         result = Reconstruction()
-        for target in targets(view, self.config, view.method.num_trainable):
+        for target in targets(view, self.config, view.layout.num_trainable):
             result.sequences[target.key] = [] if target.update is None else self.invert(view, target, rng)
         return result
 
     def invert(self, view: ThreatView, target: Target, rng: torch.Generator) -> list[list[int]]:
-        method = view.method
+        method = view.final_model
         update = target.update.to(target.global_before.device)
         with model_at(method, target.global_before) as model:
             observed = [g.detach() for g in method.unflatten(observed_gradient(update, view.federation)).values()]

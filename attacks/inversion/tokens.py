@@ -38,6 +38,7 @@ from attacks.inversion._common import Target, TargetConfig, configure_vantage, t
 from bench.config import doc
 from bench.predictions import Reconstruction
 from bench.registry import ATTACKS
+from bench.tiers import Access
 from bench.transcript import ThreatView
 
 
@@ -52,6 +53,7 @@ class EmbeddingRows(Attack):
     """Bag of tokens from the embedding-gradient rows (full fine-tuning)."""
 
     vantage = "server"
+    access = frozenset({Access.WEIGHTS, Access.GRADIENTS})
     needs = frozenset({"client_updates", "global_states"})
     Config = TokensConfig
 
@@ -61,13 +63,13 @@ class EmbeddingRows(Attack):
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
         result = Reconstruction()
-        for target in targets(view, self.config, view.method.num_trainable):
+        for target in targets(view, self.config, view.layout.num_trainable):
             tokens = [] if target.update is None else sorted(self.tokens(view, target))
             result.sequences[target.key] = [tokens] if tokens else []
         return result
 
     def tokens(self, view: ThreatView, target: Target) -> set[int]:
-        method, model = view.method, view.method.model
+        method, model = view.final_model, view.final_model.model
         names = trainable_names(method)
         grads = method.unflatten(target.update.to(target.global_before.device))
         inputs = model.get_input_embeddings().weight

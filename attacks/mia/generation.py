@@ -25,6 +25,7 @@ from attacks.base import Attack
 from attacks.mia._common import is_classification, membership_scores, task_of, text_of
 from bench.config import doc
 from bench.registry import ATTACKS
+from bench.tiers import Access
 from bench.transcript import ThreatView
 
 _WORD = re.compile(r"\S+")
@@ -78,6 +79,7 @@ class GenerationAttack(Attack):
     """Membership from the model's text output: completion overlap (text) or label robustness."""
 
     vantage = "external"
+    access = frozenset({Access.TEXT})  # generated text, or labels only
 
     @dataclass(frozen=True, kw_only=True)
     class Config:

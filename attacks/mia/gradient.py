@@ -15,6 +15,11 @@ float vectors of the trainable size (secure-aggregation masks, HE ciphertexts) c
 server can align with, so they are skipped; the round's aggregate, which the server sees under any
 transport, is compared too (``use_aggregate``). A round with nothing usable adds nothing; with
 nothing usable at all every score is 0 (chance).
+
+Access: the gradient at each round's broadcast state needs the weights and gradients (an open
+tier's handle, ``at_state``); the runner refuses the attack at tiers that do not grant them. The
+loss is the task's public loss (``task.example_losses``), which is what every method but RLHF
+trains on.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from attacks.base import Attack
 from attacks.mia._common import membership_scores
 from bench.config import doc
 from bench.registry import ATTACKS
+from bench.tiers import Access
 from bench.transcript import RoundRecord, ThreatView
 
 
@@ -44,9 +50,9 @@ def observed_directions(
 
 def example_gradient(view: ThreatView, parameters: list[torch.nn.Parameter], example: dict) -> torch.Tensor:
     """Flat gradient of one example's task loss with respect to the trainable parameters."""
-    method = view.method
-    batch = view.final_model.task.collate([example], view.tokenizer, parameters[0].device)
-    loss = method.example_losses(method.model, batch).sum()
+    handle = view.final_model
+    batch = handle.task.collate([example], view.tokenizer, parameters[0].device)
+    loss = handle.task.example_losses(handle.model, batch).sum()
     grads = torch.autograd.grad(loss, parameters, allow_unused=True)
     return torch.cat(
         [
@@ -61,6 +67,7 @@ class GradientAlignment(Attack):
     """Score = max over rounds and observed updates of cos(-grad loss(x) at the round's state, update)."""
 
     vantage = "server"
+    access = frozenset({Access.WEIGHTS, Access.GRADIENTS})
     needs = frozenset({"client_updates", "global_states", "aggregates"})
 
     @dataclass(frozen=True, kw_only=True)
@@ -71,19 +78,16 @@ class GradientAlignment(Attack):
         )
 
     def run(self, view: ThreatView, rng: torch.Generator):
-        method, model = view.method, view.method.model
-        parameters = [p for _, p in method.named_trainable]
+        handle = view.final_model  # an open tier's handle: the weights and their gradients
+        parameters = [p for _, p in handle.named_trainable]
         rounds = view.rounds[-self.config.last_rounds :] if self.config.last_rounds else view.rounds
-        saved, was_training = method.get_flat(), model.training
         best = torch.full((len(view.candidates),), -torch.inf)
-        model.eval()  # no dropout: the gradient of the loss itself, deterministic
-        try:
-            with torch.enable_grad():
-                for record in rounds:
-                    self._align_round(view, parameters, record, saved.numel(), best)
-        finally:
-            method.set_flat(saved)
-            model.train(was_training)
+        for record in rounds:
+            if record.global_before is None:
+                continue
+            # eval mode (no dropout): the gradient of the loss itself, deterministic
+            with handle.at_state(record.global_before), torch.enable_grad():
+                self._align_round(view, parameters, record, handle.num_trainable, best)
         return membership_scores(torch.where(torch.isfinite(best), best, torch.zeros_like(best)))
 
     def _align_round(
@@ -91,9 +95,8 @@ class GradientAlignment(Attack):
     ) -> None:
         device = parameters[0].device
         directions = observed_directions(record, size, self.config.use_aggregate, device)
-        if directions is None or record.global_before is None:
+        if directions is None:
             return
-        view.method.set_flat(record.global_before.to(device))
         for index, example in enumerate(view.candidates):
             descent = -example_gradient(view, parameters, example)
             cosine = (directions @ descent) / descent.norm().clamp_min(1e-12)

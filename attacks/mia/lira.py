@@ -46,6 +46,7 @@ from attacks.mia._common import confidence_signal, derived_generator, membership
 from bench.config import doc
 from bench.errors import TierAccessError, UserError
 from bench.registry import ATTACKS
+from bench.tiers import Access
 from bench.transcript import ThreatView
 
 GLOBAL_VARIANCE_BELOW = 64
@@ -115,6 +116,7 @@ class LiRA(Attack):
     """Likelihood-ratio membership inference with shadow fine-tunes."""
 
     vantage = "external"
+    access = frozenset({Access.LOGITS, Access.WEIGHTS, Access.GRADIENTS})  # shadows are fine-tuned locally
 
     @dataclass(frozen=True, kw_only=True)
     class Config:

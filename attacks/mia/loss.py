@@ -29,6 +29,7 @@ from attacks.base import Attack
 from attacks.mia._common import canary_losses, confidence_signal, is_classification, membership_scores, task_of, text_of
 from bench.config import doc
 from bench.registry import ATTACKS
+from bench.tiers import Access
 from bench.transcript import ThreatView
 
 
@@ -37,6 +38,7 @@ class LossAttack(Attack):
     """Score = -loss (logit-scaled confidence for classification)."""
 
     vantage = "external"
+    access = frozenset({Access.LOGITS})
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
@@ -63,6 +65,7 @@ class ZlibAttack(Attack):
     """Score = -loss / zlib entropy: texts that are easy to compress are expected to have low loss."""
 
     vantage = "external"
+    access = frozenset({Access.LOGITS})
 
     def run(self, view: ThreatView, rng: torch.Generator):
         losses = view.final_model.example_losses(view.candidates).double()
@@ -75,6 +78,7 @@ class ReferenceAttack(Attack):
     """Score = signal under the fine-tuned model - signal under the base model."""
 
     vantage = "external"
+    access = frozenset({Access.LOGITS})
 
     def run(self, view: ThreatView, rng: torch.Generator):
         target = confidence_signal(view.final_model, view.candidates)

@@ -21,6 +21,7 @@ from attacks.base import Attack
 from attacks.mia._common import membership_scores, per_example_tokens, require_text_task, task_of
 from bench.config import doc
 from bench.registry import ATTACKS
+from bench.tiers import Access
 from bench.transcript import ThreatView
 
 
@@ -61,6 +62,7 @@ class MinKProb(Attack):
     task_kinds = frozenset({"language", "instruction"})
 
     vantage = "external"
+    access = frozenset({Access.LOGITS})
     Config = MinKConfig
     token_score = staticmethod(token_log_probs)
 

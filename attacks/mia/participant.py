@@ -11,6 +11,9 @@ total drop from the first to the final model (``reduce: sum``).
 Departures: passive only (no active gradient-ascent probes as in Nasr et al.); the participant's own
 contribution is not subtracted from the aggregate. The states are the rounds' broadcast
 ``global_before`` and the final model's state.
+
+Access: loading a broadcast state into the model needs the weights, so the attack declares WEIGHTS
+and runs every query through the tier's handle (``loss_at``), which a hosted provider refuses.
 """
 
 from __future__ import annotations
@@ -25,23 +28,10 @@ from attacks.mia._common import membership_scores
 from bench.config import doc
 from bench.errors import UserError
 from bench.registry import ATTACKS
+from bench.tiers import Access
 from bench.transcript import ThreatView
 
-LOSS_CHUNK = 32
 _REDUCERS = {"max": lambda drops: drops.max(0).values, "sum": lambda drops: drops.sum(0)}
-
-
-@torch.no_grad()
-def losses_at_state(view: ThreatView, state: torch.Tensor) -> torch.Tensor:
-    """Each candidate's task loss with the trainable state set to ``state``."""
-    method = view.method
-    device = next(method.model.parameters()).device
-    method.set_flat(state.to(device))
-    out = []
-    for start in range(0, len(view.candidates), LOSS_CHUNK):
-        batch = view.final_model.task.collate(view.candidates[start : start + LOSS_CHUNK], view.tokenizer, device)
-        out.append(method.example_losses(method.model, batch).float().cpu())
-    return torch.cat(out)
 
 
 @ATTACKS.register("mia-participant")
@@ -49,6 +39,7 @@ class ConsecutiveModelDrop(Attack):
     """Score = loss drop of each candidate between consecutive global models."""
 
     vantage = "participant"
+    access = frozenset({Access.WEIGHTS, Access.LOGITS})  # loads each round's global state
     needs = frozenset({"global_states"})
 
     @dataclass(frozen=True, kw_only=True)
@@ -58,16 +49,10 @@ class ConsecutiveModelDrop(Attack):
         )
 
     def run(self, view: ThreatView, rng: torch.Generator):
-        method, model = view.method, view.method.model
-        final = method.get_flat()
+        handle = view.final_model
+        final = handle.get_flat()
         states = [r.global_before for r in view.rounds if r.global_before is not None] + [final]
         if len(states) < 2:
             raise UserError("mia-participant needs the global model of at least one round before the final one")
-        was_training = model.training
-        model.eval()
-        try:
-            losses = torch.stack([losses_at_state(view, state) for state in states])
-        finally:
-            method.set_flat(final)
-            model.train(was_training)
+        losses = torch.stack([handle.loss_at(state, view.candidates) for state in states])
         return membership_scores(_REDUCERS[self.config.reduce](losses[:-1] - losses[1:]))

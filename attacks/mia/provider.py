@@ -22,6 +22,7 @@ from attacks.base import Attack
 from attacks.mia._common import membership_scores, text_of
 from bench.config import doc
 from bench.registry import ATTACKS
+from bench.tiers import Access
 from bench.transcript import ThreatView
 
 _SEPARATOR = "\x00"
@@ -32,6 +33,7 @@ class ProviderLogLookup(Attack):
     """Score = exact matches of the candidate's text in the provider log (+0.5 if embedded)."""
 
     vantage = "provider"
+    access: frozenset[Access] = frozenset()  # the provider reads its own request log
 
     @dataclass(frozen=True, kw_only=True)
     class Config:

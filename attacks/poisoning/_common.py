@@ -23,6 +23,7 @@ from attacks.base import Attack
 from bench.config import doc
 from bench.errors import UserError
 from bench.predictions import PoisonOutcome
+from bench.tiers import Access
 from bench.transcript import ThreatView
 
 try:  # the prompt format the instruction task trains on; kept in one place
@@ -47,6 +48,8 @@ class ParticipantAttack(Attack):
     """A poisoning attack run by the malicious clients (training changes, so it needs its own run)."""
 
     vantage: ClassVar[str] = "participant"
+    access: ClassVar[frozenset[Access]] = frozenset({Access.TEXT})
+    """Success is measured on the final model's labels or generations (text access)."""
     changes_training: ClassVar[bool] = True
     task_kinds: ClassVar[frozenset[str]] = frozenset({"classification"})
     """Task kinds (``Task.kind``) the attack can poison and evaluate."""

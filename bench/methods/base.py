@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from bench.layout import ParameterLayout
 from bench.tiers import Access
 
 
@@ -46,6 +47,12 @@ class Method:
 
     def check_compatible(self, defenses: list[Any]) -> str | None:
         """Why this method cannot run with ``defenses`` (decided before training), or None."""
+        return None
+
+    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+        """Why this method cannot attach to a model with the transformers config ``architecture`` (None
+        for zoo models) trained on ``task_kind``, or None. Called before any weights are loaded; methods
+        that place modules by name (LoRA, adapters) check the names exist (``_common.check_on_skeleton``)."""
         return None
 
     def extra_utility(self, handle: Any, task: Any, test: list[dict]) -> list[Any]:
@@ -90,6 +97,10 @@ class Method:
                 n = p.numel()
                 p.copy_(flat[offset : offset + n].view_as(p).to(p.dtype))
                 offset += n
+
+    def layout(self) -> ParameterLayout:
+        """Names and shapes of the flat state (what attacks get instead of this live object)."""
+        return ParameterLayout.of(self._named)
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named views into ``flat`` (same shapes as the trainable parameters)."""

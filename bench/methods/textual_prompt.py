@@ -152,7 +152,7 @@ class TextualPrompt(Method):
         return None
 
     def _api(self, client: int | None, transcript: Any) -> Any:
-        local = OpenModel(self.model.inner, self, self.task, self.tokenizer)
+        local = OpenModel(self.model.inner, None, self.task, self.tokenizer)
         if not self.hosted:
             return local
         return ProviderAPI(local, self.tier.grants, transcript.provider_log, client=client)
