@@ -40,7 +40,7 @@ def test_ls_verbose_shows_every_key_with_type_and_default(capsys):
     assert "      seeds: int or list of int = 1  A count N" in out
     for f in dataclasses.fields(Federation):
         assert f"      {f.name}: " in out, f.name
-    assert "      rounds: int = 2  Federated rounds." in out
+    assert "      rounds: int = 2  Federated rounds (1..100000)." in out
     assert "      optimizer: one of 'sgd', 'adam', 'adamw' = 'adam'  Client optimizer." in out
     assert "      path: str (required)  Hub name" in out
     for registry in REGISTRIES:
