@@ -171,7 +171,9 @@ class Scenario:
 
     @property
     def hash(self) -> str:
-        return _digest({k: v for k, v in (self.raw or {}).items() if k not in ("seeds", "description", "name")})
+        """The scenario's identity: runs are keyed by (hash, seed). A digest of the bound configuration
+        (``identity``), so any spelling of the same configuration has the same hash."""
+        return _digest(self.identity(self.attacks, kind="scenario"))
 
     @property
     def training_attacks(self) -> tuple[Component, ...]:
@@ -181,22 +183,30 @@ class Scenario:
     @property
     def training_key(self) -> str:
         """Runs with the same key and seed train the same model, whatever they observe afterwards."""
-        return self._training_digest(self.training_attacks)
+        return _digest(self.identity(self.training_attacks, kind="training"))
 
     @property
     def clean_training_key(self) -> str:
         """The training key of this scenario without its attackers (its clean twin's)."""
-        return self._training_digest(())
+        return _digest(self.identity((), kind="training"))
 
     def without_attacks(self) -> Scenario:
         """The same federation with no attack at all: the reference for ``poison.utility_drop``."""
         raw = {k: v for k, v in (self.raw or {}).items() if k != "attacks"}
         return build(raw, f"{self.name}~no-attackers", self.file)
 
-    def _training_digest(self, attacks: tuple[Component, ...]) -> str:
-        body = {k: v for k, v in (self.raw or {}).items() if k not in ("seeds", "description", "name", "tags", "attacks")}
-        body["training_attacks"] = [{"name": a.name, "params": a.params} for a in attacks]
-        return _digest(body)
+    def identity(self, attacks: tuple[Component, ...], kind: str) -> dict[str, Any]:
+        """The bound, normalised configuration with ``attacks``: every Config with its defaults filled
+        (so YAML spelling, key order, ints written for floats and include-vs-inline do not matter),
+        data paths as ``identity_path`` writes them. Left out: name (a grid cell's name is a label),
+        description and tags (labels), seeds (runs are keyed by (hash, seed)). Kept: ``device`` as
+        written (cpu and cuda differ in the last bits; ``auto`` depends on the machine) and the order
+        of attacks and defenses (a miss is safe, a false hit is not). ``kind`` keeps a hash and a
+        training key apart even when their bodies agree."""
+        return {"identity": kind, "tier": _component_identity(self.tier), "model": _component_identity(self.model),
+                "task": _component_identity(self.task), "method": _component_identity(self.method),
+                "federation": _canonical(self.federation), "attacks": [_component_identity(a) for a in attacks],
+                "defenses": [_component_identity(d) for d in self.defenses], "device": self.device}
 
     @property
     def defense_label(self) -> str:
@@ -209,6 +219,66 @@ class Scenario:
 
 def _digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+REPO_ROOT = Path(__file__).absolute().parent.parent
+"""Data and model paths enter a scenario's identity relative to this folder (see ``identity_path``)."""
+
+
+def _canonical(value: Any) -> Any:
+    """A JSON-ready form in which equal configurations are equal: dataclasses become mappings of
+    every field (defaults included), tuples lists, -0.0 is 0.0; mapping order is left to the digest."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, float) and value == 0:
+        return 0.0
+    return value
+
+
+def _component_identity(component: Component) -> dict[str, Any]:
+    config = _canonical(component.config)
+    if dataclasses.is_dataclass(component.config):
+        for f in dataclasses.fields(component.config):
+            value = getattr(component.config, f.name)
+            if f.metadata.get("path") and isinstance(value, str):
+                config[f.name] = identity_path(value)
+    return {"name": component.name, "config": config}
+
+
+def identity_path(resolved: str) -> str:
+    """How a data or model path enters the identity: where the file is, not how it was spelled.
+
+    It is written relative to the repository root (with ``..`` when outside it, as the shipped
+    ``../../../shared/data/...`` is), so ``data.csv``, ``./sub/../data.csv`` and the absolute path agree,
+    and the same checkout moved elsewhere keeps its hashes, with the data beside it as shared/ is. Not
+    absolute: that would change every hash on a move. Not as written: that would differ per scenario
+    folder and per spelling. (Data at a fixed absolute place outside a moved checkout changes its
+    hashes: a miss, which reruns, never a false hit.) A hub name, which ``resolve_path`` left as
+    written and no local file backs, stays as written.
+    """
+    if not resolved:
+        return resolved
+    if not os.path.isabs(resolved):
+        if not os.path.exists(resolved):
+            return resolved  # a hub name
+        resolved = os.path.abspath(resolved)  # found from the working directory (the compatibility case)
+    path = os.path.normpath(resolved)
+    root = str(REPO_ROOT)
+    real = os.path.realpath(path)
+    if not _inside(path, root) and _inside(real, os.path.realpath(root)):
+        path, root = real, os.path.realpath(root)  # reached through a link to the checkout
+    try:
+        return Path(os.path.relpath(path, root)).as_posix()
+    except ValueError:  # another drive (Windows): no relative path exists
+        return Path(path).as_posix()
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def load(path: str | Path) -> list[Scenario]:
