@@ -4,9 +4,9 @@
   verdict and annotated with the advantage reduction.
 - ``privacy_utility_frontier``: per method, membership-inference AUC against headline utility for
   every run group with a DP epsilon (and the undefended point, epsilon = inf), mean over seeds.
-- ``roc``: log-log ROC curves of the Table 4 membership attack, per method, without a defense and
-  with ``dp-local`` / ``dp-central``, from re-running those scenarios at seed 0 (the results store keeps metrics, not
-  per-candidate scores; the re-run is deterministic, so the curves match the stored AUCs).
+- ``roc``: log-log ROC curves of one membership attack (``mia-reference`` when the runs have it), one
+  per (method, defenses) that was run, at its lowest seed, from the ROC points each run stored in its
+  ``mia.auc`` row (``bench.roc``). Nothing here trains or re-runs anything.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    # SVG text as text, not one path per glyph: smaller files, and several times faster on big tables
+    matplotlib.rcParams["svg.fonttype"] = "none"
     import matplotlib.pyplot as plt
 
     return plt
@@ -48,7 +50,13 @@ def heatmap(cells: list[Any], folder: Path) -> list[Path]:
     rows = list(dict.fromkeys((c.tier, c.method, c.defense) for c in cells))
     verdicts = list(VERDICT_COLOURS)
     grid = [[math.nan] * len(roles) for _ in rows]
-    figure, axes = plt.subplots(figsize=(2.2 + 1.6 * len(roles), 1.2 + 0.22 * len(rows)))
+    labels = [f"{m} / {d}" for _, m, d in rows]
+    # Fixed margins from the label lengths: tight_layout measures every text again and dominated the
+    # report's time on a large grid.
+    left, right, top, bottom = 0.3 + 0.045 * max(map(len, labels), default=0), 1.3, 0.4, 0.5
+    width, height = left + right + 1.4 * len(roles), top + bottom + 0.16 * len(rows)
+    figure, axes = plt.subplots(figsize=(width, height))
+    figure.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height)
     for cell in cells:
         i, j = rows.index((cell.tier, cell.method, cell.defense)), roles.index(cell.role)
         grid[i][j] = verdicts.index(cell.verdict) if cell.verdict in verdicts else math.nan
@@ -57,11 +65,10 @@ def heatmap(cells: list[Any], folder: Path) -> list[Path]:
     axes.imshow(grid, cmap=ListedColormap(list(VERDICT_COLOURS.values())), vmin=-0.5, vmax=len(verdicts) - 0.5,
                 aspect="auto")
     axes.set_xticks(range(len(roles)), [ROLE_TITLES[r] for r in roles], fontsize=7)
-    axes.set_yticks(range(len(rows)), [f"{m} / {d}" for _, m, d in rows], fontsize=6)
+    axes.set_yticks(range(len(rows)), labels, fontsize=6)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in VERDICT_COLOURS.values()]
     axes.legend(handles, verdicts, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     axes.set_title("Table 4: verdict (text: advantage reduction)", fontsize=8)
-    figure.tight_layout()
     return _save(figure, folder, "table4_heatmap")
 
 
@@ -105,77 +112,82 @@ def frontier(board: list[dict[str, Any]], folder: Path) -> list[Path]:
     return _save(figure, folder, "privacy_utility_frontier")
 
 
-def roc_curves(scenarios: list[Any], attack_name: str, seed: int = 0) -> dict[str, tuple[Any, Any]]:
-    """label -> (fpr, tpr) of ``attack_name`` in each scenario at ``seed`` (only that attack is run)."""
-    from bench import federation as fl
-    from bench import runner
-    from bench.scoring.mia import roc_curve
-    from bench.seeding import generator
-    from bench.sweep import quiet_libraries
-    from bench.views import ViewBuilder
-
-    quiet_libraries()
-    curves = {}
-    for scenario in scenarios:
-        try:
-            built = runner.plan(scenario)
-            built.attacks = [a for a in built.attacks if a.name == attack_name]
-            if not built.attacks:  # the tier refuses it (``Plan.refused``): nothing to train for
-                continue
-            p = runner.prepare(scenario, seed, built)
-            fl.run(p.fed, p.transcript, p.truth)
-            views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth,
-                                max_candidates=scenario.federation.mia_candidates or None)
-            attack = built.attacks[0]
-            prediction = attack.run(views.for_attack(attack), generator("run", seed, "attack", attack_name))
-        except Exception:  # noqa: BLE001 - the results store already records why this run fails
-            continue
-        fpr, tpr, _ = roc_curve(prediction.scores, views.truth.member_flags)
-        curves[f"{scenario.method.name} / {scenario.defense_label}"] = (fpr, tpr)
-    return curves
-
-
-def roc(scenarios: list[Any], folder: Path, attack_name: str = "mia-reference") -> list[Path]:
-    from bench.scoring.mia import plot_roc
-
-    curves = roc_curves(scenarios, attack_name)
-    if not curves:
-        return []
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "roc.png", folder / "roc.svg"]
-    for path in paths:
-        plot_roc(curves, str(path))
-    return paths
-
-
 DEFENSES_IN_ROC = ("none", "dp-local", "dp-central")
+MAX_CURVES = 12  # beyond this a log-log ROC is unreadable
 
 
-def roc_scenarios(paths: list[str | Path], attack_name: str = "mia-reference") -> list[Any]:
-    """The Table 4 privacy scenarios without a defense and with dp-local, one per method."""
-    from bench.scenario import load_many
+def _preferred_attack(found: dict[str, set[Any]], preferred: str) -> str | None:
+    """The membership attack whose curves to draw: ``preferred`` if stored, else the one with most curves."""
+    if preferred in found:
+        return preferred
+    return max(sorted(found), key=lambda a: len(found[a])) if found else None
 
-    existing = [p for p in paths if Path(p).exists()]
-    chosen = {}
-    for s in load_many(existing) if existing else []:
-        if any(a.name == attack_name for a in s.attacks) and s.defense_label in DEFENSES_IN_ROC:
-            chosen.setdefault((s.method.name, s.defense_label), s)
-    return list(chosen.values())
+
+def stored_curves(rows: list[dict[str, Any]], attack_name: str = "mia-reference"
+                  ) -> tuple[str | None, dict[str, tuple[list[float], list[float]]]]:
+    """(attack, label -> (fpr, tpr)) from the ROC points the runs stored, one curve per (method, defenses)
+    at its lowest seed. Only what was run is drawn; nothing is re-run."""
+    from bench.roc import stored_roc
+
+    candidates: dict[tuple[str, str, str, str], tuple[int, tuple[list[float], list[float]]]] = {}
+    for row in rows:
+        if row.get("status") != "ok" or row.get("metric") != "mia.auc":
+            continue
+        curve = stored_roc(row.get("extra"))
+        if curve is None:
+            continue
+        key = (str(row["attack"]), str(row["tier"]), str(row["method"]), str(row["defenses"]))
+        if key not in candidates or int(row["seed"]) < candidates[key][0]:
+            candidates[key] = (int(row["seed"]), curve)
+    found: dict[str, set[tuple[str, str, str]]] = {}
+    for attack, *cell in candidates:
+        found.setdefault(attack, set()).add(tuple(cell))
+    chosen = _preferred_attack(found, attack_name)
+    tiers = {t for t, _, _ in found.get(chosen, ())}
+    curves = {(f"{t} / " if len(tiers) > 1 else "") + f"{m} / {d}": curve
+              for (a, t, m, d), (_, curve) in sorted(candidates.items()) if a == chosen}
+    if len(curves) > MAX_CURVES:
+        curves = {k: v for k, v in curves.items() if k.rsplit(" / ", 1)[1] in DEFENSES_IN_ROC} or curves
+    return chosen, dict(list(curves.items())[:MAX_CURVES])
+
+
+def roc_figure(curves: dict[str, tuple[list[float], list[float]]], folder: Path, title: str) -> list[Path]:
+    """Log-log ROC curves (the LiRA paper's view: the low-FPR regime is what matters)."""
+    plt = _pyplot()
+    floor = 1e-5  # log axes cannot show 0; points at 0 sit on the floor
+    figure, axes = plt.subplots(figsize=(5, 5))
+    for label, (fpr, tpr) in curves.items():
+        axes.plot([max(v, floor) for v in fpr], [max(v, floor) for v in tpr], label=label, linewidth=1)
+    axes.plot([floor, 1], [floor, 1], linestyle="--", color="grey", linewidth=0.8)
+    axes.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor, 1), xlabel="false positive rate",
+             ylabel="true positive rate", title=title)
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    for axis in (axes.xaxis, axes.yaxis):  # plain labels: mathtext powers of ten are slow to lay out
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+    axes.legend(loc="lower right", fontsize="x-small")
+    figure.subplots_adjust(left=0.18, right=0.97, top=0.93, bottom=0.1)
+    return _save(figure, folder, "roc")
 
 
 def write_all(board: list[dict[str, Any]], cells: list[Any], folder: Path,
-              scenario_paths: list[str | Path] | None = None) -> list[str]:
-    """Every figure; returns notes on figures that could not be drawn."""
+              rows: list[dict[str, Any]] | None = None) -> list[str]:
+    """Every figure, from stored results only; returns notes on figures that could not be drawn."""
     notes = []
     folder = Path(folder)
     if cells:
         heatmap(cells, folder)
+    else:
+        notes.append("table4_heatmap skipped: no Table 4 cell (see table4.md for what is missing)")
     if frontier_points(board):
         frontier(board, folder)
     else:
         notes.append("privacy_utility_frontier skipped: no runs with a membership attack")
-    try:
-        roc(roc_scenarios(scenario_paths or []), folder)
-    except Exception as error:  # a figure must not lose the tables already written
-        notes.append(f"roc skipped: {type(error).__name__}: {error}")
+    attack, curves = stored_curves(rows or [])
+    if curves:
+        roc_figure(curves, folder, f"ROC of {attack} (lowest seed per cell)")
+    else:
+        notes.append("roc skipped: no run stored membership-attack ROC points (runs made before they were stored "
+                     "have none; rerun them with --force)")
     return notes

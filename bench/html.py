@@ -91,6 +91,17 @@ def figures_html(out: Path) -> str:
     return "\n".join(items) or "<p>(no figures)</p>"
 
 
+def missing_html(out: Path) -> str:
+    """What ``table4.md`` says the grid lacks (its bullet lines), as a list; empty when nothing is missing."""
+    path = out / "table4.md"
+    lines = [line[2:] for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("- ")] \
+        if path.exists() else []
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f'<p>Missing from this grid:</p><ul id="table4-missing">{items}</ul>'
+
+
 def render(out: Path) -> str:
     board = read_csv(out / "leaderboard.csv")
     t4 = read_csv(out / "table4.csv")
@@ -104,6 +115,7 @@ def render(out: Path) -> str:
 <h2>Figures</h2>
 {figures_html(out)}
 <h2>Table 4 (method × defense × attack)</h2>
+{missing_html(out)}
 {table_html("table4", *t4)}
 <h2>Leaderboard ({len(board[1])} runs)</h2>
 {table_html("leaderboard", *board, columns=LEADERBOARD_VIEW)}
@@ -115,7 +127,7 @@ def render(out: Path) -> str:
 
 
 def write_index(out: str | Path) -> Path:
-    from bench.results import _atomic_write
+    from bench.outfiles import atomic_write as _atomic_write
 
     out = Path(out)
     path = out / "index.html"

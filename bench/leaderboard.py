@@ -60,6 +60,26 @@ def attacks_from_name(scenario: str) -> list[str]:
     return [a for a in label.split("+") if a and a != "none"]
 
 
+def stored_config(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The resolved scenario a run stored in its first row's ``extra`` (empty for older runs)."""
+    for row in rows:
+        extra = row.get("extra")
+        if isinstance(extra, str):  # rows read back from results.csv keep extra as JSON text
+            import json
+
+            try:
+                extra = json.loads(extra)
+            except ValueError:
+                continue
+        if isinstance(extra, dict) and isinstance(extra.get("scenario_config"), dict):
+            return extra["scenario_config"]
+    return {}
+
+
+def stored_attacks(rows: list[dict[str, Any]]) -> list[str]:
+    return [a["name"] for a in stored_config(rows).get("attacks", []) if isinstance(a, dict) and a.get("name")]
+
+
 def _number(value: Any) -> float | None:
     if value is None or value == "":
         return None
@@ -98,7 +118,7 @@ def leaderboard_row(rows: list[dict[str, Any]], scenario_attacks: list[str] | No
     first = rows[0]
     plain = {r["metric"]: _number(r["value"]) for r in rows if r["attack"] == "none"}
     attacks = sorted({r["attack"] for r in rows if r["attack"] != "none"})
-    attacks = attacks or sorted(scenario_attacks or attacks_from_name(first["scenario"]))
+    attacks = attacks or sorted(scenario_attacks or stored_attacks(rows) or attacks_from_name(first["scenario"]))
     out: dict[str, Any] = {c: None for c in COLUMNS}
     out.update({k: first.get(k) for k in IDENTITY if k in first})
     out.update(leaderboard_schema=LEADERBOARD_SCHEMA, seed=int(first["seed"]), attacks="+".join(attacks) or "none")
@@ -130,7 +150,7 @@ def _cell(value: Any) -> Any:
 def write_csv(board: list[dict[str, Any]], path: str | Path) -> Path:
     import io
 
-    from bench.results import _atomic_write
+    from bench.outfiles import atomic_write as _atomic_write
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")

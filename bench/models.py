@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +200,10 @@ class ZooModel(ModelSource):
     def path(self) -> str:
         target = cache_root() / "models" / f"{self.name}-{self.cache_key()}"
         if not (target / "done").exists():
+            from tqdm import tqdm
+
+            tqdm.write(f"pretraining zoo model {self.name} on first use ({self.config.pretrain_steps} steps; cached "
+                       f"in {target}, TIERBENCH_CACHE moves it)", file=sys.stderr)
             _build_atomically(target, self._pretrain)
         return str(target)
 
@@ -220,7 +225,7 @@ class ZooModel(ModelSource):
         tokenizer = train_tokenizer(corpus, self.config.vocab)
         with isolated_rng(self.config.seed):
             model = self.model_class()(self.hf_config(tokenizer))
-        pretrain(model, tokenizer, corpus, self.config)
+        pretrain(model, tokenizer, corpus, self.config, label=f"pretraining {self.name}")
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
 

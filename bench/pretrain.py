@@ -16,7 +16,10 @@ def pack(corpus: list[str], tokenizer: Any, length: int) -> torch.Tensor:
     return torch.tensor(ids[:usable]).view(-1, length)
 
 
-def pretrain(model: torch.nn.Module, tokenizer: Any, corpus: list[str], config: Any) -> list[float]:
+def pretrain(model: torch.nn.Module, tokenizer: Any, corpus: list[str], config: Any, label: str = "pretraining"
+             ) -> list[float]:
+    from tqdm import tqdm
+
     sequences = pack(corpus, tokenizer, min(64, config.context))
     rng = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.pretrain_lr, weight_decay=0.01)
@@ -24,7 +27,8 @@ def pretrain(model: torch.nn.Module, tokenizer: Any, corpus: list[str], config: 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * s / config.pretrain_steps))))
     model.train()
     losses = []
-    for _ in range(config.pretrain_steps):
+    # A bar on a terminal (minutes on a small CPU): the first run must not look hung.
+    for _ in tqdm(range(config.pretrain_steps), desc=label, leave=False, disable=None, position=2):
         batch = sequences[torch.randint(len(sequences), (config.pretrain_batch,), generator=rng)]
         loss = model(input_ids=batch, labels=batch).loss
         optimizer.zero_grad(set_to_none=True)

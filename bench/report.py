@@ -1,27 +1,23 @@
 """Reports built from the results store: tables (leaderboard, Table 1, Table 4) and figures.
 
 ``write_reports`` is what ``make bench`` calls after the sweep (``python -m bench report``): it reads
-``RUNS/results.jsonl`` and writes, under ``OUT``: ``leaderboard.csv``, ``table4.csv``, ``table4.md``,
-``table1.csv``/``.md``, ``figures/*.png|svg`` and ``index.html``. Every output is a pure function of
-the stored rows (plus the scenario files, to name the attacks of runs that recorded none).
+``RUNS/results.jsonl`` and writes, under ``OUT`` and nowhere else: ``leaderboard.csv``, ``table4.csv``,
+``table4.md``, ``table1.csv``/``.md`` (copied from ``RUNS``, where ``run`` stored them),
+``figures/*.png|svg`` and ``index.html``. Every output is a pure function of the stored rows: runs
+store what a figure needs (ROC points, the resolved scenario), so nothing here imports the training
+code or re-runs anything. ``--scenarios`` is the one exception: it loads scenario files (and with them
+the component registry) to drop stored runs of grid cells that were since edited away.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import leaderboard, paper4, table4
 from bench.errors import UserError
-
-
-def load_frame(path: str | Path):
-    import pandas as pd
-
-    return pd.DataFrame(load_rows(path))
 
 
 def load_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -35,16 +31,55 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def metric_table(path: str | Path, metrics: list[str] | None = None) -> str:
-    """A wide table: one row per (scenario, attack), one column per metric, mean over seeds."""
-    frame = load_frame(path)
-    frame = frame[frame["status"] == "ok"]
-    if metrics:
-        frame = frame[frame["metric"].isin(metrics)]
-    if frame.empty:
-        return "(no ok rows)"
-    wide = frame.pivot_table(index=["scenario", "attack"], columns="metric", values="value", aggfunc="mean")
-    return wide.to_string(float_format=lambda v: f"{v:.4g}")
+HEADLINE_COLUMNS = ["utility", "mia.auc", "inversion.rouge1", "poison.asr", "dp.epsilon", "cost.wall_s"]
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+
+
+def metric_table(path: str | Path, metrics: list[str] | None = None, width: int | None = None) -> str:
+    """One line per scenario (mean over its ok seeds) with the headline columns that have a value, or
+    the ``metrics`` asked for, fitted to ``width`` (default: the terminal's)."""
+    import shutil
+    import statistics
+
+    from bench.display import fixed_width_table
+
+    rows = load_rows(path)
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    by_scenario: dict[str, list[dict[str, Any]]] = {}
+    for row in leaderboard.build(rows):
+        by_scenario.setdefault(row["scenario"], []).append(row)
+    asked = metrics or HEADLINE_COLUMNS
+    extra = _tidy_means(rows, [m for m in asked if m not in leaderboard.COLUMNS])
+    table = []
+    for scenario, runs in sorted(by_scenario.items()):
+        ok = [r for r in runs if r["status"] == "ok"]
+        statuses = ",".join(sorted({str(r["status"]) for r in runs}))
+        values = []
+        for column in asked:
+            present = [r[column] for r in ok if isinstance(r.get(column), (int, float))]
+            values.append(statistics.fmean(present) if present else extra.get((scenario, column)))
+        table.append([scenario, str(len(runs)), statuses, *values])
+    shown = [c for i, c in enumerate(asked) if metrics or any(r[3 + i] is not None for r in table)]
+    if not table:
+        return "(no runs)"
+    columns = [3 + asked.index(c) for c in shown]
+    text, dropped = fixed_width_table(["scenario", "seeds", "status", *shown],
+                                      [[r[0], r[1], r[2], *(_cell(r[i]) for i in columns)] for r in table], width)
+    return text + (f"\n({dropped} more columns do not fit: choose with --metric)" if dropped else "")
+
+
+def _tidy_means(rows: list[dict[str, Any]], metrics: list[str]) -> dict[tuple[str, str], float]:
+    """(scenario, metric) -> mean over ok rows, for metrics the leaderboard has no column for."""
+    import statistics
+
+    found: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        if row["metric"] in metrics and row.get("status") == "ok" and isinstance(row.get("value"), (int, float)):
+            found.setdefault((row["scenario"], row["metric"]), []).append(float(row["value"]))
+    return {key: statistics.fmean(values) for key, values in found.items()}
 
 
 def _current(rows: list[dict[str, Any]], attacks: dict[str, list[str]], notes: list[str]) -> list[dict[str, Any]]:
@@ -59,10 +94,12 @@ def _current(rows: list[dict[str, Any]], attacks: dict[str, list[str]], notes: l
 
 def scenario_attacks(paths: list[str | Path]) -> dict[str, list[str]]:
     """scenario_hash -> attack names, for every scenario in ``paths`` (missing files are skipped)."""
-    from bench.scenario import load_many
-
     existing = [p for p in paths if Path(p).exists()]
-    return {s.hash: [a.name for a in s.attacks] for s in load_many(existing)} if existing else {}
+    if not existing:
+        return {}
+    from bench.scenario import load_many  # loads the component registry: only when asked to
+
+    return {s.hash: [a.name for a in s.attacks] for s in load_many(existing)}
 
 
 # --- Table 4 files ---------------------------------------------------------------------------------
@@ -71,7 +108,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def write_table4_csv(cells: list[table4.Cell], path: Path) -> Path:
-    from bench.results import _atomic_write
+    from bench.outfiles import atomic_write as _atomic_write
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=table4.TABLE4_COLUMNS, lineterminator="\n")
@@ -127,50 +164,76 @@ combination before training (reason in table4.csv). Paper marks and the agree ru
 """
 
 
-def write_table4_markdown(cells: list[table4.Cell], path: Path, title: str = "Table 4, measured") -> Path:
-    from bench.results import _atomic_write
+def write_table4_markdown(cells: list[table4.Cell], path: Path, title: str = "Table 4, measured",
+                          missing: list[str] | None = None) -> Path:
+    from bench.outfiles import atomic_write as _atomic_write
 
     counts: dict[str, int] = {}
     for cell in cells:
         counts[cell.comparison] = counts.get(cell.comparison, 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-    _atomic_write(path, f"# {title}\n\n{TABLE4_LEGEND}\nComparison with the paper: {summary}.\n\n"
-                        + table4_markdown(cells))
+    gaps = "".join(f"- {line}\n" for line in missing or [])
+    if not cells:
+        body = f"No Table 4 cell can be built from these runs:\n\n{gaps}"
+    else:
+        body = f"Comparison with the paper: {summary}.\n\n"
+        body += f"Missing from this grid:\n\n{gaps}\n" if gaps else ""
+        body += table4_markdown(cells)
+    _atomic_write(path, f"# {title}\n\n{TABLE4_LEGEND}\n{body}")
     return path
 
 
 # --- everything ------------------------------------------------------------------------------------
-def _optional(step: Callable[[], Any], name: str, notes: list[str]) -> None:
-    """Run a report step whose module may be missing; a missing one is noted, not fatal."""
-    try:
-        step()
-    except ImportError as error:
-        notes.append(f"{name} skipped: {error}")
+def runs_dir(runs: str | Path) -> Path:
+    """The results directory ``runs`` names (the directory itself, or the one holding ``results.jsonl``)."""
+    path = Path(runs)
+    return path.parent if path.suffix else path
+
+
+def default_out(runs: str | Path) -> Path:
+    """Where ``report`` writes unless told: beside the runs it reads, never over the published results."""
+    return runs_dir(runs) / "report"
+
+
+TABLE1_FILES = ("table1.csv", "table1.md")
+
+
+def copy_table1(runs: Path, out: Path, notes: list[str]) -> None:
+    """Table 1 comes from the code, not from results: ``run`` stores it beside the runs; copy it."""
+    from bench.outfiles import atomic_write as _atomic_write
+
+    sources = [runs / name for name in TABLE1_FILES]
+    if not all(p.exists() for p in sources):
+        notes.append(f"table1 not written: {runs} holds no table1.csv (`python -m bench table1 --out {out}` "
+                     "computes it from the code)")
+        return
+    if runs.resolve() != out.resolve():
+        for source in sources:
+            _atomic_write(out / source.name, source.read_text(encoding="utf-8"))
 
 
 def write_reports(runs: str | Path, out: str | Path, scenario_paths: list[str | Path] | None = None, *,
                   figures: bool = True) -> list[str]:
-    """Every report file from ``runs`` into ``out``; returns notes on skipped parts."""
+    """Every report file from ``runs`` into ``out`` (and nowhere else); returns notes on skipped or
+    missing parts."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
+    rows = load_rows(runs)
+    out.mkdir(parents=True, exist_ok=True)
     attacks = scenario_attacks(scenario_paths or [])
-    board = leaderboard.build(_current(load_rows(runs), attacks, notes), attacks)
+    rows = _current(rows, attacks, notes)
+    board = leaderboard.build(rows, attacks)
     leaderboard.write_csv(board, out / "leaderboard.csv")
     cells = table4.build(board, paper=paper4.annotate)
+    gaps = table4.missing(board, cells)
+    notes += [f"table4: {line}" for line in gaps]
     write_table4_csv(cells, out / "table4.csv")
-    write_table4_markdown(cells, out / "table4.md")
-
-    def table1() -> None:
-        from bench.table1 import write_table1
-
-        write_table1(out)
-
-    _optional(table1, "table1", notes)
+    write_table4_markdown(cells, out / "table4.md", missing=gaps)
+    copy_table1(runs_dir(runs), out, notes)
     if figures:
         from bench import figures as figs
 
-        notes += figs.write_all(board, cells, out / "figures", scenario_paths)
+        notes += figs.write_all(board, cells, out / "figures", rows)
     from bench import html
 
     html.write_index(out)
@@ -211,7 +274,7 @@ def study_summary(board: list[dict[str, Any]]) -> str:
 
 def write_study_report(runs: str | Path, out: str | Path, command: str = "") -> list[Path]:
     """A study's leaderboard.csv, summary.md (means over seeds, and the command) and index.html."""
-    from bench.results import _atomic_write
+    from bench.outfiles import atomic_write as _atomic_write
 
     out = Path(out)
     board = leaderboard.build(load_rows(runs))

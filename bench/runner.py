@@ -31,9 +31,10 @@ from bench.errors import IncompatibleError, TierAccessError, UserError
 from bench.evaluate import evaluate
 from bench.partition import ClientData, deal, split_members
 from bench.predictions import MembershipScores
-from bench.provenance import git_commit, package_versions, peak_rss_mb
+from bench.provenance import git_commit, package_versions, peak_rss_mb, scenario_record
 from bench.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
 from bench.results import Row
+from bench.roc import compact_roc
 from bench.scenario import Scenario
 from bench.score import Metric, score
 from bench.scoring.mia import roc_curve
@@ -126,6 +127,8 @@ class RunResult:
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
     """(attack, status, reason) for attacks the tier ruled out before training (``incompatible``), or ruled
     out at evaluation time or that failed there."""
+    row_extra: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    """(attack, metric) -> what that one row keeps beside its value (an MIA's ROC points, for the report)."""
 
 
 def execute(scenario: Scenario, seed: int, *, progress: Any = None, figures: str | None = None) -> list[Row]:
@@ -156,13 +159,16 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
         packages=package_versions(), device=result.device, wall_s=round(wall_s, 3), peak_mem_mb=round(peak_rss_mb(), 1),
         extra={**result.extra, **_training_identity(scenario)},
     )
-    if result.status != "ok":
-        return [Row(attack="none", metric="run", value=None, **base)]
     metrics = result.metrics + [("none", Metric("cost.wall_s", wall_s, higher_is_better=False))]
     rows = [Row(attack=attack, metric=m.name, value=m.value, ci_low=m.ci_low, ci_high=m.ci_high,
                 higher_is_better=m.higher_is_better, **base) for attack, m in metrics]
+    if result.status != "ok":
+        rows = [Row(attack="none", metric="run", value=None, **base)]
     for attack, status, reason in result.skipped:
         rows.append(Row(attack=attack, metric="run", value=None, **{**base, "status": status, "error": reason}))
+    for row in rows:  # figures read these later; the report never re-runs anything
+        row.extra = {**row.extra, **result.row_extra.get((row.attack, row.metric), {})}
+    rows[0].extra = {**rows[0].extra, "scenario_config": scenario_record(scenario)}
     return rows
 
 
@@ -232,6 +238,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
 
     own_view = OpenModel(built.method.model, built.method.layout(), built.task, p.tokenizer)
     eval_set = _eval_set(p.task_data.test, scenario.federation.eval_examples)
+    _stage(progress, "evaluating utility", total=1 + len(built.attacks))  # after training, time goes here
     result.metrics += [("none", m) for m in evaluate(own_view, built.task, eval_set)]
     views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth,
                         max_candidates=scenario.federation.mia_candidates or None)
@@ -241,6 +248,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
             kinds = ", ".join(sorted(attack.task_kinds))
             result.skipped.append((attack.name, "not-applicable", f"{attack.name} applies to {kinds} tasks"))
             continue
+        _stage(progress, f"attack {attack.name}")
         try:
             prediction = attack.run(views.for_attack(attack), generator("run", seed, "attack", attack.name))
         except (TierAccessError, IncompatibleError) as error:  # the tier or task rules this attack out
@@ -249,9 +257,13 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
         except Exception as error:  # one broken attack must not discard the run's other measurements
             result.skipped.append((attack.name, "failed", _one_line(error)))
             continue
-        result.metrics += [(attack.name, m) for m in score(prediction, views.truth)]
-        if figures and isinstance(prediction, MembershipScores):
-            curves[attack.name] = roc_curve(prediction.scores, views.truth.member_flags)[:2]
+        metrics = score(prediction, views.truth)
+        result.metrics += [(attack.name, m) for m in metrics]
+        if isinstance(prediction, MembershipScores) and any(m.name == "mia.auc" for m in metrics):
+            curve = roc_curve(prediction.scores, views.truth.member_flags)[:2]
+            result.row_extra[(attack.name, "mia.auc")] = {"roc": compact_roc(curve[0].tolist(), curve[1].tolist())}
+            if figures:
+                curves[attack.name] = curve
     result.metrics += [("none", m) for m in _cost_metrics(stats, scenario.federation.rounds, built.defenses, p.device)]
     result.metrics += [("none", m) for m in _privacy_metrics(built.defenses, p.transcript, result.extra)]
     if curves:
@@ -259,6 +271,17 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
     result.extra.update({"trainable_params": built.method.num_trainable, "malicious": list(p.fed.malicious),
                          "model": built.model_source.metadata()})
     return result
+
+
+def _stage(progress: Any, text: str, total: int | None = None) -> None:
+    """Show what a run is doing in its progress bar (one step per stage after the rounds)."""
+    if progress is None or not hasattr(progress, "set_description_str"):
+        return
+    if total is not None:
+        progress.reset(total=total)
+    else:
+        progress.update(1)
+    progress.set_description_str(text)
 
 
 def _truncation_metric(p: Prepared) -> Metric:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.derived import add_utility_drops
+from bench.display import short_name
 from bench.results import ResultStore
 from bench.runner import execute
 from bench.scenario import Scenario
@@ -40,7 +41,7 @@ def sweep(scenarios: list[Scenario], out: str | Path, *, seeds: int | None = Non
     done -= failed_runs(store)  # retried: a failed run, and an ok run one of whose attacks failed
     with tqdm(total=len(runs), desc="runs", disable=not show_progress, position=0) as bar:
         for scenario, seed in runs:
-            bar.set_postfix_str(scenario.name[-60:])
+            bar.set_postfix_str(short_name(scenario.name, 60))  # the name, not its cut-off tail
             if force or (scenario.hash, seed) not in done:
                 with tqdm(total=scenario.federation.rounds, desc="rounds", leave=False, disable=not show_progress,
                           position=1) as rounds:

@@ -243,3 +243,31 @@ def _order(key: tuple) -> tuple:
 
 def as_dicts(cells: list[Cell]) -> list[dict[str, Any]]:
     return [asdict(c) for c in cells]
+
+
+def missing(board: list[dict[str, Any]], cells: list[Cell], limit: int = 20) -> list[str]:
+    """What an empty or partial grid lacks, in words: every (tier, method, defense, attack role) of the
+    grid the runs span (their methods x their defenses, per tier and role) that has no run, and cells
+    measured on fewer paired seeds than the others."""
+    if not board:
+        return ["no runs in the results"]
+    runs, _ = _index(board)
+    if not runs:
+        return ["no run has a membership, inversion, backdoor or Byzantine attack, so there is no Table 4 cell"]
+    spans: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
+    for tier, method, defense, role in runs:
+        methods, defenses = spans.setdefault((tier, role), (set(), {"none"}))
+        methods.add(method)
+        defenses.add(defense)
+    notes = []
+    for (tier, role), (methods, defenses) in sorted(spans.items()):
+        if defenses == {"none"}:
+            notes.append(f"{tier}, {ROLE_TITLES[role]}: runs without a defense only; a cell compares a defended run "
+                         "with the same scenario without it")
+        gaps = sorted((tier, m, d, role) for m in methods for d in defenses if (tier, m, d, role) not in runs)
+        notes += [f"no run of {t} / {m} / defense {d} with a {ROLE_TITLES[r]} attack" for t, m, d, r in
+                  sorted(gaps, key=_order)]
+    most = max((c.seeds for c in cells), default=0)
+    notes += [f"{c.tier} / {c.method} / {c.defense} ({ROLE_TITLES[c.role]}): {c.seeds} paired seeds of {most}"
+              for c in cells if c.seeds < most and c.verdict not in ("incompatible", "not applicable")]
+    return notes if len(notes) <= limit else notes[:limit] + [f"... and {len(notes) - limit} more"]

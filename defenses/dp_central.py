@@ -87,6 +87,8 @@ def clip_to_norm(update: torch.Tensor, clip_norm: float | None) -> torch.Tensor:
 
 @DEFENSES.register("dp-central")
 class DPCentral(Defense):
+    """User-level DP-FedAvg (McMahan et al. 2018): clip each client update, noise on the aggregate."""
+
     requires_uniform_weights: ClassVar[bool] = True
     """The engine must give every client the same aggregation weight (see the module docstring)."""
 

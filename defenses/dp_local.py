@@ -66,6 +66,8 @@ def default_delta(total_examples: int) -> float:
 
 @DEFENSES.register("dp-local")
 class DPLocal(Defense):
+    """Record-level DP-SGD inside each client (Abadi et al. 2016, Opacus): clip per example, add noise."""
+
     replaces_training = True
     @dataclass(frozen=True, kw_only=True)
     class Config:

@@ -10,8 +10,10 @@ from bench.results import Row
 
 def run_rows(scenario: str, seed: int, *, method: str = "lora", defenses: str = "none", tier: str = "open-weight",
              metrics: dict[tuple[str, str], float] | None = None, status: str = "ok", error: str = "",
-             wall_s: float = 1.0) -> list[dict[str, Any]]:
-    """Tidy rows of one run; ``metrics`` maps (attack, metric) -> value (attack ``none`` for utility/cost)."""
+             wall_s: float = 1.0, extras: dict[tuple[str, str], dict[str, Any]] | None = None
+             ) -> list[dict[str, Any]]:
+    """Tidy rows of one run; ``metrics`` maps (attack, metric) -> value (attack ``none`` for utility/cost),
+    ``extras`` (attack, metric) -> that row's ``extra`` (e.g. stored ROC points)."""
     base = dict(run_id=f"{scenario}-{seed}", scenario=scenario, scenario_hash=f"h-{scenario}", seed=seed, tier=tier,
                 model="tiny-gpt2", task="synthetic-clinical", method=method, defenses=defenses, status=status,
                 error=error, wall_s=wall_s)
@@ -19,7 +21,16 @@ def run_rows(scenario: str, seed: int, *, method: str = "lora", defenses: str = 
         return [asdict(Row(attack="none", metric="run", value=None, **base))]
     metrics = {("none", "cost.wall_s"): wall_s, ("none", "cost.client_s"): 0.5 * wall_s,
                ("none", "cost.server_s"): 0.1 * wall_s, **(metrics or {})}
-    return [asdict(Row(attack=attack, metric=metric, value=value, **base)) for (attack, metric), value in metrics.items()]
+    extras = extras or {}
+    return [asdict(Row(attack=attack, metric=metric, value=value, extra=dict(extras.get((attack, metric), {})), **base))
+            for (attack, metric), value in metrics.items()]
+
+
+def roc_points(auc: float, n: int = 40) -> dict[str, Any]:
+    """``extra`` of a ``mia.auc`` row: a ROC curve (fpr^k, k chosen so that its area is ``auc``)."""
+    k = (1 - auc) / auc  # area under t = f**k is 1 / (k + 1)
+    fpr = [i / (n - 1) for i in range(n)]
+    return {"roc": {"fpr": fpr, "tpr": [f**k for f in fpr]}}
 
 
 def privacy_run(method: str, defenses: str, seed: int, auc: float, rouge: float, accuracy: float,
@@ -30,7 +41,8 @@ def privacy_run(method: str, defenses: str, seed: int, auc: float, rouge: float,
                ("none", "cost.bytes_up"): 1000.0}
     if epsilon is not None:
         metrics[("none", "dp.epsilon")] = epsilon
-    return run_rows(name, seed, method=method, defenses=defenses, metrics=metrics, wall_s=wall_s)
+    extras = {("mia-reference", "mia.auc"): roc_points(auc), ("mia-loss", "mia.auc"): roc_points(auc - 0.05)}
+    return run_rows(name, seed, method=method, defenses=defenses, metrics=metrics, wall_s=wall_s, extras=extras)
 
 
 def poison_run(method: str, defenses: str, seed: int, attack: str, asr: float, accuracy: float) -> list[dict[str, Any]]:

@@ -110,6 +110,8 @@ class ByzantineAttack(ParticipantAttack):
 
 @ATTACKS.register("byz-signflip")
 class SignFlip(ByzantineAttack):
+    """Malicious clients send their honest update negated and scaled (sign flipping)."""
+
     @dataclass(frozen=True, kw_only=True)
     class Config(ByzantineConfig):
         scale: float = doc("The update sent is -scale times the honest one.", 1.0)
@@ -120,6 +122,8 @@ class SignFlip(ByzantineAttack):
 
 @ATTACKS.register("byz-noise")
 class GaussianNoise(ByzantineAttack):
+    """Malicious clients send Gaussian noise instead of an update (Blanchard et al. 2017)."""
+
     @dataclass(frozen=True, kw_only=True)
     class Config(ByzantineConfig):
         std: float = doc("Standard deviation of each coordinate of the noise sent.", 1.0)
@@ -130,6 +134,8 @@ class GaussianNoise(ByzantineAttack):
 
 @ATTACKS.register("byz-alie")
 class ALittleIsEnough(ByzantineAttack):
+    """A little is enough (Baruch et al. 2019): the mean minus z standard deviations, coordinate-wise."""
+
     @dataclass(frozen=True, kw_only=True)
     class Config(ByzantineConfig):
         z: float | None = doc("Deviation in standard deviations; unset = Baruch et al.'s z_max for this round.", None)
@@ -144,6 +150,8 @@ class ALittleIsEnough(ByzantineAttack):
 
 @ATTACKS.register("byz-ipm")
 class InnerProductManipulation(ByzantineAttack):
+    """Inner-product manipulation (Xie et al. 2020): -epsilon x the mean of the benign updates."""
+
     @dataclass(frozen=True, kw_only=True)
     class Config(ByzantineConfig):
         epsilon: float = doc("The update sent is -epsilon times the benign mean (small fools Krum, large the median).", 0.5)
