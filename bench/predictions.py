@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,18 @@ class Reconstruction:
     """Token sequences the attacker recovered, per (round, client) it attacked."""
 
     sequences: dict[tuple[int, int], list[list[int]]] = field(default_factory=dict)
+    decode: Callable[[Sequence[int]], str] | None = None
+    """The public tokenizer's ids -> text (``text_decoder``), so that the scorer can report word-level
+    ROUGE on decoded text as the inversion papers do; None = token-id metrics only. It is the
+    attacker's public tokenizer, not ground truth: the scorer decodes both sides with it."""
+
+
+def text_decoder(tokenizer: Any) -> Callable[[Sequence[int]], str] | None:
+    """``tokenizer.decode`` without special tokens (padding and end-of-text are not words); None
+    when there is no tokenizer (token ids are the data)."""
+    if tokenizer is None or not hasattr(tokenizer, "decode"):
+        return None
+    return lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
 @dataclass

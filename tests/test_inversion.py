@@ -296,3 +296,47 @@ def test_dager_with_a_confirming_layer_still_recovers_the_batch():
     assert metrics(prediction, truth)["inversion.exact"] == 1.0
     with pytest.raises(ValueError, match="confirm_layer"):
         Dager.Config(growth_layer=2, confirm_layer=2)
+
+
+# --- the width-64 zoo GPT-2 (Table 4 poisoning's model), FedSGD, real notes --------------------------
+WIDTH64 = {"name": "tiny-gpt2", "params": {"hidden": 64, "layers": 2, "vocab": 1024}}
+NOTES8 = {"name": "synthetic-clinical", "params": {"num_classes": 3, "max_length": 8, "objective": "language"}}
+
+
+def zoo_notes_metrics(tmp_path, seed, clients=2, examples=80):
+    """DAGER on one FedSGD round of the width-64 zoo GPT-2, batch 4 x 8 tokens of clinical notes, every
+    client of the round attacked; the runner's own pieces, as ``tests/benchmarks`` do."""
+    from bench import federation as fl
+    from bench.runner import plan, prepare
+    from bench.views import ViewBuilder
+    from tests.helpers import make_scenario
+
+    federation = {"clients": clients, "clients_per_round": clients, "rounds": 1, "batch_size": 4, "lr": 0.01,
+                  "protocol": "fedsgd", "examples_per_client": examples, "eval_examples": 16}
+    (tmp_path / str(seed)).mkdir()
+    scenario = make_scenario(tmp_path / str(seed), model=WIDTH64, task=NOTES8, method="fft", federation=federation,
+                             attacks=["inversion-dager"], seeds=[seed])
+    built = plan(scenario)
+    prepared = prepare(scenario, seed, built)
+    fl.run(prepared.fed, prepared.transcript, prepared.truth)
+    views = ViewBuilder(scenario, seed, built, prepared.transcript, prepared.tokenizer, prepared.clients,
+                        prepared.task_data, prepared.truth)
+    attack = built.attacks[0]
+    return metrics(attack.run(views.for_attack(attack), torch.Generator().manual_seed(seed)), views.truth)
+
+
+@pytest.mark.slow  # pretrains the width-64 zoo model on first use (~40 s), then ~3 s a seed
+def test_dager_recovers_notes_exactly_on_the_width64_zoo_gpt2(tmp_path):
+    # Table 4 poisoning's federation shape: 4 clients of 12 notes, batch 4, all attacked, 9 seeds.
+    found = [zoo_notes_metrics(tmp_path, seed, clients=4, examples=12) for seed in range(9)]
+    exact = sum(m["inversion.exact"] for m in found) / len(found)
+    assert exact >= 0.9
+    assert min(m["inversion.rouge1_text"] for m in found) > 0.9  # the scorer decodes with the zoo tokenizer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [15, 25])
+def test_final_tokens_pair_with_their_sequences_on_the_width64_zoo_gpt2(tmp_path, seed):
+    # Before the last block's MLP atom (``_labels._Pairing``) these two batches came back with two
+    # sequences' final tokens swapped (each final token also an input of the batch): exact 0.5.
+    assert zoo_notes_metrics(tmp_path, seed)["inversion.exact"] == 1.0

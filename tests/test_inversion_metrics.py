@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bench.predictions import Reconstruction
+from bench.predictions import Reconstruction, text_decoder
 from bench.score import score
 from bench.scoring.inversion import (
     AGGREGATE_CLIENT,
@@ -92,3 +92,52 @@ def test_aggregate_key_is_union_of_round():
     assert truth_for((0, AGGREGATE_CLIENT), truth) == [[1, 2], [3, 4]]
     metrics = by_name(score(Reconstruction(sequences={(0, AGGREGATE_CLIENT): [[3, 4], [1, 2]]}), truth))
     assert metrics["inversion.exact"].value == 1.0
+
+
+# --- word-level ROUGE on decoded text ----------------------------------------------------------------
+PIECES = {0: "the", 1: " ca", 2: "t", 3: "r", 4: " sat", 5: " on", 6: " a", 7: " mat", 8: " The", 9: ","}
+
+
+def decode(ids):
+    return "".join(PIECES[i] for i in ids)
+
+
+def test_text_rouge_is_word_level_not_token_level():
+    # truth "the cat sat" = ids 0 1 2 4 (the word "cat" is two tokens); prediction "the car sat" =
+    # 0 1 3 4. Tokens: 3 of 4 ids match -> ROUGE-1 3/4; bigrams {01, 12, 24} vs {01, 13, 34}: 1 of 3.
+    # Words: {the, cat, sat} vs {the, car, sat}: 2 of 3 -> 2/3; bigrams {the cat, cat sat} vs
+    # {the car, car sat}: 0.
+    truth = GroundTruth(client_batches={(0, 0): [[0, 1, 2, 4]]})
+    metrics = by_name(score(Reconstruction(sequences={(0, 0): [[0, 1, 3, 4]]}, decode=decode), truth))
+    assert metrics["inversion.rouge1"].value == pytest.approx(3 / 4)
+    assert metrics["inversion.rouge2"].value == pytest.approx(1 / 3)
+    assert metrics["inversion.rouge1_text"].value == pytest.approx(2 / 3)
+    assert metrics["inversion.rouge2_text"].value == pytest.approx(0.0)
+
+
+def test_text_rouge_hand_computed_with_matching_and_slots():
+    # batch (0, 0): "the cat sat on the mat" vs predicted "the cat sat on a mat": unigrams: ref the x2,
+    # cat, sat, on, mat (6), cand the, cat, sat, on, a, mat (6), clipped overlap 5 -> F1 5/6; bigrams:
+    # the cat, cat sat, sat on shared of 5 each -> 3/5. Case and punctuation are not words: "The cat,"
+    # equals "the cat". Batch (0, 1): two true sequences, one prediction -> a second, empty slot (0).
+    truth = GroundTruth(client_batches={(0, 0): [[0, 1, 2, 4, 5, 8, 7]],  # "the cat sat on The mat"
+                                        (0, 1): [[0, 1, 2], [8, 1, 2, 9]]})  # "the cat", " The cat,"
+    prediction = Reconstruction(sequences={(0, 0): [[0, 1, 2, 4, 5, 6, 7]], (0, 1): [[8, 1, 2, 9]]}, decode=decode)
+    metrics = by_name(score(prediction, truth))
+    assert metrics["inversion.rouge1_text"].value == pytest.approx((5 / 6 + 1 + 0) / 3)
+    assert metrics["inversion.rouge2_text"].value == pytest.approx((3 / 5 + 1 + 0) / 3)
+
+
+def test_text_metrics_need_a_decoder():
+    truth = GroundTruth(client_batches={(0, 0): [[0, 1, 2]]})
+    names = {m.name for m in score(Reconstruction(sequences={(0, 0): [[0, 1, 2]]}), truth)}
+    assert "inversion.rouge1" in names and not {"inversion.rouge1_text", "inversion.rouge2_text"} & names
+
+
+def test_text_decoder_drops_special_tokens():
+    class Tokenizer:
+        def decode(self, ids, skip_special_tokens=False):
+            return "".join(PIECES.get(i, "" if skip_special_tokens else "<eos>") for i in ids)
+
+    assert text_decoder(Tokenizer())([0, 1, 2, 99]) == "the cat"
+    assert text_decoder(None) is None

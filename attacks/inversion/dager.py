@@ -124,7 +124,7 @@ from attacks.inversion._labels import complete
 from attacks.inversion._layers import capture_inputs, first_module, probes_for
 from attacks.inversion._span import SpanBasis, SpanCheck, merge_probes, restrict_to_inputs, rounding_noise, span_basis
 from bench.config import doc
-from bench.predictions import Reconstruction
+from bench.predictions import Reconstruction, text_decoder
 from bench.registry import ATTACKS
 from bench.tiers import Access
 from bench.transcript import ThreatView
@@ -199,7 +199,7 @@ class Dager(Attack):
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
         method = view.final_model
-        result = Reconstruction()
+        result = Reconstruction(decode=text_decoder(view.tokenizer))
         for target in targets(view, self.config, method.num_trainable):
             result.sequences[target.key] = [] if target.update is None else self.invert(view, target, rng)
         return result

@@ -46,7 +46,7 @@ from attacks.inversion._common import (
 )
 from attacks.inversion.tokens import EmbeddingRows, TokensConfig
 from bench.config import doc
-from bench.predictions import Reconstruction
+from bench.predictions import Reconstruction, text_decoder
 from bench.registry import ATTACKS
 from bench.tiers import Access
 from bench.transcript import ThreatView
@@ -86,7 +86,7 @@ class GradientMatching(Attack):
         configure_vantage(self, config)
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
-        result = Reconstruction()
+        result = Reconstruction(decode=text_decoder(view.tokenizer))
         for target in targets(view, self.config, view.layout.num_trainable):
             result.sequences[target.key] = [] if target.update is None else self.invert(view, target, rng)
         return result

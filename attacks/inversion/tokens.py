@@ -36,7 +36,7 @@ import torch
 from attacks.base import Attack
 from attacks.inversion._common import Target, TargetConfig, configure_vantage, targets, trainable_names
 from bench.config import doc
-from bench.predictions import Reconstruction
+from bench.predictions import Reconstruction, text_decoder
 from bench.registry import ATTACKS
 from bench.tiers import Access
 from bench.transcript import ThreatView
@@ -62,7 +62,7 @@ class EmbeddingRows(Attack):
         configure_vantage(self, config)
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
-        result = Reconstruction()
+        result = Reconstruction(decode=text_decoder(view.tokenizer))
         for target in targets(view, self.config, view.layout.num_trainable):
             tokens = [] if target.update is None else sorted(self.tokens(view, target))
             result.sequences[target.key] = [tokens] if tokens else []

@@ -1,7 +1,14 @@
 """Gradient-inversion metrics: ROUGE-1/2 F1 under optimal matching, exact recovery, token F1.
 
-All metrics work on token ids (an n-gram is a tuple of ids), so no tokenizer is involved and a
-reconstruction is judged on exactly what the client trained on.
+The main metrics work on token ids (an n-gram is a tuple of ids), so no tokenizer is involved and a
+reconstruction is judged on exactly what the client trained on. Beside them, when the attack passed
+its public tokenizer's decoding (``Reconstruction.decode``), ``inversion.rouge1_text`` and
+``inversion.rouge2_text`` are word-level ROUGE-1/2 F1 on the decoded text, computed by the
+``rouge-score`` package (its default tokenisation: lower case, alphanumeric words, no stemming), the
+way LAMP and DAGER report theirs, so that our figures can be set beside their tables. A word cut into
+several tokens counts once, and a wrong token inside it loses the whole word, so text ROUGE is not
+token ROUGE. Matching, slots and intervals are as for the token metrics (DAGER's decoder evaluation
+matches each reference to its best prediction, allowing repeats; ours stays one-to-one).
 
 Per attacked batch (a ``(round, client)`` key of ``Reconstruction.sequences``) the reconstructed
 sequences are matched one-to-one to the true ones (``GroundTruth.client_batches``) by the Hungarian
@@ -26,6 +33,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -69,9 +77,25 @@ def token_f1(candidate_tokens: Tokens, reference_tokens: Tokens) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def rouge_text(candidate: str, reference: str, variant: str) -> float:
+    """Word-level ROUGE F1 (``variant`` 'rouge1' or 'rouge2') of two texts, by the rouge-score package."""
+    return _text_scorer(variant).score(reference, candidate)[variant].fmeasure
+
+
+_TEXT_SCORERS: dict[str, Any] = {}
+
+
+def _text_scorer(variant: str) -> Any:
+    if variant not in _TEXT_SCORERS:
+        from rouge_score import rouge_scorer
+
+        _TEXT_SCORERS[variant] = rouge_scorer.RougeScorer([variant], use_stemmer=False)
+    return _TEXT_SCORERS[variant]
+
+
 # --- matching -------------------------------------------------------------------------------------
 def matched_slots(
-    reconstructed: list[Tokens], truth: list[Tokens], similarity: Callable[[Tokens, Tokens], float]
+    reconstructed: Sequence[Any], truth: Sequence[Any], similarity: Callable[[Any, Any], float]
 ) -> list[float]:
     """Similarity of each slot under the optimal one-to-one matching; ``max(n, m)`` slots."""
     slots = max(len(reconstructed), len(truth))
@@ -119,6 +143,10 @@ SEQUENCE_METRICS: dict[str, Callable[[Tokens, Tokens], float]] = {
     "inversion.rouge2": lambda c, r: rouge_n(c, r, 2),
     "inversion.exact": exact_match,
 }
+TEXT_METRICS: dict[str, Callable[[str, str], float]] = {
+    "inversion.rouge1_text": lambda c, r: rouge_text(c, r, "rouge1"),
+    "inversion.rouge2_text": lambda c, r: rouge_text(c, r, "rouge2"),
+}
 
 
 @scorer_for(Reconstruction)
@@ -131,6 +159,11 @@ def score_reconstruction(prediction: Reconstruction, truth: GroundTruth) -> list
         metrics.append(_metric(name, slots))
     per_batch = [token_f1([t for s in recon for t in s], [t for s in true for t in s]) for recon, true in pairs]
     metrics.append(_metric("inversion.token_f1", per_batch))
+    if prediction.decode is not None:
+        texts = [([prediction.decode(s) for s in recon], [prediction.decode(s) for s in true]) for recon, true in pairs]
+        for name, similarity in TEXT_METRICS.items():
+            slots = [v for recon, true in texts for v in matched_slots(recon, true, similarity)]
+            metrics.append(_metric(name, slots))
     return metrics
 
 
