@@ -113,8 +113,9 @@ def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Trans
         observer.on_round_messages(record, messages)
     started = time.perf_counter()
     aggregate = _aggregate(fed, r, transport, messages, weights)
+    survivors = transport.survivors(r, messages)  # dropouts: the aggregate averages these, not all sampled
     for defense in fed.defenses:
-        aggregate = defense.on_aggregate(r, aggregate, len(sampled), generator(*fed.seed_parts, "server", r))
+        aggregate = defense.on_aggregate(r, aggregate, survivors, generator(*fed.seed_parts, "server", r))
     stats.server_s += time.perf_counter() - started
     record.aggregate = aggregate if "aggregates" in fed.keep else None
     transcript.rounds.append(record)

@@ -1,4 +1,4 @@
-"""Privacy accounting shared by ``dp-local`` and ``dp-central``: Opacus accountants over a ledger.
+"""Privacy accounting shared by ``dp-local`` and ``dp-central``: accountants over a ledger.
 
 Also the one randomness helper both share (``generator_on``).
 
@@ -6,6 +6,14 @@ A ledger keeps, per privacy unit (a client for record-level DP, the federation f
 the composed history of subsampled Gaussian mechanisms as ``(noise_multiplier, sample_rate, steps)``
 triples, exactly the form Opacus accountants keep in ``accountant.history``. Epsilon is computed on
 demand from a fresh accountant, so the ledger itself holds no accountant state and is cheap to copy.
+
+Accountants (``ACCOUNTANTS``), each for one way of sampling and one neighbouring relation:
+
+- ``rdp`` and ``prv`` (Opacus): Poisson sampling at rate q, add/remove-one neighbours; the noise
+  multiplier is the noise std over the L2 sensitivity C of the clipped sum.
+- ``rdp-wor`` (``defenses/_dp_wor.py``): sampling a fixed-size subset without replacement at ratio
+  q = m/n, replace-one neighbours (Wang, Balle, Kasiviswanathan 2019); the noise multiplier is the
+  noise std over the replace-one sensitivity of the sum, which is 2C for clipped updates.
 """
 
 from __future__ import annotations
@@ -13,14 +21,30 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
+from defenses._dp_wor import wor_calibrate, wor_epsilon
+
 History = list[tuple[float, float, int]]
+
+
+def _opacus_epsilon(history: History, delta: float, accountant: str) -> float:
+    engine = create_accountant(mechanism=accountant)
+    engine.history = [(float(z), float(q), int(steps)) for z, q, steps in history]
+    with _quiet_accountant():
+        return float(engine.get_epsilon(delta=delta))
+
+
+ACCOUNTANTS: dict[str, Callable[[History, float, str], float]] = {
+    "rdp": _opacus_epsilon,  # Mironov 2017, Poisson sampling, add/remove
+    "prv": _opacus_epsilon,  # Gopi et al. 2021, Poisson sampling, add/remove
+    "rdp-wor": lambda history, delta, accountant: wor_epsilon(history, delta),  # WBK 2019, fixed size, replace-one
+}
 
 
 def epsilon_for(history: History, delta: float, accountant: str) -> float:
@@ -29,17 +53,17 @@ def epsilon_for(history: History, delta: float, accountant: str) -> float:
         return 0.0
     if any(z <= 0.0 and q > 0.0 and steps > 0 for z, q, steps in history):
         return math.inf  # a noiseless release of a sampled record: no finite guarantee
-    engine = create_accountant(mechanism=accountant)
-    engine.history = [(float(z), float(q), int(steps)) for z, q, steps in history]
-    with _quiet_accountant():
-        return float(engine.get_epsilon(delta=delta))
+    return ACCOUNTANTS[accountant](history, delta, accountant)
 
 
 def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     """A noise multiplier whose epsilon is at most the target and within 1% of it (Opacus' bisection,
-    tolerance 0.01 * min(1, target)). Accountants: ``rdp`` (Mironov 2017) or ``prv`` (Gopi et al. 2021)."""
+    tolerance 0.01 * min(1, target)). Accountants: ``rdp`` (Mironov 2017) or ``prv`` (Gopi et al. 2021)
+    through Opacus; ``rdp-wor`` by the same bisection over ``wor_epsilon``."""
     if steps <= 0:
         return 0.0
+    if accountant == "rdp-wor":
+        return wor_calibrate(target_epsilon, delta, sample_rate, steps, 0.01 * min(1.0, target_epsilon))
     with _quiet_accountant():
         return float(
             get_noise_multiplier(

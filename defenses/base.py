@@ -33,6 +33,11 @@ class Transport:
         total = sum(weights[c] for c in messages)
         return sum(messages[c] * (weights[c] / total) for c in messages)
 
+    def survivors(self, round_index: int, messages: dict[int, Any]) -> int:
+        """How many clients' updates the aggregate ``aggregate`` just returned for this round averages
+        over (fewer than sampled when clients dropped): every client whose message arrived."""
+        return len(messages)
+
     def message_bytes(self, message: Any) -> int:
         return int(message.numel() * message.element_size())
 
@@ -87,7 +92,13 @@ class Defense:
         return None
 
     def on_aggregate(self, round_index: int, aggregate: torch.Tensor, num_clients: int, rng: torch.Generator) -> torch.Tensor:
+        """``num_clients``: the clients whose updates ``aggregate`` averages (``Transport.survivors``)."""
         return aggregate
+
+    def coordinate_bound(self) -> float | None:
+        """A bound on every coordinate of the updates ``on_client_update`` returns, when this defense's
+        guarantee needs a fixed-range transport (secagg) to encode them unclipped; None when it needs none."""
+        return None
 
     def privacy(self) -> dict[str, Any]:
         return {}

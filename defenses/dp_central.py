@@ -3,10 +3,24 @@
 Each sampled client's flat update is clipped to L2 norm ``clip_norm`` (C) before it leaves the
 client (``on_client_update``); the server adds Gaussian noise to the aggregate so that the *sum* of
 the round's clipped updates carries noise of std ``z * C`` (``z`` = ``noise_multiplier``). The
-engine hands ``on_aggregate`` the mean over the round's ``num_clients`` clients, so the noise added
-to it has std ``z * C / num_clients``. Accounting treats each round as one subsampled Gaussian
-mechanism with sampling rate ``q = clients_per_round / clients`` (Opacus RDP or PRV accountant); the
-privacy unit is a whole client (level ``user``).
+engine hands ``on_aggregate`` the mean over the round's ``num_clients`` surviving clients (those
+whose update the aggregate holds, ``Transport.survivors``), so the noise added to it has std
+``z * C / num_clients``. The privacy unit is a whole client (level ``user``).
+
+Sampling and accounting. The engine samples a fixed number ``m = clients_per_round`` of the ``n``
+clients each round, uniformly without replacement (``randperm[:m]``), and that is what is accounted:
+each round is the Gaussian mechanism on a fixed-size subset, with the RDP bound of Wang, Balle and
+Kasiviswanathan (2019, Theorem 27; ``defenses/_dp_wor.py``) at ratio ``q = m / n``, composed over the
+rounds. That bound holds for the replace-one neighbouring relation (``n`` is public; one client's data
+is replaced by anything), under which one clipped update moves the sum by up to ``2C``: the accountant
+sees noise ``z / 2`` relative to that sensitivity. (An add/remove epsilon from a Poisson accountant,
+as in the paper, would need the engine to sample clients independently with probability q, i.e. a
+variable cohort; it does not, and an add/remove epsilon is not a guarantee for the fixed-size cohort.
+A replace-one epsilon is roughly twice the add/remove one at the same noise.) Clients that drop out
+after being sampled only shrink the subset; the survivors are a uniform subset of data-independent
+size ``<= m``, and the bound grows with q, so the round's RDP is at most the bound at ``m / n``.
+The result row says so: ``dp.sampling = fixed-size without replacement``, ``dp.neighbouring =
+replace-one``. The ledger counts every round, including one that a transport skipped.
 
 Weights. DP-FedAvg's sensitivity argument needs every client's clipped update to enter the aggregate
 with the same weight (1 / num_clients): with example-count weights one client could move the mean by
@@ -22,17 +36,23 @@ Where the noise is added (``noise_at``):
 - ``clients`` (distributed DP, for use with ``secagg``/``he``): each client adds
   ``N(0, (z C)^2 / n)`` to its clipped update before masking/encryption, ``n`` being the planned
   ``clients_per_round``; the sum of ``n`` such updates carries std ``z C`` exactly as above, and no
-  party sees a noiseless aggregate. If clients drop out (``num_clients < n``) the server tops the noise
-  up by the missing variance ``(z C)^2 (1 - num_clients / n)`` so the guarantee is unchanged.
+  party sees a noiseless aggregate. If clients drop out (``num_clients < n`` survivors) the server tops
+  the noise up by the missing variance ``(z C)^2 (1 - num_clients / n)`` so the guarantee is unchanged.
+  A fixed-range transport must not clip the noisy coordinates (that would shrink the noise and make it
+  non-Gaussian): ``coordinate_bound`` declares ``C + 12 sigma_client`` (``sigma_client = z C /
+  sqrt(n)``), which one Gaussian coordinate exceeds with probability 2 Phi(-12) < 4e-33, so a run
+  of 1e12 coordinate draws clips with probability below 1e-20, far below delta; secagg widens its range
+  to it and stops the run if a coordinate still falls outside.
   Departure: the discrete Gaussian / Skellam noise of Kairouz et al. (2021) for modular arithmetic is
-  not used; noise is added in floating point before the transport quantises.
+  not used; noise is added in floating point before the transport quantises (rounding error per
+  coordinate at most n / (2 * scale), about 1e-8 of the noise std at 32 bits). Against the server
+  itself, which under secure aggregation still learns who was sampled, the amplification by sampling
+  does not apply: the reported epsilon is about the released aggregates and model.
 - unset (default): ``clients`` when a transport defense (``secagg``/``he``) runs alongside, else
   ``server`` (decided in ``check_compatible``, which the engine calls before training).
 
-Other departures: the engine samples a fixed number of clients per round, while the accountant
-assumes Poisson sampling at rate q (the usual approximation, as in the paper's experiments). Robust
-aggregation rules replace the mean, whose sensitivity is then no longer ``C / num_clients``; that
-combination is rejected as incompatible.
+Other departures: robust aggregation rules replace the mean, whose sensitivity is then no longer
+``C / num_clients``; that combination is rejected as incompatible.
 """
 
 from __future__ import annotations
@@ -49,6 +69,12 @@ from defenses._dp_accounting import Ledger, calibrate_noise, generator_on
 from defenses.base import Defense
 
 FEDERATION = 0  # the single privacy ledger unit: user-level DP is about the federation's output
+REPLACE_ONE_SENSITIVITY = 2.0
+"""Replacing one client's clipped update (norm <= C) moves the sum by up to 2C."""
+ACCOUNTANT = "rdp-wor"
+"""Fixed-size sampling without replacement, replace-one (``defenses/_dp_accounting.py``)."""
+TAIL_SIGMAS = 12.0
+"""Half-width of the encoding range in per-client noise stds beyond C (see the module docstring)."""
 
 
 def clip_to_norm(update: torch.Tensor, clip_norm: float | None) -> torch.Tensor:
@@ -70,7 +96,11 @@ class DPCentral(Defense):
         target_epsilon: float | None = doc("Calibrate z so that epsilon after all rounds is this.", None)
         clip_norm: float | None = doc("Per-client update L2 clip norm C; null or inf disables clipping.", 1.0)
         delta: float | None = doc("delta of the guarantee; default min(1e-5, clients^-1.1).", None)
-        accountant: Literal["rdp", "prv"] = doc("Opacus accountant: rdp (Renyi DP) or prv (PRV).", "rdp")
+        accountant: Literal["rdp"] = doc(
+            "rdp: Renyi DP of fixed-size sampling without replacement (Wang, Balle, Kasiviswanathan 2019), "
+            "the way the engine samples clients; Poisson-only accountants (prv) do not apply",
+            "rdp",
+        )
         noise_at: Literal["server", "clients"] | None = doc(
             "server (central DP), clients (distributed DP under secagg/he); unset: clients iff secagg/he runs.",
             None,
@@ -115,9 +145,10 @@ class DPCentral(Defense):
         if self.config.delta is None:
             self.delta = min(1e-5, float(federation.clients) ** -1.1)
         if self.config.target_epsilon is not None:
-            self.noise_multiplier = calibrate_noise(
-                self.config.target_epsilon, self.delta, self.sample_rate, int(federation.rounds), self.config.accountant
+            sigma = calibrate_noise(
+                self.config.target_epsilon, self.delta, self.sample_rate, int(federation.rounds), ACCOUNTANT
             )
+            self.noise_multiplier = sigma * REPLACE_ONE_SENSITIVITY
 
     @property
     def _noise_std_on_sum(self) -> float:
@@ -135,26 +166,38 @@ class DPCentral(Defense):
             return clipped
         if self.planned_clients is None:
             raise RuntimeError("dp-central with noise_at=clients needs setup(scenario, ...) for clients_per_round")
-        std = self._noise_std_on_sum / math.sqrt(self.planned_clients)
-        return clipped + _gaussian_like(clipped, std, rng)
+        return clipped + _gaussian_like(clipped, self._client_noise_std, rng)
+
+    @property
+    def _client_noise_std(self) -> float:
+        return self._noise_std_on_sum / math.sqrt(self.planned_clients or 1)
+
+    def coordinate_bound(self) -> float | None:
+        """With client-side noise: ``C + TAIL_SIGMAS`` client noise stds, which no coordinate of a clipped,
+        noised update exceeds but with negligible probability; None otherwise (nothing to protect)."""
+        if self.noise_at != "clients" or self._noise_std_on_sum == 0.0:
+            return None
+        return float(self.config.clip_norm) + TAIL_SIGMAS * self._client_noise_std
 
     def on_aggregate(
         self, round_index: int, aggregate: torch.Tensor, num_clients: int, rng: torch.Generator
     ) -> torch.Tensor:
         if self.noise_multiplier is None:
             raise RuntimeError("dp-central with target_epsilon needs setup(scenario, ...) before training")
-        self.ledger.record(FEDERATION, float(self.noise_multiplier), self.sample_rate, 1)
+        self.ledger.record(FEDERATION, float(self.noise_multiplier) / REPLACE_ONE_SENSITIVITY, self.sample_rate, 1)
+        if num_clients == 0:
+            return aggregate  # the round was skipped: the aggregate holds no one's update
         variance_on_sum = self._noise_std_on_sum**2
         if self.noise_at == "clients" and self.planned_clients:
             variance_on_sum *= max(0.0, 1.0 - num_clients / self.planned_clients)  # top up after dropouts
         if variance_on_sum == 0.0:
             return aggregate
-        return aggregate + _gaussian_like(aggregate, math.sqrt(variance_on_sum) / max(num_clients, 1), rng)
+        return aggregate + _gaussian_like(aggregate, math.sqrt(variance_on_sum) / num_clients, rng)
 
     def privacy(self) -> dict[str, Any]:
         clip = self.config.clip_norm
         unclipped = clip is None or math.isinf(clip)
-        epsilon = math.inf if unclipped else self.ledger.worst(self.delta, self.config.accountant)[1]
+        epsilon = math.inf if unclipped else self.ledger.worst(self.delta, ACCOUNTANT)[1]
         return {
             "dp.epsilon": epsilon,
             "dp.delta": self.delta,
@@ -165,6 +208,8 @@ class DPCentral(Defense):
             "dp.sampling_rate": self.sample_rate,
             "dp.steps": self.ledger.steps(FEDERATION),
             "dp.noise_at": self.noise_at,
+            "dp.sampling": "fixed-size without replacement",
+            "dp.neighbouring": "replace-one",
         }
 
 

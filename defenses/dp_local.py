@@ -180,6 +180,8 @@ class DPLocal(Defense):
             "dp.sampling_rate": max((q for _, q, _ in history), default=0.0),
             "dp.steps": self.ledger.steps(worst) if worst is not None else 0,
             "dp.grad_sample_mode": self.mode or self.config.grad_sample_mode,
+            "dp.sampling": "poisson",  # run_dp_sgd draws each record independently at rate q
+            "dp.neighbouring": "add-remove",
             **self._audit_report(),
         }
 

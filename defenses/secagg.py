@@ -20,6 +20,13 @@ material is drawn from the run's generator so that a scenario and seed reproduce
 (``key_source: os`` draws it from the operating system, as a deployment must); ``dropout_rate`` drops
 clients after they shared their keys but before their masked input arrives, and ``late_dropout_rate``
 drops them after their input arrived but before they answer the unmasking request.
+
+Encoding range. Each coordinate is clipped to [-clip, clip] before encoding. A defense whose guarantee
+rests on the exact values clients send (``dp-central`` with client-side noise: clipping a noisy
+coordinate would shrink and distort the noise on the sum) declares a bound (``Defense.coordinate_bound``),
+and the range is widened to it; a coordinate beyond a declared bound stops the run
+(``EncodingRangeError``) rather than be clipped. ``cost.secagg.clipped_coordinates`` counts the
+coordinates clipped per round in any case.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import torch
 
 from bench.config import doc
 from bench.registry import DEFENSES
-from defenses._secagg.errors import IndividualUpdatesHiddenError, SecAggAbortError
+from defenses._secagg.errors import EncodingRangeError, IndividualUpdatesHiddenError, SecAggAbortError
 from defenses._secagg.fixedpoint import MAX_BITS, MIN_BITS, FixedPoint
 from defenses._secagg.graph import default_degree
 from defenses._secagg.material import Entropy
@@ -74,7 +81,11 @@ class SecAggConfig:
         "scale is chosen from k and the number of clients so that the sum cannot overflow",
         32,
     )
-    clip: float = doc("Each coordinate is clipped to [-clip, clip] before fixed-point encoding", 1.0)
+    clip: float = doc(
+        "Each coordinate is clipped to [-clip, clip] before fixed-point encoding; widened to the bound a "
+        "defense running alongside declares (dp-central's client-side noise)",
+        1.0,
+    )
     neighbours: int = doc(
         "secagg+ only: each client's number of neighbours (rounded up to even); 0 picks "
         "2 * ceil(log2 n), capped at n - 1",
@@ -116,6 +127,8 @@ class _PendingRound:
     length: int
     dtype: torch.dtype
     device: torch.device
+    clipped: int
+    """Coordinates clipped to the encoding range, over the arrived inputs."""
     reference: np.ndarray  # plain survivors' mean, only to measure precision loss; dropped after use
 
     def __repr__(self) -> str:
@@ -128,6 +141,8 @@ class CostLedger:
     def __init__(self) -> None:
         self.rounds: list[dict[str, float]] = []
         self.aborted_rounds = 0
+        self.contributors: dict[int, int] = {}
+        """Per round (until read by ``survivors``): how many inputs the unmasked sum holds."""
 
     def record(self, pending: _PendingRound, delivered: int, dropped: int, error: float) -> None:
         """``delivered`` inputs reached the server; expansion compares all bytes up with theirs in float32."""
@@ -144,6 +159,8 @@ class CostLedger:
                 "dropped": float(dropped),
                 "dropout_tolerance": 1 - pending.protocol.threshold / pending.protocol.group_size,
                 "precision_loss": error,
+                "clipped_coordinates": float(pending.clipped),
+                "range": pending.protocol.fixed_point.clip,
             }
         )
 
@@ -160,6 +177,8 @@ class CostLedger:
             "dropped_clients": mean["dropped"],
             "dropout_tolerance": min(r["dropout_tolerance"] for r in self.rounds),
             "precision_loss": max(r["precision_loss"] for r in self.rounds),
+            "clipped_coordinates": mean["clipped_coordinates"],
+            "range": max(r["range"] for r in self.rounds),
             "aborted_rounds": float(self.aborted_rounds),
         }
 
@@ -171,6 +190,14 @@ class SecAggTransport(Transport):
         self.config = config
         self.ledger = CostLedger()
         self._pending: dict[int, _PendingRound] = {}
+        self.bound_sources: list[Defense] = []
+        """Defenses whose ``coordinate_bound`` the encoding range must hold (set by ``check_compatible``)."""
+
+    def encoding_range(self) -> tuple[float, float | None]:
+        """The clip used this round, and the bound a defense declared (None when none did)."""
+        bounds = [b for b in (d.coordinate_bound() for d in self.bound_sources) if b is not None]
+        declared = max(bounds) if bounds else None
+        return max(self.config.clip, declared or 0.0), declared
 
     def __repr__(self) -> str:
         return f"SecAggTransport({self.config!r}, pending_rounds={sorted(self._pending)})"
@@ -184,16 +211,23 @@ class SecAggTransport(Transport):
         fractions = {c: float(weights[c]) / total_weight for c in ids}
         early, late = self._draw_dropouts(ids, rng)
         entropy = _ENTROPY_SOURCES[self.config.key_source](rng)
+        clip, declared = self.encoding_range()
         protocol = SecAggRound(
             round_index,
             ids,
-            FixedPoint(self.config.bits, self.config.clip, len(ids)),
+            FixedPoint(self.config.bits, clip, len(ids)),
             self.config.threshold,
             _DEGREES[self.config.variant](self.config, len(ids)),
             entropy,
             rng,
         )
         plain = {c: updates[c].detach().to("cpu", torch.float32).numpy() for c in ids if c not in early}
+        clipped = sum(int(np.count_nonzero(np.abs(x) > clip)) for x in plain.values())
+        if clipped and declared is not None:
+            raise EncodingRangeError(
+                f"secagg round {round_index}: {clipped} coordinates exceed the range +-{declared:.4g} that "
+                f"{', '.join(d.name for d in self.bound_sources)} declared; clipping them would change its guarantee"
+            )
         masked = protocol.masked_inputs({c: (plain[c], fractions[c]) for c in plain})
         first = updates[ids[0]]
         self._pending[round_index] = _PendingRound(
@@ -203,6 +237,7 @@ class SecAggTransport(Transport):
             first.numel(),
             first.dtype,
             first.device,
+            clipped,
             _weighted_mean(plain, fractions),
         )
         return {c: torch.from_numpy(y.astype(np.int64)) for c, y in masked.items()}
@@ -221,9 +256,11 @@ class SecAggTransport(Transport):
             if not self.config.skip_aborted_rounds:
                 raise
             self.ledger.aborted_rounds += 1
+            self.ledger.contributors[round_index] = 0  # a skipped round's zero aggregate holds no one's update
             log.warning("secagg round %d aborted: too many dropouts; the round is skipped", round_index)
             return torch.zeros(length, dtype=pending.dtype, device=pending.device)
         mean = total / sum(pending.weight_fractions[c] for c in residues)
+        self.ledger.contributors[round_index] = len(residues)  # late dropouts' inputs arrived: they count
         dropped = len(protocol.clients) - len(residues) + len(pending.late_dropouts & set(residues))
         error = float(np.abs(mean - pending.reference).max()) if mean.size else 0.0
         self.ledger.record(pending, len(residues), dropped, error)
@@ -237,6 +274,11 @@ class SecAggTransport(Transport):
             protocol.costs.server_seconds,
         )
         return torch.from_numpy(mean).to(dtype=pending.dtype, device=pending.device)
+
+    def survivors(self, round_index: int, messages: dict[int, Any]) -> int:
+        """Clients whose inputs the unmasked sum holds: those whose masked input arrived (0 if the round
+        was skipped after too many late dropouts)."""
+        return self.ledger.contributors.pop(round_index, len(messages))
 
     def message_bytes(self, message: Any) -> int:
         """Wire size of one masked input: k bits per coordinate, packed."""
@@ -288,11 +330,16 @@ class SecureAggregation(Defense):
     def transport(self) -> SecAggTransport:
         return self._transport
 
+    def check_compatible(self, others: list[Defense], scenario: Any) -> str | None:
+        self._transport.bound_sources = list(others)  # their coordinate bounds set the encoding range
+        return super().check_compatible(others, scenario)
+
     def costs(self) -> dict[str, float]:
         """Protocol costs as ``cost.secagg.<name>`` (the engine's own ``cost.client_s`` etc. cover the whole
         round). Means per round: ``client_s`` per client, ``server_s``, ``bytes_up``/``bytes_down`` per
         client, ``expansion`` = all bytes up over the float32 size of the updates that arrived,
         ``dropped_clients``; ``dropout_tolerance`` is the fraction of a share group that may drop,
         ``precision_loss`` the largest absolute error of a decoded mean against the plain mean of the
-        same clients (clipping plus rounding), ``aborted_rounds`` a count."""
+        same clients (clipping plus rounding), ``clipped_coordinates`` the coordinates clipped to the
+        encoding range (mean per round), ``range`` that range's largest half-width, ``aborted_rounds`` a count."""
         return {f"cost.{self.name}.{key}": value for key, value in self._transport.ledger.summary().items()}

@@ -67,8 +67,10 @@ def test_dp_central_accounts_rounds_with_client_sampling_rate():
         defense.on_aggregate(r, torch.zeros(3), 5, torch.Generator().manual_seed(r))
     report = defense.privacy()
     assert report["dp.level"] == "user" and report["dp.steps"] == 5 and report["dp.sampling_rate"] == 0.25
-    assert report["dp.epsilon"] == pytest.approx(epsilon_for([(1.0, 0.25, 5)], report["dp.delta"], "rdp"))
-    calibrated = dp_central(target_epsilon=2.0, clip_norm=1.0, accountant="prv")
+    # fixed-size cohorts, replace-one: the accountant sees noise z / 2 against the sum's sensitivity 2C
+    assert report["dp.epsilon"] == pytest.approx(epsilon_for([(0.5, 0.25, 5)], report["dp.delta"], "rdp-wor"))
+    assert report["dp.sampling"] == "fixed-size without replacement" and report["dp.neighbouring"] == "replace-one"
+    calibrated = dp_central(target_epsilon=2.0, clip_norm=1.0)
     calibrated.setup(plan(rounds=5, clients=20, clients_per_round=5), {})
     for r in range(5):
         calibrated.on_aggregate(r, torch.zeros(3), 5, torch.Generator().manual_seed(r))

@@ -13,3 +13,8 @@ class SecAggAbortError(UserError):
 
 class IndividualUpdatesHiddenError(PermissionError):
     """Someone asked an encrypted transport for one client's plain update; the server cannot see it."""
+
+
+class EncodingRangeError(RuntimeError):
+    """A coordinate fell outside the fixed-point range that a defense declared its updates stay in
+    (``Defense.coordinate_bound``); clipping it would silently change that defense's guarantee."""
