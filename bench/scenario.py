@@ -20,6 +20,7 @@ import yaml
 from bench.config import bind, doc
 from bench.errors import UserError
 from bench.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS, Registry
+from defenses.base import composition_problem
 
 TOP_KEYS = {"name", "description", "tier", "model", "task", "method", "federation", "attacks", "defenses", "seeds",
             "device", "include", "matrix", "exclude", "tags"}
@@ -287,6 +288,8 @@ def build(entry: dict[str, Any], name: str, file: str) -> Scenario:
     device = entry.get("device", "auto")
     if not isinstance(device, str):
         raise UserError("device must be 'auto', 'cpu' or 'cuda'", file=file, key="device")
+    defenses = _components(entry.get("defenses"), DEFENSES, file, "defenses")
+    _check_composition(defenses, file)
     return Scenario(
         name=name,
         file=file,
@@ -296,9 +299,16 @@ def build(entry: dict[str, Any], name: str, file: str) -> Scenario:
         method=_component(entry["method"], METHODS, file, "method"),
         federation=bind(Federation, entry.get("federation"), file=file, key="federation"),
         attacks=_components(entry.get("attacks"), ATTACKS, file, "attacks"),
-        defenses=_components(entry.get("defenses"), DEFENSES, file, "defenses"),
+        defenses=defenses,
         seeds=_seeds(entry.get("seeds"), file),
         device=device,
         description=str(entry.get("description", "")),
         raw=entry,
     )
+
+
+def _check_composition(defenses: tuple[Component, ...], file: str) -> None:
+    """Two aggregation rules or two transports are a mistake in the file: refuse it before anything runs."""
+    problem = composition_problem([DEFENSES.get(d.name) for d in defenses])
+    if problem:
+        raise UserError(problem, file=file, key="defenses")

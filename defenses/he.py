@@ -35,7 +35,7 @@ from bench.config import doc
 from bench.errors import UserError
 from bench.registry import DEFENSES
 from defenses._secagg.errors import IndividualUpdatesHiddenError
-from defenses.base import Defense, Transport
+from defenses.base import Defense, DefenseSlot, Transport
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,7 @@ class HETransport(Transport):
 class HomomorphicEncryption(Defense):
     """CKKS homomorphic encryption of client updates (TenSEAL); hides every update from the server."""
 
-    removes_vantages = frozenset({"server"})
-    is_transport = True
+    slot = DefenseSlot.TRANSPORT
     Config = HEConfig
 
     def __init__(self, config: HEConfig):
