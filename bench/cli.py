@@ -10,31 +10,40 @@ from pathlib import Path
 from bench.errors import UserError
 
 DEFAULT_SCENARIOS = "scenarios/smoke.yaml"
+EXIT_FAILED = 1
+"""``run``: some run (or one of its attacks) failed; rerunning the same command retries only those."""
+EXIT_USER_ERROR = 2
+"""A mistake in the input (scenario file, command line), reported without a traceback."""
 
 
 def _run(args: argparse.Namespace) -> int:
     from bench.presets import apply, runnable
-    from bench.scenario import load_many
-    from bench.sweep import run_status, sweep
+    from bench.results import ResultStore
+    from bench.scenario import check_all, load_many
+    from bench.sweep import planned_runs, summarize, sweep
 
     scenarios, skipped = runnable(apply(load_many(args.paths), args.preset))
-    for message in skipped:
+    for message in skipped + check_all(scenarios):  # data files, columns, model paths: before any run
         print(message, file=sys.stderr)
     if not scenarios:
         print("nothing to run on this machine")
         return 0
     figures = str(Path(args.out) / "figures") if args.figures else None
+    runs = planned_runs(scenarios, ResultStore(args.out), args.seeds)  # before the sweep adds to the store
     store = sweep(scenarios, args.out, seeds=args.seeds, force=args.force, show_progress=not args.quiet, figures=figures)
-    counts = run_status(store)
-    print(f"wrote {store.jsonl} and {store.csv}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
-    return 0
+    summary = summarize(store, runs)
+    print(f"wrote {store.jsonl} and {store.csv}")
+    print("\n".join(summary.lines()))
+    return EXIT_FAILED if summary.failed else 0
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from bench.scenario import load_many
+    from bench.scenario import check_all, load_many
 
     paths = args.paths or ["scenarios"]
     scenarios = load_many(paths)
+    for note in check_all(scenarios):
+        print(f"note: {note}", file=sys.stderr)
     print(f"ok: {len(scenarios)} scenarios in {', '.join(map(str, paths))}")
     return 0
 
@@ -130,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

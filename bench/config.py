@@ -7,6 +7,7 @@ the declared type, and reports the file and the dotted key when not.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -20,20 +21,46 @@ def field_docs(config_cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(config_cls)}
 
 
-def doc(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
-    """A dataclass field with its docstring kept in metadata."""
+def doc(text: str, default: Any = dataclasses.MISSING, *, path: str | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with its docstring kept in metadata.
+
+    ``path="file"`` marks a local file path, ``path="local-or-hub"`` a local path or a hub name: a
+    relative one is resolved from the scenario file's folder (``bench.scenario``).
+    """
     if default is not dataclasses.MISSING:
         kwargs["default"] = default
-    return dataclasses.field(metadata={"doc": text}, **kwargs)
+    metadata = {"doc": text, **({"path": path} if path else {})}
+    return dataclasses.field(metadata=metadata, **kwargs)
+
+
+MAX_INT = 2**63 - 1
+"""Integers beyond a signed 64-bit value are never meaningful here (and overflow torch)."""
+
+
+class FieldError(ValueError):
+    """A ``__post_init__`` check that names its field, so the user sees ``federation.rounds``, not ``federation``."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(message)
+
+
+def check_range(config: Any, name: str, low: float, high: float) -> None:
+    """Raise ``FieldError`` unless ``low <= config.name <= high`` (the documented range)."""
+    value = getattr(config, name)
+    if not low <= value <= high:
+        raise FieldError(name, f"{name} must be in {low:g}..{high:g}, got {value!r}")
 
 
 def bind(config_cls: type, values: Mapping[str, Any] | None, *, file: str | None, key: str) -> Any:
     """Build ``config_cls`` from ``values``; unknown keys and wrong types are ``UserError``s."""
-    values = dict(values or {})
-    if not isinstance(values, dict):
-        raise UserError(f"expected a mapping, got {type(values).__name__}", file=file, key=key)
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise UserError(f"expected a mapping of keys to values, got {_shown(values)}", file=file, key=key or None)
+    values = dict(values)
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted((k for k in values if k not in fields), key=str)
     if unknown:
         raise UserError(
             f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(fields)) or '(none)'}",
@@ -54,8 +81,10 @@ def bind(config_cls: type, values: Mapping[str, Any] | None, *, file: str | None
         raise UserError(f"missing required key {missing[0]!r}", file=file, key=f"{key}.{missing[0]}" if key else missing[0])
     try:
         return config_cls(**converted)
+    except FieldError as error:
+        raise UserError(str(error), file=file, key=f"{key}.{error.field}" if key else error.field) from None
     except (ValueError, TypeError) as error:
-        raise UserError(str(error), file=file, key=key) from None
+        raise UserError(str(error), file=file, key=key or None) from None
 
 
 def _coerce(value: Any, hint: Any, *, file: str | None, key: str) -> Any:
@@ -72,41 +101,53 @@ def _coerce(value: Any, hint: Any, *, file: str | None, key: str) -> Any:
                 return _coerce(value, option, file=file, key=key)
             except UserError as error:
                 errors.append(str(error))
-        raise UserError(f"expected {_describe(hint)}, got {value!r}", file=file, key=key)
+        raise UserError(f"expected {_describe(hint)}, got {_shown(value)}", file=file, key=key)
     if origin is typing.Literal:
         if value not in args:
-            raise UserError(f"expected one of {', '.join(map(repr, args))}, got {value!r}", file=file, key=key)
+            raise UserError(f"expected one of {', '.join(map(repr, args))}, got {_shown(value)}", file=file, key=key)
         return value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"expected a list, got {value!r}", file=file, key=key)
+            raise UserError(f"expected a list, got {_shown(value)}", file=file, key=key)
         item = args[0] if args else Any
         return tuple(_coerce(v, item, file=file, key=f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
-            raise UserError(f"expected a mapping, got {value!r}", file=file, key=key)
+            raise UserError(f"expected a mapping, got {_shown(value)}", file=file, key=key)
         return dict(value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise UserError(f"expected true or false, got {value!r}", file=file, key=key)
+            raise UserError(f"expected true or false, got {_shown(value)}", file=file, key=key)
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"expected an integer, got {value!r}", file=file, key=key)
+            raise UserError(f"expected an integer, got {_shown(value)}", file=file, key=key)
+        if abs(value) > MAX_INT:
+            raise UserError(f"integer out of range (at most {MAX_INT} in magnitude)", file=file, key=key)
         return value
     if hint is float:
         if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", ".inf"):
             return float("inf")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"expected a number, got {value!r}", file=file, key=key)
+            raise UserError(f"expected a number, got {_shown(value)}", file=file, key=key)
+        if isinstance(value, float) and math.isnan(value):
+            raise UserError("expected a number, got NaN", file=file, key=key)
+        if abs(value) > MAX_INT and not math.isinf(value):
+            raise UserError(f"number out of range (at most {MAX_INT:.3g} in magnitude; .inf where allowed)", file=file, key=key)
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise UserError(f"expected a string, got {value!r}", file=file, key=key)
+            raise UserError(f"expected a string, got {_shown(value)}", file=file, key=key)
         return value
     if dataclasses.is_dataclass(hint):
         return bind(hint, value, file=file, key=key)
     return value
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr`` cut short: a user's value may be huge (a long list, an expanded alias)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _describe(hint: Any) -> str:

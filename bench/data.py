@@ -9,7 +9,10 @@ distribution. A disjoint public ``auxiliary`` set (for shadow models, backdoor e
 from __future__ import annotations
 
 import csv
+import functools
+import gzip
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import synthetic
-from bench.config import doc
+from bench.config import FieldError, doc
 from bench.errors import UserError
 from bench.registry import TASKS
 
@@ -63,11 +66,18 @@ class Task:
     def load(self, total: int, rng: torch.Generator) -> TaskData:
         raise NotImplementedError
 
+    def check(self) -> list[str]:
+        """What can be checked before a run (files, columns, labels): raises ``UserError`` naming the
+        key (``task.params.*``); returns notes worth showing (rows skipped, say)."""
+        return []
+
     def text_of(self, example: dict[str, Any]) -> str:
         """The raw text an example carries (what leaves a client when it is sent to a provider)."""
         if "chosen" in example:
             return PREFERENCE_TEMPLATE.format(**example)
-        return example.get("text") or PROMPT_TEMPLATE.format(**example) + example.get("response", "")
+        if "text" in example:  # an empty text is still a text, not an instruction record
+            return example["text"]
+        return PROMPT_TEMPLATE.format(**example) + example.get("response", "")
 
     def label_of(self, example: dict[str, Any]) -> int:
         return int(example.get("label", 0))
@@ -98,6 +108,41 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     nll = nll.view(targets.shape)
     counts = (targets != -100).sum(dim=1).clamp(min=1)
     return nll.sum(dim=1) / counts
+
+
+def truncation(task: Task, examples: list[dict[str, Any]], tokenizer: Any) -> float:
+    """The fraction of ``examples`` that ``max_length`` cuts short (``data.truncated_fraction``).
+
+    A record whose prompt alone fills ``max_length`` keeps no response token: its loss masks every
+    position, and the run would report perplexity 1.0 and chance-level attacks as a measurement.
+    That is an error naming the task, the key and the length needed.
+    """
+    limit, eos = task.config.max_length, tokenizer.eos_token or ""
+    records = [_prompt_and_full(task, e, eos) for e in examples]
+    pairs = [pair for record in records for pair in record]
+    if not pairs:
+        return 0.0
+    prompts = [len(ids) for ids in tokenizer([p for p, _ in pairs]).input_ids]  # as collate masks them
+    fulls = [len(ids) for ids in tokenizer([f for _, f in pairs]).input_ids]
+    starved = [n for n in prompts if n >= limit]
+    if starved:
+        raise UserError(f"task {task.name}: {len(starved)} of {len(pairs)} sequences have a prompt of {max(starved)} "
+                        f"tokens or more, so max_length {limit} cuts every response token; set max_length to at "
+                        f"least {max(starved) + 1} ({max(fulls)} keeps every record whole)", key="task.params.max_length")
+    cut = iter(full > limit for full in fulls)
+    return sum(any([next(cut) for _ in record]) for record in records) / len(records)
+
+
+def _prompt_and_full(task: Task, example: dict[str, Any], eos: str) -> list[tuple[str, str]]:
+    """(prompt, whole sequence) per sequence ``collate`` builds from ``example``; the prompt is empty
+    where every token (or a class label) is supervised."""
+    if task.kind == "instruction":
+        prompt = PROMPT_TEMPLATE.format(instruction=example["instruction"])
+        return [(prompt, prompt + example["response"] + eos)]
+    if task.kind == "preference":
+        prompt = PROMPT_TEMPLATE.format(instruction=example["prompt"])
+        return [(prompt, prompt + example[k] + eos) for k in ("chosen", "rejected")]
+    return [("", task.text_of(example) + eos)]
 
 
 def _with_positions(enc: Any) -> dict[str, torch.Tensor]:
@@ -238,7 +283,8 @@ class LocalFile(Task):
 
     @dataclass(frozen=True, kw_only=True)
     class Config(Task.Config):
-        path: str = doc("File path (.csv, .json or .jsonl); relative paths are taken from the working directory.")
+        path: str = doc("File path (.csv, .json or .jsonl, each optionally .gz); a relative path is taken from the "
+                        "scenario file's folder.", path="file")
         objective: str = doc("'classification', 'language', 'instruction' or 'preference'.", "classification")
         text_column: str = doc("Column with the text (classification / language).", "text")
         label_column: str = doc("Column with the class label (classification).", "label")
@@ -248,11 +294,13 @@ class LocalFile(Task):
         prompt_column: str = doc("Column with the prompt (preference pairs).", "prompt")
         chosen_column: str = doc("Column with the preferred response (preference pairs).", "chosen")
         rejected_column: str = doc("Column with the dispreferred response (preference pairs).", "rejected")
-        limit: int = doc("Use at most this many records (0 = all).", 0)
+        limit: int = doc("Use at most this many records, drawn at random with the run's seed (0 = all).", 0)
 
         def __post_init__(self) -> None:
             if self.objective not in LOCAL_OBJECTIVES:
                 raise ValueError(f"objective must be one of {', '.join(LOCAL_OBJECTIVES)}")
+            if self.limit < 0:
+                raise FieldError("limit", f"limit must be 0 (all) or a positive count, got {self.limit}")
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -264,19 +312,35 @@ class LocalFile(Task):
 
     def _rows(self) -> list[dict[str, Any]]:
         path = Path(self.config.path)
-        if not path.exists():
-            raise UserError(f"data file {path} does not exist", key="task.path")
-        readers = {".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl}
-        if path.suffix not in readers:
-            raise UserError(f"unsupported file type {path.suffix!r}; allowed: .csv, .json, .jsonl", key="task.path")
-        rows = readers[path.suffix](path)
-        return rows[: self.config.limit] if self.config.limit else rows
+        if not path.is_file():
+            what = "is a directory, not a file" if path.is_dir() else "does not exist"
+            raise UserError(f"data file {path} {what}", key="task.params.path")
+        reader = _reader(path)
+        if reader is None:
+            raise UserError(f"unsupported file type {path.name!r}; allowed: {', '.join(READERS)} (each optionally .gz)",
+                            key="task.params.path")
+        stat = path.stat()
+        return _read_rows(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+    def _mapping(self) -> dict[str, str]:
+        """The columns this objective reads: config key -> column name."""
+        c = self.config
+        keys = {"preference": ("prompt_column", "chosen_column", "rejected_column"),
+                "instruction": ("instruction_column", "response_column"),
+                "language": ("text_column",),
+                "classification": ("text_column", "label_column")}[c.objective]
+        return {key: getattr(c, key) for key in keys}
 
     def _label_ids(self) -> dict[str, int]:
+        # From every usable row of the file, not the seed's sample: the head's size is fixed before sampling.
         if not hasattr(self, "_labels"):
-            values = sorted({str(r[self.config.label_column]) for r in self._rows()})
+            values = sorted({str(r[self.config.label_column]) for r in self._rows() if self._usable(r)})
             self._labels = {v: i for i, v in enumerate(values)}
         return self._labels
+
+    def _usable(self, row: Any) -> bool:
+        """A row with every mapped field present and non-empty (others are skipped and counted)."""
+        return isinstance(row, dict) and all(_filled(row.get(column)) for column in self._mapping().values())
 
     def _record(self, row: dict[str, Any]) -> dict[str, Any]:
         c = self.config
@@ -294,11 +358,50 @@ class LocalFile(Task):
 
     def load(self, total: int, rng: torch.Generator) -> TaskData:
         rows = self._rows()
+        # Shuffle first, then keep ``limit``: a file sorted by label must not give a one-class sample.
         order = torch.randperm(len(rows), generator=rng).tolist()
-        records = [self._record(rows[i]) for i in order]
+        chosen = [rows[i] for i in order if self._usable(rows[i])]
+        skipped = len(order) - len(chosen)
+        if skipped:
+            warnings.warn(f"{self.config.path}: {skipped} of {len(rows)} rows lack a value for "
+                          f"{', '.join(self._mapping().values())} and are skipped", stacklevel=2)
+        if self.config.limit:
+            chosen = chosen[: self.config.limit]
+        records = [self._record(row) for row in chosen]
+        if self.config.objective == "classification":
+            labels = {r["label"] for r in records}
+            if len(labels) < 2:
+                raise UserError(f"the records drawn hold {len(labels)} label(s) of column {self.config.label_column!r}; "
+                                f"a classification task needs at least 2 (raise limit?)", key="task.params.label_column")
         n_test = max(len(records) // 10, 1)
         test, aux, pool = records[:n_test], records[n_test : 2 * n_test], records[2 * n_test :]
         return TaskData(pool[:total], test, aux)
+
+    def check(self) -> list[str]:
+        """The file exists and parses, the mapped columns are in it, rows are usable, labels >= 2."""
+        rows = self._rows()
+        if not rows:
+            raise UserError(f"data file {self.config.path} holds no records", key="task.params.path")
+        columns = {k for r in rows if isinstance(r, dict) for k in r}
+        if not columns:
+            raise UserError(f"data file {self.config.path} holds no records with named fields (expected objects or a "
+                            f"CSV header)", key="task.params.path")
+        for key, column in self._mapping().items():
+            if column not in columns:
+                raise UserError(f"column {column!r} is not in {self.config.path}; its columns: "
+                                f"{', '.join(sorted(map(str, columns))[:30])}", key=f"task.params.{key}")
+        usable = sum(self._usable(r) for r in rows)
+        if usable < 2:
+            raise UserError(f"{usable} of {len(rows)} rows of {self.config.path} have a value in every mapped column "
+                            f"({', '.join(self._mapping().values())}); at least 2 are needed", key="task.params.path")
+        notes = []
+        if usable < len(rows):
+            notes.append(f"{len(rows) - usable} of {len(rows)} rows lack a value for "
+                         f"{', '.join(self._mapping().values())} and will be skipped")
+        if self.config.objective == "classification" and len(self._label_ids()) < 2:
+            raise UserError(f"column {self.config.label_column!r} holds {len(self._label_ids())} distinct label(s); a "
+                            f"classification task needs at least 2", key="task.params.label_column")
+        return notes
 
     def text_of(self, example: dict[str, Any]) -> str:
         if self.config.objective == "instruction":
@@ -318,17 +421,51 @@ class LocalFile(Task):
         return super().example_losses(model, batch)
 
 
+def _filled(value: Any) -> bool:
+    return value is not None and str(value).strip() != ""
+
+
+def _open(path: Path) -> Any:
+    return gzip.open(path, "rt", encoding="utf-8", newline="") if path.name.endswith(".gz") else \
+        path.open(encoding="utf-8", newline="")
+
+
 def _read_csv(path: Path) -> list[dict[str, Any]]:
-    with path.open(newline="", encoding="utf-8") as handle:
+    with _open(path) as handle:
         return list(csv.DictReader(handle))
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    with _open(path) as handle:
+        rows = json.load(handle)
+    if not isinstance(rows, list):
+        raise UserError(f"{path} holds a JSON {type(rows).__name__}; expected a list of records (or use .jsonl)",
+                        key="task.params.path")
+    return rows
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    with _open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+READERS = {".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl}
+
+
+def _reader(path: Path) -> Any:
+    name = path.name[: -len(".gz")] if path.name.endswith(".gz") else path.name
+    return READERS.get(Path(name).suffix)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_rows(path: str, mtime_ns: int, size: int) -> list[dict[str, Any]]:
+    """The rows of a data file, read once per version of it (``validate`` and every cell of a grid share them)."""
+    try:
+        return _reader(Path(path))(Path(path))
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte offset {error.start})", key="task.params.path") from None
+    except (json.JSONDecodeError, csv.Error, gzip.BadGzipFile, EOFError) as error:
+        raise UserError(f"cannot parse {path}: {error}", key="task.params.path") from None
 
 
 @TASKS.register("hf-dataset")
@@ -337,7 +474,8 @@ class HuggingFaceDataset(LocalFile):
 
     @dataclass(frozen=True, kw_only=True)
     class Config(LocalFile.Config):
-        path: str = doc("Hub dataset name (e.g. 'ag_news') or a local save_to_disk directory.")
+        path: str = doc("Hub dataset name (e.g. 'ag_news') or a local save_to_disk directory (relative to the "
+                        "scenario file's folder).", path="local-or-hub")
         subset: str = doc("Dataset configuration name (empty = default).", "")
         split: str = doc("Split to draw records from.", "train")
 
@@ -353,5 +491,13 @@ class HuggingFaceDataset(LocalFile):
                 loaded = datasets.load_dataset(c.path, c.subset or None, split=c.split)
         except (FileNotFoundError, ValueError, KeyError, ConnectionError) as error:
             raise UserError(f"cannot load dataset {c.path!r} split {c.split!r}: {error}", key="task.params.path") from None
-        rows = loaded.to_list()
-        return rows[: c.limit] if c.limit else rows
+        return loaded.to_list()
+
+    def check(self) -> list[str]:
+        from bench.scenario import looks_local
+
+        if Path(self.config.path).is_dir():
+            return super().check()
+        if looks_local(self.config.path):
+            raise UserError(f"dataset directory {self.config.path} does not exist", key="task.params.path")
+        return []  # a hub name cannot be checked offline

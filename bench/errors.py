@@ -17,3 +17,7 @@ class TierAccessError(PermissionError):
 
 class IncompatibleError(UserError):
     """A combination of components that cannot run together (decided before any training)."""
+
+
+class DivergedError(ArithmeticError):
+    """Training produced a non-finite loss, update or aggregate: the run's numbers would be meaningless."""

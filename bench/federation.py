@@ -23,9 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.errors import DivergedError
 from bench.partition import ClientData
 from bench.seeding import generator
-from bench.training import LocalJob, Trainer, train_local
+from bench.training import LocalJob, Trainer, job_rng, train_local
 from bench.transcript import GroundTruth, RoundRecord, Transcript
 from defenses.base import Defense, DefenseSlot, Transport
 
@@ -121,15 +122,31 @@ def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Trans
     for defense in fed.defenses:
         aggregate = defense.on_aggregate(r, aggregate, survivors, generator(*fed.seed_parts, "server", r))
     stats.server_s += time.perf_counter() - started
+    check_finite(r, None, "aggregate", aggregate)
     record.aggregate = aggregate if "aggregates" in fed.keep else None
     transcript.rounds.append(record)
     return global_state + s.server_lr * aggregate.to(global_state.dtype)
 
 
+def check_finite(r: int, client: int | None, what: str, value: Any) -> None:
+    """Fail the run at the first non-finite loss, update or aggregate: a diverged model still yields
+    numbers (accuracy at chance, AUC 0.5) that would otherwise be recorded as a measurement."""
+    if value is None:  # a trainer that reports no loss
+        return
+    tensor = torch.as_tensor(value)
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        return
+    bad = int((~torch.isfinite(tensor)).sum())
+    who = f"client {client}'s " if client is not None else "the "
+    detail = f"{float(tensor):g}" if tensor.numel() == 1 else f"{bad} of {tensor.numel()} values non-finite"
+    raise DivergedError(f"diverged in round {r}: {who}{what} is not finite ({detail})")
+
+
 def server_update(fed: Federation, r: int, root: list[dict[str, Any]]) -> torch.Tensor:
     """The update the server itself would send, trained on ``root`` from this round's global state."""
     job = _job(fed, r, -1, fed.global_state, root)
-    fed.trainer(job)
+    with job_rng(job):  # dropout inside any trainer (DP-SGD too) draws from the job's seed
+        fed.trainer(job)
     return fed.method.get_flat() - fed.global_state
 
 
@@ -159,12 +176,17 @@ def _train_client(fed: Federation, r: int, client: int, global_state: torch.Tens
     trainer = fed.trainer
     for defense in fed.defenses:
         trainer = defense.wrap_training(trainer, client, job.rng)
-    result = trainer(job)
+    with job_rng(job):  # dropout inside any trainer (DP-SGD too) draws from the job's seed
+        result = trainer(job)
     stats.train_losses.append(float(result.get("loss", float("nan"))))
+    if not job.seen or any(job.seen):  # a DP-SGD client whose Poisson batches were all empty has no loss
+        check_finite(r, client, "training loss", result.get("loss"))
     if "client_batches" in fed.keep:
         trained_on = list(dict.fromkeys(i for step in job.seen for i in step))
         truth.client_batches[(r, client)] = _token_ids(fed, job, trained_on)
-    return transmitted_update(fed.settings.protocol, job, global_state, fed.method.get_flat())
+    update = transmitted_update(fed.settings.protocol, job, global_state, fed.method.get_flat())
+    check_finite(r, client, "update", update)
+    return update
 
 
 def transmitted_update(protocol: str, job: LocalJob, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:

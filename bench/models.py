@@ -16,12 +16,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from bench import synthetic
 from bench.config import doc
+from bench.errors import UserError
 from bench.registry import MODELS
 from bench.seeding import isolated_rng
 
@@ -54,10 +55,29 @@ class ModelSource:
         """The pretraining data when it is public (what makes a model open-source tier)."""
         return None
 
+    def architecture(self) -> Any | None:
+        """The model's transformers config, read without its weights; None where only building the model
+        would tell (zoo models, whose architectures are known decoders)."""
+        return None
+
+    def check_task(self, task_kind: str) -> str | None:
+        """Why this model cannot serve a ``task_kind`` task, or None: an encoder-only model (BERT family)
+        cannot generate, and loading it as a causal LM would attach an untrained LM head. Cheap (reads
+        the config only), so scenario validation can call it, together with ``Method.check_model``."""
+        config = self.architecture()
+        if config is None or task_kind == "classification" or not encoder_only(config):
+            return None
+        return (f"model '{self.path()}' is encoder-only ({config.model_type}); a {task_kind} task needs a causal "
+                "language model (a decoder): an encoder would get an untrained LM head. Use it for a "
+                "classification task, or choose a decoder model")
+
     def load(self, task_kind: str, num_labels: int, device: torch.device, init_seed: int) -> tuple[Any, Any]:
         """(model, tokenizer): a sequence-classification head for classification, else a causal LM."""
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+        problem = self.check_task(task_kind)
+        if problem:  # validation refuses it first; a run that gets here fails with the reason
+            raise ValueError(problem)
         location = self.path()
         tokenizer = AutoTokenizer.from_pretrained(location)
         if tokenizer.pad_token is None:
@@ -74,26 +94,79 @@ class ModelSource:
     def load_kwargs(self) -> dict[str, Any]:
         return {}
 
+    def context_length(self) -> int | None:
+        """Positions the model takes (None when unknown without downloading it)."""
+        return None
+
+    def check(self) -> None:
+        """Raise ``UserError`` (key ``model.params.*``) for what is wrong before loading; offline and cheap."""
+
 
 @MODELS.register("hf")
 class HuggingFaceModel(ModelSource):
-    """Any Hugging Face causal LM by hub name or local directory."""
+    """Any Hugging Face model by hub name or local directory (decoders for every task; encoders for classification)."""
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
-        path: str = doc("Hub name (e.g. 'Qwen/Qwen2.5-0.5B') or a local directory saved by save_pretrained.")
-        dtype: str = doc("Weights dtype: 'float32', 'bfloat16' or 'float16'.", "float32")
+        path: str = doc("Hub name (e.g. 'Qwen/Qwen2.5-0.5B') or a local directory saved by save_pretrained "
+                        "(relative to the scenario file's folder).", path="local-or-hub")
+        dtype: Literal["float32", "bfloat16", "float16"] = doc("Weights dtype.", "float32")
         license: str = doc("License of the weights, for the results' metadata.", "unknown")
         openness: str = doc("Openness of the release: open-source, open-weight, gray-box or black-box.", "open-weight")
+
+    _architecture: Any = None  # the transformers config, read once
 
     def path(self) -> str:
         return self.config.path
 
+    def architecture(self) -> Any:
+        if self._architecture is None:
+            from transformers import AutoConfig
+
+            try:
+                self._architecture = AutoConfig.from_pretrained(self.config.path)
+            except (OSError, ValueError) as error:
+                raise UserError(f"cannot read a model config at '{self.config.path}': {error}",
+                                key="model.params.path") from None
+        return self._architecture
+
     def load_kwargs(self) -> dict[str, Any]:
         return {"dtype": getattr(torch, self.config.dtype)}
 
+    def check(self) -> None:
+        from bench.scenario import looks_local
+
+        path = Path(self.config.path)
+        if looks_local(self.config.path) and not (path / "config.json").is_file():
+            what = ("has no config.json" if path.is_dir() else "is a file, not a model directory" if path.exists()
+                    else "does not exist")
+            raise UserError(f"model path {self.config.path} {what}; give a hub name (org/name) or a directory "
+                            f"written by save_pretrained", key="model.params.path")
+
+    def context_length(self) -> int | None:
+        config = Path(self.config.path) / "config.json"
+        if not config.is_file():
+            return None
+        try:
+            values = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # from_pretrained will say what is wrong with it
+            return None
+        if not isinstance(values, dict):
+            return None
+        known = [values[k] for k in ("max_position_embeddings", "n_positions") if isinstance(values.get(k), int)]
+        return known[0] if known else None
+
     def metadata(self) -> dict[str, Any]:
         return {"license": self.config.license, "openness": self.config.openness, "source": self.config.path}
+
+
+def encoder_only(config: Any) -> bool:
+    """True for a bidirectional encoder (BERT, RoBERTa, DistilBERT, ModernBERT, ...): a model type that
+    transformers knows as a masked LM, with a config that is neither a decoder nor an encoder-decoder."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return (config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+            and not getattr(config, "is_encoder_decoder", False) and not getattr(config, "causal", False))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +201,9 @@ class ZooModel(ModelSource):
         if not (target / "done").exists():
             _build_atomically(target, self._pretrain)
         return str(target)
+
+    def context_length(self) -> int | None:
+        return self.config.context
 
     def pretraining_corpus(self) -> list[str]:
         return synthetic.pretraining_corpus(self.config.corpus_documents, torch.Generator().manual_seed(self.config.seed))

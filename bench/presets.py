@@ -72,7 +72,10 @@ def apply(scenarios: list[Scenario], name: str = DEFAULT_PRESET) -> list[Scenari
     out = []
     for scenario in scenarios:
         entry = _entry(scenario, over)
-        out.append(build(entry, f"{scenario.name}@{name}", scenario.file))
+        try:
+            out.append(build(entry, f"{scenario.name}@{name}", scenario.file))
+        except UserError as error:  # the file was valid: say that the preset's sizes broke it
+            raise UserError(f"{error} (with --preset {name})") from None
     return out
 
 

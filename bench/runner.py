@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from bench import federation as fl
+from bench.data import truncation
 from bench.device import describe, peak_gpu_memory_mb, pick_device, reset_peak_memory
 from bench.errors import IncompatibleError, TierAccessError, UserError
 from bench.evaluate import evaluate
@@ -138,8 +139,8 @@ def execute(scenario: Scenario, seed: int, *, progress: Any = None, figures: str
         result = _run(scenario, seed, built, progress, figures)
     except IncompatibleError as error:
         result = RunResult(status="incompatible", error=str(error).split(": ", 1)[-1])
-    except UserError:
-        raise
+    except UserError as error:  # found only at run time (a secagg abort, a data file gone): this run fails, the sweep goes on
+        result = RunResult(status="failed", error=str(error)[:500])
     except Exception as error:  # a failing run is recorded and the sweep goes on
         result = RunResult(status="failed", error=_one_line(error))
     return _rows(scenario, seed, result, time.perf_counter() - started)
@@ -225,9 +226,11 @@ def prepare(scenario: Scenario, seed: int, built: Plan, progress: Any = None) ->
 
 def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str | None = None) -> RunResult:
     p = prepare(scenario, seed, built, progress)
+    truncated = _truncation_metric(p)  # before training: a task that cuts every response token is an error
     reset_peak_memory(p.device)
     stats = fl.run(p.fed, p.transcript, p.truth)
     result = RunResult(device=describe(p.device), skipped=[(name, "incompatible", why) for name, why in built.refused])
+    result.metrics.append(("none", truncated))
     from bench.tiers import OpenModel
 
     own_view = OpenModel(built.method.model, built.method.layout(), built.task, p.tokenizer)
@@ -259,6 +262,13 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
     result.extra.update({"trainable_params": built.method.num_trainable, "malicious": list(p.fed.malicious),
                          "model": built.model_source.metadata()})
     return result
+
+
+def _truncation_metric(p: Prepared) -> Metric:
+    """``data.truncated_fraction`` over every record the run trains, attacks or evaluates on."""
+    data = p.task_data
+    records = data.pool + data.auxiliary + _eval_set(data.test, p.scenario.federation.eval_examples)
+    return Metric("data.truncated_fraction", truncation(p.built.task, records, p.tokenizer), higher_is_better=False)
 
 
 def _give_server_updates(defenses: list[Any], fed: fl.Federation, public: list[dict]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,10 @@ def sweep(scenarios: list[Scenario], out: str | Path, *, seeds: int | None = Non
     from tqdm import tqdm
 
     quiet_libraries()
-    store = ResultStore(out)
+    store = ResultStore(out, writer=True)  # locks --out and proves it writable before the first run
     done = store.done()
-    runs = [(s, seed) for s in scenarios for seed in (range(seeds) if seeds else s.seeds)]
-    runs = _clean_twins(runs, store) + runs
+    runs = planned_runs(scenarios, store, seeds)
+    done -= failed_runs(store)  # retried: a failed run, and an ok run one of whose attacks failed
     with tqdm(total=len(runs), desc="runs", disable=not show_progress, position=0) as bar:
         for scenario, seed in runs:
             bar.set_postfix_str(scenario.name[-60:])
@@ -47,7 +48,19 @@ def sweep(scenarios: list[Scenario], out: str | Path, *, seeds: int | None = Non
                 store.append(rows, replace=(scenario.hash, seed))
             bar.update(1)
     add_utility_drops(store)
+    store.close()  # writes results.csv from the log and releases the lock
     return store
+
+
+def planned_runs(scenarios: list[Scenario], store: ResultStore, seeds: int | None = None) -> list[tuple[Scenario, int]]:
+    """The (scenario, seed) runs a sweep covers: the grid's, preceded by the clean twins it lacks."""
+    runs = [(s, seed) for s in scenarios for seed in (range(seeds) if seeds else s.seeds)]
+    return _clean_twins(runs, store) + runs
+
+
+def failed_runs(store: ResultStore) -> set[tuple[str, int]]:
+    """The (scenario_hash, seed) of every run with a failed row (the run itself or one of its attacks)."""
+    return {(r["scenario_hash"], int(r["seed"])) for r in store.rows() if r.get("status") == "failed"}
 
 
 def _clean_twins(runs: list[tuple[Scenario, int]], store: ResultStore) -> list[tuple[Scenario, int]]:
@@ -66,12 +79,43 @@ def _clean_twins(runs: list[tuple[Scenario, int]], store: ResultStore) -> list[t
     return list(twins.values())
 
 
-def run_status(store: ResultStore) -> dict[str, Any]:
-    counts: dict[str, int] = {}
-    seen = set()
+@dataclass
+class Summary:
+    """How the runs of one sweep ended, read back from the store."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    """Runs per status: ``ok``, ``failed`` (the run or one of its attacks), ``incompatible``."""
+    failed: list[str] = field(default_factory=list)
+    """One line per failed run: scenario, seed and the reason."""
+    not_applicable: int = 0
+    """Attacks ruled out at evaluation time (recorded ``not-applicable`` with the reason)."""
+
+    def lines(self) -> list[str]:
+        counts = ", ".join(f"{self.counts.get(k, 0)} {k}" for k in ("ok", "failed", "incompatible"))
+        extra = f"; {self.not_applicable} attacks not applicable" if self.not_applicable else ""
+        lines = [f"runs: {counts}{extra}"]
+        if self.failed:
+            lines += ["failed runs (rerun the same command to retry them):"] + [f"  {line}" for line in self.failed]
+        return lines
+
+
+def summarize(store: ResultStore, runs: list[tuple[Scenario, int]]) -> Summary:
+    """The status of each of ``runs`` in ``store``: failed when the run or any of its attacks failed."""
+    by_run: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for row in store.rows():
-        key = (row["scenario_hash"], row["seed"])
-        if key not in seen:
-            seen.add(key)
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
-    return counts
+        by_run.setdefault((row["scenario_hash"], int(row["seed"])), []).append(row)
+    summary = Summary()
+    for scenario, seed in _unique(runs):
+        rows = by_run.get((scenario.hash, seed)) or [{"attack": "none", "status": "failed", "error": "no result recorded"}]
+        failures = [r for r in rows if r["status"] == "failed"]
+        status = "failed" if failures else rows[0]["status"]
+        summary.counts[status] = summary.counts.get(status, 0) + 1
+        summary.not_applicable += sum(r["status"] == "not-applicable" for r in rows)
+        for r in failures:
+            who = "" if r["attack"] == "none" else f"attack {r['attack']}: "
+            summary.failed.append(f"{scenario.name} seed {seed}: {who}{r['error']}")
+    return summary
+
+
+def _unique(runs: list[tuple[Scenario, int]]) -> list[tuple[Scenario, int]]:
+    return list({(s.hash, seed): (s, seed) for s, seed in runs}.values())

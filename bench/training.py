@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from bench.device import autocast
+from bench.seeding import derive_seed, isolated_rng
 
 Trainer = Callable[["LocalJob"], dict[str, float]]
 
@@ -69,8 +70,25 @@ def batch_indices(job: LocalJob) -> list[list[int]]:
     return batches
 
 
+def job_rng(job: LocalJob) -> Any:
+    """A context in which torch's global generators (CPU and every CUDA device) are seeded from the
+    job, and restored afterwards.
+
+    Hugging Face models draw dropout masks from the global generator, which nothing in a run seeds;
+    without this, a model whose dropout is > 0 trains differently on every rerun of the same seed. The
+    seed comes from ``job.rng``'s own seed (read, not drawn, so batch order stays as it was), which the
+    round loop derives from (run, round, client) and shadow training from its own seed. The fork
+    restores the global state afterwards, so a run neither depends on nor changes it."""
+    return isolated_rng(derive_seed(job.rng.initial_seed(), "global-rng"))
+
+
 def train_local(job: LocalJob) -> dict[str, float]:
     """Plain local training: ``job.steps`` optimizer steps on mini-batches; returns the mean loss."""
+    with job_rng(job):
+        return _train_local(job)
+
+
+def _train_local(job: LocalJob) -> dict[str, float]:
     job.model.train()
     optimizer = make_optimizer(job.optimizer, job.parameters, job.lr)
     total = 0.0

@@ -62,8 +62,13 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
     through Opacus; ``rdp-wor`` by the same bisection over ``wor_epsilon``."""
     if steps <= 0:
         return 0.0
-    if accountant == "rdp-wor":
-        return wor_calibrate(target_epsilon, delta, sample_rate, steps, 0.01 * min(1.0, target_epsilon))
+    tolerance = 0.01 * min(1.0, target_epsilon)
+    return CALIBRATORS.get(accountant, _opacus_calibrate)(target_epsilon, delta, sample_rate, steps, accountant, tolerance)
+
+
+def _opacus_calibrate(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str, tolerance: float
+) -> float:
     with _quiet_accountant():
         return float(
             get_noise_multiplier(
@@ -72,9 +77,15 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
                 sample_rate=sample_rate,
                 steps=steps,
                 accountant=accountant,
-                epsilon_tolerance=0.01 * min(1.0, target_epsilon),
+                epsilon_tolerance=tolerance,
             )
         )
+
+
+CALIBRATORS: dict[str, Callable[..., float]] = {
+    "rdp-wor": lambda target, delta, q, steps, accountant, tolerance: wor_calibrate(target, delta, q, steps, tolerance),
+}
+"""Accountants with their own calibration; the others go through Opacus' ``get_noise_multiplier``."""
 
 
 @contextlib.contextmanager

@@ -16,14 +16,29 @@ which could otherwise decrypt any client's ciphertext. The key holder is not a v
 
 Departures: keys are generated once per run (not per round); no dropout simulation (the sum covers
 whatever arrived and the weights are renormalised over it, as in ``secagg``); CKKS is approximate, so
-the decrypted mean carries encryption noise (about 1e-9 of the values at scale 2^40), and that noise
-comes from SEAL's own random generator, which TenSEAL does not let us seed: runs with ``he`` repeat
-only up to that noise.
+the decrypted mean carries encryption noise (about 1e-9 of the values at scale 2^40).
+
+Seeded encryption noise. TenSEAL's high-level ``Context`` builds its SEAL parameters itself and leaves
+SEAL's random generator unset, so SEAL seeds it from the operating system: key generation and every
+encryption drew fresh noise, and ``cost.he.precision_loss`` (and, amplified over Adam rounds, the
+trained model and the attack metrics) changed between reruns of the same seed. TenSEAL 0.3.18 offers no
+seed, so this module uses the SEAL API that TenSEAL ships (``tenseal.sealapi``) directly: every SEAL
+context is built with a ``Blake2xbPRNGFactory`` whose 512-bit seed is derived from the run's transport
+generator. A SEAL factory with a fixed seed hands every ``create()`` the same seed, so one context
+would give every ciphertext the same noise (and the server could subtract two ciphertexts to learn the
+difference of their plaintexts): each ciphertext is therefore encrypted under its own context, seeded
+from (run draw, round, client, chunk), and the key pair under one seeded from (run draw, "keys"). The
+noise is still real CKKS noise of the usual size; only its source is the run's seed rather than the
+OS (a deployment would draw each seed from a CSPRNG; nothing in the bench attacks the encryption
+itself). Building a context per ciphertext is a simulation artefact and is left out of ``client_s``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,14 +55,55 @@ from defenses.base import Defense, DefenseSlot, Transport
 log = logging.getLogger(__name__)
 
 
-def _tenseal() -> Any:
+def _seal() -> Any:
     """TenSEAL is an optional dependency (``pip install tierbench[he]``): imported on first use, so that
-    the registry loads without it."""
+    the registry loads without it. Its bundled SEAL API is what this module uses (module docstring)."""
     try:
-        import tenseal
+        from tenseal import sealapi
     except ModuleNotFoundError:
         raise UserError("the 'he' defense needs TenSEAL: pip install 'tierbench[he]'") from None
-    return tenseal
+    return sealapi
+
+
+def seed_words(*parts: object) -> list[int]:
+    """A 512-bit SEAL PRNG seed (eight 64-bit words) determined by ``parts``."""
+    digest = hashlib.sha512("/".join(map(str, parts)).encode()).digest()
+    return [int.from_bytes(digest[i : i + 8], "little") for i in range(0, 64, 8)]
+
+
+def seal_context(config: HEConfig, seed: list[int]) -> Any:
+    """A SEAL CKKS context whose random generator (key generation, encryption noise) is ``seed``."""
+    seal = _seal()
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(config.poly_modulus_degree)
+    try:
+        parms.set_coeff_modulus(seal.CoeffModulus.Create(config.poly_modulus_degree, list(config.coeff_mod_bit_sizes)))
+    except (ValueError, RuntimeError) as error:
+        raise UserError(f"he: SEAL rejects these CKKS parameters: {error}") from None
+    parms.set_random_generator(seal.Blake2xbPRNGFactory(seed))
+    context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+    if not context.parameters_set():
+        raise UserError(f"he: SEAL rejects these CKKS parameters: {context.parameters_error_message()}")
+    return context
+
+
+def dump(obj: Any) -> bytes:
+    """SEAL's own serialisation (compressed); the bundled API writes to paths only."""
+    with tempfile.TemporaryDirectory(prefix="tierbench-he-") as folder:
+        path = os.path.join(folder, "object")
+        obj.save(path)
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+def load(kind: Any, context: Any, data: bytes) -> Any:
+    with tempfile.TemporaryDirectory(prefix="tierbench-he-") as folder:
+        path = os.path.join(folder, "object")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        obj = kind()
+        obj.load(context, path)
+        return obj
 
 
 # SEAL's largest total coefficient modulus (bits) at 128-bit security, per polynomial degree.
@@ -100,49 +156,72 @@ class Ciphertexts:
 class KeyHolder:
     """Owns the secret key; decrypts only the aggregate the server forwards."""
 
-    def __init__(self, config: HEConfig):
-        ts = _tenseal()
-        try:
-            self._context = ts.context(
-                ts.SCHEME_TYPE.CKKS,
-                poly_modulus_degree=config.poly_modulus_degree,
-                coeff_mod_bit_sizes=list(config.coeff_mod_bit_sizes),
-            )
-        except ValueError as error:
-            raise UserError(f"he: TenSEAL rejects these CKKS parameters: {error}") from None
-        self._context.global_scale = 2.0**config.scale_bits
-        self.public_context = self._context.serialize(
-            save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
-        )
-        """Parameters and public key only: what clients and the server receive."""
+    def __init__(self, config: HEConfig, seed: list[int]):
+        seal = _seal()
+        self._context = seal_context(config, seed)
+        keys = seal.KeyGenerator(self._context)
+        self._secret_key = keys.secret_key()
+        public_key = seal.PublicKey()
+        keys.create_public_key(public_key)
+        self._encoder = seal.CKKSEncoder(self._context)
+        self.public_key = dump(public_key)
+        """The public key only: what clients receive (with the public parameters, ``config``)."""
 
     def __repr__(self) -> str:
         return "KeyHolder(<secret key hidden>)"
 
     def decrypt_sum(self, chunks: list[bytes], length: int) -> np.ndarray:
-        ts = _tenseal()
-        values = [ts.ckks_vector_from(self._context, chunk).decrypt() for chunk in chunks]
-        return np.concatenate([np.asarray(v, dtype=np.float64) for v in values])[:length]
+        seal = _seal()
+        decryptor = seal.Decryptor(self._context, self._secret_key)
+        values = []
+        for chunk in chunks:
+            plain = seal.Plaintext()
+            decryptor.decrypt(load(seal.Ciphertext, self._context, chunk), plain)
+            values.append(np.asarray(self._encoder.decode_double(plain), dtype=np.float64))
+        return np.concatenate(values)[:length]
 
 
-def encrypt(public_context: Any, values: np.ndarray, slots: int) -> Ciphertexts:
-    """A client's side: encrypt ``values`` chunk by chunk and serialise each ciphertext."""
-    ts = _tenseal()
-    chunks = tuple(
-        ts.ckks_vector(public_context, values[start : start + slots].tolist()).serialize()
-        for start in range(0, values.size, slots)
-    )
-    return Ciphertexts(chunks, values.size)
+class Client:
+    """A client's side: the public parameters and key, and nothing secret."""
+
+    def __init__(self, config: HEConfig, public_key: bytes, seed: list[int]):
+        seal = _seal()
+        self.config = config
+        context = seal_context(config, seed)
+        self._public_key = load(seal.PublicKey, context, public_key)
+        self._encoder = seal.CKKSEncoder(context)
+
+    def encrypt(self, values: np.ndarray, seeds: list[list[int]]) -> tuple[Ciphertexts, float]:
+        """Encrypt ``values`` chunk by chunk, chunk i with noise from ``seeds[i]``; returns the message
+        and the seconds spent encoding, encrypting and serialising (not building the seeded contexts)."""
+        seal = _seal()
+        slots, chunks, seconds = self.config.slots, [], 0.0
+        for index, start in enumerate(range(0, values.size, slots)):
+            encryptor = seal.Encryptor(seal_context(self.config, seeds[index]), self._public_key)
+            began = time.perf_counter()
+            plain, cipher = seal.Plaintext(), seal.Ciphertext()
+            self._encoder.encode(values[start : start + slots].tolist(), 2.0**self.config.scale_bits, plain)
+            encryptor.encrypt(plain, cipher)
+            chunks.append(dump(cipher))
+            seconds += time.perf_counter() - began
+        return Ciphertexts(tuple(chunks), values.size), seconds
 
 
-def add_ciphertexts(public_context: Any, messages: list[Ciphertexts]) -> list[bytes]:
+def encrypt(client: Client, values: np.ndarray, seed: int) -> Ciphertexts:
+    """One client's message, its chunks' noise seeded from ``seed``."""
+    chunks = -(-values.size // client.config.slots)
+    return client.encrypt(values, [seed_words(seed, i) for i in range(chunks)])[0]
+
+
+def add_ciphertexts(context: Any, messages: list[Ciphertexts]) -> list[bytes]:
     """The server's side: deserialise and add chunk-wise; it holds no secret key."""
-    ts = _tenseal()
-    sums = [ts.ckks_vector_from(public_context, chunk) for chunk in messages[0].chunks]
+    seal = _seal()
+    evaluator = seal.Evaluator(context)
+    sums = [load(seal.Ciphertext, context, chunk) for chunk in messages[0].chunks]
     for message in messages[1:]:
         for total, chunk in zip(sums, message.chunks, strict=True):
-            total.add_(ts.ckks_vector_from(public_context, chunk))
-    return [total.serialize() for total in sums]
+            evaluator.add_inplace(total, load(seal.Ciphertext, context, chunk))
+    return [dump(total) for total in sums]
 
 
 class HETransport(Transport):
@@ -151,7 +230,7 @@ class HETransport(Transport):
     def __init__(self, config: HEConfig):
         self.config = config
         self._key_holder: KeyHolder | None = None
-        self._client_context: Any = None  # tenseal.Context with the public key only
+        self._client: Client | None = None  # public parameters and key only
         self._server_context: Any = None
         self._has_context: set[int] = set()
         self._pending: dict[int, dict[str, Any]] = {}
@@ -160,27 +239,27 @@ class HETransport(Transport):
     def __repr__(self) -> str:
         return f"HETransport({self.config!r})"
 
-    def _ensure_keys(self) -> None:
+    def _ensure_keys(self, draw: int) -> None:
         # Key generation is deferred to the first round so that listing or validating scenarios is cheap.
         if self._key_holder is None:
-            ts = _tenseal()
-            self._key_holder = KeyHolder(self.config)
-            self._client_context = ts.context_from(self._key_holder.public_context)
-            self._server_context = ts.context_from(self._key_holder.public_context)
+            self._key_holder = KeyHolder(self.config, seed_words(draw, "keys"))
+            self._client = Client(self.config, self._key_holder.public_key, seed_words(draw, "client"))
+            self._server_context = seal_context(self.config, seed_words(draw, "server"))
 
     def encode(
         self, round_index: int, updates: dict[int, torch.Tensor], weights: dict[int, float], rng: torch.Generator
     ) -> dict[int, Ciphertexts]:
-        self._ensure_keys()
+        draw = int(torch.randint(2**62, (1,), generator=rng))  # keys and every ciphertext's noise come from it
+        self._ensure_keys(draw)
         ids = sorted(updates)
         total_weight = float(sum(weights[c] for c in ids))
         shares = {c: float(weights[c]) / total_weight for c in ids}
         plain = {c: updates[c].detach().to("cpu", torch.float64).numpy() for c in ids}
         messages, seconds = {}, 0.0
         for c in ids:
-            start = time.perf_counter()
-            messages[c] = encrypt(self._client_context, plain[c] * shares[c], self.config.slots)
-            seconds += time.perf_counter() - start
+            seeds = [seed_words(draw, round_index, c, i) for i in range(-(-plain[c].size // self.config.slots))]
+            messages[c], spent = self._client.encrypt(plain[c] * shares[c], seeds)
+            seconds += spent
         newcomers = set(ids) - self._has_context
         self._has_context |= newcomers
         first = updates[ids[0]]
@@ -189,7 +268,7 @@ class HETransport(Transport):
             "client_s": seconds / len(ids),
             "dtype": first.dtype,
             "device": first.device,
-            "bytes_down": len(self._key_holder.public_context) * len(newcomers) / len(ids),
+            "bytes_down": len(self._key_holder.public_key) * len(newcomers) / len(ids),
             "reference": plain,  # only to measure precision loss; dropped in aggregate
         }
         return messages
@@ -256,7 +335,7 @@ class HETransport(Transport):
 
 @DEFENSES.register("he")
 class HomomorphicEncryption(Defense):
-    """CKKS homomorphic encryption of client updates (TenSEAL); hides every update from the server."""
+    """CKKS homomorphic encryption of client updates (SEAL via TenSEAL), seeded from the run; hides every update from the server."""
 
     slot = DefenseSlot.TRANSPORT
     Config = HEConfig

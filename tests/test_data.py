@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +106,127 @@ def test_a_dataset_saved_to_disk_loads_through_the_hf_dataset_task(tmp_path):
     rows = execute(scenario, 0)
     assert {r.status for r in rows} == {"ok"}, [r.error for r in rows]
     assert "utility.accuracy" in {r.metric for r in rows}
+
+
+# --- local files on real-looking data ---------------------------------------------------------------
+
+def _sorted_csv(path, n=100):
+    """A CSV sorted by label: the first half is all 'a', the second all 'b'."""
+    path.write_text("text,label\n" + "".join(f"note {i},{'a' if i < n // 2 else 'b'}\n" for i in range(n)))
+    return path
+
+
+def _all_records(data):
+    return data.pool + data.test + data.auxiliary
+
+
+def test_limit_samples_after_shuffling_with_the_seed(tmp_path):
+    local = task("local-file", path=str(_sorted_csv(tmp_path / "sorted.csv")), limit=20)
+    first = local.load(100, torch.Generator().manual_seed(0))
+    records = _all_records(first)
+    assert len(records) == 20
+    assert {r["label"] for r in records} == {0, 1}  # the first 20 rows are all 'a'
+    again = _all_records(local.load(100, torch.Generator().manual_seed(0)))
+    other = _all_records(local.load(100, torch.Generator().manual_seed(1)))
+    assert records == again and {r["text"] for r in records} != {r["text"] for r in other}
+    assert local.num_labels == 2
+
+
+def test_a_classification_task_needs_two_labels(tmp_path):
+    one = tmp_path / "one.csv"
+    one.write_text("text,label\n" + "".join(f"note {i},a\n" for i in range(20)))
+    local = task("local-file", path=str(one))
+    with pytest.raises(UserError, match="at least 2") as error:
+        local.check()
+    assert error.value.key == "task.params.label_column"
+    with pytest.raises(UserError, match="at least 2"):
+        local.load(100, torch.Generator().manual_seed(0))
+
+
+def test_a_sample_with_one_label_is_refused_at_load(tmp_path):
+    path = tmp_path / "rare.csv"  # 'b' is one row in 200: a sample of 2 is almost surely one-class
+    path.write_text("text,label\n" + "".join(f"note {i},{'b' if i == 0 else 'a'}\n" for i in range(200)))
+    local = task("local-file", path=str(path), limit=2)
+    assert local.check() == []  # the file holds two labels
+    with pytest.raises(UserError, match="the records drawn hold 1 label"):
+        local.load(10, torch.Generator().manual_seed(0))
+
+
+def test_rows_with_an_empty_field_are_skipped_and_counted(tmp_path):
+    path = tmp_path / "gaps.csv"
+    path.write_text("text,label\n" + "".join(f"{'' if i % 5 == 0 else f'note {i}'},{i % 2}\n" for i in range(50)))
+    local = task("local-file", path=str(path), objective="language")
+    assert local.check() == ["10 of 50 rows lack a value for text and will be skipped"]
+    with pytest.warns(UserWarning, match="10 of 50 rows"):
+        data = local.load(100, torch.Generator().manual_seed(0))
+    records = _all_records(data)
+    assert len(records) == 40 and all(r["text"] and local.text_of(r) == r["text"] for r in records)
+    assert task("synthetic-clinical").text_of({"text": ""}) == ""  # was KeyError: 'instruction'
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".json.gz", ".csv.gz"])
+def test_gzipped_files_are_read(tmp_path, suffix):
+    import gzip
+
+    rows = [{"text": f"note {i}", "label": str(i % 2)} for i in range(20)]
+    if suffix == ".jsonl.gz":
+        body = "\n".join(json.dumps(r) for r in rows)
+    elif suffix == ".json.gz":
+        body = json.dumps(rows)
+    else:
+        body = "text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows)
+    path = tmp_path / f"data{suffix}"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write(body)
+    local = task("local-file", path=str(path))
+    assert local.check() == []
+    assert sorted(r["text"] for r in _all_records(local.load(100, torch.Generator().manual_seed(0)))) == \
+        sorted(r["text"] for r in rows)
+
+
+def test_relative_data_paths_resolve_from_the_scenario_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    _sorted_csv(folder / "data.csv")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    scenario = make_scenario(folder, task={"name": "local-file", "params": {"path": "data.csv", "max_length": 32}})
+    assert Path(scenario.task.config.path).resolve() == (folder / "data.csv").resolve()
+    assert scenario.task.params["path"] == "data.csv"  # the file's text (and so its hash) is unchanged
+
+
+def test_a_path_found_only_from_the_working_directory_still_loads_with_a_warning(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "scenarios"
+    folder.mkdir()
+    _sorted_csv(tmp_path / "data.csv")
+    monkeypatch.chdir(tmp_path)
+    scenario = make_scenario(folder, task={"name": "local-file", "params": {"path": "data.csv", "max_length": 32}})
+    assert scenario.task.config.path == "data.csv"
+    assert "resolved from the scenario file's folder, so write ../data.csv" in capsys.readouterr().err
+
+
+def test_hf_model_paths_are_checked_only_when_local(tmp_path):
+    from bench.scenario import looks_local
+
+    hf = MODELS.get("hf")
+    assert not looks_local("Qwen/Qwen2.5-0.5B") and not looks_local("gpt2")
+    assert looks_local("./model") and looks_local("/abs/model") and looks_local("a/b/c")
+    hf(hf.Config(path="Qwen/Qwen2.5-0.5B")).check()  # a hub name cannot be checked offline: accepted
+    with pytest.raises(UserError, match="does not exist") as error:
+        hf(hf.Config(path=str(tmp_path / "missing"))).check()
+    assert error.value.key == "model.params.path"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"n_positions": 64}))
+    assert hf(hf.Config(path=str(tmp_path / "model"))).context_length() == 64
+
+
+def test_max_length_beyond_the_model_context_is_refused(tmp_path):
+    from bench.scenario import check
+
+    fits = make_scenario(tmp_path, task={"name": "synthetic-clinical", "params": {"max_length": 128}})
+    assert check(fits) == []
+    too_long = make_scenario(tmp_path, task={"name": "synthetic-clinical", "params": {"max_length": 256}})
+    with pytest.raises(UserError, match=r"exceeds the context of model tiny-gpt2 \(128 positions\)") as error:
+        check(too_long)
+    assert error.value.key == "task.params.max_length" and error.value.file == too_long.file

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 import pytest
@@ -87,7 +86,8 @@ def test_sweep_runs_the_missing_twin_once_and_the_fraction_zero_drop_is_exactly_
     assert set(drops) == {s.name for s in scenarios}
     zero = next(name for name in drops if "fraction=0.0" in name)
     assert drops[zero] == 0.0  # no malicious client: the same training as the twin, bit for bit
+    size = (out / "results.jsonl").stat().st_size
     sweep(scenarios, out, show_progress=False)  # resumes: nothing runs, the derived rows are not duplicated
     assert len(executed) == 3
-    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    assert sum(x["metric"] == UTILITY_DROP for x in lines) == 2
+    assert sum(r["metric"] == UTILITY_DROP for r in ResultStore(out).rows()) == 2
+    assert (out / "results.jsonl").stat().st_size == size, "unchanged derived rows are not appended again"

@@ -153,7 +153,7 @@ def test_dp_local_epsilon_matches_dp_accounting(file, scenario, spec, monkeypatc
         assert ours <= spec.config.target_epsilon * 1.001
 
 
-@pytest.mark.parametrize("sigma,q,steps", [(1.0, 0.5, 3), (3.0, 0.25, 10), (0.8, 0.1, 50)])
+@pytest.mark.parametrize("sigma,q,steps", [(1.0, 0.5, 3), (3.0, 0.25, 10), (0.8, 0.1, 50), (2.0, 1.0, 4)])
 def test_our_without_replacement_bound_equals_dp_accounting(sigma, q, steps):
     from defenses._dp_accounting import epsilon_for
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from bench.config import bind
 from bench.errors import UserError
 from bench.registry import DEFENSES
 from defenses.base import DefenseSlot
-from defenses.he import Ciphertexts, HETransport, HomomorphicEncryption
+from defenses.he import Ciphertexts, Client, HETransport, HomomorphicEncryption, encrypt, load, seal_context, seed_words
 from defenses.secagg import IndividualUpdatesHiddenError
 
 ts = pytest.importorskip("tenseal")
@@ -39,18 +40,55 @@ def test_decrypted_sum_matches_the_plain_weighted_mean(round_trip):
 
 
 def test_the_server_sees_ciphertext_bytes_it_cannot_decrypt(round_trip):
-    _, carrier, updates, _, messages, _ = round_trip
+    _, carrier, updates, weights, messages, mean = round_trip
     message = messages[0]
     assert isinstance(message, Ciphertexts) and len(message.chunks) == 2
     assert all(isinstance(chunk, bytes) for chunk in message.chunks)
     assert carrier.message_bytes(message) == sum(len(chunk) for chunk in message.chunks)
-    server_context = ts.context_from(carrier._key_holder.public_context)
-    assert not server_context.is_private()
-    with pytest.raises(ValueError, match="secret"):
-        ts.ckks_vector_from(server_context, message.chunks[0]).decrypt()
+    # Only the key holder has a secret key; a secret key of the same parameters that is not the key
+    # holder's decrypts the ciphertext to noise, not to the client's weighted update.
+    seal = ts.sealapi
+    context = seal_context(carrier.config, seed_words("another key"))
+    wrong = seal.Decryptor(context, seal.KeyGenerator(context).secret_key())
+    plain = seal.Plaintext()
+    wrong.decrypt(load(seal.Ciphertext, context, message.chunks[0]), plain)
+    decoded = torch.tensor(seal.CKKSEncoder(context).decode_double(plain)[:100])
+    share = updates[0][:100].double() * weights[0] / sum(weights.values())
+    assert (decoded - share).abs().max() > 1e3 * share.abs().max()
+    assert not any(hasattr(carrier, name) for name in ("_secret_key", "secret_key"))
     with pytest.raises(IndividualUpdatesHiddenError):
         carrier.decode_individual(messages)
     assert "secret key hidden" in repr(carrier._key_holder)
+
+
+def test_encryption_noise_comes_from_the_run_and_differs_per_ciphertext():
+    """Same generator -> byte-identical ciphertexts and decrypted mean (reruns repeat); another round
+    or another chunk gets other noise (one seed reused would let the server subtract ciphertexts)."""
+    updates = {c: torch.full((LENGTH,), 0.01 * (c + 1)) for c in range(2)}
+    weights = {0: 1.0, 1: 1.0}
+
+    def one_round(round_index: int):
+        carrier = HomomorphicEncryption(HomomorphicEncryption.Config()).transport()
+        messages = carrier.encode(round_index, updates, weights, torch.Generator().manual_seed(7))
+        return messages, carrier.aggregate(round_index, messages, weights), carrier.summary()["precision_loss"]
+
+    (first, mean_a, loss_a), (second, mean_b, loss_b) = one_round(0), one_round(0)
+    assert first[0].chunks == second[0].chunks and torch.equal(mean_a, mean_b) and loss_a == loss_b > 0
+    other, _, _ = one_round(1)
+    assert other[0].chunks[0] != first[0].chunks[0]
+    assert first[0].chunks[0] != first[1].chunks[0]
+    # two chunks holding the same values: equal ciphertexts would mean the noise was reused
+    client = Client(HomomorphicEncryption.Config(), first_carrier_key(), seed_words("client"))
+    twice = np.full(2 * client.config.slots, 0.25)
+    message = encrypt(client, twice, seed=3)
+    assert message.chunks[0] != message.chunks[1]
+    assert message.chunks == encrypt(client, twice, seed=3).chunks
+
+
+def first_carrier_key() -> bytes:
+    carrier = HomomorphicEncryption(HomomorphicEncryption.Config()).transport()
+    carrier._ensure_keys(0)
+    return carrier._key_holder.public_key
 
 
 def test_costs_report_time_bytes_and_expansion(round_trip):

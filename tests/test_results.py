@@ -1,5 +1,4 @@
 import csv
-import json
 
 from bench.results import COLUMNS, ResultStore, Row
 from bench.runner import execute
@@ -21,7 +20,7 @@ def test_append_is_atomic_and_replace_drops_only_that_run(tmp_path):
     rows = store.rows()
     assert [(r["seed"], r["value"]) for r in rows if r["seed"] == 0] == [(0, 0.9)]
     assert any(r["seed"] == 1 and r["value"] != r["value"] for r in rows)  # NaN survives the round trip
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary files left behind"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".results.lock"], "no temporaries left"
     with store.csv.open() as handle:
         header = next(csv.reader(handle))
     assert header == COLUMNS
@@ -53,5 +52,6 @@ def test_sweep_skips_done_runs_and_force_reruns(tmp_path, monkeypatch):
     assert calls == [0, 1]
     sweep([scenario], out, seeds=1, force=True, show_progress=False)
     assert calls == [0, 1, 0]
-    lines = (out / "results.jsonl").read_text().splitlines()
-    assert len({(json.loads(x)["seed"]) for x in lines}) == 2
+    rows = ResultStore(out).rows()
+    assert {r["seed"] for r in rows} == {0, 1}
+    assert len(rows) == len({(r["seed"], r["metric"], r["attack"]) for r in rows}), "the rerun superseded seed 0"

@@ -115,3 +115,14 @@ def test_process_exit_code_is_2_without_traceback(tmp_path):
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "federation.clinets" in done.stderr and str(path) in done.stderr
+
+
+def test_a_preset_that_breaks_a_limit_names_the_preset(tmp_path):
+    from bench import presets
+    from tests.helpers import scenario_dict as base
+
+    big = load(write_scenario(tmp_path, base(federation={"examples_per_client": 60_000, "clients": 3})))
+    with pytest.raises(UserError) as error:
+        presets.apply(big, "gpu")  # 10 clients x 4 x 60,000 records is past the 1,000,000 cap
+    message = str(error.value)
+    assert "federation.examples_per_client" in message and "--preset gpu" in message and str(tmp_path) in message

@@ -9,10 +9,10 @@ round's aggregate treated as one big batch, keyed ``(round, AGGREGATE_CLIENT)``;
 it with the union of the round's batches.
 
 Transports that hide updates. A secure-aggregation message is masked integers, an HE message is
-ciphertext bytes. ``as_float_update`` reinterprets an integer tensor of the trainable size as float
-values (the attacks then run their usual checks on it, which find nothing: a uniformly masked matrix
-has full rank); anything else yields ``None`` and the attack reports an empty reconstruction for
-that batch. Nothing but the message itself is ever looked at.
+ciphertext bytes: neither is an update, so ``as_float_update`` yields ``None`` for them (and for a
+float message that is not finite) and the attack reports an empty reconstruction for that batch.
+(Masked residues read as floats are meaningless numbers up to 2^52; DAGER's linear algebra was
+reported to crash on them with ``LinAlgError``.) Nothing but the message itself is ever looked at.
 """
 
 from __future__ import annotations
@@ -94,13 +94,10 @@ def targets(view: ThreatView, config: TargetConfig, size: int) -> Iterator[Targe
 
 def as_float_update(message: Any, size: int) -> torch.Tensor | None:
     """The message as a flat float32 vector of the trainable size, or None when it cannot be one."""
-    if not isinstance(message, torch.Tensor) or message.numel() != size:
-        return None
-    flat = message.detach().reshape(-1)
-    if not flat.is_floating_point():
-        # masked integers: their values, as floats (huge residues stay finite in float64 first)
-        flat = torch.nan_to_num(flat.to(torch.float64), posinf=0.0, neginf=0.0)
-    return flat.to(torch.float32)
+    if not isinstance(message, torch.Tensor) or message.numel() != size or not message.is_floating_point():
+        return None  # ciphertexts, masked integers: nothing an inversion can read
+    flat = message.detach().reshape(-1).to(torch.float32)
+    return flat if bool(torch.isfinite(flat).all()) else None
 
 
 @contextlib.contextmanager

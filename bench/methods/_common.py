@@ -82,3 +82,25 @@ def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     keep = targets != -100
     picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * keep).sum(dim=1)
+
+
+def skeleton(architecture: Any, task_kind: str) -> nn.Module:
+    """The module tree the runner would load for a transformers config, on the meta device: no weights
+    read, no memory, so methods can check where they attach before a run (``Method.check_model``)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForSequenceClassification if task_kind == "classification" else AutoModelForCausalLM
+    with isolated_rng(0), torch.device("meta"):
+        return auto.from_config(architecture)
+
+
+def check_on_skeleton(architecture: Any, task_kind: str, check: Any) -> str | None:
+    """``check(model)`` on the skeleton of ``architecture``; None where there is no config to build it from
+    (zoo models: their architectures are known) or transformers cannot build it (load will say why)."""
+    if architecture is None:
+        return None
+    try:
+        model = skeleton(architecture, task_kind)
+    except Exception:  # an exotic config that only loads with its weights: checked again at build
+        return None
+    return check(model)

@@ -21,13 +21,17 @@ import torch
 from torch import nn
 
 from bench.config import doc
-from bench.methods._common import decoder_layers, freeze, seeded, unfreeze_heads
+from bench.methods._common import check_on_skeleton, decoder_layers, freeze, seeded, unfreeze_heads
 from bench.methods.base import Method
 from bench.registry import METHODS
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
-ATTENTION_CHILDREN = ("attn", "self_attn", "attention")
-MLP_CHILDREN = ("mlp", "feed_forward")
+ATTENTION_SUBLAYERS = ("attn", "self_attn", "attention.output.dense", "attention")
+"""Where the attention sublayer's output leaves a block before the residual addition, first match wins:
+GPT-2 ``attn``, Llama ``self_attn``, BERT-family ``attention.output.dense`` (their ``attention`` module
+already adds the residual and normalises), DistilBERT / GPT-NeoX ``attention``."""
+MLP_SUBLAYERS = ("mlp", "feed_forward", "ffn", "output.dense")
+"""Likewise for the feed-forward sublayer (BERT-family: ``output.dense``, the down projection)."""
 
 
 class Bottleneck(nn.Module):
@@ -58,25 +62,60 @@ def _adapt_output(adapter: Bottleneck) -> Callable[..., Any]:
     return hook
 
 
-def _child(block: nn.Module, names: tuple[str, ...]) -> nn.Module:
-    for name in names:
-        if hasattr(block, name):
-            return getattr(block, name)
-    raise ValueError(f"{type(block).__name__} has none of the sublayers {names}")
+def _has(block: nn.Module, path: str) -> bool:
+    try:
+        block.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
-def insert_adapters(model: nn.Module, size: int, activation: str) -> list[Bottleneck]:
-    """Attach an adapter after the attention and the feed-forward sublayer of every block."""
-    width = model.config.hidden_size
+def sublayer_paths(block: nn.Module, named: tuple[str, ...]) -> list[str] | str:
+    """The attention and feed-forward sublayers of ``block`` (or the scenario's ``named`` ones), or why
+    there are none, listing the block's modules."""
+    if named:
+        missing = [p for p in named if not _has(block, p)]
+        found = list(named)
+    else:
+        found = [next((p for p in options if _has(block, p)), "") for options in (ATTENTION_SUBLAYERS, MLP_SUBLAYERS)]
+        missing = [f"one of ({', '.join(o)})" for o, p in zip((ATTENTION_SUBLAYERS, MLP_SUBLAYERS), found) if not p]
+    if missing:
+        modules = ", ".join(n for n, _ in block.named_modules() if n and n.count(".") < 3)
+        return (f"{type(block).__name__} has no sublayer {'; no '.join(missing)}; name them with the method param "
+                f"sublayers (dotted paths inside a block); its modules: {modules}")
+    return found
+
+
+def adapter_problem(model: nn.Module, settings: Any) -> str | None:
+    """Why adapters cannot be placed in ``model`` (no blocks, or no matching sublayers), or None."""
+    try:
+        block = decoder_layers(model)[0]
+    except ValueError as error:
+        return str(error)
+    found = sublayer_paths(block, settings.sublayers)
+    return found if isinstance(found, str) else None
+
+
+def insert_adapters(model: nn.Module, size: int, activation: str, named: tuple[str, ...] = ()) -> list[Bottleneck]:
+    """Attach an adapter after the attention and the feed-forward sublayer (or each named one) of every block."""
     device = next(model.parameters()).device
     adapters = []
     for block in decoder_layers(model):
-        for slot, children in (("adapter_attention", ATTENTION_CHILDREN), ("adapter_mlp", MLP_CHILDREN)):
-            adapter = Bottleneck(width, size, activation).to(device)
+        paths = sublayer_paths(block, named)
+        if isinstance(paths, str):
+            raise ValueError(paths)
+        slots = ("adapter_attention", "adapter_mlp") if not named else [f"adapter_{i}" for i in range(len(paths))]
+        for slot, path in zip(slots, paths):
+            adapter = Bottleneck(_output_width(block.get_submodule(path), model), size, activation).to(device)
             block.add_module(slot, adapter)
-            _child(block, children).register_forward_hook(_adapt_output(adapter))
+            block.get_submodule(path).register_forward_hook(_adapt_output(adapter))
             adapters.append(adapter)
     return adapters
+
+
+def _output_width(sublayer: nn.Module, model: nn.Module) -> int:
+    """A linear layer's output width (``Conv1D`` calls it ``nf``); a whole sublayer returns the hidden width."""
+    return getattr(sublayer, "out_features", None) or getattr(sublayer, "nf", None) or model.config.hidden_size
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -88,6 +127,9 @@ class AdapterSettings:
     size: int = doc("Bottleneck width m (Houlsby use 8 to 256).", 16)
     activation: str = doc(f"Nonlinearity inside the adapter: {', '.join(ACTIVATIONS)}.", "relu")
     train_norms: bool = doc("Also train every layer norm (as Houlsby et al. do).", True)
+    sublayers: tuple[str, ...] = doc(
+        "Dotted paths inside each transformer block whose outputs get an adapter (e.g. "
+        "['attention.output.dense', 'output.dense'] on BERT); empty: attention and feed-forward, found by name.", ())
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -99,7 +141,7 @@ class AdapterSettings:
 def apply_adapters(model: nn.Module, settings: AdapterSettings, task: Any, rng: torch.Generator) -> nn.Module:
     freeze(model)
     with seeded(rng):
-        insert_adapters(model, settings.size, settings.activation)
+        insert_adapters(model, settings.size, settings.activation, settings.sublayers)
     if settings.train_norms:
         for module in model.modules():
             if is_norm(module):
@@ -117,3 +159,6 @@ class HoulsbyAdapter(Method):
 
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
         return apply_adapters(model, self.config, task, rng)
+
+    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+        return check_on_skeleton(architecture, task_kind, lambda model: adapter_problem(model, self.config))

@@ -49,6 +49,12 @@ class Method:
         """Why this method cannot run with ``defenses`` (decided before training), or None."""
         return None
 
+    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+        """Why this method cannot attach to a model with the transformers config ``architecture`` (None
+        for zoo models) trained on ``task_kind``, or None. Called before any weights are loaded; methods
+        that place modules by name (LoRA, adapters) check the names exist (``_common.check_on_skeleton``)."""
+        return None
+
     def extra_utility(self, handle: Any, task: Any, test: list[dict]) -> list[Any]:
         """Utility metrics only this method can measure (RLHF: reward accuracy); default none."""
         return []

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from bench.config import doc
+from bench.methods._common import check_on_skeleton
 from bench.methods.base import Method
-from bench.methods.lora import LoraSettings, apply_lora
+from bench.methods.lora import LoraSettings, apply_lora, target_problem
 from bench.registry import METHODS
 
 
@@ -51,3 +52,8 @@ class InstructionTuning(Method):
 
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
         return MODES[self.config.mode](model, self.config, task, rng)
+
+    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+        if self.config.mode != "lora":
+            return None
+        return check_on_skeleton(architecture, task_kind, lambda model: target_problem(model, self.config))

@@ -27,9 +27,10 @@ import torch
 from torch import nn
 
 from bench.config import doc
-from bench.methods.adapter import AdapterSettings, apply_adapters
+from bench.methods._common import check_on_skeleton
+from bench.methods.adapter import AdapterSettings, adapter_problem, apply_adapters
 from bench.methods.base import Method
-from bench.methods.lora import LoraSettings, apply_lora
+from bench.methods.lora import LoraSettings, apply_lora, target_problem
 from bench.registry import METHODS
 from bench.tiers import Access, OpenModel, ProviderAPI, record_egress
 
@@ -73,6 +74,10 @@ class ProviderTuning(Method):
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
         self.task = task
         return PROVIDER_ADAPTERS[self.config.adapter](model, self.config, task, rng)
+
+    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+        problem = target_problem if self.config.adapter == "lora" else adapter_problem
+        return check_on_skeleton(architecture, task_kind, lambda model: problem(model, self.config))
 
     def check_compatible(self, defenses: list[Any]) -> str | None:
         for defense in defenses:

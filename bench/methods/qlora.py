@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from bench.config import doc
-from bench.methods._common import HEAD_NAMES, decoder_layers, freeze, seeded
+from bench.methods._common import HEAD_NAMES, check_on_skeleton, decoder_layers, freeze, seeded
 from bench.methods.base import Method
-from bench.methods.lora import LoraSettings, lora_targets
+from bench.methods.lora import LoraSettings, lora_targets, target_problem
 from bench.registry import METHODS
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -108,6 +108,9 @@ class Qlora(Method):
 
     Config = QloraSettings
 
+    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+        return check_on_skeleton(architecture, task_kind, lambda model: target_problem(model, self.config))
+
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 
@@ -115,7 +118,7 @@ class Qlora(Method):
         self.quantized_layers = quantize_blocks(model, self.config)
         present = {n.split(".")[-1] for n, _ in model.named_modules()}
         config = LoraConfig(r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout,
-                            target_modules=lora_targets(model, self.config.target),
+                            target_modules=lora_targets(model, self.config),
                             modules_to_save=[h for h in HEAD_NAMES if h in present] if task.kind == "classification" else None)
         with seeded(rng):
             return get_peft_model(model, config)

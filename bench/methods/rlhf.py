@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.config import doc
-from bench.methods._common import Wrapper, freeze, seeded, sequence_logprobs
+from bench.methods._common import Wrapper, check_on_skeleton, freeze, seeded, sequence_logprobs
 from bench.methods.base import Method
-from bench.methods.lora import LoraSettings, apply_lora, lora_config
+from bench.methods.lora import LoraSettings, apply_lora, lora_config, target_problem
 from bench.methods.provider import replaces_training
 from bench.registry import METHODS
 from bench.score import Metric
@@ -98,6 +98,9 @@ class Rlhf(Method):
 
     Config = RlhfSettings
     task_kinds = frozenset({"preference"})
+
+    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+        return check_on_skeleton(architecture, task_kind, lambda model: target_problem(model, self.config))
 
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
         freeze(model)
