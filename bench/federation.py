@@ -1,21 +1,24 @@
 """The federated round loop: the one place where rounds happen.
 
 Attacks and defenses never copy this loop; they are hooks (``defenses.base.Defense``,
-``attacks.base.Attack`` participant hooks) and observers (anything with ``on_round``), called in
-this order each round:
+``attacks.base.Attack`` participant hooks), called in this order each round:
 
   sample clients -> per client: [Defense.wrap_training] local training -> flat update
   -> [Attack.poison_updates] (malicious clients) -> [Defense.on_client_update]
-  -> transport.encode (what the server sees) -> [observers.on_round_messages]
+  -> transport.encode (what the server sees; kept in the transcript for the vantages)
   -> [Defense.aggregate] or transport.aggregate -> [Defense.on_aggregate]
-  -> global += server_lr * aggregate -> [observers.on_round_end]
+  -> global += server_lr * aggregate
+
+Each hook is called over ``Federation.defenses`` in list order, which ``bench.runner.plan`` makes the
+declared one (``defenses.base.in_slot_order``); the transport and the aggregation rule are the one
+defense of their slot (``defenses.base.composition_problem`` refuses two at planning).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,13 +28,7 @@ from bench.partition import ClientData
 from bench.seeding import generator
 from bench.training import LocalJob, Trainer, job_rng, train_local
 from bench.transcript import GroundTruth, RoundRecord, Transcript
-from defenses.base import Defense, Transport
-
-
-class Observer(Protocol):
-    def on_round_messages(self, record: RoundRecord, messages: dict[int, Any]) -> None: ...
-
-    def on_round_end(self, record: RoundRecord) -> None: ...
+from defenses.base import Defense, DefenseSlot, Transport
 
 
 @dataclass
@@ -50,7 +47,6 @@ class Federation:
     malicious: tuple[int, ...] = ()
     keep: frozenset[str] = frozenset()
     """Transcript parts to keep: ``client_updates``, ``global_states``, ``client_batches``."""
-    observers: list[Any] = field(default_factory=list)
     trainer: Trainer = train_local
     progress: Any = None
     global_state: torch.Tensor | None = None
@@ -68,8 +64,18 @@ class FederationStats:
 
 
 def transport_of(defenses: list[Defense]) -> Transport:
-    transports = [t for t in (d.transport() for d in defenses) if t is not None]
-    return transports[0] if transports else Transport()
+    carrier = slot_holder(defenses, DefenseSlot.TRANSPORT)
+    transport = carrier.transport() if carrier is not None else None
+    return transport if transport is not None else Transport()
+
+
+def slot_holder(defenses: list[Defense], slot: DefenseSlot) -> Defense | None:
+    """The one defense filling ``slot`` (TRANSPORT, AGGREGATION), or None; planning refuses two, and a
+    hand-built federation that has two is an error here rather than one of them silently ignored."""
+    holders = [d for d in defenses if d.slot is slot]
+    if len(holders) > 1:
+        raise ValueError(f"at most one {slot.value} defense per federation, got {' and '.join(d.name for d in holders)}")
+    return holders[0] if holders else None
 
 
 def run(fed: Federation, transcript: Transcript, truth: GroundTruth) -> FederationStats:
@@ -110,8 +116,6 @@ def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Trans
     stats.bytes_down += int(global_state.numel()) * 4 * len(sampled)
     if "client_updates" in fed.keep:
         record.transmitted = messages
-    for observer in fed.observers:
-        observer.on_round_messages(record, messages)
     started = time.perf_counter()
     aggregate = _aggregate(fed, r, transport, messages, weights)
     survivors = transport.survivors(r, messages)  # dropouts: the aggregate averages these, not all sampled
@@ -121,8 +125,6 @@ def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Trans
     check_finite(r, None, "aggregate", aggregate)
     record.aggregate = aggregate if "aggregates" in fed.keep else None
     transcript.rounds.append(record)
-    for observer in fed.observers:
-        observer.on_round_end(record)
     return global_state + s.server_lr * aggregate.to(global_state.dtype)
 
 
@@ -219,11 +221,11 @@ def _apply_participant_attacks(fed: Federation, r: int, updates: dict[int, torch
 
 
 def _aggregate(fed: Federation, r: int, transport: Transport, messages: dict[int, Any], weights: dict[int, float]):
-    rules = [d for d in fed.defenses if d.needs_client_updates]
-    if not rules:
+    rule = slot_holder(fed.defenses, DefenseSlot.AGGREGATION)
+    if rule is None:
         return transport.aggregate(r, messages, weights)
     individual = transport.decode_individual(messages)
     clients = sorted(individual)
     stacked = torch.stack([individual[c] for c in clients])
     weight_vector = torch.tensor([weights[c] for c in clients])
-    return rules[0].aggregate(r, stacked, weight_vector, generator(*fed.seed_parts, "robust", r))
+    return rule.aggregate(r, stacked, weight_vector, generator(*fed.seed_parts, "robust", r))

@@ -41,6 +41,7 @@ from bench.scoring.mia import roc_curve
 from bench.seeding import derive_seed, generator
 from bench.transcript import GroundTruth, Transcript
 from bench.views import ViewBuilder
+from defenses.base import composition_problem, in_slot_order
 
 
 @dataclass
@@ -65,7 +66,7 @@ def plan(scenario: Scenario) -> Plan:
         model_source=MODELS.get(scenario.model.name)(scenario.model.config),
         task=TASKS.get(scenario.task.name)(scenario.task.config),
         method=METHODS.get(scenario.method.name)(scenario.method.config),
-        defenses=[DEFENSES.get(d.name)(d.config) for d in scenario.defenses],
+        defenses=in_slot_order([DEFENSES.get(d.name)(d.config) for d in scenario.defenses]),
         attacks=[ATTACKS.get(a.name)(a.config) for a in scenario.attacks],
     )
     reason = incompatibility(built, scenario)
@@ -108,8 +109,9 @@ def incompatibility(built: Plan, scenario: Scenario) -> str | None:
         reason = access_refusal(built.tier, attack)
         if reason:
             return reason
-    if sum(d.is_transport for d in built.defenses) > 1:
-        return "at most one transport defense (secagg or he) per scenario"
+    reason = composition_problem([type(d) for d in built.defenses])  # the loader refuses it first; plans built in code
+    if reason:
+        return reason
     for defense in built.defenses:
         reason = defense.check_compatible([d for d in built.defenses if d is not defense], scenario)
         if reason:
@@ -213,7 +215,8 @@ def prepare(scenario: Scenario, seed: int, built: Plan, progress: Any = None) ->
     built.method.tier = built.tier
     built.method.prepare(model, built.task, generator(*parts, "method"))
     for defense in built.defenses:
-        defense.setup(scenario, {c: len(d.members) for c, d in enumerate(clients)})
+        defense.setup(scenario, {c: len(d.members) for c, d in enumerate(clients)},
+                      peers=[d for d in built.defenses if d is not defense])
     fed = fl.Federation(
         method=built.method, model=built.method.model, clients=clients,
         collate=lambda examples: built.task.collate(examples, tokenizer, device), settings=s, seed_parts=parts,

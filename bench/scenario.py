@@ -25,6 +25,7 @@ import yaml
 from bench.config import FieldError, bind, doc
 from bench.errors import UserError
 from bench.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS, Registry
+from defenses.base import composition_problem
 
 MAX_FILE_BYTES = 1 << 20
 """A scenario file over 1 MiB is refused before parsing (real ones are a few KiB)."""
@@ -658,6 +659,8 @@ def _resolve_paths(config: Any, file: str, key: str) -> Any:
 
 def build(entry: dict[str, Any], name: str, file: str) -> Scenario:
     spec = bind(ScenarioSpec, {k: v for k, v in entry.items() if k not in GRID_KEYS}, file=file, key="")
+    defenses = _components(spec.defenses, DEFENSES, file, "defenses")
+    _check_composition(defenses, file)
     return Scenario(
         name=name,
         file=file,
@@ -667,12 +670,19 @@ def build(entry: dict[str, Any], name: str, file: str) -> Scenario:
         method=_component(spec.method, METHODS, file, "method"),
         federation=spec.federation,
         attacks=_components(spec.attacks, ATTACKS, file, "attacks"),
-        defenses=_components(spec.defenses, DEFENSES, file, "defenses"),
+        defenses=defenses,
         seeds=spec.seed_list,
         device=spec.device,
         description=spec.description,
         raw=entry,
     )
+
+
+def _check_composition(defenses: tuple[Component, ...], file: str) -> None:
+    """Two aggregation rules or two transports are a mistake in the file: refuse it before anything runs."""
+    problem = composition_problem([DEFENSES.get(d.name) for d in defenses])
+    if problem:
+        raise UserError(problem, file=file, key="defenses")
 
 
 def check(scenario: Scenario) -> list[str]:

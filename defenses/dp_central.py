@@ -49,7 +49,7 @@ Where the noise is added (``noise_at``):
   itself, which under secure aggregation still learns who was sampled, the amplification by sampling
   does not apply: the reported epsilon is about the released aggregates and model.
 - unset (default): ``clients`` when a transport defense (``secagg``/``he``) runs alongside, else
-  ``server`` (decided in ``check_compatible``, which the engine calls before training).
+  ``server`` (decided in ``setup``, from the run's other defenses: ``noise_placement``).
 
 Other departures: robust aggregation rules replace the mean, whose sensitivity is then no longer
 ``C / num_clients``; that combination is rejected as incompatible.
@@ -58,6 +58,7 @@ Other departures: robust aggregation rules replace the mean, whose sensitivity i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -66,7 +67,7 @@ import torch
 from bench.config import doc
 from bench.registry import DEFENSES
 from defenses._dp_accounting import Ledger, calibrate_noise, generator_on
-from defenses.base import Defense
+from defenses.base import Defense, DefenseSlot
 
 FEDERATION = 0  # the single privacy ledger unit: user-level DP is about the federation's output
 REPLACE_ONE_SENSITIVITY = 2.0
@@ -89,6 +90,7 @@ def clip_to_norm(update: torch.Tensor, clip_norm: float | None) -> torch.Tensor:
 class DPCentral(Defense):
     """User-level DP-FedAvg (McMahan et al. 2018): clip each client update, noise on the aggregate."""
 
+    slot: ClassVar[DefenseSlot] = DefenseSlot.CLIENT_UPDATE
     requires_uniform_weights: ClassVar[bool] = True
     """The engine must give every client the same aggregation weight (see the module docstring)."""
 
@@ -133,14 +135,13 @@ class DPCentral(Defense):
         self.planned_clients: int | None = None
 
     def check_compatible(self, others: list[Defense], scenario: Any) -> str | None:
-        robust = [d.name for d in others if d.needs_client_updates]
+        robust = [d.name for d in others if d.slot is DefenseSlot.AGGREGATION]
         if robust:
             return f"dp-central calibrates noise to the mean's sensitivity; {robust[0]} replaces the mean"
-        if self.config.noise_at is None:
-            self.noise_at = "clients" if any(d.is_transport for d in others) else "server"
         return None
 
-    def setup(self, scenario: Any, num_examples: dict[int, int]) -> None:
+    def setup(self, scenario: Any, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
+        self.noise_at = noise_placement(self.config, peers)
         federation = scenario.federation
         self.planned_clients = int(federation.clients_per_round)
         self.sample_rate = min(1.0, federation.clients_per_round / federation.clients)
@@ -213,6 +214,14 @@ class DPCentral(Defense):
             "dp.sampling": "fixed-size without replacement",
             "dp.neighbouring": "replace-one",
         }
+
+
+def noise_placement(config: DPCentral.Config, peers: Sequence[Defense]) -> str:
+    """Where the noise is added: the configured place, else at the clients iff a transport (secagg, he)
+    keeps the server from seeing a noiseless aggregate's parts."""
+    if config.noise_at is not None:
+        return config.noise_at
+    return "clients" if any(d.slot is DefenseSlot.TRANSPORT for d in peers) else "server"
 
 
 def _gaussian_like(reference: torch.Tensor, std: float, rng: torch.Generator) -> torch.Tensor:

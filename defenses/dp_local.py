@@ -34,7 +34,7 @@ Departures from the paper / from plain Opacus usage:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ from bench.training import LocalJob
 from defenses._dp_accounting import Ledger, calibrate_noise
 from defenses._dp_audit import ClientAudit
 from defenses._dp_sgd import DPSGDSettings, resolve_mode, run_dp_sgd
-from defenses.base import Defense
+from defenses.base import Defense, DefenseSlot
 
 PARTICIPATIONS: dict[str, Callable[[Any], int]] = {
     "every-round": lambda federation: int(federation.rounds),
@@ -68,6 +68,7 @@ def default_delta(total_examples: int) -> float:
 class DPLocal(Defense):
     """Record-level DP-SGD inside each client (Abadi et al. 2016, Opacus): clip per example, add noise."""
 
+    slot = DefenseSlot.TRAINING
     replaces_training = True
     @dataclass(frozen=True, kw_only=True)
     class Config:
@@ -114,7 +115,7 @@ class DPLocal(Defense):
         self.mode: str | None = None
         self.audit: ClientAudit | None = None
 
-    def setup(self, scenario: Any, num_examples: dict[int, int]) -> None:
+    def setup(self, scenario: Any, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
         if self.config.audit_canaries and self.config.audit_client not in num_examples:
             raise ValueError(f"audit_client {self.config.audit_client} is not a client (0..{len(num_examples) - 1})")
         if self.config.delta is None:

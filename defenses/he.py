@@ -50,7 +50,7 @@ from bench.config import doc
 from bench.errors import UserError
 from bench.registry import DEFENSES
 from defenses._secagg.errors import IndividualUpdatesHiddenError
-from defenses.base import Defense, Transport
+from defenses.base import Defense, DefenseSlot, Transport
 
 log = logging.getLogger(__name__)
 
@@ -337,8 +337,7 @@ class HETransport(Transport):
 class HomomorphicEncryption(Defense):
     """CKKS homomorphic encryption of client updates (SEAL via TenSEAL), seeded from the run; hides every update from the server."""
 
-    removes_vantages = frozenset({"server"})
-    is_transport = True
+    slot = DefenseSlot.TRANSPORT
     Config = HEConfig
 
     def __init__(self, config: HEConfig):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,7 +47,7 @@ from defenses._secagg.fixedpoint import MAX_BITS, MIN_BITS, FixedPoint
 from defenses._secagg.graph import default_degree
 from defenses._secagg.material import Entropy
 from defenses._secagg.protocol import SecAggRound
-from defenses.base import Defense, Transport
+from defenses.base import Defense, DefenseSlot, Transport
 
 __all__ = ["SecureAggregation", "SecAggTransport", "SecAggAbortError", "IndividualUpdatesHiddenError"]
 
@@ -191,7 +192,7 @@ class SecAggTransport(Transport):
         self.ledger = CostLedger()
         self._pending: dict[int, _PendingRound] = {}
         self.bound_sources: list[Defense] = []
-        """Defenses whose ``coordinate_bound`` the encoding range must hold (set by ``check_compatible``)."""
+        """Defenses whose ``coordinate_bound`` the encoding range must hold (set by ``setup``)."""
 
     def encoding_range(self) -> tuple[float, float | None]:
         """The clip used this round, and the bound a defense declared (None when none did)."""
@@ -316,8 +317,7 @@ def _weighted_mean(plain: dict[int, np.ndarray], fractions: dict[int, float]) ->
 class SecureAggregation(Defense):
     """Secure aggregation (SecAgg / SecAgg+): hides every client's update from the server."""
 
-    removes_vantages = frozenset({"server"})
-    is_transport = True
+    slot = DefenseSlot.TRANSPORT
     Config = SecAggConfig
 
     def __init__(self, config: SecAggConfig):
@@ -330,9 +330,8 @@ class SecureAggregation(Defense):
     def transport(self) -> SecAggTransport:
         return self._transport
 
-    def check_compatible(self, others: list[Defense], scenario: Any) -> str | None:
-        self._transport.bound_sources = list(others)  # their coordinate bounds set the encoding range
-        return super().check_compatible(others, scenario)
+    def setup(self, scenario: Any, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
+        self._transport.bound_sources = list(peers)  # their coordinate bounds set the encoding range
 
     def costs(self) -> dict[str, float]:
         """Protocol costs as ``cost.secagg.<name>`` (the engine's own ``cost.client_s`` etc. cover the whole

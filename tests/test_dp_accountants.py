@@ -78,7 +78,7 @@ def set_up(scenario, spec):
     built = [DEFENSES.get(d.name)(d.config) for d in scenario.defenses]
     defense = next(d for d, s in zip(built, scenario.defenses) if s is spec)
     assert defense.check_compatible([d for d in built if d is not defense], scenario) is None
-    defense.setup(scenario, member_counts(scenario))
+    defense.setup(scenario, member_counts(scenario), peers=[d for d in built if d is not defense])
     return defense
 
 

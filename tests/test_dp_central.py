@@ -11,7 +11,7 @@ from dp_helpers import plan
 
 from bench.config import bind
 from defenses._dp_accounting import epsilon_for
-from defenses.base import Defense, Transport
+from defenses.base import Defense, DefenseSlot, Transport
 from defenses.dp_central import DPCentral, clip_to_norm
 
 
@@ -80,14 +80,20 @@ def test_dp_central_accounts_rounds_with_client_sampling_rate():
 
 def test_noise_placement_follows_transport_and_robust_rules_are_rejected():
     class SecAggLike(Defense):
-        name, is_transport = "secagg-like", True
+        name, slot = "secagg-like", DefenseSlot.TRANSPORT
 
     class RobustLike(Defense):
-        name, needs_client_updates = "robust-like", True
+        name, slot = "robust-like", DefenseSlot.AGGREGATION
 
     defense = dp_central(noise_multiplier=1.0)
-    assert defense.check_compatible([SecAggLike(None)], None) is None and defense.noise_at == "clients"
+    assert defense.check_compatible([SecAggLike(None)], None) is None
+    defense.setup(plan(clients=8, clients_per_round=4), {}, peers=[SecAggLike(None)])
+    assert defense.noise_at == "clients"
+    alone = dp_central(noise_multiplier=1.0)
+    alone.setup(plan(clients=8, clients_per_round=4), {})
+    assert alone.noise_at == "server"
     explicit = dp_central(noise_multiplier=1.0, noise_at="server")
-    assert explicit.check_compatible([SecAggLike(None)], None) is None and explicit.noise_at == "server"
+    explicit.setup(plan(clients=8, clients_per_round=4), {}, peers=[SecAggLike(None)])
+    assert explicit.noise_at == "server"
     assert "replaces the mean" in dp_central(noise_multiplier=1.0).check_compatible([RobustLike(None)], None)
     assert DPCentral.requires_uniform_weights

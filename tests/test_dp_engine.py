@@ -43,7 +43,8 @@ def run_with(prepared, defenses: list) -> Transcript:
     """One federation run with ``defenses`` and zero updates; checks and setup as the runner does them."""
     for defense in defenses:
         assert defense.check_compatible([d for d in defenses if d is not defense], prepared.scenario) is None
-        defense.setup(prepared.scenario, {c: len(d.members) for c, d in enumerate(prepared.clients)})
+        defense.setup(prepared.scenario, {c: len(d.members) for c, d in enumerate(prepared.clients)},
+                      peers=[d for d in defenses if d is not defense])
     fed = prepared.fed
     fed.defenses, fed.keep = defenses, frozenset({"aggregates", "client_updates"})
     fed.trainer = lambda job: {"loss": 0.0}  # the weights stay put: every client's update is 0

@@ -9,6 +9,7 @@ import torch
 from bench.config import bind
 from bench.errors import UserError
 from bench.registry import DEFENSES
+from defenses.base import DefenseSlot
 from defenses.he import Ciphertexts, Client, HETransport, HomomorphicEncryption, encrypt, load, seal_context, seed_words
 from defenses.secagg import IndividualUpdatesHiddenError
 
@@ -111,7 +112,7 @@ def test_weights_renormalise_over_the_clients_whose_message_arrived(round_trip):
 
 def test_defense_contract():
     cls = DEFENSES.get("he")
-    assert cls is HomomorphicEncryption and cls.is_transport and cls.removes_vantages == frozenset({"server"})
+    assert cls is HomomorphicEncryption and cls.slot is DefenseSlot.TRANSPORT
     assert isinstance(cls(cls.Config()).transport(), HETransport)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.registry import DEFENSES
-from defenses.base import Defense
+from defenses.base import Defense, DefenseSlot
 from defenses.robust import rules
 
 ROBUST_NAMES = ["robust-krum", "robust-median", "robust-trimmed", "robust-clip", "robust-fltrust", "robust-geomed", "robust-cclip"]
@@ -31,11 +31,11 @@ def ones(n: int) -> torch.Tensor:
 @pytest.mark.parametrize("name", ROBUST_NAMES)
 def test_registered_and_rejects_hiding_transports(name):
     defense = make(name)
-    assert defense.needs_client_updates
+    assert defense.slot is DefenseSlot.AGGREGATION
 
     class FakeSecAgg(Defense):
         name = "fake-secagg"
-        is_transport = True
+        slot = DefenseSlot.TRANSPORT
 
     reason = defense.check_compatible([FakeSecAgg(FakeSecAgg.Config())], scenario=None)
     assert reason is not None and "fake-secagg" in reason

@@ -19,6 +19,7 @@ from defenses._secagg.graph import default_degree, harary_graph
 from defenses._secagg.material import Entropy, Secret
 from defenses._secagg.prg import expand
 from defenses._secagg.protocol import SecAggRound
+from defenses.base import DefenseSlot
 from defenses.secagg import IndividualUpdatesHiddenError, SecAggAbortError, SecAggTransport, SecureAggregation
 
 LENGTH = 4000
@@ -220,7 +221,7 @@ def test_decode_individual_raises_and_message_bytes_are_packed():
 
 def test_defense_contract_and_costs():
     cls = DEFENSES.get("secagg")
-    assert cls is SecureAggregation and cls.is_transport and cls.removes_vantages == frozenset({"server"})
+    assert cls is SecureAggregation and cls.slot is DefenseSlot.TRANSPORT
     defense = cls(bind(cls.Config, {"variant": "secagg+", "neighbours": 2}, file="s.yaml", key="defenses.secagg"))
     carrier = defense.transport()
     updates, weights = make_updates(8), {c: 1.0 for c in range(8)}

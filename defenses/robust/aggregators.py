@@ -1,7 +1,8 @@
 """Byzantine-robust aggregators as defenses: thin wrappers over ``defenses.robust.rules``.
 
-Each replaces FedAvg's weighted mean on the server and so needs every client's plain update
-(``needs_client_updates``): the inherited ``check_compatible`` rejects them next to secagg or he.
+Each replaces FedAvg's weighted mean on the server and so needs every client's plain update: each fills
+the ``AGGREGATION`` slot (one per scenario: two rules are refused at loading and at planning), and the
+inherited ``check_compatible`` rejects them next to secagg or he.
 
 Papers and departures:
 - ``robust-krum``: Krum / Multi-Krum, Blanchard et al. 2017 (NeurIPS). Multi-Krum averages the m
@@ -21,7 +22,7 @@ Papers and departures:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,14 +30,14 @@ import torch
 
 from bench.config import doc
 from bench.registry import DEFENSES
-from defenses.base import Defense
+from defenses.base import Defense, DefenseSlot
 from defenses.robust import rules
 
 
 class RobustAggregator(Defense):
     """Shared base: robust rules read the individual plain updates."""
 
-    needs_client_updates: ClassVar[bool] = True
+    slot: ClassVar[DefenseSlot] = DefenseSlot.AGGREGATION
 
 
 @DEFENSES.register("robust-krum")
@@ -168,7 +169,7 @@ class CenteredClipping(RobustAggregator):
         super().__init__(config)
         self.center: torch.Tensor | None = None
 
-    def setup(self, scenario: Any, num_examples: dict[int, int]) -> None:
+    def setup(self, scenario: Any, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
         self.center = None
 
     def aggregate(self, round_index: int, updates: torch.Tensor, weights: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
