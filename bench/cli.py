@@ -45,6 +45,16 @@ def check_paths(paths: list[str]) -> None:
                             f"(run from {PROJECT_ROOT}, or give that path)")
 
 
+def _seed_count(text: str) -> int:
+    """``--seeds N``: bounded like a file's ``seeds`` (argparse turns the ValueError into exit 2)."""
+    from bench.scenario import MAX_SEEDS
+
+    count = int(text)
+    if not 1 <= count <= MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"a seed count must be in 1..{MAX_SEEDS}, got {count}")
+    return count
+
+
 def _run(args: argparse.Namespace) -> int:
     from bench.presets import apply, runnable
     from bench.results import ResultStore
@@ -207,7 +217,8 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[plugins], help="run scenario files (a grid expands) and write results")
     run.add_argument("paths", nargs="*", default=[], help=f"scenario files or folders (default: scenarios/{DEFAULT_SCENARIO})")
     run.add_argument("--out", default="results/runs", help="directory for results.jsonl and results.csv")
-    run.add_argument("--seeds", type=int, default=None, help="run seeds 0..N-1 instead of the files' seeds")
+    run.add_argument("--seeds", type=_seed_count, default=None,
+                     help="run seeds 0..N-1 instead of the files' seeds (N in 1..1000)")
     run.add_argument("--force", action="store_true", help="rerun runs already in the results")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--figures", action="store_true", help="a log-log ROC figure per run with membership attacks, in OUT/figures")

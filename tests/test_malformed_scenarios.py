@@ -250,3 +250,15 @@ def test_process_exits_2_without_traceback(tmp_path, case):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and str(path) in done.stderr
     assert CASES[case][1] is None or CASES[case][1] in done.stderr
+
+
+@pytest.mark.parametrize("count", ["0", "1000000000", "-3", "many"])
+def test_run_seeds_option_is_bounded_like_the_files_seeds(capsys, count):
+    """``run --seeds N`` is a count in 1..1000, as ``seeds:`` in a file; anything else exits 2 before loading."""
+    from bench.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "scenarios/smoke.yaml", "--seeds", count])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seeds" in err and "Traceback" not in err
