@@ -62,7 +62,10 @@ MAKE = shutil.which("make")
 @pytest.mark.skipif(MAKE is None, reason="make is not installed")
 def test_quick_start_make_targets_expand_to_the_documented_commands():
     def dry_run(target: str) -> list[str]:
-        done = subprocess.run([MAKE, "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        # A parent make (``make test PYTEST_ARGS=...``) passes its variables down: expand the defaults.
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "PYTEST_ARGS")}
+        done = subprocess.run([MAKE, "-n", "--no-print-directory", target], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60, env=env)
         assert done.returncode == 0, done.stderr
         return [line.replace(".venv/bin/python", "python") for line in done.stdout.splitlines()]
 
