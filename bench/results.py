@@ -166,7 +166,11 @@ class ResultStore:
         return [{k: _restore(v) for k, v in row.items()} for row in self._replay()[0].rows()]
 
     def done(self) -> set[tuple[str, int]]:
-        return {(r["scenario_hash"], int(r["seed"])) for r in self.rows() if r.get("status") in DONE_STATUSES}
+        """Runs a sweep skips: recorded ok or incompatible with no failed row (a failed run, or an ok run
+        one of whose attacks failed, is retried by the next sweep)."""
+        rows = self.rows()
+        failed = {(r["scenario_hash"], int(r["seed"])) for r in rows if r.get("status") == "failed"}
+        return {(r["scenario_hash"], int(r["seed"])) for r in rows if r.get("status") in DONE_STATUSES} - failed
 
     def _replay(self) -> tuple[_Log, list[tuple[int, bytes]]]:
         """The log replayed, and the (line number, bytes) of every line it had to skip."""

@@ -161,11 +161,12 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
         packages=package_versions(), device=result.device, wall_s=round(wall_s, 3), peak_mem_mb=round(peak_rss_mb(), 1),
         extra={**result.extra, **_training_identity(scenario)},
     )
-    metrics = result.metrics + [("none", Metric("cost.wall_s", wall_s, higher_is_better=False))]
-    rows = [Row(attack=attack, metric=m.name, value=m.value, ci_low=m.ci_low, ci_high=m.ci_high,
-                higher_is_better=m.higher_is_better, **base) for attack, m in metrics]
     if result.status != "ok":
         rows = [Row(attack="none", metric="run", value=None, **base)]
+    else:
+        metrics = result.metrics + [("none", Metric("cost.wall_s", wall_s, higher_is_better=False))]
+        rows = [Row(attack=attack, metric=m.name, value=m.value, ci_low=m.ci_low, ci_high=m.ci_high,
+                    higher_is_better=m.higher_is_better, **base) for attack, m in metrics]
     for attack, status, reason in result.skipped:
         rows.append(Row(attack=attack, metric="run", value=None, **{**base, "status": status, "error": reason}))
     for row in rows:  # figures read these later; the report never re-runs anything

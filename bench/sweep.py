@@ -38,7 +38,6 @@ def sweep(scenarios: list[Scenario], out: str | Path, *, seeds: int | None = Non
     store = ResultStore(out, writer=True)  # locks --out and proves it writable before the first run
     done = store.done()
     runs = planned_runs(scenarios, store, seeds)
-    done -= failed_runs(store)  # retried: a failed run, and an ok run one of whose attacks failed
     with tqdm(total=len(runs), desc="runs", disable=not show_progress, position=0) as bar:
         for scenario, seed in runs:
             bar.set_postfix_str(short_name(scenario.name, 60))  # the name, not its cut-off tail
@@ -57,11 +56,6 @@ def planned_runs(scenarios: list[Scenario], store: ResultStore, seeds: int | Non
     """The (scenario, seed) runs a sweep covers: the grid's, preceded by the clean twins it lacks."""
     runs = [(s, seed) for s in scenarios for seed in (range(seeds) if seeds else s.seeds)]
     return _clean_twins(runs, store) + runs
-
-
-def failed_runs(store: ResultStore) -> set[tuple[str, int]]:
-    """The (scenario_hash, seed) of every run with a failed row (the run itself or one of its attacks)."""
-    return {(r["scenario_hash"], int(r["seed"])) for r in store.rows() if r.get("status") == "failed"}
 
 
 def _clean_twins(runs: list[tuple[Scenario, int]], store: ResultStore) -> list[tuple[Scenario, int]]:
