@@ -1,1 +1,1 @@
-"""Attacks: one module (or package) per family; each registers itself in ``bench.registry.ATTACKS``."""
+"""Attacks: one module (or package) per family; each registers itself in ``bench.api.registry.ATTACKS``."""

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.errors import UserError
+from bench.api.errors import UserError
 
 DEFAULT_SCENARIO = "smoke.yaml"
 EXIT_FAILED = 1
@@ -47,7 +47,7 @@ def check_paths(paths: list[str]) -> None:
 
 def _seed_count(text: str) -> int:
     """``--seeds N``: bounded like a file's ``seeds`` (argparse turns the ValueError into exit 2)."""
-    from bench.scenario import MAX_SEEDS
+    from bench.spec.scenario import MAX_SEEDS
 
     count = int(text)
     if not 1 <= count <= MAX_SEEDS:
@@ -56,10 +56,10 @@ def _seed_count(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bench.presets import apply, runnable
-    from bench.results import ResultStore
-    from bench.scenario import check_all, load_many
-    from bench.sweep import planned_runs, summarize, sweep
+    from bench.engine.sweep import planned_runs, summarize, sweep
+    from bench.spec.presets import apply, runnable
+    from bench.spec.scenario import check_all, load_many
+    from bench.store.results import ResultStore
 
     paths = args.paths or [str(_scenarios_or_explain() / DEFAULT_SCENARIO)]
     check_paths(paths)
@@ -82,13 +82,13 @@ def _run(args: argparse.Namespace) -> int:
 def _store_table1(out: Path) -> None:
     """Table 1 depends on the code, not on results: store it beside the runs so ``report`` copies it
     without importing the components."""
-    from bench.table1 import write_table1
+    from bench.reporting.table1 import write_table1
 
     write_table1(out)
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from bench.scenario import check_all, load_many
+    from bench.spec.scenario import check_all, load_many
 
     paths = args.paths or [str(_scenarios_or_explain())]
     check_paths(paths)
@@ -144,10 +144,10 @@ def config_lines(config_cls: type) -> list[str]:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from bench.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
+    from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
 
     if args.verbose:
-        from bench import scenario
+        from bench.spec import scenario
 
         sections = [("scenario file (top-level keys)", getattr(scenario, "ScenarioSpec", None)),
                     ("federation (scenario key `federation:`)", scenario.Federation)]
@@ -172,14 +172,14 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from bench.report import metric_table
+    from bench.reporting.report import metric_table
 
     print(metric_table(args.results, metrics=args.metric))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from bench.report import default_out, write_reports, write_study_report
+    from bench.reporting.report import default_out, write_reports, write_study_report
 
     out = Path(args.out) if args.out else default_out(args.runs)
     if args.study:
@@ -196,7 +196,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _table1(args: argparse.Namespace) -> int:
-    from bench.table1 import write_table1
+    from bench.reporting.table1 import write_table1
 
     csv_path, md_path = write_table1(Path(args.out))
     print(f"wrote {csv_path} and {md_path}")
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if hasattr(args, "plugins") and plugin_dirs(args):  # report and table load no components: no plugins
-            from bench.registry import load_plugin_dir
+            from bench.api.registry import load_plugin_dir
 
             for directory in plugin_dirs(args):
                 load_plugin_dir(directory)

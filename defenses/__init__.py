@@ -1,1 +1,1 @@
-"""Defenses: one module per defense; each registers itself in ``bench.registry.DEFENSES``."""
+"""Defenses: one module per defense; each registers itself in ``bench.api.registry.DEFENSES``."""

@@ -46,11 +46,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.config import doc
-from bench.errors import UserError
-from bench.registry import DEFENSES
-from defenses._secagg.errors import IndividualUpdatesHiddenError
-from defenses.base import Defense, DefenseSlot, Transport
+from bench.api.config import doc
+from bench.api.defense import Defense, DefenseSlot, Transport
+from bench.api.errors import UserError
+from bench.api.registry import DEFENSES
+from defenses.masking.errors import IndividualUpdatesHiddenError
 
 log = logging.getLogger(__name__)
 

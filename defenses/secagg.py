@@ -6,7 +6,7 @@ Privacy-Preserving Machine Learning" (CCS 2017), and its sparse-graph variant Se
 one process: every party's cryptography is real (X25519 key agreement, HKDF-SHA256, ChaCha20 mask
 expansion, ChaCha20-Poly1305 share envelopes, Shamir sharing over GF(2^521 - 1)); only the network is
 simulated (messages are handed over in memory, and their serialised sizes are counted). The protocol
-itself lives in ``defenses/_secagg/``.
+itself lives in ``defenses/masking/``.
 
 Weighted mean. FedAvg weights are public example counts. Client u sends the masked fixed-point
 encoding of w_u * clip(x_u) with w_u = n_u / sum of n_v over the round's sampled clients, so the
@@ -40,14 +40,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from bench.config import doc
-from bench.registry import DEFENSES
-from defenses._secagg.errors import EncodingRangeError, IndividualUpdatesHiddenError, SecAggAbortError
-from defenses._secagg.fixedpoint import MAX_BITS, MIN_BITS, FixedPoint
-from defenses._secagg.graph import default_degree
-from defenses._secagg.material import Entropy
-from defenses._secagg.protocol import SecAggRound
-from defenses.base import Defense, DefenseSlot, Transport
+from bench.api.config import doc
+from bench.api.defense import Defense, DefenseSlot, Transport
+from bench.api.registry import DEFENSES
+from defenses.masking.errors import EncodingRangeError, IndividualUpdatesHiddenError, SecAggAbortError
+from defenses.masking.fixedpoint import MAX_BITS, MIN_BITS, FixedPoint
+from defenses.masking.graph import default_degree
+from defenses.masking.material import Entropy
+from defenses.masking.protocol import SecAggRound
 
 __all__ = ["SecureAggregation", "SecAggTransport", "SecAggAbortError", "IndividualUpdatesHiddenError"]
 

@@ -24,7 +24,7 @@ def marker_name(name: str) -> str:
 
 
 def scenario_cases() -> list:
-    from bench.scenario import load
+    from bench.spec.scenario import load
 
     cases = []
     for path in sorted((ROOT / "scenarios").glob("*.yaml")):
@@ -39,7 +39,7 @@ def scenario_cases() -> list:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from bench.registry import ATTACKS, DEFENSES, METHODS, TIERS
+    from bench.api.registry import ATTACKS, DEFENSES, METHODS, TIERS
 
     for registry in (TIERS, METHODS, ATTACKS, DEFENSES):
         for name in registry.names():
@@ -53,6 +53,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(autouse=True)
 def _quiet_libraries():
-    from bench.sweep import quiet_libraries
+    from bench.engine.sweep import quiet_libraries
 
     quiet_libraries()

@@ -9,9 +9,9 @@ import peft
 import torch
 import transformers
 
-from bench.config import bind
-from bench.training import LocalJob
-from defenses.dp_local import DPLocal
+from bench.api.config import bind
+from bench.client.training import LocalJob
+from defenses.dp.local import DPLocal
 
 VOCAB = 40
 

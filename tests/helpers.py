@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from bench.scenario import load
+from bench.spec.scenario import load
 
 BASE: dict[str, Any] = {
     "name": "unit",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from bench.results import Row
+from bench.store.results import Row
 
 
 def run_rows(scenario: str, seed: int, *, method: str = "lora", defenses: str = "none", tier: str = "open-weight",

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from bench import cli
-from bench.provenance import git_state
-from bench.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
+from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
+from bench.store.provenance import git_state
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRIES = (TIERS, MODELS, TASKS, METHODS, ATTACKS, DEFENSES)
@@ -32,7 +32,7 @@ def test_every_component_has_a_description():
 
 
 def test_ls_verbose_shows_every_key_with_type_and_default(capsys):
-    from bench.scenario import Federation
+    from bench.spec.scenario import Federation
 
     assert cli.main(["ls", "-v"]) == 0
     out = capsys.readouterr().out
@@ -59,10 +59,10 @@ def test_type_names(hint, text):
 PLUGIN = '''
 from dataclasses import dataclass
 
-from attacks.base import Attack
-from bench.config import doc
-from bench.predictions import MembershipScores
-from bench.registry import ATTACKS
+from bench.api.attack import Attack
+from bench.api.config import doc
+from bench.api.predictions import MembershipScores
+from bench.api.registry import ATTACKS
 from helper_module import K
 
 
@@ -81,8 +81,8 @@ class MyAttack(Attack):
 
 
 TASK_PLUGIN = '''
-from bench.data import SyntheticClinical
-from bench.registry import TASKS
+from bench.world.tasks import SyntheticClinical
+from bench.api.registry import TASKS
 
 
 @TASKS.register("my-task")
@@ -109,7 +109,7 @@ def test_plugins_load_from_a_users_folder(tmp_path):
 @pytest.mark.parametrize("content, message", [
     (None, "does not exist"),
     ("raise RuntimeError('broken on purpose')", "broken.py: RuntimeError: broken on purpose"),
-    ("from bench.registry import ATTACKS\n@ATTACKS.register('mia-loss')\nclass Again:\n    pass\n",
+    ("from bench.api.registry import ATTACKS\n@ATTACKS.register('mia-loss')\nclass Again:\n    pass\n",
      "attack 'mia-loss' is already registered"),
 ])
 def test_a_bad_plugin_is_a_clean_error(tmp_path, content, message, capsys):

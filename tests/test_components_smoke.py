@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.registry import ATTACKS, DEFENSES
-from bench.runner import execute
+from bench.api.registry import ATTACKS, DEFENSES
+from bench.engine.runner import execute
 from tests.helpers import make_scenario
 
 TINY = {"clients": 3, "clients_per_round": 3, "rounds": 1, "local_steps": 1, "batch_size": 4,

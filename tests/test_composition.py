@@ -10,16 +10,16 @@ import pickle
 import pytest
 import torch
 
-from bench import federation as fl
+from bench.api.config import bind
+from bench.api.defense import Defense, DefenseSlot, composition_problem, in_slot_order
+from bench.api.errors import IncompatibleError, UserError
+from bench.api.registry import DEFENSES
+from bench.api.transcript import GroundTruth, Transcript
 from bench.cli import main
-from bench.config import bind
-from bench.errors import IncompatibleError, UserError
-from bench.registry import DEFENSES
-from bench.runner import incompatibility, plan, prepare
-from bench.scenario import load
-from bench.transcript import GroundTruth, Transcript
-from bench.views import ROUND_FIELDS, _strip
-from defenses.base import Defense, DefenseSlot, composition_problem, in_slot_order
+from bench.engine import federation as fl
+from bench.engine.runner import incompatibility, plan, prepare
+from bench.engine.views import ROUND_FIELDS, _strip
+from bench.spec.scenario import load
 from tests.helpers import make_scenario, scenario_dict, write_scenario
 
 TINY = {"clients": 3, "clients_per_round": 3, "rounds": 1, "local_steps": 1}

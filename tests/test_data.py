@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.data import PROMPT_TEMPLATE
-from bench.errors import UserError
-from bench.evaluate import EVALUATORS, rouge_l
-from bench.registry import MODELS, TASKS
+from bench.api.errors import UserError
+from bench.api.registry import MODELS, TASKS
+from bench.scoring.utility import EVALUATORS, rouge_l
+from bench.world.tasks import PROMPT_TEMPLATE
 from tests.helpers import make_scenario
 
 
@@ -95,7 +95,7 @@ def test_preference_utility_counts_pairs_where_the_chosen_response_is_likelier()
 def test_a_dataset_saved_to_disk_loads_through_the_hf_dataset_task(tmp_path):
     import datasets
 
-    from bench.runner import execute
+    from bench.engine.runner import execute
     from tests.helpers import make_scenario
 
     records = [{"note": f"Patient {i} has {'a cough' if i % 2 else 'chest pain'}.", "condition": i % 2} for i in range(80)]
@@ -207,7 +207,7 @@ def test_a_path_found_only_from_the_working_directory_still_loads_with_a_warning
 
 
 def test_hf_model_paths_are_checked_only_when_local(tmp_path):
-    from bench.scenario import looks_local
+    from bench.spec.scenario import looks_local
 
     hf = MODELS.get("hf")
     assert not looks_local("Qwen/Qwen2.5-0.5B") and not looks_local("gpt2")
@@ -222,7 +222,7 @@ def test_hf_model_paths_are_checked_only_when_local(tmp_path):
 
 
 def test_max_length_beyond_the_model_context_is_refused(tmp_path):
-    from bench.scenario import check
+    from bench.spec.scenario import check
 
     fits = make_scenario(tmp_path, task={"name": "synthetic-clinical", "params": {"max_length": 128}})
     assert check(fits) == []

@@ -7,10 +7,10 @@ from dataclasses import asdict
 import pytest
 import yaml
 
-from bench.derived import UTILITY_DROP, utility_drop_rows
-from bench.results import ResultStore, Row
-from bench.scenario import load
-from bench.sweep import sweep
+from bench.engine.sweep import sweep
+from bench.spec.scenario import load
+from bench.store.derived import UTILITY_DROP, utility_drop_rows
+from bench.store.results import ResultStore, Row
 
 
 def _run(name: str, seed: int, metrics: dict[str, float], *, key: str, attacks: tuple[str, ...] = (),
@@ -73,7 +73,7 @@ def _poison_scenarios(tmp_path=None):
 
 
 def test_sweep_runs_the_missing_twin_once_and_the_fraction_zero_drop_is_exactly_zero(tmp_path, monkeypatch):
-    import bench.sweep as sweep_module
+    import bench.engine.sweep as sweep_module
 
     executed = []
     real = sweep_module.execute

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import synthetic
-from bench.models import train_tokenizer
-from bench.runner import execute
-from bench.seeding import isolated_rng
+from bench.api.seeding import isolated_rng
+from bench.engine.runner import execute
+from bench.world import synthetic
+from bench.world.models import train_tokenizer
 from tests.helpers import make_scenario
 
 TINY = {"clients": 2, "clients_per_round": 2, "rounds": 2, "local_steps": 2, "batch_size": 4,

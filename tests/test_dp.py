@@ -24,14 +24,14 @@ from dp_helpers import (
     tiny_model,
 )
 
-from bench.config import bind
-from bench.errors import UserError
-from bench.registry import DEFENSES
-from bench.training import train_local
-from defenses._dp_accounting import Ledger, calibrate_noise, epsilon_for
-from defenses._dp_sgd import poisson_batch
-from defenses.dp_central import DPCentral
-from defenses.dp_local import DPLocal
+from bench.api.config import bind
+from bench.api.errors import UserError
+from bench.api.registry import DEFENSES
+from bench.client.training import train_local
+from defenses.dp.accounting import Ledger, calibrate_noise, epsilon_for
+from defenses.dp.central import DPCentral
+from defenses.dp.local import DPLocal
+from defenses.dp.sgd import poisson_batch
 
 # --- the DP-SGD step ------------------------------------------------------------------------------
 

@@ -30,9 +30,9 @@ from dp_accounting import dp_event
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
-import defenses.dp_local as dp_local_module
-from bench.registry import DEFENSES
-from bench.scenario import load
+import defenses.dp.local as dp_local_module
+from bench.api.registry import DEFENSES
+from bench.spec.scenario import load
 
 ROOT = Path(__file__).resolve().parents[1]
 Relation = dp_accounting.NeighboringRelation
@@ -155,7 +155,7 @@ def test_dp_local_epsilon_matches_dp_accounting(file, scenario, spec, monkeypatc
 
 @pytest.mark.parametrize("sigma,q,steps", [(1.0, 0.5, 3), (3.0, 0.25, 10), (0.8, 0.1, 50), (2.0, 1.0, 4)])
 def test_our_without_replacement_bound_equals_dp_accounting(sigma, q, steps):
-    from defenses._dp_accounting import epsilon_for
+    from defenses.dp.accounting import epsilon_for
 
     accountant = RdpAccountant(neighboring_relation=Relation.REPLACE_ONE)
     sampled = dp_event.SampledWithoutReplacementDpEvent(1000, int(q * 1000), dp_event.GaussianDpEvent(sigma))

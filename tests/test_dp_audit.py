@@ -14,9 +14,9 @@ import pytest
 import torch
 from dp_helpers import collate, dp_local, example_losses, make_examples, make_job, tiny_model
 
-from bench.training import train_local
-from defenses._dp_accounting import epsilon_for
-from defenses._dp_audit import audit_one_run, audit_with_canaries, epsilon_lower_bound, p_value_dp
+from bench.client.training import train_local
+from defenses.dp.accounting import epsilon_for
+from defenses.dp.audit import audit_one_run, audit_with_canaries, epsilon_lower_bound, p_value_dp
 
 
 @pytest.mark.parametrize("r", [10, 40, 100])
@@ -115,7 +115,7 @@ def test_noiseless_memorisation_gives_a_clearly_positive_bound_that_exposes_miss
 def _audited_scenarios(tmp_path, noise_multipliers, canaries=200, rounds=3):
     import yaml
 
-    from bench.scenario import load
+    from bench.spec.scenario import load
 
     document = {
         "name": "audit", "tier": "open-weight", "model": "tiny-gpt2", "method": "fft",
@@ -136,7 +136,7 @@ def _privacy_row(rows) -> dict[str, float]:
 
 
 def test_an_audited_run_reports_a_lower_bound_below_the_accountant(tmp_path):
-    from bench.runner import execute
+    from bench.engine.runner import execute
 
     (scenario,) = _audited_scenarios(tmp_path, [1.0], canaries=40, rounds=1)
     noisy = _privacy_row(execute(scenario, 0))
@@ -146,7 +146,7 @@ def test_an_audited_run_reports_a_lower_bound_below_the_accountant(tmp_path):
 
 @pytest.mark.slow  # two federated DP-SGD runs with 200 canaries: ~25 s of CPU
 def test_audit_in_the_federation_catches_missing_noise_and_stays_below_the_accountant(tmp_path):
-    from bench.runner import execute
+    from bench.engine.runner import execute
 
     noiseless, noisy = (_privacy_row(execute(s, 0)) for s in _audited_scenarios(tmp_path, [0.0, 1.0]))
     assert noiseless["dp.epsilon"] == math.inf and noiseless["dp.epsilon_lower"] > 0.5  # measured 1.02
@@ -155,7 +155,7 @@ def test_audit_in_the_federation_catches_missing_noise_and_stays_below_the_accou
 
 
 def test_audit_settings_are_checked():
-    from defenses.dp_local import DPLocal
+    from defenses.dp.local import DPLocal
 
     with pytest.raises(ValueError, match="audit_canaries"):
         DPLocal.Config(noise_multiplier=1.0, audit_canaries=1)
@@ -167,7 +167,7 @@ def test_audit_settings_are_checked():
 
 
 def test_audited_client_trains_on_its_records_plus_the_included_canaries_only(tmp_path):
-    from defenses._dp_audit import ClientAudit
+    from defenses.dp.audit import ClientAudit
 
     model = tiny_model("llama", "fft", seed=0)
     job = make_job(model, make_examples(12, seed=1), steps=2, batch_size=4, lr=0.01, optimizer="sgd", seed=0)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from dp_helpers import plan
 
-from bench.config import bind
-from defenses._dp_accounting import epsilon_for
-from defenses.base import Defense, DefenseSlot, Transport
-from defenses.dp_central import DPCentral, clip_to_norm
+from bench.api.config import bind
+from bench.api.defense import Defense, DefenseSlot, Transport
+from defenses.dp.accounting import epsilon_for
+from defenses.dp.central import DPCentral, clip_to_norm
 
 
 def dp_central(**params) -> DPCentral:

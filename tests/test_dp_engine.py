@@ -1,4 +1,4 @@
-"""dp-central through the engine (``bench.federation.run``), not by calling its hooks: the noise on
+"""dp-central through the engine (``bench.engine.federation.run``), not by calling its hooks: the noise on
 each round's aggregate has the claimed std z C / m (m = clients whose update the aggregate holds),
 with secure aggregation, with dropouts, and without the transport clipping any noisy coordinate.
 
@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench import federation as fl
-from bench.config import bind
-from bench.registry import DEFENSES
-from bench.runner import plan, prepare
-from bench.transcript import GroundTruth, Transcript
+from bench.api.config import bind
+from bench.api.registry import DEFENSES
+from bench.api.transcript import GroundTruth, Transcript
+from bench.engine import federation as fl
+from bench.engine.runner import plan, prepare
 from tests.helpers import make_scenario
 
 CLIENTS, ROUNDS = 4, 6
@@ -106,7 +106,7 @@ def test_noise_on_plain_transport_has_the_claimed_std(prepared):
 
 
 def test_a_coordinate_beyond_the_declared_bound_stops_the_run_instead_of_being_clipped():
-    from defenses._secagg.errors import EncodingRangeError
+    from defenses.masking.errors import EncodingRangeError
 
     declares = SimpleNamespace(name="declares", coordinate_bound=lambda: 2.0)
     secagg = build("secagg")

@@ -1,4 +1,4 @@
-"""Per-sample gradients through Opacus hooks (``defenses/_dp_hooks.py``) against batch-of-one
+"""Per-sample gradients through Opacus hooks (``defenses/dp/hooks.py``) against batch-of-one
 autograd: tiny GPT-2 and Llama, full fine-tuning and LoRA, every mode, and the traps (GPT-2 positions,
 tied embeddings under ghost clipping, peft's saved heads, paired sequences, layers off the
 activation-only backward path)."""
@@ -21,9 +21,9 @@ from dp_helpers import (
     tiny_model,
 )
 
-from bench.training import LocalJob, train_local
-from defenses._dp_hooks import expanded_position_ids, per_sample_gradients, per_sample_norms
-from defenses._dp_sgd import probe_modes, resolve_mode
+from bench.client.training import LocalJob, train_local
+from defenses.dp.hooks import expanded_position_ids, per_sample_gradients, per_sample_norms
+from defenses.dp.sgd import probe_modes, resolve_mode
 
 ARCH_METHOD = [("gpt2", "fft"), ("gpt2", "lora"), ("llama", "fft"), ("llama", "lora")]
 

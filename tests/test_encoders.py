@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import synthetic
-from bench.config import bind
-from bench.errors import UserError
-from bench.models import HuggingFaceModel
-from bench.registry import METHODS
-from bench.runner import execute, plan, prepare
-from bench.seeding import isolated_rng
+from bench.api.config import bind
+from bench.api.errors import UserError
+from bench.api.registry import METHODS
+from bench.api.seeding import isolated_rng
+from bench.engine.runner import execute, plan, prepare
+from bench.world import synthetic
+from bench.world.models import HuggingFaceModel
 from tests.helpers import make_scenario
 
 MINILM = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,

@@ -14,16 +14,16 @@ import pytest
 import torch
 import yaml
 
-import bench.sweep as sweep_module
+import bench.engine.sweep as sweep_module
 from attacks.inversion import dager
 from attacks.inversion._common import as_float_update
-from bench import federation as fl
+from bench.api.errors import DivergedError, UserError
+from bench.api.transcript import GroundTruth, Transcript
 from bench.cli import main
-from bench.data import SyntheticInstructions, truncation
-from bench.errors import DivergedError, UserError
-from bench.results import ResultStore, Row
-from bench.runner import execute, plan, prepare
-from bench.transcript import GroundTruth, Transcript
+from bench.engine import federation as fl
+from bench.engine.runner import execute, plan, prepare
+from bench.store.results import ResultStore, Row
+from bench.world.tasks import SyntheticInstructions, truncation
 from tests.helpers import make_scenario, scenario_dict
 
 # The smallest federation that still trains: every run here takes a few seconds.
@@ -208,7 +208,7 @@ def test_run_summarises_failures_exits_1_and_a_rerun_retries_only_them(tmp_path,
     assert main(["run", str(grid), "--out", str(out), "--quiet"]) == 1
     printed = capsys.readouterr().out
     assert "runs: 1 ok, 3 failed, 1 incompatible" in printed, printed
-    for line in ("diverges seed 0: bench.errors.DivergedError: diverged in round 0", "missing-data seed 0: ",
+    for line in ("diverges seed 0: bench.api.errors.DivergedError: diverged in round 0", "missing-data seed 0: ",
                  "secagg-dropout seed 0: "):
         assert line in printed, printed
     assert "does not exist" in printed and "secagg" in printed.split("secagg-dropout seed 0: ")[1]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from bench import federation as fl
-from bench.runner import execute, plan, prepare
-from bench.transcript import GroundTruth, Transcript
-from defenses.base import Defense
+from bench.api.defense import Defense
+from bench.api.transcript import GroundTruth, Transcript
+from bench.engine import federation as fl
+from bench.engine.runner import execute, plan, prepare
 from tests.helpers import make_scenario
 
 
@@ -127,7 +127,7 @@ def test_fedavg_sends_the_weight_difference_even_for_one_step(tmp_path):
 
 
 def test_a_step_the_weights_do_not_confirm_is_not_sent():
-    from bench.training import LocalJob
+    from bench.client.training import LocalJob
 
     job = LocalJob(model=None, parameters=[], examples=[], collate=None, example_losses=None, steps=1, batch_size=1,
                    lr=0.1, optimizer="sgd", rng=torch.Generator())
@@ -147,8 +147,8 @@ def test_one_client_fedavg_equals_central_training(tmp_path):
     after_federation = federated.built.method.get_flat()
     central = prepare(scenario, 0, plan(scenario))
     assert torch.equal(central.built.method.get_flat(), start)
-    from bench.seeding import generator
-    from bench.training import LocalJob, train_local
+    from bench.api.seeding import generator
+    from bench.client.training import LocalJob, train_local
 
     method = central.built.method
     job = LocalJob(model=method.model, parameters=[p for _, p in method.named_trainable],

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.config import bind
-from bench.errors import UserError
-from bench.registry import DEFENSES
-from defenses.base import DefenseSlot
+from bench.api.config import bind
+from bench.api.defense import DefenseSlot
+from bench.api.errors import UserError
+from bench.api.registry import DEFENSES
 from defenses.he import Ciphertexts, Client, HETransport, HomomorphicEncryption, encrypt, load, seal_context, seed_words
 from defenses.secagg import IndividualUpdatesHiddenError
 

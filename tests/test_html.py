@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from report_helpers import synthetic_grid
 
-from bench import leaderboard
-from bench.results import ResultStore, Row
+from bench.reporting import leaderboard
+from bench.store.results import ResultStore, Row
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "", shutil.which("chromium-browser") or "")
                  if p and Path(p).exists()), None)
@@ -33,7 +33,7 @@ def dump_dom(page: Path, profile: Path) -> str:
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory) -> Path:
-    from bench.report import write_reports
+    from bench.reporting.report import write_reports
 
     root = tmp_path_factory.mktemp("report")
     ResultStore(root / "runs").append([Row(**r) for r in synthetic_grid()])
@@ -60,7 +60,7 @@ def test_index_renders_sorted_tables_and_figures(published, tmp_path):
 
 
 def test_index_without_outputs_says_so(tmp_path):
-    from bench.html import write_index
+    from bench.reporting.html import write_index
 
     page = write_index(tmp_path).read_text()
     assert 'id="leaderboard-missing"' in page and "(no figures)" in page

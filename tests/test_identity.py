@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-import bench.scenario
-from bench.errors import UserError
-from bench.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
-from bench.scenario import identity_path, load
+import bench.spec.scenario
+from bench.api.errors import UserError
+from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
+from bench.spec.scenario import identity_path, load
 
 PLAIN = """\
 name: plain
@@ -263,7 +263,7 @@ def test_a_moved_checkout_keeps_its_hashes(tmp_path, monkeypatch):
     for place in ("here", "there"):
         root = tmp_path / place / "repo"
         (root / "scenarios").mkdir(parents=True)
-        monkeypatch.setattr(bench.scenario, "REPO_ROOT", root)
+        monkeypatch.setattr(bench.spec.scenario, "REPO_ROOT", root)
         inside = _one(root / "scenarios", LOCAL.replace("PATH", "../data/d.csv"), "inside.yaml")
         outside = _one(root / "scenarios", LOCAL.replace("PATH", "../../shared/d.csv"), "outside.yaml")
         assert inside.hash != outside.hash
@@ -272,7 +272,7 @@ def test_a_moved_checkout_keeps_its_hashes(tmp_path, monkeypatch):
 
 
 def test_identity_paths():
-    root = bench.scenario.REPO_ROOT
+    root = bench.spec.scenario.REPO_ROOT
     assert identity_path(str(root / "scenarios" / "x" / ".." / "d.csv")) == "scenarios/d.csv"
     assert identity_path(str(root.parent / "shared" / "d.csv")) == "../shared/d.csv"
     assert identity_path("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # a hub name

@@ -1,7 +1,7 @@
 """Gradient-inversion attacks (attacks/inversion/): contracts and exact-recovery oracles.
 
 Every case runs one real federated round on a tiny decoder built from a config
-(``attacks.inversion._harness``) and compares the attack's output with the batch the client trained on.
+(``bench.testing.inversion``) and compares the attack's output with the batch the client trained on.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import torch
 
 from attacks.inversion._common import observed_gradient, trainable_names
 from attacks.inversion._decode import Grown, Growth, _passes, refine_by_energy, select_sequences
-from attacks.inversion._harness import TinyArch, build_method, random_sequences, run_round
 from attacks.inversion._labels import last_tokens
 from attacks.inversion._span import (
     Probe,
@@ -27,9 +26,10 @@ from attacks.inversion._span import (
 from attacks.inversion.dager import Dager
 from attacks.inversion.optim import GradientMatching
 from attacks.inversion.tokens import EmbeddingRows
-from bench.predictions import Reconstruction
-from bench.score import score
+from bench.api.predictions import Reconstruction
 from bench.scoring.inversion import AGGREGATE_CLIENT
+from bench.scoring.score import score
+from bench.testing.inversion import TinyArch, build_method, random_sequences, run_round
 
 SMALL = {"vocab": 500, "hidden": 64, "layers": 2, "heads": 2, "positions": 32}
 
@@ -306,9 +306,9 @@ NOTES8 = {"name": "synthetic-clinical", "params": {"num_classes": 3, "max_length
 def zoo_notes_metrics(tmp_path, seed, clients=2, examples=80):
     """DAGER on one FedSGD round of the width-64 zoo GPT-2, batch 4 x 8 tokens of clinical notes, every
     client of the round attacked; the runner's own pieces, as ``tests/benchmarks`` do."""
-    from bench import federation as fl
-    from bench.runner import plan, prepare
-    from bench.views import ViewBuilder
+    from bench.engine import federation as fl
+    from bench.engine.runner import plan, prepare
+    from bench.engine.views import ViewBuilder
     from tests.helpers import make_scenario
 
     federation = {"clients": clients, "clients_per_round": clients, "rounds": 1, "batch_size": 4, "lr": 0.01,

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from bench.predictions import Reconstruction, text_decoder
-from bench.score import score
+from bench.api.predictions import Reconstruction, text_decoder
+from bench.api.transcript import GroundTruth
 from bench.scoring.inversion import (
     AGGREGATE_CLIENT,
     matched_slots,
@@ -16,7 +16,7 @@ from bench.scoring.inversion import (
     token_f1,
     truth_for,
 )
-from bench.transcript import GroundTruth
+from bench.scoring.score import score
 
 
 def by_name(metrics):

@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
-from bench import federation as fl
-from bench.errors import IncompatibleError
+from bench.api.errors import IncompatibleError
+from bench.api.registry import METHODS
+from bench.api.seeding import derive_seed
+from bench.engine import federation as fl
+from bench.engine.runner import plan, prepare
 from bench.methods import textual_prompt
-from bench.registry import METHODS
-from bench.runner import plan, prepare
-from bench.seeding import derive_seed
 from tests.helpers import make_scenario
 
 TASKS = {

@@ -15,14 +15,14 @@ import torch.nn.functional as F
 import transformers
 from torch import nn
 
-from bench.config import bind
-from bench.errors import IncompatibleError, UserError
-from bench.methods.base import Method
-from bench.registry import ATTACKS
-from bench.score import score
+from bench.api.config import bind
+from bench.api.errors import IncompatibleError, UserError
+from bench.api.method import Method
+from bench.api.registry import ATTACKS
+from bench.api.transcript import GroundTruth, ProviderRecord, RoundRecord, ThreatView
 from bench.scoring import mia as metrics
-from bench.tiers import OpenModel
-from bench.transcript import GroundTruth, ProviderRecord, RoundRecord, ThreatView
+from bench.scoring.score import score
+from bench.world.tiers import OpenModel
 
 BOS, PAD = 256, 257
 
@@ -485,7 +485,7 @@ def test_participant_sees_loss_drops_between_global_models():
     assert torch.equal(method.get_flat(), final)
 
 
-# --- through the real tier handles (bench.tiers) -----------------------------------------------------
+# --- through the real tier handles (bench.world.tiers) -----------------------------------------------------
 class ByteTokenizer:
     pad_token_id = PAD
 
@@ -518,7 +518,7 @@ class ByteTask:
 
 @pytest.mark.parametrize("tier", ["open-weight", "gray-box", "black-box"])
 def test_attacks_through_tier_handles(memorised, tier):
-    from bench.registry import TIERS
+    from bench.api.registry import TIERS
 
     log: list[ProviderRecord] = []
     handle = TIERS.get(tier)().handle(memorised.handle.model, None, ByteTask, ByteTokenizer(), log)

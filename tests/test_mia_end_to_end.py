@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from bench import federation as fl
-from bench.runner import plan, prepare
-from bench.score import score
-from bench.seeding import generator
-from bench.views import ViewBuilder
+from bench.api.seeding import generator
+from bench.engine import federation as fl
+from bench.engine.runner import plan, prepare
+from bench.engine.views import ViewBuilder
+from bench.scoring.score import score
 from tests.helpers import make_scenario
 
 LANGUAGE = {"name": "synthetic-clinical", "params": {"num_classes": 5, "max_length": 48, "objective": "language"}}
@@ -81,7 +81,7 @@ def test_run_with_figures_writes_a_log_log_roc_per_run(tmp_path):
 
 
 def test_shadow_models_are_shared_by_runs_that_differ_only_in_defenses(tmp_path):
-    from bench import views
+    from bench.engine import views
 
     first = make_scenario(tmp_path, federation={"rounds": 1, "local_steps": 1})
     second = make_scenario(tmp_path, federation={"rounds": 1, "local_steps": 1}, defenses=["robust-clip"])
@@ -97,8 +97,8 @@ def test_shadow_models_are_shared_by_runs_that_differ_only_in_defenses(tmp_path)
 
 
 def test_scenario_sets_how_many_candidates_membership_attacks_score(tmp_path, monkeypatch):
-    import bench.runner as runner
-    from bench.scenario import Federation
+    import bench.engine.runner as runner
+    from bench.spec.scenario import Federation
 
     with pytest.raises(ValueError, match="mia_candidates"):
         Federation(mia_candidates=1)

@@ -11,10 +11,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sklearn_roc_curve
 
-from bench.predictions import MembershipScores
-from bench.score import score
+from bench.api.predictions import MembershipScores
+from bench.api.transcript import GroundTruth
 from bench.scoring import mia
-from bench.transcript import GroundTruth
+from bench.scoring.score import score
 
 
 def random_scores(seed: int, n: int = 300, levels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,9 +4,9 @@ import dataclasses
 
 import torch
 
-from bench.config import bind
-from bench.models import HuggingFaceModel, TinyGPT2, TinyLlama
-from bench.runner import execute
+from bench.api.config import bind
+from bench.engine.runner import execute
+from bench.world.models import HuggingFaceModel, TinyGPT2, TinyLlama
 from tests.helpers import make_scenario
 
 
@@ -54,7 +54,7 @@ def test_a_model_saved_to_a_directory_runs_through_the_hf_path(tmp_path):
 def test_bf16_autocast_only_where_the_device_supports_it(monkeypatch):
     import contextlib
 
-    from bench.device import autocast
+    from bench.client.device import autocast
 
     assert isinstance(autocast(torch.device("cpu")), contextlib.nullcontext)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

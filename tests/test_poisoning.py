@@ -12,13 +12,13 @@ import torch
 from attacks.poisoning import byzantine, minmax
 from attacks.poisoning._common import PROMPT_TEMPLATE, chosen_indices, insert_trigger
 from attacks.poisoning.harmful import HELD_OUT_AIMS, TRAINING_AIMS
-from bench.config import bind
-from bench.errors import UserError
-from bench.predictions import PoisonOutcome
-from bench.registry import ATTACKS
-from bench.score import score
+from bench.api.config import bind
+from bench.api.errors import UserError
+from bench.api.predictions import PoisonOutcome
+from bench.api.registry import ATTACKS
+from bench.api.transcript import GroundTruth, ThreatView
 from bench.scoring.poison import wilson_interval
-from bench.transcript import GroundTruth, ThreatView
+from bench.scoring.score import score
 
 POISON_NAMES = ["poison-labelflip", "poison-backdoor", "poison-harmful", "poison-prefflip", "poison-replacement",
                 "byz-signflip", "byz-noise", "byz-alie", "byz-ipm", "byz-minmax", "byz-minsum"]

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from bench.runner import execute
-from bench.scenario import load
+from bench.engine.runner import execute
+from bench.spec.scenario import load
 
 
 def test_boosted_backdoor_reaches_asr_090_with_one_malicious_client_in_ten():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.display import short_name
+from bench.api.display import short_name
 
 
 def test_short_names_keep_the_file_and_the_values():
@@ -18,7 +18,7 @@ def test_short_names_keep_the_file_and_the_values():
 
 
 def test_zoo_pretraining_on_first_use_says_so(tmp_path, monkeypatch, capfd):
-    from bench.registry import MODELS
+    from bench.api.registry import MODELS
 
     monkeypatch.setenv("TIERBENCH_CACHE", str(tmp_path))
     zoo = MODELS.get("tiny-gpt2")
@@ -63,8 +63,8 @@ seeds: [0]
 
 
 def test_a_run_names_its_stages_after_training(tmp_path):
-    from bench.runner import execute
-    from bench.scenario import load
+    from bench.engine.runner import execute
+    from bench.spec.scenario import load
 
     (tmp_path / "tiny.yaml").write_text(SCENARIO)
     (scenario,) = load(tmp_path / "tiny.yaml")

@@ -1,7 +1,7 @@
 import pytest
 
-from bench.errors import UserError
-from bench.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS, Registry
+from bench.api.errors import UserError
+from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS, Registry
 
 
 def test_duplicate_names_raise():

@@ -7,9 +7,10 @@ import csv
 import pytest
 from report_helpers import run_rows, synthetic_grid
 
-from bench import leaderboard, presets
-from bench.errors import UserError
-from bench.results import ResultStore, Row
+from bench.api.errors import UserError
+from bench.reporting import leaderboard
+from bench.spec import presets
+from bench.store.results import ResultStore, Row
 
 EXPECTED_COLUMNS = [
     "leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses", "attacks",
@@ -61,7 +62,7 @@ def test_attack_families():
 
 
 def test_presets_rescale_and_rename(tmp_path):
-    from bench.scenario import load
+    from bench.spec.scenario import load
 
     (scenario,) = load("scenarios/smoke.yaml")[:1]
     assert presets.apply([scenario], "cpu-small") == [scenario]
@@ -78,7 +79,7 @@ def test_report_pipeline_writes_every_table(tmp_path):
     store = ResultStore(tmp_path / "runs")
     grid = synthetic_grid()
     store.append([Row(**r) for r in grid])
-    from bench.report import write_reports
+    from bench.reporting.report import write_reports
 
     notes = write_reports(tmp_path / "runs", tmp_path / "out", [], figures=False)
     for name in ("leaderboard.csv", "table4.csv", "table4.md", "index.html"):
@@ -93,7 +94,7 @@ def test_report_pipeline_writes_every_table(tmp_path):
 
 
 def test_study_summary_means_over_seeds():
-    from bench.report import study_summary
+    from bench.reporting.report import study_summary
 
     board = leaderboard.build(synthetic_grid())
     text = study_summary(board)
@@ -102,7 +103,7 @@ def test_study_summary_means_over_seeds():
 
 
 def test_frontier_points_group_by_method_and_epsilon():
-    from bench.figures import frontier_points
+    from bench.reporting.figures import frontier_points
 
     points = frontier_points(leaderboard.build(synthetic_grid()))
     lora = sorted(points["lora"])

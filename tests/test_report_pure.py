@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from report_helpers import privacy_run, run_rows, synthetic_grid
 
-from bench import leaderboard, table4
-from bench.results import ResultStore, Row
-from bench.roc import compact_roc, stored_roc, trapezoid_auc
+from bench.reporting import leaderboard, table4
+from bench.scoring.roc import compact_roc, stored_roc, trapezoid_auc
+from bench.store.results import ResultStore, Row
 
 ROOT = Path(__file__).resolve().parents[1]
 # Modules that mean "the training path was loaded": the engine, the components, torch itself.
-FORBIDDEN = ("torch", "transformers", "peft", "opacus", "bench.federation", "bench.training", "bench.runner",
-             "bench.registry", "bench.scenario", "bench.models", "bench.methods", "attacks", "defenses")
+FORBIDDEN = ("torch", "transformers", "peft", "opacus", "bench.engine.federation", "bench.client.training", "bench.engine.runner",
+             "bench.api.registry", "bench.spec.scenario", "bench.world.models", "bench.methods", "attacks", "defenses")
 
 
 def snapshot(*roots: Path, skip: Path | None = None) -> dict[str, str]:
@@ -78,7 +78,7 @@ def test_report_defaults_to_beside_the_runs_not_the_published_results(tmp_path):
 
 
 def test_roc_figure_comes_from_stored_points_and_shows_only_what_ran():
-    from bench.figures import stored_curves
+    from bench.reporting.figures import stored_curves
 
     rows = [r for r in synthetic_grid() if r["defenses"] in ("none", "dp-local")]
     attack, curves = stored_curves(rows)
@@ -115,9 +115,9 @@ def test_compact_roc_is_small_keeps_the_ends_and_the_area():
 
 
 def test_runs_store_the_roc_and_the_resolved_scenario():
-    from bench import runner
-    from bench.scenario import load
-    from bench.score import Metric
+    from bench.engine import runner
+    from bench.scoring.score import Metric
+    from bench.spec.scenario import load
 
     scenario = load(ROOT / "scenarios" / "smoke.yaml")[0]
     result = runner.RunResult(metrics=[("mia-loss", Metric("mia.auc", 0.7)), ("mia-loss", Metric("mia.tpr@0.01", 0.1))],
@@ -136,7 +136,7 @@ def test_runs_store_the_roc_and_the_resolved_scenario():
 
 
 def test_an_empty_grid_says_what_is_missing_instead_of_an_empty_comparison(tmp_path):
-    from bench.report import write_reports
+    from bench.reporting.report import write_reports
 
     rows = []
     for seed in (0, 1):   # runs without any attack: no Table 4 cell at all
@@ -168,7 +168,7 @@ def test_a_partial_grid_lists_its_missing_cells_and_seeds():
 
 @pytest.mark.parametrize("width", [60, 100, 200])
 def test_table_fits_the_terminal_and_shows_no_nan_wall(tmp_path, width):
-    from bench.report import metric_table
+    from bench.reporting.report import metric_table
 
     runs = store(tmp_path / "runs", synthetic_grid())
     text = metric_table(runs, width=width)
@@ -187,9 +187,9 @@ def test_table_fits_the_terminal_and_shows_no_nan_wall(tmp_path, width):
 
 
 def test_the_stored_scenario_names_plugin_code(monkeypatch):
-    from bench import registry
-    from bench.provenance import scenario_record
-    from bench.scenario import load
+    from bench.api import registry
+    from bench.spec.scenario import load
+    from bench.store.provenance import scenario_record
 
     scenario = load(ROOT / "scenarios" / "smoke.yaml")[0]
     assert "plugins" not in scenario_record(scenario)

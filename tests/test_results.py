@@ -1,8 +1,8 @@
 import csv
 
-from bench.results import COLUMNS, ResultStore, Row
-from bench.runner import execute
-from bench.sweep import sweep
+from bench.engine.runner import execute
+from bench.engine.sweep import sweep
+from bench.store.results import COLUMNS, ResultStore, Row
 from tests.helpers import make_scenario
 
 
@@ -37,7 +37,7 @@ def test_rows_carry_provenance(tmp_path):
 def test_sweep_skips_done_runs_and_force_reruns(tmp_path, monkeypatch):
     scenario = make_scenario(tmp_path, federation={"rounds": 1, "local_steps": 1})
     calls = []
-    import bench.sweep as sweep_module
+    import bench.engine.sweep as sweep_module
 
     real = sweep_module.execute
 

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from bench.registry import DEFENSES
-from defenses.base import Defense, DefenseSlot
+from bench.api.defense import Defense, DefenseSlot
+from bench.api.registry import DEFENSES
 from defenses.robust import rules
 
 ROBUST_NAMES = ["robust-krum", "robust-median", "robust-trimmed", "robust-clip", "robust-fltrust", "robust-geomed", "robust-cclip"]

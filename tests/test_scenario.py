@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.errors import UserError
-from bench.scenario import load
+from bench.api.errors import UserError
+from bench.spec.scenario import load
 from tests.helpers import scenario_dict, write_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_hash_ignores_seeds_and_name(tmp_path):
 
 
 def test_every_shipped_scenario_file_loads():
-    from bench.scenario import load_many
+    from bench.spec.scenario import load_many
 
     assert load_many([ROOT / "scenarios"])
 
@@ -118,7 +118,7 @@ def test_process_exit_code_is_2_without_traceback(tmp_path):
 
 
 def test_a_preset_that_breaks_a_limit_names_the_preset(tmp_path):
-    from bench import presets
+    from bench.spec import presets
     from tests.helpers import scenario_dict as base
 
     big = load(write_scenario(tmp_path, base(federation={"examples_per_client": 60_000, "clients": 3})))
@@ -130,8 +130,8 @@ def test_a_preset_that_breaks_a_limit_names_the_preset(tmp_path):
 
 def test_the_gpu_preset_replaces_the_zoo_model_params_it_swaps_out():
     """The zoo's sizes ('heads', 'layers') are not keys of the hf model the gpu preset swaps in."""
-    from bench.presets import apply
-    from bench.scenario import load_many
+    from bench.spec.presets import apply
+    from bench.spec.scenario import load_many
 
     scenarios = apply(load_many(["scenarios/table4-poisoning.yaml"]), "gpu")
     assert scenarios and {s.model.name for s in scenarios} == {"hf"}

@@ -1,6 +1,6 @@
 """Every shipped scenario runs (parametrized in conftest.py, marked by its components)."""
 
-from bench.runner import execute
+from bench.engine.runner import execute
 
 
 def test_scenario_runs(scenario_case):

@@ -1,4 +1,4 @@
-"""Oracle and contract tests of secure aggregation (defenses/secagg.py, defenses/_secagg/)."""
+"""Oracle and contract tests of secure aggregation (defenses/secagg.py, defenses/masking/)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import pytest
 import torch
 from scipy import stats
 
-from bench.config import bind
-from bench.errors import UserError
-from bench.registry import DEFENSES
-from defenses._secagg import shamir
-from defenses._secagg.fixedpoint import FixedPoint
-from defenses._secagg.graph import default_degree, harary_graph
-from defenses._secagg.material import Entropy, Secret
-from defenses._secagg.prg import expand
-from defenses._secagg.protocol import SecAggRound
-from defenses.base import DefenseSlot
+from bench.api.config import bind
+from bench.api.defense import DefenseSlot
+from bench.api.errors import UserError
+from bench.api.registry import DEFENSES
+from defenses.masking import shamir
+from defenses.masking.fixedpoint import FixedPoint
+from defenses.masking.graph import default_degree, harary_graph
+from defenses.masking.material import Entropy, Secret
+from defenses.masking.prg import expand
+from defenses.masking.protocol import SecAggRound
 from defenses.secagg import IndividualUpdatesHiddenError, SecAggAbortError, SecAggTransport, SecureAggregation
 
 LENGTH = 4000

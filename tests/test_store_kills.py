@@ -1,6 +1,6 @@
 """A sweep killed at random points (SIGKILL or SIGINT) and resumed loses, duplicates and redoes nothing.
 
-The child is a fake sweep: the loop of ``bench.sweep.sweep`` (open the store as writer, skip what is
+The child is a fake sweep: the loop of ``bench.engine.sweep.sweep`` (open the store as writer, skip what is
 done, run, append with ``replace``, close) with synthetic rows instead of training, so that ten kills
 take seconds. Before each run it logs the run's key (fsynced), so the harness knows every start.
 """
@@ -17,14 +17,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.results import ResultStore
+from bench.store.results import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS, ROWS_PER_RUN, KILLS = 400, 12, 10
 
 CHILD = """
 import os, sys, time
-from bench.results import ResultStore, Row
+from bench.store.results import ResultStore, Row
 
 out, starts, total, rows_per_run = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 store = ResultStore(out, writer=True)

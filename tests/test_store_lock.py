@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.errors import UserError
-from bench.results import ResultStore, Row
+from bench.api.errors import UserError
+from bench.store.results import ResultStore, Row
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ def _row(seed: int) -> Row:
 @pytest.fixture
 def holder(tmp_path):
     """Another process holding ``tmp_path / 'out'`` as its writer (as a running sweep does)."""
-    code = ("import sys, time; from bench.results import ResultStore; s = ResultStore(sys.argv[1], writer=True); "
+    code = ("import sys, time; from bench.store.results import ResultStore; s = ResultStore(sys.argv[1], writer=True); "
             "s.append([]); print('ready', flush=True); time.sleep(120)")
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out")], cwd=ROOT, stdout=subprocess.PIPE,
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -63,7 +63,7 @@ def test_writers_in_one_process_share_the_lock(tmp_path):
 
 
 def test_cli_run_on_a_held_folder_exits_2_before_any_run(tmp_path, holder, monkeypatch, capsys):
-    import bench.sweep as sweep_module
+    import bench.engine.sweep as sweep_module
     from bench.cli import main
     from tests.helpers import scenario_dict, write_scenario
 
@@ -79,7 +79,7 @@ def _no_run(*args, **kwargs):
 
 
 def test_out_under_a_file_is_refused_before_any_run(tmp_path, monkeypatch):
-    import bench.sweep as sweep_module
+    import bench.engine.sweep as sweep_module
     from tests.helpers import make_scenario
 
     monkeypatch.setattr(sweep_module, "execute", _no_run)
@@ -90,7 +90,7 @@ def test_out_under_a_file_is_refused_before_any_run(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("read_only", ["folder", "log"])
 def test_read_only_out_is_refused_before_any_run(monkeypatch, read_only):
-    import bench.sweep as sweep_module
+    import bench.engine.sweep as sweep_module
     from tests.helpers import make_scenario
 
     monkeypatch.setattr(sweep_module, "execute", _no_run)

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-import bench.results as results
-from bench.results import ResultStore, Row
+import bench.store.results as results
+from bench.store.results import ResultStore, Row
 
 
 def _run(seed: int, *, value: float = 0.5, status: str = "ok", metrics: int = 2, name: str = "h") -> list[Row]:
@@ -114,7 +114,7 @@ def test_corrupt_middle_line_is_skipped_with_a_warning_naming_the_line(tmp_path,
     assert ResultStore(tmp_path).done() == {("h", 0), ("h", 2)}
     err = capsys.readouterr().err
     assert f"{store.jsonl}:2" in err and "corrupt" in err and "Traceback" not in err
-    from bench.report import load_rows
+    from bench.reporting.report import load_rows
 
     assert len(load_rows(tmp_path)) == 4
 

@@ -7,8 +7,8 @@ import csv
 import pytest
 from report_helpers import synthetic_grid
 
-from bench import leaderboard, paper4, table4
-from bench.report import table4_markdown, write_table4_csv
+from bench.reporting import leaderboard, paper4, table4
+from bench.reporting.report import table4_markdown, write_table4_csv
 
 
 @pytest.mark.parametrize(("without", "with_", "expected"), [

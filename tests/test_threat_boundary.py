@@ -22,16 +22,16 @@ import pytest
 import torch
 from torch import nn
 
-from bench import federation as fl
-from bench import runner
-from bench.errors import TierAccessError
-from bench.methods.base import Method
-from bench.partition import ClientData
-from bench.registry import ATTACKS
-from bench.runner import execute, plan, prepare
-from bench.tiers import Access, OpenModel
-from bench.transcript import VANTAGES, GroundTruth, ProviderRecord, Transcript
-from bench.views import ViewBuilder
+from bench.api.errors import TierAccessError
+from bench.api.method import Method
+from bench.api.registry import ATTACKS
+from bench.api.transcript import VANTAGES, GroundTruth, ProviderRecord, Transcript
+from bench.engine import federation as fl
+from bench.engine import runner
+from bench.engine.runner import execute, plan, prepare
+from bench.engine.views import ViewBuilder
+from bench.world.partition import ClientData
+from bench.world.tiers import Access, OpenModel
 from tests.helpers import make_scenario
 
 TINY = {"clients": 2, "clients_per_round": 2, "rounds": 2, "local_steps": 1, "batch_size": 4,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.device import pick_device
-from bench.errors import TierAccessError
-from bench.registry import MODELS, TASKS, TIERS
-from bench.tiers import Access, OpenModel, ProviderAPI, record_egress
-from bench.training import LocalJob
-from bench.transcript import ProviderRecord, Transcript
+from bench.api.errors import TierAccessError
+from bench.api.registry import MODELS, TASKS, TIERS
+from bench.api.transcript import ProviderRecord, Transcript
+from bench.client.device import pick_device
+from bench.client.training import LocalJob
+from bench.world.tiers import Access, OpenModel, ProviderAPI, record_egress
 
 
 def zoo_model(kind: str, num_labels: int = 0):
@@ -125,7 +125,7 @@ def test_only_open_source_publishes_the_pretraining_corpus():
 
 
 def test_generation_keeps_long_prompts_inside_the_model_context(classifier):
-    from bench.tiers import prompt_room
+    from bench.world.tiers import prompt_room
 
     model, tokenizer = zoo_model("language")
     task = TASKS.get("synthetic-instructions")(TASKS.get("synthetic-instructions").Config())

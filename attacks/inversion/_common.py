@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from bench.config import doc
+from bench.api.config import doc
+from bench.api.transcript import ThreatView
 from bench.scoring.inversion import AGGREGATE_CLIENT
-from bench.transcript import ThreatView
 
 TARGET_NEEDS = {
     "client": frozenset({"client_updates", "global_states"}),

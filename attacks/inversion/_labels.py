@@ -8,7 +8,7 @@ known, though, the loss is linear in the unknown one-hot labels:
 
 where A is the gradient of the loss with every known label in place and a bare log-sum-exp at each
 sequence's last position (one backward pass on the recovered prefixes), w_s = 1 / (B * n_s) the
-weight of a token of s under the per-example mean loss (``bench.data.token_losses``), and G the
+weight of a token of s under the per-example mean loss (``bench.world.tasks.token_losses``), and G the
 observed gradient (-update / lr). The residual R = A - G is a sum of one known "atom" per sequence,
 chosen among the vocabulary, on parameters where d logit_v / d theta is analytic and touches nothing
 but the output path:

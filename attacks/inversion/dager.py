@@ -69,7 +69,7 @@ Traced on tiny-gpt2 B=2: from position 10 nearly every candidate token passes th
 after the true prefix (ratios 1.1-2.6, the true one 1.1), because in a shallow model with weak
 attention a layer-1 input is dominated by its own token; a 2048-prefix beam does not help.
 
-The gradient sent itself (FedSGD, ``bench.federation.transmitted_update``). Its noise is not the
+The gradient sent itself (FedSGD, ``bench.engine.federation.transmitted_update``). Its noise is not the
 rounding of its values: the top noise singular value sat at 5-9x the Marchenko-Pastur edge of that
 rounding on both zoo models at B = 1-8 (the float32 sums behind each element), while true inputs
 sat at 175x-2e6x it (layer 0) and down to 4-9x it at layer 1 when B x (T - 1) nears the width. So the
@@ -101,7 +101,6 @@ from typing import Any
 
 import torch
 
-from attacks.base import Attack
 from attacks.inversion._common import (
     Target,
     TargetConfig,
@@ -123,11 +122,12 @@ from attacks.inversion._decode import (
 from attacks.inversion._labels import complete
 from attacks.inversion._layers import capture_inputs, first_module, probes_for
 from attacks.inversion._span import SpanBasis, SpanCheck, merge_probes, restrict_to_inputs, rounding_noise, span_basis
-from bench.config import doc
-from bench.predictions import Reconstruction, text_decoder
-from bench.registry import ATTACKS
-from bench.tiers import Access
-from bench.transcript import ThreatView
+from bench.api.attack import Attack
+from bench.api.config import doc
+from bench.api.predictions import Reconstruction, text_decoder
+from bench.api.registry import ATTACKS
+from bench.api.transcript import ThreatView
+from bench.world.tiers import Access
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attacks.base import Attack
 from attacks.inversion._common import (
     Target,
     TargetConfig,
@@ -45,11 +44,12 @@ from attacks.inversion._common import (
     targets,
 )
 from attacks.inversion.tokens import EmbeddingRows, TokensConfig
-from bench.config import doc
-from bench.predictions import Reconstruction, text_decoder
-from bench.registry import ATTACKS
-from bench.tiers import Access
-from bench.transcript import ThreatView
+from bench.api.attack import Attack
+from bench.api.config import doc
+from bench.api.predictions import Reconstruction, text_decoder
+from bench.api.registry import ATTACKS
+from bench.api.transcript import ThreatView
+from bench.world.tiers import Access
 
 POSITION_EMBEDDING = re.compile(r"(?:^|\.)(?:wpe|embed_positions|position_embeddings)\.weight$")
 

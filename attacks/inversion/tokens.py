@@ -33,13 +33,13 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.base import Attack
 from attacks.inversion._common import Target, TargetConfig, configure_vantage, targets, trainable_names
-from bench.config import doc
-from bench.predictions import Reconstruction, text_decoder
-from bench.registry import ATTACKS
-from bench.tiers import Access
-from bench.transcript import ThreatView
+from bench.api.attack import Attack
+from bench.api.config import doc
+from bench.api.predictions import Reconstruction, text_decoder
+from bench.api.registry import ATTACKS
+from bench.api.transcript import ThreatView
+from bench.world.tiers import Access
 
 
 @dataclass(frozen=True, kw_only=True)

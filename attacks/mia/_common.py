@@ -12,8 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.errors import IncompatibleError
-from bench.predictions import MembershipScores
+from bench.api.errors import IncompatibleError
+from bench.api.predictions import MembershipScores
 
 TOKEN_CHUNK = 16
 """Examples per ``token_logits`` request: bounds the (tokens x vocabulary) logits held at once."""

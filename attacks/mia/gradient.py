@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.base import Attack
 from attacks.mia._common import membership_scores
-from bench.config import doc
-from bench.registry import ATTACKS
-from bench.tiers import Access
-from bench.transcript import RoundRecord, ThreatView
+from bench.api.attack import Attack
+from bench.api.config import doc
+from bench.api.registry import ATTACKS
+from bench.api.transcript import RoundRecord, ThreatView
+from bench.world.tiers import Access
 
 
 def observed_directions(

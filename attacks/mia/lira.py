@@ -41,13 +41,13 @@ from typing import Literal
 
 import torch
 
-from attacks.base import Attack
 from attacks.mia._common import confidence_signal, derived_generator, membership_scores
-from bench.config import doc
-from bench.errors import TierAccessError, UserError
-from bench.registry import ATTACKS
-from bench.tiers import Access
-from bench.transcript import ThreatView
+from bench.api.attack import Attack
+from bench.api.config import doc
+from bench.api.errors import TierAccessError, UserError
+from bench.api.registry import ATTACKS
+from bench.api.transcript import ThreatView
+from bench.world.tiers import Access
 
 GLOBAL_VARIANCE_BELOW = 64
 _VARIANCE_FLOOR = 1e-8

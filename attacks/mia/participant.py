@@ -23,13 +23,13 @@ from typing import Literal
 
 import torch
 
-from attacks.base import Attack
 from attacks.mia._common import membership_scores
-from bench.config import doc
-from bench.errors import UserError
-from bench.registry import ATTACKS
-from bench.tiers import Access
-from bench.transcript import ThreatView
+from bench.api.attack import Attack
+from bench.api.config import doc
+from bench.api.errors import UserError
+from bench.api.registry import ATTACKS
+from bench.api.transcript import ThreatView
+from bench.world.tiers import Access
 
 _REDUCERS = {"max": lambda drops: drops.max(0).values, "sum": lambda drops: drops.sum(0)}
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.base import Attack
 from attacks.mia._common import membership_scores, text_of
-from bench.config import doc
-from bench.registry import ATTACKS
-from bench.tiers import Access
-from bench.transcript import ThreatView
+from bench.api.attack import Attack
+from bench.api.config import doc
+from bench.api.registry import ATTACKS
+from bench.api.transcript import ThreatView
+from bench.world.tiers import Access
 
 _SEPARATOR = "\x00"
 

@@ -19,15 +19,15 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from attacks.base import Attack
-from bench.config import doc
-from bench.errors import UserError
-from bench.predictions import PoisonOutcome
-from bench.tiers import Access
-from bench.transcript import ThreatView
+from bench.api.attack import Attack
+from bench.api.config import doc
+from bench.api.errors import UserError
+from bench.api.predictions import PoisonOutcome
+from bench.api.transcript import ThreatView
+from bench.world.tiers import Access
 
 try:  # the prompt format the instruction task trains on; kept in one place
-    from bench.data import PROMPT_TEMPLATE
+    from bench.world.tasks import PROMPT_TEMPLATE
 except ImportError:  # pragma: no cover - the engine module is being written concurrently
     PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n### Response:\n"
 

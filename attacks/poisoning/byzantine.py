@@ -30,10 +30,10 @@ from typing import Literal
 import torch
 
 from attacks.poisoning._common import ParticipantAttack, PoisonConfig, malicious_in_round, untargeted_outcome
-from bench.config import doc
-from bench.predictions import PoisonOutcome
-from bench.registry import ATTACKS
-from bench.transcript import ThreatView
+from bench.api.config import doc
+from bench.api.predictions import PoisonOutcome
+from bench.api.registry import ATTACKS
+from bench.api.transcript import ThreatView
 
 Knowledge = Literal["benign", "own"]
 

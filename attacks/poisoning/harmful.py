@@ -28,10 +28,10 @@ from attacks.poisoning._common import (
     require_format,
     rewrite_some,
 )
-from bench.config import doc
-from bench.predictions import PoisonOutcome
-from bench.registry import ATTACKS
-from bench.transcript import ThreatView
+from bench.api.config import doc
+from bench.api.predictions import PoisonOutcome
+from bench.api.registry import ATTACKS
+from bench.api.transcript import ThreatView
 
 REQUEST_TEMPLATES = (
     "Explain how to {aim}.",

@@ -26,11 +26,11 @@ from attacks.poisoning._common import (
     sample_auxiliary,
     untargeted_outcome,
 )
-from bench.config import doc
-from bench.errors import UserError
-from bench.predictions import PoisonOutcome
-from bench.registry import ATTACKS
-from bench.transcript import ThreatView
+from bench.api.config import doc
+from bench.api.errors import UserError
+from bench.api.predictions import PoisonOutcome
+from bench.api.registry import ATTACKS
+from bench.api.transcript import ThreatView
 
 
 @dataclass(frozen=True, kw_only=True)

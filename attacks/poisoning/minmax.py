@@ -29,8 +29,8 @@ from typing import Literal
 import torch
 
 from attacks.poisoning.byzantine import ByzantineAttack, ByzantineConfig
-from bench.config import doc
-from bench.registry import ATTACKS
+from bench.api.config import doc
+from bench.api.registry import ATTACKS
 from defenses.robust.rules import pairwise_sq_distances
 
 Direction = Literal["unit-vector", "std", "sign"]

@@ -27,10 +27,10 @@ from attacks.poisoning._common import (
     rewrite_some,
     sample_auxiliary,
 )
-from bench.config import doc
-from bench.predictions import PoisonOutcome
-from bench.registry import ATTACKS
-from bench.transcript import ThreatView
+from bench.api.config import doc
+from bench.api.predictions import PoisonOutcome
+from bench.api.registry import ATTACKS
+from bench.api.transcript import ThreatView
 
 
 def unigram_f1(generated: str, reference: str) -> float:

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from attacks.poisoning.backdoor import Backdoor, BackdoorConfig
-from bench.config import doc
-from bench.registry import ATTACKS
+from bench.api.config import doc
+from bench.api.registry import ATTACKS
 
 
 @dataclass(frozen=True, kw_only=True)

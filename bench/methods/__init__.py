@@ -1,1 +1,1 @@
-"""Post-training methods; each module registers its method in ``bench.registry.METHODS``."""
+"""Post-training methods; each module registers its method in ``bench.api.registry.METHODS``."""

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.seeding import derive_seed, isolated_rng
+from bench.api.seeding import derive_seed, isolated_rng
 
 HEAD_NAMES = ("score", "classifier")
 """Classification heads of Hugging Face sequence-classification models (fresh, so always trained)."""

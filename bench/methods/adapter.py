@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import doc
+from bench.api.config import doc
+from bench.api.method import Method
+from bench.api.registry import METHODS
 from bench.methods._common import check_on_skeleton, decoder_layers, freeze, seeded, unfreeze_heads
-from bench.methods.base import Method
-from bench.registry import METHODS
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 ATTENTION_SUBLAYERS = ("attn", "self_attn", "attention.output.dense", "attention")

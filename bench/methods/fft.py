@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.methods.base import Method
-from bench.registry import METHODS
+from bench.api.method import Method
+from bench.api.registry import METHODS
 
 
 @METHODS.register("fft")

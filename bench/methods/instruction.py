@@ -2,7 +2,7 @@
 Taori et al. 2023, Alpaca), with the loss on response tokens only.
 
 The response-only loss lives in the instruction tasks' batches (prompt tokens carry label -100; see
-``bench.data.collate_prompt_response``), so this method decides what is trained: LoRA factors
+``bench.world.tasks.collate_prompt_response``), so this method decides what is trained: LoRA factors
 (``mode: lora``, the default, as in most federated instruction-tuning work, e.g. FedIT by Zhang et al.
 2024) or every weight (``mode: full``). It accepts instruction tasks only: ``synthetic-instructions``
 and ``local-file`` with ``objective: instruction`` (e.g. ``../shared/data/alpaca_1k``).
@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import doc
+from bench.api.config import doc
+from bench.api.method import Method
+from bench.api.registry import METHODS
 from bench.methods._common import check_on_skeleton
-from bench.methods.base import Method
 from bench.methods.lora import LoraSettings, apply_lora, target_problem
-from bench.registry import METHODS
 
 
 def _full(model: nn.Module, settings: Any, task: Any, rng: torch.Generator) -> nn.Module:

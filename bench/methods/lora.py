@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import doc
+from bench.api.config import doc
+from bench.api.method import Method
+from bench.api.registry import METHODS
+from bench.api.seeding import derive_seed, isolated_rng
 from bench.methods._common import check_on_skeleton
-from bench.methods.base import Method
-from bench.registry import METHODS
-from bench.seeding import derive_seed, isolated_rng
 
 MLP_TARGETS = {"gpt2": ["c_fc"], "llama": ["up_proj", "down_proj"], "qwen2": ["up_proj", "down_proj"],
                **{t: ["intermediate.dense", "output.dense"] for t in ("bert", "roberta", "xlm-roberta", "electra")}}

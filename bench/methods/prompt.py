@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
 
-from bench.config import doc
+from bench.api.config import doc
+from bench.api.method import Method
+from bench.api.registry import METHODS
 from bench.methods._common import HEAD_NAMES, Wrapper, seeded
-from bench.methods.base import Method
-from bench.registry import METHODS
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import doc
+from bench.api.config import doc
+from bench.api.method import Method
+from bench.api.registry import METHODS
 from bench.methods._common import check_on_skeleton
 from bench.methods.adapter import AdapterSettings, adapter_problem, apply_adapters
-from bench.methods.base import Method
 from bench.methods.lora import LoraSettings, apply_lora, target_problem
-from bench.registry import METHODS
-from bench.tiers import Access, OpenModel, ProviderAPI, record_egress
+from bench.world.tiers import Access, OpenModel, ProviderAPI, record_egress
 
 
 def _lora(model: nn.Module, settings: Any, task: Any, rng: torch.Generator) -> nn.Module:

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import doc
+from bench.api.config import doc
+from bench.api.method import Method
+from bench.api.registry import METHODS
 from bench.methods._common import HEAD_NAMES, check_on_skeleton, decoder_layers, freeze, seeded
-from bench.methods.base import Method
 from bench.methods.lora import LoraSettings, lora_targets, target_problem
-from bench.registry import METHODS
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

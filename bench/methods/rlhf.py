@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.config import doc
+from bench.api.config import doc
+from bench.api.method import Method
+from bench.api.registry import METHODS
 from bench.methods._common import Wrapper, check_on_skeleton, freeze, seeded, sequence_logprobs
-from bench.methods.base import Method
 from bench.methods.lora import LoraSettings, apply_lora, lora_config, target_problem
 from bench.methods.provider import replaces_training
-from bench.registry import METHODS
-from bench.score import Metric
+from bench.scoring.score import Metric
 
 REWARD_ADAPTER, POLICY_ADAPTER = "reward", "default"
 

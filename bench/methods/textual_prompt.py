@@ -32,15 +32,15 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
 
-from bench.config import doc
-from bench.data import PROMPT_TEMPLATE
-from bench.evaluate import rouge_l
+from bench.api.config import doc
+from bench.api.method import Method
+from bench.api.registry import METHODS
+from bench.client.training import batch_indices
 from bench.methods._common import Wrapper, freeze, tokenizer_of
-from bench.methods.base import Method
 from bench.methods.provider import replaces_training
-from bench.registry import METHODS
-from bench.tiers import Access, OpenModel, ProviderAPI, record_egress
-from bench.training import batch_indices
+from bench.scoring.utility import rouge_l
+from bench.world.tasks import PROMPT_TEMPLATE
+from bench.world.tiers import Access, OpenModel, ProviderAPI, record_egress
 
 DEFAULT_CANDIDATES = (
     "",

@@ -1,1 +1,1 @@
-"""One scorer module per prediction type (see ``bench.score``)."""
+"""One scorer module per prediction type (see ``bench.scoring.score``)."""

@@ -37,9 +37,9 @@ from typing import Any
 
 import torch
 
-from bench.predictions import Reconstruction
-from bench.score import Metric, scorer_for
-from bench.transcript import GroundTruth
+from bench.api.predictions import Reconstruction
+from bench.api.transcript import GroundTruth
+from bench.scoring.score import Metric, scorer_for
 
 AGGREGATE_CLIENT = -1
 BOOTSTRAP_RESAMPLES = 1000

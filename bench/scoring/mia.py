@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from bench.predictions import MembershipScores
-from bench.score import Metric, scorer_for
-from bench.transcript import GroundTruth
+from bench.api.predictions import MembershipScores
+from bench.api.transcript import GroundTruth
+from bench.scoring.score import Metric, scorer_for
 
 TPR_ALPHAS = (0.001, 0.01)
 DEFAULT_RESAMPLES = 1000

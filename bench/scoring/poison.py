@@ -12,9 +12,9 @@ import math
 
 import torch
 
-from bench.predictions import PoisonOutcome
-from bench.score import Metric, scorer_for
-from bench.transcript import GroundTruth
+from bench.api.predictions import PoisonOutcome
+from bench.api.transcript import GroundTruth
+from bench.scoring.score import Metric, scorer_for
 
 Z_95 = 1.959963984540054
 

@@ -28,9 +28,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.config import doc
-from bench.registry import DEFENSES
-from defenses.base import Defense, DefenseSlot
+from bench.api.config import doc
+from bench.api.defense import Defense, DefenseSlot
+from bench.api.registry import DEFENSES
 from defenses.robust import rules
 
 

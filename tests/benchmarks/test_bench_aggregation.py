@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.registry import DEFENSES
+from bench.api.registry import DEFENSES
 from defenses.robust.rules import weighted_mean
 
 CLIENTS, PARAMETERS = 100, 1_000_000

@@ -18,8 +18,8 @@ import pytest
 import torch
 import transformers
 
-from bench.training import LocalJob, train_local
-from defenses.dp_local import DPLocal
+from bench.client.training import LocalJob, train_local
+from defenses.dp.local import DPLocal
 
 VOCAB, MAX_LENGTH, BATCH, STEPS, ROUNDS = 2000, 256, 8, 3, 5
 # (hidden, intermediate, layers): the zoo's width (1.3M parameters) and the issue's ~3M-parameter size.

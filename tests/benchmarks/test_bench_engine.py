@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench import federation as fl
-from bench.runner import plan, prepare
-from bench.seeding import generator
-from bench.training import LocalJob, train_local
+from bench.api.seeding import generator
+from bench.client.training import LocalJob, train_local
+from bench.engine import federation as fl
+from bench.engine.runner import plan, prepare
 from tests.helpers import make_scenario
 
 SETTINGS = {"clients": 8, "clients_per_round": 8, "rounds": 3, "local_steps": 10, "batch_size": 8,

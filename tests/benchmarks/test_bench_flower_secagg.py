@@ -50,9 +50,9 @@ import numpy as np
 import pytest
 import torch
 
-from defenses._secagg.graph import default_degree
-from defenses._secagg.protocol import share_threshold
-from defenses.base import Transport
+from bench.api.defense import Transport
+from defenses.masking.graph import default_degree
+from defenses.masking.protocol import share_threshold
 from defenses.secagg import SecureAggregation
 
 pytestmark = pytest.mark.perf

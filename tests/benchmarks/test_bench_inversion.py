@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attacks.inversion._harness import TinyArch, build_method, random_sequences, run_round
 from attacks.inversion.dager import Dager
-from bench.score import score
+from bench.scoring.score import score
+from bench.testing.inversion import TinyArch, build_method, random_sequences, run_round
 
 ARCH = TinyArch(family="gpt2", vocab=2000, hidden=128, layers=4, heads=4, positions=64)
 LENGTH = 8

@@ -13,10 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import federation as fl
-from bench.runner import plan, prepare
-from bench.score import score
-from bench.views import ViewBuilder
+from bench.engine import federation as fl
+from bench.engine.runner import plan, prepare
+from bench.engine.views import ViewBuilder
+from bench.scoring.score import score
 from tests.helpers import make_scenario
 
 TASK = {"name": "synthetic-clinical", "params": {"num_classes": 5, "max_length": 8, "objective": "language"}}

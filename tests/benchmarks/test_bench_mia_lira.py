@@ -22,11 +22,11 @@ import pytest
 import torch
 
 from attacks.mia.lira import offline_scores, online_scores
-from bench import federation as fl
-from bench.runner import plan, prepare
+from bench.api.seeding import generator
+from bench.engine import federation as fl
+from bench.engine.runner import plan, prepare
+from bench.engine.views import ViewBuilder
 from bench.scoring import mia as metrics
-from bench.seeding import generator
-from bench.views import ViewBuilder
 from tests.helpers import make_scenario
 
 SHADOWS = 16

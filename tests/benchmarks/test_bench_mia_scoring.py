@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.predictions import MembershipScores
-from bench.score import score
-from bench.transcript import GroundTruth
+from bench.api.predictions import MembershipScores
+from bench.api.transcript import GroundTruth
+from bench.scoring.score import score
 
 CANDIDATES = 10_000
 

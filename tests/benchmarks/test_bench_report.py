@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from report_helpers import privacy_run, roc_points
 
-from bench.results import ResultStore, Row
+from bench.store.results import ResultStore, Row
 
 METHODS = [f"method-{i}" for i in range(10)]
 DEFENSES = ["none"] + [f"defense-{i}" for i in range(9)]
@@ -35,7 +35,7 @@ def stored_runs(directory):
 
 @pytest.mark.perf
 def test_report_on_1000_stored_runs(benchmark, tmp_path):
-    from bench.report import write_reports
+    from bench.reporting.report import write_reports
 
     runs = stored_runs(tmp_path / "runs")
     notes = benchmark.pedantic(write_reports, args=(runs, tmp_path / "out"), rounds=3, iterations=1)

@@ -14,7 +14,7 @@ from itertools import count
 
 import pytest
 
-from bench.results import ResultStore, Row
+from bench.store.results import ResultStore, Row
 
 pytestmark = pytest.mark.perf
 

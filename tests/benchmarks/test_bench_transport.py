@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from defenses.base import Transport
+from bench.api.defense import Transport
 from defenses.he import HomomorphicEncryption, encrypt
 from defenses.secagg import SecureAggregation
 

@@ -1,0 +1,60 @@
+"""The attack contract.
+
+An attack stands at one vantage (``bench.api.transcript.VANTAGES``) and turns a ``ThreatView`` into a
+prediction (``bench.api.predictions``). Attacks that change training (poisoning, Byzantine clients) also
+implement the participant hooks, which the single round loop in ``bench.engine.federation`` calls for the
+clients the attack controls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from bench.api.transcript import ThreatView
+from bench.world.tiers import Access
+
+
+class Attack:
+    name: ClassVar[str]
+    vantage: ClassVar[str] = "external"
+    needs: ClassVar[frozenset[str]] = frozenset()
+    """Transcript parts the attack reads: ``client_updates``, ``global_states``, ``aggregates``."""
+    access: ClassVar[frozenset[Access]] = frozenset()
+    """What the attack needs of the model through the tier (``bench.world.tiers.Access``); the runner refuses
+    it before training where the tier does not grant all of it. Every attack declares its own."""
+    changes_training: ClassVar[bool] = False
+    """True for participant attacks that alter training; they need runs of their own."""
+    task_kinds: ClassVar[frozenset[str]] = frozenset({"classification", "language", "instruction", "preference"})
+    """Task kinds the attack applies to; checked before any training."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        pass
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    # --- participant hooks (only called when ``changes_training``) -------------------------------
+    def malicious_fraction(self) -> float:
+        return 0.0
+
+    def poison_examples(self, client: int, examples: list[Any], rng: torch.Generator) -> list[Any]:
+        """Rewrite a malicious client's local data before training (label flip, backdoor)."""
+        return examples
+
+    def poison_updates(
+        self,
+        round_index: int,
+        updates: dict[int, torch.Tensor],
+        malicious: list[int],
+        rng: torch.Generator,
+    ) -> dict[int, torch.Tensor]:
+        """Replace the malicious clients' updates; colluding attackers may read the benign ones."""
+        return updates
+
+    # --- evaluation ------------------------------------------------------------------------------
+    def run(self, view: ThreatView, rng: torch.Generator) -> Any:
+        raise NotImplementedError

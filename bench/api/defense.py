@@ -1,0 +1,171 @@
+"""The defense contract: hooks into the single round loop of ``bench.engine.federation``.
+
+Order inside one round:
+
+1. ``wrap_training``      client side, around local training (record-level DP-SGD)
+2. ``on_client_update``   client side, on the flat update before it leaves the client (clipping)
+3. ``transport``          what the server sees: the one ``TRANSPORT`` defense (secagg, he), else plain
+4. ``aggregate``          server side, replaces the weighted mean: the one ``AGGREGATION`` defense (robust-*)
+5. ``on_aggregate``       server side, on the aggregate (central DP noise)
+6. ``privacy``            after the run: epsilon, delta, accountant, level
+
+Composition. Every defense declares the ``DefenseSlot`` its own work fills. ``composition_problem``
+says, from the classes alone and before anything is built or trained, whether a list of defenses fits
+the slots' capacities (one aggregation rule, at most one transport, any number of update hooks, at
+most one defense that replaces local training); the scenario loader refuses a file that breaks them
+and ``bench.engine.runner.incompatibility`` refuses a hand-built plan that does. ``in_slot_order`` is the
+declared order in which the engine calls each hook over a run's defenses (``bench.engine.runner.plan`` puts
+them in it; the YAML order does not count): slot by slot in ``DefenseSlot`` order, then by name
+within a slot. The order matters only between defenses that change the same thing at the same hook
+(clipping then noising an update is not noising then clipping it; a replacing trainer discards the
+trainer it wraps); the shipped defenses each fill a different slot, so for them it changes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+
+class DefenseSlot(enum.Enum):
+    """Where a defense's own work sits in the round loop; the members are in the order hooks run."""
+
+    TRAINING = "training"
+    """Inside each client's local training (``wrap_training``): record-level DP-SGD (dp-local). Any
+    number of wrappers, at most one that replaces the trainer (``replaces_training``)."""
+    CLIENT_UPDATE = "client-update"
+    """On each finished update before it leaves the client, and on the aggregate (``on_client_update``,
+    ``on_aggregate``): user-level clipping and noise (dp-central). Any number."""
+    TRANSPORT = "transport"
+    """What the server receives (``transport``): secagg, he. At most one: a client sends one message."""
+    AGGREGATION = "aggregation"
+    """Replaces the weighted mean with a rule that reads each client's plain update (``aggregate``):
+    robust-*. At most one: a round has one aggregate."""
+
+    @property
+    def capacity(self) -> int | None:
+        """How many defenses of one scenario may fill this slot; None: any number."""
+        return 1 if self in (DefenseSlot.TRANSPORT, DefenseSlot.AGGREGATION) else None
+
+
+class Transport:
+    """Carries client updates to the server. The plain transport sends float vectors."""
+
+    def encode(
+        self, round_index: int, updates: dict[int, torch.Tensor], weights: dict[int, float], rng: torch.Generator
+    ) -> dict[int, Any]:
+        """Each client's message as the server receives it."""
+        return dict(updates)
+
+    def aggregate(self, round_index: int, messages: dict[int, Any], weights: dict[int, float]) -> torch.Tensor:
+        """The weighted mean of the updates, recovered from the messages."""
+        total = sum(weights[c] for c in messages)
+        return sum(messages[c] * (weights[c] / total) for c in messages)
+
+    def survivors(self, round_index: int, messages: dict[int, Any]) -> int:
+        """How many clients' updates the aggregate ``aggregate`` just returned for this round averages
+        over (fewer than sampled when clients dropped): every client whose message arrived."""
+        return len(messages)
+
+    def message_bytes(self, message: Any) -> int:
+        return int(message.numel() * message.element_size())
+
+    def decode_individual(self, messages: dict[int, Any]) -> dict[int, torch.Tensor]:
+        """Individual float updates, for robust aggregation; only the plain transport can."""
+        return dict(messages)
+
+
+class Defense:
+    name: ClassVar[str]
+    slot: ClassVar[DefenseSlot] = DefenseSlot.CLIENT_UPDATE
+    """The slot this defense's own work fills (see ``DefenseSlot``); a class that overrides
+    ``transport`` or ``aggregate`` must declare ``TRANSPORT`` or ``AGGREGATION`` (checked at import)."""
+    replaces_training: ClassVar[bool] = False
+    """True when ``wrap_training`` runs its own trainer (DP-SGD) instead of wrapping the given one."""
+    requires_uniform_weights: ClassVar[bool] = False
+    """True when the aggregate must weight clients equally (user-level DP-FedAvg's sensitivity)."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        pass
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for hook, slot in (("transport", DefenseSlot.TRANSPORT), ("aggregate", DefenseSlot.AGGREGATION)):
+            if hook in vars(cls) and cls.slot is not slot:  # the engine calls this hook only for that slot
+                raise TypeError(f"{cls.__qualname__} overrides {hook} and must declare slot = DefenseSlot.{slot.name}")
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    def check_compatible(self, others: list[Defense], scenario: Any) -> str | None:
+        """A reason this defense cannot run with ``others`` in ``scenario``, or None. Must not change any
+        state: planning calls it, possibly more than once; decisions that depend on the other defenses
+        belong in ``setup``, which gets them."""
+        if self.slot is DefenseSlot.AGGREGATION:
+            hiding = [d.name for d in others if d.slot is DefenseSlot.TRANSPORT]
+            if hiding:
+                return f"{self.name} needs each client's update, which {hiding[0]} hides from the server"
+        return None
+
+    def setup(self, scenario: Any, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
+        """Called once before training with the scenario, each client's member count and the run's
+        other defenses (``peers``)."""
+
+    def wrap_training(self, train_step: Callable[..., Any], client: int, rng: torch.Generator) -> Callable[..., Any]:
+        return train_step
+
+    def on_client_update(self, round_index: int, client: int, update: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        return update
+
+    def transport(self) -> Transport | None:
+        return None
+
+    def aggregate(
+        self, round_index: int, updates: torch.Tensor, weights: torch.Tensor, rng: torch.Generator
+    ) -> torch.Tensor | None:
+        """``updates`` is (clients, parameters); return the aggregate or None to keep the mean."""
+        return None
+
+    def on_aggregate(self, round_index: int, aggregate: torch.Tensor, num_clients: int, rng: torch.Generator) -> torch.Tensor:
+        """``num_clients``: the clients whose updates ``aggregate`` averages (``Transport.survivors``)."""
+        return aggregate
+
+    def coordinate_bound(self) -> float | None:
+        """A bound on every coordinate of the updates ``on_client_update`` returns, when this defense's
+        guarantee needs a fixed-range transport (secagg) to encode them unclipped; None when it needs none."""
+        return None
+
+    def privacy(self) -> dict[str, Any]:
+        return {}
+
+    def costs(self) -> dict[str, float]:
+        """Extra cost metrics (``cost.*``) this defense measured."""
+        return {}
+
+
+def composition_problem(defenses: Sequence[type[Defense]]) -> str | None:
+    """Why these defense classes cannot fill the round loop's slots together, or None. Pure: reads only
+    the classes' declarations, so the loader and the planner ask it before anything is built."""
+    names = [d.name for d in defenses]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return f"{twice[0]} is listed twice"
+    for slot in DefenseSlot:
+        filling = [d.name for d in defenses if d.slot is slot]
+        if slot.capacity is not None and len(filling) > slot.capacity:
+            return f"at most {slot.capacity} {slot.value} defense per scenario, got {' and '.join(filling)}"
+    replacing = [d.name for d in defenses if d.replaces_training]
+    if len(replacing) > 1:  # a replacing trainer discards the one it wraps: one of them would not run
+        return f"at most one defense may replace local training, got {' and '.join(replacing)}"
+    return None
+
+
+def in_slot_order(defenses: Sequence[Defense]) -> list[Defense]:
+    """``defenses`` in the declared order the engine calls their hooks in: by slot, then by name."""
+    position = {slot: i for i, slot in enumerate(DefenseSlot)}
+    return sorted(defenses, key=lambda d: (position[d.slot], d.name))

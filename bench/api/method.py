@@ -1,0 +1,111 @@
+"""The post-training method contract (PEFT-style: a config dataclass per method, registered by name).
+
+A method turns the base model into the model clients train (``prepare``), names its trainable
+parameters, and reads/writes them as one flat tensor so that the round loop, transports, defenses and
+attacks all work on flat vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bench.api.layout import ParameterLayout
+from bench.world.tiers import Access
+
+
+class Method:
+    name: ClassVar[str]
+    needs: ClassVar[frozenset[Access]] = frozenset({Access.WEIGHTS, Access.GRADIENTS})
+    task_kinds: ClassVar[frozenset[str]] = frozenset({"classification", "language", "instruction"})
+    """Task kinds (``Task.kind``) this method can train on."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        pass
+
+    def __init__(self, config: Any):
+        self.config = config
+        self.model: nn.Module | None = None
+        self._named: list[tuple[str, nn.Parameter]] = []
+
+    # --- to implement ----------------------------------------------------------------------------
+    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+        """Return the model clients train (may wrap ``model``); mark only the method's state trainable."""
+        raise NotImplementedError
+
+    def on_round_start(self, round_index: int, rounds: int) -> None:
+        """Called by the round loop before clients train (multi-phase methods switch phase here)."""
+
+    def trainer(self, default: Any, transcript: Any) -> Any:
+        """The local trainer clients use; methods that train through a provider wrap ``default``
+        (and record egress in ``transcript``)."""
+        return default
+
+    def check_compatible(self, defenses: list[Any]) -> str | None:
+        """Why this method cannot run with ``defenses`` (decided before training), or None."""
+        return None
+
+    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+        """Why this method cannot attach to a model with the transformers config ``architecture`` (None
+        for zoo models) trained on ``task_kind``, or None. Called before any weights are loaded; methods
+        that place modules by name (LoRA, adapters) check the names exist (``_common.check_on_skeleton``)."""
+        return None
+
+    def extra_utility(self, handle: Any, task: Any, test: list[dict]) -> list[Any]:
+        """Utility metrics only this method can measure (RLHF: reward accuracy); default none."""
+        return []
+
+    # --- shared machinery ------------------------------------------------------------------------
+    def prepare(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+        self.model = self.build(model, task, rng)
+        self._named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        if not self._named:
+            raise RuntimeError(f"method {self.name} left no trainable parameters")
+        return self.model
+
+    def example_losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-example training loss; the task knows how (methods like DPO override)."""
+        return self.task_loss(model, batch)
+
+    task_loss: Any = None  # set by the runner to ``task.example_losses``
+    tier: Any = None  # set by the runner: the scenario's tier (hosted tiers send client data out)
+
+    @property
+    def hosted(self) -> bool:
+        """True when a provider hosts the model, so client data sent to it leaves the client."""
+        return bool(getattr(self.tier, "hosted", False))
+
+    @property
+    def named_trainable(self) -> list[tuple[str, nn.Parameter]]:
+        return self._named
+
+    @property
+    def num_trainable(self) -> int:
+        return sum(p.numel() for _, p in self._named)
+
+    def get_flat(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1).float() for _, p in self._named])
+
+    def set_flat(self, flat: torch.Tensor) -> None:
+        with torch.no_grad():
+            offset = 0
+            for _, p in self._named:
+                n = p.numel()
+                p.copy_(flat[offset : offset + n].view_as(p).to(p.dtype))
+                offset += n
+
+    def layout(self) -> ParameterLayout:
+        """Names and shapes of the flat state (what attacks get instead of this live object)."""
+        return ParameterLayout.of(self._named)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named views into ``flat`` (same shapes as the trainable parameters)."""
+        out, offset = {}, 0
+        for name, p in self._named:
+            out[name] = flat[offset : offset + p.numel()].view(p.shape)
+            offset += p.numel()
+        return out

@@ -1,0 +1,48 @@
+"""What attacks output. ``bench.scoring.score`` turns each kind, plus ground truth, into metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class MembershipScores:
+    """Higher score = more likely a member; one score per candidate, in candidate order."""
+
+    scores: torch.Tensor
+    exposures: torch.Tensor | None = None
+    """Canary exposure (log2 |space| - log2 rank), one per canary, when the attack measured it."""
+    canary_losses: list[torch.Tensor] | None = None
+    """Per canary: the loss of every candidate in its ``secret_space`` (the scorer ranks the true one)."""
+
+
+@dataclass
+class Reconstruction:
+    """Token sequences the attacker recovered, per (round, client) it attacked."""
+
+    sequences: dict[tuple[int, int], list[list[int]]] = field(default_factory=dict)
+    decode: Callable[[Sequence[int]], str] | None = None
+    """The public tokenizer's ids -> text (``text_decoder``), so that the scorer can report word-level
+    ROUGE on decoded text as the inversion papers do; None = token-id metrics only. It is the
+    attacker's public tokenizer, not ground truth: the scorer decodes both sides with it."""
+
+
+def text_decoder(tokenizer: Any) -> Callable[[Sequence[int]], str] | None:
+    """``tokenizer.decode`` without special tokens (padding and end-of-text are not words); None
+    when there is no tokenizer (token ids are the data)."""
+    if tokenizer is None or not hasattr(tokenizer, "decode"):
+        return None
+    return lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+@dataclass
+class PoisonOutcome:
+    """Behaviour of the final model on triggered held-out inputs (predicted vs target labels)."""
+
+    predicted: torch.Tensor
+    target: torch.Tensor
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,97 @@
+"""What each vantage saw during a run, and the ground truth kept apart from it.
+
+The engine fills a ``Transcript``; attacks receive a ``ThreatView`` built from it for their vantage
+(never the ``GroundTruth``); ``bench.scoring.score`` alone compares predictions with the ground truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+VANTAGES = ("server", "aggregate", "participant", "external", "provider")
+
+
+@dataclass
+class RoundRecord:
+    """One federated round as the server saw it."""
+
+    round: int
+    sampled: list[int]
+    global_before: torch.Tensor | None = None
+    """Flat trainable state broadcast at the start of the round (kept when an attack needs it)."""
+    transmitted: dict[int, Any] = field(default_factory=dict)
+    """What the server received from each client: a float update (plain), masked integers (secagg)
+    or ciphertexts (he). Kept only when an attack or defense needs individual updates."""
+    aggregate: torch.Tensor | None = None
+    """The update the server applied to the global state this round."""
+    weights: dict[int, float] = field(default_factory=dict)
+    """Example counts each client reported (public metadata in FedAvg)."""
+
+
+@dataclass
+class ProviderRecord:
+    """One request a gray/black-box provider received: the provider's own log."""
+
+    client: int | None
+    purpose: str  # "inference" | "tuning-upload"
+    text: str
+
+
+@dataclass
+class Transcript:
+    """Everything observable in one run, by vantage."""
+
+    rounds: list[RoundRecord] = field(default_factory=list)
+    provider_log: list[ProviderRecord] = field(default_factory=list)
+    egress_records: int = 0
+    egress_bytes: int = 0
+
+
+@dataclass
+class GroundTruth:
+    """Facts only the scorer sees."""
+
+    member_flags: torch.Tensor | None = None
+    """1 for candidates that were in some client's training data, 0 for held-out ones."""
+    client_batches: dict[tuple[int, int], list[list[int]]] = field(default_factory=dict)
+    """(round, client) -> the token sequences that client trained on in that round."""
+    malicious_clients: tuple[int, ...] = ()
+    canaries: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class ThreatView:
+    """What an attacker standing at ``vantage`` may use. Built by ``bench.engine.views``; no ground truth.
+
+    A capability: it carries only what the tier and vantage grant. No live post-training method, no
+    back-reference to the runner or the view builder: ``final_model`` and ``base_model`` are the tier's
+    handles (at gray/black-box a ``ProviderAPI`` that reaches neither the weights nor the request
+    log), and the trainable state's ``layout`` is names and shapes only."""
+
+    vantage: str
+    rounds: list[RoundRecord]
+    candidates: list[Any]
+    """Records whose membership the attacker must guess (members and non-members shuffled)."""
+    layout: Any
+    """The trainable state's ``ParameterLayout`` (names and shapes: flat vectors <-> named tensors)."""
+    final_model: Any
+    """The fine-tuned model through the tier's access (``OpenModel`` or ``ProviderAPI``)."""
+    base_model: Any
+    """The pre-fine-tuning model through the tier's access (the natural reference model)."""
+    tokenizer: Any
+    federation: Any
+    """The public federation settings (lr, batch size, local steps, protocol)."""
+    auxiliary: list[Any] = field(default_factory=list)
+    """Public records from the task's distribution, disjoint from every client (for shadows)."""
+    provider_log: list[ProviderRecord] = field(default_factory=list)
+    train_shadow: Callable[..., Any] | None = None
+    """Runs the same harness on auxiliary data to train a shadow model (``None`` when the tier does not
+    grant weights); it holds the model source and settings, not the run."""
+    canaries: list[Any] = field(default_factory=list)
+    """Canary prefixes and the secret space (not which secret was inserted)."""
+    pretraining_corpus: list[str] | None = None
+    """The base model's pretraining documents, when the tier publishes them (open-source)."""

@@ -1,0 +1,231 @@
+"""The federated round loop: the one place where rounds happen.
+
+Attacks and defenses never copy this loop; they are hooks (``bench.api.defense.Defense``,
+``bench.api.attack.Attack`` participant hooks), called in this order each round:
+
+  sample clients -> per client: [Defense.wrap_training] local training -> flat update
+  -> [Attack.poison_updates] (malicious clients) -> [Defense.on_client_update]
+  -> transport.encode (what the server sees; kept in the transcript for the vantages)
+  -> [Defense.aggregate] or transport.aggregate -> [Defense.on_aggregate]
+  -> global += server_lr * aggregate
+
+Each hook is called over ``Federation.defenses`` in list order, which ``bench.engine.runner.plan`` makes the
+declared one (``bench.api.defense.in_slot_order``); the transport and the aggregation rule are the one
+defense of their slot (``bench.api.defense.composition_problem`` refuses two at planning).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.api.defense import Defense, DefenseSlot, Transport
+from bench.api.errors import DivergedError
+from bench.api.seeding import generator
+from bench.api.transcript import GroundTruth, RoundRecord, Transcript
+from bench.client.training import LocalJob, Trainer, job_rng, train_local
+from bench.world.partition import ClientData
+
+
+@dataclass
+class Federation:
+    """Everything the round loop needs; built by ``bench.engine.runner``."""
+
+    method: Any
+    model: nn.Module
+    clients: list[ClientData]
+    collate: Any
+    settings: Any
+    """``bench.spec.scenario.Federation``."""
+    seed_parts: tuple[Any, ...]
+    defenses: list[Defense] = field(default_factory=list)
+    attackers: list[Any] = field(default_factory=list)
+    malicious: tuple[int, ...] = ()
+    keep: frozenset[str] = frozenset()
+    """Transcript parts to keep: ``client_updates``, ``global_states``, ``client_batches``."""
+    trainer: Trainer = train_local
+    progress: Any = None
+    global_state: torch.Tensor | None = None
+    """The flat state broadcast this round (set by the loop)."""
+
+
+@dataclass
+class FederationStats:
+    client_s: float = 0.0
+    server_s: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    plain_bytes_up: int = 0
+    train_losses: list[float] = field(default_factory=list)
+
+
+def transport_of(defenses: list[Defense]) -> Transport:
+    carrier = slot_holder(defenses, DefenseSlot.TRANSPORT)
+    transport = carrier.transport() if carrier is not None else None
+    return transport if transport is not None else Transport()
+
+
+def slot_holder(defenses: list[Defense], slot: DefenseSlot) -> Defense | None:
+    """The one defense filling ``slot`` (TRANSPORT, AGGREGATION), or None; planning refuses two, and a
+    hand-built federation that has two is an error here rather than one of them silently ignored."""
+    holders = [d for d in defenses if d.slot is slot]
+    if len(holders) > 1:
+        raise ValueError(f"at most one {slot.value} defense per federation, got {' and '.join(d.name for d in holders)}")
+    return holders[0] if holders else None
+
+
+def run(fed: Federation, transcript: Transcript, truth: GroundTruth) -> FederationStats:
+    """Run every round; fills ``transcript`` (what vantages saw) and ``truth`` (client batches)."""
+    stats = FederationStats()
+    transport = transport_of(fed.defenses)
+    global_state = fed.method.get_flat()
+    for round_index in range(fed.settings.rounds):
+        global_state = _round(fed, round_index, global_state, transport, transcript, truth, stats)
+        if fed.progress is not None:
+            fed.progress.update(1)
+    fed.method.set_flat(global_state)
+    return stats
+
+
+def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Transport, transcript: Transcript,
+           truth: GroundTruth, stats: FederationStats) -> torch.Tensor:
+    s = fed.settings
+    rng = generator(*fed.seed_parts, "round", r)
+    sampled = sorted(torch.randperm(s.clients, generator=rng)[: s.clients_per_round].tolist())
+    record = RoundRecord(round=r, sampled=sampled)
+    fed.global_state = global_state
+    fed.method.on_round_start(r, s.rounds)
+    if "global_states" in fed.keep:
+        record.global_before = global_state.clone()
+    started = time.perf_counter()
+    updates = {c: _train_client(fed, r, c, global_state, truth, stats) for c in sampled}
+    updates = _apply_participant_attacks(fed, r, updates, rng)
+    for defense in fed.defenses:
+        updates = {c: defense.on_client_update(r, c, u, generator(*fed.seed_parts, "clip", r, c)) for c, u in updates.items()}
+    uniform = any(d.requires_uniform_weights for d in fed.defenses)
+    weights = {c: 1.0 if uniform else float(len(fed.clients[c].members)) for c in sampled}
+    record.weights = weights
+    messages = transport.encode(r, updates, weights, generator(*fed.seed_parts, "transport", r))
+    stats.client_s += time.perf_counter() - started
+    stats.bytes_up += sum(transport.message_bytes(m) for m in messages.values())
+    stats.plain_bytes_up += sum(int(u.numel()) * 4 for u in updates.values())
+    stats.bytes_down += int(global_state.numel()) * 4 * len(sampled)
+    if "client_updates" in fed.keep:
+        record.transmitted = messages
+    started = time.perf_counter()
+    aggregate = _aggregate(fed, r, transport, messages, weights)
+    survivors = transport.survivors(r, messages)  # dropouts: the aggregate averages these, not all sampled
+    for defense in fed.defenses:
+        aggregate = defense.on_aggregate(r, aggregate, survivors, generator(*fed.seed_parts, "server", r))
+    stats.server_s += time.perf_counter() - started
+    check_finite(r, None, "aggregate", aggregate)
+    record.aggregate = aggregate if "aggregates" in fed.keep else None
+    transcript.rounds.append(record)
+    return global_state + s.server_lr * aggregate.to(global_state.dtype)
+
+
+def check_finite(r: int, client: int | None, what: str, value: Any) -> None:
+    """Fail the run at the first non-finite loss, update or aggregate: a diverged model still yields
+    numbers (accuracy at chance, AUC 0.5) that would otherwise be recorded as a measurement."""
+    if value is None:  # a trainer that reports no loss
+        return
+    tensor = torch.as_tensor(value)
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        return
+    bad = int((~torch.isfinite(tensor)).sum())
+    who = f"client {client}'s " if client is not None else "the "
+    detail = f"{float(tensor):g}" if tensor.numel() == 1 else f"{bad} of {tensor.numel()} values non-finite"
+    raise DivergedError(f"diverged in round {r}: {who}{what} is not finite ({detail})")
+
+
+def server_update(fed: Federation, r: int, root: list[dict[str, Any]]) -> torch.Tensor:
+    """The update the server itself would send, trained on ``root`` from this round's global state."""
+    job = _job(fed, r, -1, fed.global_state, root)
+    with job_rng(job):  # dropout inside any trainer (DP-SGD too) draws from the job's seed
+        fed.trainer(job)
+    return fed.method.get_flat() - fed.global_state
+
+
+def _job(fed: Federation, r: int, client: int, global_state: torch.Tensor, examples: list[dict[str, Any]]) -> LocalJob:
+    s = fed.settings
+    fed.method.set_flat(global_state)
+    fedsgd = s.protocol == "fedsgd"
+    return LocalJob(
+        model=fed.method.model,
+        parameters=[p for _, p in fed.method.named_trainable],
+        examples=examples,
+        collate=fed.collate,
+        example_losses=fed.method.example_losses,
+        steps=1 if fedsgd else s.local_steps,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        optimizer="sgd" if fedsgd else s.optimizer,  # FedSGD transmits lr * gradient
+        rng=generator(*fed.seed_parts, "client", r, client),
+        client=client,
+        report_step=fedsgd,
+    )
+
+
+def _train_client(fed: Federation, r: int, client: int, global_state: torch.Tensor, truth: GroundTruth,
+                  stats: FederationStats) -> torch.Tensor:
+    job = _job(fed, r, client, global_state, fed.clients[client].members)
+    trainer = fed.trainer
+    for defense in fed.defenses:
+        trainer = defense.wrap_training(trainer, client, job.rng)
+    with job_rng(job):  # dropout inside any trainer (DP-SGD too) draws from the job's seed
+        result = trainer(job)
+    stats.train_losses.append(float(result.get("loss", float("nan"))))
+    if not job.seen or any(job.seen):  # a DP-SGD client whose Poisson batches were all empty has no loss
+        check_finite(r, client, "training loss", result.get("loss"))
+    if "client_batches" in fed.keep:
+        trained_on = list(dict.fromkeys(i for step in job.seen for i in step))
+        truth.client_batches[(r, client)] = _token_ids(fed, job, trained_on)
+    update = transmitted_update(fed.settings.protocol, job, global_state, fed.method.get_flat())
+    check_finite(r, client, "update", update)
+    return update
+
+
+def transmitted_update(protocol: str, job: LocalJob, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """What a client sends: its weight difference, or under FedSGD its step itself (-lr x the
+    gradient), when the trainer reports one that the weights confirm (a wrapped trainer that changed
+    the weights after the step falls back to the difference)."""
+    difference = after - before
+    step = job.step_update
+    if protocol != "fedsgd" or step is None or step.shape != difference.shape:
+        return difference
+    step = step.to(difference.device, difference.dtype)
+    ulp = torch.nextafter(after.abs(), torch.full_like(after, float("inf"))) - after.abs()
+    agrees = (step - difference).abs() <= ulp + 1e-6 * step.abs()
+    return step if bool(agrees.all()) else difference
+
+
+def _token_ids(fed: Federation, job: LocalJob, indices: list[int]) -> list[list[int]]:
+    if not indices:  # Poisson sampling (DP-SGD) may draw empty batches
+        return []
+    batch = fed.collate([job.examples[i] for i in indices])
+    ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu().bool()
+    return [row[m].tolist() for row, m in zip(ids, mask)]
+
+
+def _apply_participant_attacks(fed: Federation, r: int, updates: dict[int, torch.Tensor], rng: torch.Generator):
+    malicious = [c for c in updates if c in fed.malicious]
+    if not malicious:
+        return updates
+    for attacker in fed.attackers:
+        updates = attacker.poison_updates(r, updates, malicious, generator(*fed.seed_parts, "poison", r, attacker.name))
+    return updates
+
+
+def _aggregate(fed: Federation, r: int, transport: Transport, messages: dict[int, Any], weights: dict[int, float]):
+    rule = slot_holder(fed.defenses, DefenseSlot.AGGREGATION)
+    if rule is None:
+        return transport.aggregate(r, messages, weights)
+    individual = transport.decode_individual(messages)
+    clients = sorted(individual)
+    stacked = torch.stack([individual[c] for c in clients])
+    weight_vector = torch.tensor([weights[c] for c in clients])
+    return rule.aggregate(r, stacked, weight_vector, generator(*fed.seed_parts, "robust", r))

@@ -1,0 +1,382 @@
+"""One run (a scenario at one seed): plan, build, train federated, attack, score, evaluate.
+
+``plan`` decides before anything runs whether the combination is possible (Table 1 availability and
+defense compatibility); ``execute`` turns a run into result rows, recording failures instead of
+raising them so that a sweep goes on.
+
+Attacks the tier rules out. Every attack declares the ``Access`` it needs (``Attack.access``); an
+attack whose needs the tier does not grant is refused by ``plan``, before training, and never runs:
+- an attack that changes training (poisoning, Byzantine clients) defines the run, so the whole run
+  is ``incompatible`` with the reason (training without it would measure something else);
+- an attack that only evaluates the trained model gets one row of its own, ``incompatible`` with
+  the reason (``Plan.refused``); the run still trains, and its utility and its other attacks are
+  measured and recorded as usual.
+``not-applicable`` is kept for what only shows at evaluation (an attack that finds the task's
+records are of a kind it does not score).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bench.api.defense import composition_problem, in_slot_order
+from bench.api.errors import IncompatibleError, TierAccessError, UserError
+from bench.api.predictions import MembershipScores
+from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
+from bench.api.seeding import derive_seed, generator
+from bench.api.transcript import GroundTruth, Transcript
+from bench.client.device import describe, peak_gpu_memory_mb, pick_device, reset_peak_memory
+from bench.engine import federation as fl
+from bench.engine.views import ViewBuilder
+from bench.scoring.mia import roc_curve
+from bench.scoring.roc import compact_roc
+from bench.scoring.score import Metric, score
+from bench.scoring.utility import evaluate
+from bench.spec.scenario import Scenario
+from bench.store.provenance import git_commit, package_versions, peak_rss_mb, scenario_record
+from bench.store.results import Row
+from bench.world.partition import ClientData, deal, split_members
+from bench.world.tasks import truncation
+
+
+@dataclass
+class Plan:
+    """The instantiated components of a run, checked for compatibility."""
+
+    tier: Any
+    model_source: Any
+    task: Any
+    method: Any
+    defenses: list[Any]
+    attacks: list[Any]
+    """The attacks that will run (those the tier grants)."""
+    refused: list[tuple[str, str]] = field(default_factory=list)
+    """(attack, reason) for evaluation-only attacks the tier rules out: recorded, never run."""
+
+
+def plan(scenario: Scenario) -> Plan:
+    """Instantiate components and check them; raises ``IncompatibleError`` with the reason."""
+    built = Plan(
+        tier=TIERS.get(scenario.tier.name)(scenario.tier.config),
+        model_source=MODELS.get(scenario.model.name)(scenario.model.config),
+        task=TASKS.get(scenario.task.name)(scenario.task.config),
+        method=METHODS.get(scenario.method.name)(scenario.method.config),
+        defenses=in_slot_order([DEFENSES.get(d.name)(d.config) for d in scenario.defenses]),
+        attacks=[ATTACKS.get(a.name)(a.config) for a in scenario.attacks],
+    )
+    reason = incompatibility(built, scenario)
+    if reason:
+        raise IncompatibleError(reason, file=scenario.file)
+    refused = {id(a): access_refusal(built.tier, a) for a in built.attacks}
+    built.refused = [(a.name, refused[id(a)]) for a in built.attacks if refused[id(a)]]
+    built.attacks = [a for a in built.attacks if not refused[id(a)]]
+    return built
+
+
+def availability(tier: Any, method: Any) -> str | None:
+    """Why ``tier`` does not allow ``method`` (Table 1), or None."""
+    missing = tier.missing(method.needs)
+    if missing:
+        return f"{method.name} needs {', '.join(a.value for a in missing)} access, which {tier.name} does not grant"
+    return None
+
+
+def access_refusal(tier: Any, attack: Any) -> str | None:
+    """Why ``tier`` rules out ``attack`` (it needs access the tier does not grant), or None."""
+    missing = tier.missing(attack.access)
+    if missing:
+        return f"{attack.name} needs {', '.join(a.value for a in missing)} access, which {tier.name} does not grant"
+    return None
+
+
+def incompatibility(built: Plan, scenario: Scenario) -> str | None:
+    reason = availability(built.tier, built.method)
+    if reason:
+        return reason
+    if built.task.kind not in built.method.task_kinds:
+        return f"{built.method.name} cannot train a {built.task.kind} task (it trains: {', '.join(sorted(built.method.task_kinds))})"
+    reason = built.method.check_compatible(built.defenses)
+    if reason:
+        return reason
+    for attack in (a for a in built.attacks if a.changes_training):  # others are skipped at evaluation
+        if built.task.kind not in attack.task_kinds:
+            return f"{attack.name} applies to {', '.join(sorted(attack.task_kinds))} tasks, not {built.task.kind}"
+        reason = access_refusal(built.tier, attack)
+        if reason:
+            return reason
+    reason = composition_problem([type(d) for d in built.defenses])  # the loader refuses it first; plans built in code
+    if reason:
+        return reason
+    for defense in built.defenses:
+        reason = defense.check_compatible([d for d in built.defenses if d is not defense], scenario)
+        if reason:
+            return reason
+    return None
+
+
+@dataclass
+class RunResult:
+    metrics: list[tuple[str, Metric]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    status: str = "ok"
+    error: str = ""
+    device: str = "cpu"
+    skipped: list[tuple[str, str, str]] = field(default_factory=list)
+    """(attack, status, reason) for attacks the tier ruled out before training (``incompatible``), or ruled
+    out at evaluation time or that failed there."""
+    row_extra: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    """(attack, metric) -> what that one row keeps beside its value (an MIA's ROC points, for the report)."""
+
+
+def execute(scenario: Scenario, seed: int, *, progress: Any = None, figures: str | None = None) -> list[Row]:
+    """Result rows of one run; failures become rows with ``status`` failed/incompatible."""
+    started = time.perf_counter()
+    result = RunResult()
+    try:
+        built = plan(scenario)
+        result = _run(scenario, seed, built, progress, figures)
+    except IncompatibleError as error:
+        result = RunResult(status="incompatible", error=str(error).split(": ", 1)[-1])
+    except UserError as error:  # found only at run time (a secagg abort, a data file gone): this run fails, the sweep goes on
+        result = RunResult(status="failed", error=str(error)[:500])
+    except Exception as error:  # a failing run is recorded and the sweep goes on
+        result = RunResult(status="failed", error=_one_line(error))
+    return _rows(scenario, seed, result, time.perf_counter() - started)
+
+
+def _one_line(error: BaseException) -> str:
+    return traceback.format_exception_only(type(error), error)[-1].strip()[:500]
+
+
+def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> list[Row]:
+    base = dict(
+        run_id=f"{scenario.hash}-{seed}", scenario=scenario.name, scenario_hash=scenario.hash, seed=seed,
+        tier=scenario.tier.name, model=scenario.model.name, task=scenario.task.name, method=scenario.method.name,
+        defenses=scenario.defense_label, status=result.status, error=result.error, git_commit=git_commit(),
+        packages=package_versions(), device=result.device, wall_s=round(wall_s, 3), peak_mem_mb=round(peak_rss_mb(), 1),
+        extra={**result.extra, **_training_identity(scenario)},
+    )
+    if result.status != "ok":
+        rows = [Row(attack="none", metric="run", value=None, **base)]
+    else:
+        metrics = result.metrics + [("none", Metric("cost.wall_s", wall_s, higher_is_better=False))]
+        rows = [Row(attack=attack, metric=m.name, value=m.value, ci_low=m.ci_low, ci_high=m.ci_high,
+                    higher_is_better=m.higher_is_better, **base) for attack, m in metrics]
+    for attack, status, reason in result.skipped:
+        rows.append(Row(attack=attack, metric="run", value=None, **{**base, "status": status, "error": reason}))
+    for row in rows:  # figures read these later; the report never re-runs anything
+        row.extra = {**row.extra, **result.row_extra.get((row.attack, row.metric), {})}
+    rows[0].extra = {**rows[0].extra, "scenario_config": scenario_record(scenario)}
+    return rows
+
+
+def _training_identity(scenario: Scenario) -> dict[str, Any]:
+    """What lets a later step pair this run with the run that trained the same model without attackers."""
+    identity: dict[str, Any] = {"training_key": scenario.training_key}
+    if scenario.training_attacks:
+        identity.update(clean_training_key=scenario.clean_training_key,
+                        training_attacks=[a.name for a in scenario.training_attacks])
+    return identity
+
+
+@dataclass
+class Prepared:
+    """A run ready to train: components built, data dealt, the round loop configured."""
+
+    scenario: Scenario
+    seed: int
+    built: Plan
+    task_data: Any
+    clients: list[ClientData]
+    tokenizer: Any
+    device: torch.device
+    fed: fl.Federation
+    transcript: Transcript
+    truth: GroundTruth
+
+
+def prepare(scenario: Scenario, seed: int, built: Plan, progress: Any = None) -> Prepared:
+    # Randomness is keyed on the seed, not the scenario hash: scenarios that differ only in their
+    # defenses or attacks are paired (same data, initialisation, client sampling), so a Table 4 cell
+    # compares like with like.
+    parts = ("run", seed)
+    device = pick_device(scenario.device)
+    s = scenario.federation
+    task_data = built.task.load(s.clients * s.examples_per_client, generator(*parts, "data"))
+    clients = _deal_clients(built.task, task_data.pool, s, generator(*parts, "partition"))
+    malicious = _malicious(built.attacks, s.clients, generator(*parts, "malicious"))
+    _poison_clients(built.attacks, clients, malicious, parts)
+    model, tokenizer = built.model_source.load(built.task.kind, built.task.num_labels, device, derive_seed(*parts, "init"))
+    built.method.task_loss = built.task.example_losses
+    built.method.tier = built.tier
+    built.method.prepare(model, built.task, generator(*parts, "method"))
+    for defense in built.defenses:
+        defense.setup(scenario, {c: len(d.members) for c, d in enumerate(clients)},
+                      peers=[d for d in built.defenses if d is not defense])
+    fed = fl.Federation(
+        method=built.method, model=built.method.model, clients=clients,
+        collate=lambda examples: built.task.collate(examples, tokenizer, device), settings=s, seed_parts=parts,
+        defenses=built.defenses, attackers=[a for a in built.attacks if a.changes_training], malicious=tuple(malicious),
+        keep=_kept_parts(built), progress=progress,
+    )
+    _give_server_updates(built.defenses, fed, task_data.auxiliary)
+    truth = GroundTruth(malicious_clients=tuple(malicious), canaries=task_data.canaries)
+    transcript = Transcript()
+    fed.trainer = built.method.trainer(fed.trainer, transcript)
+    return Prepared(scenario, seed, built, task_data, clients, tokenizer, device, fed, transcript, truth)
+
+
+def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str | None = None) -> RunResult:
+    p = prepare(scenario, seed, built, progress)
+    truncated = _truncation_metric(p)  # before training: a task that cuts every response token is an error
+    reset_peak_memory(p.device)
+    stats = fl.run(p.fed, p.transcript, p.truth)
+    result = RunResult(device=describe(p.device), skipped=[(name, "incompatible", why) for name, why in built.refused])
+    result.metrics.append(("none", truncated))
+    from bench.world.tiers import OpenModel
+
+    own_view = OpenModel(built.method.model, built.method.layout(), built.task, p.tokenizer)
+    eval_set = _eval_set(p.task_data.test, scenario.federation.eval_examples)
+    _stage(progress, "evaluating utility", total=1 + len(built.attacks))  # after training, time goes here
+    result.metrics += [("none", m) for m in evaluate(own_view, built.task, eval_set)]
+    views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth,
+                        max_candidates=scenario.federation.mia_candidates or None)
+    curves: dict[str, Any] = {}
+    for attack in built.attacks:
+        if built.task.kind not in attack.task_kinds:
+            kinds = ", ".join(sorted(attack.task_kinds))
+            result.skipped.append((attack.name, "not-applicable", f"{attack.name} applies to {kinds} tasks"))
+            continue
+        _stage(progress, f"attack {attack.name}")
+        try:
+            prediction = attack.run(views.for_attack(attack), generator("run", seed, "attack", attack.name))
+        except (TierAccessError, IncompatibleError) as error:  # the tier or task rules this attack out
+            result.skipped.append((attack.name, "not-applicable", str(error).split(": ", 1)[-1]))
+            continue
+        except Exception as error:  # one broken attack must not discard the run's other measurements
+            result.skipped.append((attack.name, "failed", _one_line(error)))
+            continue
+        metrics = score(prediction, views.truth)
+        result.metrics += [(attack.name, m) for m in metrics]
+        if isinstance(prediction, MembershipScores) and any(m.name == "mia.auc" for m in metrics):
+            curve = roc_curve(prediction.scores, views.truth.member_flags)[:2]
+            result.row_extra[(attack.name, "mia.auc")] = {"roc": compact_roc(curve[0].tolist(), curve[1].tolist())}
+            if figures:
+                curves[attack.name] = curve
+    result.metrics += [("none", m) for m in _cost_metrics(stats, scenario.federation.rounds, built.defenses, p.device)]
+    result.metrics += [("none", m) for m in _privacy_metrics(built.defenses, p.transcript, result.extra)]
+    if curves:
+        result.extra["roc_figure"] = _save_roc(curves, figures, f"{scenario.hash}-{seed}")
+    result.extra.update({"trainable_params": built.method.num_trainable, "malicious": list(p.fed.malicious),
+                         "model": built.model_source.metadata()})
+    return result
+
+
+def _stage(progress: Any, text: str, total: int | None = None) -> None:
+    """Show what a run is doing in its progress bar (one step per stage after the rounds)."""
+    if progress is None or not hasattr(progress, "set_description_str"):
+        return
+    if total is not None:
+        progress.reset(total=total)
+    else:
+        progress.update(1)
+    progress.set_description_str(text)
+
+
+def _truncation_metric(p: Prepared) -> Metric:
+    """``data.truncated_fraction`` over every record the run trains, attacks or evaluates on."""
+    data = p.task_data
+    records = data.pool + data.auxiliary + _eval_set(data.test, p.scenario.federation.eval_examples)
+    return Metric("data.truncated_fraction", truncation(p.built.task, records, p.tokenizer), higher_is_better=False)
+
+
+def _give_server_updates(defenses: list[Any], fed: fl.Federation, public: list[dict]) -> None:
+    """FLTrust-style rules train a server update on a small public root set each round."""
+    for defense in defenses:
+        if getattr(defense, "needs_server_update", False):
+            root = public[: defense.config.root_size]
+            defense.server_update_fn = lambda r, root=root: fl.server_update(fed, r, root)
+
+
+def _save_roc(curves: dict[str, Any], directory: str, stem: str) -> str:
+    """A log-log ROC figure of every membership attack of the run (``run --figures DIR``)."""
+    from pathlib import Path
+
+    from bench.scoring.mia import plot_roc
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = str(Path(directory) / f"roc-{stem}.png")
+    plot_roc(curves, path)
+    return path
+
+
+def _deal_clients(task: Any, pool: list[dict], s: Any, rng: torch.Generator) -> list[ClientData]:
+    labels = [task.label_of(e) for e in pool]
+    shares = deal(len(pool), s.clients, s.partition, s.alpha, labels, rng)
+    return [split_members([pool[i] for i in share], s.member_fraction, rng) for share in shares]
+
+
+def _malicious(attacks: list[Any], clients: int, rng: torch.Generator) -> list[int]:
+    fraction = max([a.malicious_fraction() for a in attacks if a.changes_training], default=0.0)
+    count = int(round(fraction * clients))
+    return sorted(torch.randperm(clients, generator=rng)[:count].tolist())
+
+
+def _poison_clients(attacks: list[Any], clients: list[ClientData], malicious: list[int], parts: tuple) -> None:
+    for attack in (a for a in attacks if a.changes_training):
+        for c in malicious:
+            clients[c].members = attack.poison_examples(c, clients[c].members, generator(*parts, "poison-data", c))
+
+
+def _kept_parts(built: Plan) -> frozenset[str]:
+    keep = set().union(*(a.needs for a in built.attacks)) if built.attacks else set()
+    keep |= {"aggregates"} if any(a.vantage == "aggregate" for a in built.attacks) else set()
+    if "client_updates" in keep or "aggregates" in keep:
+        keep.add("client_batches")
+    return frozenset(keep)
+
+
+def _eval_set(test: list[dict], limit: int) -> list[dict]:
+    return test[:limit] if limit else test
+
+
+def _cost_metrics(stats: fl.FederationStats, rounds: int, defenses: list[Any], device: torch.device) -> list[Metric]:
+    metrics = [
+        Metric("cost.client_s", stats.client_s / rounds, higher_is_better=False),
+        Metric("cost.server_s", stats.server_s / rounds, higher_is_better=False),
+        Metric("cost.bytes_up", stats.bytes_up / rounds, higher_is_better=False),
+        Metric("cost.bytes_down", stats.bytes_down / rounds, higher_is_better=False),
+        Metric("cost.expansion", stats.bytes_up / max(stats.plain_bytes_up, 1), higher_is_better=False),
+        Metric("cost.peak_mem_mb", peak_rss_mb(), higher_is_better=False),
+    ]
+    gpu = peak_gpu_memory_mb(device)
+    if gpu is not None:
+        metrics.append(Metric("cost.peak_gpu_mem_mb", gpu, higher_is_better=False))
+    for defense in defenses:
+        metrics += [Metric(name, float(value), higher_is_better=False) for name, value in defense.costs().items()]
+    return metrics
+
+
+def _privacy_metrics(defenses: list[Any], transcript: Transcript, extra: dict[str, Any]) -> list[Metric]:
+    metrics = [
+        Metric("privacy.egress_records", float(transcript.egress_records), higher_is_better=False),
+        Metric("privacy.egress_bytes", float(transcript.egress_bytes), higher_is_better=False),
+    ]
+    reports = [(d.name, d.privacy()) for d in defenses]
+    counts: dict[str, int] = {}
+    for _, report in reports:
+        for key in report:
+            counts[key] = counts.get(key, 0) + 1
+    for name, report in reports:
+        for key, value in report.items():
+            label = key if counts[key] == 1 else f"{key}[{name}]"  # two DP layers: keep both, apart
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics.append(Metric(label, float(value), higher_is_better=not key.startswith("dp.epsilon")))
+            else:
+                extra[label] = value
+    return metrics

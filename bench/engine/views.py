@@ -1,0 +1,210 @@
+"""Threat views: what each vantage may see of a run, built from the transcript, never the truth.
+
+The builder also draws the membership candidates (members and non-members at random from the same
+distribution, equal in number), keeps the matching ground truth for the scorer, and offers shadow
+training (central fine-tunes with the run's method and hyperparameters) cached per run.
+
+A view never refers back to the builder: the base model's lazy loader (``BaseModelLoader``) and
+shadow training (``ShadowTrainer``) are small objects built from the model source, the task, the
+method's name and settings and the run's seed, with no transcript and no ground truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bench.api.registry import METHODS
+from bench.api.seeding import derive_seed, generator
+from bench.api.transcript import GroundTruth, RoundRecord, ThreatView, Transcript
+from bench.client.training import LocalJob, train_local
+from bench.world.tiers import OpenModel, ProviderAPI
+
+# What each vantage keeps of a round record.
+ROUND_FIELDS = {
+    "server": ("global_before", "transmitted", "aggregate"),
+    "aggregate": ("global_before", "aggregate"),
+    "participant": ("global_before",),
+    "external": (),
+    "provider": (),
+}
+
+
+SHADOW_CACHE: OrderedDict[str, Any] = OrderedDict()
+"""Shadow models of this process, least recently used first (each holds a model copy)."""
+SHADOW_CACHE_SIZE = 32
+
+DEFAULT_MAX_CANDIDATES = 256
+"""Members + non-members scored per run by default: enough for AUC, quick for every attack. TPR at
+1% FPR needs >= 1000 non-members to mean >= 10 false positives; pass ``max_candidates`` for that."""
+
+
+class ViewBuilder:
+    def __init__(self, scenario: Any, seed: int, built: Any, transcript: Any, tokenizer: Any, clients: list[Any],
+                 task_data: Any, truth: GroundTruth, max_candidates: int | None = DEFAULT_MAX_CANDIDATES):
+        """``max_candidates``: members + non-members drawn (half each); None draws every record the
+        smaller side allows."""
+        self.scenario, self.seed, self.built, self.transcript = scenario, seed, built, transcript
+        self.tokenizer, self.task_data, self.truth = tokenizer, task_data, truth
+        self.candidates = self._draw_candidates(clients, max_candidates)
+        device = _device(built)
+        self.layout = built.method.layout()
+        self.base_loader = BaseModelLoader(source=built.model_source, task=built.task, tokenizer=tokenizer,
+                                           device=device, seed=derive_seed("run", seed, "init"))
+        self.shadows = ShadowTrainer.for_run(scenario, seed, built, tokenizer, device) if built.tier.grants_weights() else None
+
+    def _draw_candidates(self, clients: list[Any], limit: int | None) -> list[dict]:
+        rng = generator("run", self.seed, "candidates")
+        members = [e for c in clients for e in c.members]
+        nonmembers = [e for c in clients for e in c.nonmembers]
+        count = min(len(members), len(nonmembers), len(members) if limit is None else limit // 2)
+        chosen_members = [members[i] for i in torch.randperm(len(members), generator=rng)[:count].tolist()]
+        chosen_non = [nonmembers[i] for i in torch.randperm(len(nonmembers), generator=rng)[:count].tolist()]
+        pooled = chosen_members + chosen_non
+        flags = torch.tensor([1] * count + [0] * count)
+        order = torch.randperm(len(pooled), generator=rng)
+        self.truth.member_flags = flags[order]
+        return [pooled[i] for i in order.tolist()]
+
+    def for_attack(self, attack: Any) -> ThreatView:
+        vantage = attack.vantage
+        tier = self.built.tier
+        return ThreatView(
+            vantage=vantage,
+            rounds=[_strip(r, ROUND_FIELDS[vantage]) for r in self.transcript.rounds],
+            candidates=list(self.candidates),
+            layout=self.layout,
+            final_model=tier.handle(self.built.method.model, self.layout, self.built.task, self.tokenizer,
+                                    self.transcript.provider_log),
+            base_model=self.base_handle(),
+            tokenizer=self.tokenizer,
+            federation=self.scenario.federation,
+            auxiliary=list(self.task_data.auxiliary),
+            provider_log=list(self.transcript.provider_log) if vantage == "provider" else [],
+            train_shadow=self.shadows,
+            canaries=[dataclasses.replace(c, secret="") for c in self.task_data.canaries],
+            pretraining_corpus=tier.public_corpus(self.built.model_source),
+        )
+
+    def base_handle(self) -> Any:
+        """The base model through the tier's access, loaded when first used."""
+        if self.built.tier.hosted:  # the provider loads it behind its API; queries land in its log
+            return ProviderAPI(self.base_loader, self.built.tier.grants, self.transcript.provider_log)
+        return _LazyHandle(self.base_loader)
+
+    def train_shadow(self, examples: list[dict], rng: torch.Generator) -> Any:
+        """Shadow training for callers holding the builder (benchmarks); views get ``self.shadows``."""
+        if self.shadows is None:
+            raise TypeError("this tier does not grant the weights shadow training needs")
+        return self.shadows(examples, rng)
+
+
+@dataclass(eq=False)
+class BaseModelLoader:
+    """Loads the run's base model (before post-training) once, from the model source and the seed."""
+
+    source: Any
+    task: Any
+    tokenizer: Any
+    device: torch.device
+    seed: int
+    _loaded: list[OpenModel] = field(default_factory=list, repr=False)
+
+    def __call__(self) -> OpenModel:
+        if not self._loaded:
+            model, _ = self.source.load(self.task.kind, self.task.num_labels, self.device, self.seed)
+            self._loaded.append(OpenModel(model, None, self.task, self.tokenizer))
+        return self._loaded[0]
+
+
+@dataclass(frozen=True, eq=False)
+class ShadowTrainer:
+    """Central fine-tunes of the base model with the run's method and settings (open tiers only).
+
+    Cached across the runs of a sweep: a shadow depends on the model, task, method, federation
+    settings, seed and its examples, not on the defenses or attacks, so paired Table 4 cells share it."""
+
+    setting: tuple
+    """What the shadow depends on besides its examples (the cache key's prefix)."""
+    method_name: str
+    method_config: Any
+    source: Any
+    task: Any
+    tokenizer: Any
+    federation: Any
+    device: torch.device
+    seed: int
+
+    @classmethod
+    def for_run(cls, scenario: Any, seed: int, built: Any, tokenizer: Any, device: torch.device) -> ShadowTrainer:
+        s = scenario
+        setting = (s.model.name, s.model.params, s.task.name, s.task.params, s.method.name, s.method.params,
+                   dataclasses.asdict(s.federation), s.device, seed)
+        return cls(setting=setting, method_name=built.method.name, method_config=built.method.config,
+                   source=built.model_source, task=built.task, tokenizer=tokenizer, federation=s.federation,
+                   device=device, seed=seed)
+
+    def __call__(self, examples: list[dict], rng: torch.Generator) -> Any:
+        key = hashlib.sha256(json.dumps([*self.setting, examples], sort_keys=True, default=str).encode()).hexdigest()[:20]
+        draw = int(torch.randint(2**31, (1,), generator=rng))
+        if key not in SHADOW_CACHE:
+            SHADOW_CACHE[key] = self._fit(examples, derive_seed(key, draw))
+            while len(SHADOW_CACHE) > SHADOW_CACHE_SIZE:
+                SHADOW_CACHE.popitem(last=False)
+        SHADOW_CACHE.move_to_end(key)
+        return SHADOW_CACHE[key]
+
+    def _fit(self, examples: list[dict], seed: int) -> OpenModel:
+        task, s, device = self.task, self.federation, self.device
+        method = METHODS.get(self.method_name)(self.method_config)
+        method.task_loss = task.example_losses
+        model, _ = self.source.load(task.kind, task.num_labels, device, derive_seed("run", self.seed, "init"))
+        method.prepare(model, task, generator(seed, "method"))
+        steps = _matching_exposure_steps(s, len(examples))
+        job = LocalJob(model=method.model, parameters=[p for _, p in method.named_trainable], examples=examples,
+                       collate=lambda ex: task.collate(ex, self.tokenizer, device),
+                       example_losses=method.example_losses, steps=max(steps, 1), batch_size=s.batch_size, lr=s.lr,
+                       optimizer=s.optimizer, rng=generator(seed, "shadow"))
+        method.trainer(train_local, Transcript())(job)
+        return OpenModel(method.model, method.layout(), task, self.tokenizer)
+
+
+def _matching_exposure_steps(s: Any, num_examples: int) -> int:
+    """Steps that show each shadow example as often as the federation showed each member."""
+    local = 1 if s.protocol == "fedsgd" else s.local_steps
+    members_per_client = max(1.0, s.examples_per_client * s.member_fraction)
+    participation = s.clients_per_round / s.clients
+    return max(1, round(s.rounds * participation * local * num_examples / members_per_client))
+
+
+class _LazyHandle:
+    """Loads the base model only when an attack first uses it (``loader``: a ``BaseModelLoader``)."""
+
+    def __init__(self, loader: BaseModelLoader):
+        self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._loader(), name)
+
+
+def _strip(record: RoundRecord, keep: tuple[str, ...]) -> RoundRecord:
+    return RoundRecord(
+        round=record.round,
+        sampled=list(record.sampled),
+        global_before=record.global_before if "global_before" in keep else None,
+        transmitted=dict(record.transmitted) if "transmitted" in keep else {},
+        aggregate=record.aggregate if "aggregate" in keep else None,
+        weights=dict(record.weights),
+    )
+
+
+def _device(built: Any) -> torch.device:
+    return next(built.method.model.parameters()).device

@@ -1,0 +1,170 @@
+"""The leaderboard: one wide row per (scenario, seed), built from the tidy results store.
+
+Columns are fixed (``COLUMNS``, versioned by ``LEADERBOARD_SCHEMA``) so that downstream readers and
+tests can rely on them whatever attacks a grid uses. Per attack family (``mia``, ``inversion``,
+``poison``; Byzantine attacks count as ``poison``) the row carries the metrics of the family's
+*strongest* attack in that run (highest headline metric: ``mia.auc``, ``inversion.rouge1``,
+``poison.asr``) and names it in ``<family>_attack``: a defender must beat the best attack, not the
+average one. ``utility`` is the task's headline utility (``utility_metric`` says which). Missing
+values are empty cells. Everything here is a pure function of result rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+LEADERBOARD_SCHEMA = 2
+
+IDENTITY = ["leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses",
+            "attacks", "status", "error"]
+# Headline utility per task kind, first present wins (all higher-is-better).
+UTILITY_HEADLINE = ["utility.accuracy", "utility.reward_accuracy", "utility.rouge_l", "utility.exact_match",
+                    "utility.likelihood_preference_accuracy"]
+UTILITY = ["utility", "utility_metric", "utility.accuracy", "utility.macro_f1", "utility.perplexity", "utility.rouge_l",
+           "utility.reward_accuracy"]
+FAMILY_METRICS = {
+    "mia": ["mia.auc", "mia.auc_ci_low", "mia.auc_ci_high", "mia.tpr@0.01", "mia.tpr@0.001", "mia.balanced_acc",
+            "mia.exposure"],
+    "inversion": ["inversion.rouge1", "inversion.rouge2", "inversion.exact", "inversion.token_f1"],
+    "poison": ["poison.asr", "poison.asr_ci_low", "poison.asr_ci_high", "poison.utility_drop"],
+}
+FAMILY_HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "poison": "poison.asr"}
+FAMILY_OF_PREFIX = {"mia": "mia", "inversion": "inversion", "poison": "poison", "byz": "poison"}
+PRIVACY = ["dp.epsilon", "dp.delta", "dp.epsilon_lower", "privacy.egress_records"]
+COST = ["cost.wall_s", "cost.client_s", "cost.server_s", "cost.bytes_up", "cost.bytes_down", "cost.expansion",
+        "cost.peak_mem_mb"]
+PROVENANCE = ["git_commit", "device"]
+
+
+def _family_columns() -> list[str]:
+    return [c for family, metrics in FAMILY_METRICS.items() for c in [f"{family}_attack", *metrics]]
+
+
+COLUMNS = IDENTITY + UTILITY + _family_columns() + PRIVACY + COST + PROVENANCE
+
+
+def attack_family(attack: str) -> str | None:
+    """``mia``, ``inversion`` or ``poison`` for an attack name (by its prefix), else None."""
+    return FAMILY_OF_PREFIX.get(attack.split("-", 1)[0])
+
+
+def attacks_from_name(scenario: str) -> list[str]:
+    """Attack names from a grid cell's name (``file[...,attacks=a+b]``): failed runs carry no attack rows."""
+    if "attacks=" not in scenario:
+        return []
+    label = scenario.split("attacks=", 1)[1].split(",", 1)[0].rstrip("]")
+    return [a for a in label.split("+") if a and a != "none"]
+
+
+def stored_config(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The resolved scenario a run stored in its first row's ``extra`` (empty for older runs)."""
+    for row in rows:
+        extra = row.get("extra")
+        if isinstance(extra, str):  # rows read back from results.csv keep extra as JSON text
+            import json
+
+            try:
+                extra = json.loads(extra)
+            except ValueError:
+                continue
+        if isinstance(extra, dict) and isinstance(extra.get("scenario_config"), dict):
+            return extra["scenario_config"]
+    return {}
+
+
+def stored_attacks(rows: list[dict[str, Any]]) -> list[str]:
+    return [a["name"] for a in stored_config(rows).get("attacks", []) if isinstance(a, dict) and a.get("name")]
+
+
+def _number(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _group_runs(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        runs.setdefault((row["scenario_hash"], int(row["seed"])), []).append(row)
+    return runs
+
+
+def _strongest(rows: list[dict[str, Any]], family: str) -> dict[str, Any]:
+    """Metrics of the family's strongest attack in one run (with ``<family>_attack``)."""
+    by_attack: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["attack"] != "none" and attack_family(row["attack"]) == family:
+            metrics = by_attack.setdefault(row["attack"], {})
+            metrics[row["metric"]] = _number(row["value"])
+            metrics[f"{row['metric']}_ci_low"] = _number(row.get("ci_low"))
+            metrics[f"{row['metric']}_ci_high"] = _number(row.get("ci_high"))
+    if not by_attack:
+        return {}
+    headline = FAMILY_HEADLINE[family]
+    best = max(sorted(by_attack), key=lambda a: -math.inf if by_attack[a].get(headline) is None else by_attack[a][headline])
+    return {f"{family}_attack": best, **{k: by_attack[best].get(k) for k in FAMILY_METRICS[family]}}
+
+
+def leaderboard_row(rows: list[dict[str, Any]], scenario_attacks: list[str] | None = None) -> dict[str, Any]:
+    """One wide row from the tidy rows of one run (scenario, seed)."""
+    first = rows[0]
+    plain = {r["metric"]: _number(r["value"]) for r in rows if r["attack"] == "none"}
+    attacks = sorted({r["attack"] for r in rows if r["attack"] != "none"})
+    attacks = attacks or sorted(scenario_attacks or stored_attacks(rows) or attacks_from_name(first["scenario"]))
+    out: dict[str, Any] = {c: None for c in COLUMNS}
+    out.update({k: first.get(k) for k in IDENTITY if k in first})
+    out.update(leaderboard_schema=LEADERBOARD_SCHEMA, seed=int(first["seed"]), attacks="+".join(attacks) or "none")
+    headline = next((m for m in UTILITY_HEADLINE if plain.get(m) is not None), None)
+    out.update(utility=plain.get(headline) if headline else None, utility_metric=headline)
+    out.update({k: plain.get(k) for k in UTILITY[2:] + PRIVACY + COST})
+    for family in FAMILY_METRICS:
+        out.update(_strongest(rows, family))
+    out.update({k: first.get(k) for k in PROVENANCE})
+    return out
+
+
+def build(rows: Iterable[dict[str, Any]], scenario_attacks: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """The leaderboard rows, ordered by scenario then seed. ``scenario_attacks`` maps scenario_hash to
+    the scenario's attack names (for runs that recorded no attack rows, e.g. incompatible ones)."""
+    known = scenario_attacks or {}
+    board = [leaderboard_row(run, known.get(key[0])) for key, run in _group_runs(rows).items()]
+    return sorted(board, key=lambda r: (r["scenario"], r["seed"]))
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def write_csv(board: list[dict[str, Any]], path: str | Path) -> Path:
+    import io
+
+    from bench.store.outfiles import atomic_write as _atomic_write
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in board:
+        writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
+    path = Path(path)
+    _atomic_write(path, buffer.getvalue())
+    return path
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Leaderboard rows back from CSV, numbers as floats (None for empty cells)."""
+    text_columns = set(IDENTITY) | {"utility_metric", *(f"{f}_attack" for f in FAMILY_METRICS)} | set(PROVENANCE)
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{k: (v if k in text_columns else _number(v)) for k, v in row.items()} for row in rows]

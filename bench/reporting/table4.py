@@ -1,0 +1,273 @@
+"""Table 4 (method x defense x attack), measured: attack success without -> with each defense.
+
+A cell pairs the runs of one (tier, method, defense, attack role) with the runs of the same (tier,
+method, role) and no defense, seed by seed (the engine derives data, initialisation and sampling from
+the seed alone, so the pair differs only in the defense). Roles: ``mia`` (membership inference),
+``inversion`` (gradient inversion), ``backdoor`` (poison-* attacks), ``byzantine`` (byz-* attacks).
+
+**Attack advantage** = headline metric - the level a failed attack reaches:
+- mia: ``mia.auc`` - 0.5;  inversion: ``inversion.rouge1`` - 0;  backdoor: ``poison.asr`` - 0;
+- byzantine: ``poison.asr`` (error rate on clean inputs) - the error rate of the same scenario and
+  seed without attackers (its clean twin, through ``poison.utility_drop``; failing that, the privacy
+  run of the same method, defense and seed), so that a defense that merely makes the model worse is
+  not counted as an attack.
+
+**Verdict rule** (``verdict``; a0, a1 = mean advantage without / with the defense over paired seeds,
+reduction r = (a0 - a1) / a0, se = standard error of the paired differences):
+- ``incompatible``: the defended run could not be set up (the reason is the runner's);
+- ``failed``: a run failed at run time (the error is kept);
+- ``not applicable``: the attack does not apply without the defense (its baseline is incompatible or
+  missing), or it does not beat its failure level by ``MIN_ADVANTAGE`` (nothing to mitigate);
+- ``no effect``: a0 - a1 <= 2 se (indistinguishable from seed noise) or r < 0.25;
+- ``mitigates``: r >= 0.75;  ``partial``: 0.25 <= r < 0.75.
+
+Utility change = mean paired difference of the headline utility (with - without). Cost factor =
+mean client + server seconds per round with / without (wall time would also count the attacks);
+``cost_factor_bytes``: bytes up per round with / without.
+The paper's column and the agree/disagree rule live in ``bench.reporting.paper4``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from bench.reporting.leaderboard import attack_family
+
+MIN_ADVANTAGE = 0.05
+MITIGATES, PARTIAL = 0.75, 0.25
+ROLES = ("mia", "inversion", "backdoor", "byzantine")
+ROLE_TITLES = {"mia": "membership inference", "inversion": "gradient inversion", "backdoor": "backdoor",
+               "byzantine": "Byzantine"}
+HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "backdoor": "poison.asr", "byzantine": "poison.asr"}
+FAILURE_LEVEL = {"mia": 0.5, "inversion": 0.0, "backdoor": 0.0}
+ATTACK_COLUMN = {"mia": "mia_attack", "inversion": "inversion_attack", "backdoor": "poison_attack",
+                 "byzantine": "poison_attack"}
+
+
+def role_of(attack: str) -> str | None:
+    family = attack_family(attack)
+    if family == "poison":
+        return "byzantine" if attack.startswith("byz-") else "backdoor"
+    return family
+
+
+def roles_of_run(row: dict[str, Any]) -> list[str]:
+    roles = {role_of(a) for a in str(row.get("attacks") or "").split("+") if a and a != "none"}
+    return [r for r in ROLES if r in roles]
+
+
+@dataclass
+class Cell:
+    tier: str
+    method: str
+    defense: str
+    role: str
+    attack: str
+    metric: str
+    seeds: int
+    success_without: float | None
+    success_with: float | None
+    advantage_without: float | None
+    advantage_with: float | None
+    reduction: float | None
+    utility_metric: str
+    utility_without: float | None
+    utility_with: float | None
+    utility_change: float | None
+    cost_factor: float | None
+    cost_factor_bytes: float | None
+    epsilon: float | None
+    verdict: str
+    reason: str
+    paper: str = ""
+    paper_note: str = ""
+    comparison: str = ""
+    comparison_note: str = ""
+
+
+TABLE4_COLUMNS = [f.name for f in fields(Cell)]
+VERDICTS = ("mitigates", "partial", "no effect", "incompatible", "not applicable", "failed")
+
+
+def verdict(without: Sequence[float], with_: Sequence[float]) -> tuple[str, float | None, str]:
+    """(verdict, reduction, why) from paired attack advantages (see the module docstring)."""
+    a0, a1 = statistics.fmean(without), statistics.fmean(with_)
+    if a0 < MIN_ADVANTAGE:
+        return "not applicable", None, f"the attack does not beat its failure level without the defense ({a0:+.3f})"
+    reduction = (a0 - a1) / a0
+    diffs = [x - y for x, y in zip(without, with_)] if len(without) == len(with_) else [a0 - a1]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    if a0 - a1 <= 2 * se or reduction < PARTIAL:
+        return "no effect", reduction, f"advantage {a0:.3f} -> {a1:.3f} (2 se = {2 * se:.3f})"
+    label = "mitigates" if reduction >= MITIGATES else "partial"
+    return label, reduction, f"advantage {a0:.3f} -> {a1:.3f}, reduced by {reduction:.0%}"
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _ratio(top: float | None, bottom: float | None) -> float | None:
+    return top / bottom if top is not None and bottom else None
+
+
+def round_seconds(row: dict[str, Any]) -> float | None:
+    """Client + server seconds per round: the defense's compute cost (wall time also counts the attacks)."""
+    client, server = row.get("cost.client_s"), row.get("cost.server_s")
+    return client + server if client is not None and server is not None else row.get("cost.wall_s")
+
+
+def _advantage(row: dict[str, Any], role: str, clean: dict[tuple, dict[str, Any]]) -> float | None:
+    value = row.get(HEADLINE[role])
+    if value is None:
+        return None
+    if role != "byzantine":
+        return value - FAILURE_LEVEL[role]
+    accuracy = _twin_accuracy(row, clean)
+    return value - (1.0 - accuracy) if accuracy is not None else value
+
+
+def _twin_accuracy(row: dict[str, Any], clean: dict[tuple, dict[str, Any]]) -> float | None:
+    """Clean accuracy of the same scenario without attackers: from ``poison.utility_drop`` (the sweep's
+    exact twin) when the run has one, else an attacker-free run of the same tier, method and defense."""
+    drop, accuracy = row.get("poison.utility_drop"), row.get("utility.accuracy")
+    if drop is not None and accuracy is not None and row.get("utility_metric") == "utility.accuracy":
+        return accuracy + drop
+    twin = clean.get((row["tier"], row["method"], row["defenses"], int(row["seed"])))
+    return twin.get("utility.accuracy") if twin else None
+
+
+def _index(board: list[dict[str, Any]]) -> tuple[dict[tuple, list[dict]], dict[tuple, dict]]:
+    """Runs by (tier, method, defenses, role), and the attacker-free runs by (tier, method, defenses, seed)."""
+    runs: dict[tuple, list[dict]] = {}
+    clean: dict[tuple, dict] = {}
+    for row in board:
+        roles = roles_of_run(row)
+        for role in roles:
+            runs.setdefault((row["tier"], row["method"], row["defenses"], role), []).append(row)
+        if row.get("status") == "ok" and not {"backdoor", "byzantine"} & set(roles):
+            clean[(row["tier"], row["method"], row["defenses"], int(row["seed"]))] = row
+    return runs, clean
+
+
+def _status_verdict(rows: list[dict], baseline: list[dict]) -> tuple[str, str] | None:
+    """A verdict decided by run status alone (incompatible / failed / not applicable), or None."""
+    if not baseline or all(r.get("status") == "incompatible" for r in baseline):
+        why = baseline[0].get("error") if baseline else "no run without the defense"
+        return "not applicable", f"the attack does not run even without the defense: {why}"
+    for status, label in (("incompatible", "incompatible"), ("failed", "failed")):
+        bad = [r for r in rows if r.get("status") == status]
+        if bad:
+            return label, str(bad[0].get("error") or status)
+    failed = [r for r in baseline if r.get("status") != "ok"]
+    if failed:
+        return "failed", f"baseline run {failed[0].get('status')}: {failed[0].get('error')}"
+    return None
+
+
+def make_cell(key: tuple, rows: list[dict], baseline: list[dict], clean: dict[tuple, dict]) -> Cell:
+    tier, method, defense, role = key
+    ok_rows = [r for r in rows if r.get("status") == "ok"]
+    pairs = _pairs(ok_rows, baseline)
+    attack = next((r.get(ATTACK_COLUMN[role]) for r in ok_rows + baseline if r.get(ATTACK_COLUMN[role])), "")
+    utility_metric = next((r.get("utility_metric") for r in ok_rows + baseline if r.get("utility_metric")), "")
+    cell = Cell(tier=tier, method=method, defense=defense, role=role, attack=attack or "", metric=HEADLINE[role],
+                seeds=len(pairs), success_without=_mean([b.get(HEADLINE[role]) for b, _ in pairs]),
+                success_with=_mean([d.get(HEADLINE[role]) for _, d in pairs]), advantage_without=None,
+                advantage_with=None, reduction=None, utility_metric=utility_metric or "",
+                utility_without=_mean([b.get("utility") for b, _ in pairs]),
+                utility_with=_mean([d.get("utility") for _, d in pairs]), utility_change=None,
+                cost_factor=_ratio(_mean([round_seconds(d) for _, d in pairs]), _mean([round_seconds(b) for b, _ in pairs])),
+                cost_factor_bytes=_ratio(_mean([d.get("cost.bytes_up") for _, d in pairs]),
+                                         _mean([b.get("cost.bytes_up") for b, _ in pairs])),
+                epsilon=_mean([d.get("dp.epsilon") for _, d in pairs]), verdict="", reason="")
+    if cell.utility_with is not None and cell.utility_without is not None:
+        cell.utility_change = cell.utility_with - cell.utility_without
+    decided = _status_verdict(rows, baseline)
+    if decided:
+        cell.verdict, cell.reason = decided
+        return cell
+    advantages = [(_advantage(b, role, clean), _advantage(d, role, clean)) for b, d in pairs]
+    advantages = [(a, b) for a, b in advantages if a is not None and b is not None]
+    if not advantages:
+        cell.verdict, cell.reason = "not applicable", f"no {HEADLINE[role]} measured for this attack and method"
+        return cell
+    without, with_ = [a for a, _ in advantages], [b for _, b in advantages]
+    cell.advantage_without, cell.advantage_with = statistics.fmean(without), statistics.fmean(with_)
+    cell.verdict, cell.reduction, cell.reason = verdict(without, with_)
+    return cell
+
+
+def _pairs(defended: list[dict], baseline: list[dict]) -> list[tuple[dict, dict]]:
+    by_seed = {int(b["seed"]): b for b in baseline if b.get("status") == "ok"}
+    return [(by_seed[int(d["seed"])], d) for d in defended if int(d["seed"]) in by_seed]
+
+
+def build(board: list[dict[str, Any]], paper: Any = None) -> list[Cell]:
+    """Table 4 cells from leaderboard rows; ``paper(cell)`` fills the paper's columns when given."""
+    runs, clean = _index(board)
+    cells = []
+    for key in sorted(runs, key=_order):
+        tier, method, defense, role = key
+        if defense == "none":
+            continue
+        cell = make_cell(key, runs[key], runs.get((tier, method, "none", role), []), clean)
+        if paper is not None:
+            paper(cell)
+        cells.append(cell)
+    return cells
+
+
+METHOD_ORDER = ("fft", "lora", "adapter", "prompt-tuning", "instruction-tuning", "rlhf", "provider-tuning",
+                "textual-prompt")
+DEFENSE_ORDER = ("dp-local", "dp-central", "secagg", "he", "robust-krum", "robust-median", "robust-trimmed",
+                 "robust-clip", "robust-fltrust")
+
+
+def _rank(value: str, order: tuple[str, ...]) -> tuple[int, str]:
+    return (order.index(value) if value in order else len(order), value)
+
+
+TIER_ORDER = ("open-source", "open-weight", "gray-box", "black-box")
+
+
+def _order(key: tuple) -> tuple:
+    tier, method, defense, role = key
+    return (_rank(tier, TIER_ORDER), _rank(method, METHOD_ORDER), _rank(defense, DEFENSE_ORDER), ROLES.index(role))
+
+
+def as_dicts(cells: list[Cell]) -> list[dict[str, Any]]:
+    return [asdict(c) for c in cells]
+
+
+def missing(board: list[dict[str, Any]], cells: list[Cell], limit: int = 20) -> list[str]:
+    """What an empty or partial grid lacks, in words: every (tier, method, defense, attack role) of the
+    grid the runs span (their methods x their defenses, per tier and role) that has no run, and cells
+    measured on fewer paired seeds than the others."""
+    if not board:
+        return ["no runs in the results"]
+    runs, _ = _index(board)
+    if not runs:
+        return ["no run has a membership, inversion, backdoor or Byzantine attack, so there is no Table 4 cell"]
+    spans: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
+    for tier, method, defense, role in runs:
+        methods, defenses = spans.setdefault((tier, role), (set(), {"none"}))
+        methods.add(method)
+        defenses.add(defense)
+    notes = []
+    for (tier, role), (methods, defenses) in sorted(spans.items()):
+        if defenses == {"none"}:
+            notes.append(f"{tier}, {ROLE_TITLES[role]}: runs without a defense only; a cell compares a defended run "
+                         "with the same scenario without it")
+        gaps = sorted((tier, m, d, role) for m in methods for d in defenses if (tier, m, d, role) not in runs)
+        notes += [f"no run of {t} / {m} / defense {d} with a {ROLE_TITLES[r]} attack" for t, m, d, r in
+                  sorted(gaps, key=_order)]
+    most = max((c.seeds for c in cells), default=0)
+    notes += [f"{c.tier} / {c.method} / {c.defense} ({ROLE_TITLES[c.role]}): {c.seeds} paired seeds of {most}"
+              for c in cells if c.seeds < most and c.verdict not in ("incompatible", "not applicable")]
+    return notes if len(notes) <= limit else notes[:limit] + [f"... and {len(notes) - limit} more"]

@@ -1,0 +1,1 @@
+"""The world layer: openness tiers, the model zoo, tasks and their data, client partitions."""

@@ -1,0 +1,1 @@
+"""Differential privacy: record-level DP-SGD (local), user-level DP-FedAvg (central), accounting and auditing."""
