@@ -6,11 +6,11 @@ import csv
 
 import pytest
 
+from bench.api.access import Access
 from bench.api.registry import METHODS, TIERS
 from bench.engine import federation as fl
 from bench.engine.runner import availability, execute
 from bench.reporting import table1
-from bench.world.tiers import Access
 from tests.helpers import make_scenario
 
 TASKS = {

@@ -26,7 +26,7 @@ import torch
 
 from bench.api.config import doc
 from bench.api.transcript import ThreatView
-from bench.scoring.inversion import AGGREGATE_CLIENT
+from bench.api.vocabulary import AGGREGATE_CLIENT
 
 TARGET_NEEDS = {
     "client": frozenset({"client_updates", "global_states"}),

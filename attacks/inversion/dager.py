@@ -122,12 +122,12 @@ from attacks.inversion._decode import (
 from attacks.inversion._labels import complete
 from attacks.inversion._layers import capture_inputs, first_module, probes_for
 from attacks.inversion._span import SpanBasis, SpanCheck, merge_probes, restrict_to_inputs, rounding_noise, span_basis
+from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
-from bench.world.tiers import Access
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,12 +44,12 @@ from attacks.inversion._common import (
     targets,
 )
 from attacks.inversion.tokens import EmbeddingRows, TokensConfig
+from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
-from bench.world.tiers import Access
 
 POSITION_EMBEDDING = re.compile(r"(?:^|\.)(?:wpe|embed_positions|position_embeddings)\.weight$")
 

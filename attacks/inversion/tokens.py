@@ -34,12 +34,12 @@ from dataclasses import dataclass
 import torch
 
 from attacks.inversion._common import Target, TargetConfig, configure_vantage, targets, trainable_names
+from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
-from bench.world.tiers import Access
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import torch
 
 from attacks.mia._common import membership_scores
+from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.registry import ATTACKS
 from bench.api.transcript import RoundRecord, ThreatView
-from bench.world.tiers import Access
 
 
 def observed_directions(

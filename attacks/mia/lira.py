@@ -42,12 +42,12 @@ from typing import Literal
 import torch
 
 from attacks.mia._common import confidence_signal, derived_generator, membership_scores
+from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.errors import TierAccessError, UserError
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
-from bench.world.tiers import Access
 
 GLOBAL_VARIANCE_BELOW = 64
 _VARIANCE_FLOOR = 1e-8

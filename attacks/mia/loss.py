@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import torch
 
 from attacks.mia._common import canary_losses, confidence_signal, is_classification, membership_scores, task_of, text_of
+from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
-from bench.world.tiers import Access
 
 
 @ATTACKS.register("mia-loss")

@@ -24,12 +24,12 @@ from typing import Literal
 import torch
 
 from attacks.mia._common import membership_scores
+from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.errors import UserError
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
-from bench.world.tiers import Access
 
 _REDUCERS = {"max": lambda drops: drops.max(0).values, "sum": lambda drops: drops.sum(0)}
 

@@ -19,15 +19,15 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.errors import UserError
 from bench.api.predictions import PoisonOutcome
 from bench.api.transcript import ThreatView
-from bench.world.tiers import Access
 
 try:  # the prompt format the instruction task trains on; kept in one place
-    from bench.world.tasks import PROMPT_TEMPLATE
+    from bench.api.vocabulary import PROMPT_TEMPLATE
 except ImportError:  # pragma: no cover - the engine module is being written concurrently
     PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n### Response:\n"
 

@@ -31,7 +31,7 @@ import torch
 from attacks.poisoning.byzantine import ByzantineAttack, ByzantineConfig
 from bench.api.config import doc
 from bench.api.registry import ATTACKS
-from defenses.robust.rules import pairwise_sq_distances
+from bench.api.updates import pairwise_sq_distances
 
 Direction = Literal["unit-vector", "std", "sign"]
 

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from bench.api.access import Access
 from bench.api.transcript import ThreatView
-from bench.world.tiers import Access
 
 
 class Attack:

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from bench.api.access import Access
 from bench.api.layout import ParameterLayout
-from bench.world.tiers import Access
 
 
 class Method:

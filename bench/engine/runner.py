@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from bench.api.access import access_refusal, availability
 from bench.api.defense import composition_problem, in_slot_order
 from bench.api.errors import IncompatibleError, TierAccessError, UserError
 from bench.api.predictions import MembershipScores
@@ -76,22 +77,6 @@ def plan(scenario: Scenario) -> Plan:
     built.refused = [(a.name, refused[id(a)]) for a in built.attacks if refused[id(a)]]
     built.attacks = [a for a in built.attacks if not refused[id(a)]]
     return built
-
-
-def availability(tier: Any, method: Any) -> str | None:
-    """Why ``tier`` does not allow ``method`` (Table 1), or None."""
-    missing = tier.missing(method.needs)
-    if missing:
-        return f"{method.name} needs {', '.join(a.value for a in missing)} access, which {tier.name} does not grant"
-    return None
-
-
-def access_refusal(tier: Any, attack: Any) -> str | None:
-    """Why ``tier`` rules out ``attack`` (it needs access the tier does not grant), or None."""
-    missing = tier.missing(attack.access)
-    if missing:
-        return f"{attack.name} needs {', '.join(a.value for a in missing)} access, which {tier.name} does not grant"
-    return None
 
 
 def incompatibility(built: Plan, scenario: Scenario) -> str | None:

@@ -17,13 +17,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bench.api.vocabulary import UTILITY_HEADLINE
+
 LEADERBOARD_SCHEMA = 2
 
 IDENTITY = ["leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses",
             "attacks", "status", "error"]
-# Headline utility per task kind, first present wins (all higher-is-better).
-UTILITY_HEADLINE = ["utility.accuracy", "utility.reward_accuracy", "utility.rouge_l", "utility.exact_match",
-                    "utility.likelihood_preference_accuracy"]
 UTILITY = ["utility", "utility_metric", "utility.accuracy", "utility.macro_f1", "utility.perplexity", "utility.rouge_l",
            "utility.reward_accuracy"]
 FAMILY_METRICS = {

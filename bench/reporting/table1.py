@@ -1,6 +1,6 @@
 """Table 1 (tier x method): which post-training methods each openness tier allows, and why not.
 
-Every cell is computed by ``bench.engine.runner.availability`` from what the method needs
+Every cell is computed by ``bench.api.access.availability`` from what the method needs
 (``Method.needs``) and what the tier grants (``Tier.grants``); nothing here is typed by hand except
 the seed paper's marks (Agrawal et al. 2025, arXiv 2505.23593, Table 1), which are set beside each
 cell for comparison: open-source and open-weight allow everything; gray-box allows LoRA/adapters
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.api.access import availability
 from bench.api.registry import METHODS, TIERS
-from bench.engine.runner import availability
 
 TIER_ORDER = ("open-source", "open-weight", "gray-box", "black-box")
 METHOD_ORDER = ("fft", "lora", "qlora", "adapter", "prompt-tuning", "prefix-tuning", "instruction-tuning", "rlhf",

@@ -39,9 +39,9 @@ import torch
 
 from bench.api.predictions import Reconstruction
 from bench.api.transcript import GroundTruth
+from bench.api.vocabulary import AGGREGATE_CLIENT
 from bench.scoring.score import Metric, scorer_for
 
-AGGREGATE_CLIENT = -1
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 

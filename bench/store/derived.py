@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bench.reporting.leaderboard import UTILITY_HEADLINE
+from bench.api.vocabulary import UTILITY_HEADLINE
 from bench.store.results import ResultStore
 
 UTILITY_DROP = "poison.utility_drop"

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from bench.api.config import FieldError, doc
 from bench.api.errors import UserError
 from bench.api.registry import TASKS
+from bench.api.vocabulary import PROMPT_TEMPLATE
 from bench.world import synthetic
 
-PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n### Response:\n"
 PREFERENCE_TEMPLATE = "### Instruction:\n{prompt}\n### Chosen:\n{chosen}\n### Rejected:\n{rejected}"
 """How a preference record is rendered as one text (what a provider logs when it receives the record)."""
 

@@ -13,7 +13,6 @@ could import the registry; the point is that nothing handed to an attack reaches
 from __future__ import annotations
 
 import contextlib
-import enum
 import itertools
 import weakref
 from collections.abc import Callable, Iterator
@@ -23,19 +22,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from bench.api.access import Access
 from bench.api.errors import TierAccessError
 from bench.api.layout import ParameterLayout
 from bench.api.registry import TIERS
 from bench.api.transcript import ProviderRecord
-
-
-class Access(enum.Enum):
-    WEIGHTS = "weights"
-    GRADIENTS = "gradients"
-    LOGITS = "logits"
-    TEXT = "text"
-    PROVIDER_TUNING = "provider-tuning"
-    TRAINING_DATA = "training-data"
 
 
 class Tier:

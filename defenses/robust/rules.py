@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from bench.api.updates import pairwise_sq_distances
+
 _EPS = 1e-12
 
 
@@ -17,19 +19,6 @@ def weighted_mean(updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """FedAvg's mean with weights normalised to sum to one."""
     w = weights.to(updates.dtype)
     return (w / w.sum()) @ updates
-
-
-def pairwise_sq_distances(updates: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances (clients, clients) from one Gram matrix.
-
-    The updates are centred first: ``||a-b||^2 = |a|^2 + |b|^2 - 2ab`` loses precision in float32 when
-    all updates share a large common part, and centring removes that part without changing distances.
-    """
-    centred = updates - updates.mean(dim=0, keepdim=True)
-    gram = centred @ centred.T
-    norms = gram.diagonal()
-    distances = (norms[:, None] + norms[None, :] - 2 * gram).clamp_(min=0)
-    return distances.fill_diagonal_(0)
 
 
 def krum_scores(sq_distances: torch.Tensor, f: int) -> torch.Tensor:
