@@ -60,7 +60,10 @@ METHODS: Registry = Registry("method")
 ATTACKS: Registry = Registry("attack")
 DEFENSES: Registry = Registry("defense")
 
-# Packages whose modules register components on import. Every module inside is imported once.
+# Packages whose modules register components on import. The rule is explicit and has no exception:
+# every module inside (helpers and subpackages too) is imported once. A component registers itself with
+# the decorator next to its class; a helper module registers nothing, so importing it is harmless. No
+# naming convention (such as a leading underscore) decides what is a plugin.
 PLUGIN_PACKAGES = ("bench.world.tiers", "bench.world.models", "bench.world.tasks", "bench.methods", "attacks", "defenses")
 # Installed distributions can add components: ``[project.entry-points."tierbench.plugins"]`` naming a module.
 ENTRY_POINT_GROUP = "tierbench.plugins"
@@ -86,8 +89,7 @@ def load_plugins() -> None:
                 continue
             raise
         for info in pkgutil.walk_packages(getattr(package, "__path__", []), prefix=package_name + "."):
-            if not info.name.split(".")[-1].startswith("_"):
-                importlib.import_module(info.name)
+            importlib.import_module(info.name)
     _load_entry_points()
 
 

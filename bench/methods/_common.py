@@ -1,5 +1,5 @@
-"""Helpers shared by the post-training methods (not a method: the leading underscore keeps the
-registry's plugin loader from importing it as one)."""
+"""Helpers shared by the post-training methods (not a method: it registers nothing, so the plugin
+loader's import of it is harmless; the underscore only says it is private to this package)."""
 
 from __future__ import annotations
 
