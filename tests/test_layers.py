@@ -59,3 +59,13 @@ def test_a_planted_inversion_breaks_its_contract(tmp_path, module, line, broken)
     report = result.stdout.split("Broken contracts", 1)[-1]
     assert broken in report, result.stdout
     assert module.removesuffix(".py").replace("/", ".") in report
+
+
+def test_every_bench_module_lives_in_a_layer():
+    """A module directly under bench/ would sit outside every contract: only the entry points may."""
+    stray = sorted(p.name for p in (ROOT / "bench").glob("*.py") if p.name not in {"__init__.py", "__main__.py", "cli.py"})
+    assert not stray, f"move these into a layer package (see ARCHITECTURE.md): {stray}"
+    layered = {p.name for p in (ROOT / "bench").iterdir() if (p / "__init__.py").exists()}
+    contract = (ROOT / "pyproject.toml").read_text().split('id = "bench-layers"', 1)[1].split("[[", 1)[0]
+    missing = sorted(name for name in layered if f"bench.{name}" not in contract)
+    assert not missing, f"packages outside the bench-layers contract: {missing}"
