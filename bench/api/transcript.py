@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-VANTAGES = ("server", "aggregate", "participant", "external", "provider")
+from bench.api.vocabulary import Vantage
+
+VANTAGES = tuple(v.value for v in Vantage)
 
 
 @dataclass

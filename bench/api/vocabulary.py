@@ -6,6 +6,56 @@ it: the plugins may import only the api layer.
 
 from __future__ import annotations
 
+import enum
+
+# The words of the design (DESIGN.md's vocabulary). Each is a ``StrEnum``: a member equals its string,
+# so YAML, stored rows and existing comparisons keep working while code moves from bare strings to them.
+
+
+class TierName(enum.StrEnum):
+    """The openness tiers (registered in ``bench.world.tiers``)."""
+
+    OPEN_SOURCE = "open-source"
+    OPEN_WEIGHT = "open-weight"
+    GRAY_BOX = "gray-box"
+    BLACK_BOX = "black-box"
+
+
+class Vantage(enum.StrEnum):
+    """Where an attacker stands."""
+
+    SERVER = "server"
+    AGGREGATE = "aggregate"
+    PARTICIPANT = "participant"
+    EXTERNAL = "external"
+    PROVIDER = "provider"
+
+
+class TaskKind(enum.StrEnum):
+    """What a task trains (``Task.kind``); methods and attacks declare the kinds they handle."""
+
+    CLASSIFICATION = "classification"
+    LANGUAGE = "language"
+    INSTRUCTION = "instruction"
+    PREFERENCE = "preference"
+
+
+class RunStatus(enum.StrEnum):
+    """A result row's ``status``."""
+
+    OK = "ok"
+    FAILED = "failed"
+    INCOMPATIBLE = "incompatible"
+
+
+class AttackFamily(enum.StrEnum):
+    """The family an attack's metrics belong to (a Byzantine attack is scored as poisoning)."""
+
+    MIA = "mia"
+    INVERSION = "inversion"
+    POISON = "poison"
+
+
 PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n### Response:\n"
 """How an instruction is shown to a model: tasks render with it, methods and poisoning attacks build prompts
 with it, utility evaluation generates from it."""
