@@ -1,10 +1,9 @@
 """A self-contained federated round for testing and measuring the inversion attacks.
 
 Builds tiny GPT-2- or Llama-shaped decoders from configs (no tokenizer: token ids are the data),
-trains one round of clients with the engine's own trainer (``bench.client.training.train_local``, per-example
-mean token loss as ``bench.world.tasks.token_losses``), and returns the ``ThreatView`` a server would get and
-the ``GroundTruth`` the scorer needs. Used by tests and benchmarks; the real engine is
-``bench.engine.federation``.
+trains one round of clients through the engine's own round loop (``bench.engine.federation.run``;
+per-example mean token loss as ``bench.world.tasks.token_losses``), and returns the ``ThreatView`` a
+server would get and the ``GroundTruth`` the scorer needs. Used by tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -17,9 +16,9 @@ import torch
 
 from bench.api.method import Method
 from bench.api.seeding import isolated_rng
-from bench.api.transcript import GroundTruth, RoundRecord, ThreatView
-from bench.client.training import LocalJob, train_local
-from bench.engine.federation import transmitted_update
+from bench.api.transcript import GroundTruth, ThreatView, Transcript
+from bench.engine import federation as fl
+from bench.world.partition import ClientData
 from bench.world.tiers import OpenModel
 
 PAD, EOS = 0, 1
@@ -129,33 +128,24 @@ def run_round(
     batch_size: int | None = None,
     seed: int = 0,
 ) -> tuple[ThreatView, GroundTruth]:
-    """One round: every client trains from the same global state; the view holds updates + state."""
+    """One round of the engine's own loop (``bench.engine.federation.run``), every client sampled, plain
+    transport, SGD; returns the server's view (updates, broadcast state, aggregate) and the batches."""
+    clients = sorted(client_data)
+    assert clients == list(range(len(clients))), "clients are numbered 0..n-1, as the engine numbers them"
+    settings = SimpleNamespace(rounds=1, clients=len(clients), clients_per_round=len(clients), protocol=protocol,
+                               local_steps=local_steps, batch_size=batch_size or max(len(v) for v in client_data.values()),
+                               lr=lr, optimizer="sgd", server_lr=1.0)
+    fed = fl.Federation(method=method, model=method.model, collate=collate, settings=settings, seed_parts=(seed,),
+                        clients=[ClientData(members=client_data[c], nonmembers=[]) for c in clients],
+                        keep=frozenset({"client_updates", "global_states", "client_batches", "aggregates"}))
+    transcript, truth = Transcript(), GroundTruth()
     global_state = method.get_flat()
-    record = RoundRecord(round=0, sampled=sorted(client_data), global_before=global_state.clone())
-    truth = GroundTruth()
-    updates = []
-    for client, examples in sorted(client_data.items()):
-        method.set_flat(global_state)
-        job = LocalJob(model=method.model, parameters=[p for _, p in method.named_trainable],
-                       examples=examples, collate=collate, example_losses=lm_example_losses,
-                       steps=1 if protocol == "fedsgd" else local_steps,
-                       batch_size=batch_size or len(examples), lr=lr, optimizer="sgd",
-                       rng=torch.Generator().manual_seed(seed + client), report_step=protocol == "fedsgd")
-        train_local(job)
-        record.transmitted[client] = transmitted_update(protocol, job, global_state, method.get_flat())
-        record.weights[client] = float(len(examples))
-        updates.append(record.transmitted[client])
-        seen = list(dict.fromkeys(i for step in job.seen for i in step))
-        truth.client_batches[(0, client)] = [list(examples[i]) for i in seen]
-    method.set_flat(global_state)
-    record.aggregate = torch.stack(updates).mean(0)
-    federation = SimpleNamespace(lr=lr, protocol=protocol, local_steps=local_steps,
-                                 batch_size=batch_size or max(len(v) for v in client_data.values()),
-                                 optimizer="sgd")
+    fl.run(fed, transcript, truth)
+    method.set_flat(global_state)  # the view's model is the one the server broadcast, as before the round
     layout = method.layout()
-    view = ThreatView(vantage="server", rounds=[record], candidates=[], layout=layout,
+    view = ThreatView(vantage="server", rounds=transcript.rounds, candidates=[], layout=layout,
                       final_model=OpenModel(method.model, layout, SimpleNamespace(kind="language"), None),
-                      base_model=None, tokenizer=None, federation=federation)
+                      base_model=None, tokenizer=None, federation=settings)
     return view, truth
 
 
