@@ -73,7 +73,7 @@ def heatmap_figure(cells: list[Any]) -> Any:
     labels = [f"{m} / {d}" for _, m, d in rows]
     # Fixed margins from the label lengths: tight_layout measures every text again and dominated the
     # report's time on a large grid.
-    left, right, top, bottom = 0.3 + 0.045 * max(map(len, labels), default=0), 1.5, 0.4, 0.5
+    left, right, top, bottom = 0.3 + 0.045 * max(map(len, labels), default=0), 2.1, 0.4, 0.5
     width, height = left + right + 1.4 * len(roles), top + bottom + 0.16 * len(rows)
     figure, axes = plt.subplots(figsize=(width, height))
     figure.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height)

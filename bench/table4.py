@@ -19,6 +19,12 @@ applicable``; before that, from run status: ``incompatible`` (the defended run c
 the reason is the runner's), ``failed`` (a run failed at run time), ``not applicable`` (the attack
 does not run without the defense). Each cell also carries its minimum detectable effect.
 
+Columns of the interval (``table4.csv``): ``failure_level`` (mean over the undefended runs),
+``change`` = mean paired change of the advantage (with - without), ``change_low``/``change_high`` its
+95% t-interval (empty with one seed), ``threshold`` = the change that counts as mitigation (-0.75 x
+the undefended advantage), ``paired_sd`` and ``mde`` (the cell's minimum detectable effect at 80%
+power) beside ``mde_goal`` (the metric's declared goal: 0.05 AUC, 0.1 for rates).
+
 Utility change = mean paired difference of the headline utility (with - without). Cost factor =
 mean client + server seconds per round with / without (wall time would also count the attacks);
 ``cost_factor_bytes``: bytes up per round with / without.
