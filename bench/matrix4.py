@@ -188,7 +188,9 @@ def mde_markdown(cells: Sequence[Cell]) -> str:
         texts = [_mde_text(by_key[(role, d)]) if (role, d) in by_key else "" for d in defenses]
         lines.append(f"| {table4.ROLE_TITLES[role]} (≤ {goal:g}) | " + " | ".join(texts) + " |")
     summary = "".join(f"\n- {line}" for line in role_summary(cells))
-    return "\n".join(lines) + "\n" + (f"\nPer attack role, over all defenses:{summary}\n" if summary else "")
+    note = ("\nEach entry: MDE, ✓ when it meets the goal, the pooled paired sd and the fewest seeds. An sd of 0 "
+            "means the defense left the attack's measurement exactly unchanged on every seed.\n")
+    return "\n".join(lines) + "\n" + note + (f"\nPer attack role, over all defenses:{summary}\n" if summary else "")
 
 
 def rule_markdown() -> str:

@@ -183,3 +183,14 @@ def test_a_metric_declares_its_chance_level_once():
         declare(MetricSpec(name="mia.auc", chance=0.5, higher_is_better=True, scale="AUC", mde_goal=0.05))
     with pytest.raises(KeyError, match="declared: "):
         spec_of("mia.nothing")
+
+
+def test_a_stored_floor_overrides_the_byzantine_clean_twin():
+    from report_helpers import synthetic_grid
+
+    board = leaderboard.build(synthetic_grid())
+    runs, clean = table4._index(board)
+    byz = next(r for r in runs[("open-weight", "lora", "none", "byzantine")] if r["seed"] == 0)
+    key = (byz["scenario_hash"], 0, byz["poison_attack"], "poison.asr")
+    assert table4.failure_level(byz, "byzantine", clean) == pytest.approx(1 - 0.9)        # the twin's error
+    assert table4.failure_level(byz, "byzantine", clean, {key: 0.3}) == pytest.approx(0.3)  # the measured floor
