@@ -12,11 +12,12 @@ from bench.reporting.report import table4_markdown, write_table4_csv
 
 
 @pytest.mark.parametrize(("without", "with_", "expected"), [
-    ([0.30, 0.30, 0.30], [0.02, 0.03, 0.01], "mitigates"),      # r ~ 0.93
-    ([0.40, 0.40, 0.40], [0.20, 0.20, 0.20], "partial"),        # r = 0.5
-    ([0.40, 0.40, 0.40], [0.35, 0.35, 0.35], "no effect"),      # r = 0.125 < 0.25
+    ([0.30, 0.30, 0.30], [0.02, 0.03, 0.01], "mitigates"),      # r ~ 0.93, interval well below 0
+    ([0.40, 0.40, 0.40], [0.20, 0.21, 0.19], "partial"),        # r = 0.5: real, short of 0.75
+    ([0.40, 0.40, 0.40], [0.35, 0.35, 0.35], "no effect"),      # r = 0.125: real but negligible
     ([0.40, 0.40, 0.40], [0.50, 0.50, 0.50], "no effect"),      # the defense made it worse
-    ([0.40, 0.10, 0.70], [0.30, 0.40, 0.10], "no effect"),      # r = 0.33 but within 2 se of seed noise
+    ([0.40, 0.42, 0.38], [0.30, 0.60, 0.05], "inconclusive"),   # r ~ 0.2, interval covers 0 and -m
+    ([0.40, 0.10, 0.70], [0.30, 0.40, 0.10], "not applicable"),  # a0's own interval reaches the failure level
     ([0.01, 0.02, 0.03], [0.0, 0.0, 0.0], "not applicable"),    # nothing to mitigate (< MIN_ADVANTAGE)
 ])
 def test_verdict_rule(without, with_, expected):
@@ -26,8 +27,12 @@ def test_verdict_rule(without, with_, expected):
 
 
 def test_verdict_thresholds_are_inclusive_at_the_boundaries():
-    assert table4.verdict([0.4], [0.1])[0] == "mitigates"   # r = 0.75 exactly
-    assert table4.verdict([0.4], [0.3])[0] == "partial"     # r = 0.25 exactly
+    assert table4.verdict([0.4, 0.4], [0.1, 0.1])[0] == "mitigates"   # r = 0.75 exactly, no spread
+    assert table4.verdict([0.4, 0.4], [0.3, 0.3])[0] == "partial"     # r = 0.25 exactly
+
+
+def test_one_paired_seed_has_no_interval_so_it_is_inconclusive():
+    assert table4.verdict([0.4], [0.0])[0] == "inconclusive"
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +94,8 @@ def test_paper_marks():
     assert paper4.paper_mark("instruction-tuning", "robust-krum")[0] == "applies"
     cell = table4.Cell(tier="open-weight", method="rlhf", defense="he", role="inversion", attack="a", metric="m", seeds=3,
                        success_without=0.5, success_with=0.0, advantage_without=0.5, advantage_with=0.0, reduction=1.0,
+                       failure_level=0.0, change=-0.5, change_low=-0.5, change_high=-0.5, threshold=-0.375,
+                       paired_sd=0.0, mde=0.0, mde_goal=0.1,
                        utility_metric="u", utility_without=1.0, utility_with=1.0, utility_change=0.0, cost_factor=2.0,
                        cost_factor_bytes=20.0, epsilon=None, verdict="mitigates", reason="")
     assert paper4.compare(cell)[0] == "disagree"   # HE ran for RLHF, which the paper says is not fully available
@@ -101,7 +108,7 @@ def test_table4_csv_schema_and_markdown(cells, tmp_path):
         rows = list(reader)
     assert reader.fieldnames == table4.TABLE4_COLUMNS
     for column in ("method", "defense", "role", "success_without", "success_with", "utility_change", "cost_factor",
-                   "verdict", "paper", "comparison"):
+                   "verdict", "paper", "comparison", "change_low", "change_high", "mde", "mde_goal", "failure_level"):
         assert column in reader.fieldnames
     assert {r["verdict"] for r in rows} <= set(table4.VERDICTS)
     markdown = table4_markdown(list(cells.values()))

@@ -1,7 +1,8 @@
 """Figures for the published results, each as PNG and SVG under ``results/figures/``.
 
-- ``table4_heatmap``: Table 4 as a grid (rows method/defense, columns attack role), coloured by
-  verdict and annotated with the advantage reduction.
+- ``table4_heatmap``: Table 4 as a grid (rows method/defense, columns attack role), coloured by our
+  agreement with the paper (agree / disagree / not measurable) and annotated with our verdict's
+  symbol and the paper's mark (the symbols of ``bench.reporting.matrix4``).
 - ``privacy_utility_frontier``: per method, membership-inference AUC against headline utility for
   every run group with a DP epsilon (and the undefended point, epsilon = inf), mean over seeds.
 - ``roc``: log-log ROC curves of one membership attack (``mia-reference`` when the runs have it), one
@@ -16,8 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-VERDICT_COLOURS = {"mitigates": "#1a9850", "partial": "#a6d96a", "no effect": "#f46d43", "incompatible": "#878787",
-                   "not applicable": "#e0e0e0", "failed": "#542788"}
+COMPARISON_COLOURS = {"agree": "#1a9850", "disagree": "#d73027", "not measurable": "#e0e0e0"}
 
 
 def _pyplot():
@@ -40,36 +40,55 @@ def _save(figure: Any, folder: Path, stem: str) -> list[Path]:
     return paths
 
 
-def heatmap(cells: list[Any], folder: Path) -> list[Path]:
-    from matplotlib.colors import ListedColormap
+def heatmap_grid(cells: list[Any]) -> tuple[list[str], list[tuple[str, str, str]], list[list[float]], list[list[str]]]:
+    """(roles, rows, colour index per cell, text per cell): colour = agreement with the paper (index into
+    ``COMPARISON_COLOURS``), text = our verdict's symbol / the paper's mark (``bench.reporting.matrix4``)."""
+    from bench.reporting.matrix4 import SYMBOL
+    from bench.reporting.paper4 import MARK_SYMBOL
+    from bench.reporting.table4 import ROLES
 
-    from bench.reporting.table4 import ROLE_TITLES, ROLES
-
-    plt = _pyplot()
     roles = [r for r in ROLES if any(c.role == r for c in cells)]
     rows = list(dict.fromkeys((c.tier, c.method, c.defense) for c in cells))
-    verdicts = list(VERDICT_COLOURS)
+    comparisons = list(COMPARISON_COLOURS)
     grid = [[math.nan] * len(roles) for _ in rows]
+    texts = [[""] * len(roles) for _ in rows]
+    for cell in cells:
+        i, j = rows.index((cell.tier, cell.method, cell.defense)), roles.index(cell.role)
+        grid[i][j] = comparisons.index(cell.comparison) if cell.comparison in comparisons else math.nan
+        texts[i][j] = f"{SYMBOL.get(cell.verdict, '?')} / {MARK_SYMBOL.get(cell.paper, cell.paper or '·')}"
+    return roles, rows, grid, texts
+
+
+def heatmap(cells: list[Any], folder: Path) -> list[Path]:
+    return _save(heatmap_figure(cells), folder, "table4_heatmap")
+
+
+def heatmap_figure(cells: list[Any]) -> Any:
+    from matplotlib.colors import ListedColormap
+
+    from bench.reporting.table4 import ROLE_TITLES
+
+    plt = _pyplot()
+    roles, rows, grid, texts = heatmap_grid(cells)
     labels = [f"{m} / {d}" for _, m, d in rows]
     # Fixed margins from the label lengths: tight_layout measures every text again and dominated the
     # report's time on a large grid.
-    left, right, top, bottom = 0.3 + 0.045 * max(map(len, labels), default=0), 1.3, 0.4, 0.5
+    left, right, top, bottom = 0.3 + 0.045 * max(map(len, labels), default=0), 2.1, 0.4, 0.5
     width, height = left + right + 1.4 * len(roles), top + bottom + 0.16 * len(rows)
     figure, axes = plt.subplots(figsize=(width, height))
     figure.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height)
-    for cell in cells:
-        i, j = rows.index((cell.tier, cell.method, cell.defense)), roles.index(cell.role)
-        grid[i][j] = verdicts.index(cell.verdict) if cell.verdict in verdicts else math.nan
-        label = f"{cell.reduction:+.0%}" if cell.reduction is not None else cell.verdict[:6]
-        axes.text(j, i, label, ha="center", va="center", fontsize=6)
-    axes.imshow(grid, cmap=ListedColormap(list(VERDICT_COLOURS.values())), vmin=-0.5, vmax=len(verdicts) - 0.5,
-                aspect="auto")
+    for i, line in enumerate(texts):
+        for j, text in enumerate(line):
+            axes.text(j, i, text, ha="center", va="center", fontsize=6)
+    axes.imshow(grid, cmap=ListedColormap(list(COMPARISON_COLOURS.values())), vmin=-0.5,
+                vmax=len(COMPARISON_COLOURS) - 0.5, aspect="auto")
     axes.set_xticks(range(len(roles)), [ROLE_TITLES[r] for r in roles], fontsize=7)
     axes.set_yticks(range(len(rows)), labels, fontsize=6)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in VERDICT_COLOURS.values()]
-    axes.legend(handles, verdicts, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
-    axes.set_title("Table 4: verdict (text: advantage reduction)", fontsize=8)
-    return _save(figure, folder, "table4_heatmap")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COMPARISON_COLOURS.values()]
+    axes.legend(handles, [f"{k} with the paper" for k in COMPARISON_COLOURS], fontsize=6, loc="upper left",
+                bbox_to_anchor=(1.01, 1))
+    axes.set_title("Table 4 against the paper (text: our verdict / the paper's mark; symbols in table4.md)", fontsize=8)
+    return figure
 
 
 FRONTIER_DEFENSES = ("none", "dp-local", "dp-central", "secagg")

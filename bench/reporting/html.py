@@ -54,6 +54,7 @@ th, td { border: 1px solid #ccc; padding: 2px 6px; white-space: nowrap; }
 th { background: #eee; cursor: pointer; position: sticky; top: 0; }
 .scroll { overflow: auto; max-height: 40em; }
 figure { display: inline-block; margin: 1em; } img { max-width: 640px; }
+#table4-matrix td { font-size: 14px; } .v.disagree { color: #b2182b; font-weight: bold; } .paper { color: #555; }
 """
 
 
@@ -91,15 +92,48 @@ def figures_html(out: Path) -> str:
     return "\n".join(items) or "<p>(no figures)</p>"
 
 
+MISSING_HEADS = ("Missing from this grid", "No Table 4 cell can be built")
+
+
+def missing_lines(text: str) -> list[str]:
+    """The bullet lines of ``table4.md``'s missing-runs block (other bullets, e.g. the rule's, are not)."""
+    lines, inside = [], False
+    for line in text.splitlines():
+        if line.startswith(MISSING_HEADS):
+            inside = True
+        elif inside and line.startswith("- "):
+            lines.append(line[2:])
+        elif inside and lines and not line.strip():
+            break
+    return lines
+
+
 def missing_html(out: Path) -> str:
     """What ``table4.md`` says the grid lacks (its bullet lines), as a list; empty when nothing is missing."""
     path = out / "table4.md"
-    lines = [line[2:] for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("- ")] \
-        if path.exists() else []
+    lines = missing_lines(path.read_text(encoding="utf-8")) if path.exists() else []
     if not lines:
         return ""
     items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
     return f'<p>Missing from this grid:</p><ul id="table4-missing">{items}</ul>'
+
+
+def matrix_section(header: list[str], rows: list[list[str]]) -> str:
+    """Table 4 as the paper prints it, then each column's minimum detectable effect (from table4.csv)."""
+    from bench.reporting import matrix4
+
+    cells = [dict(zip(header, row)) for row in rows if len(row) == len(header)]
+    if not cells or not {"role", "defense", "verdict"} <= set(header):
+        return ""
+    columns = matrix4.column_mde(cells)
+    mde_rows = "".join(
+        f"<tr><td>{html.escape(c.role)}</td><td>{html.escape(c.defense)}</td><td>{c.cells}</td><td>{c.seeds}</td>"
+        f"<td>{'' if c.sd is None else f'{c.sd:.3f}'}</td><td>{'' if c.mde is None else f'{c.mde:.3f}'}</td>"
+        f"<td>{c.goal:g}</td><td>{'' if c.met is None else ('yes' if c.met else 'no')}</td></tr>" for c in columns)
+    return (f"{matrix4.matrix_html(cells)}\n<h3>Minimum detectable effect per column</h3>\n"
+            f'<p>{html.escape(matrix4.MDE_CAPTION)}</p><table id="table4-mde" class="sortable"><thead><tr><th>role</th>'
+            "<th>defense</th><th>cells</th><th>seeds</th><th>paired sd</th><th>MDE</th><th>goal</th><th>meets goal</th>"
+            f"</tr></thead><tbody>{mde_rows}</tbody></table>")
 
 
 def render(out: Path) -> str:
@@ -112,10 +146,12 @@ def render(out: Path) -> str:
 <h1>TierBench results</h1>
 <p>Rendered from <a href="leaderboard.csv">leaderboard.csv</a>, <a href="table4.csv">table4.csv</a>
 (<a href="table4.md">markdown</a>) and <a href="table1.csv">table1.csv</a>. Click a column header to sort.</p>
+<h2>Table 4 (method × defense × attack)</h2>
+{matrix_section(*t4)}
+{missing_html(out)}
 <h2>Figures</h2>
 {figures_html(out)}
-<h2>Table 4 (method × defense × attack)</h2>
-{missing_html(out)}
+<h2>Table 4 in detail</h2>
 {table_html("table4", *t4)}
 <h2>Leaderboard ({len(board[1])} runs)</h2>
 {table_html("leaderboard", *board, columns=LEADERBOARD_VIEW)}

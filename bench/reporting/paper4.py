@@ -10,6 +10,8 @@ mark them "provider sees the data" and expect no client-side defense to stop ``m
 
 Comparison rule (per cell, ``compare``):
 - our verdict is ``not applicable`` or ``failed`` -> **not measurable** (the reason is ours);
+- our verdict is ``inconclusive`` -> **not measurable** (the seeds cannot tell a mitigation from no
+  change), except under "not fully available", where running at all is the evidence;
 - paper "applies": ours ``incompatible`` -> **disagree**; else on the family's target threats
   (DP: membership inference and inversion; SecAgg/HE: inversion at the server; robust aggregation:
   backdoor and Byzantine) ``mitigates``/``partial`` -> **agree**, ``no effect`` -> **disagree**; other
@@ -32,6 +34,12 @@ OPEN_FULL = {"fft", "lora", "adapter", "qlora"}
 PROMPT = {"prompt-tuning", "prefix-tuning"}
 PIPELINES = {"instruction-tuning", "rlhf"}
 CLOSED = {"provider-tuning", "textual-prompt"}
+
+
+MARKS = ("applies", "limited", "not fully available", "provider sees the data", "not stated")
+MARK_SYMBOL = {"applies": "A", "limited": "L", "not fully available": "N", "provider sees the data": "P",
+               "not stated": "·"}
+"""One letter per paper mark, for the compact matrix (``bench.reporting.matrix4``)."""
 
 
 def family(defense: str) -> str:
@@ -58,6 +66,8 @@ def _evidence(cell: Any) -> str:
     moved = ""
     if cell.success_without is not None and cell.success_with is not None:
         moved = f"{cell.metric} {cell.success_without:.3f} -> {cell.success_with:.3f}, "
+    if getattr(cell, "change_low", None) is not None and cell.change_high is not None:
+        moved += f"change {cell.change:+.3f} [{cell.change_low:+.3f}, {cell.change_high:+.3f}], "
     cost = f", cost x{cell.cost_factor:.2f}" if cell.cost_factor else ""
     return f"{moved}{cell.verdict}{cost}"
 
@@ -68,6 +78,10 @@ def compare(cell: Any) -> tuple[str, str]:
     target = cell.role in TARGETS.get(family(cell.defense), set())
     if cell.verdict in ("not applicable", "failed"):
         return "not measurable", cell.reason
+    if mark == "not fully available":
+        return ("agree", cell.reason) if cell.verdict == "incompatible" else ("disagree", f"ran: {_evidence(cell)}")
+    if cell.verdict == "inconclusive":
+        return "not measurable", f"inconclusive: {cell.reason}"
     if mark == "applies":
         if cell.verdict == "incompatible":
             return "disagree", f"cannot run: {cell.reason}"
@@ -78,8 +92,6 @@ def compare(cell: Any) -> tuple[str, str]:
         if cell.verdict != "mitigates":
             return "agree", cell.reason if cell.verdict == "incompatible" else _evidence(cell)
         return ("disagree", _evidence(cell)) if target else ("not measurable", "not a target threat")
-    if mark == "not fully available":
-        return ("agree", cell.reason) if cell.verdict == "incompatible" else ("disagree", f"ran: {_evidence(cell)}")
     if mark == "provider sees the data":
         ok = cell.verdict in ("no effect", "incompatible")
         return ("agree" if ok else "disagree"), (cell.reason if cell.verdict == "incompatible" else _evidence(cell))

@@ -127,7 +127,8 @@ def cell_text(cell: table4.Cell) -> str:
     if cell.verdict in ("incompatible", "failed", "not applicable") and cell.success_with is None:
         return f"{cell.verdict} · {COMPARISON_MARK.get(cell.comparison, cell.comparison)}"
     moved = f"{_fmt(cell.success_without, 2)}→{_fmt(cell.success_with, 2)}"
-    extras = []
+    extras = [f"Δ {cell.change:+.2f} [{cell.change_low:+.2f}, {cell.change_high:+.2f}]"] \
+        if cell.change_low is not None and cell.change is not None and cell.change_high is not None else []
     if cell.utility_change is not None:
         extras.append(f"Δu {cell.utility_change:+.2f}")
     if cell.cost_factor is not None:
@@ -152,20 +153,15 @@ def table4_markdown(cells: list[table4.Cell]) -> str:
 
 TABLE4_LEGEND = """
 Each cell: attack success without → with the defense (headline metric of the attack, mean over
-paired seeds), the verdict, the change in headline utility (Δu) and the compute cost factor (×, client +
-server seconds per round),
-then our comparison with the paper's mark (agree, **disagree**, n/m = not measurable).
-Verdict rule (bench/reporting/table4.py): advantage = metric − failure level (AUC 0.5; ROUGE-1 0; backdoor
-ASR 0; Byzantine: error rate − the attacker-free run's error rate); reduction r = (a0 − a1)/a0;
-*mitigates* r ≥ 0.75, *partial* 0.25 ≤ r < 0.75, *no effect* r < 0.25 or a0 − a1 within 2 standard
-errors of the paired seeds; *not applicable* when the attack does not reach advantage 0.05 without
-the defense (nothing to mitigate) or cannot run without it; *incompatible* when the runner refused the
-combination before training (reason in table4.csv). Paper marks and the agree rule: bench/reporting/paper4.py.
+paired seeds), the verdict, the paired change of the attack's advantage with its 95% interval (Δ),
+the change in headline utility (Δu) and the compute cost factor (×, client + server seconds per
+round), then our comparison with the paper's mark (agree, **disagree**, n/m = not measurable).
 """
 
 
 def write_table4_markdown(cells: list[table4.Cell], path: Path, title: str = "Table 4, measured",
                           missing: list[str] | None = None) -> Path:
+    from bench.reporting import matrix4
     from bench.store.outfiles import atomic_write as _atomic_write
 
     counts: dict[str, int] = {}
@@ -176,10 +172,13 @@ def write_table4_markdown(cells: list[table4.Cell], path: Path, title: str = "Ta
     if not cells:
         body = f"No Table 4 cell can be built from these runs:\n\n{gaps}"
     else:
-        body = f"Comparison with the paper: {summary}.\n\n"
+        dicts = table4.as_dicts(cells)
+        body = (f"## The matrix\n\n{matrix4.matrix_markdown(dicts)}\nComparison with the paper: {summary}.\n\n"
+                f"## Minimum detectable effect per column\n\n{matrix4.mde_markdown(dicts)}\n"
+                f"## Verdict rule and thresholds\n\n{matrix4.rule_markdown()}\n")
         body += f"Missing from this grid:\n\n{gaps}\n" if gaps else ""
-        body += table4_markdown(cells)
-    _atomic_write(path, f"# {title}\n\n{TABLE4_LEGEND}\n{body}")
+        body += f"## Detail\n{TABLE4_LEGEND}\n{table4_markdown(cells)}"
+    _atomic_write(path, f"# {title}\n\n{body}")
     return path
 
 
@@ -224,7 +223,7 @@ def write_reports(runs: str | Path, out: str | Path, scenario_paths: list[str | 
     rows = _current(rows, attacks, notes)
     board = leaderboard.build(rows, attacks)
     leaderboard.write_csv(board, out / "leaderboard.csv")
-    cells = table4.build(board, paper=paper4.annotate)
+    cells = table4.build(board, paper=paper4.annotate, stored=table4.floors(rows))
     gaps = table4.missing(board, cells)
     notes += [f"table4: {line}" for line in gaps]
     write_table4_csv(cells, out / "table4.csv")

@@ -5,21 +5,25 @@ method, role) and no defense, seed by seed (the engine derives data, initialisat
 the seed alone, so the pair differs only in the defense). Roles: ``mia`` (membership inference),
 ``inversion`` (gradient inversion), ``backdoor`` (poison-* attacks), ``byzantine`` (byz-* attacks).
 
-**Attack advantage** = headline metric - the level a failed attack reaches:
-- mia: ``mia.auc`` - 0.5;  inversion: ``inversion.rouge1`` - 0;  backdoor: ``poison.asr`` - 0;
-- byzantine: ``poison.asr`` (error rate on clean inputs) - the error rate of the same scenario and
-  seed without attackers (its clean twin, through ``poison.utility_drop``; failing that, the privacy
-  run of the same method, defense and seed), so that a defense that merely makes the model worse is
-  not counted as an attack.
+**Attack advantage** = headline metric - the level a failed attack reaches (its *failure level*):
+the metric row's measured ``floor`` (in its ``extra``) when the run stored one, else the metric's
+declared chance level (``bench.api.metrics``: AUC 0.5, ROUGE-1 0, ASR 0), with the sign the metric
+declares. Byzantine attacks without a stored floor: ``poison.asr`` (error rate on clean inputs) - the
+error rate of the same scenario and seed without attackers (its clean twin, through
+``poison.utility_drop``; failing that, the privacy run of the same method, defense and seed), so that
+a defense that merely makes the model worse is not counted as an attack.
 
-**Verdict rule** (``verdict``; a0, a1 = mean advantage without / with the defense over paired seeds,
-reduction r = (a0 - a1) / a0, se = standard error of the paired differences):
-- ``incompatible``: the defended run could not be set up (the reason is the runner's);
-- ``failed``: a run failed at run time (the error is kept);
-- ``not applicable``: the attack does not apply without the defense (its baseline is incompatible or
-  missing), or it does not beat its failure level by ``MIN_ADVANTAGE`` (nothing to mitigate);
-- ``no effect``: a0 - a1 <= 2 se (indistinguishable from seed noise) or r < 0.25;
-- ``mitigates``: r >= 0.75;  ``partial``: 0.25 <= r < 0.75.
+**Verdict** (``bench.reporting.verdict``): from the paired change of the advantage (defended - undefended) and
+its 95% t-interval over seeds: ``mitigates``, ``partial``, ``no effect``, ``inconclusive`` or ``not
+applicable``; before that, from run status: ``incompatible`` (the defended run could not be set up,
+the reason is the runner's), ``failed`` (a run failed at run time), ``not applicable`` (the attack
+does not run without the defense). Each cell also carries its minimum detectable effect.
+
+Columns of the interval (``table4.csv``): ``failure_level`` (mean over the undefended runs),
+``change`` = mean paired change of the advantage (with - without), ``change_low``/``change_high`` its
+95% t-interval (empty with one seed), ``threshold`` = the change that counts as mitigation (-0.75 x
+the undefended advantage), ``paired_sd`` and ``mde`` (the cell's minimum detectable effect at 80%
+power) beside ``mde_goal`` (the metric's declared goal: 0.05 AUC, 0.1 for rates).
 
 Utility change = mean paired difference of the headline utility (with - without). Cost factor =
 mean client + server seconds per round with / without (wall time would also count the attacks);
@@ -29,21 +33,21 @@ The paper's column and the agree/disagree rule live in ``bench.reporting.paper4`
 
 from __future__ import annotations
 
-import math
+import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from bench.api.metrics import spec_of
+from bench.reporting import verdict as rule
 from bench.reporting.leaderboard import attack_family
 
-MIN_ADVANTAGE = 0.05
-MITIGATES, PARTIAL = 0.75, 0.25
+MIN_ADVANTAGE = rule.MIN_ADVANTAGE
 ROLES = ("mia", "inversion", "backdoor", "byzantine")
 ROLE_TITLES = {"mia": "membership inference", "inversion": "gradient inversion", "backdoor": "backdoor",
                "byzantine": "Byzantine"}
 HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "backdoor": "poison.asr", "byzantine": "poison.asr"}
-FAILURE_LEVEL = {"mia": 0.5, "inversion": 0.0, "backdoor": 0.0}
 ATTACK_COLUMN = {"mia": "mia_attack", "inversion": "inversion_attack", "backdoor": "poison_attack",
                  "byzantine": "poison_attack"}
 
@@ -74,6 +78,14 @@ class Cell:
     advantage_without: float | None
     advantage_with: float | None
     reduction: float | None
+    failure_level: float | None
+    change: float | None
+    change_low: float | None
+    change_high: float | None
+    threshold: float | None
+    paired_sd: float | None
+    mde: float | None
+    mde_goal: float | None
     utility_metric: str
     utility_without: float | None
     utility_with: float | None
@@ -90,21 +102,14 @@ class Cell:
 
 
 TABLE4_COLUMNS = [f.name for f in fields(Cell)]
-VERDICTS = ("mitigates", "partial", "no effect", "incompatible", "not applicable", "failed")
+VERDICTS = ("mitigates", "partial", "no effect", "inconclusive", "incompatible", "not applicable", "failed")
+EFFECT_VERDICTS = ("mitigates", "partial", "no effect", "inconclusive")  # decided by the interval
 
 
 def verdict(without: Sequence[float], with_: Sequence[float]) -> tuple[str, float | None, str]:
-    """(verdict, reduction, why) from paired attack advantages (see the module docstring)."""
-    a0, a1 = statistics.fmean(without), statistics.fmean(with_)
-    if a0 < MIN_ADVANTAGE:
-        return "not applicable", None, f"the attack does not beat its failure level without the defense ({a0:+.3f})"
-    reduction = (a0 - a1) / a0
-    diffs = [x - y for x, y in zip(without, with_)] if len(without) == len(with_) else [a0 - a1]
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
-    if a0 - a1 <= 2 * se or reduction < PARTIAL:
-        return "no effect", reduction, f"advantage {a0:.3f} -> {a1:.3f} (2 se = {2 * se:.3f})"
-    label = "mitigates" if reduction >= MITIGATES else "partial"
-    return label, reduction, f"advantage {a0:.3f} -> {a1:.3f}, reduced by {reduction:.0%}"
+    """(verdict, reduction, why) from paired attack advantages (``bench.reporting.verdict.decide``)."""
+    decision = rule.decide(without, with_)
+    return decision.verdict, decision.reduction, decision.reason
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -122,14 +127,45 @@ def round_seconds(row: dict[str, Any]) -> float | None:
     return client + server if client is not None and server is not None else row.get("cost.wall_s")
 
 
-def _advantage(row: dict[str, Any], role: str, clean: dict[tuple, dict[str, Any]]) -> float | None:
+Floors = dict[tuple[str, int, str, str], float]
+
+
+def floors(rows: Iterable[dict[str, Any]]) -> Floors:
+    """(scenario_hash, seed, attack, metric) -> the ``floor`` a metric row stored in its ``extra``."""
+    found: Floors = {}
+    for row in rows:
+        extra = row.get("extra")
+        if isinstance(extra, str):  # rows read back from results.csv keep extra as JSON text
+            try:
+                extra = json.loads(extra)
+            except ValueError:
+                continue
+        level = extra.get("floor") if isinstance(extra, dict) else None
+        if isinstance(level, (int, float)) and not isinstance(level, bool):
+            found[(str(row["scenario_hash"]), int(row["seed"]), str(row["attack"]), str(row["metric"]))] = float(level)
+    return found
+
+
+def failure_level(row: dict[str, Any], role: str, clean: dict[tuple, dict[str, Any]],
+                  stored: Floors | None = None) -> float | None:
+    """What the run's attack scores when it fails: its stored floor, else (Byzantine) the clean twin's
+    error rate, else the metric's declared chance level."""
+    key = (str(row.get("scenario_hash")), int(row["seed"]), str(row.get(ATTACK_COLUMN[role]) or ""), HEADLINE[role])
+    if stored and key in stored:
+        return stored[key]
+    if role == "byzantine":
+        accuracy = _twin_accuracy(row, clean)
+        return 1.0 - accuracy if accuracy is not None else spec_of(HEADLINE[role]).chance
+    return spec_of(HEADLINE[role]).chance
+
+
+def _advantage(row: dict[str, Any], role: str, clean: dict[tuple, dict[str, Any]],
+               stored: Floors | None = None) -> float | None:
     value = row.get(HEADLINE[role])
     if value is None:
         return None
-    if role != "byzantine":
-        return value - FAILURE_LEVEL[role]
-    accuracy = _twin_accuracy(row, clean)
-    return value - (1.0 - accuracy) if accuracy is not None else value
+    sign = 1.0 if spec_of(HEADLINE[role]).higher_is_better else -1.0
+    return sign * (value - failure_level(row, role, clean, stored))
 
 
 def _twin_accuracy(row: dict[str, Any], clean: dict[tuple, dict[str, Any]]) -> float | None:
@@ -170,7 +206,8 @@ def _status_verdict(rows: list[dict], baseline: list[dict]) -> tuple[str, str] |
     return None
 
 
-def make_cell(key: tuple, rows: list[dict], baseline: list[dict], clean: dict[tuple, dict]) -> Cell:
+def make_cell(key: tuple, rows: list[dict], baseline: list[dict], clean: dict[tuple, dict],
+              stored: Floors | None = None) -> Cell:
     tier, method, defense, role = key
     ok_rows = [r for r in rows if r.get("status") == "ok"]
     pairs = _pairs(ok_rows, baseline)
@@ -179,7 +216,9 @@ def make_cell(key: tuple, rows: list[dict], baseline: list[dict], clean: dict[tu
     cell = Cell(tier=tier, method=method, defense=defense, role=role, attack=attack or "", metric=HEADLINE[role],
                 seeds=len(pairs), success_without=_mean([b.get(HEADLINE[role]) for b, _ in pairs]),
                 success_with=_mean([d.get(HEADLINE[role]) for _, d in pairs]), advantage_without=None,
-                advantage_with=None, reduction=None, utility_metric=utility_metric or "",
+                advantage_with=None, reduction=None, failure_level=None, change=None, change_low=None,
+                change_high=None, threshold=None, paired_sd=None, mde=None,
+                mde_goal=spec_of(HEADLINE[role]).mde_goal, utility_metric=utility_metric or "",
                 utility_without=_mean([b.get("utility") for b, _ in pairs]),
                 utility_with=_mean([d.get("utility") for _, d in pairs]), utility_change=None,
                 cost_factor=_ratio(_mean([round_seconds(d) for _, d in pairs]), _mean([round_seconds(b) for b, _ in pairs])),
@@ -192,15 +231,28 @@ def make_cell(key: tuple, rows: list[dict], baseline: list[dict], clean: dict[tu
     if decided:
         cell.verdict, cell.reason = decided
         return cell
-    advantages = [(_advantage(b, role, clean), _advantage(d, role, clean)) for b, d in pairs]
-    advantages = [(a, b) for a, b in advantages if a is not None and b is not None]
-    if not advantages:
-        cell.verdict, cell.reason = "not applicable", f"no {HEADLINE[role]} measured for this attack and method"
-        return cell
-    without, with_ = [a for a, _ in advantages], [b for _, b in advantages]
-    cell.advantage_without, cell.advantage_with = statistics.fmean(without), statistics.fmean(with_)
-    cell.verdict, cell.reduction, cell.reason = verdict(without, with_)
+    _decide(cell, pairs, clean, stored)
     return cell
+
+
+def _decide(cell: Cell, pairs: list[tuple[dict, dict]], clean: dict[tuple, dict], stored: Floors | None) -> None:
+    """Fill the cell's advantages, interval, verdict and minimum detectable effect from its paired runs."""
+    role = cell.role
+    kept = [(b, d) for b, d in pairs
+            if _advantage(b, role, clean, stored) is not None and _advantage(d, role, clean, stored) is not None]
+    if not kept:
+        cell.verdict, cell.reason = "not applicable", f"no {HEADLINE[role]} measured for this attack and method"
+        return
+    without = [_advantage(b, role, clean, stored) for b, _ in kept]
+    with_ = [_advantage(d, role, clean, stored) for _, d in kept]
+    cell.failure_level = _mean([failure_level(b, role, clean, stored) for b, _ in kept])
+    cell.advantage_without, cell.advantage_with = statistics.fmean(without), statistics.fmean(with_)
+    decision = rule.decide(without, with_)
+    cell.verdict, cell.reduction, cell.reason = decision.verdict, decision.reduction, decision.reason
+    change = decision.change or rule.interval([b - a for a, b in zip(without, with_)])
+    cell.change, cell.paired_sd, cell.threshold = change.mean, change.sd, decision.threshold
+    cell.change_low, cell.change_high = (change.low, change.high) if change.sd is not None else (None, None)
+    cell.mde = rule.mde(change.sd, change.n)
 
 
 def _pairs(defended: list[dict], baseline: list[dict]) -> list[tuple[dict, dict]]:
@@ -208,15 +260,16 @@ def _pairs(defended: list[dict], baseline: list[dict]) -> list[tuple[dict, dict]
     return [(by_seed[int(d["seed"])], d) for d in defended if int(d["seed"]) in by_seed]
 
 
-def build(board: list[dict[str, Any]], paper: Any = None) -> list[Cell]:
-    """Table 4 cells from leaderboard rows; ``paper(cell)`` fills the paper's columns when given."""
+def build(board: list[dict[str, Any]], paper: Any = None, stored: Floors | None = None) -> list[Cell]:
+    """Table 4 cells from leaderboard rows; ``paper(cell)`` fills the paper's columns when given;
+    ``stored`` holds the failure levels the runs measured (``floors(rows)`` of the tidy rows)."""
     runs, clean = _index(board)
     cells = []
     for key in sorted(runs, key=_order):
         tier, method, defense, role = key
         if defense == "none":
             continue
-        cell = make_cell(key, runs[key], runs.get((tier, method, "none", role), []), clean)
+        cell = make_cell(key, runs[key], runs.get((tier, method, "none", role), []), clean, stored)
         if paper is not None:
             paper(cell)
         cells.append(cell)
