@@ -73,16 +73,15 @@ def single_threaded(threads: int = 1) -> None:
 
 
 def load_plugin_dirs(directories: tuple[str, ...]) -> None:
-    """A worker loads the ``--plugins`` folders the driver loaded (the environment's come by themselves)."""
-    from bench.registry import load_plugin_dir, load_plugins
+    """A worker loads the ``--plugins`` folders the driver loaded (the built-in components load on first use)."""
+    from bench.registry import load_plugin_dir
 
-    load_plugins()
     for directory in directories:
         load_plugin_dir(directory)
 
 
-def died(job: Job, reason: str) -> list:
-    """A job whose worker kept dying: recorded ``failed`` as ``execute`` records any failure."""
+def failure_rows(job: Job, reason: str) -> list:
+    """A job that failed outside ``execute`` (its worker kept dying): recorded ``failed`` as ``execute`` records any."""
     from bench.runner import failed_rows
 
     return failed_rows(job.scenario, job.seed, reason)
@@ -245,7 +244,7 @@ class _Pool:
         code = worker.process.exitcode
         worker.stop()
         if self.starts[job.index] >= self.config.attempts:
-            done(job, died(job, f"its worker process died {self.starts[job.index]} times (last exit code {code})"))
+            done(job, failure_rows(job, f"its worker process died {self.starts[job.index]} times (last exit code {code})"))
         else:
             pending.appendleft(job)  # retried first, on a fresh worker
         return _Worker(self.context, self.config, self.run)
@@ -262,9 +261,17 @@ def _pool_worker(conn: Connection, threads: int, plugins: tuple[str, ...]) -> No
         run = conn.recv()
         while (message := conn.recv()) is not None:
             scenario, seed, figures = message
-            conn.send(run(scenario, seed, figures=figures))
+            conn.send(_guarded_run(run, scenario, seed, figures))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):  # Ctrl-C reaches the whole group; the driver says so
         sys.exit(1)
+
+
+def _guarded_run(run: RunFn, scenario: Any, seed: int, figures: str | None) -> list:
+    """``execute`` records its own failures; anything that still escapes fails this run, not the worker."""
+    try:
+        return run(scenario, seed, figures=figures)
+    except Exception as error:  # noqa: BLE001 - a failing run is recorded and the sweep goes on
+        return failure_rows(Job(-1, scenario, seed), f"{type(error).__name__}: {error}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -35,7 +35,7 @@ from bench.executors import (
     Job,
     RunFn,
     cores,
-    died,
+    failure_rows,
     load_plugin_dirs,
     prepare_models,
     single_threaded,
@@ -125,9 +125,9 @@ class RayExecutor(Executor):
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as error:  # the task raised (execute records its own failures)
-            return died(job, f"its Ray task raised {type(error.cause).__name__}: {error.cause}")
+            return failure_rows(job, f"its Ray task raised {type(error.cause).__name__}: {error.cause}")
         except ray.exceptions.RayError as error:  # the worker (or its node) died on every attempt
-            return died(job, f"its Ray worker died {self.config.attempts} times ({type(error).__name__})")
+            return failure_rows(job, f"its Ray worker died {self.config.attempts} times ({type(error).__name__})")
 
 
 def _ray_task(run: RunFn, scenario: Any, seed: int, figures: str | None, threads: int,
