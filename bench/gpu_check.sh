@@ -11,13 +11,14 @@
 # dequantise the GGUF file of SmolLM2-135M into an HF directory), setuptools (to install the project
 # without an index). Nothing is fetched from a network.
 # MODEL: a registered model name (e.g. smollm2-135m), an HF directory, or a GGUF file / folder
-#   (default ../shared/models/smollm2-135m, see ../shared/models/README.md).
+#   (default: the smollm2-135m model source where the checkout has one, else the GGUF file in
+#   ../shared/models/smollm2-135m, see ../shared/models/README.md).
 # Writes results/studies/gpu/figures.json and figures.md, the Table 4 slice's runs under
 # results/studies/gpu/runs and its report under results/studies/gpu/slice (bench/gpu_figures.py).
 set -euo pipefail
 
 WHEELS="${1:?usage: bash bench/gpu_check.sh WHEELS_DIR [MODEL]}"
-MODEL="${2:-../shared/models/smollm2-135m}"
+MODEL="${2:-}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
 VENV="${VENV:-.venv-gpu}"
@@ -41,5 +42,5 @@ EOF
 # The batched-vs-sequential round needs federation.client_batch (issue 16 item 1); gpu_figures says
 # in figures.json when this checkout has none.
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-"$PY" -m bench.gpu_figures --device cuda --model "$MODEL" --out "$OUT" "${@:3}"
+"$PY" -m bench.gpu_figures --device cuda ${MODEL:+--model "$MODEL"} --out "$OUT" "${@:3}"
 echo "wrote $OUT/figures.json, $OUT/figures.md, $OUT/runs, $OUT/slice"

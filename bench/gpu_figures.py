@@ -45,6 +45,14 @@ SCHEMA = {
 }
 """Top-level keys of ``figures.json`` and their types (a test checks them)."""
 TOKENS_GOAL, ROUND_GOAL = 0.6, 0.15
+SHARED_MODEL = "../shared/models/smollm2-135m"
+
+
+def default_model() -> str:
+    """SmolLM2-135M: through its registered model source when this checkout has one, else its GGUF folder."""
+    from bench.registry import MODELS
+
+    return "smollm2-135m" if "smollm2-135m" in MODELS else SHARED_MODEL
 
 
 # -- the model ------------------------------------------------------------------------------------
@@ -304,8 +312,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="results/studies/gpu")
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
-    p.add_argument("--model", default="../shared/models/smollm2-135m",
-                   help="registered model name, HF directory, or GGUF file / folder")
+    p.add_argument("--model", default=None,
+                   help="registered model name, HF directory, or GGUF file / folder (default: the smollm2-135m "
+                        f"model source where one is registered, else {SHARED_MODEL})")
     p.add_argument("--method", default="lora", help="method of the tokens/s comparison")
     p.add_argument("--steps", type=int, default=20, help="local steps timed for tokens/s and peak memory")
     p.add_argument("--batch", type=int, default=8)
@@ -328,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m bench.gpu_figures " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.model = args.model or default_model()
     model = model_component(args.model)
     on_gpu = args.device.startswith("cuda")
     notes = ["times taken under load: compare ratios only" if args.under_load else "times taken on an idle machine"]
