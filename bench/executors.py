@@ -49,6 +49,8 @@ RunFn = Callable[..., list]
 """``bench.runner.execute``'s signature: ``(scenario, seed, *, progress=None, figures=None) -> rows``."""
 Done = Callable[[Job, list], None]
 """Called in the driver with each finished job's rows (in the order jobs finish)."""
+Started = Callable[[Job], None]
+"""Called in the driver as a job starts, by executors that run one job at a time (serial)."""
 
 
 def cores() -> int:
@@ -87,19 +89,28 @@ def failure_rows(job: Job, reason: str) -> list:
     return failed_rows(job.scenario, job.seed, reason)
 
 
-def prepare_models(jobs: list[Job]) -> None:
-    """Pretrain (or find cached) every zoo model the jobs use, here, once, before workers start: the
-    workers then load the same cached weights a serial sweep would, instead of pretraining in parallel."""
+def prepare_models(jobs: list[Job], threads: int = 1) -> None:
+    """Pretrain (or find cached) every zoo model the jobs use, here, once, before workers start, with the
+    workers' thread count: the workers then load cached weights instead of each pretraining its own copy,
+    and a fresh cache holds what a serial sweep under ``OMP_NUM_THREADS=threads`` would have made."""
+    import torch
+
     from bench.models import ZooModel
     from bench.registry import MODELS
 
-    seen = set()
+    sources = {}
     for job in jobs:
         model = job.scenario.model
         source = MODELS.get(model.name)
-        if isinstance(source, type) and issubclass(source, ZooModel) and repr(model.config) not in seen:
-            seen.add(repr(model.config))
-            source(model.config).path()
+        if isinstance(source, type) and issubclass(source, ZooModel):
+            sources[repr(model.config)] = source(model.config)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for source in sources.values():
+            source.path()
+    finally:
+        torch.set_num_threads(before)
 
 
 class Executor:
@@ -115,7 +126,7 @@ class Executor:
         self.config = config if config is not None else self.Config()
 
     def run(self, jobs: list[Job], run: RunFn, done: Done, *, figures: str | None = None,
-            show_progress: bool = False) -> None:
+            show_progress: bool = False, started: Started | None = None) -> None:
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -128,10 +139,12 @@ class SerialExecutor(Executor):
     """One run after another in this process (torch's default thread count)."""
 
     def run(self, jobs: list[Job], run: RunFn, done: Done, *, figures: str | None = None,
-            show_progress: bool = False) -> None:
+            show_progress: bool = False, started: Started | None = None) -> None:
         from tqdm import tqdm
 
         for job in jobs:
+            if started is not None:
+                started(job)
             with tqdm(total=job.scenario.federation.rounds, desc="rounds", leave=False, disable=not show_progress,
                       position=1) as rounds:
                 rows = run(job.scenario, job.seed, progress=rounds, figures=figures)
@@ -159,10 +172,10 @@ class PoolExecutor(Executor):
         return f"pool of {self.config.workers or cores()} x {self.config.threads} thread"
 
     def run(self, jobs: list[Job], run: RunFn, done: Done, *, figures: str | None = None,
-            show_progress: bool = False) -> None:
+            show_progress: bool = False, started: Started | None = None) -> None:
         if not jobs:
             return
-        prepare_models(jobs)
+        prepare_models(jobs, self.config.threads)
         _Pool(self.config, run, figures, self.workers(len(jobs))).drive(jobs, done)
 
 
@@ -292,8 +305,8 @@ class AutoExecutor(Executor):
         return SerialExecutor()
 
     def run(self, jobs: list[Job], run: RunFn, done: Done, *, figures: str | None = None,
-            show_progress: bool = False) -> None:
-        self.choose(jobs).run(jobs, run, done, figures=figures, show_progress=show_progress)
+            show_progress: bool = False, started: Started | None = None) -> None:
+        self.choose(jobs).run(jobs, run, done, figures=figures, show_progress=show_progress, started=started)
 
 
 def tiny_cpu_run(scenario: Any) -> bool:

@@ -34,6 +34,7 @@ from bench.executors import (
     Executor,
     Job,
     RunFn,
+    Started,
     cores,
     failure_rows,
     load_plugin_dirs,
@@ -76,11 +77,11 @@ class RayExecutor(Executor):
         return f"ray ({where}, {self.config.threads} thread per run)"
 
     def run(self, jobs: list[Job], run: RunFn, done: Done, *, figures: str | None = None,
-            show_progress: bool = False) -> None:
+            show_progress: bool = False, started: Started | None = None) -> None:
         if not jobs:
             return
         ray = import_ray()
-        prepare_models(jobs)
+        prepare_models(jobs, self.config.threads)
         started = self._start(ray)
         try:
             self._drive(ray, jobs, run, done, figures)

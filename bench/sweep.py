@@ -43,12 +43,16 @@ def sweep(scenarios: list[Scenario], out: str | Path, *, seeds: int | None = Non
     jobs = pending_jobs(runs, store.done(), force)
     with tqdm(total=len(runs), initial=len(runs) - len(jobs), desc="runs", disable=not show_progress,
               position=0) as bar:
+        def name(job: Job) -> None:
+            bar.set_postfix_str(short_name(job.scenario.name, 60))  # the name, not its cut-off tail
+
         def done(job: Job, rows: list) -> None:
             store.append(rows, replace=(job.scenario.hash, job.seed))
-            bar.set_postfix_str(short_name(job.scenario.name, 60))  # the name, not its cut-off tail
+            name(job)
             bar.update(1)
 
-        (executor or SerialExecutor()).run(jobs, execute, done, figures=figures, show_progress=show_progress)
+        (executor or SerialExecutor()).run(jobs, execute, done, figures=figures, show_progress=show_progress,
+                                           started=name)
     add_utility_drops(store)
     store.close()  # writes results.csv from the log and releases the lock
     return store

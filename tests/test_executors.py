@@ -106,8 +106,10 @@ def test_pool_rows_equal_serial_rows_failures_included(tmp_path):
                             "broken.yaml")
     scenarios = load(ok) + load(broken)
     run_serially(scenarios, tmp_path / "serial")
+    # One worker runs all three in turn: what a run leaves in its process must not change the next one.
+    # (Two workers on the 24-run grid: the slow test below.)
     sweep_module.sweep(scenarios, tmp_path / "pool", show_progress=False,
-                       executor=PoolExecutor(PoolConfig(workers=2)))
+                       executor=PoolExecutor(PoolConfig(workers=1)))
     serial, pool = metric_rows(tmp_path / "serial"), metric_rows(tmp_path / "pool")
     assert pool == serial
     statuses = {status for (_, _, _, status, _) in serial.values()}
