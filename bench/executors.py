@@ -217,15 +217,14 @@ class _Pool:
             while pending or any(w.job for w in workers):
                 for index, worker in enumerate(workers):
                     if worker.job is None and pending:
-                        if not worker.process.is_alive():  # died while idle: nothing lost, replace it
+                        if not worker.process.is_alive():  # died (its job, if any, is back in line): replace it
                             worker.stop()
                             worker = workers[index] = _Worker(self.context, self.config, self.run)
                         self._hand(worker, pending.popleft())
                 busy = [w for w in workers if w.job is not None]
                 wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
-                for index, worker in enumerate(workers):
-                    if worker.job is not None:
-                        workers[index] = self._collect(worker, pending, done)
+                for worker in busy:
+                    self._collect(worker, pending, done)
         finally:
             for worker in workers:
                 worker.stop()
@@ -238,7 +237,7 @@ class _Pool:
         except OSError:  # it died just now: ``_collect`` sees a dead worker with a job and retries it
             pass
 
-    def _collect(self, worker: _Worker, pending: deque, done: Done) -> _Worker:
+    def _collect(self, worker: _Worker, pending: deque, done: Done) -> None:
         """Hand a finished job's rows to ``done``; a dead worker's job goes back in line (or fails)."""
         job = worker.job
         assert job is not None
@@ -251,16 +250,16 @@ class _Pool:
             if rows is not None:
                 worker.job = None
                 done(job, rows)
-                return worker
+                return
         if worker.process.is_alive():
-            return worker
+            return
         code = worker.process.exitcode
         worker.stop()
+        worker.job = None  # replaced by a fresh worker when there is a job for it
         if self.starts[job.index] >= self.config.attempts:
             done(job, failure_rows(job, f"its worker process died {self.starts[job.index]} times (last exit code {code})"))
         else:
             pending.appendleft(job)  # retried first, on a fresh worker
-        return _Worker(self.context, self.config, self.run)
 
 
 def _pool_worker(conn: Connection, threads: int, plugins: tuple[str, ...]) -> None:
