@@ -7,6 +7,8 @@ PIP_EXTRA := $(if $(WHEELS),--find-links $(WHEELS),)
 PYTEST_ARGS ?= -m "not perf and not slow"
 OUT ?= results
 PRESET ?= cpu-small
+# auto: one single-threaded worker process per core for CPU runs of zoo models, else one process (bench/engine/executors.py)
+EXECUTOR ?= auto
 BENCH_SCENARIOS ?= scenarios/table4.yaml scenarios/table4-poisoning.yaml scenarios/table4-closed.yaml
 
 .PHONY: install bench test test-all perf lint clean-results
@@ -23,7 +25,7 @@ $(STAMP): pyproject.toml
 
 # Table 4's grid (resumes: finished (scenario, seed) runs are skipped), then every published file.
 bench: install
-	$(PY) -m bench run $(BENCH_SCENARIOS) --out $(OUT)/runs --preset $(PRESET)
+	$(PY) -m bench run $(BENCH_SCENARIOS) --out $(OUT)/runs --preset $(PRESET) --executor $(EXECUTOR)
 	$(PY) -m bench report $(OUT)/runs --out $(OUT) --scenarios $(BENCH_SCENARIOS)
 
 test: install

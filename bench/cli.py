@@ -71,12 +71,38 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     figures = str(Path(args.out) / "figures") if args.figures else None
     runs = planned_runs(scenarios, ResultStore(args.out), args.seeds)  # before the sweep adds to the store
-    store = sweep(scenarios, args.out, seeds=args.seeds, force=args.force, show_progress=not args.quiet, figures=figures)
+    store = sweep(scenarios, args.out, seeds=args.seeds, force=args.force, show_progress=not args.quiet, figures=figures,
+                  executor=_executor(args))
     summary = summarize(store, runs)
     print(f"wrote {store.jsonl} and {store.csv}")
     print("\n".join(summary.lines()))
     _store_table1(Path(args.out))
     return EXIT_FAILED if summary.failed else 0
+
+
+def _executor(args: argparse.Namespace):
+    """The executor ``--executor`` names, configured by ``--workers`` / ``--address`` where it takes them."""
+    import dataclasses
+
+    from bench.engine.executors import executor_class
+
+    cls = executor_class(args.executor)
+    keys = {f.name for f in dataclasses.fields(cls.Config)}
+    given = {"workers": args.workers, "address": args.address}
+    for key, value in given.items():
+        if value is not None and key not in keys:
+            raise UserError(f"--{key} does not apply to the {args.executor} executor", key=f"--{key}")
+    values = {k: v for k, v in given.items() if v is not None}
+    if "plugins" in keys:
+        values["plugins"] = tuple(plugin_dirs(args))
+    return cls(cls.Config(**values))
+
+
+def _worker_count(text: str) -> int:
+    count = int(text)
+    if not 1 <= count <= 4096:
+        raise argparse.ArgumentTypeError(f"a worker count must be in 1..4096, got {count}")
+    return count
 
 
 def _store_table1(out: Path) -> None:
@@ -223,6 +249,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--figures", action="store_true", help="a log-log ROC figure per run with membership attacks, in OUT/figures")
     run.add_argument("--preset", default="cpu-small", help="size overlay: cpu-small (the files as written) or gpu")
+    run.add_argument("--executor", default="serial",
+                     help="where runs go: serial (this process), pool (local single-threaded worker processes), "
+                          "ray (Ray tasks), auto (pool for CPU runs of zoo models, else serial); one writer either way")
+    run.add_argument("--workers", type=_worker_count, default=None,
+                     help="pool/auto: worker processes; ray: CPUs of the local instance, or runs in flight on a "
+                          "cluster (default: one per core)")
+    run.add_argument("--address", default=None, help="ray: an existing cluster's address (default: start a local instance)")
     validate = sub.add_parser("validate", parents=[plugins], help="load and check scenario files")
     validate.add_argument("paths", nargs="*")
     ls = sub.add_parser("ls", parents=[plugins], help="list registered components and scenario files")

@@ -134,6 +134,11 @@ def execute(scenario: Scenario, seed: int, *, progress: Any = None, figures: str
     return _rows(scenario, seed, result, time.perf_counter() - started)
 
 
+def failed_rows(scenario: Scenario, seed: int, reason: str, wall_s: float = 0.0) -> list[Row]:
+    """The rows of a run that failed outside ``execute`` (its worker process died): as ``execute`` records a failure."""
+    return _rows(scenario, seed, RunResult(status="failed", error=reason[:500]), wall_s)
+
+
 def _one_line(error: BaseException) -> str:
     return traceback.format_exception_only(type(error), error)[-1].strip()[:500]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api.display import short_name
+from bench.engine.executors import Executor, Job, SerialExecutor
 from bench.engine.runner import execute
 from bench.spec.scenario import Scenario
 from bench.store.derived import add_utility_drops
@@ -31,25 +32,37 @@ def quiet_libraries() -> None:
 
 
 def sweep(scenarios: list[Scenario], out: str | Path, *, seeds: int | None = None, force: bool = False,
-          show_progress: bool = True, figures: str | None = None) -> ResultStore:
+          show_progress: bool = True, figures: str | None = None, executor: Executor | None = None) -> ResultStore:
+    """Run the grid into ``out``; ``executor`` (default serial) decides where runs go, the store is written
+    here only (each finished run's rows, as they arrive)."""
     from tqdm import tqdm
 
     quiet_libraries()
     store = ResultStore(out, writer=True)  # locks --out and proves it writable before the first run
-    done = store.done()
     runs = planned_runs(scenarios, store, seeds)
-    with tqdm(total=len(runs), desc="runs", disable=not show_progress, position=0) as bar:
-        for scenario, seed in runs:
-            bar.set_postfix_str(short_name(scenario.name, 60))  # the name, not its cut-off tail
-            if force or (scenario.hash, seed) not in done:
-                with tqdm(total=scenario.federation.rounds, desc="rounds", leave=False, disable=not show_progress,
-                          position=1) as rounds:
-                    rows = execute(scenario, seed, progress=rounds, figures=figures)
-                store.append(rows, replace=(scenario.hash, seed))
+    jobs = pending_jobs(runs, store.done(), force)
+    with tqdm(total=len(runs), initial=len(runs) - len(jobs), desc="runs", disable=not show_progress,
+              position=0) as bar:
+        def name(job: Job) -> None:
+            bar.set_postfix_str(short_name(job.scenario.name, 60))  # the name, not its cut-off tail
+
+        def done(job: Job, rows: list) -> None:
+            store.append(rows, replace=(job.scenario.hash, job.seed))
+            name(job)
             bar.update(1)
+
+        (executor or SerialExecutor()).run(jobs, execute, done, figures=figures, show_progress=show_progress,
+                                           started=name)
     add_utility_drops(store)
     store.close()  # writes results.csv from the log and releases the lock
     return store
+
+
+def pending_jobs(runs: list[tuple[Scenario, int]], done: set[tuple[str, int]], force: bool) -> list[Job]:
+    """The runs still to do, each once (a run planned twice keeps its last place, as a rerun would)."""
+    last = {(s.hash, seed): i for i, (s, seed) in enumerate(runs)}
+    return [Job(i, s, seed) for i, (s, seed) in enumerate(runs)
+            if last[(s.hash, seed)] == i and (force or (s.hash, seed) not in done)]
 
 
 def planned_runs(scenarios: list[Scenario], store: ResultStore, seeds: int | None = None) -> list[tuple[Scenario, int]]:
