@@ -151,4 +151,8 @@ def _shown(value: Any, limit: int = 80) -> str:
 
 
 def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # "an int or 'auto'", not "Union"
+        return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is typing.Literal:
+        return " or ".join(map(repr, typing.get_args(hint)))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

@@ -22,6 +22,9 @@ class Method:
     needs: ClassVar[frozenset[Access]] = frozenset({Access.WEIGHTS, Access.GRADIENTS})
     task_kinds: ClassVar[frozenset[str]] = frozenset({"classification", "language", "instruction"})
     """Task kinds (``Task.kind``) this method can train on."""
+    batchable: ClassVar[bool] = False
+    """Its clients can train together as one vmapped computation (``bench.client.batched``): the loss is the
+    task's and the forward depends on the trainable tensors only through ``named_trainable``."""
 
     @dataclass(frozen=True, kw_only=True)
     class Config:

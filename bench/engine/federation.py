@@ -27,6 +27,7 @@ from bench.api.defense import Defense, DefenseSlot, Transport
 from bench.api.errors import DivergedError
 from bench.api.seeding import generator
 from bench.api.transcript import GroundTruth, RoundRecord, Transcript
+from bench.client import batched
 from bench.client.training import LocalJob, Trainer, job_rng, train_local
 from bench.world.partition import ClientData
 
@@ -61,6 +62,7 @@ class FederationStats:
     bytes_down: int = 0
     plain_bytes_up: int = 0
     train_losses: list[float] = field(default_factory=list)
+    batching: batched.Batching = field(default_factory=batched.Batching)
 
 
 def transport_of(defenses: list[Defense]) -> Transport:
@@ -102,7 +104,7 @@ def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Trans
     if "global_states" in fed.keep:
         record.global_before = global_state.clone()
     started = time.perf_counter()
-    updates = {c: _train_client(fed, r, c, global_state, truth, stats) for c in sampled}
+    updates = _train_clients(fed, r, sampled, global_state, truth, stats)
     updates = _apply_participant_attacks(fed, r, updates, rng)
     for defense in fed.defenses:
         updates = {c: defense.on_client_update(r, c, u, generator(*fed.seed_parts, "clip", r, c)) for c, u in updates.items()}
@@ -170,6 +172,28 @@ def _job(fed: Federation, r: int, client: int, global_state: torch.Tensor, examp
     )
 
 
+def _train_clients(fed: Federation, r: int, sampled: list[int], global_state: torch.Tensor, truth: GroundTruth,
+                   stats: FederationStats) -> dict[int, torch.Tensor]:
+    """The sampled clients' local training, as one batched computation per group of clients where
+    ``bench.client.batched`` applies (the reason is counted where it does not), otherwise one after another;
+    either way the updates come out in sampled order and leave the model as the last client's."""
+    reason = batched.refusal(fed, stats.batching)
+    if reason is not None:
+        stats.batching.sequential(reason, len(sampled))
+        return {c: _train_client(fed, r, c, global_state, truth, stats) for c in sampled}
+    jobs = {c: _job(fed, r, c, global_state, fed.clients[c].members) for c in sampled}
+    trained = batched.train_round(fed, jobs, stats.batching)
+    updates = {}
+    for c in sampled:
+        if c not in trained:
+            updates[c] = _train_client(fed, r, c, global_state, truth, stats)
+            continue
+        updates[c] = _finish_client(fed, r, c, jobs[c], trained[c].result, global_state, trained[c].after, truth, stats)
+    if sampled[-1] in trained:
+        fed.method.set_flat(trained[sampled[-1]].after)
+    return updates
+
+
 def _train_client(fed: Federation, r: int, client: int, global_state: torch.Tensor, truth: GroundTruth,
                   stats: FederationStats) -> torch.Tensor:
     job = _job(fed, r, client, global_state, fed.clients[client].members)
@@ -178,13 +202,19 @@ def _train_client(fed: Federation, r: int, client: int, global_state: torch.Tens
         trainer = defense.wrap_training(trainer, client, job.rng)
     with job_rng(job):  # dropout inside any trainer (DP-SGD too) draws from the job's seed
         result = trainer(job)
+    return _finish_client(fed, r, client, job, result, global_state, fed.method.get_flat(), truth, stats)
+
+
+def _finish_client(fed: Federation, r: int, client: int, job: LocalJob, result: dict[str, float],
+                   global_state: torch.Tensor, after: torch.Tensor, truth: GroundTruth,
+                   stats: FederationStats) -> torch.Tensor:
     stats.train_losses.append(float(result.get("loss", float("nan"))))
     if not job.seen or any(job.seen):  # a DP-SGD client whose Poisson batches were all empty has no loss
         check_finite(r, client, "training loss", result.get("loss"))
     if "client_batches" in fed.keep:
         trained_on = list(dict.fromkeys(i for step in job.seen for i in step))
         truth.client_batches[(r, client)] = _token_ids(fed, job, trained_on)
-    update = transmitted_update(fed.settings.protocol, job, global_state, fed.method.get_flat())
+    update = transmitted_update(fed.settings.protocol, job, global_state, after)
     check_finite(r, client, "update", update)
     return update
 

@@ -263,7 +263,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
     if curves:
         result.extra["roc_figure"] = _save_roc(curves, figures, f"{scenario.hash}-{seed}")
     result.extra.update({"trainable_params": built.method.num_trainable, "malicious": list(p.fed.malicious),
-                         "model": built.model_source.metadata()})
+                         "model": built.model_source.metadata(), "train_batching": stats.batching.record()})
     return result
 
 

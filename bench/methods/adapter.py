@@ -156,6 +156,7 @@ class HoulsbyAdapter(Method):
     """Bottleneck adapters after attention and feed-forward sublayers (Houlsby et al. 2019)."""
 
     Config = AdapterSettings
+    batchable = True
 
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
         return apply_adapters(model, self.config, task, rng)

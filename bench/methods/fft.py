@@ -16,6 +16,8 @@ from bench.api.registry import METHODS
 class FullFineTuning(Method):
     """Full fine-tuning: every weight of the base model is trained and transmitted."""
 
+    batchable = True
+
     @dataclass(frozen=True, kw_only=True)
     class Config:
         pass

@@ -123,6 +123,7 @@ class Lora(Method):
     """LoRA factors on the attention weights (peft); the base stays frozen."""
 
     Config = LoraSettings
+    batchable = True
 
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
         return apply_lora(model, self.config, task, rng)

@@ -95,6 +95,8 @@ class PrefixModel(Wrapper):
 class PromptLearning(Method):
     """Shared build: a peft prompt-learning model for the task (classifier or causal LM), then wrapped."""
 
+    batchable = True
+
     def peft_config_class(self) -> Any:
         raise NotImplementedError
 

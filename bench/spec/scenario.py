@@ -70,6 +70,11 @@ class Federation:
     eval_examples: int = doc(f"Test records for utility (0 = all; at most {MAX_EXAMPLES}).", 128)
     mia_candidates: int = doc("Members + non-members scored by membership attacks, half each (0 = every record the "
                               "smaller side has). TPR at 1% FPR needs about 2000 to mean >= 10 false positives.", 256)
+    client_batch: int | Literal["auto"] = doc(
+        "Clients trained together as one batched computation (bench.client.batched): an int >= 1 (1 = one after another, "
+        "as before batching existed), or 'auto': as many as measured free memory allows (CUDA), at most 16 on CPU. "
+        "An execution setting, outside the scenario hash: batched and sequential training agree within float "
+        "tolerance (rtol 1e-4 on updates), not bit for bit.", "auto")
 
     def __post_init__(self) -> None:
         maxima = {"clients": MAX_CLIENTS, "clients_per_round": MAX_CLIENTS, "rounds": MAX_ROUNDS,
@@ -89,6 +94,8 @@ class Federation:
             raise FieldError("member_fraction", "member_fraction must be strictly between 0 and 1")
         if self.mia_candidates == 1 or not 0 <= self.mia_candidates <= MAX_EXAMPLES:
             raise FieldError("mia_candidates", f"mia_candidates must be 0 (every record) or 2..{MAX_EXAMPLES}")
+        if self.client_batch != "auto" and not 1 <= self.client_batch <= MAX_CLIENTS:
+            raise FieldError("client_batch", f"client_batch must be 'auto' or 1..{MAX_CLIENTS}, got {self.client_batch}")
         if not 0 <= self.eval_examples <= MAX_EXAMPLES:
             raise FieldError("eval_examples", f"eval_examples must be in 0..{MAX_EXAMPLES}")
         for name in ("lr", "server_lr", "alpha"):
@@ -206,7 +213,7 @@ class Scenario:
         training key apart even when their bodies agree."""
         return {"identity": kind, "tier": _component_identity(self.tier), "model": _component_identity(self.model),
                 "task": _component_identity(self.task), "method": _component_identity(self.method),
-                "federation": _canonical(self.federation), "attacks": [_component_identity(a) for a in attacks],
+                "federation": _federation_identity(self.federation), "attacks": [_component_identity(a) for a in attacks],
                 "defenses": [_component_identity(d) for d in self.defenses], "device": self.device}
 
     @property
@@ -224,6 +231,15 @@ def _digest(body: dict[str, Any]) -> str:
 
 REPO_ROOT = Path(__file__).absolute().parent.parent
 """Data and model paths enter a scenario's identity relative to this folder (see ``identity_path``)."""
+
+
+EXECUTION_ONLY = ("client_batch",)
+"""Federation fields that change how training is executed, not what it computes (within float tolerance):
+left out of the identity, so published hashes and stored runs stay valid."""
+
+
+def _federation_identity(federation: Federation) -> dict[str, Any]:
+    return {k: v for k, v in _canonical(federation).items() if k not in EXECUTION_ONLY}
 
 
 def _canonical(value: Any) -> Any:

@@ -1,8 +1,11 @@
 """The federated engine against a plain centralized loop doing the same optimizer steps.
 
 LoRA on tiny-llama, 8 clients x 3 rounds x 10 local steps (240 steps) against 240 steps of the same
-trainer on the same model and data. Compare the two means in the ``engine-vs-central`` group; the
-goal is a ratio of at most 1.10.
+trainer on the same model and data. The engine trains its clients one after another
+(``client_batch: 1``), the same steps as the central loop, so the ratio is the engine's own overhead
+(batching is measured in ``test_bench_batched.py``). Nothing here asserts a time: the central benchmark
+records ``engine_over_central`` (its mean over the engine's) in ``extra_info``, and
+``bench/tools/check_perf.py`` fails a ``--benchmark-json`` file whose ratio exceeds the goal, 1.10.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from bench.engine.runner import plan, prepare
 from tests.helpers import make_scenario
 
 SETTINGS = {"clients": 8, "clients_per_round": 8, "rounds": 3, "local_steps": 10, "batch_size": 8,
-            "examples_per_client": 32, "lr": 0.003}
+            "examples_per_client": 32, "lr": 0.003, "client_batch": 1}
 STEPS = 8 * 3 * 10
+MEANS: dict[str, float] = {}
+"""The engine's mean seconds, read by the central benchmark (which runs after it)."""
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +38,8 @@ def test_federated_engine(benchmark, scenario):
         return (prepared,), {}
 
     benchmark.pedantic(lambda p: fl.run(p.fed, p.transcript, p.truth), setup=setup, rounds=5)
+    if _mean(benchmark) is not None:
+        MEANS["engine"] = _mean(benchmark)
 
 
 @pytest.mark.perf
@@ -49,3 +56,11 @@ def test_central_loop_same_steps(benchmark, scenario):
         return (job,), {}
 
     benchmark.pedantic(train_local, setup=setup, rounds=5)
+    if _mean(benchmark) and MEANS.get("engine"):
+        benchmark.extra_info["engine_over_central"] = MEANS["engine"] / _mean(benchmark)
+
+
+def _mean(benchmark) -> float | None:
+    """The benchmark's mean seconds, or None when timing is off (``--benchmark-disable``)."""
+    stats = getattr(benchmark, "stats", None)
+    return getattr(getattr(stats, "stats", None), "mean", None)
