@@ -68,3 +68,28 @@ def test_decode_reads_nothing_from_a_masked_message():
     record = view.rounds[0]
     record.transmitted[0] = torch.randint(0, 2**31, record.transmitted[0].shape, generator=torch.Generator().manual_seed(0))
     assert UpdateDecode(UpdateDecode.Config()).run(view, torch.Generator()).sequences == {(0, 0): []}
+
+
+def templated(count: int, seed: int, vocab: int = 500) -> list[list[int]]:
+    """Records that share a 4-token template and differ in 4 private tokens (as the synthetic notes do)."""
+    private = random_sequences(count, 4, vocab, torch.Generator().manual_seed(seed))
+    return [[10, 11, 12, 13] + p for p in private]
+
+
+def test_dager_on_lora_recovers_above_the_floor_only_where_the_rank_allows():
+    # 2 notes x 7 inputs with gradient = 14 distinct layer inputs: identifiable at r = 32, not at r = 4
+    from attacks.inversion._harness import build_method
+    from attacks.inversion.dager import Dager
+
+    results = {}
+    for rank in (4, 32):
+        method = build_method(TinyArch(family="llama", vocab=500, hidden=64, layers=2, heads=2, positions=32),
+                              lora_rank=rank)
+        view, truth = run_round(method, {0: templated(2, seed=3)})
+        truth.held_out = templated(16, seed=4)
+        found = {m.name: m for m in score(Dager(Dager.Config()).run(view, torch.Generator()), truth)}
+        results[rank] = found["inversion.rouge1"]
+    floor = results[32].extra["floor"]
+    assert 0.4 < floor < 0.7  # guessing another templated record: the 4 shared tokens of 8
+    assert results[32].value > floor + 0.2  # the batch, up to each note's final (label-only) token
+    assert results[4].value < floor and results[4].extra["floor"] == floor  # nothing, below guessing

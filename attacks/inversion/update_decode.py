@@ -269,6 +269,8 @@ def _gradient(model: torch.nn.Module, params: list[torch.nn.Parameter], tokens: 
     with torch.enable_grad():
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, :-1].float()
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        if not loss.requires_grad:  # the trained part does not act on the LM (RLHF's reward phase)
+            return torch.zeros(sum(p.numel() for p in params), device=device)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
     return _flat(grads, params)
 
