@@ -61,6 +61,9 @@ class GroundTruth:
     """1 for candidates that were in some client's training data, 0 for held-out ones."""
     client_batches: dict[tuple[int, int], list[list[int]]] = field(default_factory=dict)
     """(round, client) -> the token sequences that client trained on in that round."""
+    held_out: list[list[int]] = field(default_factory=list)
+    """Token sequences of records from the task's distribution that no client trained on and no
+    attacker is given (the test split): the inversion scorer's floor, what guessing another record scores."""
     malicious_clients: tuple[int, ...] = ()
     canaries: list[Any] = field(default_factory=list)
 

@@ -156,7 +156,8 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
     else:
         metrics = result.metrics + [("none", Metric("cost.wall_s", wall_s, higher_is_better=False))]
         rows = [Row(attack=attack, metric=m.name, value=m.value, ci_low=m.ci_low, ci_high=m.ci_high,
-                    higher_is_better=m.higher_is_better, **base) for attack, m in metrics]
+                    higher_is_better=m.higher_is_better, **{**base, "extra": {**base["extra"], **m.extra}})
+                for attack, m in metrics]
     for attack, status, reason in result.skipped:
         rows.append(Row(attack=attack, metric="run", value=None, **{**base, "status": status, "error": reason}))
     for row in rows:  # figures read these later; the report never re-runs anything
@@ -226,6 +227,8 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
     truncated = _truncation_metric(p)  # before training: a task that cuts every response token is an error
     reset_peak_memory(p.device)
     stats = fl.run(p.fed, p.transcript, p.truth)
+    if "client_batches" in p.fed.keep:  # the inversion scorer's floor: records no client trained on
+        p.truth.held_out = held_out_tokens(built.task, p.task_data.test, p.tokenizer, p.device)
     result = RunResult(device=describe(p.device), skipped=[(name, "incompatible", why) for name, why in built.refused])
     result.metrics.append(("none", truncated))
     from bench.world.tiers import OpenModel
@@ -265,6 +268,19 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
     result.extra.update({"trainable_params": built.method.num_trainable, "malicious": list(p.fed.malicious),
                          "model": built.model_source.metadata(), "train_batching": stats.batching.record()})
     return result
+
+
+HELD_OUT_RECORDS = 64
+"""Test records tokenized for the inversion floor (enough for a stable mean, cheap to score)."""
+
+
+def held_out_tokens(task: Any, records: list[dict], tokenizer: Any, device: torch.device) -> list[list[int]]:
+    """Token ids of up to ``HELD_OUT_RECORDS`` records as a client batch would hold them (``fl._token_ids``)."""
+    if not records:
+        return []
+    batch = task.collate(records[:HELD_OUT_RECORDS], tokenizer, device)
+    ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu().bool()
+    return [row[m].tolist() for row, m in zip(ids, mask)]
 
 
 def _stage(progress: Any, text: str, total: int | None = None) -> None:

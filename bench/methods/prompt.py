@@ -52,13 +52,15 @@ class SoftPromptModel(Wrapper):
         tokens = self.inner.prompt_tokens[adapter].unsqueeze(0).expand(rows, -1).to(encoder.embedding.weight.device)
         return encoder(tokens)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, **kwargs: Any) -> Any:
         kwargs.pop("position_ids", None)  # positions restart under the prompt, as in peft
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         hf = self.inner.base_model  # prompt learning leaves the Hugging Face model itself here
-        embeds = hf.get_input_embeddings()(input_ids)
-        prompts = self._prompts(input_ids.shape[0]).to(embeds.dtype)
+        # embeddings in place of ids: gradient-matching inversion optimises them (inversion-optim)
+        embeds = inputs_embeds if inputs_embeds is not None else hf.get_input_embeddings()(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        prompts = self._prompts(embeds.shape[0]).to(embeds.dtype)
         virtual = prompts.shape[1]
         inputs = torch.cat([prompts, embeds], dim=1)
         mask = torch.cat([torch.ones(prompts.shape[:2], dtype=attention_mask.dtype, device=attention_mask.device),

@@ -24,6 +24,11 @@ tokens of a batch, averaged over batches.
 Key convention: client ``AGGREGATE_CLIENT`` (-1) means "the whole round": an attack on the aggregate
 update is compared with the union of every client's batch in that round.
 
+Floor (``floor_values``): each metric row carries, in its ``extra``, the ``floor`` a failed attack
+scores: the better of guessing other records of the task and guessing its template, scored exactly
+as a reconstruction, from test records the attacker never sees. On templated data that is far above 0
+(ROUGE-1 0.56-0.60), so Table 4 measures an attack's advantage over it.
+
 Confidence intervals are 95% percentile intervals of a bootstrap over slots (over batches for token
 F1) with a fixed seed, so scoring is deterministic.
 """
@@ -153,26 +158,74 @@ TEXT_METRICS: dict[str, Callable[[str, str], float]] = {
 def score_reconstruction(prediction: Reconstruction, truth: GroundTruth) -> list[Metric]:
     pairs = [(list(map(list, recon)), truth_for(key, truth)) for key, recon in sorted(prediction.sequences.items())]
     pairs = [(recon, [list(t) for t in true]) for recon, true in pairs if true is not None]
-    metrics = []
-    for name, similarity in SEQUENCE_METRICS.items():
-        slots = [v for recon, true in pairs for v in matched_slots(recon, true, similarity)]
-        metrics.append(_metric(name, slots))
-    per_batch = [token_f1([t for s in recon for t in s], [t for s in true for t in s]) for recon, true in pairs]
-    metrics.append(_metric("inversion.token_f1", per_batch))
-    if prediction.decode is not None:
-        texts = [([prediction.decode(s) for s in recon], [prediction.decode(s) for s in true]) for recon, true in pairs]
+    values = slot_values(pairs, prediction.decode)
+    floors = floor_values(pairs, truth.held_out, prediction.decode)
+    return [_metric(name, slots, floors.get(name)) for name, slots in values.items()]
+
+
+def slot_values(pairs: list[tuple[list[Tokens], list[Tokens]]], decode: Callable[[Tokens], str] | None) -> dict[str, list[float]]:
+    """Per-metric values: matched slots for the sequence metrics, one value per batch for token F1."""
+    values = {name: [v for recon, true in pairs for v in matched_slots(recon, true, similarity)]
+              for name, similarity in SEQUENCE_METRICS.items()}
+    values["inversion.token_f1"] = [token_f1([t for s in recon for t in s], [t for s in true for t in s])
+                                    for recon, true in pairs]
+    if decode is not None:
+        texts = [([decode(s) for s in recon], [decode(s) for s in true]) for recon, true in pairs]
         for name, similarity in TEXT_METRICS.items():
-            slots = [v for recon, true in texts for v in matched_slots(recon, true, similarity)]
-            metrics.append(_metric(name, slots))
-    return metrics
+            values[name] = [v for recon, true in texts for v in matched_slots(recon, true, similarity)]
+    return values
 
 
-def _metric(name: str, values: list[float]) -> Metric:
+# --- the floor: what an attack that learned nothing from the update scores -------------------------
+FLOOR_DRAWS = 4
+"""Draws of other records guessed per batch (the floor's mean is over them)."""
+
+
+def floor_values(pairs: list[tuple[list[Tokens], list[Tokens]]], held_out: Sequence[Tokens],
+                 decode: Callable[[Tokens], str] | None) -> dict[str, float]:
+    """Per metric, the best of two guesses that need no update, scored exactly as a reconstruction:
+    other records of the task (``FLOOR_DRAWS`` draws of as many held-out records as each batch holds)
+    and the task's template (the held-out record closest, by token ROUGE-1, to the other held-out
+    records: the medoid, which an attacker with public data from the distribution could compute),
+    guessed once per true sequence. Templated data score well above 0 this way (ROUGE-1 0.56-0.60
+    on the synthetic tasks), so success is measured against this floor, not against 0. The guesses
+    come from ``GroundTruth.held_out`` (test records no client trained on, never in a threat view)."""
+    held = [list(h) for h in held_out if len(h)]
+    if not held or not pairs:
+        return {}
+    generator = torch.Generator().manual_seed(BOOTSTRAP_SEED)
+    draws = []
+    for _ in range(FLOOR_DRAWS):
+        order = torch.randperm(len(held), generator=generator).tolist()
+        guesses, at = [], 0
+        for _, true in pairs:
+            guesses.append(([held[order[(at + j) % len(held)]] for j in range(len(true))], true))
+            at += len(true)
+        draws.append(slot_values(guesses, decode))
+    template = _medoid(held)
+    draws_mean = {name: sum(_mean(d[name]) for d in draws) / len(draws) for name in draws[0]}
+    templated = slot_values([([template] * len(true), true) for _, true in pairs], decode)
+    return {name: max(draws_mean[name], _mean(templated[name])) for name in draws_mean}
+
+
+def _medoid(records: list[list[int]]) -> list[int]:
+    if len(records) == 1:
+        return records[0]
+    totals = [sum(rouge_n(a, b, 1) for j, b in enumerate(records) if j != i) for i, a in enumerate(records)]
+    return records[max(range(len(records)), key=totals.__getitem__)]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _metric(name: str, values: list[float], floor: float | None = None) -> Metric:
+    extra = {} if floor is None else {"floor": round(float(floor), 6)}
     if not values:
-        return Metric(name, math.nan)
+        return Metric(name, math.nan, extra=extra)
     data = torch.tensor(values, dtype=torch.float64)
     low, high = _bootstrap_interval(data)
-    return Metric(name, float(data.mean()), ci_low=low, ci_high=high)
+    return Metric(name, float(data.mean()), ci_low=low, ci_high=high, extra=extra)
 
 
 def _bootstrap_interval(data: torch.Tensor) -> tuple[float, float]:

@@ -7,7 +7,7 @@ Each prediction type (``bench.api.predictions``) has one scorer in ``bench/scori
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench.api.transcript import GroundTruth
@@ -22,6 +22,8 @@ class Metric:
     higher_is_better: bool = True
     ci_low: float | None = None
     ci_high: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """Kept beside the value in the result row's ``extra`` (e.g. ``floor``: what a failed attack scores)."""
 
 
 Scorer = Callable[[Any, GroundTruth], list[Metric]]
