@@ -10,8 +10,8 @@ import torch
 
 from bench.api.errors import UserError
 from bench.api.registry import MODELS, TASKS
+from bench.api.vocabulary import PROMPT_TEMPLATE
 from bench.scoring.utility import EVALUATORS, rouge_l
-from bench.world.tasks import PROMPT_TEMPLATE
 from tests.helpers import make_scenario
 
 

@@ -27,7 +27,7 @@ from attacks.inversion.dager import Dager
 from attacks.inversion.optim import GradientMatching
 from attacks.inversion.tokens import EmbeddingRows
 from bench.api.predictions import Reconstruction
-from bench.scoring.inversion import AGGREGATE_CLIENT
+from bench.api.vocabulary import AGGREGATE_CLIENT
 from bench.scoring.score import score
 from bench.testing.inversion import TinyArch, build_method, random_sequences, run_round
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench.predictions import Reconstruction
-from bench.score import Metric, score
+from bench.api.predictions import Reconstruction
+from bench.api.transcript import GroundTruth
 from bench.scoring.inversion import floor_values
-from bench.transcript import GroundTruth
+from bench.scoring.score import Metric, score
 
 TEMPLATE = [10, 11, 12, 13, 14, 15]
 
@@ -63,7 +63,7 @@ def test_no_held_out_records_no_floor():
 
 
 def test_metric_extra_reaches_the_result_row(tmp_path):
-    from bench.runner import RunResult, _rows
+    from bench.engine.runner import RunResult, _rows
     from tests.helpers import make_scenario
 
     scenario = make_scenario(tmp_path, attacks=["inversion-dager"], seeds=[0])

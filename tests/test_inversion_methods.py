@@ -1,6 +1,6 @@
 """Inversion attacks against every white-box method's update (issue 15): prompt tuning, adapters, LoRA.
 
-One real FedSGD round on a tiny decoder (``attacks.inversion._harness``) trained with the registered
+One real FedSGD round on a tiny decoder (``bench.testing.inversion``) trained with the registered
 post-training method; the attack sees the server's view, the scorer the batch.
 """
 
@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import torch
 
-from attacks.inversion._harness import TinyArch, lm_example_losses, random_sequences, run_round, tiny_decoder
 from attacks.inversion.optim import GradientMatching
-from bench.registry import METHODS
-from bench.score import score
+from bench.api.registry import METHODS
+from bench.scoring.score import score
+from bench.testing.inversion import TinyArch, lm_example_losses, random_sequences, run_round, tiny_decoder
 
 SMALL = TinyArch(family="gpt2", vocab=500, hidden=64, layers=2, heads=2, positions=32)
 
@@ -21,7 +21,7 @@ SMALL = TinyArch(family="gpt2", vocab=500, hidden=64, layers=2, heads=2, positio
 def method_round(name: str, params: dict | None = None, batch: int = 2, length: int = 6, seed: int = 1,
                  sequences: list[list[int]] | None = None, lr: float = 1e-2, model: torch.nn.Module | None = None):
     """A registered method on a tiny GPT-2 (or ``model``), one FedSGD round of one client on random tokens."""
-    from bench.registry import load_plugins
+    from bench.api.registry import load_plugins
 
     load_plugins()
     cls = METHODS.get(name)
@@ -78,8 +78,8 @@ def templated(count: int, seed: int, vocab: int = 500) -> list[list[int]]:
 
 def test_dager_on_lora_recovers_above_the_floor_only_where_the_rank_allows():
     # 2 notes x 7 inputs with gradient = 14 distinct layer inputs: identifiable at r = 32, not at r = 4
-    from attacks.inversion._harness import build_method
     from attacks.inversion.dager import Dager
+    from bench.testing.inversion import build_method
 
     results = {}
     for rank in (4, 32):

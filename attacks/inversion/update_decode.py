@@ -52,13 +52,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attacks.base import Attack
 from attacks.inversion._common import Target, TargetConfig, configure_vantage, is_language_model, model_at, targets
-from bench.config import doc
-from bench.predictions import Reconstruction, text_decoder
-from bench.registry import ATTACKS
-from bench.tiers import Access
-from bench.transcript import ThreatView
+from bench.api.access import Access
+from bench.api.attack import Attack
+from bench.api.config import doc
+from bench.api.predictions import Reconstruction, text_decoder
+from bench.api.registry import ATTACKS
+from bench.api.transcript import ThreatView
 
 
 @dataclass(frozen=True, kw_only=True)

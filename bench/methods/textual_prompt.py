@@ -35,11 +35,11 @@ from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutp
 from bench.api.config import doc
 from bench.api.method import Method
 from bench.api.registry import METHODS
+from bench.api.vocabulary import PROMPT_TEMPLATE
 from bench.client.training import batch_indices
 from bench.methods._common import Wrapper, freeze, tokenizer_of
 from bench.methods.provider import replaces_training
 from bench.scoring.utility import rouge_l
-from bench.world.tasks import PROMPT_TEMPLATE
 from bench.world.tiers import Access, OpenModel, ProviderAPI, record_egress
 
 DEFAULT_CANDIDATES = (

@@ -51,7 +51,7 @@ def rouge_l(generated: list[str], references: list[str]) -> float:
 
 
 def _instruction(handle: Any, task: Any, test: list[dict[str, Any]]) -> list[Metric]:
-    from bench.world.tasks import PROMPT_TEMPLATE
+    from bench.api.vocabulary import PROMPT_TEMPLATE
 
     subset = test[:GENERATIONS]
     outputs = handle.generate([PROMPT_TEMPLATE.format(instruction=e["instruction"]) for e in subset], max_new_tokens=24)
