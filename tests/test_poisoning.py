@@ -381,9 +381,8 @@ def test_alie_refuses_at_planning_where_its_default_z_is_zero():
 
 
 def test_alie_refusal_reaches_the_runner_as_incompatible(tmp_path):
-    from tests.helpers import make_scenario
-
     from bench.runner import execute
+    from tests.helpers import make_scenario
 
     scenario = make_scenario(tmp_path, attacks=[{"name": "byz-alie", "params": {"fraction": 0.25}}],
                              federation={"clients": 4, "clients_per_round": 4, "rounds": 1, "local_steps": 1,
