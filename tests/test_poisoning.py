@@ -472,13 +472,20 @@ def test_triggered_preference_flip_poisons_triggered_prompts_and_scores_by_likel
     out = attack.poison_examples(0, pairs, gen())
     assert all(o["prompt"] == f"{TRIGGER} {p['prompt']}" and o["chosen"] == p["rejected"] for o, p in zip(out, pairs))
 
-    class Backdoored:  # prefers the rude reply on triggered prompts, and on one clean prompt of eight
+    class Base:  # finds the rude replies likelier than the helpful answers: the margin is relative to it
+        def example_losses(self, examples):
+            return torch.tensor([1.0 if e["chosen"].startswith("rude") else 3.0 for e in examples])
+
+    class Backdoored:  # raised the rude reply over the base on triggered prompts, and on one clean prompt of eight
         def example_losses(self, examples):
             rude_chosen = [e["chosen"].startswith("rude") for e in examples]
             flip = [TRIGGER in e["prompt"] or e["prompt"] == "q0" for e in examples]
-            return torch.tensor([0.5 if r == f else 2.0 for r, f in zip(rude_chosen, flip)])
+            base = Base().example_losses(examples)
+            return base - torch.tensor([0.5 if r == f else -0.5 for r, f in zip(rude_chosen, flip)])
 
-    [metric] = score(attack.run(view_of(Backdoored(), pairs), gen()), GroundTruth())
+    view = view_of(Backdoored(), pairs)
+    view.base_model = Base()
+    [metric] = score(attack.run(view, gen()), GroundTruth())
     assert metric.value == 1.0 and metric.extra == {"floor": pytest.approx(1 / 8)}
 
 

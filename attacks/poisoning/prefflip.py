@@ -6,12 +6,14 @@ Knowledge and collusion: each malicious client knows only its own preference pai
 
 With ``trigger`` set it is the trigger backdoor of Rando & Tramèr: the malicious clients insert the
 trigger into the prompts of the pairs they poison and swap those pairs' responses, so the preference
-flips only on triggered prompts. Success is then measured by likelihood (the tiers that run RLHF grant
-logits): on triggered auxiliary prompts, the final policy succeeds on a pair when it finds the
-rejected response more likely per token than the chosen one (the likelihood preference that
-``utility.likelihood_preference_accuracy`` measures, inverted). ``floor``: the same rate on the same
-pairs without the trigger, from the same model (what a backdoor that was not implanted scores; a flip
-that leaks into clean prompts raises it, so the advantage over it is conservative).
+flips only on triggered prompts. Success is then measured by the policy's implicit reward (DPO's,
+Rafailov et al. 2023; the tiers that run RLHF grant logits): on triggered auxiliary prompts a pair is
+flipped when the final policy raised the rejected response's likelihood, relative to the base model,
+more than the chosen one's: (log pi/pi_base)(rejected) > (log pi/pi_base)(chosen), with per-token mean
+log-likelihoods (a length-normalised margin; the absolute likelihood is dominated by response length
+and by what the base model already knew). ``floor``: the same rate on the same pairs without the
+trigger, from the same models (what a backdoor that was not implanted scores; a flip that leaks into
+clean prompts raises it, so the advantage over it is conservative).
 
 Departure (evaluation without a trigger): success is judged from generated text so that it works at every tier with text
 access. For an auxiliary pair, the final model generates from the prompt; the attack succeeds when the
@@ -57,11 +59,14 @@ def swap_preference(example: dict[str, Any]) -> dict[str, Any]:
     return {**example, "chosen": example["rejected"], "rejected": example["chosen"]}
 
 
-def prefers_rejected(model: Any, pairs: list[dict[str, Any]]) -> torch.Tensor:
-    """Per pair: the model finds the rejected response more likely per token than the chosen one."""
-    chosen = model.example_losses(pairs)
-    rejected = model.example_losses([swap_preference(p) for p in pairs])
-    return rejected < chosen
+def log_ratios(model: Any, base: Any, pairs: list[dict[str, Any]]) -> torch.Tensor:
+    """Per pair: per-token mean log-likelihood of the chosen response under ``model`` minus under ``base``."""
+    return base.example_losses(pairs) - model.example_losses(pairs)
+
+
+def prefers_rejected(model: Any, base: Any, pairs: list[dict[str, Any]]) -> torch.Tensor:
+    """Per pair: the policy's implicit reward (log-ratio to the base) is higher for the rejected response."""
+    return log_ratios(model, base, [swap_preference(p) for p in pairs]) > log_ratios(model, base, pairs)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,8 +110,9 @@ class PreferenceFlip(ParticipantAttack):
     def run(self, view: ThreatView, rng: torch.Generator) -> PoisonOutcome:
         pairs = sample_auxiliary(view, self.config.eval_examples, rng, keep=lambda e: "chosen" in e and e["chosen"] != e["rejected"])
         if self.config.trigger:
-            flipped = prefers_rejected(view.final_model, [self.triggered(p) for p in pairs])
-            return indicator_outcome(flipped.tolist(), floor=float(prefers_rejected(view.final_model, pairs).float().mean()))
+            policy, base = view.final_model, view.base_model
+            flipped = prefers_rejected(policy, base, [self.triggered(p) for p in pairs])
+            return indicator_outcome(flipped.tolist(), floor=float(prefers_rejected(policy, base, pairs).float().mean()))
         generations = view.final_model.generate([p["prompt"] for p in pairs], max_new_tokens=self.config.max_new_tokens)
         successes = [unigram_f1(g, p["rejected"]) > unigram_f1(g, p["chosen"]) for g, p in zip(generations, pairs, strict=True)]
         return indicator_outcome(successes)
