@@ -494,3 +494,10 @@ def test_byzantine_attacks_on_generative_tasks_are_measured_by_utility_drop_only
         attack = make(name)
         assert {"instruction", "preference"} <= attack.task_kinds
         assert score(attack.run(view_of(FakeModel(), instructions(4)), gen()), GroundTruth()) == []
+
+
+def test_preference_flip_boost_scales_only_the_attackers():
+    updates = round_updates()
+    assert make("poison-prefflip").poison_updates(0, updates, [1, 2], gen()) is updates
+    out = make("poison-prefflip", boost=4.0).poison_updates(0, updates, [1, 2], gen())
+    assert all(torch.equal(out[c], updates[c] * (4.0 if c in (1, 2) else 1.0)) for c in updates)
