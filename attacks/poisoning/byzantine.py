@@ -6,6 +6,10 @@
   al. 2017 and Xie et al. 2018.
 - ``byz-alie``: "A little is enough", Baruch et al. 2019 (NeurIPS): mean - z * std coordinate-wise,
   with z = Phi^-1((n - s) / n), s = floor(n / 2 + 1) - m, for n clients of which m are malicious.
+  The formula gives z = 0 whenever s = n / 2 (n = 4, m = 1; n = 10, m = 1): the attackers would send the
+  benign mean, which is no attack. Planning refuses that default with the numbers (set ``z`` by hand);
+  at 8 clients with 2 attackers it gives z = Phi^-1(5 / 8) = 0.32. (Some re-implementations use
+  Phi^-1((n - m - s) / (n - m)), which is negative at n = 4, m = 1; neither is positive there.)
 - ``byz-ipm``: inner-product manipulation, Xie et al. 2020 (UAI): -epsilon * mean of the benign updates.
 
 Knowledge and collusion: the attackers collude and, by default (``knowledge: benign``), know every
@@ -15,8 +19,11 @@ setting). Sign flip and noise need neither. The malicious clients still train ho
 own updates are honest ones. Standard deviations are population ones (ddof 0) so that a single
 reference update gives std 0 instead of NaN.
 
-Evaluation (all of them, and ``byz-minmax`` / ``byz-minsum``): untargeted; success = error rate of
-the final model on clean auxiliary examples.
+Evaluation (all of them, and ``byz-minmax`` / ``byz-minsum``): untargeted. On classification tasks
+success = error rate of the final model on clean auxiliary examples (``poison.asr``; its failure level
+is the clean twin's error rate). On generative tasks (instruction tuning, RLHF) the attack emits no
+``poison.asr``: its success metric is ``poison.utility_drop``, the headline utility (ROUGE-L, reward
+accuracy) it costs against the clean twin, whose failure level is 0.
 """
 
 from __future__ import annotations
@@ -25,11 +32,17 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
-from attacks.poisoning._common import ParticipantAttack, PoisonConfig, malicious_in_round, untargeted_outcome
+from attacks.poisoning._common import (
+    ParticipantAttack,
+    PoisonConfig,
+    malicious_in_round,
+    untargeted_outcome,
+    utility_only_outcome,
+)
 from bench.api.config import doc
 from bench.api.predictions import PoisonOutcome
 from bench.api.registry import ATTACKS
@@ -85,6 +98,7 @@ class ByzantineAttack(ParticipantAttack):
     """Shared round logic: the attackers' updates are replaced by ``craft``'s rows."""
 
     Config = ByzantineConfig
+    task_kinds = frozenset({"classification", "instruction", "preference"})
 
     def craft(self, reference: torch.Tensor, own: torch.Tensor, num_clients: int, rng: torch.Generator) -> torch.Tensor:
         """One crafted update per attacker, shape (attackers, parameters)."""
@@ -105,6 +119,8 @@ class ByzantineAttack(ParticipantAttack):
         return out
 
     def run(self, view: ThreatView, rng: torch.Generator) -> PoisonOutcome:
+        if not any("label" in example for example in view.auxiliary):  # generative: measured by the utility drop
+            return utility_only_outcome()
         return untargeted_outcome(view, self.config.eval_examples, rng)
 
 
@@ -142,6 +158,14 @@ class ALittleIsEnough(ByzantineAttack):
 
     def z_for(self, num_clients: int, num_malicious: int) -> float:
         return self.config.z if self.config.z is not None else alie_z(num_clients, num_malicious)
+
+    def check_federation(self, federation: Any) -> str | None:
+        n, m = federation.clients_per_round, self.planned_attackers(federation)
+        if self.config.z is not None or m == 0 or alie_z(n, m) > 0:
+            return None
+        return (f"byz-alie's z_max (Baruch et al. 2019) is {alie_z(n, m):.2f} at {n} clients per round with {m} "
+                f"attacker(s) (s = floor(n/2 + 1) - m = {math.floor(n / 2 + 1) - m}): the attackers would send the benign "
+                f"mean; set z explicitly or use more clients per attacker")
 
     def craft(self, reference, own, num_clients, rng):
         vector = alie(reference, self.z_for(num_clients, own.shape[0]))

@@ -55,6 +55,13 @@ class Attack:
         """Replace the malicious clients' updates; colluding attackers may read the benign ones."""
         return updates
 
+    def check_federation(self, federation: Any) -> str | None:
+        """Why this training attack cannot do what it claims at this federation's size, or None (planning)."""
+        return None
+
+    def check_poisoned(self, task: Any, tokenizer: Any, examples: list[Any]) -> None:
+        """Raise ``UserError`` when a poisoned record would not measure the attack (e.g. a target cut off)."""
+
     # --- evaluation ------------------------------------------------------------------------------
     def run(self, view: ThreatView, rng: torch.Generator) -> Any:
         raise NotImplementedError

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from bench.api.access import access_refusal, availability
+from bench.api.attack import Attack
 from bench.api.defense import composition_problem, in_slot_order
 from bench.api.errors import IncompatibleError, TierAccessError, UserError
 from bench.api.predictions import MembershipScores
@@ -91,7 +92,7 @@ def incompatibility(built: Plan, scenario: Scenario) -> str | None:
     for attack in (a for a in built.attacks if a.changes_training):  # others are skipped at evaluation
         if built.task.kind not in attack.task_kinds:
             return f"{attack.name} applies to {', '.join(sorted(attack.task_kinds))} tasks, not {built.task.kind}"
-        reason = access_refusal(built.tier, attack)
+        reason = access_refusal(built.tier, attack) or _federation_refusal(attack, scenario)
         if reason:
             return reason
     reason = composition_problem([type(d) for d in built.defenses])  # the loader refuses it first; plans built in code
@@ -102,6 +103,11 @@ def incompatibility(built: Plan, scenario: Scenario) -> str | None:
         if reason:
             return reason
     return None
+
+
+def _federation_refusal(attack: Attack, scenario: Scenario) -> str | None:
+    """Why a training attack cannot do what it claims at this federation's size (e.g. ALIE's z_max = 0), or None."""
+    return attack.check_federation(scenario.federation)
 
 
 @dataclass
@@ -203,6 +209,7 @@ def prepare(scenario: Scenario, seed: int, built: Plan, progress: Any = None) ->
     malicious = _malicious(built.attacks, s.clients, generator(*parts, "malicious"))
     _poison_clients(built.attacks, clients, malicious, parts)
     model, tokenizer = built.model_source.load(built.task.kind, built.task.num_labels, device, derive_seed(*parts, "init"))
+    _check_poisoned(built, clients, malicious, tokenizer)
     built.method.task_loss = built.task.example_losses
     built.method.tier = built.tier
     built.method.prepare(model, built.task, generator(*parts, "method"))
@@ -337,6 +344,13 @@ def _poison_clients(attacks: list[Any], clients: list[ClientData], malicious: li
     for attack in (a for a in attacks if a.changes_training):
         for c in malicious:
             clients[c].members = attack.poison_examples(c, clients[c].members, generator(*parts, "poison-data", c))
+
+
+def _check_poisoned(built: Plan, clients: list[ClientData], malicious: list[int], tokenizer: Any) -> None:
+    """A poisoned record that ``max_length`` cuts (a backdoor target cut off) would measure nothing: each
+    training attack may refuse its own records (``check_poisoned`` raises ``UserError``)."""
+    for attack in (a for a in built.attacks if a.changes_training):
+        attack.check_poisoned(built.task, tokenizer, [e for c in malicious for e in clients[c].members])
 
 
 def _kept_parts(built: Plan) -> frozenset[str]:
