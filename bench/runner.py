@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from bench import base_perplexity
 from bench import federation as fl
 from bench.data import truncation
 from bench.device import describe, peak_gpu_memory_mb, pick_device, reset_peak_memory
@@ -234,10 +235,17 @@ def prepare(scenario: Scenario, seed: int, built: Plan, progress: Any = None) ->
 def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str | None = None) -> RunResult:
     p = prepare(scenario, seed, built, progress)
     truncated = _truncation_metric(p)  # before training: a task that cuts every response token is an error
+    fit = base_perplexity.measure(built.model_source, built.task,
+                                  _eval_set(p.task_data.test, scenario.federation.eval_examples), p.device)
     reset_peak_memory(p.device)
     stats = fl.run(p.fed, p.transcript, p.truth)
     result = RunResult(device=describe(p.device), skipped=[(name, "incompatible", why) for name, why in built.refused])
     result.metrics.append(("none", truncated))
+    if fit is not None:
+        result.metrics.append(("none", fit[0]))
+        result.row_extra[("none", fit[0].name)] = fit[1]
+        if "warning" in fit[1]:  # every row of the run carries it, not only the perplexity row
+            result.extra["base_model_warning"] = fit[1]["warning"]
     from bench.tiers import OpenModel
 
     own_view = OpenModel(built.method.model, built.method.layout(), built.task, p.tokenizer)
