@@ -35,6 +35,7 @@ from bench.api.transcript import GroundTruth, Transcript
 from bench.client.device import describe, peak_gpu_memory_mb, pick_device, reset_peak_memory
 from bench.engine import federation as fl
 from bench.engine.views import ViewBuilder
+from bench.scoring import base_perplexity
 from bench.scoring.mia import roc_curve
 from bench.scoring.roc import compact_roc
 from bench.scoring.score import Metric, score
@@ -232,12 +233,19 @@ def prepare(scenario: Scenario, seed: int, built: Plan, progress: Any = None) ->
 def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str | None = None) -> RunResult:
     p = prepare(scenario, seed, built, progress)
     truncated = _truncation_metric(p)  # before training: a task that cuts every response token is an error
+    fit = base_perplexity.measure(built.model_source, built.task,
+                                  _eval_set(p.task_data.test, scenario.federation.eval_examples), p.device)
     reset_peak_memory(p.device)
     stats = fl.run(p.fed, p.transcript, p.truth)
     if "client_batches" in p.fed.keep:  # the inversion scorer's floor: records no client trained on
         p.truth.held_out = held_out_tokens(built.task, p.task_data.test, p.tokenizer, p.device)
     result = RunResult(device=describe(p.device), skipped=[(name, "incompatible", why) for name, why in built.refused])
     result.metrics.append(("none", truncated))
+    if fit is not None:
+        result.metrics.append(("none", fit[0]))
+        result.row_extra[("none", fit[0].name)] = fit[1]
+        if "warning" in fit[1]:  # every row of the run carries it, not only the perplexity row
+            result.extra["base_model_warning"] = fit[1]["warning"]
     from bench.world.tiers import OpenModel
 
     own_view = OpenModel(built.method.model, built.method.layout(), built.task, p.tokenizer)

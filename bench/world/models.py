@@ -297,3 +297,8 @@ class TinyLlama(ZooModel):
                            max_position_embeddings=c.context, attention_dropout=0.0, tie_word_embeddings=False,
                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                            pad_token_id=tokenizer.pad_token_id)
+
+
+# Sources that build their Hugging Face directory from another format (GGUF) register from their own
+# module; importing it here is what puts them in the registry (the plugin loader imports this module).
+from bench.world import model_sources as _model_sources  # noqa: E402,F401
