@@ -61,6 +61,8 @@ class GroundTruth:
     """(round, client) -> the token sequences that client trained on in that round."""
     malicious_clients: tuple[int, ...] = ()
     canaries: list[Any] = field(default_factory=list)
+    canary_copies: list[int] = field(default_factory=list)
+    """Per canary: how many of its inserted copies some client trained on (members)."""
 
 
 @dataclass

@@ -7,6 +7,8 @@ the seed alone, so the pair differs only in the defense). Roles: ``mia`` (member
 
 **Attack advantage** = headline metric - the level a failed attack reaches:
 - mia: ``mia.auc`` - 0.5;  inversion: ``inversion.rouge1`` - 0;  backdoor: ``poison.asr`` - 0;
+- extraction: ``extraction.rate`` - ``extraction.base_rate`` (the base model's rate on the same probes,
+  the ``floor`` of the rate's row); the role is the attacks' declared family (``Attack.family``);
 - byzantine: ``poison.asr`` (error rate on clean inputs) - the error rate of the same scenario and
   seed without attackers (its clean twin, through ``poison.utility_drop``; failing that, the privacy
   run of the same method, defense and seed), so that a defense that merely makes the model worse is
@@ -35,28 +37,34 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from bench.reporting.leaderboard import attack_family
+from bench.reporting.leaderboard import attack_family, parse_families
 
 MIN_ADVANTAGE = 0.05
 MITIGATES, PARTIAL = 0.75, 0.25
-ROLES = ("mia", "inversion", "backdoor", "byzantine")
+ROLES = ("mia", "inversion", "backdoor", "byzantine", "extraction")
 ROLE_TITLES = {"mia": "membership inference", "inversion": "gradient inversion", "backdoor": "backdoor",
-               "byzantine": "Byzantine"}
-HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "backdoor": "poison.asr", "byzantine": "poison.asr"}
+               "byzantine": "Byzantine", "extraction": "extraction"}
+HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "backdoor": "poison.asr", "byzantine": "poison.asr",
+            "extraction": "extraction.rate"}
 FAILURE_LEVEL = {"mia": 0.5, "inversion": 0.0, "backdoor": 0.0}
+FLOOR_COLUMN = {"extraction": "extraction.base_rate"}
+"""Roles whose failure level is measured per run (the base model's rate: the metric row's ``floor``)."""
 ATTACK_COLUMN = {"mia": "mia_attack", "inversion": "inversion_attack", "backdoor": "poison_attack",
-                 "byzantine": "poison_attack"}
+                 "byzantine": "poison_attack", "extraction": "extraction_attack"}
 
 
-def role_of(attack: str) -> str | None:
-    family = attack_family(attack)
+def role_of(attack: str, declared: dict[str, str] | None = None) -> str | None:
+    """The Table 4 role of an attack: its declared family (``Attack.family``, stored by the runner), else
+    the family its name's prefix names."""
+    family = (declared or {}).get(attack) or attack_family(attack)
     if family == "poison":
         return "byzantine" if attack.startswith("byz-") else "backdoor"
     return family
 
 
 def roles_of_run(row: dict[str, Any]) -> list[str]:
-    roles = {role_of(a) for a in str(row.get("attacks") or "").split("+") if a and a != "none"}
+    declared = parse_families(row.get("attack_families"))
+    roles = {role_of(a, declared) for a in str(row.get("attacks") or "").split("+") if a and a != "none"}
     return [r for r in ROLES if r in roles]
 
 
@@ -126,6 +134,8 @@ def _advantage(row: dict[str, Any], role: str, clean: dict[tuple, dict[str, Any]
     value = row.get(HEADLINE[role])
     if value is None:
         return None
+    if role in FLOOR_COLUMN:  # no floor measured: the attack's rate counts in full
+        return value - (row.get(FLOOR_COLUMN[role]) or 0.0)
     if role != "byzantine":
         return value - FAILURE_LEVEL[role]
     accuracy = _twin_accuracy(row, clean)
@@ -225,7 +235,7 @@ def build(board: list[dict[str, Any]], paper: Any = None) -> list[Cell]:
 
 METHOD_ORDER = ("fft", "lora", "adapter", "prompt-tuning", "instruction-tuning", "rlhf", "provider-tuning",
                 "textual-prompt")
-DEFENSE_ORDER = ("dp-local", "dp-central", "secagg", "he", "robust-krum", "robust-median", "robust-trimmed",
+DEFENSE_ORDER = ("dp-local", "dp-central", "scrub-pii", "secagg", "he", "robust-krum", "robust-median", "robust-trimmed",
                  "robust-clip", "robust-fltrust")
 
 
