@@ -183,3 +183,59 @@ def test_closed_tiers_refuse_the_extraction_attacks_whose_access_they_do_not_gra
     assert all("logits" in why for _, why in black.refused)
     gray = plan(make_scenario(tmp_path, tier="gray-box", method="provider-tuning", task=task, attacks=attacks))
     assert not gray.refused
+
+
+# --- reporting: the extraction role comes from the declared family, not the attack's name -----------
+def _extraction_run(defenses: str, seed: int, rate: float, base: float) -> list[dict]:
+    from report_helpers import run_rows
+
+    name = f"t4x[defenses={defenses},attacks=leak-anything]"  # a name no prefix rule knows
+    metrics = {("none", "utility.accuracy"): 0.9, ("leak-anything", "extraction.rate"): rate,
+               ("leak-anything", "extraction.base_rate"): base}
+    extras = {("leak-anything", "extraction.rate"): {"floor": base, "family": "extraction"},
+              ("leak-anything", "extraction.base_rate"): {"family": "extraction"}}
+    rows = run_rows(name, seed, defenses=defenses, metrics=metrics, extras=extras)
+    rows[0]["extra"]["attack_families"] = {"leak-anything": "extraction"}
+    return rows
+
+
+def test_table4_files_an_attack_under_its_declared_family_and_measures_above_its_floor():
+    from bench.reporting import leaderboard, paper4, table4
+
+    rows = []
+    for seed, jitter in enumerate((0.0, 0.02, -0.02, 0.01, -0.01)):
+        rows += _extraction_run("none", seed, rate=0.70 + jitter, base=0.10)
+        rows += _extraction_run("dp-local", seed, rate=0.12 + jitter / 4, base=0.10)
+    board = leaderboard.build(rows)
+    assert {r["extraction_attack"] for r in board} == {"leak-anything"}
+    assert table4.roles_of_run(board[0]) == ["extraction"]
+    [cell] = table4.build(board, paper=paper4.annotate)
+    assert (cell.role, cell.metric) == ("extraction", "extraction.rate")
+    assert cell.advantage_without == pytest.approx(0.60) and cell.advantage_with == pytest.approx(0.02)
+    assert cell.verdict == "mitigates"
+    assert (cell.paper, cell.comparison) == ("applies", "agree")  # the DP mark read as covering extraction
+    assert paper4.paper_mark("lora", "scrub-pii")[0] == "not stated"
+
+
+# --- end to end through the runner: the provider's log, with and without scrubbing ------------------
+@pytest.mark.parametrize("defenses", [[], ["scrub-pii"]])
+def test_the_provider_log_holds_the_clients_pii_unless_they_scrub_it(tmp_path, defenses):
+    from bench.engine.runner import execute
+    from tests.helpers import make_scenario
+
+    scenario = make_scenario(tmp_path, tier="gray-box", method="provider-tuning", defenses=defenses,
+                             task={"name": "synthetic-instructions", "params": {"max_length": 40}},
+                             federation={"clients": 2, "clients_per_round": 2, "rounds": 1, "local_steps": 1,
+                                         "batch_size": 2, "examples_per_client": 6, "eval_examples": 4,
+                                         "mia_candidates": 4},
+                             attacks=["pii-provider"])
+    rows = {(r.attack, r.metric): r for r in execute(scenario, 0)}
+    rate = rows[("pii-provider", "extraction.rate")]
+    assert rate.extra["floor"] == 0.0 and rate.extra["family"] == "extraction"
+    egress = rows[("none", "privacy.egress_pii_fraction")].value
+    if defenses:
+        assert rate.value == 0.0 and egress == 0.0
+        assert rows[("none", "privacy.residual_pii_fraction")].value < 1.0
+    else:
+        assert rate.value == 1.0 and egress == 1.0  # every uploaded record carried its PII to the provider
+        assert rows[("none", "privacy.egress_pii_items")].value > 0
