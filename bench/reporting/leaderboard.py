@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.api.vocabulary import UTILITY_HEADLINE
 
-LEADERBOARD_SCHEMA = 2
+LEADERBOARD_SCHEMA = 3
 
 IDENTITY = ["leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses",
             "attacks", "status", "error"]
