@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.scoring import base_perplexity
-from bench.world import model_sources
 from bench.api.errors import UserError
 from bench.api.registry import MODELS, TASKS
+from bench.scoring import base_perplexity
+from bench.world import model_sources
 from tests.helpers import make_scenario
 
 

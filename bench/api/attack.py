@@ -25,6 +25,9 @@ class Attack:
     access: ClassVar[frozenset[Access]] = frozenset()
     """What the attack needs of the model through the tier (``bench.world.tiers.Access``); the runner refuses
     it before training where the tier does not grant all of it. Every attack declares its own."""
+    family: ClassVar[str | None] = None
+    """The attack family the reports file this attack under (``extraction``); None: read from the name's
+    prefix (``mia-``, ``inversion-``, ``poison-``/``byz-``). The runner stores it beside the attack's rows."""
     changes_training: ClassVar[bool] = False
     """True for participant attacks that alter training; they need runs of their own."""
     task_kinds: ClassVar[frozenset[str]] = frozenset({"classification", "language", "instruction", "preference"})

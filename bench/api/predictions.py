@@ -46,3 +46,27 @@ class PoisonOutcome:
     predicted: torch.Tensor
     target: torch.Tensor
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Extraction:
+    """What an extraction attack got the final model (and the base model, the floor) to reproduce.
+
+    Per candidate, in candidate order: ``trials`` target items probed (suffix tokens, PII values)
+    taken from the candidate record the attacker holds, and ``hits`` of them the model reproduced.
+    Which candidates were trained on is ground truth: the scorer alone splits members from
+    non-members. Canary completions are raw text; the scorer checks them against the hidden secrets."""
+
+    hits: torch.Tensor
+    trials: torch.Tensor
+    base_hits: torch.Tensor
+    graded: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Per-candidate similarity in [0, 1] (e.g. ``lcs``, ``rouge_l``) of the final model's output."""
+    base_graded: dict[str, torch.Tensor] = field(default_factory=dict)
+    canary_completions: list[str] = field(default_factory=list)
+    """Greedy completion of each canary's prefix (``ThreatView.canaries`` order) by the final model."""
+    base_canary_completions: list[str] = field(default_factory=list)
+    chance: float | None = None
+    """The rate a guess reaches with no model at all (1 / candidates for a pick from a list)."""
+    extra: dict[str, float] = field(default_factory=dict)
+    """Attack-specific counts reported as they are (``extraction.<key>``)."""

@@ -66,6 +66,8 @@ class GroundTruth:
     attacker is given (the test split): the inversion scorer's floor, what guessing another record scores."""
     malicious_clients: tuple[int, ...] = ()
     canaries: list[Any] = field(default_factory=list)
+    canary_copies: list[int] = field(default_factory=list)
+    """Per canary: how many of its inserted copies some client trained on (members)."""
 
 
 @dataclass

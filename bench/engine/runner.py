@@ -170,6 +170,9 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
     for row in rows:  # figures read these later; the report never re-runs anything
         row.extra = {**row.extra, **result.row_extra.get((row.attack, row.metric), {})}
     rows[0].extra = {**rows[0].extra, "scenario_config": scenario_record(scenario)}
+    families = _declared_families(scenario)
+    if families:  # reports file attacks by the family they declare, even for runs that never ran them
+        rows[0].extra["attack_families"] = families
     return rows
 
 
@@ -224,7 +227,8 @@ def prepare(scenario: Scenario, seed: int, built: Plan, progress: Any = None) ->
         keep=_kept_parts(built), progress=progress,
     )
     _give_server_updates(built.defenses, fed, task_data.auxiliary)
-    truth = GroundTruth(malicious_clients=tuple(malicious), canaries=task_data.canaries)
+    truth = GroundTruth(malicious_clients=tuple(malicious), canaries=task_data.canaries,
+                        canary_copies=_canary_copies(task_data.canaries, clients))
     transcript = Transcript()
     fed.trainer = built.method.trainer(fed.trainer, transcript)
     return Prepared(scenario, seed, built, task_data, clients, tokenizer, device, fed, transcript, truth)
@@ -271,6 +275,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
             continue
         metrics = score(prediction, views.truth)
         result.metrics += [(attack.name, m) for m in metrics]
+        _keep_metric_extras(result, attack, metrics)
         if isinstance(prediction, MembershipScores) and any(m.name == "mia.auc" for m in metrics):
             curve = roc_curve(prediction.scores, views.truth.member_flags)[:2]
             result.row_extra[(attack.name, "mia.auc")] = {"roc": compact_roc(curve[0].tolist(), curve[1].tolist())}
@@ -278,6 +283,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
                 curves[attack.name] = curve
     result.metrics += [("none", m) for m in _cost_metrics(stats, scenario.federation.rounds, built.defenses, p.device)]
     result.metrics += [("none", m) for m in _privacy_metrics(built.defenses, p.transcript, result.extra)]
+    result.metrics += [("none", m) for m in _pii_egress(p.transcript, p.clients, built.task)]
     if curves:
         result.extra["roc_figure"] = _save_roc(curves, figures, f"{scenario.hash}-{seed}")
     result.extra.update({"trainable_params": built.method.num_trainable, "malicious": list(p.fed.malicious),
@@ -404,7 +410,52 @@ def _privacy_metrics(defenses: list[Any], transcript: Transcript, extra: dict[st
         for key, value in report.items():
             label = key if counts[key] == 1 else f"{key}[{name}]"  # two DP layers: keep both, apart
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                metrics.append(Metric(label, float(value), higher_is_better=not key.startswith("dp.epsilon")))
+                metrics.append(Metric(label, float(value), higher_is_better=not key.startswith(("dp.epsilon", "privacy."))))
             else:
                 extra[label] = value
+    return metrics
+
+
+def _keep_metric_extras(result: RunResult, attack: Any, metrics: list[Metric]) -> None:
+    """A metric's ``extra`` (its ``floor``) and the attack's declared family go beside its row."""
+    for m in metrics:
+        kept = {**(m.extra or {}), **({"family": attack.family} if attack.family else {})}
+        if kept:
+            result.row_extra[(attack.name, m.name)] = {**result.row_extra.get((attack.name, m.name), {}), **kept}
+
+
+def _declared_families(scenario: Scenario) -> dict[str, str]:
+    families = {}
+    for spec in scenario.attacks:
+        family = getattr(ATTACKS.get(spec.name), "family", None)
+        if family:
+            families[spec.name] = family
+    return families
+
+
+def _canary_copies(canaries: list[Any], clients: list[ClientData]) -> list[int]:
+    """Per canary, its copies among the clients' members (a copy dealt to held-out data is not trained)."""
+    if not canaries:
+        return []
+    counts = [0] * len(canaries)
+    for client in clients:
+        for example in client.members:
+            if isinstance(example.get("canary"), int) and 0 <= example["canary"] < len(counts):
+                counts[example["canary"]] += 1
+    return counts
+
+
+def _pii_egress(transcript: Transcript, clients: list[ClientData], task: Any) -> list[Metric]:
+    """PII in what left the clients for the provider (closed tiers): distinct items in client requests,
+    and the fraction of the members' items among them (``bench.api.pii`` rules)."""
+    sent = [r.text for r in transcript.provider_log if r.client is not None]
+    if not sent:
+        return []
+    from bench.api import pii
+
+    logged = set().union(*(pii.values(t) for t in sent))
+    owned = set().union(set(), *(pii.values(task.text_of(e)) for c in clients for e in c.members))
+    metrics = [Metric("privacy.egress_pii_items", float(len(logged)), higher_is_better=False)]
+    if owned:
+        metrics.append(Metric("privacy.egress_pii_fraction", len(owned & logged) / len(owned), higher_is_better=False))
     return metrics

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.api.vocabulary import UTILITY_HEADLINE
 
-LEADERBOARD_SCHEMA = 2
+LEADERBOARD_SCHEMA = 3
 
 IDENTITY = ["leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses",
             "attacks", "status", "error"]
@@ -30,10 +30,14 @@ FAMILY_METRICS = {
             "mia.exposure"],
     "inversion": ["inversion.rouge1", "inversion.rouge2", "inversion.exact", "inversion.token_f1"],
     "poison": ["poison.asr", "poison.asr_ci_low", "poison.asr_ci_high", "poison.utility_drop"],
+    "extraction": ["extraction.rate", "extraction.rate_ci_low", "extraction.rate_ci_high", "extraction.base_rate",
+                   "extraction.nonmember_rate"],
 }
-FAMILY_HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "poison": "poison.asr"}
+FAMILY_HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "poison": "poison.asr",
+                   "extraction": "extraction.rate"}
 FAMILY_OF_PREFIX = {"mia": "mia", "inversion": "inversion", "poison": "poison", "byz": "poison"}
-PRIVACY = ["dp.epsilon", "dp.delta", "dp.epsilon_lower", "privacy.egress_records"]
+PRIVACY = ["dp.epsilon", "dp.delta", "dp.epsilon_lower", "privacy.egress_records", "privacy.egress_pii_fraction",
+           "privacy.residual_pii_fraction"]
 COST = ["cost.wall_s", "cost.client_s", "cost.server_s", "cost.bytes_up", "cost.bytes_down", "cost.expansion",
         "cost.peak_mem_mb"]
 PROVENANCE = ["git_commit", "device"]
@@ -43,12 +47,41 @@ def _family_columns() -> list[str]:
     return [c for family, metrics in FAMILY_METRICS.items() for c in [f"{family}_attack", *metrics]]
 
 
-COLUMNS = IDENTITY + UTILITY + _family_columns() + PRIVACY + COST + PROVENANCE
+COLUMNS = IDENTITY + UTILITY + _family_columns() + PRIVACY + COST + PROVENANCE + ["attack_families"]
+"""``attack_families``: ``name=family`` pairs joined by ``+`` for attacks that declare a family (``Attack.family``)."""
 
 
 def attack_family(attack: str) -> str | None:
     """``mia``, ``inversion`` or ``poison`` for an attack name (by its prefix), else None."""
     return FAMILY_OF_PREFIX.get(attack.split("-", 1)[0])
+
+
+def _extra(row: dict[str, Any]) -> dict[str, Any]:
+    extra = row.get("extra")
+    if isinstance(extra, str):  # rows read back from results.csv keep extra as JSON text
+        import json
+
+        try:
+            extra = json.loads(extra)
+        except ValueError:
+            return {}
+    return extra if isinstance(extra, dict) else {}
+
+
+def declared_families(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Attack name -> the family it declared (stored by the runner), for one run's rows."""
+    out: dict[str, str] = {}
+    for row in rows:
+        extra = _extra(row)
+        out.update(extra.get("attack_families") or {})
+        if extra.get("family") and row.get("attack") not in (None, "none"):
+            out[row["attack"]] = extra["family"]
+    return out
+
+
+def parse_families(value: Any) -> dict[str, str]:
+    """The leaderboard's ``attack_families`` cell back to a mapping."""
+    return dict(pair.split("=", 1) for pair in str(value or "").split("+") if "=" in pair)
 
 
 def attacks_from_name(scenario: str) -> list[str]:
@@ -96,11 +129,13 @@ def _group_runs(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, int], list[di
     return runs
 
 
-def _strongest(rows: list[dict[str, Any]], family: str) -> dict[str, Any]:
-    """Metrics of the family's strongest attack in one run (with ``<family>_attack``)."""
+def _strongest(rows: list[dict[str, Any]], family: str, declared: dict[str, str] | None = None) -> dict[str, Any]:
+    """Metrics of the family's strongest attack in one run (with ``<family>_attack``); an attack's declared
+    family wins over its name's prefix."""
     by_attack: dict[str, dict[str, Any]] = {}
+    declared = declared or {}
     for row in rows:
-        if row["attack"] != "none" and attack_family(row["attack"]) == family:
+        if row["attack"] != "none" and declared.get(row["attack"], attack_family(row["attack"])) == family:
             metrics = by_attack.setdefault(row["attack"], {})
             metrics[row["metric"]] = _number(row["value"])
             metrics[f"{row['metric']}_ci_low"] = _number(row.get("ci_low"))
@@ -124,8 +159,10 @@ def leaderboard_row(rows: list[dict[str, Any]], scenario_attacks: list[str] | No
     headline = next((m for m in UTILITY_HEADLINE if plain.get(m) is not None), None)
     out.update(utility=plain.get(headline) if headline else None, utility_metric=headline)
     out.update({k: plain.get(k) for k in UTILITY[2:] + PRIVACY + COST})
+    declared = declared_families(rows)
     for family in FAMILY_METRICS:
-        out.update(_strongest(rows, family))
+        out.update(_strongest(rows, family, declared))
+    out["attack_families"] = "+".join(f"{a}={f}" for a, f in sorted(declared.items())) or None
     out.update({k: first.get(k) for k in PROVENANCE})
     return out
 
@@ -163,7 +200,8 @@ def write_csv(board: list[dict[str, Any]], path: str | Path) -> Path:
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
     """Leaderboard rows back from CSV, numbers as floats (None for empty cells)."""
-    text_columns = set(IDENTITY) | {"utility_metric", *(f"{f}_attack" for f in FAMILY_METRICS)} | set(PROVENANCE)
+    text_columns = set(IDENTITY) | {"utility_metric", *(f"{f}_attack" for f in FAMILY_METRICS)} | set(PROVENANCE) \
+        | {"attack_families"}
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return [{k: (v if k in text_columns else _number(v)) for k, v in row.items()} for row in rows]

@@ -21,14 +21,21 @@ Comparison rule (per cell, ``compare``):
 - paper "not fully available": ours ``incompatible`` -> **agree**; it ran -> **disagree** (evidence:
   the verdict and the cost factor);
 - closed tiers: ``no effect``/``incompatible`` against the provider -> **agree**; otherwise disagree.
+
+Extraction (training-data and PII extraction; issue 20). The paper states no mark for extraction. Its
+DP mark says DP mitigates privacy attacks in general, so we read it as applying to extraction too:
+extraction is a DP target threat above, and a DP cell with an extraction attack is compared like a
+membership-inference cell. ``scrub-pii`` is not one of the paper's defense families: "not stated" at the
+open tiers (not measurable), and at the closed tiers the provider-sees-the-data rule (a client-side
+scrub does change what reaches the provider, so a scrub that mitigates ``pii-provider`` disagrees).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-FAMILY = {"dp-local": "DP", "dp-central": "DP", "secagg": "SecAgg", "he": "HE"}
-TARGETS = {"DP": {"mia", "inversion"}, "SecAgg": {"inversion"}, "HE": {"inversion"},
+FAMILY = {"dp-local": "DP", "dp-central": "DP", "secagg": "SecAgg", "he": "HE", "scrub-pii": "PII scrubbing"}
+TARGETS = {"DP": {"mia", "inversion", "extraction"}, "SecAgg": {"inversion"}, "HE": {"inversion"},
            "robust aggregation": {"backdoor", "byzantine"}}
 OPEN_FULL = {"fft", "lora", "adapter", "qlora"}
 PROMPT = {"prompt-tuning", "prefix-tuning"}
@@ -49,6 +56,8 @@ def family(defense: str) -> str:
 def paper_mark(method: str, defense: str) -> tuple[str, str]:
     """(mark, note) of the paper's Table 4 for a (method, defense)."""
     fam = family(defense)
+    if fam == "PII scrubbing" and method not in CLOSED:
+        return "not stated", "PII scrubbing is not among the paper's defense families"
     if method in OPEN_FULL:
         return "applies", "all four defense families apply"
     if method in PROMPT:

@@ -41,26 +41,30 @@ from typing import Any
 
 from bench.api.metrics import spec_of
 from bench.reporting import verdict as rule
-from bench.reporting.leaderboard import attack_family
+from bench.reporting.leaderboard import attack_family, parse_families
 
 MIN_ADVANTAGE = rule.MIN_ADVANTAGE
-ROLES = ("mia", "inversion", "backdoor", "byzantine")
+ROLES = ("mia", "inversion", "backdoor", "byzantine", "extraction")
 ROLE_TITLES = {"mia": "membership inference", "inversion": "gradient inversion", "backdoor": "backdoor",
-               "byzantine": "Byzantine"}
-HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "backdoor": "poison.asr", "byzantine": "poison.asr"}
+               "byzantine": "Byzantine", "extraction": "extraction"}
+HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "backdoor": "poison.asr", "byzantine": "poison.asr",
+            "extraction": "extraction.rate"}
 ATTACK_COLUMN = {"mia": "mia_attack", "inversion": "inversion_attack", "backdoor": "poison_attack",
-                 "byzantine": "poison_attack"}
+                 "byzantine": "poison_attack", "extraction": "extraction_attack"}
 
 
-def role_of(attack: str) -> str | None:
-    family = attack_family(attack)
+def role_of(attack: str, declared: dict[str, str] | None = None) -> str | None:
+    """The Table 4 role of an attack: its declared family (``Attack.family``, stored by the runner), else
+    the family its name's prefix names."""
+    family = (declared or {}).get(attack) or attack_family(attack)
     if family == "poison":
         return "byzantine" if attack.startswith("byz-") else "backdoor"
     return family
 
 
 def roles_of_run(row: dict[str, Any]) -> list[str]:
-    roles = {role_of(a) for a in str(row.get("attacks") or "").split("+") if a and a != "none"}
+    declared = parse_families(row.get("attack_families"))
+    roles = {role_of(a, declared) for a in str(row.get("attacks") or "").split("+") if a and a != "none"}
     return [r for r in ROLES if r in roles]
 
 
@@ -278,7 +282,7 @@ def build(board: list[dict[str, Any]], paper: Any = None, stored: Floors | None 
 
 METHOD_ORDER = ("fft", "lora", "adapter", "prompt-tuning", "instruction-tuning", "rlhf", "provider-tuning",
                 "textual-prompt")
-DEFENSE_ORDER = ("dp-local", "dp-central", "secagg", "he", "robust-krum", "robust-median", "robust-trimmed",
+DEFENSE_ORDER = ("dp-local", "dp-central", "scrub-pii", "secagg", "he", "robust-krum", "robust-median", "robust-trimmed",
                  "robust-clip", "robust-fltrust")
 
 

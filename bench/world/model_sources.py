@@ -36,9 +36,9 @@ import torch
 
 from bench.api.config import doc
 from bench.api.errors import UserError
-from bench.world.models import ModelSource, _build_atomically, cache_root
 from bench.api.registry import MODELS
 from bench.api.seeding import isolated_rng
+from bench.world.models import ModelSource, _build_atomically, cache_root
 
 GGUF_VERSION = 1
 """Part of the cache key: bump when the conversion changes what it writes."""

@@ -37,6 +37,8 @@ class Canary:
     prefix: str
     secret_space: list[str]
     secret: str = field(repr=False)
+    repeats: int = 1
+    """Copies of the canary record inserted into the pool (the repetition study's variable)."""
 
 
 @dataclass
@@ -295,10 +297,18 @@ class LocalFile(Task):
         chosen_column: str = doc("Column with the preferred response (preference pairs).", "chosen")
         rejected_column: str = doc("Column with the dispreferred response (preference pairs).", "rejected")
         limit: int = doc("Use at most this many records, drawn at random with the run's seed (0 = all).", 0)
+        canaries: int = doc("Canary records inserted per repetition count (language / instruction only; 0 = none).", 0)
+        canary_repeats: tuple[int, ...] = doc("Repetition counts: each of ``canaries`` canaries per count is inserted "
+                                              "that many times, replacing pool records.", (1,))
+        canary_digits: int = doc("Digits in a canary's secret.", 6)
 
         def __post_init__(self) -> None:
             if self.objective not in LOCAL_OBJECTIVES:
                 raise ValueError(f"objective must be one of {', '.join(LOCAL_OBJECTIVES)}")
+            if self.canaries < 0 or not self.canary_repeats or min(self.canary_repeats) < 1 or self.canary_digits < 1:
+                raise FieldError("canaries", "canaries must be >= 0, canary_repeats positive counts, canary_digits >= 1")
+            if self.canaries and self.objective not in ("language", "instruction"):
+                raise FieldError("canaries", "canaries are text records: objective must be language or instruction")
             if self.limit < 0:
                 raise FieldError("limit", f"limit must be 0 (all) or a positive count, got {self.limit}")
 
@@ -375,7 +385,44 @@ class LocalFile(Task):
                                 f"a classification task needs at least 2 (raise limit?)", key="task.params.label_column")
         n_test = max(len(records) // 10, 1)
         test, aux, pool = records[:n_test], records[n_test : 2 * n_test], records[2 * n_test :]
-        return TaskData(pool[:total], test, aux)
+        pool = pool[:total]
+        return TaskData(pool, test, aux, self._insert_canaries(pool, rng))
+
+    def _insert_canaries(self, pool: list[dict[str, Any]], rng: torch.Generator) -> list[Canary]:
+        """``canaries`` secret-bearing records per repetition count, each copied that many times over random
+        pool positions (Carlini et al. 2019's canaries; the repetition study of Carlini et al. 2023)."""
+        c = self.config
+        needed = c.canaries * sum(c.canary_repeats)
+        if not c.canaries:
+            return []
+        if needed > len(pool):
+            raise UserError(f"{c.canaries} canaries x repeats {list(c.canary_repeats)} need {needed} pool records; the "
+                            f"pool holds {len(pool)}", key="task.params.canaries")
+        slots = iter(torch.randperm(len(pool), generator=rng)[:needed].tolist())
+        canaries: list[Canary] = []
+        names: set[str] = set()
+        for repeats in c.canary_repeats:
+            for _ in range(c.canaries):
+                name = synthetic.patient(rng)["name"]
+                while name in names:  # one prefix per canary: a shared name would make the probe ambiguous
+                    name = synthetic.patient(rng)["name"]
+                names.add(name)
+                secret = synthetic.canary_secret(rng, c.canary_digits)
+                record, prefix = self._canary_record(name, secret)
+                space = sorted({secret} | {synthetic.canary_secret(rng, c.canary_digits) for _ in range(99)})
+                for _ in range(repeats):
+                    pool[next(slots)] = {**record, "canary": len(canaries)}
+                canaries.append(Canary(prefix=prefix, secret_space=space, secret=secret, repeats=repeats))
+        return canaries
+
+    def _canary_record(self, name: str, secret: str) -> tuple[dict[str, Any], str]:
+        """(the canary record in this file's schema, the prefix an attacker completes)."""
+        sentence = synthetic.CANARY_PREFIX.format(name=name)
+        if self.config.objective == "instruction":
+            instruction = f"What is the secret code of patient {name}?"
+            record = {"instruction": instruction, "response": f"{sentence}{secret}."}
+            return record, PROMPT_TEMPLATE.format(instruction=instruction) + sentence
+        return {"text": f"{sentence}{secret}."}, sentence
 
     def check(self) -> list[str]:
         """The file exists and parses, the mapped columns are in it, rows are usable, labels >= 2."""
