@@ -68,8 +68,14 @@ class Federation:
                                    f"examples_per_client is at most {MAX_EXAMPLES}.", 32)
     member_fraction: float = doc("Share of a client's records it trains on; the rest are non-members.", 0.5)
     eval_examples: int = doc(f"Test records for utility (0 = all; at most {MAX_EXAMPLES}).", 128)
+    utility_curve: bool = doc("Also evaluate utility after every round (a learning curve: utility.curve.* rows, the "
+                              "curve in their extra); costs one utility evaluation per round.", False)
     mia_candidates: int = doc("Members + non-members scored by membership attacks, half each (0 = every record the "
                               "smaller side has). TPR at 1% FPR needs about 2000 to mean >= 10 false positives.", 256)
+    mia_nonmembers: int = doc("Non-members scored by membership attacks when more than the members (0 = as many as "
+                              "the members drawn, from mia_candidates): a low false-positive rate is only resolved "
+                              "with many non-members (FPR 1% needs 1000 for 10 false positives); lower "
+                              "member_fraction to hold them.", 0)
 
     def __post_init__(self) -> None:
         maxima = {"clients": MAX_CLIENTS, "clients_per_round": MAX_CLIENTS, "rounds": MAX_ROUNDS,
@@ -89,6 +95,8 @@ class Federation:
             raise FieldError("member_fraction", "member_fraction must be strictly between 0 and 1")
         if self.mia_candidates == 1 or not 0 <= self.mia_candidates <= MAX_EXAMPLES:
             raise FieldError("mia_candidates", f"mia_candidates must be 0 (every record) or 2..{MAX_EXAMPLES}")
+        if not 0 <= self.mia_nonmembers <= MAX_EXAMPLES:
+            raise FieldError("mia_nonmembers", f"mia_nonmembers must be in 0..{MAX_EXAMPLES}")
         if not 0 <= self.eval_examples <= MAX_EXAMPLES:
             raise FieldError("eval_examples", f"eval_examples must be in 0..{MAX_EXAMPLES}")
         for name in ("lr", "server_lr", "alpha"):

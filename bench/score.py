@@ -7,7 +7,7 @@ Each prediction type (``bench.predictions``) has one scorer in ``bench/scoring/`
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench.transcript import GroundTruth
@@ -22,6 +22,8 @@ class Metric:
     higher_is_better: bool = True
     ci_low: float | None = None
     ci_high: float | None = None
+    extra: dict[str, Any] | None = field(default=None, compare=False)
+    """What the row keeps beside the value (a curve, the candidate counts behind a rate)."""
 
 
 Scorer = Callable[[Any, GroundTruth], list[Metric]]
