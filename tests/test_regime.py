@@ -5,6 +5,7 @@ are checked on a fast configuration in ``test_regime_levels`` (slow)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bench import synthetic
@@ -104,3 +105,43 @@ def test_a_run_reports_the_base_utility_and_a_curve_that_does_not_change_trainin
     curve = extras["utility.curve.accuracy"]["curve"]
     assert [r for r, _ in curve] == [0, 1, 2, 3]
     assert curve[0][1] == values["utility.base.accuracy"] and curve[-1][1] == values["utility.accuracy"]
+
+
+def _table4_cell(method: str, task: str) -> dict:
+    """One Table 4 privacy cell without a defense, as scenarios/table4.yaml writes it."""
+    from bench.scenario import load
+
+    cells = [s for s in load("scenarios/table4.yaml") if s.method.name == method and s.task.name == task
+             and not s.defenses]
+    assert len(cells) == 1
+    return cells[0]
+
+
+@pytest.mark.slow  # one seed of three Table 4 cells: ~2 CPU minutes
+@pytest.mark.parametrize(("method", "task", "check"), [
+    ("lora", "synthetic-clinical", lambda v: v["utility.accuracy"] >= 0.8 and v["utility.base.accuracy"] <= 0.45),
+    ("instruction-tuning", "synthetic-instructions",
+     lambda v: v["utility.rouge_l"] - v["utility.base.rouge_l"] >= 0.2),
+    ("rlhf", "synthetic-preferences",
+     lambda v: 0.6 <= v["utility.reward_accuracy"] <= 0.95 and "utility.implicit_reward_margin" in v),
+])
+def test_regime_levels(method, task, check):
+    """Without a defense, the Table 4 regime learns each task beyond its base model (issue 15)."""
+    values, _ = _values(execute(_table4_cell(method, task), 0))
+    assert check(values), values
+
+
+def test_the_leaderboard_publishes_the_base_utility_and_the_curve_of_the_headline():
+    import json
+
+    from bench import leaderboard
+
+    base = {"scenario": "s", "scenario_hash": "h", "seed": 0, "tier": "open-weight", "model": "m", "task": "t",
+            "method": "lora", "defenses": "none", "status": "ok", "error": "", "attack": "none", "extra": {}}
+    rows = [{**base, "metric": "utility.accuracy", "value": 0.9},
+            {**base, "metric": "utility.base.accuracy", "value": 0.3},
+            {**base, "metric": "utility.curve.accuracy", "value": 0.9,
+             "extra": json.dumps({"curve": [[0, 0.3], [1, 0.9]]})}]  # as read back from results.csv
+    row = leaderboard.leaderboard_row(rows)
+    assert row["utility_base"] == 0.3 and json.loads(row["utility_curve"]) == [[0, 0.3], [1, 0.9]]
+    assert leaderboard.leaderboard_row(rows[:1])["utility_curve"] is None

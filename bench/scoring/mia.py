@@ -10,6 +10,11 @@ resampled separately, so every resample keeps both classes). The bootstrap is ve
 is a vector of counts per distinct score value, and all resamples' ROC curves are built at once by
 cumulative sums. Its generator is seeded from a fixed ``seed`` argument, so scoring is deterministic.
 
+Resolution: a TPR at FPR ``alpha`` means something only when ``alpha`` x non-members >= 1 (below, it is
+the TPR at zero false positives); every membership metric carries ``resolution`` in its extra (member
+and non-member counts, ``fpr_resolution`` = 1 / non-members, the ``resolved_fprs``), so a row says
+which of its rates are real. ``federation.mia_nonmembers`` draws the non-members that resolve 0.1%.
+
 Canary exposure (Carlini et al. 2019, "The Secret Sharer"): exposure = log2 |space| - log2 rank, where
 rank is 1 + the number of candidate secrets the model finds strictly more likely than the true one.
 """
