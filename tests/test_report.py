@@ -14,7 +14,7 @@ from bench.store.results import ResultStore, Row
 
 EXPECTED_COLUMNS = [
     "leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses", "attacks",
-    "status", "error", "utility", "utility_metric", "utility.accuracy", "utility.macro_f1", "utility.perplexity",
+    "status", "error", "utility", "utility_metric", "utility_base", "utility_curve", "utility.accuracy", "utility.macro_f1", "utility.perplexity",
     "utility.rouge_l", "utility.reward_accuracy", "mia_attack", "mia.auc", "mia.auc_ci_low", "mia.auc_ci_high",
     "mia.tpr@0.01", "mia.tpr@0.001", "mia.balanced_acc", "mia.exposure", "inversion_attack", "inversion.rouge1",
     "inversion.rouge2", "inversion.exact", "inversion.token_f1", "poison_attack", "poison.asr", "poison.asr_ci_low",

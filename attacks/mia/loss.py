@@ -13,8 +13,18 @@
   "Quantifying Privacy Risks of Masked Language Models Using Membership Inference Attacks"):
   calibrate by the same signal under a reference model. The reference is the pre-fine-tuning base
   model, the natural reference in post-training.
+- ``mia-calibrated``: difficulty calibration with reference models trained on population data
+  (Watson et al. 2022, "On the Importance of Difficulty Calibration in Membership Inference
+  Attacks", ICLR; the reference attack of Ye et al. 2022, "Enhanced Membership Inference Attacks
+  against Machine Learning Models", CCS): score = signal under the target - mean signal under
+  ``references`` models fine-tuned from the base model with the run's method and hyperparameters on
+  random draws of the auxiliary (public, same-distribution) records. Where the base model is no
+  reference (a classifier's new head is random; a task format the base never saw), this one knows
+  how hard each record is for a model that learned the task without it. It is offline LiRA with
+  a global variance and no Gaussian, at a fraction of the cost: the references are shared by every
+  defense cell of a (method, seed) (``bench.engine.views.ShadowTrainer`` caches them).
 
-All three default to the ``external`` vantage and read the final model through the tier's access
+All four default to the ``external`` vantage and read the final model through the tier's access
 (a ``ProviderAPI`` at gray-box; at black-box the logits request raises ``TierAccessError``).
 """
 
@@ -25,10 +35,19 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.mia._common import canary_losses, confidence_signal, is_classification, membership_scores, task_of, text_of
+from attacks.mia._common import (
+    canary_losses,
+    confidence_signal,
+    derived_generator,
+    is_classification,
+    membership_scores,
+    task_of,
+    text_of,
+)
 from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
+from bench.api.errors import TierAccessError, UserError
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
 
@@ -84,3 +103,35 @@ class ReferenceAttack(Attack):
         target = confidence_signal(view.final_model, view.candidates)
         reference = confidence_signal(view.base_model, view.candidates)
         return membership_scores(target - reference)
+
+
+@ATTACKS.register("mia-calibrated")
+class CalibratedAttack(Attack):
+    """Score = signal under the target - mean signal under reference models fine-tuned on population data."""
+
+    vantage = "external"
+    access = frozenset({Access.LOGITS, Access.WEIGHTS, Access.GRADIENTS})  # references are fine-tuned locally
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        references: int = doc("reference models, each fine-tuned on its own random draw of the auxiliary records", 1)
+        reference_examples: int = doc("auxiliary records per reference model (all there are, if fewer)", 32)
+
+        def __post_init__(self) -> None:
+            if self.references < 1 or self.reference_examples < 1:
+                raise ValueError("references and reference_examples must be at least 1")
+
+    def run(self, view: ThreatView, rng: torch.Generator):
+        if view.train_shadow is None:
+            raise TierAccessError("mia-calibrated fine-tunes reference models, and this vantage cannot train them")
+        if not view.auxiliary:
+            raise UserError("mia-calibrated needs auxiliary records to fine-tune its reference models on")
+        target = confidence_signal(view.final_model, view.candidates).double()
+        references = torch.stack([confidence_signal(self._reference(view, rng), view.candidates).double()
+                                  for _ in range(self.config.references)])
+        return membership_scores(target - references.mean(0))
+
+    def _reference(self, view: ThreatView, rng: torch.Generator):
+        pool = list(view.auxiliary)
+        picked = torch.randperm(len(pool), generator=rng)[: self.config.reference_examples].tolist()
+        return view.train_shadow([pool[i] for i in sorted(picked)], derived_generator(rng))

@@ -52,6 +52,8 @@ class Federation:
     progress: Any = None
     global_state: torch.Tensor | None = None
     """The flat state broadcast this round (set by the loop)."""
+    observers: list[Any] = field(default_factory=list)
+    """Called as ``observer(round, new_global_state)`` after each round (a learning curve)."""
 
 
 @dataclass
@@ -87,6 +89,8 @@ def run(fed: Federation, transcript: Transcript, truth: GroundTruth) -> Federati
     global_state = fed.method.get_flat()
     for round_index in range(fed.settings.rounds):
         global_state = _round(fed, round_index, global_state, transport, transcript, truth, stats)
+        for observe in fed.observers:
+            observe(round_index, global_state)
         if fed.progress is not None:
             fed.progress.update(1)
     fed.method.set_flat(global_state)

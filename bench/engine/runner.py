@@ -34,6 +34,7 @@ from bench.api.seeding import derive_seed, generator
 from bench.api.transcript import GroundTruth, Transcript
 from bench.client.device import describe, peak_gpu_memory_mb, pick_device, reset_peak_memory
 from bench.engine import federation as fl
+from bench.engine import learning
 from bench.engine.views import ViewBuilder
 from bench.scoring import base_perplexity
 from bench.scoring.mia import roc_curve
@@ -167,8 +168,10 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
                 for attack, m in metrics]
     for attack, status, reason in result.skipped:
         rows.append(Row(attack=attack, metric="run", value=None, **{**base, "status": status, "error": reason}))
+    extras = {(attack, m.name): m.extra for attack, m in result.metrics if m.extra}
     for row in rows:  # figures read these later; the report never re-runs anything
-        row.extra = {**row.extra, **result.row_extra.get((row.attack, row.metric), {})}
+        row.extra = {**row.extra, **extras.get((row.attack, row.metric), {}),
+                     **result.row_extra.get((row.attack, row.metric), {})}
     rows[0].extra = {**rows[0].extra, "scenario_config": scenario_record(scenario)}
     families = _declared_families(scenario)
     if families:  # reports file attacks by the family they declare, even for runs that never ran them
@@ -239,6 +242,16 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
     truncated = _truncation_metric(p)  # before training: a task that cuts every response token is an error
     fit = base_perplexity.measure(built.model_source, built.task,
                                   _eval_set(p.task_data.test, scenario.federation.eval_examples), p.device)
+    from bench.world.tiers import OpenModel
+
+    own_view = OpenModel(built.method.model, built.method.layout(), built.task, p.tokenizer)
+    own_view.method = built.method  # evaluate() adds the method's own utility (RLHF: reward accuracy, DPO margin)
+    eval_set = _eval_set(p.task_data.test, scenario.federation.eval_examples)
+    measure = lambda: evaluate(own_view, built.task, eval_set)  # noqa: E731
+    base, curve = learning.base_metrics(measure), None  # before any training: the figure a trained one is set beside
+    if scenario.federation.utility_curve:
+        curve = learning.LearningCurve(measure, built.method.set_flat, base=base)
+        p.fed.observers.append(curve)
     reset_peak_memory(p.device)
     stats = fl.run(p.fed, p.transcript, p.truth)
     if "client_batches" in p.fed.keep:  # the inversion scorer's floor: records no client trained on
@@ -250,12 +263,8 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
         result.row_extra[("none", fit[0].name)] = fit[1]
         if "warning" in fit[1]:  # every row of the run carries it, not only the perplexity row
             result.extra["base_model_warning"] = fit[1]["warning"]
-    from bench.world.tiers import OpenModel
-
-    own_view = OpenModel(built.method.model, built.method.layout(), built.task, p.tokenizer)
-    eval_set = _eval_set(p.task_data.test, scenario.federation.eval_examples)
     _stage(progress, "evaluating utility", total=1 + len(built.attacks))  # after training, time goes here
-    result.metrics += [("none", m) for m in evaluate(own_view, built.task, eval_set)]
+    result.metrics += [("none", m) for m in measure() + base + (curve.metrics() if curve else [])]
     views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth,
                         max_candidates=scenario.federation.mia_candidates or None)
     curves: dict[str, Any] = {}
@@ -277,10 +286,10 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
         result.metrics += [(attack.name, m) for m in metrics]
         _keep_metric_extras(result, attack, metrics)
         if isinstance(prediction, MembershipScores) and any(m.name == "mia.auc" for m in metrics):
-            curve = roc_curve(prediction.scores, views.truth.member_flags)[:2]
-            result.row_extra[(attack.name, "mia.auc")] = {"roc": compact_roc(curve[0].tolist(), curve[1].tolist())}
+            roc = roc_curve(prediction.scores, views.truth.member_flags)[:2]
+            result.row_extra[(attack.name, "mia.auc")] = {"roc": compact_roc(roc[0].tolist(), roc[1].tolist())}
             if figures:
-                curves[attack.name] = curve
+                curves[attack.name] = roc
     result.metrics += [("none", m) for m in _cost_metrics(stats, scenario.federation.rounds, built.defenses, p.device)]
     result.metrics += [("none", m) for m in _privacy_metrics(built.defenses, p.transcript, result.extra)]
     result.metrics += [("none", m) for m in _pii_egress(p.transcript, p.clients, built.task)]

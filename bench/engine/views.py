@@ -52,22 +52,28 @@ class ViewBuilder:
         smaller side allows."""
         self.scenario, self.seed, self.built, self.transcript = scenario, seed, built, transcript
         self.tokenizer, self.task_data, self.truth = tokenizer, task_data, truth
-        self.candidates = self._draw_candidates(clients, max_candidates)
+        self.candidates = self._draw_candidates(clients, max_candidates, scenario.federation.mia_nonmembers)
         device = _device(built)
         self.layout = built.method.layout()
         self.base_loader = BaseModelLoader(source=built.model_source, task=built.task, tokenizer=tokenizer,
                                            device=device, seed=derive_seed("run", seed, "init"))
         self.shadows = ShadowTrainer.for_run(scenario, seed, built, tokenizer, device) if built.tier.grants_weights() else None
 
-    def _draw_candidates(self, clients: list[Any], limit: int | None) -> list[dict]:
+    def _draw_candidates(self, clients: list[Any], limit: int | None, nonmember_count: int = 0) -> list[dict]:
+        """Members and non-members at random, half each; with ``nonmember_count`` (``mia_nonmembers``),
+        the members ``limit`` allows and up to that many non-members (a finer false-positive rate)."""
         rng = generator("run", self.seed, "candidates")
         members = [e for c in clients for e in c.members]
         nonmembers = [e for c in clients for e in c.nonmembers]
         count = min(len(members), len(nonmembers), len(members) if limit is None else limit // 2)
+        negatives = count
+        if nonmember_count:
+            count = min(len(members), len(members) if limit is None else limit // 2)
+            negatives = min(len(nonmembers), nonmember_count)
         chosen_members = [members[i] for i in torch.randperm(len(members), generator=rng)[:count].tolist()]
-        chosen_non = [nonmembers[i] for i in torch.randperm(len(nonmembers), generator=rng)[:count].tolist()]
+        chosen_non = [nonmembers[i] for i in torch.randperm(len(nonmembers), generator=rng)[:negatives].tolist()]
         pooled = chosen_members + chosen_non
-        flags = torch.tensor([1] * count + [0] * count)
+        flags = torch.tensor([1] * count + [0] * negatives)
         order = torch.randperm(len(pooled), generator=rng)
         self.truth.member_flags = flags[order]
         return [pooled[i] for i in order.tolist()]

@@ -12,6 +12,7 @@ values are empty cells. Everything here is a pure function of result rows.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,7 +24,7 @@ LEADERBOARD_SCHEMA = 3
 
 IDENTITY = ["leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses",
             "attacks", "status", "error"]
-UTILITY = ["utility", "utility_metric", "utility.accuracy", "utility.macro_f1", "utility.perplexity", "utility.rouge_l",
+UTILITY = ["utility", "utility_metric", "utility_base", "utility_curve", "utility.accuracy", "utility.macro_f1", "utility.perplexity", "utility.rouge_l",
            "utility.reward_accuracy"]
 FAMILY_METRICS = {
     "mia": ["mia.auc", "mia.auc_ci_low", "mia.auc_ci_high", "mia.tpr@0.01", "mia.tpr@0.001", "mia.balanced_acc",
@@ -158,13 +159,37 @@ def leaderboard_row(rows: list[dict[str, Any]], scenario_attacks: list[str] | No
     out.update(leaderboard_schema=LEADERBOARD_SCHEMA, seed=int(first["seed"]), attacks="+".join(attacks) or "none")
     headline = next((m for m in UTILITY_HEADLINE if plain.get(m) is not None), None)
     out.update(utility=plain.get(headline) if headline else None, utility_metric=headline)
-    out.update({k: plain.get(k) for k in UTILITY[2:] + PRIVACY + COST})
+    out.update(_learning(rows, headline))
+    out.update({k: plain.get(k) for k in UTILITY[4:] + PRIVACY + COST})
     declared = declared_families(rows)
     for family in FAMILY_METRICS:
         out.update(_strongest(rows, family, declared))
     out["attack_families"] = "+".join(f"{a}={f}" for a, f in sorted(declared.items())) or None
     out.update({k: first.get(k) for k in PROVENANCE})
     return out
+
+
+def _learning(rows: list[dict[str, Any]], headline: str | None) -> dict[str, Any]:
+    """The headline utility before training (``utility_base``) and per round (``utility_curve``, JSON
+    ``[[round, value], ...]`` with round 0 the base model), from ``bench.engine.learning``'s rows."""
+    if not headline:
+        return {}
+    suffix = headline.removeprefix("utility.")
+    base = next((r for r in rows if r["attack"] == "none" and r["metric"] == f"utility.base.{suffix}"), None)
+    curve = next((r for r in rows if r["attack"] == "none" and r["metric"] == f"utility.curve.{suffix}"), None)
+    points = _extra(curve).get("curve") if curve else None
+    return {"utility_base": _number(base["value"]) if base else None,
+            "utility_curve": json.dumps(points, separators=(",", ":")) if points else None}
+
+
+def _extra(row: dict[str, Any]) -> dict[str, Any]:
+    extra = row.get("extra")
+    if isinstance(extra, str):  # rows read back from results.csv keep extra as JSON text
+        try:
+            extra = json.loads(extra)
+        except ValueError:
+            return {}
+    return extra if isinstance(extra, dict) else {}
 
 
 def build(rows: Iterable[dict[str, Any]], scenario_attacks: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:

@@ -10,6 +10,11 @@ resampled separately, so every resample keeps both classes). The bootstrap is ve
 is a vector of counts per distinct score value, and all resamples' ROC curves are built at once by
 cumulative sums. Its generator is seeded from a fixed ``seed`` argument, so scoring is deterministic.
 
+Resolution: a TPR at FPR ``alpha`` means something only when ``alpha`` x non-members >= 1 (below, it is
+the TPR at zero false positives); every membership metric carries ``resolution`` in its extra (member
+and non-member counts, ``fpr_resolution`` = 1 / non-members, the ``resolved_fprs``), so a row says
+which of its rates are real. ``federation.mia_nonmembers`` draws the non-members that resolve 0.1%.
+
 Canary exposure (Carlini et al. 2019, "The Secret Sharer"): exposure = log2 |space| - log2 rank, where
 rank is 1 + the number of candidate secrets the model finds strictly more likely than the true one.
 """
@@ -17,6 +22,7 @@ rank is 1 + the number of candidate secrets the model finds strictly more likely
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -171,11 +177,24 @@ def _exposure_metrics(prediction: MembershipScores, truth: GroundTruth) -> list[
     return [Metric("mia.exposure", float(exposures.double().mean()), higher_is_better=True)]
 
 
+def resolution(member_flags: torch.Tensor) -> dict[str, Any]:
+    """What the candidates can resolve, kept beside each membership metric: the counts, the finest
+    false-positive rate (one false positive in ``nonmembers``) and the finest TPR step; a ``tpr@a``
+    with ``a`` below ``fpr_resolution`` is the TPR at zero false positives, not at ``a``."""
+    flags = torch.as_tensor(member_flags).reshape(-1).bool()
+    members, nonmembers = int(flags.sum()), int((~flags).sum())
+    return {"members": members, "nonmembers": nonmembers, "fpr_resolution": 1 / max(nonmembers, 1),
+            "tpr_resolution": 1 / max(members, 1),
+            "resolved_fprs": [alpha for alpha in TPR_ALPHAS if alpha * nonmembers >= 1 - 1e-9]}
+
+
 def score_membership(prediction: MembershipScores, truth: GroundTruth) -> list[Metric]:
-    """Scorer for membership predictions (``mia.exposure`` is the mean over canaries, no interval)."""
+    """Scorer for membership predictions (``mia.exposure`` is the mean over canaries, no interval).
+    Each rate metric carries the candidates' ``resolution`` in its extra."""
     out = []
     if truth.member_flags is not None and prediction.scores.numel() > 0:
-        out += metrics_with_intervals(prediction.scores, truth.member_flags)
+        counts = resolution(truth.member_flags)
+        out += [replace(m, extra=counts) for m in metrics_with_intervals(prediction.scores, truth.member_flags)]
     return out + _exposure_metrics(prediction, truth)
 
 

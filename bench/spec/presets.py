@@ -5,8 +5,12 @@ rebuilt and validated exactly as if the file had said it (so its hash, and there
 distinguishes preset sizes). Keys under ``federation`` scale the grid; ``model`` swaps the zoo model;
 ``scale`` entries multiply a federation field instead of setting it; ``only_methods`` keeps a subset.
 
-- ``cpu-small`` (default): the scenario files as written. They are sized for 2 CPU cores (tiny zoo
-  models, 5 clients, 6 rounds, batches of 2, 16 tokens), so the overlay is empty.
+- ``cpu-small`` (default): the scenario files as written, so the overlay is empty. Table 4's files are
+  sized for meaning first (issue 15): tiny zoo models in a regime where every method learns its task
+  (4 clients, 10 rounds x 5 Adam steps of batch 4, 16 members and 250 never-trained records per
+  client, 1,000 non-members per membership cell, 5 seeds). Shrinking them (fewer rounds, members or
+  non-members) is what made the earlier table unreadable: models at chance, low-FPR figures that
+  resolved nothing; a preset that trims them must say which figure it gives up.
 - ``gpu``: one GPU and a Hugging Face model of 0.5B-1.5B parameters (``TIERBENCH_GPU_MODEL``: a hub
   name or a local directory; default ``Qwen/Qwen2.5-0.5B``), 4x the data per client, 5x the rounds,
   10 clients, 64-token records, bfloat16 weights, ``device: cuda``.

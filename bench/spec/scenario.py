@@ -68,6 +68,8 @@ class Federation:
                                    f"examples_per_client is at most {MAX_EXAMPLES}.", 32)
     member_fraction: float = doc("Share of a client's records it trains on; the rest are non-members.", 0.5)
     eval_examples: int = doc(f"Test records for utility (0 = all; at most {MAX_EXAMPLES}).", 128)
+    utility_curve: bool = doc("Also evaluate utility after every round (a learning curve: utility.curve.* rows, the "
+                              "curve in their extra); costs one utility evaluation per round.", False)
     mia_candidates: int = doc("Members + non-members scored by membership attacks, half each (0 = every record the "
                               "smaller side has). TPR at 1% FPR needs about 2000 to mean >= 10 false positives.", 256)
     client_batch: int | Literal["auto"] = doc(
@@ -75,6 +77,10 @@ class Federation:
         "as before batching existed), or 'auto': as many as measured free memory allows (CUDA), at most 16 on CPU. "
         "An execution setting, outside the scenario hash: batched and sequential training agree within float "
         "tolerance (rtol 1e-4 on updates), not bit for bit.", "auto")
+    mia_nonmembers: int = doc("Non-members scored by membership attacks when more than the members (0 = as many as "
+                              "the members drawn, from mia_candidates): a low false-positive rate is only resolved "
+                              "with many non-members (FPR 1% needs 1000 for 10 false positives); lower "
+                              "member_fraction to hold them.", 0)
 
     def __post_init__(self) -> None:
         maxima = {"clients": MAX_CLIENTS, "clients_per_round": MAX_CLIENTS, "rounds": MAX_ROUNDS,
@@ -96,6 +102,8 @@ class Federation:
             raise FieldError("mia_candidates", f"mia_candidates must be 0 (every record) or 2..{MAX_EXAMPLES}")
         if self.client_batch != "auto" and not 1 <= self.client_batch <= MAX_CLIENTS:
             raise FieldError("client_batch", f"client_batch must be 'auto' or 1..{MAX_CLIENTS}, got {self.client_batch}")
+        if not 0 <= self.mia_nonmembers <= MAX_EXAMPLES:
+            raise FieldError("mia_nonmembers", f"mia_nonmembers must be in 0..{MAX_EXAMPLES}")
         if not 0 <= self.eval_examples <= MAX_EXAMPLES:
             raise FieldError("eval_examples", f"eval_examples must be in 0..{MAX_EXAMPLES}")
         for name in ("lr", "server_lr", "alpha"):

@@ -165,12 +165,18 @@ class SyntheticClinical(Task):
         canary_fraction: float = doc("Fraction of pool records that are canaries with a random secret.", 0.0)
         canary_digits: int = doc("Digits in a canary secret; the secret space is every such number.", 4)
         canary_space: int = doc("Candidate secrets the attacker ranks (the true one among them).", 1000)
+        atypical_fraction: float = doc("Fraction of notes whose symptom and plan belong to another condition than "
+                                       "their label (comorbidity, coding error): no rule predicts them, so held-out "
+                                       "accuracy is at most about 1 - this, and members among them are what "
+                                       "membership inference singles out.", 0.0)
 
         def __post_init__(self) -> None:
             if not 2 <= self.num_classes <= len(synthetic.CONDITION_NAMES):
                 raise ValueError(f"num_classes must be in 2..{len(synthetic.CONDITION_NAMES)}")
             if self.objective not in ("classification", "language"):
                 raise ValueError("objective must be 'classification' or 'language'")
+            if not 0 <= self.atypical_fraction <= 1:
+                raise ValueError("atypical_fraction must be in [0, 1]")
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -182,6 +188,9 @@ class SyntheticClinical(Task):
 
     def _note(self, rng: torch.Generator) -> dict[str, Any]:
         label = int(torch.randint(self.config.num_classes, (1,), generator=rng))
+        # Drawn only when asked for, so that the records of a task without atypical notes stay as they were.
+        if self.config.atypical_fraction and float(torch.rand(1, generator=rng)) < self.config.atypical_fraction:
+            return {"text": synthetic.atypical_note(label, rng, self.config.num_classes), "label": label}
         return {"text": synthetic.clinical_note(label, rng), "label": label}
 
     def load(self, total: int, rng: torch.Generator) -> TaskData:
@@ -215,7 +224,7 @@ class SyntheticInstructions(Task):
         pass
 
     def load(self, total: int, rng: torch.Generator) -> TaskData:
-        draw = lambda n: [synthetic.instruction_pair(rng) for _ in range(n)]  # noqa: E731
+        draw = lambda n: [synthetic.triage_pair(rng) for _ in range(n)]  # noqa: E731
         return TaskData(draw(total), draw(max(total // 4, 32)), draw(max(total // 4, 32)))
 
     def text_of(self, example: dict[str, Any]) -> str:
