@@ -164,7 +164,7 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
     else:
         metrics = result.metrics + [("none", Metric("cost.wall_s", wall_s, higher_is_better=False))]
         rows = [Row(attack=attack, metric=m.name, value=m.value, ci_low=m.ci_low, ci_high=m.ci_high,
-                    higher_is_better=m.higher_is_better, **{**base, "extra": {**base["extra"], **m.extra}})
+                    higher_is_better=m.higher_is_better, **{**base, "extra": {**base["extra"], **(m.extra or {})}})
                 for attack, m in metrics]
     for attack, status, reason in result.skipped:
         rows.append(Row(attack=attack, metric="run", value=None, **{**base, "status": status, "error": reason}))
