@@ -228,3 +228,17 @@ def test_a_run_on_text_its_model_cannot_read_carries_the_warning_in_its_rows(tmp
     assert len(fit) == 1 and fit[0].value > base_perplexity.WARNING_PERPLEXITY
     assert "warning" in fit[0].extra and fit[0].extra["threshold"] == base_perplexity.WARNING_PERPLEXITY
     assert all("cannot model" in r.extra.get("base_model_warning", "") for r in rows)
+
+
+def test_perplexity_is_measured_once_per_model_and_records_in_a_process(monkeypatch):
+    cls = TASKS.get("synthetic-clinical")
+    task = cls(cls.Config(num_classes=3, max_length=40))
+    records = task.load(16, torch.Generator().manual_seed(0)).test
+    calls = []
+    real = base_perplexity._measure
+    monkeypatch.setattr(base_perplexity, "_measured", {})
+    monkeypatch.setattr(base_perplexity, "_measure", lambda *a: (calls.append(1), real(*a))[1])
+    first = base_perplexity.measure(zoo(), task, records, torch.device("cpu"))
+    assert base_perplexity.measure(zoo(), task, records, torch.device("cpu")) == first and len(calls) == 1
+    base_perplexity.measure(zoo(), task, records[1:], torch.device("cpu"))  # other records: measured again
+    assert len(calls) == 2

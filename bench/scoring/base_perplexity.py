@@ -37,17 +37,27 @@ than knowing which tokens exist. The zoo on real English scores orders of magnit
 def measure(source: Any, task: Any, records: list[dict[str, Any]], device: torch.device) -> tuple[Metric, dict] | None:
     """(``model.base_perplexity`` metric, its row's extra) for the base model of ``source`` on ``records``;
     None for an encoder-only model (it has no next-token distribution to score)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if source.check_task("language") is not None:
         return None
     location = source.path()
+    sample = records[:RECORDS]
+    key = (location, repr(source.load_kwargs()), task.kind, task.config.max_length, repr(sample), str(device))
+    if key not in _measured:  # a grid's cells share base model and records per seed: measure once per process
+        _measured[key] = _measure(location, source, task, sample, device)
+    return _measured[key]
+
+
+_measured: dict[tuple, tuple[Metric, dict]] = {}
+
+
+def _measure(location: str, source: Any, task: Any, sample: list[dict[str, Any]], device: Any) -> tuple[Metric, dict]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(location)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"  # positions count from the first token of each row
     model = AutoModelForCausalLM.from_pretrained(location, **source.load_kwargs()).to(device).eval()
-    sample = records[:RECORDS]
     nll, tokens = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(sample), BATCH):
