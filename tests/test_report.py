@@ -42,7 +42,7 @@ def test_one_row_per_run_with_the_strongest_attack_per_family(tmp_path):
         rows = list(reader)
     assert reader.fieldnames == EXPECTED_COLUMNS and len(rows) == len(board)
     back = leaderboard.read_csv(path)
-    assert back[0]["leaderboard_schema"] == "2" and isinstance(back[0]["cost.wall_s"], float)
+    assert back[0]["leaderboard_schema"] == "3" and isinstance(back[0]["cost.wall_s"], float)
 
 
 def test_failed_and_incompatible_runs_keep_their_attacks_and_reason():
