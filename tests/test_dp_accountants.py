@@ -64,7 +64,9 @@ CELLS = dp_cells()
 
 def test_the_dp_scenarios_are_all_found():
     files = {file for file, _, _ in CELLS}
-    assert {"scenarios/defenses.yaml", "scenarios/studies/defense-overhead.yaml", "scenarios/table4.yaml"} <= files
+    assert {"scenarios/defenses.yaml", "scenarios/studies/defense-overhead.yaml"} <= files
+    # Table 4's open and closed rows share one federation, so its DP cells are deduplicated into whichever file sorts first
+    assert files & {"scenarios/table4.yaml", "scenarios/table4-closed.yaml"}
     assert any(s.name == "dp-central" and any(d.name == "secagg" for d in sc.defenses) for _, sc, s in CELLS)
 
 

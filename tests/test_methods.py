@@ -45,8 +45,9 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_a_round_changes_only_the_methods_trainable_state(tmp_path, method):
-    # textual-prompt on instructions: ROUGE-L rewards vary between prompts, so its logits move.
-    p = prepared(tmp_path, method, kind="instruction" if method == "textual-prompt" else None)
+    # textual-prompt on classification: accuracy rewards vary between prompts, so its logits move (on
+    # the triage instructions the untrained base scores ROUGE-L 0 whatever the prompt: no gradient).
+    p = prepared(tmp_path, method, kind="classification" if method == "textual-prompt" else None)
     model = p.built.method.model
     before = snapshot(model)
     fl.run(p.fed, p.transcript, p.truth)
