@@ -9,7 +9,7 @@ OUT ?= results
 PRESET ?= cpu-small
 # auto: one single-threaded worker process per core for CPU runs of zoo models, else one process (bench/engine/executors.py)
 EXECUTOR ?= auto
-BENCH_SCENARIOS ?= scenarios/table4.yaml scenarios/table4-poisoning.yaml scenarios/table4-closed.yaml
+BENCH_SCENARIOS ?= scenarios/table4.yaml scenarios/table4-inversion.yaml scenarios/table4-poisoning.yaml scenarios/table4-closed.yaml scenarios/table4-extraction.yaml
 
 .PHONY: install bench test test-all perf lint clean-results
 
