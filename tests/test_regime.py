@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.engine.learning import BASE, CURVE, LearningCurve
-from bench.engine.runner import execute
-from bench.scoring.score import Metric
-from bench.world import synthetic
-from bench.world.tasks import SyntheticClinical, SyntheticPreferences
+from bench import synthetic
+from bench.data import SyntheticClinical, SyntheticPreferences
+from bench.learning import BASE, CURVE, LearningCurve
+from bench.runner import execute
+from bench.score import Metric
 from tests.helpers import make_scenario
 
 OLD_REFUSALS = {"I cannot help with that.", "No idea.", "Ask someone else.", "That is not important."}
@@ -109,7 +109,7 @@ def test_a_run_reports_the_base_utility_and_a_curve_that_does_not_change_trainin
 
 def _table4_cell(method: str, task: str) -> dict:
     """One Table 4 privacy cell without a defense, as scenarios/table4.yaml writes it."""
-    from bench.spec.scenario import load
+    from bench.scenario import load
 
     cells = [s for s in load("scenarios/table4.yaml") if s.method.name == method and s.task.name == task
              and not s.defenses]
@@ -124,8 +124,8 @@ def _table4_cell(method: str, task: str) -> dict:
      lambda v: v["utility.rouge_l"] - v["utility.base.rouge_l"] >= 0.2),
     pytest.param("rlhf", "synthetic-preferences",
                  lambda v: 0.6 <= v["utility.reward_accuracy"] <= 0.95 and "utility.implicit_reward_margin" in v,
-                 marks=pytest.mark.xfail(strict=True, reason="issue 15: the RLHF regime is not tuned yet "
-                                         "(reward accuracy 0.50 after 10 rounds; the level is 0.6-0.95)")),
+                 marks=pytest.mark.xfail(strict=True, reason="the reward model stays at 0.50 in this regime "
+                                                             "(notes/h-regime.md): RLHF still needs tuning")),
 ])
 def test_regime_levels(method, task, check):
     """Without a defense, the Table 4 regime learns each task beyond its base model (issue 15)."""
@@ -136,7 +136,7 @@ def test_regime_levels(method, task, check):
 def test_the_leaderboard_publishes_the_base_utility_and_the_curve_of_the_headline():
     import json
 
-    from bench.reporting import leaderboard
+    from bench import leaderboard
 
     base = {"scenario": "s", "scenario_hash": "h", "seed": 0, "tier": "open-weight", "model": "m", "task": "t",
             "method": "lora", "defenses": "none", "status": "ok", "error": "", "attack": "none", "extra": {}}
