@@ -49,7 +49,9 @@ def test_two_defenses_of_a_one_defense_slot_are_refused_at_loading_naming_both(t
 
 @pytest.mark.parametrize(("first", "second"), [("robust-krum", "robust-median"), ("secagg", "he")])
 def test_two_defenses_of_a_one_defense_slot_are_refused_at_planning_naming_both(tmp_path, first, second):
-    scenario = make_scenario(tmp_path, defenses=[first])
+    # Krum with f = 0 plans at this scenario's 3 clients (its own check refuses n < 2f + 3 for f = 1)
+    entry = {"name": first, "params": {"f": 0}} if first == "robust-krum" else first
+    scenario = make_scenario(tmp_path, defenses=[entry])
     extra = load(write_scenario(tmp_path, scenario_dict(defenses=[second]), "other.yaml"))[0].defenses
     doubled = dataclasses.replace(scenario, defenses=scenario.defenses + extra)  # what the loader would refuse
     with pytest.raises(IncompatibleError) as refused:

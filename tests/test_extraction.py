@@ -209,7 +209,7 @@ def test_table4_files_an_attack_under_its_declared_family_and_measures_above_its
     board = leaderboard.build(rows)
     assert {r["extraction_attack"] for r in board} == {"leak-anything"}
     assert table4.roles_of_run(board[0]) == ["extraction"]
-    [cell] = table4.build(board, paper=paper4.annotate)
+    [cell] = table4.build(board, paper=paper4.annotate, stored=table4.floors(rows))  # as the report calls it
     assert (cell.role, cell.metric) == ("extraction", "extraction.rate")
     assert cell.advantage_without == pytest.approx(0.60) and cell.advantage_with == pytest.approx(0.02)
     assert cell.verdict == "mitigates"

@@ -19,7 +19,7 @@ import yaml
 import bench.spec.scenario
 from bench.api.errors import UserError
 from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
-from bench.spec.scenario import identity_path, load
+from bench.spec.scenario import EXECUTION_ONLY, identity_path, load
 
 PLAIN = """\
 name: plain
@@ -143,7 +143,7 @@ def _candidates(value: Any, hint: Any) -> list[Any]:
     if hint is bool:
         return [not value]
     if hint is int:
-        return [value + 1, value - 1, value + 2, 1]
+        return [value + 1, value - 1, value + 2, 1] if isinstance(value, int) else [1, 2]
     if hint is float:
         return [value * 2 if value else 0.5, value / 2, value + 0.01, 0.25]
     if typing.get_origin(hint) is tuple:  # e.g. LoRA's target_modules: a layer name the zoo models have
@@ -192,6 +192,8 @@ def test_a_change_of_any_field_changes_the_identity(tmp_path, section):
     what = SECTIONS[section]
     unchangeable = []
     for field, hint, value in _fields(base, section):
+        if section == "federation" and field in EXECUTION_ONLY:
+            continue  # how the run is executed, not what it measures: tested below to leave the identity alone
         for candidate in (c for c in _candidates(value, hint) if c != value):
             try:
                 changed = _one(tmp_path, yaml.safe_dump(_changed(document, section, field, candidate)), "changed.yaml")
@@ -276,3 +278,13 @@ def test_identity_paths():
     assert identity_path(str(root / "scenarios" / "x" / ".." / "d.csv")) == "scenarios/d.csv"
     assert identity_path(str(root.parent / "shared" / "d.csv")) == "../shared/d.csv"
     assert identity_path("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # a hub name
+
+
+def test_execution_settings_leave_the_identity_alone(tmp_path):
+    """``federation.client_batch`` changes how clients are trained (batched or one after another), which
+    agrees within float tolerance: resume and pairing must not treat the runs as different scenarios."""
+    base = _one(tmp_path, PLAIN, "plain.yaml")
+    document = yaml.safe_load(PLAIN)
+    for field in EXECUTION_ONLY:
+        changed = _one(tmp_path, yaml.safe_dump(_changed(document, "federation", field, 1)), "changed.yaml")
+        assert (changed.hash, changed.training_key) == (base.hash, base.training_key), field

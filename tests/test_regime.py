@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from bench import synthetic
 from bench.data import SyntheticClinical, SyntheticPreferences
 from bench.learning import BASE, CURVE, LearningCurve
 from bench.runner import execute
 from bench.score import Metric
+
+from bench import synthetic
 from tests.helpers import make_scenario
 
 OLD_REFUSALS = {"I cannot help with that.", "No idea.", "Ask someone else.", "That is not important."}

@@ -32,7 +32,7 @@ def test_every_attack_declares_a_known_vantage_task_kinds_and_family():
         attack = ATTACKS.get(name)
         assert attack.vantage in set(Vantage), name
         assert set(attack.task_kinds) <= set(TaskKind), name
-        assert attack_family(name) in set(AttackFamily), name
+        assert (attack.family or attack_family(name)) in set(AttackFamily), name  # declared, else the old prefix
 
 
 def test_every_method_trains_known_task_kinds():
@@ -50,7 +50,8 @@ def test_every_task_kind_is_known():
 
 
 def test_the_families_reporting_uses_are_the_vocabulary():
-    assert set(FAMILY_HEADLINE) == set(AttackFamily) == set(FAMILY_OF_PREFIX.values())
+    assert set(FAMILY_HEADLINE) == set(AttackFamily)
+    assert set(FAMILY_OF_PREFIX.values()) <= set(AttackFamily)  # the fallback for rows without a declared family
 
 
 def test_run_statuses_cover_what_the_runner_writes():

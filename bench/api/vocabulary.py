@@ -54,6 +54,7 @@ class AttackFamily(enum.StrEnum):
     MIA = "mia"
     INVERSION = "inversion"
     POISON = "poison"
+    EXTRACTION = "extraction"
 
 
 PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n### Response:\n"
