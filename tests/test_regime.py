@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bench.data import SyntheticClinical, SyntheticPreferences
-from bench.learning import BASE, CURVE, LearningCurve
-from bench.runner import execute
-from bench.score import Metric
 
-from bench import synthetic
+from bench.engine.learning import BASE, CURVE, LearningCurve
+from bench.engine.runner import execute
+from bench.scoring.score import Metric
+from bench.world import synthetic
+from bench.world.tasks import SyntheticClinical, SyntheticPreferences
 from tests.helpers import make_scenario
 
 OLD_REFUSALS = {"I cannot help with that.", "No idea.", "Ask someone else.", "That is not important."}
@@ -109,7 +109,7 @@ def test_a_run_reports_the_base_utility_and_a_curve_that_does_not_change_trainin
 
 def _table4_cell(method: str, task: str) -> dict:
     """One Table 4 privacy cell without a defense, as scenarios/table4.yaml writes it."""
-    from bench.scenario import load
+    from bench.spec.scenario import load
 
     cells = [s for s in load("scenarios/table4.yaml") if s.method.name == method and s.task.name == task
              and not s.defenses]
@@ -136,7 +136,7 @@ def test_regime_levels(method, task, check):
 def test_the_leaderboard_publishes_the_base_utility_and_the_curve_of_the_headline():
     import json
 
-    from bench import leaderboard
+    from bench.reporting import leaderboard
 
     base = {"scenario": "s", "scenario_hash": "h", "seed": 0, "tier": "open-weight", "model": "m", "task": "t",
             "method": "lora", "defenses": "none", "status": "ok", "error": "", "attack": "none", "extra": {}}
