@@ -57,11 +57,10 @@ def attack_family(attack: str) -> str | None:
     return FAMILY_OF_PREFIX.get(attack.split("-", 1)[0])
 
 
-def _extra(row: dict[str, Any]) -> dict[str, Any]:
+def row_extra(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's ``extra`` as a dict: rows read back from results.csv keep it as JSON text."""
     extra = row.get("extra")
-    if isinstance(extra, str):  # rows read back from results.csv keep extra as JSON text
-        import json
-
+    if isinstance(extra, str):
         try:
             extra = json.loads(extra)
         except ValueError:
@@ -73,7 +72,7 @@ def declared_families(rows: list[dict[str, Any]]) -> dict[str, str]:
     """Attack name -> the family it declared (stored by the runner), for one run's rows."""
     out: dict[str, str] = {}
     for row in rows:
-        extra = _extra(row)
+        extra = row_extra(row)
         out.update(extra.get("attack_families") or {})
         if extra.get("family") and row.get("attack") not in (None, "none"):
             out[row["attack"]] = extra["family"]
@@ -96,15 +95,8 @@ def attacks_from_name(scenario: str) -> list[str]:
 def stored_config(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The resolved scenario a run stored in its first row's ``extra`` (empty for older runs)."""
     for row in rows:
-        extra = row.get("extra")
-        if isinstance(extra, str):  # rows read back from results.csv keep extra as JSON text
-            import json
-
-            try:
-                extra = json.loads(extra)
-            except ValueError:
-                continue
-        if isinstance(extra, dict) and isinstance(extra.get("scenario_config"), dict):
+        extra = row_extra(row)
+        if isinstance(extra.get("scenario_config"), dict):
             return extra["scenario_config"]
     return {}
 
@@ -177,19 +169,9 @@ def _learning(rows: list[dict[str, Any]], headline: str | None) -> dict[str, Any
     suffix = headline.removeprefix("utility.")
     base = next((r for r in rows if r["attack"] == "none" and r["metric"] == f"utility.base.{suffix}"), None)
     curve = next((r for r in rows if r["attack"] == "none" and r["metric"] == f"utility.curve.{suffix}"), None)
-    points = _extra(curve).get("curve") if curve else None
+    points = row_extra(curve).get("curve") if curve else None
     return {"utility_base": _number(base["value"]) if base else None,
             "utility_curve": json.dumps(points, separators=(",", ":")) if points else None}
-
-
-def _extra(row: dict[str, Any]) -> dict[str, Any]:
-    extra = row.get("extra")
-    if isinstance(extra, str):  # rows read back from results.csv keep extra as JSON text
-        try:
-            extra = json.loads(extra)
-        except ValueError:
-            return {}
-    return extra if isinstance(extra, dict) else {}
 
 
 def build(rows: Iterable[dict[str, Any]], scenario_attacks: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:

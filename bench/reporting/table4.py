@@ -33,7 +33,6 @@ The paper's column and the agree/disagree rule live in ``bench.reporting.paper4`
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -41,7 +40,7 @@ from typing import Any
 
 from bench.api.metrics import spec_of
 from bench.reporting import verdict as rule
-from bench.reporting.leaderboard import attack_family, parse_families
+from bench.reporting.leaderboard import attack_family, parse_families, row_extra
 
 MIN_ADVANTAGE = rule.MIN_ADVANTAGE
 ROLES = ("mia", "inversion", "backdoor", "byzantine", "extraction")
@@ -138,13 +137,7 @@ def floors(rows: Iterable[dict[str, Any]]) -> Floors:
     """(scenario_hash, seed, attack, metric) -> the ``floor`` a metric row stored in its ``extra``."""
     found: Floors = {}
     for row in rows:
-        extra = row.get("extra")
-        if isinstance(extra, str):  # rows read back from results.csv keep extra as JSON text
-            try:
-                extra = json.loads(extra)
-            except ValueError:
-                continue
-        level = extra.get("floor") if isinstance(extra, dict) else None
+        level = row_extra(row).get("floor")
         if isinstance(level, (int, float)) and not isinstance(level, bool):
             found[(str(row["scenario_hash"]), int(row["seed"]), str(row["attack"]), str(row["metric"]))] = float(level)
     return found
