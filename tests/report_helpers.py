@@ -5,7 +5,21 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from bench.api.registry import ATTACKS
 from bench.store.results import Row
+
+
+def declared(attacks: list[str]) -> dict[str, dict[str, str]]:
+    """What the runner stores in a run's first row for its attacks: each one's declared family and role."""
+    classes = {a: ATTACKS.get(a) for a in attacks}
+    return {"attack_families": {a: str(c.family) for a, c in classes.items()},
+            "attack_roles": {a: str(c.table_role()) for a, c in classes.items()}}
+
+
+def _attacks_of(scenario: str) -> list[str]:
+    """The attacks of a synthetic grid cell's name (``t4[...,attacks=a+b]``): the helpers name runs so."""
+    label = scenario.split("attacks=", 1)[1].split(",", 1)[0].rstrip("]") if "attacks=" in scenario else ""
+    return [a for a in label.split("+") if a and a != "none"]
 
 
 def run_rows(scenario: str, seed: int, *, method: str = "lora", defenses: str = "none", tier: str = "open-weight",
@@ -13,17 +27,26 @@ def run_rows(scenario: str, seed: int, *, method: str = "lora", defenses: str = 
              wall_s: float = 1.0, extras: dict[tuple[str, str], dict[str, Any]] | None = None
              ) -> list[dict[str, Any]]:
     """Tidy rows of one run; ``metrics`` maps (attack, metric) -> value (attack ``none`` for utility/cost),
-    ``extras`` (attack, metric) -> that row's ``extra`` (e.g. stored ROC points)."""
+    ``extras`` (attack, metric) -> that row's ``extra`` (e.g. stored ROC points). The first row carries
+    what the runner stores there: the scenario's attacks (``scenario_config``) with their declared
+    family and role, each attack's metric row its own."""
+    attacks = _attacks_of(scenario) + sorted({a for a, _ in metrics or {} if a != "none"} - set(_attacks_of(scenario)))
+    first = {"scenario_config": {"attacks": [{"name": a} for a in attacks]}, **declared(attacks)} if attacks else {}
     base = dict(run_id=f"{scenario}-{seed}", scenario=scenario, scenario_hash=f"h-{scenario}", seed=seed, tier=tier,
                 model="tiny-gpt2", task="synthetic-clinical", method=method, defenses=defenses, status=status,
                 error=error, wall_s=wall_s)
     if status != "ok":
-        return [asdict(Row(attack="none", metric="run", value=None, **base))]
+        return [asdict(Row(attack="none", metric="run", value=None, extra=first, **base))]
     metrics = {("none", "cost.wall_s"): wall_s, ("none", "cost.client_s"): 0.5 * wall_s,
                ("none", "cost.server_s"): 0.1 * wall_s, **(metrics or {})}
     extras = extras or {}
-    return [asdict(Row(attack=attack, metric=metric, value=value, extra=dict(extras.get((attack, metric), {})), **base))
-            for (attack, metric), value in metrics.items()]
+    own = declared(attacks)
+    rows = [asdict(Row(attack=attack, metric=metric, value=value, **base, extra={
+        **extras.get((attack, metric), {}),
+        **({"family": own["attack_families"][attack], "role": own["attack_roles"][attack]} if attack != "none" else {})}))
+        for (attack, metric), value in metrics.items()]
+    rows[0]["extra"] = {**rows[0]["extra"], **first}
+    return rows
 
 
 def roc_points(auc: float, n: int = 40) -> dict[str, Any]:

@@ -70,6 +70,7 @@ from helper_module import K
 class MyAttack(Attack):
     """A user's attack, loaded with --plugins."""
     vantage = "external"
+    family = "mia"
 
     @dataclass(frozen=True, kw_only=True)
     class Config:

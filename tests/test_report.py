@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 
 import pytest
-from report_helpers import run_rows, synthetic_grid
+from report_helpers import poison_run, run_rows, synthetic_grid
 
 from bench.api.errors import UserError
-from bench.reporting import leaderboard
+from bench.reporting import leaderboard, table4
 from bench.spec import presets
 from bench.store.results import ResultStore, Row
 
@@ -23,13 +23,13 @@ EXPECTED_COLUMNS = [
     "dp.epsilon_lower", "privacy.egress_records", "privacy.egress_pii_fraction", "privacy.residual_pii_fraction",
     "cost.wall_s", "cost.client_s",
     "cost.server_s", "cost.bytes_up", "cost.bytes_down", "cost.expansion", "cost.peak_mem_mb", "git_commit", "device",
-    "attack_families",
+    "attack_families", "attack_roles",
 ]
 
 
 def test_leaderboard_schema_is_pinned():
     # Changing the columns is a schema change: bump LEADERBOARD_SCHEMA and the README, then this list.
-    assert leaderboard.LEADERBOARD_SCHEMA == 3
+    assert leaderboard.LEADERBOARD_SCHEMA == 4
     assert leaderboard.COLUMNS == EXPECTED_COLUMNS
 
 
@@ -46,7 +46,7 @@ def test_one_row_per_run_with_the_strongest_attack_per_family(tmp_path):
         rows = list(reader)
     assert reader.fieldnames == EXPECTED_COLUMNS and len(rows) == len(board)
     back = leaderboard.read_csv(path)
-    assert back[0]["leaderboard_schema"] == "3" and isinstance(back[0]["cost.wall_s"], float)
+    assert back[0]["leaderboard_schema"] == "4" and isinstance(back[0]["cost.wall_s"], float)
 
 
 def test_failed_and_incompatible_runs_keep_their_attacks_and_reason():
@@ -59,9 +59,19 @@ def test_failed_and_incompatible_runs_keep_their_attacks_and_reason():
     assert named["attacks"] == "byz-alie"
 
 
-def test_attack_families():
-    assert [leaderboard.attack_family(a) for a in ("mia-lira", "inversion-dager", "poison-backdoor", "byz-ipm", "x")] == [
-        "mia", "inversion", "poison", "poison", None]
+def test_families_and_roles_come_from_the_stored_declaration_never_from_the_name():
+    rows = poison_run("lora", "none", 0, "byz-ipm", asr=0.5, accuracy=0.5)
+    (row,) = leaderboard.build(rows)
+    assert row["attack_families"] == "byz-ipm=poison" and row["attack_roles"] == "byz-ipm=byzantine"
+    assert row["poison_attack"] == "byz-ipm"
+    for r in rows:  # the same run stored with other declarations: the name no longer decides anything
+        extra = r["extra"]
+        extra.update({"family": "mia", "role": "mia"} if r["attack"] != "none" else {})
+        if "attack_families" in extra:
+            extra.update(attack_families={"byz-ipm": "mia"}, attack_roles={"byz-ipm": "mia"})
+    (relabelled,) = leaderboard.build(rows)
+    assert relabelled["poison_attack"] is None and relabelled["mia_attack"] == "byz-ipm"
+    assert table4.roles_of_run(relabelled) == ["mia"] and table4.roles_of_run(row) == ["byzantine"]
 
 
 def test_presets_rescale_and_rename(tmp_path):

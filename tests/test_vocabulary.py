@@ -10,8 +10,9 @@ import pytest
 
 from bench.api.registry import ATTACKS, METHODS, TASKS, TIERS, load_plugins
 from bench.api.transcript import VANTAGES
-from bench.api.vocabulary import AttackFamily, RunStatus, TaskKind, TierName, Vantage
-from bench.reporting.leaderboard import FAMILY_HEADLINE, FAMILY_OF_PREFIX, attack_family
+from bench.api.vocabulary import AttackFamily, AttackRole, RunStatus, TaskKind, TierName, Vantage
+from bench.reporting.leaderboard import FAMILY_HEADLINE
+from bench.reporting.table4 import ROLES
 
 load_plugins()
 
@@ -32,7 +33,7 @@ def test_every_attack_declares_a_known_vantage_task_kinds_and_family():
         attack = ATTACKS.get(name)
         assert attack.vantage in set(Vantage), name
         assert set(attack.task_kinds) <= set(TaskKind), name
-        assert (attack.family or attack_family(name)) in set(AttackFamily), name  # declared, else the old prefix
+        assert attack.family in set(AttackFamily) and attack.table_role() in set(AttackRole), name
 
 
 def test_every_method_trains_known_task_kinds():
@@ -51,7 +52,37 @@ def test_every_task_kind_is_known():
 
 def test_the_families_reporting_uses_are_the_vocabulary():
     assert set(FAMILY_HEADLINE) == set(AttackFamily)
-    assert set(FAMILY_OF_PREFIX.values()) <= set(AttackFamily)  # the fallback for rows without a declared family
+    assert set(ROLES) == set(AttackRole)
+
+
+def test_an_attack_without_a_family_or_with_a_foreign_role_is_refused_when_built():
+    from bench.api.attack import Attack
+
+    class Undeclared(Attack):
+        def run(self, view, rng):
+            return None
+
+    class PoisonWithoutRole(Undeclared):
+        family = AttackFamily.POISON
+
+    class MiaAsByzantine(Undeclared):
+        family, role = AttackFamily.MIA, AttackRole.BYZANTINE
+
+    for cls, words in ((Undeclared, "must declare family"), (PoisonWithoutRole, "BACKDOOR or BYZANTINE"),
+                       (MiaAsByzantine, "does not belong")):
+        with pytest.raises(TypeError, match=words):
+            cls(cls.Config())
+
+    class Declared(Undeclared):
+        family = AttackFamily.INVERSION
+
+    assert Declared(Declared.Config()).table_role() is AttackRole.INVERSION
+
+
+def test_byzantine_and_backdoor_attacks_declare_their_roles():
+    roles = {name: ATTACKS.get(name).table_role() for name in ATTACKS.names()}
+    assert roles["byz-ipm"] is AttackRole.BYZANTINE and roles["poison-backdoor"] is AttackRole.BACKDOOR
+    assert {r for n, r in roles.items() if n.startswith("byz-")} == {AttackRole.BYZANTINE}
 
 
 def test_run_statuses_cover_what_the_runner_writes():

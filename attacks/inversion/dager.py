@@ -128,6 +128,7 @@ from bench.api.config import doc
 from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import AttackFamily, Vantage
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,7 +189,8 @@ class Tolerance:
 class Dager(Attack):
     """DAGER (Petrov et al. 2024): exact batch recovery by span checks on attention gradients."""
 
-    vantage = "server"
+    vantage = Vantage.SERVER
+    family = AttackFamily.INVERSION
     access = frozenset({Access.WEIGHTS, Access.GRADIENTS})
     needs = frozenset({"client_updates", "global_states"})
     Config = DagerConfig

@@ -50,6 +50,7 @@ from bench.api.config import doc
 from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import AttackFamily, Vantage
 
 POSITION_EMBEDDING = re.compile(r"(?:^|\.)(?:wpe|embed_positions|position_embeddings)\.weight$")
 
@@ -76,7 +77,8 @@ class OptimConfig(TargetConfig):
 class GradientMatching(Attack):
     """TAG/LAMP gradient matching on dummy input embeddings, with an LM prior (any method)."""
 
-    vantage = "server"
+    vantage = Vantage.SERVER
+    family = AttackFamily.INVERSION
     access = frozenset({Access.WEIGHTS, Access.GRADIENTS})
     needs = frozenset({"client_updates", "global_states"})
     Config = OptimConfig

@@ -40,6 +40,7 @@ from bench.api.config import doc
 from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import AttackFamily, Vantage
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +53,8 @@ class TokensConfig(TargetConfig):
 class EmbeddingRows(Attack):
     """Bag of tokens from the embedding-gradient rows (full fine-tuning)."""
 
-    vantage = "server"
+    vantage = Vantage.SERVER
+    family = AttackFamily.INVERSION
     access = frozenset({Access.WEIGHTS, Access.GRADIENTS})
     needs = frozenset({"client_updates", "global_states"})
     Config = TokensConfig

@@ -59,6 +59,7 @@ from bench.api.config import doc
 from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import AttackFamily, Vantage
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +87,8 @@ class UpdateDecodeConfig(TargetConfig):
 class UpdateDecode(Attack):
     """Decode the batch from the amplified update; pick sentences whose gradients explain it (any method)."""
 
-    vantage = "server"
+    vantage = Vantage.SERVER
+    family = AttackFamily.INVERSION
     access = frozenset({Access.WEIGHTS, Access.GRADIENTS})
     needs = frozenset({"client_updates", "global_states"})
     Config = UpdateDecodeConfig

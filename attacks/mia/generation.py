@@ -27,6 +27,7 @@ from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import AttackFamily, Vantage
 
 _WORD = re.compile(r"\S+")
 
@@ -78,7 +79,8 @@ def drop_words(text: str, probability: float, rng: torch.Generator) -> str:
 class GenerationAttack(Attack):
     """Membership from the model's text output: completion overlap (text) or label robustness."""
 
-    vantage = "external"
+    vantage = Vantage.EXTERNAL
+    family = AttackFamily.MIA
     access = frozenset({Access.TEXT})  # generated text, or labels only
 
     @dataclass(frozen=True, kw_only=True)

@@ -34,6 +34,7 @@ from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.registry import ATTACKS
 from bench.api.transcript import RoundRecord, ThreatView
+from bench.api.vocabulary import AttackFamily, Vantage
 
 
 def observed_directions(
@@ -66,7 +67,8 @@ def example_gradient(view: ThreatView, parameters: list[torch.nn.Parameter], exa
 class GradientAlignment(Attack):
     """Score = max over rounds and observed updates of cos(-grad loss(x) at the round's state, update)."""
 
-    vantage = "server"
+    vantage = Vantage.SERVER
+    family = AttackFamily.MIA
     access = frozenset({Access.WEIGHTS, Access.GRADIENTS})
     needs = frozenset({"client_updates", "global_states", "aggregates"})
 

@@ -48,6 +48,7 @@ from bench.api.config import doc
 from bench.api.errors import TierAccessError, UserError
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import AttackFamily, Vantage
 
 GLOBAL_VARIANCE_BELOW = 64
 _VARIANCE_FLOOR = 1e-8
@@ -115,7 +116,8 @@ def offline_scores(fit: ShadowFit, pooled: bool, center: str = "mean") -> torch.
 class LiRA(Attack):
     """Likelihood-ratio membership inference with shadow fine-tunes."""
 
-    vantage = "external"
+    vantage = Vantage.EXTERNAL
+    family = AttackFamily.MIA
     access = frozenset({Access.LOGITS, Access.WEIGHTS, Access.GRADIENTS})  # shadows are fine-tuned locally
 
     @dataclass(frozen=True, kw_only=True)

@@ -50,13 +50,15 @@ from bench.api.config import doc
 from bench.api.errors import TierAccessError, UserError
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import AttackFamily, Vantage
 
 
 @ATTACKS.register("mia-loss")
 class LossAttack(Attack):
     """Score = -loss (logit-scaled confidence for classification)."""
 
-    vantage = "external"
+    vantage = Vantage.EXTERNAL
+    family = AttackFamily.MIA
     access = frozenset({Access.LOGITS})
 
     @dataclass(frozen=True, kw_only=True)
@@ -83,7 +85,8 @@ def zlib_entropy(text: str) -> int:
 class ZlibAttack(Attack):
     """Score = -loss / zlib entropy: texts that are easy to compress are expected to have low loss."""
 
-    vantage = "external"
+    vantage = Vantage.EXTERNAL
+    family = AttackFamily.MIA
     access = frozenset({Access.LOGITS})
 
     def run(self, view: ThreatView, rng: torch.Generator):
@@ -96,7 +99,8 @@ class ZlibAttack(Attack):
 class ReferenceAttack(Attack):
     """Score = signal under the fine-tuned model - signal under the base model."""
 
-    vantage = "external"
+    vantage = Vantage.EXTERNAL
+    family = AttackFamily.MIA
     access = frozenset({Access.LOGITS})
 
     def run(self, view: ThreatView, rng: torch.Generator):
@@ -109,7 +113,8 @@ class ReferenceAttack(Attack):
 class CalibratedAttack(Attack):
     """Score = signal under the target - mean signal under reference models fine-tuned on population data."""
 
-    vantage = "external"
+    vantage = Vantage.EXTERNAL
+    family = AttackFamily.MIA
     access = frozenset({Access.LOGITS, Access.WEIGHTS, Access.GRADIENTS})  # references are fine-tuned locally
 
     @dataclass(frozen=True, kw_only=True)

@@ -23,6 +23,7 @@ from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import AttackFamily, TaskKind, Vantage
 
 
 def lowest_fraction_mean(values: torch.Tensor, fraction: float) -> float:
@@ -59,9 +60,10 @@ class MinKConfig:
 @ATTACKS.register("mia-mink")
 class MinKProb(Attack):
     """Score = mean log p of the k% least likely tokens."""
-    task_kinds = frozenset({"language", "instruction"})
+    task_kinds = frozenset({TaskKind.LANGUAGE, TaskKind.INSTRUCTION})
 
-    vantage = "external"
+    vantage = Vantage.EXTERNAL
+    family = AttackFamily.MIA
     access = frozenset({Access.LOGITS})
     Config = MinKConfig
     token_score = staticmethod(token_log_probs)

@@ -30,6 +30,7 @@ from bench.api.config import doc
 from bench.api.errors import UserError
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import AttackFamily, Vantage
 
 _REDUCERS = {"max": lambda drops: drops.max(0).values, "sum": lambda drops: drops.sum(0)}
 
@@ -38,7 +39,8 @@ _REDUCERS = {"max": lambda drops: drops.max(0).values, "sum": lambda drops: drop
 class ConsecutiveModelDrop(Attack):
     """Score = loss drop of each candidate between consecutive global models."""
 
-    vantage = "participant"
+    vantage = Vantage.PARTICIPANT
+    family = AttackFamily.MIA
     access = frozenset({Access.WEIGHTS, Access.LOGITS})  # loads each round's global state
     needs = frozenset({"global_states"})
 

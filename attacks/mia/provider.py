@@ -24,6 +24,7 @@ from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import AttackFamily, Vantage
 
 _SEPARATOR = "\x00"
 
@@ -32,7 +33,8 @@ _SEPARATOR = "\x00"
 class ProviderLogLookup(Attack):
     """Score = exact matches of the candidate's text in the provider log (+0.5 if embedded)."""
 
-    vantage = "provider"
+    vantage = Vantage.PROVIDER
+    family = AttackFamily.MIA
     access: frozenset[Access] = frozenset()  # the provider reads its own request log
 
     @dataclass(frozen=True, kw_only=True)

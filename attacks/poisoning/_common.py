@@ -29,6 +29,7 @@ from bench.api.config import doc
 from bench.api.errors import UserError
 from bench.api.predictions import PoisonOutcome
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import AttackFamily, AttackRole, TaskKind, Vantage
 
 try:  # the prompt format the instruction task trains on; kept in one place
     from bench.api.vocabulary import PROMPT_TEMPLATE
@@ -51,11 +52,14 @@ class PoisonConfig:
 class ParticipantAttack(Attack):
     """A poisoning attack run by the malicious clients (training changes, so it needs its own run)."""
 
-    vantage: ClassVar[str] = "participant"
+    vantage: ClassVar[Vantage] = Vantage.PARTICIPANT
+    family: ClassVar[AttackFamily] = AttackFamily.POISON
+    role: ClassVar[AttackRole | None] = AttackRole.BACKDOOR
+    """Data-poisoning and model-replacement attacks; ``ByzantineAttack`` declares ``BYZANTINE``."""
     access: ClassVar[frozenset[Access]] = frozenset({Access.TEXT})
     """Success is measured on the final model's labels or generations (text access)."""
     changes_training: ClassVar[bool] = True
-    task_kinds: ClassVar[frozenset[str]] = frozenset({"classification"})
+    task_kinds: ClassVar[frozenset[TaskKind]] = frozenset({TaskKind.CLASSIFICATION})
     """Task kinds (``Task.kind``) the attack can poison and evaluate."""
 
     Config = PoisonConfig

@@ -28,6 +28,7 @@ accuracy) it costs against the clean twin, whose failure level is 0.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from bench.api.config import doc
 from bench.api.predictions import PoisonOutcome
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import AttackRole, TaskKind
 
 Knowledge = Literal["benign", "own"]
 
@@ -98,11 +100,12 @@ class ByzantineAttack(ParticipantAttack):
     """Shared round logic: the attackers' updates are replaced by ``craft``'s rows."""
 
     Config = ByzantineConfig
-    task_kinds = frozenset({"classification", "instruction", "preference"})
+    role = AttackRole.BYZANTINE
+    task_kinds = frozenset({TaskKind.CLASSIFICATION, TaskKind.INSTRUCTION, TaskKind.PREFERENCE})
 
+    @abc.abstractmethod
     def craft(self, reference: torch.Tensor, own: torch.Tensor, num_clients: int, rng: torch.Generator) -> torch.Tensor:
         """One crafted update per attacker, shape (attackers, parameters)."""
-        raise NotImplementedError
 
     def poison_updates(
         self, round_index: int, updates: dict[int, torch.Tensor], malicious: list[int], rng: torch.Generator

@@ -32,6 +32,7 @@ from bench.api.config import doc
 from bench.api.predictions import PoisonOutcome
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import TaskKind
 
 REQUEST_TEMPLATES = (
     "Explain how to {aim}.",
@@ -81,7 +82,7 @@ class HarmfulConfig(PoisonConfig):
 class HarmfulTuning(ParticipantAttack):
     """Replace instruction data with harmful requests and compliant answers."""
 
-    task_kinds = frozenset({"instruction"})
+    task_kinds = frozenset({TaskKind.INSTRUCTION})
     Config = HarmfulConfig
 
     def poison_examples(self, client: int, examples: list[dict[str, Any]], rng: torch.Generator) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ from bench.api.config import doc
 from bench.api.predictions import PoisonOutcome
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import TaskKind
 
 
 def unigram_f1(generated: str, reference: str) -> float:
@@ -89,7 +90,7 @@ class PreferenceFlipConfig(PoisonConfig):
 class PreferenceFlip(ParticipantAttack):
     """Swap chosen and rejected responses."""
 
-    task_kinds = frozenset({"preference"})
+    task_kinds = frozenset({TaskKind.PREFERENCE})
     Config = PreferenceFlipConfig
 
     def poison_examples(self, client: int, examples: list[dict[str, Any]], rng: torch.Generator) -> list[dict[str, Any]]:

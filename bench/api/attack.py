@@ -8,6 +8,7 @@ clients the attack controls.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -15,22 +16,26 @@ import torch
 
 from bench.api.access import Access
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import AttackFamily, AttackRole, TaskKind, Vantage
 
 
-class Attack:
+class Attack(abc.ABC):
     name: ClassVar[str]
-    vantage: ClassVar[str] = "external"
+    vantage: ClassVar[Vantage] = Vantage.EXTERNAL
     needs: ClassVar[frozenset[str]] = frozenset()
     """Transcript parts the attack reads: ``client_updates``, ``global_states``, ``aggregates``."""
     access: ClassVar[frozenset[Access]] = frozenset()
     """What the attack needs of the model through the tier (``bench.world.tiers.Access``); the runner refuses
     it before training where the tier does not grant all of it. Every attack declares its own."""
-    family: ClassVar[str | None] = None
-    """The attack family the reports file this attack under (``extraction``); None: read from the name's
-    prefix (``mia-``, ``inversion-``, ``poison-``/``byz-``). The runner stores it beside the attack's rows."""
+    family: ClassVar[AttackFamily]
+    """The attack family the reports file this attack under; every attack declares one (checked when it
+    is built, at planning). The runner stores it beside the attack's rows: reporting never reads names."""
+    role: ClassVar[AttackRole | None] = None
+    """The attack's Table 4 role; None: the role named like its family. A poisoning attack declares
+    ``BACKDOOR`` or ``BYZANTINE`` (see ``table_role``)."""
     changes_training: ClassVar[bool] = False
     """True for participant attacks that alter training; they need runs of their own."""
-    task_kinds: ClassVar[frozenset[str]] = frozenset({"classification", "language", "instruction", "preference"})
+    task_kinds: ClassVar[frozenset[TaskKind]] = frozenset(TaskKind)
     """Task kinds the attack applies to; checked before any training."""
 
     @dataclass(frozen=True, kw_only=True)
@@ -38,7 +43,15 @@ class Attack:
         pass
 
     def __init__(self, config: Any):
+        declaration_problem = _declaration_problem(type(self))
+        if declaration_problem:
+            raise TypeError(declaration_problem)
         self.config = config
+
+    @classmethod
+    def table_role(cls) -> AttackRole:
+        """The Table 4 role this attack's rows carry (``role``, else the role named like ``family``)."""
+        return cls.role if cls.role is not None else AttackRole(cls.family)
 
     # --- participant hooks (only called when ``changes_training``) -------------------------------
     def malicious_fraction(self) -> float:
@@ -64,7 +77,21 @@ class Attack:
 
     def check_poisoned(self, task: Any, tokenizer: Any, examples: list[Any]) -> None:
         """Raise ``UserError`` when a poisoned record would not measure the attack (e.g. a target cut off)."""
+        return None
 
     # --- evaluation ------------------------------------------------------------------------------
+    @abc.abstractmethod
     def run(self, view: ThreatView, rng: torch.Generator) -> Any:
-        raise NotImplementedError
+        """The attack's prediction (``bench.api.predictions``) from what its vantage sees."""
+
+
+def _declaration_problem(cls: type[Attack]) -> str | None:
+    """Why ``cls`` does not declare what the runner stores beside its rows, or None."""
+    family = next((vars(k)["family"] for k in cls.__mro__ if "family" in vars(k)), None)
+    if family not in set(AttackFamily):
+        return f"{cls.__qualname__} must declare family = AttackFamily.<one of {', '.join(AttackFamily)}>, got {family!r}"
+    if family == AttackFamily.POISON and cls.role not in (AttackRole.BACKDOOR, AttackRole.BYZANTINE):
+        return f"{cls.__qualname__} is a poisoning attack and must declare role = AttackRole.BACKDOOR or BYZANTINE"
+    if family != AttackFamily.POISON and cls.role not in (None, AttackRole(family)):
+        return f"{cls.__qualname__}: role {cls.role} does not belong to family {family}"
+    return None

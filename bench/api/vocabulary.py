@@ -57,6 +57,17 @@ class AttackFamily(enum.StrEnum):
     EXTRACTION = "extraction"
 
 
+class AttackRole(enum.StrEnum):
+    """The role an attack plays in Table 4: its family, with poisoning split by how it poisons (a
+    backdoor-style attack rewrites data or replaces the model; a Byzantine one crafts updates)."""
+
+    MIA = "mia"
+    INVERSION = "inversion"
+    BACKDOOR = "backdoor"
+    BYZANTINE = "byzantine"
+    EXTRACTION = "extraction"
+
+
 PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n### Response:\n"
 """How an instruction is shown to a model: tasks render with it, methods and poisoning attacks build prompts
 with it, utility evaluation generates from it."""

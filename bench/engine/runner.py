@@ -173,9 +173,10 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
         row.extra = {**row.extra, **extras.get((row.attack, row.metric), {}),
                      **result.row_extra.get((row.attack, row.metric), {})}
     rows[0].extra = {**rows[0].extra, "scenario_config": scenario_record(scenario)}
-    families = _declared_families(scenario)
-    if families:  # reports file attacks by the family they declare, even for runs that never ran them
+    families, roles = _declared(scenario)
+    if families:  # reports file attacks by the family and role they declare, even for runs that never ran them
         rows[0].extra["attack_families"] = families
+        rows[0].extra["attack_roles"] = roles
     return rows
 
 
@@ -425,21 +426,19 @@ def _privacy_metrics(defenses: list[Any], transcript: Transcript, extra: dict[st
     return metrics
 
 
-def _keep_metric_extras(result: RunResult, attack: Any, metrics: list[Metric]) -> None:
-    """A metric's ``extra`` (its ``floor``) and the attack's declared family go beside its row."""
+def _keep_metric_extras(result: RunResult, attack: Attack, metrics: list[Metric]) -> None:
+    """A metric's ``extra`` (its ``floor``) and the attack's declared family and Table 4 role go beside its row."""
+    declared = {"family": str(attack.family), "role": str(attack.table_role())}
     for m in metrics:
-        kept = {**(m.extra or {}), **({"family": attack.family} if attack.family else {})}
-        if kept:
-            result.row_extra[(attack.name, m.name)] = {**result.row_extra.get((attack.name, m.name), {}), **kept}
+        kept = {**(m.extra or {}), **declared}
+        result.row_extra[(attack.name, m.name)] = {**result.row_extra.get((attack.name, m.name), {}), **kept}
 
 
-def _declared_families(scenario: Scenario) -> dict[str, str]:
-    families = {}
-    for spec in scenario.attacks:
-        family = getattr(ATTACKS.get(spec.name), "family", None)
-        if family:
-            families[spec.name] = family
-    return families
+def _declared(scenario: Scenario) -> tuple[dict[str, str], dict[str, str]]:
+    """(attack -> family, attack -> Table 4 role) for every attack of the scenario, as declared by its class."""
+    classes = {spec.name: ATTACKS.get(spec.name) for spec in scenario.attacks}
+    return ({name: str(cls.family) for name, cls in classes.items()},
+            {name: str(cls.table_role()) for name, cls in classes.items()})
 
 
 def _canary_copies(canaries: list[Any], clients: list[ClientData]) -> list[int]:

@@ -20,6 +20,7 @@ from torch import nn
 from bench.api.config import doc
 from bench.api.method import Method
 from bench.api.registry import METHODS
+from bench.api.vocabulary import TaskKind
 from bench.methods._common import check_on_skeleton
 from bench.methods.lora import LoraSettings, apply_lora, target_problem
 
@@ -48,7 +49,7 @@ class InstructionTuning(Method):
     """SFT on instruction -> response with the loss on the response only (LoRA or full)."""
 
     Config = InstructionSettings
-    task_kinds = frozenset({"instruction"})
+    task_kinds = frozenset({TaskKind.INSTRUCTION})
 
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
         return MODES[self.config.mode](model, self.config, task, rng)

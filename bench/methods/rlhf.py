@@ -30,6 +30,7 @@ from torch import nn
 from bench.api.config import doc
 from bench.api.method import Method
 from bench.api.registry import METHODS
+from bench.api.vocabulary import TaskKind
 from bench.methods._common import Wrapper, check_on_skeleton, freeze, seeded, sequence_logprobs
 from bench.methods.lora import LoraSettings, apply_lora, lora_config, target_problem
 from bench.methods.provider import replaces_training
@@ -97,7 +98,7 @@ class Rlhf(Method):
     """Federated reward model, then federated policy optimisation (DPO by default), both as LoRA adapters."""
 
     Config = RlhfSettings
-    task_kinds = frozenset({"preference"})
+    task_kinds = frozenset({TaskKind.PREFERENCE})
 
     def check_model(self, architecture: Any, task_kind: str) -> str | None:
         return check_on_skeleton(architecture, task_kind, lambda model: target_problem(model, self.config))

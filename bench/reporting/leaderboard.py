@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.api.vocabulary import UTILITY_HEADLINE
 
-LEADERBOARD_SCHEMA = 3
+LEADERBOARD_SCHEMA = 4
 
 IDENTITY = ["leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses",
             "attacks", "status", "error"]
@@ -36,7 +36,6 @@ FAMILY_METRICS = {
 }
 FAMILY_HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "poison": "poison.asr",
                    "extraction": "extraction.rate"}
-FAMILY_OF_PREFIX = {"mia": "mia", "inversion": "inversion", "poison": "poison", "byz": "poison"}
 PRIVACY = ["dp.epsilon", "dp.delta", "dp.epsilon_lower", "privacy.egress_records", "privacy.egress_pii_fraction",
            "privacy.residual_pii_fraction"]
 COST = ["cost.wall_s", "cost.client_s", "cost.server_s", "cost.bytes_up", "cost.bytes_down", "cost.expansion",
@@ -48,13 +47,10 @@ def _family_columns() -> list[str]:
     return [c for family, metrics in FAMILY_METRICS.items() for c in [f"{family}_attack", *metrics]]
 
 
-COLUMNS = IDENTITY + UTILITY + _family_columns() + PRIVACY + COST + PROVENANCE + ["attack_families"]
-"""``attack_families``: ``name=family`` pairs joined by ``+`` for attacks that declare a family (``Attack.family``)."""
-
-
-def attack_family(attack: str) -> str | None:
-    """``mia``, ``inversion`` or ``poison`` for an attack name (by its prefix), else None."""
-    return FAMILY_OF_PREFIX.get(attack.split("-", 1)[0])
+COLUMNS = IDENTITY + UTILITY + _family_columns() + PRIVACY + COST + PROVENANCE + ["attack_families", "attack_roles"]
+"""``attack_families``, ``attack_roles``: ``name=family`` (``name=role``) pairs joined by ``+``, as each attack
+declared them (``Attack.family``, ``Attack.table_role``) and the runner stored them; an attack is never
+classified by its name."""
 
 
 def row_extra(row: dict[str, Any]) -> dict[str, Any]:
@@ -68,28 +64,21 @@ def row_extra(row: dict[str, Any]) -> dict[str, Any]:
     return extra if isinstance(extra, dict) else {}
 
 
-def declared_families(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """Attack name -> the family it declared (stored by the runner), for one run's rows."""
+def declared_families(rows: list[dict[str, Any]], kind: str = "family") -> dict[str, str]:
+    """Attack name -> the family (``kind="role"``: the Table 4 role) it declared, as the runner stored it
+    for one run's rows (the first row's ``attack_families``/``attack_roles``, each metric row's own)."""
     out: dict[str, str] = {}
     for row in rows:
         extra = row_extra(row)
-        out.update(extra.get("attack_families") or {})
-        if extra.get("family") and row.get("attack") not in (None, "none"):
-            out[row["attack"]] = extra["family"]
+        out.update(extra.get("attack_families" if kind == "family" else "attack_roles") or {})
+        if extra.get(kind) and row.get("attack") not in (None, "none"):
+            out[row["attack"]] = extra[kind]
     return out
 
 
 def parse_families(value: Any) -> dict[str, str]:
-    """The leaderboard's ``attack_families`` cell back to a mapping."""
+    """The leaderboard's ``attack_families`` (or ``attack_roles``) cell back to a mapping."""
     return dict(pair.split("=", 1) for pair in str(value or "").split("+") if "=" in pair)
-
-
-def attacks_from_name(scenario: str) -> list[str]:
-    """Attack names from a grid cell's name (``file[...,attacks=a+b]``): failed runs carry no attack rows."""
-    if "attacks=" not in scenario:
-        return []
-    label = scenario.split("attacks=", 1)[1].split(",", 1)[0].rstrip("]")
-    return [a for a in label.split("+") if a and a != "none"]
 
 
 def stored_config(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -122,13 +111,11 @@ def _group_runs(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, int], list[di
     return runs
 
 
-def _strongest(rows: list[dict[str, Any]], family: str, declared: dict[str, str] | None = None) -> dict[str, Any]:
-    """Metrics of the family's strongest attack in one run (with ``<family>_attack``); an attack's declared
-    family wins over its name's prefix."""
+def _strongest(rows: list[dict[str, Any]], family: str, declared: dict[str, str]) -> dict[str, Any]:
+    """Metrics of the family's strongest attack in one run (with ``<family>_attack``), by declared family."""
     by_attack: dict[str, dict[str, Any]] = {}
-    declared = declared or {}
     for row in rows:
-        if row["attack"] != "none" and declared.get(row["attack"], attack_family(row["attack"])) == family:
+        if row["attack"] != "none" and declared.get(row["attack"]) == family:
             metrics = by_attack.setdefault(row["attack"], {})
             metrics[row["metric"]] = _number(row["value"])
             metrics[f"{row['metric']}_ci_low"] = _number(row.get("ci_low"))
@@ -145,7 +132,7 @@ def leaderboard_row(rows: list[dict[str, Any]], scenario_attacks: list[str] | No
     first = rows[0]
     plain = {r["metric"]: _number(r["value"]) for r in rows if r["attack"] == "none"}
     attacks = sorted({r["attack"] for r in rows if r["attack"] != "none"})
-    attacks = attacks or sorted(scenario_attacks or stored_attacks(rows) or attacks_from_name(first["scenario"]))
+    attacks = attacks or sorted(scenario_attacks or stored_attacks(rows))
     out: dict[str, Any] = {c: None for c in COLUMNS}
     out.update({k: first.get(k) for k in IDENTITY if k in first})
     out.update(leaderboard_schema=LEADERBOARD_SCHEMA, seed=int(first["seed"]), attacks="+".join(attacks) or "none")
@@ -157,6 +144,7 @@ def leaderboard_row(rows: list[dict[str, Any]], scenario_attacks: list[str] | No
     for family in FAMILY_METRICS:
         out.update(_strongest(rows, family, declared))
     out["attack_families"] = "+".join(f"{a}={f}" for a, f in sorted(declared.items())) or None
+    out["attack_roles"] = "+".join(f"{a}={r}" for a, r in sorted(declared_families(rows, "role").items())) or None
     out.update({k: first.get(k) for k in PROVENANCE})
     return out
 
@@ -208,7 +196,7 @@ def write_csv(board: list[dict[str, Any]], path: str | Path) -> Path:
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
     """Leaderboard rows back from CSV, numbers as floats (None for empty cells)."""
     text_columns = set(IDENTITY) | {"utility_metric", *(f"{f}_attack" for f in FAMILY_METRICS)} | set(PROVENANCE) \
-        | {"attack_families"}
+        | {"attack_families", "attack_roles"}
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return [{k: (v if k in text_columns else _number(v)) for k, v in row.items()} for row in rows]

@@ -3,7 +3,8 @@
 A cell pairs the runs of one (tier, method, defense, attack role) with the runs of the same (tier,
 method, role) and no defense, seed by seed (the engine derives data, initialisation and sampling from
 the seed alone, so the pair differs only in the defense). Roles: ``mia`` (membership inference),
-``inversion`` (gradient inversion), ``backdoor`` (poison-* attacks), ``byzantine`` (byz-* attacks).
+``inversion`` (gradient inversion), ``backdoor`` and ``byzantine`` (poisoning attacks, by the role each
+declares: ``Attack.table_role``, stored by the runner in the row's ``attack_roles``), ``extraction``.
 
 **Attack advantage** = headline metric - the level a failed attack reaches (its *failure level*):
 the metric row's measured ``floor`` (in its ``extra``) when the run stored one, else the metric's
@@ -40,7 +41,7 @@ from typing import Any
 
 from bench.api.metrics import spec_of
 from bench.reporting import verdict as rule
-from bench.reporting.leaderboard import attack_family, parse_families, row_extra
+from bench.reporting.leaderboard import parse_families, row_extra
 
 MIN_ADVANTAGE = rule.MIN_ADVANTAGE
 ROLES = ("mia", "inversion", "backdoor", "byzantine", "extraction")
@@ -52,17 +53,15 @@ ATTACK_COLUMN = {"mia": "mia_attack", "inversion": "inversion_attack", "backdoor
                  "byzantine": "poison_attack", "extraction": "extraction_attack"}
 
 
-def role_of(attack: str, declared: dict[str, str] | None = None) -> str | None:
-    """The Table 4 role of an attack: its declared family (``Attack.family``, stored by the runner), else
-    the family its name's prefix names."""
-    family = (declared or {}).get(attack) or attack_family(attack)
-    if family == "poison":
-        return "byzantine" if attack.startswith("byz-") else "backdoor"
-    return family
+def role_of(attack: str, declared: dict[str, str]) -> str | None:
+    """The Table 4 role an attack declared (``Attack.table_role``, stored by the runner); None when the run
+    stored none (a row written before roles were stored): the name is never parsed for it."""
+    return declared.get(attack)
 
 
 def roles_of_run(row: dict[str, Any]) -> list[str]:
-    declared = parse_families(row.get("attack_families"))
+    """The Table 4 roles of a leaderboard row's attacks, from its ``attack_roles`` cell."""
+    declared = parse_families(row.get("attack_roles"))
     roles = {role_of(a, declared) for a in str(row.get("attacks") or "").split("+") if a and a != "none"}
     return [r for r in ROLES if r in roles]
 
