@@ -19,6 +19,7 @@ business, whatever the executor.
 
 from __future__ import annotations
 
+import abc
 import multiprocessing
 import os
 import sys
@@ -113,7 +114,7 @@ def prepare_models(jobs: list[Job], threads: int = 1) -> None:
         torch.set_num_threads(before)
 
 
-class Executor:
+class Executor(abc.ABC):
     """Runs jobs and reports each job's rows to ``done`` in the driver process."""
 
     name: ClassVar[str]
@@ -125,9 +126,10 @@ class Executor:
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
 
+    @abc.abstractmethod
     def run(self, jobs: list[Job], run: RunFn, done: Done, *, figures: str | None = None,
             show_progress: bool = False, started: Started | None = None) -> None:
-        raise NotImplementedError
+        """Run every job, reporting each job's rows to ``done`` in the driver process."""
 
     def describe(self) -> str:
         """What the progress line and the summary say about where runs went."""

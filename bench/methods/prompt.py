@@ -13,6 +13,7 @@ token). Position ids are dropped: peft ignores them for prompt learning anyway.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,8 +100,9 @@ class PromptLearning(Method):
 
     batchable = True
 
+    @abc.abstractmethod
     def peft_config_class(self) -> Any:
-        raise NotImplementedError
+        """The peft config class of this prompt-learning variant."""
 
     def peft_settings(self) -> dict[str, Any]:
         return {"num_virtual_tokens": self.config.num_virtual_tokens}
@@ -113,8 +115,9 @@ class PromptLearning(Method):
             peft_model = get_peft_model(model, self.peft_config_class()(task_type=task_type, **self.peft_settings()))
         return self.wrap(peft_model, task)
 
+    @abc.abstractmethod
     def wrap(self, peft_model: nn.Module, task: Any) -> nn.Module:
-        raise NotImplementedError
+        """The model clients train around ``peft_model`` (its virtual tokens the only trainable state)."""
 
 
 @METHODS.register("prompt-tuning")

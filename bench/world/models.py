@@ -8,6 +8,7 @@ the code a real model takes is the code the tests take.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import json
@@ -34,7 +35,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("TIERBENCH_CACHE", Path.home() / ".cache" / "tierbench"))
 
 
-class ModelSource:
+class ModelSource(abc.ABC):
     """Where a base model comes from; ``path()`` is a directory or hub name for ``from_pretrained``."""
 
     name: ClassVar[str]
@@ -46,8 +47,9 @@ class ModelSource:
     def __init__(self, config: Any):
         self.config = config
 
+    @abc.abstractmethod
     def path(self) -> str:
-        raise NotImplementedError
+        """A directory or hub name that ``from_pretrained`` loads the base model from."""
 
     def metadata(self) -> dict[str, Any]:
         return {}
@@ -101,6 +103,7 @@ class ModelSource:
 
     def check(self) -> None:
         """Raise ``UserError`` (key ``model.params.*``) for what is wrong before loading; offline and cheap."""
+        return None
 
 
 @MODELS.register("hf")
@@ -190,8 +193,9 @@ class ZooModel(ModelSource):
     Config = ZooConfig
     license: ClassVar[str] = "Apache-2.0 (TierBench zoo)"
 
+    @abc.abstractmethod
     def hf_config(self, tokenizer: Any) -> Any:
-        raise NotImplementedError
+        """The transformers config of this architecture, sized to ``tokenizer``'s vocabulary."""
 
     def cache_key(self) -> str:
         blob = json.dumps({"zoo": ZOO_VERSION, "arch": self.name, **dataclasses.asdict(self.config)}, sort_keys=True)
@@ -229,8 +233,9 @@ class ZooModel(ModelSource):
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
 
+    @abc.abstractmethod
     def model_class(self) -> Any:
-        raise NotImplementedError
+        """The transformers model class ``hf_config`` builds."""
 
 
 def _build_atomically(target: Path, build: Any) -> None:

@@ -8,6 +8,7 @@ distribution. A disjoint public ``auxiliary`` set (for shadow models, backdoor e
 
 from __future__ import annotations
 
+import abc
 import csv
 import functools
 import gzip
@@ -49,7 +50,7 @@ class TaskData:
     canaries: list[Canary] = field(default_factory=list)
 
 
-class Task:
+class Task(abc.ABC):
     name: ClassVar[str]
     kind: ClassVar[str] = "classification"
     """``classification``, ``language``, ``instruction`` or ``preference``."""
@@ -65,8 +66,9 @@ class Task:
     def num_labels(self) -> int:
         return 0
 
+    @abc.abstractmethod
     def load(self, total: int, rng: torch.Generator) -> TaskData:
-        raise NotImplementedError
+        """The task's data (pool, test and auxiliary splits, canaries) for ``total`` pool examples, drawn with ``rng``."""
 
     def check(self) -> list[str]:
         """What can be checked before a run (files, columns, labels): raises ``UserError`` naming the
