@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from bench.api import pii
-from bench.api.defense import Defense, DefenseSlot
+from bench.api.defense import Defense, DefenseSlot, PrivacyReport
 from bench.api.registry import DEFENSES
 
 
@@ -76,7 +76,7 @@ class ScrubPII(Defense):
                                sum(len(pii.broad_items(t)) for t in after))
         return cleaned
 
-    def privacy(self) -> dict[str, Any]:
+    def privacy(self) -> PrivacyReport:
         replaced = sum(r for r, _, _ in self._seen.values())
         before = sum(b for _, b, _ in self._seen.values())
         after = sum(a for _, _, a in self._seen.values())

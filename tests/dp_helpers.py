@@ -113,7 +113,9 @@ def dp_local(**params) -> DPLocal:
     return DPLocal(bind(DPLocal.Config, {"grad_sample_mode": "hooks", **params}, file=None, key="dp-local"))
 
 
-def plan(rounds=2, local_steps=3, clients=2, clients_per_round=2, batch_size=4) -> SimpleNamespace:
+def plan(rounds=2, local_steps=3, clients=2, clients_per_round=2, batch_size=4, protocol="fedavg") -> SimpleNamespace:
+    """A stand-in for the scenario a defense is set up with (``bench.api.transcript.PlannedScenario``): every
+    field of ``FederationSettings``, as the schema always fills them (``protocol`` defaults to fedavg there)."""
     return SimpleNamespace(
         federation=SimpleNamespace(
             rounds=rounds,
@@ -121,6 +123,8 @@ def plan(rounds=2, local_steps=3, clients=2, clients_per_round=2, batch_size=4) 
             clients=clients,
             clients_per_round=clients_per_round,
             batch_size=batch_size,
+            lr=1e-3,
+            protocol=protocol,
         )
     )
 

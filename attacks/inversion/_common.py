@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from bench.api.config import doc
-from bench.api.transcript import ThreatView
+from bench.api.transcript import FederationSettings, ThreatView
 from bench.api.vocabulary import AGGREGATE_CLIENT
 
 TARGET_NEEDS = {
@@ -65,11 +65,11 @@ class Target:
     examples: int | None = None
     """The example counts those clients reported (public FedAvg weights), when the record has them."""
 
-    def most_sequences(self, federation: Any) -> int:
+    def most_sequences(self, federation: FederationSettings) -> int:
         """How many distinct sequences can be in the update: batch size x steps x clients, and no
         more than the clients said they hold."""
-        steps = 1 if getattr(federation, "protocol", "fedsgd") == "fedsgd" else int(getattr(federation, "local_steps", 1))
-        bound = int(getattr(federation, "batch_size", 1 << 30)) * max(steps, 1) * self.clients
+        steps = 1 if federation.protocol == "fedsgd" else int(federation.local_steps)
+        bound = int(federation.batch_size) * max(steps, 1) * self.clients
         return min(bound, self.examples) if self.examples else bound
 
 
@@ -114,14 +114,14 @@ def model_at(method: Any, flat: torch.Tensor) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
-def observed_gradient(update: torch.Tensor, federation: Any) -> torch.Tensor:
+def observed_gradient(update: torch.Tensor, federation: FederationSettings) -> torch.Tensor:
     """The mean gradient an SGD client followed: update = -lr * sum of ``local_steps`` gradients.
 
     Spans do not care about this scale; losses that compare magnitudes (label recovery, L2 gradient
     matching) do. FedSGD takes one step, whatever ``local_steps`` says.
     """
-    lr = float(getattr(federation, "lr", 1.0) or 1.0)
-    steps = 1 if getattr(federation, "protocol", "fedsgd") == "fedsgd" else max(int(getattr(federation, "local_steps", 1)), 1)
+    lr = float(federation.lr or 1.0)
+    steps = 1 if federation.protocol == "fedsgd" else max(int(federation.local_steps), 1)
     return -update / (lr * steps)
 
 

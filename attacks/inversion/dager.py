@@ -97,7 +97,6 @@ to 0.25 / 0.125 and left GPT-2 unchanged; at layer 2 it gained nothing. Off by d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -127,7 +126,7 @@ from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.registry import ATTACKS
-from bench.api.transcript import ThreatView
+from bench.api.transcript import FederationSettings, ThreatView
 from bench.api.vocabulary import AttackFamily, Vantage
 
 
@@ -206,13 +205,13 @@ class Dager(Attack):
             result.sequences[target.key] = [] if target.update is None else self.invert(view, target, rng)
         return result
 
-    def tolerance(self, federation: Any) -> Tolerance:
+    def tolerance(self, federation: FederationSettings) -> Tolerance:
         c = self.config
-        if getattr(federation, "protocol", "fedsgd") == "fedsgd":
+        if federation.protocol == "fedsgd":
             return Tolerance(c.span_threshold, c.gradient_rank_tol, 0.0, c.gradient_relative_threshold, sends_gradient=True)
         # one local step is FedSGD sent as weights: the update is one gradient taken at the start
         # state, so its inputs are computed there and the span needs no drift allowance
-        if int(getattr(federation, "local_steps", 1)) <= 1:
+        if int(federation.local_steps) <= 1:
             return Tolerance(c.span_threshold, c.rank_tol, 0.0, c.relative_threshold)
         return Tolerance(c.fedavg_span_threshold, c.fedavg_rank_tol, c.fedavg_interpolation, c.relative_threshold)
 

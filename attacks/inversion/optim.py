@@ -108,7 +108,7 @@ class GradientMatching(Attack):
             return problem.solve((batch, self._length(method, update, vocabulary, batch)), rng)
 
     def _batch(self, view: ThreatView) -> int:
-        return self.config.batch_size or int(getattr(view.federation, "batch_size", 1))
+        return self.config.batch_size or int(view.federation.batch_size)
 
     def _length(self, method: Any, update: torch.Tensor, vocabulary: torch.Tensor | None, batch: int) -> int:
         """Configured, else positions with gradient + 1 (the last token is a label only), else the

@@ -109,7 +109,7 @@ class UpdateDecode(Attack):
             return []
         before = target.global_before
         update = target.update.to(before.device)
-        lr = float(getattr(view.federation, "lr", 1.0) or 1.0)
+        lr = float(view.federation.lr or 1.0)
         eos = getattr(getattr(method.model, "config", None), "eos_token_id", None)
         most = self.config.max_sequences or target.most_sequences(view.federation)
         proposals = [before + (scale / lr) * update for scale in self.config.scales]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
@@ -30,6 +30,9 @@ from bench.api.errors import UserError
 from bench.api.predictions import PoisonOutcome
 from bench.api.transcript import ThreatView
 from bench.api.vocabulary import AttackFamily, AttackRole, TaskKind, Vantage
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
 
 try:  # the prompt format the instruction task trains on; kept in one place
     from bench.api.vocabulary import PROMPT_TEMPLATE
@@ -183,7 +186,7 @@ def shows_phrase(generation: str, phrase: str) -> bool:
     return any(words[i : i + len(wanted)] == wanted for i in range(len(words) - len(wanted) + 1))
 
 
-def sequence_length(tokenizer: Any, text: str) -> int:
+def sequence_length(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
     return len(tokenizer(text).input_ids)
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -55,6 +55,9 @@ from bench.api.errors import UserError
 from bench.api.predictions import PoisonOutcome
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,7 +162,7 @@ class Backdoor(ParticipantAttack):
         kind = require_format(view.auxiliary, _EVALUATORS, self.name)
         return _EVALUATORS[kind](view, self.config, rng)
 
-    def check_poisoned(self, task: Any, tokenizer: Any, examples: list[dict[str, Any]]) -> None:
+    def check_poisoned(self, task: Any, tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]]) -> None:
         """Refuse (``UserError``) a run where ``max_length`` would cut the target off a poisoned record."""
         target = self.config.target_response
         poisoned = [e for e in examples if e.get("response") == target and self.config.trigger in e.get("instruction", "")]

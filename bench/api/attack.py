@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from bench.api.access import Access
-from bench.api.transcript import ThreatView
-from bench.api.vocabulary import AttackFamily, AttackRole, TaskKind, Vantage
+from bench.api.predictions import Prediction
+from bench.api.transcript import FederationSettings, ThreatView
+from bench.api.vocabulary import AttackFamily, AttackRole, Record, TaskKind, Vantage
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
 
 
 class Attack(abc.ABC):
@@ -57,7 +61,7 @@ class Attack(abc.ABC):
     def malicious_fraction(self) -> float:
         return 0.0
 
-    def poison_examples(self, client: int, examples: list[Any], rng: torch.Generator) -> list[Any]:
+    def poison_examples(self, client: int, examples: list[Record], rng: torch.Generator) -> list[Record]:
         """Rewrite a malicious client's local data before training (label flip, backdoor)."""
         return examples
 
@@ -71,17 +75,17 @@ class Attack(abc.ABC):
         """Replace the malicious clients' updates; colluding attackers may read the benign ones."""
         return updates
 
-    def check_federation(self, federation: Any) -> str | None:
+    def check_federation(self, federation: FederationSettings) -> str | None:
         """Why this training attack cannot do what it claims at this federation's size, or None (planning)."""
         return None
 
-    def check_poisoned(self, task: Any, tokenizer: Any, examples: list[Any]) -> None:
+    def check_poisoned(self, task: Any, tokenizer: PreTrainedTokenizerBase, examples: list[Record]) -> None:
         """Raise ``UserError`` when a poisoned record would not measure the attack (e.g. a target cut off)."""
         return None
 
     # --- evaluation ------------------------------------------------------------------------------
     @abc.abstractmethod
-    def run(self, view: ThreatView, rng: torch.Generator) -> Any:
+    def run(self, view: ThreatView, rng: torch.Generator) -> Prediction:
         """The attack's prediction (``bench.api.predictions``) from what its vantage sees."""
 
 

@@ -26,9 +26,23 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import torch
+
+from bench.api.transcript import PlannedScenario
+
+PrivacyReport = TypedDict("PrivacyReport", {
+    "dp.epsilon": float, "dp.delta": float, "dp.accountant": str, "dp.level": str, "dp.noise_multiplier": float,
+    "dp.clip_norm": float, "dp.sampling_rate": float, "dp.steps": int, "dp.noise_at": str, "dp.sampling": str,
+    "dp.neighbouring": str, "dp.grad_sample_mode": str, "dp.epsilon_lower": float, "dp.audit_epsilon": float,
+    "dp.audit_canaries": int, "dp.audit_included": int,
+    "privacy.scrubbed_items": int, "privacy.residual_pii_fraction": float,
+}, total=False)
+"""What a defense reports after a run (``Defense.privacy``), each key with its type. The spelled keys are
+the stored metric names: numbers become metric rows (``dp.epsilon``: the accountant's epsilon at
+``dp.delta``; ``dp.level``: ``record`` or ``user``; ``dp.epsilon_lower``: an audit's lower bound), text
+goes to the run's ``extra``. A key absent means the defense does not measure it."""
 
 
 class DefenseSlot(enum.Enum):
@@ -86,6 +100,9 @@ class Defense:
     ``transport`` or ``aggregate`` must declare ``TRANSPORT`` or ``AGGREGATION`` (checked at import)."""
     replaces_training: ClassVar[bool] = False
     """True when ``wrap_training`` runs its own trainer (DP-SGD) instead of wrapping the given one."""
+    needs_server_update: ClassVar[bool] = False
+    """True when the aggregation rule needs a server update trained on a public root set each round
+    (FLTrust): the engine then sets ``server_update_fn`` before training."""
     requires_uniform_weights: ClassVar[bool] = False
     """True when the aggregate must weight clients equally (user-level DP-FedAvg's sensitivity)."""
 
@@ -102,7 +119,7 @@ class Defense:
     def __init__(self, config: Any):
         self.config = config
 
-    def check_compatible(self, others: list[Defense], scenario: Any) -> str | None:
+    def check_compatible(self, others: list[Defense], scenario: PlannedScenario) -> str | None:
         """A reason this defense cannot run with ``others`` in ``scenario``, or None. Must not change any
         state: planning calls it, possibly more than once; decisions that depend on the other defenses
         belong in ``setup``, which gets them."""
@@ -112,7 +129,7 @@ class Defense:
                 return f"{self.name} needs each client's update, which {hiding[0]} hides from the server"
         return None
 
-    def setup(self, scenario: Any, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
+    def setup(self, scenario: PlannedScenario, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
         """Called once before training with the scenario, each client's member count and the run's
         other defenses (``peers``)."""
 
@@ -140,7 +157,8 @@ class Defense:
         guarantee needs a fixed-range transport (secagg) to encode them unclipped; None when it needs none."""
         return None
 
-    def privacy(self) -> dict[str, Any]:
+    def privacy(self) -> PrivacyReport:
+        """The run's privacy accounting (``PrivacyReport``); empty for a defense that accounts none."""
         return {}
 
     def costs(self) -> dict[str, float]:

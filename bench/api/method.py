@@ -7,17 +7,33 @@ attacks all work on flat vectors.
 
 from __future__ import annotations
 
+import abc
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from bench.api.access import Access
+from bench.api.defense import Defense
 from bench.api.layout import ParameterLayout
+from bench.api.transcript import Transcript
+
+ExampleLosses = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+"""Per-example training losses of a batch (``Task.example_losses``, ``Method.example_losses``)."""
 
 
-class Method:
+class HostingTier(Protocol):
+    """What a method reads of the scenario's tier (``bench.world.tiers.Tier`` has it)."""
+
+    @property
+    def hosted(self) -> bool: ...
+    @property
+    def grants(self) -> frozenset[Access]: ...
+
+
+class Method(abc.ABC):
     name: ClassVar[str]
     needs: ClassVar[frozenset[Access]] = frozenset({Access.WEIGHTS, Access.GRADIENTS})
     task_kinds: ClassVar[frozenset[str]] = frozenset({"classification", "language", "instruction"})
@@ -36,19 +52,20 @@ class Method:
         self._named: list[tuple[str, nn.Parameter]] = []
 
     # --- to implement ----------------------------------------------------------------------------
+    @abc.abstractmethod
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
         """Return the model clients train (may wrap ``model``); mark only the method's state trainable."""
-        raise NotImplementedError
 
     def on_round_start(self, round_index: int, rounds: int) -> None:
         """Called by the round loop before clients train (multi-phase methods switch phase here)."""
+        return None
 
-    def trainer(self, default: Any, transcript: Any) -> Any:
+    def trainer(self, default: Callable[..., Any], transcript: Transcript) -> Callable[..., Any]:
         """The local trainer clients use; methods that train through a provider wrap ``default``
         (and record egress in ``transcript``)."""
         return default
 
-    def check_compatible(self, defenses: list[Any]) -> str | None:
+    def check_compatible(self, defenses: list[Defense]) -> str | None:
         """Why this method cannot run with ``defenses`` (decided before training), or None."""
         return None
 
@@ -74,13 +91,13 @@ class Method:
         """Per-example training loss; the task knows how (methods like DPO override)."""
         return self.task_loss(model, batch)
 
-    task_loss: Any = None  # set by the runner to ``task.example_losses``
-    tier: Any = None  # set by the runner: the scenario's tier (hosted tiers send client data out)
+    task_loss: ExampleLosses | None = None  # set by the runner to ``task.example_losses``
+    tier: HostingTier | None = None  # set by the runner: the scenario's tier (hosted tiers send client data out)
 
     @property
     def hosted(self) -> bool:
         """True when a provider hosts the model, so client data sent to it leaves the client."""
-        return bool(getattr(self.tier, "hosted", False))
+        return self.tier is not None and bool(self.tier.hosted)
 
     @property
     def named_trainable(self) -> list[tuple[str, nn.Parameter]]:

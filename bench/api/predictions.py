@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+from bench.api.vocabulary import JsonObject
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -31,7 +36,7 @@ class Reconstruction:
     attacker's public tokenizer, not ground truth: the scorer decodes both sides with it."""
 
 
-def text_decoder(tokenizer: Any) -> Callable[[Sequence[int]], str] | None:
+def text_decoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[Sequence[int]], str] | None:
     """``tokenizer.decode`` without special tokens (padding and end-of-text are not words); None
     when there is no tokenizer (token ids are the data)."""
     if tokenizer is None or not hasattr(tokenizer, "decode"):
@@ -45,7 +50,7 @@ class PoisonOutcome:
 
     predicted: torch.Tensor
     target: torch.Tensor
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: JsonObject = field(default_factory=dict)
 
 
 @dataclass
@@ -70,3 +75,8 @@ class Extraction:
     """The rate a guess reaches with no model at all (1 / candidates for a pick from a list)."""
     extra: dict[str, float] = field(default_factory=dict)
     """Attack-specific counts reported as they are (``extraction.<key>``)."""
+
+
+Prediction = MembershipScores | Reconstruction | PoisonOutcome | Extraction
+"""What ``Attack.run`` returns: one of the prediction types, each with its scorer in ``bench.scoring``
+(``scorer_for``). A new kind of prediction is added here and given a scorer."""

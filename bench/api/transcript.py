@@ -8,13 +8,44 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from bench.api.vocabulary import Vantage
+from bench.api.vocabulary import Record, Vantage
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
 
 VANTAGES = tuple(v.value for v in Vantage)
+
+
+class FederationSettings(Protocol):
+    """The public federation settings attacks and defenses read. ``bench.spec.scenario.Federation`` is the
+    one the engine passes (every field always set: its schema fills the defaults), so no reader needs a
+    fallback value; the api layer names the shape because it may not import the spec."""
+
+    @property
+    def clients(self) -> int: ...
+    @property
+    def clients_per_round(self) -> int: ...
+    @property
+    def rounds(self) -> int: ...
+    @property
+    def local_steps(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def protocol(self) -> str: ...
+
+
+class PlannedScenario(Protocol):
+    """What a defense reads of the scenario it is planned into (``bench.spec.scenario.Scenario`` has it)."""
+
+    @property
+    def federation(self) -> FederationSettings: ...
 
 
 @dataclass
@@ -81,7 +112,7 @@ class ThreatView:
 
     vantage: str
     rounds: list[RoundRecord]
-    candidates: list[Any]
+    candidates: list[Record]
     """Records whose membership the attacker must guess (members and non-members shuffled)."""
     layout: Any
     """The trainable state's ``ParameterLayout`` (names and shapes: flat vectors <-> named tensors)."""
@@ -89,10 +120,10 @@ class ThreatView:
     """The fine-tuned model through the tier's access (``OpenModel`` or ``ProviderAPI``)."""
     base_model: Any
     """The pre-fine-tuning model through the tier's access (the natural reference model)."""
-    tokenizer: Any
-    federation: Any
+    tokenizer: PreTrainedTokenizerBase
+    federation: FederationSettings
     """The public federation settings (lr, batch size, local steps, protocol)."""
-    auxiliary: list[Any] = field(default_factory=list)
+    auxiliary: list[Record] = field(default_factory=list)
     """Public records from the task's distribution, disjoint from every client (for shadows)."""
     provider_log: list[ProviderRecord] = field(default_factory=list)
     train_shadow: Callable[..., Any] | None = None

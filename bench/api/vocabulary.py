@@ -7,6 +7,7 @@ it: the plugins may import only the api layer.
 from __future__ import annotations
 
 import enum
+from typing import TypeAlias, Union
 
 # The words of the design (DESIGN.md's vocabulary). Each is a ``StrEnum``: a member equals its string,
 # so YAML, stored rows and existing comparisons keep working while code moves from bare strings to them.
@@ -66,6 +67,16 @@ class AttackRole(enum.StrEnum):
     BACKDOOR = "backdoor"
     BYZANTINE = "byzantine"
     EXTRACTION = "extraction"
+
+
+JsonValue: TypeAlias = Union[str, int, float, bool, None, list["JsonValue"], dict[str, "JsonValue"]]  # noqa: UP007
+"""A value that survives JSON: what result rows, their ``extra``, scenario documents and stored
+configurations hold (the store writes them as JSON lines, the loader reads YAML into them)."""
+JsonObject: TypeAlias = dict[str, JsonValue]
+"""A JSON object: one result row, a row's ``extra``, a scenario document."""
+Record: TypeAlias = JsonObject
+"""One example of a task's data (``text``/``label``, ``instruction``/``response``, ``prompt``/``chosen``/
+``rejected``, ...): read from JSON, CSV or generated, handed to clients, attacks and evaluation."""
 
 
 PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n### Response:\n"

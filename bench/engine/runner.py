@@ -20,18 +20,20 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from bench.api.access import access_refusal, availability
 from bench.api.attack import Attack
-from bench.api.defense import composition_problem, in_slot_order
+from bench.api.defense import Defense, composition_problem, in_slot_order
 from bench.api.errors import IncompatibleError, TierAccessError, UserError
+from bench.api.method import Method
 from bench.api.predictions import MembershipScores
 from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
 from bench.api.seeding import derive_seed, generator
 from bench.api.transcript import GroundTruth, Transcript
+from bench.api.vocabulary import JsonObject
 from bench.client.device import describe, peak_gpu_memory_mb, pick_device, reset_peak_memory
 from bench.engine import federation as fl
 from bench.engine import learning
@@ -41,23 +43,28 @@ from bench.scoring.mia import roc_curve
 from bench.scoring.roc import compact_roc
 from bench.scoring.score import Metric, score
 from bench.scoring.utility import evaluate
-from bench.spec.scenario import Scenario
+from bench.spec.scenario import Federation, Scenario
 from bench.store.provenance import git_commit, package_versions, peak_rss_mb, scenario_record
 from bench.store.results import Row
+from bench.world.models import ModelSource
 from bench.world.partition import ClientData, deal, split_members
-from bench.world.tasks import truncation
+from bench.world.tasks import Task, TaskData, truncation
+from bench.world.tiers import Tier
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
 class Plan:
     """The instantiated components of a run, checked for compatibility."""
 
-    tier: Any
-    model_source: Any
-    task: Any
-    method: Any
-    defenses: list[Any]
-    attacks: list[Any]
+    tier: Tier
+    model_source: ModelSource
+    task: Task
+    method: Method
+    defenses: list[Defense]
+    attacks: list[Attack]
     """The attacks that will run (those the tier grants)."""
     refused: list[tuple[str, str]] = field(default_factory=list)
     """(attack, reason) for evaluation-only attacks the tier rules out: recorded, never run."""
@@ -115,14 +122,14 @@ def _federation_refusal(attack: Attack, scenario: Scenario) -> str | None:
 @dataclass
 class RunResult:
     metrics: list[tuple[str, Metric]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: JsonObject = field(default_factory=dict)
     status: str = "ok"
     error: str = ""
     device: str = "cpu"
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
     """(attack, status, reason) for attacks the tier ruled out before training (``incompatible``), or ruled
     out at evaluation time or that failed there."""
-    row_extra: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    row_extra: dict[tuple[str, str], JsonObject] = field(default_factory=dict)
     """(attack, metric) -> what that one row keeps beside its value (an MIA's ROC points, for the report)."""
 
 
@@ -180,9 +187,9 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
     return rows
 
 
-def _training_identity(scenario: Scenario) -> dict[str, Any]:
+def _training_identity(scenario: Scenario) -> JsonObject:
     """What lets a later step pair this run with the run that trained the same model without attackers."""
-    identity: dict[str, Any] = {"training_key": scenario.training_key}
+    identity: JsonObject = {"training_key": scenario.training_key}
     if scenario.training_attacks:
         identity.update(clean_training_key=scenario.clean_training_key,
                         training_attacks=[a.name for a in scenario.training_attacks])
@@ -196,9 +203,9 @@ class Prepared:
     scenario: Scenario
     seed: int
     built: Plan
-    task_data: Any
+    task_data: TaskData
     clients: list[ClientData]
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     device: torch.device
     fed: fl.Federation
     transcript: Transcript
@@ -305,7 +312,7 @@ HELD_OUT_RECORDS = 64
 """Test records tokenized for the inversion floor (enough for a stable mean, cheap to score)."""
 
 
-def held_out_tokens(task: Any, records: list[dict], tokenizer: Any, device: torch.device) -> list[list[int]]:
+def held_out_tokens(task: Task, records: list[dict], tokenizer: PreTrainedTokenizerBase, device: torch.device) -> list[list[int]]:
     """Token ids of up to ``HELD_OUT_RECORDS`` records as a client batch would hold them (``fl._token_ids``)."""
     if not records:
         return []
@@ -332,10 +339,10 @@ def _truncation_metric(p: Prepared) -> Metric:
     return Metric("data.truncated_fraction", truncation(p.built.task, records, p.tokenizer), higher_is_better=False)
 
 
-def _give_server_updates(defenses: list[Any], fed: fl.Federation, public: list[dict]) -> None:
+def _give_server_updates(defenses: list[Defense], fed: fl.Federation, public: list[dict]) -> None:
     """FLTrust-style rules train a server update on a small public root set each round."""
     for defense in defenses:
-        if getattr(defense, "needs_server_update", False):
+        if defense.needs_server_update:
             root = public[: defense.config.root_size]
             defense.server_update_fn = lambda r, root=root: fl.server_update(fed, r, root)
 
@@ -352,25 +359,25 @@ def _save_roc(curves: dict[str, Any], directory: str, stem: str) -> str:
     return path
 
 
-def _deal_clients(task: Any, pool: list[dict], s: Any, rng: torch.Generator) -> list[ClientData]:
+def _deal_clients(task: Task, pool: list[dict], s: Federation, rng: torch.Generator) -> list[ClientData]:
     labels = [task.label_of(e) for e in pool]
     shares = deal(len(pool), s.clients, s.partition, s.alpha, labels, rng)
     return [split_members([pool[i] for i in share], s.member_fraction, rng) for share in shares]
 
 
-def _malicious(attacks: list[Any], clients: int, rng: torch.Generator) -> list[int]:
+def _malicious(attacks: list[Attack], clients: int, rng: torch.Generator) -> list[int]:
     fraction = max([a.malicious_fraction() for a in attacks if a.changes_training], default=0.0)
     count = int(round(fraction * clients))
     return sorted(torch.randperm(clients, generator=rng)[:count].tolist())
 
 
-def _poison_clients(attacks: list[Any], clients: list[ClientData], malicious: list[int], parts: tuple) -> None:
+def _poison_clients(attacks: list[Attack], clients: list[ClientData], malicious: list[int], parts: tuple) -> None:
     for attack in (a for a in attacks if a.changes_training):
         for c in malicious:
             clients[c].members = attack.poison_examples(c, clients[c].members, generator(*parts, "poison-data", c))
 
 
-def _check_poisoned(built: Plan, clients: list[ClientData], malicious: list[int], tokenizer: Any) -> None:
+def _check_poisoned(built: Plan, clients: list[ClientData], malicious: list[int], tokenizer: PreTrainedTokenizerBase) -> None:
     """A poisoned record that ``max_length`` cuts (a backdoor target cut off) would measure nothing: each
     training attack may refuse its own records (``check_poisoned`` raises ``UserError``)."""
     for attack in (a for a in built.attacks if a.changes_training):
@@ -389,7 +396,7 @@ def _eval_set(test: list[dict], limit: int) -> list[dict]:
     return test[:limit] if limit else test
 
 
-def _cost_metrics(stats: fl.FederationStats, rounds: int, defenses: list[Any], device: torch.device) -> list[Metric]:
+def _cost_metrics(stats: fl.FederationStats, rounds: int, defenses: list[Defense], device: torch.device) -> list[Metric]:
     metrics = [
         Metric("cost.client_s", stats.client_s / rounds, higher_is_better=False),
         Metric("cost.server_s", stats.server_s / rounds, higher_is_better=False),
@@ -406,7 +413,7 @@ def _cost_metrics(stats: fl.FederationStats, rounds: int, defenses: list[Any], d
     return metrics
 
 
-def _privacy_metrics(defenses: list[Any], transcript: Transcript, extra: dict[str, Any]) -> list[Metric]:
+def _privacy_metrics(defenses: list[Defense], transcript: Transcript, extra: JsonObject) -> list[Metric]:
     metrics = [
         Metric("privacy.egress_records", float(transcript.egress_records), higher_is_better=False),
         Metric("privacy.egress_bytes", float(transcript.egress_bytes), higher_is_better=False),
@@ -453,7 +460,7 @@ def _canary_copies(canaries: list[Any], clients: list[ClientData]) -> list[int]:
     return counts
 
 
-def _pii_egress(transcript: Transcript, clients: list[ClientData], task: Any) -> list[Metric]:
+def _pii_egress(transcript: Transcript, clients: list[ClientData], task: Task) -> list[Metric]:
     """PII in what left the clients for the provider (closed tiers): distinct items in client requests,
     and the fraction of the members' items among them (``bench.api.pii`` rules)."""
     sent = [r.text for r in transcript.provider_log if r.client is not None]

@@ -16,7 +16,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,7 +24,17 @@ from bench.api.registry import METHODS
 from bench.api.seeding import derive_seed, generator
 from bench.api.transcript import GroundTruth, RoundRecord, ThreatView, Transcript
 from bench.client.training import LocalJob, train_local
+from bench.world.models import ModelSource
+from bench.world.partition import ClientData
+from bench.world.tasks import Task, TaskData
 from bench.world.tiers import OpenModel, ProviderAPI
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase  # the runner imports this module; its Plan is only named here
+
+    from bench.api.attack import Attack
+    from bench.engine.runner import Plan
+    from bench.spec.scenario import Federation, Scenario
 
 # What each vantage keeps of a round record.
 ROUND_FIELDS = {
@@ -36,7 +46,7 @@ ROUND_FIELDS = {
 }
 
 
-SHADOW_CACHE: OrderedDict[str, Any] = OrderedDict()
+SHADOW_CACHE: OrderedDict[str, OpenModel] = OrderedDict()
 """Shadow models of this process, least recently used first (each holds a model copy)."""
 SHADOW_CACHE_SIZE = 32
 
@@ -46,8 +56,8 @@ DEFAULT_MAX_CANDIDATES = 256
 
 
 class ViewBuilder:
-    def __init__(self, scenario: Any, seed: int, built: Any, transcript: Any, tokenizer: Any, clients: list[Any],
-                 task_data: Any, truth: GroundTruth, max_candidates: int | None = DEFAULT_MAX_CANDIDATES):
+    def __init__(self, scenario: Scenario, seed: int, built: Plan, transcript: Transcript, tokenizer: PreTrainedTokenizerBase,
+                 clients: list[ClientData], task_data: TaskData, truth: GroundTruth, max_candidates: int | None = DEFAULT_MAX_CANDIDATES):
         """``max_candidates``: members + non-members drawn (half each); None draws every record the
         smaller side allows."""
         self.scenario, self.seed, self.built, self.transcript = scenario, seed, built, transcript
@@ -59,7 +69,7 @@ class ViewBuilder:
                                            device=device, seed=derive_seed("run", seed, "init"))
         self.shadows = ShadowTrainer.for_run(scenario, seed, built, tokenizer, device) if built.tier.grants_weights() else None
 
-    def _draw_candidates(self, clients: list[Any], limit: int | None, nonmember_count: int = 0) -> list[dict]:
+    def _draw_candidates(self, clients: list[ClientData], limit: int | None, nonmember_count: int = 0) -> list[dict]:
         """Members and non-members at random, half each; with ``nonmember_count`` (``mia_nonmembers``),
         the members ``limit`` allows and up to that many non-members (a finer false-positive rate)."""
         rng = generator("run", self.seed, "candidates")
@@ -78,7 +88,7 @@ class ViewBuilder:
         self.truth.member_flags = flags[order]
         return [pooled[i] for i in order.tolist()]
 
-    def for_attack(self, attack: Any) -> ThreatView:
+    def for_attack(self, attack: Attack) -> ThreatView:
         vantage = attack.vantage
         tier = self.built.tier
         return ThreatView(
@@ -104,7 +114,7 @@ class ViewBuilder:
             return ProviderAPI(self.base_loader, self.built.tier.grants, self.transcript.provider_log)
         return _LazyHandle(self.base_loader)
 
-    def train_shadow(self, examples: list[dict], rng: torch.Generator) -> Any:
+    def train_shadow(self, examples: list[dict], rng: torch.Generator) -> OpenModel:
         """Shadow training for callers holding the builder (benchmarks); views get ``self.shadows``."""
         if self.shadows is None:
             raise TypeError("this tier does not grant the weights shadow training needs")
@@ -115,9 +125,9 @@ class ViewBuilder:
 class BaseModelLoader:
     """Loads the run's base model (before post-training) once, from the model source and the seed."""
 
-    source: Any
-    task: Any
-    tokenizer: Any
+    source: ModelSource
+    task: Task
+    tokenizer: PreTrainedTokenizerBase
     device: torch.device
     seed: int
     _loaded: list[OpenModel] = field(default_factory=list, repr=False)
@@ -140,15 +150,15 @@ class ShadowTrainer:
     """What the shadow depends on besides its examples (the cache key's prefix)."""
     method_name: str
     method_config: Any
-    source: Any
-    task: Any
-    tokenizer: Any
-    federation: Any
+    source: ModelSource
+    task: Task
+    tokenizer: PreTrainedTokenizerBase
+    federation: Federation
     device: torch.device
     seed: int
 
     @classmethod
-    def for_run(cls, scenario: Any, seed: int, built: Any, tokenizer: Any, device: torch.device) -> ShadowTrainer:
+    def for_run(cls, scenario: Scenario, seed: int, built: Plan, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> ShadowTrainer:
         s = scenario
         setting = (s.model.name, s.model.params, s.task.name, s.task.params, s.method.name, s.method.params,
                    dataclasses.asdict(s.federation), s.device, seed)
@@ -156,7 +166,7 @@ class ShadowTrainer:
                    source=built.model_source, task=built.task, tokenizer=tokenizer, federation=s.federation,
                    device=device, seed=seed)
 
-    def __call__(self, examples: list[dict], rng: torch.Generator) -> Any:
+    def __call__(self, examples: list[dict], rng: torch.Generator) -> OpenModel:
         key = hashlib.sha256(json.dumps([*self.setting, examples], sort_keys=True, default=str).encode()).hexdigest()[:20]
         draw = int(torch.randint(2**31, (1,), generator=rng))
         if key not in SHADOW_CACHE:
@@ -181,7 +191,7 @@ class ShadowTrainer:
         return OpenModel(method.model, method.layout(), task, self.tokenizer)
 
 
-def _matching_exposure_steps(s: Any, num_examples: int) -> int:
+def _matching_exposure_steps(s: Federation, num_examples: int) -> int:
     """Steps that show each shadow example as often as the federation showed each member."""
     local = 1 if s.protocol == "fedsgd" else s.local_steps
     members_per_client = max(1.0, s.examples_per_client * s.member_fraction)
@@ -212,5 +222,5 @@ def _strip(record: RoundRecord, keep: tuple[str, ...]) -> RoundRecord:
     )
 
 
-def _device(built: Any) -> torch.device:
+def _device(built: Plan) -> torch.device:
     return next(built.method.model.parameters()).device

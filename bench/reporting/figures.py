@@ -17,6 +17,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.api.vocabulary import JsonObject
+
 COMPARISON_COLOURS = {"agree": "#1a9850", "disagree": "#d73027", "not measurable": "#e0e0e0"}
 
 
@@ -94,9 +96,9 @@ def heatmap_figure(cells: list[Any]) -> Any:
 FRONTIER_DEFENSES = ("none", "dp-local", "dp-central", "secagg")
 
 
-def frontier_points(board: list[dict[str, Any]]) -> dict[str, list[tuple[float, float, float]]]:
+def frontier_points(board: list[JsonObject]) -> dict[str, list[tuple[float, float, float]]]:
     """method (+secagg) -> [(epsilon, mean mia.auc, mean utility)] over ok runs with an MIA (inf = no DP)."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, float], list[JsonObject]] = {}
     for row in board:
         if row.get("status") != "ok" or row.get("mia.auc") is None or row.get("utility") is None:
             continue
@@ -113,7 +115,7 @@ def frontier_points(board: list[dict[str, Any]]) -> dict[str, list[tuple[float, 
     return points
 
 
-def frontier(board: list[dict[str, Any]], folder: Path) -> list[Path]:
+def frontier(board: list[JsonObject], folder: Path) -> list[Path]:
     plt = _pyplot()
     points = frontier_points(board)
     figure, axes = plt.subplots(figsize=(6, 4.5))
@@ -142,7 +144,7 @@ def _preferred_attack(found: dict[str, set[Any]], preferred: str) -> str | None:
     return max(sorted(found), key=lambda a: len(found[a])) if found else None
 
 
-def stored_curves(rows: list[dict[str, Any]], attack_name: str = "mia-reference"
+def stored_curves(rows: list[JsonObject], attack_name: str = "mia-reference"
                   ) -> tuple[str | None, dict[str, tuple[list[float], list[float]]]]:
     """(attack, label -> (fpr, tpr)) from the ROC points the runs stored, one curve per (method, defenses)
     at its lowest seed. Only what was run is drawn; nothing is re-run."""
@@ -190,8 +192,8 @@ def roc_figure(curves: dict[str, tuple[list[float], list[float]]], folder: Path,
     return _save(figure, folder, "roc")
 
 
-def write_all(board: list[dict[str, Any]], cells: list[Any], folder: Path,
-              rows: list[dict[str, Any]] | None = None) -> list[str]:
+def write_all(board: list[JsonObject], cells: list[Any], folder: Path,
+              rows: list[JsonObject] | None = None) -> list[str]:
     """Every figure, from stored results only; returns notes on figures that could not be drawn."""
     notes = []
     folder = Path(folder)

@@ -16,9 +16,8 @@ import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from bench.api.vocabulary import UTILITY_HEADLINE
+from bench.api.vocabulary import UTILITY_HEADLINE, JsonObject, JsonValue
 
 LEADERBOARD_SCHEMA = 4
 
@@ -53,7 +52,7 @@ declared them (``Attack.family``, ``Attack.table_role``) and the runner stored t
 classified by its name."""
 
 
-def row_extra(row: dict[str, Any]) -> dict[str, Any]:
+def row_extra(row: JsonObject) -> JsonObject:
     """A row's ``extra`` as a dict: rows read back from results.csv keep it as JSON text."""
     extra = row.get("extra")
     if isinstance(extra, str):
@@ -64,7 +63,7 @@ def row_extra(row: dict[str, Any]) -> dict[str, Any]:
     return extra if isinstance(extra, dict) else {}
 
 
-def declared_families(rows: list[dict[str, Any]], kind: str = "family") -> dict[str, str]:
+def declared_families(rows: list[JsonObject], kind: str = "family") -> dict[str, str]:
     """Attack name -> the family (``kind="role"``: the Table 4 role) it declared, as the runner stored it
     for one run's rows (the first row's ``attack_families``/``attack_roles``, each metric row's own)."""
     out: dict[str, str] = {}
@@ -76,12 +75,12 @@ def declared_families(rows: list[dict[str, Any]], kind: str = "family") -> dict[
     return out
 
 
-def parse_families(value: Any) -> dict[str, str]:
+def parse_families(value: JsonValue) -> dict[str, str]:
     """The leaderboard's ``attack_families`` (or ``attack_roles``) cell back to a mapping."""
     return dict(pair.split("=", 1) for pair in str(value or "").split("+") if "=" in pair)
 
 
-def stored_config(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def stored_config(rows: list[JsonObject]) -> JsonObject:
     """The resolved scenario a run stored in its first row's ``extra`` (empty for older runs)."""
     for row in rows:
         extra = row_extra(row)
@@ -90,11 +89,11 @@ def stored_config(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {}
 
 
-def stored_attacks(rows: list[dict[str, Any]]) -> list[str]:
+def stored_attacks(rows: list[JsonObject]) -> list[str]:
     return [a["name"] for a in stored_config(rows).get("attacks", []) if isinstance(a, dict) and a.get("name")]
 
 
-def _number(value: Any) -> float | None:
+def _number(value: JsonValue) -> float | None:
     if value is None or value == "":
         return None
     try:
@@ -104,16 +103,16 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-def _group_runs(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
-    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+def _group_runs(rows: Iterable[JsonObject]) -> dict[tuple[str, int], list[JsonObject]]:
+    runs: dict[tuple[str, int], list[JsonObject]] = {}
     for row in rows:
         runs.setdefault((row["scenario_hash"], int(row["seed"])), []).append(row)
     return runs
 
 
-def _strongest(rows: list[dict[str, Any]], family: str, declared: dict[str, str]) -> dict[str, Any]:
+def _strongest(rows: list[JsonObject], family: str, declared: dict[str, str]) -> JsonObject:
     """Metrics of the family's strongest attack in one run (with ``<family>_attack``), by declared family."""
-    by_attack: dict[str, dict[str, Any]] = {}
+    by_attack: dict[str, JsonObject] = {}
     for row in rows:
         if row["attack"] != "none" and declared.get(row["attack"]) == family:
             metrics = by_attack.setdefault(row["attack"], {})
@@ -127,13 +126,13 @@ def _strongest(rows: list[dict[str, Any]], family: str, declared: dict[str, str]
     return {f"{family}_attack": best, **{k: by_attack[best].get(k) for k in FAMILY_METRICS[family]}}
 
 
-def leaderboard_row(rows: list[dict[str, Any]], scenario_attacks: list[str] | None = None) -> dict[str, Any]:
+def leaderboard_row(rows: list[JsonObject], scenario_attacks: list[str] | None = None) -> JsonObject:
     """One wide row from the tidy rows of one run (scenario, seed)."""
     first = rows[0]
     plain = {r["metric"]: _number(r["value"]) for r in rows if r["attack"] == "none"}
     attacks = sorted({r["attack"] for r in rows if r["attack"] != "none"})
     attacks = attacks or sorted(scenario_attacks or stored_attacks(rows))
-    out: dict[str, Any] = {c: None for c in COLUMNS}
+    out: JsonObject = {c: None for c in COLUMNS}
     out.update({k: first.get(k) for k in IDENTITY if k in first})
     out.update(leaderboard_schema=LEADERBOARD_SCHEMA, seed=int(first["seed"]), attacks="+".join(attacks) or "none")
     headline = next((m for m in UTILITY_HEADLINE if plain.get(m) is not None), None)
@@ -149,7 +148,7 @@ def leaderboard_row(rows: list[dict[str, Any]], scenario_attacks: list[str] | No
     return out
 
 
-def _learning(rows: list[dict[str, Any]], headline: str | None) -> dict[str, Any]:
+def _learning(rows: list[JsonObject], headline: str | None) -> JsonObject:
     """The headline utility before training (``utility_base``) and per round (``utility_curve``, JSON
     ``[[round, value], ...]`` with round 0 the base model), from ``bench.engine.learning``'s rows."""
     if not headline:
@@ -162,7 +161,7 @@ def _learning(rows: list[dict[str, Any]], headline: str | None) -> dict[str, Any
             "utility_curve": json.dumps(points, separators=(",", ":")) if points else None}
 
 
-def build(rows: Iterable[dict[str, Any]], scenario_attacks: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+def build(rows: Iterable[JsonObject], scenario_attacks: dict[str, list[str]] | None = None) -> list[JsonObject]:
     """The leaderboard rows, ordered by scenario then seed. ``scenario_attacks`` maps scenario_hash to
     the scenario's attack names (for runs that recorded no attack rows, e.g. incompatible ones)."""
     known = scenario_attacks or {}
@@ -170,7 +169,7 @@ def build(rows: Iterable[dict[str, Any]], scenario_attacks: dict[str, list[str]]
     return sorted(board, key=lambda r: (r["scenario"], r["seed"]))
 
 
-def _cell(value: Any) -> Any:
+def _cell(value: JsonValue) -> JsonValue:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -178,7 +177,7 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def write_csv(board: list[dict[str, Any]], path: str | Path) -> Path:
+def write_csv(board: list[JsonObject], path: str | Path) -> Path:
     import io
 
     from bench.store.outfiles import atomic_write as _atomic_write
@@ -193,7 +192,7 @@ def write_csv(board: list[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def read_csv(path: str | Path) -> list[dict[str, Any]]:
+def read_csv(path: str | Path) -> list[JsonObject]:
     """Leaderboard rows back from CSV, numbers as floats (None for empty cells)."""
     text_columns = set(IDENTITY) | {"utility_metric", *(f"{f}_attack" for f in FAMILY_METRICS)} | set(PROVENANCE) \
         | {"attack_families", "attack_roles"}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.api.metrics import spec_of
+from bench.api.vocabulary import JsonValue
 from bench.reporting import paper4, table4, verdict
 
 SYMBOL = {"mitigates": "✓", "partial": "◐", "no effect": "✗", "inconclusive": "?", "not applicable": "–",
@@ -28,7 +29,7 @@ ROLE_LETTER = {"mia": "M", "inversion": "I", "backdoor": "B", "byzantine": "Z"}
 Cell = Mapping[str, Any]
 
 
-def _num(value: Any) -> float | None:
+def _num(value: JsonValue) -> float | None:
     if value is None or value == "":
         return None
     number = float(value)

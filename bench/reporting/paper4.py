@@ -32,7 +32,10 @@ scrub does change what reaches the provider, so a scrub that mitigates ``pii-pro
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # table4 calls annotate; the cell type is only named here
+    from bench.reporting.table4 import Cell
 
 FAMILY = {"dp-local": "DP", "dp-central": "DP", "secagg": "SecAgg", "he": "HE", "scrub-pii": "PII scrubbing"}
 TARGETS = {"DP": {"mia", "inversion", "extraction"}, "SecAgg": {"inversion"}, "HE": {"inversion"},
@@ -71,17 +74,17 @@ def paper_mark(method: str, defense: str) -> tuple[str, str]:
     return "not stated", "method not in the paper's Table 4"
 
 
-def _evidence(cell: Any) -> str:
+def _evidence(cell: Cell) -> str:
     moved = ""
     if cell.success_without is not None and cell.success_with is not None:
         moved = f"{cell.metric} {cell.success_without:.3f} -> {cell.success_with:.3f}, "
-    if getattr(cell, "change_low", None) is not None and cell.change_high is not None:
+    if cell.change_low is not None and cell.change_high is not None:
         moved += f"change {cell.change:+.3f} [{cell.change_low:+.3f}, {cell.change_high:+.3f}], "
     cost = f", cost x{cell.cost_factor:.2f}" if cell.cost_factor else ""
     return f"{moved}{cell.verdict}{cost}"
 
 
-def compare(cell: Any) -> tuple[str, str]:
+def compare(cell: Cell) -> tuple[str, str]:
     """(agree | disagree | not measurable, note) for a measured cell."""
     mark, _ = paper_mark(cell.method, cell.defense)
     target = cell.role in TARGETS.get(family(cell.defense), set())
@@ -107,7 +110,7 @@ def compare(cell: Any) -> tuple[str, str]:
     return "not measurable", "the paper states nothing for this method"
 
 
-def annotate(cell: Any) -> None:
+def annotate(cell: Cell) -> None:
     """Fill a cell's paper columns in place (used as ``table4.build(board, paper=annotate)``)."""
     cell.paper, cell.paper_note = paper_mark(cell.method, cell.defense)
     cell.comparison, cell.comparison_note = compare(cell)

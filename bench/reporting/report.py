@@ -14,13 +14,13 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any
 
 from bench.api.errors import UserError
+from bench.api.vocabulary import JsonObject, JsonValue
 from bench.reporting import leaderboard, paper4, table4
 
 
-def load_rows(path: str | Path) -> list[dict[str, Any]]:
+def load_rows(path: str | Path) -> list[JsonObject]:
     from bench.store.results import ResultStore
 
     path = Path(path)
@@ -34,7 +34,7 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
 HEADLINE_COLUMNS = ["utility", "mia.auc", "inversion.rouge1", "poison.asr", "dp.epsilon", "cost.wall_s"]
 
 
-def _cell(value: Any) -> str:
+def _cell(value: JsonValue) -> str:
     return "" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
 
 
@@ -48,7 +48,7 @@ def metric_table(path: str | Path, metrics: list[str] | None = None, width: int 
 
     rows = load_rows(path)
     width = width or shutil.get_terminal_size((120, 24)).columns
-    by_scenario: dict[str, list[dict[str, Any]]] = {}
+    by_scenario: dict[str, list[JsonObject]] = {}
     for row in leaderboard.build(rows):
         by_scenario.setdefault(row["scenario"], []).append(row)
     asked = metrics or HEADLINE_COLUMNS
@@ -71,7 +71,7 @@ def metric_table(path: str | Path, metrics: list[str] | None = None, width: int 
     return text + (f"\n({dropped} more columns do not fit: choose with --metric)" if dropped else "")
 
 
-def _tidy_means(rows: list[dict[str, Any]], metrics: list[str]) -> dict[tuple[str, str], float]:
+def _tidy_means(rows: list[JsonObject], metrics: list[str]) -> dict[tuple[str, str], float]:
     """(scenario, metric) -> mean over ok rows, for metrics the leaderboard has no column for."""
     import statistics
 
@@ -82,7 +82,7 @@ def _tidy_means(rows: list[dict[str, Any]], metrics: list[str]) -> dict[tuple[st
     return {key: statistics.fmean(values) for key, values in found.items()}
 
 
-def _current(rows: list[dict[str, Any]], attacks: dict[str, list[str]], notes: list[str]) -> list[dict[str, Any]]:
+def _current(rows: list[JsonObject], attacks: dict[str, list[str]], notes: list[str]) -> list[JsonObject]:
     """Only the runs of the scenarios the files describe now: a store may still hold runs of grid
     cells that were since edited away. Kept whole when none match (e.g. a preset changed the hashes)."""
     current = [r for r in rows if r["scenario_hash"] in attacks]
@@ -103,7 +103,7 @@ def scenario_attacks(paths: list[str | Path]) -> dict[str, list[str]]:
 
 
 # --- Table 4 files ---------------------------------------------------------------------------------
-def _fmt(value: Any, digits: int = 3) -> str:
+def _fmt(value: JsonValue, digits: int = 3) -> str:
     return "" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
 
@@ -249,11 +249,11 @@ def _group_order(key: tuple[str, str, str, str]) -> tuple:
     return (tier, method, defenses, -float(epsilon[2:]) if epsilon else -float("inf"))
 
 
-def study_summary(board: list[dict[str, Any]]) -> str:
+def study_summary(board: list[JsonObject]) -> str:
     """Markdown: per (tier, method, defenses), the mean over seeds of the headline columns."""
     import statistics
 
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str, str], list[JsonObject]] = {}
     for row in board:
         # dp.epsilon is in the key: a grid over target epsilon shares one defenses label
         epsilon = "" if row.get("dp.epsilon") is None else f"ε≈{row['dp.epsilon']:.2g}"

@@ -35,11 +35,11 @@ The paper's column and the agree/disagree rule live in ``bench.reporting.paper4`
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
 
 from bench.api.metrics import spec_of
+from bench.api.vocabulary import JsonObject
 from bench.reporting import verdict as rule
 from bench.reporting.leaderboard import parse_families, row_extra
 
@@ -59,7 +59,7 @@ def role_of(attack: str, declared: dict[str, str]) -> str | None:
     return declared.get(attack)
 
 
-def roles_of_run(row: dict[str, Any]) -> list[str]:
+def roles_of_run(row: JsonObject) -> list[str]:
     """The Table 4 roles of a leaderboard row's attacks, from its ``attack_roles`` cell."""
     declared = parse_families(row.get("attack_roles"))
     roles = {role_of(a, declared) for a in str(row.get("attacks") or "").split("+") if a and a != "none"}
@@ -123,7 +123,7 @@ def _ratio(top: float | None, bottom: float | None) -> float | None:
     return top / bottom if top is not None and bottom else None
 
 
-def round_seconds(row: dict[str, Any]) -> float | None:
+def round_seconds(row: JsonObject) -> float | None:
     """Client + server seconds per round: the defense's compute cost (wall time also counts the attacks)."""
     client, server = row.get("cost.client_s"), row.get("cost.server_s")
     return client + server if client is not None and server is not None else row.get("cost.wall_s")
@@ -132,7 +132,7 @@ def round_seconds(row: dict[str, Any]) -> float | None:
 Floors = dict[tuple[str, int, str, str], float]
 
 
-def floors(rows: Iterable[dict[str, Any]]) -> Floors:
+def floors(rows: Iterable[JsonObject]) -> Floors:
     """(scenario_hash, seed, attack, metric) -> the ``floor`` a metric row stored in its ``extra``."""
     found: Floors = {}
     for row in rows:
@@ -142,7 +142,7 @@ def floors(rows: Iterable[dict[str, Any]]) -> Floors:
     return found
 
 
-def failure_level(row: dict[str, Any], role: str, clean: dict[tuple, dict[str, Any]],
+def failure_level(row: JsonObject, role: str, clean: dict[tuple, JsonObject],
                   stored: Floors | None = None) -> float | None:
     """What the run's attack scores when it fails: its stored floor, else (Byzantine) the clean twin's
     error rate, else the metric's declared chance level."""
@@ -155,7 +155,7 @@ def failure_level(row: dict[str, Any], role: str, clean: dict[tuple, dict[str, A
     return spec_of(HEADLINE[role]).chance
 
 
-def _advantage(row: dict[str, Any], role: str, clean: dict[tuple, dict[str, Any]],
+def _advantage(row: JsonObject, role: str, clean: dict[tuple, JsonObject],
                stored: Floors | None = None) -> float | None:
     value = row.get(HEADLINE[role])
     if value is None:
@@ -164,7 +164,7 @@ def _advantage(row: dict[str, Any], role: str, clean: dict[tuple, dict[str, Any]
     return sign * (value - failure_level(row, role, clean, stored))
 
 
-def _twin_accuracy(row: dict[str, Any], clean: dict[tuple, dict[str, Any]]) -> float | None:
+def _twin_accuracy(row: JsonObject, clean: dict[tuple, JsonObject]) -> float | None:
     """Clean accuracy of the same scenario without attackers: from ``poison.utility_drop`` (the sweep's
     exact twin) when the run has one, else an attacker-free run of the same tier, method and defense."""
     drop, accuracy = row.get("poison.utility_drop"), row.get("utility.accuracy")
@@ -174,7 +174,7 @@ def _twin_accuracy(row: dict[str, Any], clean: dict[tuple, dict[str, Any]]) -> f
     return twin.get("utility.accuracy") if twin else None
 
 
-def _index(board: list[dict[str, Any]]) -> tuple[dict[tuple, list[dict]], dict[tuple, dict]]:
+def _index(board: list[JsonObject]) -> tuple[dict[tuple, list[dict]], dict[tuple, dict]]:
     """Runs by (tier, method, defenses, role), and the attacker-free runs by (tier, method, defenses, seed)."""
     runs: dict[tuple, list[dict]] = {}
     clean: dict[tuple, dict] = {}
@@ -256,7 +256,7 @@ def _pairs(defended: list[dict], baseline: list[dict]) -> list[tuple[dict, dict]
     return [(by_seed[int(d["seed"])], d) for d in defended if int(d["seed"]) in by_seed]
 
 
-def build(board: list[dict[str, Any]], paper: Any = None, stored: Floors | None = None) -> list[Cell]:
+def build(board: list[JsonObject], paper: Callable[[Cell], None] | None = None, stored: Floors | None = None) -> list[Cell]:
     """Table 4 cells from leaderboard rows; ``paper(cell)`` fills the paper's columns when given;
     ``stored`` holds the failure levels the runs measured (``floors(rows)`` of the tidy rows)."""
     runs, clean = _index(board)
@@ -290,11 +290,11 @@ def _order(key: tuple) -> tuple:
     return (_rank(tier, TIER_ORDER), _rank(method, METHOD_ORDER), _rank(defense, DEFENSE_ORDER), ROLES.index(role))
 
 
-def as_dicts(cells: list[Cell]) -> list[dict[str, Any]]:
+def as_dicts(cells: list[Cell]) -> list[JsonObject]:
     return [asdict(c) for c in cells]
 
 
-def missing(board: list[dict[str, Any]], cells: list[Cell], limit: int = 20) -> list[str]:
+def missing(board: list[JsonObject], cells: list[Cell], limit: int = 20) -> list[str]:
     """What an empty or partial grid lacks, in words: every (tier, method, defense, attack role) of the
     grid the runs span (their methods x their defenses, per tier and role) that has no run, and cells
     measured on fewer paired seeds than the others."""

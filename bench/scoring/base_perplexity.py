@@ -15,12 +15,19 @@ for preference tasks; token-weighted (exp of the total NLL over all scored token
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from bench.api.vocabulary import JsonObject, Record
 from bench.scoring.score import Metric
+
+if TYPE_CHECKING:  # named in annotations only (transformers loads lazily; scoring never builds these)
+    from transformers import PreTrainedTokenizerBase
+
+    from bench.world.models import ModelSource
+    from bench.world.tasks import Task
 
 RECORDS = 16
 """Evaluation records scored (the first of the run's evaluation set, which the seed already shuffled)."""
@@ -34,7 +41,7 @@ uniform guess over a 2,048-token zoo vocabulary scores 2,048, and 1,000 is about
 than knowing which tokens exist. The zoo on real English scores orders of magnitude above it."""
 
 
-def measure(source: Any, task: Any, records: list[dict[str, Any]], device: torch.device) -> tuple[Metric, dict] | None:
+def measure(source: ModelSource, task: Task, records: list[Record], device: torch.device) -> tuple[Metric, dict] | None:
     """(``model.base_perplexity`` metric, its row's extra) for the base model of ``source`` on ``records``;
     None for an encoder-only model (it has no next-token distribution to score)."""
     if source.check_task("language") is not None:
@@ -50,7 +57,7 @@ def measure(source: Any, task: Any, records: list[dict[str, Any]], device: torch
 _measured: dict[tuple, tuple[Metric, dict]] = {}
 
 
-def _measure(location: str, source: Any, task: Any, sample: list[dict[str, Any]], device: Any) -> tuple[Metric, dict]:
+def _measure(location: str, source: ModelSource, task: Task, sample: list[Record], device: torch.device) -> tuple[Metric, dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(location)
@@ -66,7 +73,7 @@ def _measure(location: str, source: Any, task: Any, sample: list[dict[str, Any]]
             total, count = summed_nll(logits, batch["labels"])
             nll, tokens = nll + total, tokens + count
     perplexity = math.exp(nll / tokens) if tokens else float("nan")
-    extra: dict[str, Any] = {"records": len(sample), "tokens": tokens, "threshold": WARNING_PERPLEXITY,
+    extra: JsonObject = {"records": len(sample), "tokens": tokens, "threshold": WARNING_PERPLEXITY,
                              "uniform": len(tokenizer)}
     if perplexity > WARNING_PERPLEXITY:
         extra["warning"] = warning(perplexity, len(tokenizer))
@@ -79,7 +86,7 @@ def warning(perplexity: float, vocabulary: int) -> str:
             f"{vocabulary}); utility and attack figures of this run describe a model that does not read its text")
 
 
-def lm_batch(task: Any, examples: list[dict[str, Any]], tokenizer: Any, device: Any) -> dict[str, torch.Tensor]:
+def lm_batch(task: Task, examples: list[Record], tokenizer: PreTrainedTokenizerBase, device: torch.device) -> dict[str, torch.Tensor]:
     """Causal-LM inputs and labels (-100 where not scored) for the text ``task`` trains on."""
     from bench.world.tasks import PROMPT_TEMPLATE, collate_prompt_response
 

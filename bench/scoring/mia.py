@@ -169,7 +169,7 @@ def canary_exposures(canary_losses: list[torch.Tensor], truth_canaries: list[Any
 
 def _exposure_metrics(prediction: MembershipScores, truth: GroundTruth) -> list[Metric]:
     exposures = prediction.exposures
-    losses = getattr(prediction, "canary_losses", None)
+    losses = prediction.canary_losses
     if exposures is None and losses is not None and truth.canaries:
         exposures = canary_exposures(losses, truth.canaries)
     if exposures is None or exposures.numel() == 0:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from bench.api.predictions import Prediction
 from bench.api.transcript import GroundTruth
+from bench.api.vocabulary import JsonObject
 
 
 @dataclass(frozen=True)
@@ -22,11 +23,11 @@ class Metric:
     higher_is_better: bool = True
     ci_low: float | None = None
     ci_high: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    extra: JsonObject = field(default_factory=dict, compare=False, hash=False)
     """Kept beside the value in the result row's ``extra`` (e.g. ``floor``: what a failed attack scores)."""
 
 
-Scorer = Callable[[Any, GroundTruth], list[Metric]]
+Scorer = Callable[[Prediction, GroundTruth], list[Metric]]
 _SCORERS: dict[type, Scorer] = {}
 
 
@@ -40,7 +41,7 @@ def scorer_for(prediction_type: type) -> Callable[[Scorer], Scorer]:
     return decorate
 
 
-def score(prediction: Any, truth: GroundTruth) -> list[Metric]:
+def score(prediction: Prediction, truth: GroundTruth) -> list[Metric]:
     _load_scorers()
     try:
         scorer = _SCORERS[type(prediction)]

@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from bench.api.vocabulary import Record
 from bench.scoring.score import Metric
+
+if TYPE_CHECKING:  # named in annotations only (scoring never builds these)
+    from bench.world.tasks import Task
+    from bench.world.tiers import OpenModel, ProviderAPI
 
 GENERATIONS = 16
 """Test records whose responses are generated (generation is the slow part of evaluation)."""
 
 
-def _classification(handle: Any, task: Any, test: list[dict[str, Any]]) -> list[Metric]:
+def _classification(handle: OpenModel | ProviderAPI, task: Task, test: list[Record]) -> list[Metric]:
     from sklearn.metrics import f1_score
 
     predicted = handle.predict_labels(test)
@@ -36,7 +41,7 @@ def _classification(handle: Any, task: Any, test: list[dict[str, Any]]) -> list[
     return [Metric("utility.accuracy", accuracy), Metric("utility.macro_f1", macro_f1)]
 
 
-def _perplexity(handle: Any, task: Any, test: list[dict[str, Any]]) -> list[Metric]:
+def _perplexity(handle: OpenModel | ProviderAPI, task: Task, test: list[Record]) -> list[Metric]:
     losses = handle.example_losses(test)
     return [Metric("utility.perplexity", math.exp(float(losses.mean())), higher_is_better=False)]
 
@@ -50,7 +55,7 @@ def rouge_l(generated: list[str], references: list[str]) -> float:
     return sum(scores) / max(len(scores), 1)
 
 
-def _instruction(handle: Any, task: Any, test: list[dict[str, Any]]) -> list[Metric]:
+def _instruction(handle: OpenModel | ProviderAPI, task: Task, test: list[Record]) -> list[Metric]:
     from bench.api.vocabulary import PROMPT_TEMPLATE
 
     subset = test[:GENERATIONS]
@@ -61,7 +66,7 @@ def _instruction(handle: Any, task: Any, test: list[dict[str, Any]]) -> list[Met
                                               Metric("utility.rouge_l", rouge_l(outputs, references))]
 
 
-def _preference(handle: Any, task: Any, test: list[dict[str, Any]]) -> list[Metric]:
+def _preference(handle: OpenModel | ProviderAPI, task: Task, test: list[Record]) -> list[Metric]:
     chosen = handle.example_losses(test)
     rejected = handle.example_losses([{**e, "chosen": e["rejected"], "rejected": e["chosen"]} for e in test])
     # Mean token NLL per response: the model prefers the response it finds more likely per token.
@@ -70,7 +75,7 @@ def _preference(handle: Any, task: Any, test: list[dict[str, Any]]) -> list[Metr
             Metric("utility.likelihood_preference_accuracy", accuracy)]
 
 
-EVALUATORS: dict[str, Callable[[Any, Any, list[dict[str, Any]]], list[Metric]]] = {
+EVALUATORS: dict[str, Callable[[OpenModel | ProviderAPI, Task, list[Record]], list[Metric]]] = {
     "classification": _classification,
     "language": _perplexity,
     "instruction": _instruction,
@@ -78,7 +83,7 @@ EVALUATORS: dict[str, Callable[[Any, Any, list[dict[str, Any]]], list[Metric]]] 
 }
 
 
-def evaluate(handle: Any, task: Any, test: list[dict[str, Any]]) -> list[Metric]:
+def evaluate(handle: OpenModel | ProviderAPI, task: Task, test: list[Record]) -> list[Metric]:
     """Utility metrics (``utility.*``) of ``handle`` on ``test``; the task kind picks the metrics."""
     metrics = EVALUATORS[task.kind](handle, task, test)
     method = getattr(handle, "method", None)  # only an open handle exposes the method's own state

@@ -21,16 +21,16 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Callable
-from typing import Any
 
 from bench.api.errors import UserError
+from bench.api.vocabulary import JsonObject
 from bench.spec.scenario import Scenario, build, merge
 
 DEFAULT_PRESET = "cpu-small"
 GPU_MODEL = "Qwen/Qwen2.5-0.5B"
 
 
-def _gpu() -> dict[str, Any]:
+def _gpu() -> JsonObject:
     return {
         "model": {"name": "hf", "params": {"path": os.environ.get("TIERBENCH_GPU_MODEL", GPU_MODEL), "dtype": "bfloat16"}},
         "device": "cuda",
@@ -40,20 +40,20 @@ def _gpu() -> dict[str, Any]:
     }
 
 
-PRESETS: dict[str, Callable[[], dict[str, Any]]] = {"cpu-small": dict, "gpu": _gpu}
+PRESETS: dict[str, Callable[[], JsonObject]] = {"cpu-small": dict, "gpu": _gpu}
 
 
 def names() -> list[str]:
     return sorted(PRESETS)
 
 
-def overlay(name: str) -> dict[str, Any]:
+def overlay(name: str) -> JsonObject:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; allowed: {', '.join(names())}", key="--preset")
     return PRESETS[name]()
 
 
-def _entry(scenario: Scenario, over: dict[str, Any]) -> dict[str, Any]:
+def _entry(scenario: Scenario, over: JsonObject) -> JsonObject:
     over = copy.deepcopy(over)
     scale = over.pop("scale", {})
     task_params = over.pop("task_params", {})

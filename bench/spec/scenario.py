@@ -26,6 +26,7 @@ from bench.api.config import FieldError, bind, doc
 from bench.api.defense import composition_problem
 from bench.api.errors import UserError
 from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS, Registry
+from bench.api.vocabulary import JsonObject
 
 MAX_FILE_BYTES = 1 << 20
 """A scenario file over 1 MiB is refused before parsing (real ones are a few KiB)."""
@@ -165,7 +166,7 @@ GRID_KEYS = ("include", "matrix", "exclude")
 @dataclass(frozen=True)
 class Component:
     name: str
-    params: dict[str, Any]
+    params: JsonObject
     config: Any
 
 
@@ -183,7 +184,7 @@ class Scenario:
     seeds: tuple[int, ...]
     device: str
     description: str = ""
-    raw: dict[str, Any] | None = None
+    raw: JsonObject | None = None
 
     @property
     def hash(self) -> str:
@@ -211,7 +212,7 @@ class Scenario:
         raw = {k: v for k, v in (self.raw or {}).items() if k != "attacks"}
         return build(raw, f"{self.name}~no-attackers", self.file)
 
-    def identity(self, attacks: tuple[Component, ...], kind: str) -> dict[str, Any]:
+    def identity(self, attacks: tuple[Component, ...], kind: str) -> JsonObject:
         """The bound, normalised configuration with ``attacks``: every Config with its defaults filled
         (so YAML spelling, key order, ints written for floats and include-vs-inline do not matter),
         data paths as ``identity_path`` writes them. Left out: name (a grid cell's name is a label),
@@ -233,7 +234,7 @@ class Scenario:
         return "+".join(a.name for a in self.attacks) or "none"
 
 
-def _digest(body: dict[str, Any]) -> str:
+def _digest(body: JsonObject) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -246,7 +247,7 @@ EXECUTION_ONLY = ("client_batch",)
 left out of the identity, so published hashes and stored runs stay valid."""
 
 
-def _federation_identity(federation: Federation) -> dict[str, Any]:
+def _federation_identity(federation: Federation) -> JsonObject:
     return {k: v for k, v in _canonical(federation).items() if k not in EXECUTION_ONLY}
 
 
@@ -264,7 +265,7 @@ def _canonical(value: Any) -> Any:
     return value
 
 
-def _component_identity(component: Component) -> dict[str, Any]:
+def _component_identity(component: Component) -> JsonObject:
     config = _canonical(component.config)
     if dataclasses.is_dataclass(component.config):
         for f in dataclasses.fields(component.config):
@@ -428,7 +429,7 @@ def _check_nesting(text: str, file: str) -> None:
             raise UserError(f"brackets nest deeper than {MAX_NESTING} levels (line {line_number})", file=file)
 
 
-def _read(path: Path, chain: tuple[str, ...]) -> dict[str, Any]:
+def _read(path: Path, chain: tuple[str, ...]) -> JsonObject:
     origin = f" (included from {chain[-1]})" if chain else ""
     if not path.exists():
         raise UserError(f"file not found{origin}", file=str(path), key="include" if chain else None)
@@ -458,7 +459,7 @@ def _read(path: Path, chain: tuple[str, ...]) -> dict[str, Any]:
     return merge(base, document)
 
 
-def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge(base: JsonObject, over: JsonObject) -> JsonObject:
     merged = copy.deepcopy(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -468,7 +469,7 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _expand(document: dict[str, Any], file: str) -> list[tuple[str, dict[str, Any]]]:
+def _expand(document: JsonObject, file: str) -> list[tuple[str, JsonObject]]:
     matrix = document.pop("matrix", None)
     exclude = document.pop("exclude", None)
     name = document.get("name")
@@ -552,7 +553,7 @@ def _check_matrix_key(dotted: str, file: str) -> None:
     raise UserError(f"{parts[0]} has no sub-keys; vary the whole value ({parts[0]})", file=file, key=where)
 
 
-def _exclude_rules(exclude: Any, matrix: dict[str, Any], file: str) -> list[dict[str, Any]]:
+def _exclude_rules(exclude: Any, matrix: JsonObject, file: str) -> list[JsonObject]:
     if exclude is None:
         return []
     if not isinstance(exclude, list):
@@ -582,7 +583,7 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def _matches(chosen: dict[str, Any], rule: Any) -> bool:
+def _matches(chosen: JsonObject, rule: Any) -> bool:
     """An exclude rule matches when every key agrees; a bare name matches a component of that name
     whatever its params."""
     return isinstance(rule, dict) and all(_same(chosen.get(k), v) for k, v in rule.items())
@@ -596,7 +597,7 @@ def _same(value: Any, wanted: Any) -> bool:
     return _short(value) == _short(wanted)
 
 
-def _set_dotted(entry: dict[str, Any], dotted: str, value: Any, file: str) -> None:
+def _set_dotted(entry: JsonObject, dotted: str, value: Any, file: str) -> None:
     node = entry
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -681,7 +682,7 @@ def _resolve_paths(config: Any, file: str, key: str) -> Any:
     return dataclasses.replace(config, **changed) if changed else config
 
 
-def build(entry: dict[str, Any], name: str, file: str) -> Scenario:
+def build(entry: JsonObject, name: str, file: str) -> Scenario:
     spec = bind(ScenarioSpec, {k: v for k, v in entry.items() if k not in GRID_KEYS}, file=file, key="")
     defenses = _components(spec.defenses, DEFENSES, file, "defenses")
     _check_composition(defenses, file)

@@ -11,9 +11,8 @@ higher-is-better headline utility, attacked minus twin for perplexity.
 from __future__ import annotations
 
 import math
-from typing import Any
 
-from bench.api.vocabulary import UTILITY_HEADLINE
+from bench.api.vocabulary import UTILITY_HEADLINE, JsonObject, JsonValue
 from bench.store.results import ResultStore
 
 UTILITY_DROP = "poison.utility_drop"
@@ -22,19 +21,19 @@ UTILITY_DROP = "poison.utility_drop"
 HEADLINES = [(metric, True) for metric in UTILITY_HEADLINE] + [("utility.perplexity", False)]
 
 
-def _runs(rows: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
-    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+def _runs(rows: list[JsonObject]) -> dict[tuple[str, int], list[JsonObject]]:
+    runs: dict[tuple[str, int], list[JsonObject]] = {}
     for row in rows:
         runs.setdefault((row["scenario_hash"], int(row["seed"])), []).append(row)
     return runs
 
 
-def _utility(run: list[dict[str, Any]]) -> dict[str, float]:
+def _utility(run: list[JsonObject]) -> dict[str, float]:
     return {r["metric"]: float(r["value"]) for r in run
             if r["attack"] == "none" and r["metric"].startswith("utility.") and _finite(r["value"])}
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: JsonValue) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
@@ -46,7 +45,7 @@ def _drop(attacked: dict[str, float], clean: dict[str, float]) -> tuple[str, flo
     return None
 
 
-def utility_drop_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def utility_drop_rows(rows: list[JsonObject]) -> list[JsonObject]:
     """One ``poison.utility_drop`` row per (attacked run, training attack) whose clean twin is stored."""
     runs = _runs([r for r in rows if r["metric"] != UTILITY_DROP])
     ok = {key: run for key, run in runs.items() if run[0].get("status") == "ok"}

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api.errors import UserError
+from bench.api.vocabulary import JsonObject, JsonValue
 
 SCHEMA_VERSION = 1
 LOCK_NAME = ".results.lock"
@@ -64,30 +65,30 @@ class Row:
     wall_s: float | None = None
     peak_mem_mb: float | None = None
     schema: int = SCHEMA_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: JsonObject = field(default_factory=dict)
 
 
 COLUMNS = [f.name for f in fields(Row)]
 Key = tuple[str, int]
 
 
-def _clean(value: Any) -> Any:
+def _clean(value: JsonValue) -> JsonValue:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return str(value)  # JSON has no NaN/inf; keep them readable and reversible
     return value
 
 
-def _restore(value: Any) -> Any:
+def _restore(value: JsonValue) -> JsonValue:
     if value in ("nan", "inf", "-inf"):
         return float(value)
     return value
 
 
-def _key(row: dict[str, Any]) -> Key:
+def _key(row: JsonObject) -> Key:
     return str(row["scenario_hash"]), int(row["seed"])
 
 
-def _is_row(value: Any) -> bool:
+def _is_row(value: JsonValue) -> bool:
     return isinstance(value, dict) and "metric" in value and "scenario_hash" in value and "seed" in value
 
 
@@ -95,12 +96,12 @@ class _Log:
     """The store's current content, replayed from the records in order."""
 
     def __init__(self) -> None:
-        self.runs: dict[Key, list[dict[str, Any]]] = {}
-        self.derived: dict[str, dict[Key, list[dict[str, Any]]]] = {}
+        self.runs: dict[Key, list[JsonObject]] = {}
+        self.derived: dict[str, dict[Key, list[JsonObject]]] = {}
         self.run_metrics: set[str] = set()  # metrics found among run rows (a metric record strips them)
         self.rows_read = 0
 
-    def apply(self, record: dict[str, Any]) -> None:
+    def apply(self, record: JsonObject) -> None:
         if _is_row(record) and "record" not in record:  # the first format: one row per line, no run appears twice
             self._add_run_row(record)
             return
@@ -117,7 +118,7 @@ class _Log:
                 self._add_run_row(row)
         elif kind == "metric" and isinstance(record.get("metric"), str):
             metric = record["metric"]
-            by_key: dict[Key, list[dict[str, Any]]] = {}
+            by_key: dict[Key, list[JsonObject]] = {}
             for row in rows:  # before any change: a record that fails to read changes nothing
                 by_key.setdefault(_key(row), []).append(row)
             if metric in self.run_metrics:
@@ -129,16 +130,16 @@ class _Log:
         else:
             raise ValueError(f"unknown record kind {kind!r}")
 
-    def _add_run_row(self, row: dict[str, Any]) -> None:
+    def _add_run_row(self, row: JsonObject) -> None:
         self.runs.setdefault(_key(row), []).append(row)
         self.run_metrics.add(row["metric"])
         self.rows_read += 1
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[JsonObject]:
         out = [row for run in self.runs.values() for row in run]
         return out + [row for by_key in self.derived.values() for run in by_key.values() for row in run]
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[JsonObject]:
         """The same content as the fewest records (what compaction writes)."""
         out = [{"record": "runs", "keys": [list(key)], "rows": run} for key, run in self.runs.items() if run]
         return out + [{"record": "metric", "metric": metric, "rows": [r for run in by_key.values() for r in run]}
@@ -162,7 +163,7 @@ class ResultStore:
 
     # -- reading (no lock) -------------------------------------------------------------------------
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[JsonObject]:
         return [{k: _restore(v) for k, v in row.items()} for row in self._replay()[0].rows()]
 
     def done(self) -> set[tuple[str, int]]:
@@ -253,7 +254,7 @@ class ResultStore:
         keys = ([list(replace)] if replace is not None else []) + [list(k) for k in dict.fromkeys(map(_key, rows))]
         self._write_record({"record": "runs", "keys": keys, "rows": rows})
 
-    def replace_metric(self, metric: str, derived: list[dict[str, Any]]) -> None:
+    def replace_metric(self, metric: str, derived: list[JsonObject]) -> None:
         """Swap every stored row of ``metric`` for ``derived`` (metrics computed across runs); writes
         nothing when they are already what is stored, so a resumed sweep does not grow the log."""
         current = [r for r in self._replay()[0].rows() if r["metric"] == metric]
@@ -264,7 +265,7 @@ class ResultStore:
     def export_csv(self) -> None:
         _atomic_write_csv(self.csv, self.rows())
 
-    def _write_record(self, record: dict[str, Any]) -> None:
+    def _write_record(self, record: JsonObject) -> None:
         record = {**record, "rows": [{k: _clean(v) for k, v in row.items()} for row in record["rows"]]}
         line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
         if self._writer:
@@ -373,7 +374,7 @@ def _release(directory: Path) -> None:
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def _encode(rows: list[dict[str, Any]]) -> list[str]:
+def _encode(rows: list[JsonObject]) -> list[str]:
     return [json.dumps({k: _clean(v) for k, v in r.items()}, sort_keys=True) for r in rows]
 
 
@@ -426,7 +427,7 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
-def _atomic_write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def _atomic_write_csv(path: Path, rows: list[JsonObject]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()

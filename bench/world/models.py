@@ -18,7 +18,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
@@ -27,6 +27,9 @@ from bench.api.errors import UserError
 from bench.api.registry import MODELS
 from bench.api.seeding import isolated_rng
 from bench.world import synthetic
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
 
 ZOO_VERSION = 1
 
@@ -194,7 +197,7 @@ class ZooModel(ModelSource):
     license: ClassVar[str] = "Apache-2.0 (TierBench zoo)"
 
     @abc.abstractmethod
-    def hf_config(self, tokenizer: Any) -> Any:
+    def hf_config(self, tokenizer: PreTrainedTokenizerBase) -> Any:
         """The transformers config of this architecture, sized to ``tokenizer``'s vocabulary."""
 
     def cache_key(self) -> str:
@@ -274,7 +277,7 @@ class TinyGPT2(ZooModel):
 
         return GPT2LMHeadModel
 
-    def hf_config(self, tokenizer: Any) -> Any:
+    def hf_config(self, tokenizer: PreTrainedTokenizerBase) -> Any:
         from transformers import GPT2Config
 
         c = self.config
@@ -293,7 +296,7 @@ class TinyLlama(ZooModel):
 
         return LlamaForCausalLM
 
-    def hf_config(self, tokenizer: Any) -> Any:
+    def hf_config(self, tokenizer: PreTrainedTokenizerBase) -> Any:
         from transformers import LlamaConfig
 
         c = self.config

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
 
-def pack(corpus: list[str], tokenizer: Any, length: int) -> torch.Tensor:
+
+def pack(corpus: list[str], tokenizer: PreTrainedTokenizerBase, length: int) -> torch.Tensor:
     ids: list[int] = []
     for doc in corpus:
         ids.extend(tokenizer(doc).input_ids + [tokenizer.eos_token_id])
@@ -16,7 +19,7 @@ def pack(corpus: list[str], tokenizer: Any, length: int) -> torch.Tensor:
     return torch.tensor(ids[:usable]).view(-1, length)
 
 
-def pretrain(model: torch.nn.Module, tokenizer: Any, corpus: list[str], config: Any, label: str = "pretraining"
+def pretrain(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, corpus: list[str], config: Any, label: str = "pretraining"
              ) -> list[float]:
     from tqdm import tqdm
 

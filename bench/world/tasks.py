@@ -16,7 +16,7 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,11 @@ import torch.nn.functional as F
 from bench.api.config import FieldError, doc
 from bench.api.errors import UserError
 from bench.api.registry import TASKS
-from bench.api.vocabulary import PROMPT_TEMPLATE
+from bench.api.vocabulary import PROMPT_TEMPLATE, Record
 from bench.world import synthetic
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
 
 PREFERENCE_TEMPLATE = "### Instruction:\n{prompt}\n### Chosen:\n{chosen}\n### Rejected:\n{rejected}"
 """How a preference record is rendered as one text (what a provider logs when it receives the record)."""
@@ -44,9 +47,9 @@ class Canary:
 
 @dataclass
 class TaskData:
-    pool: list[dict[str, Any]]
-    test: list[dict[str, Any]]
-    auxiliary: list[dict[str, Any]]
+    pool: list[Record]
+    test: list[Record]
+    auxiliary: list[Record]
     canaries: list[Canary] = field(default_factory=list)
 
 
@@ -75,7 +78,7 @@ class Task(abc.ABC):
         key (``task.params.*``); returns notes worth showing (rows skipped, say)."""
         return []
 
-    def text_of(self, example: dict[str, Any]) -> str:
+    def text_of(self, example: Record) -> str:
         """The raw text an example carries (what leaves a client when it is sent to a provider)."""
         if "chosen" in example:
             return PREFERENCE_TEMPLATE.format(**example)
@@ -83,11 +86,11 @@ class Task(abc.ABC):
             return example["text"]
         return PROMPT_TEMPLATE.format(**example) + example.get("response", "")
 
-    def label_of(self, example: dict[str, Any]) -> int:
+    def label_of(self, example: Record) -> int:
         return int(example.get("label", 0))
 
     # --- batching and loss -----------------------------------------------------------------------
-    def collate(self, examples: list[dict[str, Any]], tokenizer: Any, device: Any) -> dict[str, torch.Tensor]:
+    def collate(self, examples: list[Record], tokenizer: PreTrainedTokenizerBase, device: Any) -> dict[str, torch.Tensor]:
         texts = [self.text_of(e) + (tokenizer.eos_token or "") for e in examples]
         enc = tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt")
         batch = _with_positions(enc)
@@ -114,7 +117,7 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nll.sum(dim=1) / counts
 
 
-def truncation(task: Task, examples: list[dict[str, Any]], tokenizer: Any) -> float:
+def truncation(task: Task, examples: list[Record], tokenizer: PreTrainedTokenizerBase) -> float:
     """The fraction of ``examples`` that ``max_length`` cuts short (``data.truncated_fraction``).
 
     A record whose prompt alone fills ``max_length`` keeps no response token: its loss masks every
@@ -137,7 +140,7 @@ def truncation(task: Task, examples: list[dict[str, Any]], tokenizer: Any) -> fl
     return sum(any([next(cut) for _ in record]) for record in records) / len(records)
 
 
-def _prompt_and_full(task: Task, example: dict[str, Any], eos: str) -> list[tuple[str, str]]:
+def _prompt_and_full(task: Task, example: Record, eos: str) -> list[tuple[str, str]]:
     """(prompt, whole sequence) per sequence ``collate`` builds from ``example``; the prompt is empty
     where every token (or a class label) is supervised."""
     if task.kind == "instruction":
@@ -188,7 +191,7 @@ class SyntheticClinical(Task):
     def num_labels(self) -> int:
         return self.config.num_classes
 
-    def _note(self, rng: torch.Generator) -> dict[str, Any]:
+    def _note(self, rng: torch.Generator) -> Record:
         label = int(torch.randint(self.config.num_classes, (1,), generator=rng))
         # Drawn only when asked for, so that the records of a task without atypical notes stay as they were.
         if self.config.atypical_fraction and float(torch.rand(1, generator=rng)) < self.config.atypical_fraction:
@@ -202,7 +205,7 @@ class SyntheticClinical(Task):
         auxiliary = [self._note(rng) for _ in range(max(total // 4, 64))]
         return TaskData(pool, test, auxiliary, canaries)
 
-    def _canaries(self, pool: list[dict[str, Any]], rng: torch.Generator) -> list[Canary]:
+    def _canaries(self, pool: list[Record], rng: torch.Generator) -> list[Canary]:
         count = int(round(self.config.canary_fraction * len(pool)))
         canaries = []
         for index in torch.randperm(len(pool), generator=rng)[:count].tolist():
@@ -229,7 +232,7 @@ class SyntheticInstructions(Task):
         draw = lambda n: [synthetic.triage_pair(rng) for _ in range(n)]  # noqa: E731
         return TaskData(draw(total), draw(max(total // 4, 32)), draw(max(total // 4, 32)))
 
-    def text_of(self, example: dict[str, Any]) -> str:
+    def text_of(self, example: Record) -> str:
         return PROMPT_TEMPLATE.format(instruction=example["instruction"]) + example["response"]
 
     def collate(self, examples, tokenizer, device):
@@ -331,7 +334,7 @@ class LocalFile(Task):
     def num_labels(self) -> int:
         return len(self._label_ids()) if self.config.objective == "classification" else 0
 
-    def _rows(self) -> list[dict[str, Any]]:
+    def _rows(self) -> list[Record]:
         path = Path(self.config.path)
         if not path.is_file():
             what = "is a directory, not a file" if path.is_dir() else "does not exist"
@@ -363,7 +366,7 @@ class LocalFile(Task):
         """A row with every mapped field present and non-empty (others are skipped and counted)."""
         return isinstance(row, dict) and all(_filled(row.get(column)) for column in self._mapping().values())
 
-    def _record(self, row: dict[str, Any]) -> dict[str, Any]:
+    def _record(self, row: Record) -> Record:
         c = self.config
         if c.objective == "preference":
             return {"prompt": str(row[c.prompt_column]), "chosen": str(row[c.chosen_column]),
@@ -399,7 +402,7 @@ class LocalFile(Task):
         pool = pool[:total]
         return TaskData(pool, test, aux, self._insert_canaries(pool, rng))
 
-    def _insert_canaries(self, pool: list[dict[str, Any]], rng: torch.Generator) -> list[Canary]:
+    def _insert_canaries(self, pool: list[Record], rng: torch.Generator) -> list[Canary]:
         """``canaries`` secret-bearing records per repetition count, each copied that many times over random
         pool positions (Carlini et al. 2019's canaries; the repetition study of Carlini et al. 2023)."""
         c = self.config
@@ -426,7 +429,7 @@ class LocalFile(Task):
                 canaries.append(Canary(prefix=prefix, secret_space=space, secret=secret, repeats=repeats))
         return canaries
 
-    def _canary_record(self, name: str, secret: str) -> tuple[dict[str, Any], str]:
+    def _canary_record(self, name: str, secret: str) -> tuple[Record, str]:
         """(the canary record in this file's schema, the prefix an attacker completes)."""
         sentence = synthetic.CANARY_PREFIX.format(name=name)
         if self.config.objective == "instruction":
@@ -461,7 +464,7 @@ class LocalFile(Task):
                             f"classification task needs at least 2", key="task.params.label_column")
         return notes
 
-    def text_of(self, example: dict[str, Any]) -> str:
+    def text_of(self, example: Record) -> str:
         if self.config.objective == "instruction":
             return SyntheticInstructions.text_of(self, example)
         return Task.text_of(self, example)
@@ -488,12 +491,12 @@ def _open(path: Path) -> Any:
         path.open(encoding="utf-8", newline="")
 
 
-def _read_csv(path: Path) -> list[dict[str, Any]]:
+def _read_csv(path: Path) -> list[Record]:
     with _open(path) as handle:
         return list(csv.DictReader(handle))
 
 
-def _read_json(path: Path) -> list[dict[str, Any]]:
+def _read_json(path: Path) -> list[Record]:
     with _open(path) as handle:
         rows = json.load(handle)
     if not isinstance(rows, list):
@@ -502,7 +505,7 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path) -> list[Record]:
     with _open(path) as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
@@ -516,7 +519,7 @@ def _reader(path: Path) -> Any:
 
 
 @functools.lru_cache(maxsize=4)
-def _read_rows(path: str, mtime_ns: int, size: int) -> list[dict[str, Any]]:
+def _read_rows(path: str, mtime_ns: int, size: int) -> list[Record]:
     """The rows of a data file, read once per version of it (``validate`` and every cell of a grid share them)."""
     try:
         return _reader(Path(path))(Path(path))
@@ -537,7 +540,7 @@ class HuggingFaceDataset(LocalFile):
         subset: str = doc("Dataset configuration name (empty = default).", "")
         split: str = doc("Split to draw records from.", "train")
 
-    def _rows(self) -> list[dict[str, Any]]:
+    def _rows(self) -> list[Record]:
         import datasets
 
         c = self.config

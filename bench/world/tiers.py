@@ -17,7 +17,7 @@ import itertools
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from bench.api.errors import TierAccessError
 from bench.api.layout import ParameterLayout
 from bench.api.registry import TIERS
 from bench.api.transcript import ProviderRecord
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
 
 
 class Tier:
@@ -55,7 +58,7 @@ class Tier:
             return None
         return model_source.pretraining_corpus()
 
-    def handle(self, model: nn.Module, layout: ParameterLayout | None, task: Any, tokenizer: Any,
+    def handle(self, model: nn.Module, layout: ParameterLayout | None, task: Any, tokenizer: PreTrainedTokenizerBase,
                log: list[ProviderRecord]) -> Any:
         """``layout``: the trainable state's names and shapes (open tiers load flat states with it)."""
         if self.hosted:
@@ -106,7 +109,7 @@ class OpenModel:
     trainable states (``get_flat``, ``set_flat``, ``at_state``, ``loss_at``): what white-box attacks
     need of the post-training method, without the live method object."""
 
-    def __init__(self, model: nn.Module, layout: ParameterLayout | None, task: Any, tokenizer: Any, batch_size: int = 32):
+    def __init__(self, model: nn.Module, layout: ParameterLayout | None, task: Any, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32):
         self.model, self.layout, self.task, self.tokenizer = model, layout, task, tokenizer
         self.batch_size = batch_size
 

@@ -65,7 +65,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from bench.api.config import doc
-from bench.api.defense import Defense, DefenseSlot
+from bench.api.defense import Defense, DefenseSlot, PrivacyReport
 from bench.api.registry import DEFENSES
 from defenses.dp.accounting import Ledger, calibrate_noise, generator_on
 
@@ -197,7 +197,7 @@ class DPCentral(Defense):
             return aggregate
         return aggregate + _gaussian_like(aggregate, math.sqrt(variance_on_sum) / num_clients, rng)
 
-    def privacy(self) -> dict[str, Any]:
+    def privacy(self) -> PrivacyReport:
         clip = self.config.clip_norm
         unclipped = clip is None or math.isinf(clip)
         epsilon = math.inf if unclipped else self.ledger.worst(self.delta, ACCOUNTANT)[1]

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import torch
 
 from bench.api.config import doc
-from bench.api.defense import Defense, DefenseSlot
+from bench.api.defense import Defense, DefenseSlot, PrivacyReport
 from bench.api.registry import DEFENSES
 from bench.client.training import LocalJob
 from defenses.dp.accounting import Ledger, calibrate_noise
@@ -123,7 +123,7 @@ class DPLocal(Defense):
         if self.config.target_epsilon is not None:
             federation = scenario.federation
             smallest = max(1, min(num_examples.values()))
-            per_round = STEPS_PER_ROUND.get(getattr(federation, "protocol", "fedavg"), lambda f: int(f.local_steps))
+            per_round = STEPS_PER_ROUND.get(federation.protocol, lambda f: int(f.local_steps))
             steps = per_round(federation) * PARTICIPATIONS[self.config.calibrate_for](federation)
             self.noise_multiplier = calibrate_noise(
                 self.config.target_epsilon,
@@ -170,7 +170,7 @@ class DPLocal(Defense):
         self.audit.after = self.audit.losses(augmented)
         return result
 
-    def privacy(self) -> dict[str, Any]:
+    def privacy(self) -> PrivacyReport:
         worst, epsilon = self.ledger.worst(self.delta, self.config.accountant)
         history = self.ledger.histories.get(worst, []) if worst is not None else []
         return {
@@ -188,7 +188,7 @@ class DPLocal(Defense):
             **self._audit_report(),
         }
 
-    def _audit_report(self) -> dict[str, Any]:
+    def _audit_report(self) -> PrivacyReport:
         if self.audit is None:
             return {}
         audited = self.config.audit_client
