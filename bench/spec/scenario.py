@@ -26,7 +26,7 @@ from bench.api.config import FieldError, bind, doc
 from bench.api.defense import composition_problem
 from bench.api.errors import UserError
 from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS, Registry
-from bench.api.vocabulary import JsonObject
+from bench.api.vocabulary import JsonObject, JsonValue
 
 MAX_FILE_BYTES = 1 << 20
 """A scenario file over 1 MiB is refused before parsing (real ones are a few KiB)."""
@@ -251,7 +251,7 @@ def _federation_identity(federation: Federation) -> JsonObject:
     return {k: v for k, v in _canonical(federation).items() if k not in EXECUTION_ONLY}
 
 
-def _canonical(value: Any) -> Any:
+def _canonical(value: object) -> JsonValue:
     """A JSON-ready form in which equal configurations are equal: dataclasses become mappings of
     every field (defaults included), tuples lists, -0.0 is 0.0; mapping order is left to the digest."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -376,7 +376,7 @@ def _biggest_key(node: yaml.Node, memo: dict[int, int]) -> str | None:
     return None
 
 
-def parse_yaml(data: bytes, file: str) -> Any:
+def parse_yaml(data: bytes, file: str) -> JsonValue:
     """The document in ``data``, refusing what no scenario needs: over 1 MiB, non-UTF-8, duplicate
     keys, aliases that expand past ``MAX_EXPANDED_SIZE``, nesting deeper than Python's stack."""
     if len(data) > MAX_FILE_BYTES:
@@ -524,7 +524,7 @@ def _expand(document: JsonObject, file: str) -> list[tuple[str, JsonObject]]:
     return entries
 
 
-def _cut(value: Any, limit: int = 60) -> str:
+def _cut(value: JsonValue, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -553,7 +553,7 @@ def _check_matrix_key(dotted: str, file: str) -> None:
     raise UserError(f"{parts[0]} has no sub-keys; vary the whole value ({parts[0]})", file=file, key=where)
 
 
-def _exclude_rules(exclude: Any, matrix: JsonObject, file: str) -> list[JsonObject]:
+def _exclude_rules(exclude: JsonValue, matrix: JsonObject, file: str) -> list[JsonObject]:
     if exclude is None:
         return []
     if not isinstance(exclude, list):
@@ -569,7 +569,7 @@ def _exclude_rules(exclude: Any, matrix: JsonObject, file: str) -> list[JsonObje
     return exclude
 
 
-def _short(value: Any) -> str:
+def _short(value: JsonValue) -> str:
     if isinstance(value, dict):
         if "name" not in value:
             return json.dumps(value, sort_keys=True, default=str)
@@ -583,13 +583,13 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def _matches(chosen: JsonObject, rule: Any) -> bool:
+def _matches(chosen: JsonObject, rule: JsonValue) -> bool:
     """An exclude rule matches when every key agrees; a bare name matches a component of that name
     whatever its params."""
     return isinstance(rule, dict) and all(_same(chosen.get(k), v) for k, v in rule.items())
 
 
-def _same(value: Any, wanted: Any) -> bool:
+def _same(value: JsonValue, wanted: JsonValue) -> bool:
     if isinstance(wanted, str) and isinstance(value, dict):
         return value.get("name") == wanted
     if isinstance(wanted, list) and isinstance(value, list):
@@ -597,7 +597,7 @@ def _same(value: Any, wanted: Any) -> bool:
     return _short(value) == _short(wanted)
 
 
-def _set_dotted(entry: JsonObject, dotted: str, value: Any, file: str) -> None:
+def _set_dotted(entry: JsonObject, dotted: str, value: JsonValue, file: str) -> None:
     node = entry
     parts = dotted.split(".")
     for part in parts[:-1]:
@@ -609,7 +609,7 @@ def _set_dotted(entry: JsonObject, dotted: str, value: Any, file: str) -> None:
     node[parts[-1]] = value
 
 
-def _component(value: Any, registry: Registry, file: str, key: str) -> Component:
+def _component(value: JsonValue, registry: Registry, file: str, key: str) -> Component:
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, dict) or "name" not in value:
@@ -627,7 +627,7 @@ def _component(value: Any, registry: Registry, file: str, key: str) -> Component
     return Component(value["name"], dict(params), _resolve_paths(config, file, f"{key}.params"))
 
 
-def _components(values: Any, registry: Registry, file: str, key: str) -> tuple[Component, ...]:
+def _components(values: JsonValue, registry: Registry, file: str, key: str) -> tuple[Component, ...]:
     if values is None:
         return ()
     if not isinstance(values, (list, tuple)):

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -26,10 +27,11 @@ from bench.api.config import doc
 from bench.api.errors import UserError
 from bench.api.registry import MODELS
 from bench.api.seeding import isolated_rng
+from bench.api.vocabulary import JsonObject
 from bench.world import synthetic
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 ZOO_VERSION = 1
 
@@ -54,14 +56,14 @@ class ModelSource(abc.ABC):
     def path(self) -> str:
         """A directory or hub name that ``from_pretrained`` loads the base model from."""
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> JsonObject:
         return {}
 
     def pretraining_corpus(self) -> list[str] | None:
         """The pretraining data when it is public (what makes a model open-source tier)."""
         return None
 
-    def architecture(self) -> Any | None:
+    def architecture(self) -> PretrainedConfig | None:
         """The model's transformers config, read without its weights; None where only building the model
         would tell (zoo models, whose architectures are known decoders)."""
         return None
@@ -77,7 +79,7 @@ class ModelSource(abc.ABC):
                 "language model (a decoder): an encoder would get an untrained LM head. Use it for a "
                 "classification task, or choose a decoder model")
 
-    def load(self, task_kind: str, num_labels: int, device: torch.device, init_seed: int) -> tuple[Any, Any]:
+    def load(self, task_kind: str, num_labels: int, device: torch.device, init_seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """(model, tokenizer): a sequence-classification head for classification, else a causal LM."""
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -121,12 +123,12 @@ class HuggingFaceModel(ModelSource):
         license: str = doc("License of the weights, for the results' metadata.", "unknown")
         openness: str = doc("Openness of the release: open-source, open-weight, gray-box or black-box.", "open-weight")
 
-    _architecture: Any = None  # the transformers config, read once
+    _architecture: PretrainedConfig | None = None  # the transformers config, read once
 
     def path(self) -> str:
         return self.config.path
 
-    def architecture(self) -> Any:
+    def architecture(self) -> PretrainedConfig:
         if self._architecture is None:
             from transformers import AutoConfig
 
@@ -163,11 +165,11 @@ class HuggingFaceModel(ModelSource):
         known = [values[k] for k in ("max_position_embeddings", "n_positions") if isinstance(values.get(k), int)]
         return known[0] if known else None
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> JsonObject:
         return {"license": self.config.license, "openness": self.config.openness, "source": self.config.path}
 
 
-def encoder_only(config: Any) -> bool:
+def encoder_only(config: PretrainedConfig) -> bool:
     """True for a bidirectional encoder (BERT, RoBERTa, DistilBERT, ModernBERT, ...): a model type that
     transformers knows as a masked LM, with a config that is neither a decoder nor an encoder-decoder."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -197,7 +199,7 @@ class ZooModel(ModelSource):
     license: ClassVar[str] = "Apache-2.0 (TierBench zoo)"
 
     @abc.abstractmethod
-    def hf_config(self, tokenizer: PreTrainedTokenizerBase) -> Any:
+    def hf_config(self, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
         """The transformers config of this architecture, sized to ``tokenizer``'s vocabulary."""
 
     def cache_key(self) -> str:
@@ -220,7 +222,7 @@ class ZooModel(ModelSource):
     def pretraining_corpus(self) -> list[str]:
         return synthetic.pretraining_corpus(self.config.corpus_documents, torch.Generator().manual_seed(self.config.seed))
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> JsonObject:
         c = self.config
         return {"license": self.license, "openness": "open-source", "source": f"zoo:{self.name}-{self.cache_key()}",
                 "pretraining": f"{c.pretrain_steps} steps x {c.pretrain_batch} on {c.corpus_documents} generated documents"}
@@ -237,11 +239,11 @@ class ZooModel(ModelSource):
         tokenizer.save_pretrained(directory)
 
     @abc.abstractmethod
-    def model_class(self) -> Any:
+    def model_class(self) -> type[PreTrainedModel]:
         """The transformers model class ``hf_config`` builds."""
 
 
-def _build_atomically(target: Path, build: Any) -> None:
+def _build_atomically(target: Path, build: Callable[[Path], None]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
@@ -255,7 +257,7 @@ def _build_atomically(target: Path, build: Any) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def train_tokenizer(corpus: list[str], vocab_size: int) -> Any:
+def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -272,12 +274,12 @@ def train_tokenizer(corpus: list[str], vocab_size: int) -> Any:
 class TinyGPT2(ZooModel):
     """GPT-2 architecture (learned positions, LayerNorm, tied embeddings), about 1M parameters."""
 
-    def model_class(self) -> Any:
+    def model_class(self) -> type[PreTrainedModel]:
         from transformers import GPT2LMHeadModel
 
         return GPT2LMHeadModel
 
-    def hf_config(self, tokenizer: PreTrainedTokenizerBase) -> Any:
+    def hf_config(self, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
         from transformers import GPT2Config
 
         c = self.config
@@ -291,12 +293,12 @@ class TinyGPT2(ZooModel):
 class TinyLlama(ZooModel):
     """Llama architecture (RoPE, RMSNorm, SwiGLU, untied embeddings), about 1.3M parameters."""
 
-    def model_class(self) -> Any:
+    def model_class(self) -> type[PreTrainedModel]:
         from transformers import LlamaForCausalLM
 
         return LlamaForCausalLM
 
-    def hf_config(self, tokenizer: PreTrainedTokenizerBase) -> Any:
+    def hf_config(self, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
         from transformers import LlamaConfig
 
         c = self.config
