@@ -76,11 +76,11 @@ def refusal(fed: Any, batching: Batching) -> str | None:
     """Why this federation's rounds train sequentially (decided without side effects), or None."""
     from bench.api.defense import Defense
 
-    if getattr(fed.settings, "client_batch", "auto") == 1:
+    if fed.settings.client_batch == 1:
         return "client_batch is 1"
     if batching.refused:
         return batching.refused
-    if not getattr(fed.method, "batchable", False):
+    if not fed.method.batchable:
         return f"method {fed.method.name} is not batchable"
     if fed.trainer is not train_local:
         return f"method {fed.method.name} replaces the local trainer"
@@ -192,7 +192,7 @@ def train_round(fed: Any, jobs: dict[int, LocalJob], batching: Batching) -> dict
 
 
 def _size(fed: Any, job: LocalJob) -> int:
-    setting = getattr(fed.settings, "client_batch", "auto")
+    setting = fed.settings.client_batch
     if setting != "auto":
         return int(setting)
     rows = min(job.batch_size, len(job.examples))

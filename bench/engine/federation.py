@@ -17,8 +17,9 @@ defense of their slot (``bench.api.defense.composition_problem`` refuses two at 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,20 +32,25 @@ from bench.client import batched
 from bench.client.training import LocalJob, Trainer, job_rng, train_local
 from bench.world.partition import ClientData
 
+if TYPE_CHECKING:  # the field types of Federation below, named in annotations only
+    from bench.api.attack import Attack
+    from bench.api.method import Method
+    from bench.spec.scenario import Federation as FederationConfig
+
 
 @dataclass
 class Federation:
     """Everything the round loop needs; built by ``bench.engine.runner``."""
 
-    method: Any
+    method: Method
     model: nn.Module
     clients: list[ClientData]
-    collate: Any
-    settings: Any
+    collate: Callable[[list[dict]], dict[str, torch.Tensor]]
+    settings: FederationConfig
     """``bench.spec.scenario.Federation``."""
-    seed_parts: tuple[Any, ...]
+    seed_parts: tuple[int | str, ...]
     defenses: list[Defense] = field(default_factory=list)
-    attackers: list[Any] = field(default_factory=list)
+    attackers: list[Attack] = field(default_factory=list)
     malicious: tuple[int, ...] = ()
     keep: frozenset[str] = frozenset()
     """Transcript parts to keep: ``client_updates``, ``global_states``, ``client_batches``."""
@@ -52,7 +58,7 @@ class Federation:
     progress: Any = None
     global_state: torch.Tensor | None = None
     """The flat state broadcast this round (set by the loop)."""
-    observers: list[Any] = field(default_factory=list)
+    observers: list[Callable[[int, torch.Tensor], None]] = field(default_factory=list)
     """Called as ``observer(round, new_global_state)`` after each round (a learning curve)."""
 
 

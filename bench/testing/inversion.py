@@ -134,7 +134,7 @@ def run_round(
     assert clients == list(range(len(clients))), "clients are numbered 0..n-1, as the engine numbers them"
     settings = SimpleNamespace(rounds=1, clients=len(clients), clients_per_round=len(clients), protocol=protocol,
                                local_steps=local_steps, batch_size=batch_size or max(len(v) for v in client_data.values()),
-                               lr=lr, optimizer="sgd", server_lr=1.0)
+                               lr=lr, optimizer="sgd", server_lr=1.0, client_batch="auto")
     fed = fl.Federation(method=method, model=method.model, collate=collate, settings=settings, seed_parts=(seed,),
                         clients=[ClientData(members=client_data[c], nonmembers=[]) for c in clients],
                         keep=frozenset({"client_updates", "global_states", "client_batches", "aggregates"}))
