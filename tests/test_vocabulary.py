@@ -91,5 +91,22 @@ def test_run_statuses_cover_what_the_runner_writes():
     from bench.engine import runner
 
     source = inspect.getsource(runner)
-    written = {s for s in ("ok", "failed", "incompatible", "skipped", "error") if f'status="{s}"' in source}
-    assert written and written <= set(RunStatus)
+    written = {s for s in RunStatus if f"RunStatus.{s.name}" in source}
+    assert written == set(RunStatus)  # the runner writes every status, through the enum
+    bare = [s for s in ("ok", "failed", "incompatible", "skipped", "error") if f'status="{s}"' in source or f'"{s}", ' in source]
+    assert not bare, f"bare status words in the runner: {bare}"
+
+
+def test_a_status_member_is_stored_as_its_word(tmp_path):
+    import json
+
+    from bench.store.results import ResultStore, Row
+
+    row = Row(run_id="r", scenario="s", scenario_hash="h", seed=0, tier=TierName.OPEN_WEIGHT, model="m", task="t",
+              method="lora", defenses="none", attack="none", metric="run", value=None, status=RunStatus.FAILED)
+    with ResultStore(tmp_path) as store:
+        store.append([row])
+    (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    (stored,) = record["rows"]
+    assert stored["status"] == "failed" and stored["tier"] == "open-weight" and type(stored["status"]) is str
+    assert '"status": "failed"' in (tmp_path / "results.jsonl").read_text()  # the word, not RunStatus.FAILED

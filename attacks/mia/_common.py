@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from bench.api.errors import IncompatibleError
 from bench.api.predictions import MembershipScores
+from bench.api.vocabulary import TaskKind
 
 TOKEN_CHUNK = 16
 """Examples per ``token_logits`` request: bounds the (tokens x vocabulary) logits held at once."""
@@ -25,7 +26,7 @@ _SCHEMA_FIELDS = (("text",), ("instruction", "response"), ("prompt", "chosen"))
 def is_classification(example: dict, task: Any = None) -> bool:
     """The task's kind when the task is known (a language task may still carry labels), else the schema."""
     if task is not None and hasattr(task, "kind"):
-        return task.kind == "classification"
+        return task.kind == TaskKind.CLASSIFICATION
     return "label" in example
 
 

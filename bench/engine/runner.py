@@ -33,7 +33,7 @@ from bench.api.predictions import MembershipScores
 from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
 from bench.api.seeding import derive_seed, generator
 from bench.api.transcript import GroundTruth, Transcript
-from bench.api.vocabulary import JsonObject
+from bench.api.vocabulary import JsonObject, RunStatus
 from bench.client.device import describe, peak_gpu_memory_mb, pick_device, reset_peak_memory
 from bench.engine import federation as fl
 from bench.engine import learning
@@ -123,7 +123,7 @@ def _federation_refusal(attack: Attack, scenario: Scenario) -> str | None:
 class RunResult:
     metrics: list[tuple[str, Metric]] = field(default_factory=list)
     extra: JsonObject = field(default_factory=dict)
-    status: str = "ok"
+    status: RunStatus = RunStatus.OK
     error: str = ""
     device: str = "cpu"
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
@@ -141,17 +141,17 @@ def execute(scenario: Scenario, seed: int, *, progress: Any = None, figures: str
         built = plan(scenario)
         result = _run(scenario, seed, built, progress, figures)
     except IncompatibleError as error:
-        result = RunResult(status="incompatible", error=str(error).split(": ", 1)[-1])
+        result = RunResult(status=RunStatus.INCOMPATIBLE, error=str(error).split(": ", 1)[-1])
     except UserError as error:  # found only at run time (a secagg abort, a data file gone): this run fails, the sweep goes on
-        result = RunResult(status="failed", error=str(error)[:500])
+        result = RunResult(status=RunStatus.FAILED, error=str(error)[:500])
     except Exception as error:  # a failing run is recorded and the sweep goes on
-        result = RunResult(status="failed", error=_one_line(error))
+        result = RunResult(status=RunStatus.FAILED, error=_one_line(error))
     return _rows(scenario, seed, result, time.perf_counter() - started)
 
 
 def failed_rows(scenario: Scenario, seed: int, reason: str, wall_s: float = 0.0) -> list[Row]:
     """The rows of a run that failed outside ``execute`` (its worker process died): as ``execute`` records a failure."""
-    return _rows(scenario, seed, RunResult(status="failed", error=reason[:500]), wall_s)
+    return _rows(scenario, seed, RunResult(status=RunStatus.FAILED, error=reason[:500]), wall_s)
 
 
 def _one_line(error: BaseException) -> str:
@@ -166,7 +166,7 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
         packages=package_versions(), device=result.device, wall_s=round(wall_s, 3), peak_mem_mb=round(peak_rss_mb(), 1),
         extra={**result.extra, **_training_identity(scenario)},
     )
-    if result.status != "ok":
+    if result.status != RunStatus.OK:
         rows = [Row(attack="none", metric="run", value=None, **base)]
     else:
         metrics = result.metrics + [("none", Metric("cost.wall_s", wall_s, higher_is_better=False))]
@@ -264,7 +264,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
     stats = fl.run(p.fed, p.transcript, p.truth)
     if "client_batches" in p.fed.keep:  # the inversion scorer's floor: records no client trained on
         p.truth.held_out = held_out_tokens(built.task, p.task_data.test, p.tokenizer, p.device)
-    result = RunResult(device=describe(p.device), skipped=[(name, "incompatible", why) for name, why in built.refused])
+    result = RunResult(device=describe(p.device), skipped=[(name, RunStatus.INCOMPATIBLE, why) for name, why in built.refused])
     result.metrics.append(("none", truncated))
     if fit is not None:
         result.metrics.append(("none", fit[0]))
@@ -288,7 +288,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
             result.skipped.append((attack.name, "not-applicable", str(error).split(": ", 1)[-1]))
             continue
         except Exception as error:  # one broken attack must not discard the run's other measurements
-            result.skipped.append((attack.name, "failed", _one_line(error)))
+            result.skipped.append((attack.name, RunStatus.FAILED, _one_line(error)))
             continue
         metrics = score(prediction, views.truth)
         result.metrics += [(attack.name, m) for m in metrics]

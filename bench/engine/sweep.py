@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.api.display import short_name
+from bench.api.vocabulary import RunStatus
 from bench.engine.executors import Executor, Job, SerialExecutor
 from bench.engine.runner import execute
 from bench.spec.scenario import Scenario
@@ -78,7 +79,7 @@ def _clean_twins(runs: list[tuple[Scenario, int]], store: ResultStore) -> list[t
     that already has the attacker-free cell, or a store that already ran it, costs nothing extra.
     """
     present = {(s.training_key, seed) for s, seed in runs}
-    present |= {(r["extra"].get("training_key"), int(r["seed"])) for r in store.rows() if r.get("status") == "ok"}
+    present |= {(r["extra"].get("training_key"), int(r["seed"])) for r in store.rows() if r.get("status") == RunStatus.OK}
     twins: dict[tuple[str, int], tuple[Scenario, int]] = {}
     for scenario, seed in runs:
         key = (scenario.clean_training_key, seed)
@@ -99,7 +100,7 @@ class Summary:
     """Attacks ruled out at evaluation time (recorded ``not-applicable`` with the reason)."""
 
     def lines(self) -> list[str]:
-        counts = ", ".join(f"{self.counts.get(k, 0)} {k}" for k in ("ok", "failed", "incompatible"))
+        counts = ", ".join(f"{self.counts.get(k, 0)} {k}" for k in RunStatus)
         extra = f"; {self.not_applicable} attacks not applicable" if self.not_applicable else ""
         lines = [f"runs: {counts}{extra}"]
         if self.failed:
@@ -114,9 +115,9 @@ def summarize(store: ResultStore, runs: list[tuple[Scenario, int]]) -> Summary:
         by_run.setdefault((row["scenario_hash"], int(row["seed"])), []).append(row)
     summary = Summary()
     for scenario, seed in _unique(runs):
-        rows = by_run.get((scenario.hash, seed)) or [{"attack": "none", "status": "failed", "error": "no result recorded"}]
-        failures = [r for r in rows if r["status"] == "failed"]
-        status = "failed" if failures else rows[0]["status"]
+        rows = by_run.get((scenario.hash, seed)) or [{"attack": "none", "status": RunStatus.FAILED, "error": "no result recorded"}]
+        failures = [r for r in rows if r["status"] == RunStatus.FAILED]
+        status = RunStatus.FAILED if failures else rows[0]["status"]
         summary.counts[status] = summary.counts.get(status, 0) + 1
         summary.not_applicable += sum(r["status"] == "not-applicable" for r in rows)
         for r in failures:

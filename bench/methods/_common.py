@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from bench.api.seeding import derive_seed, isolated_rng
+from bench.api.vocabulary import TaskKind
 
 HEAD_NAMES = ("score", "classifier")
 """Classification heads of Hugging Face sequence-classification models (fresh, so always trained)."""
@@ -21,7 +22,7 @@ def freeze(model: nn.Module) -> None:
 
 def unfreeze_heads(model: nn.Module, task: Any) -> None:
     """A classification task needs its freshly initialised head trained."""
-    if task.kind != "classification":
+    if task.kind != TaskKind.CLASSIFICATION:
         return
     for name, module in model.named_modules():
         if name.split(".")[-1] in HEAD_NAMES:
@@ -89,7 +90,7 @@ def skeleton(architecture: Any, task_kind: str) -> nn.Module:
     read, no memory, so methods can check where they attach before a run (``Method.check_model``)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    auto = AutoModelForSequenceClassification if task_kind == "classification" else AutoModelForCausalLM
+    auto = AutoModelForSequenceClassification if task_kind == TaskKind.CLASSIFICATION else AutoModelForCausalLM
     with isolated_rng(0), torch.device("meta"):
         return auto.from_config(architecture)
 

@@ -19,6 +19,7 @@ from bench.api.config import doc
 from bench.api.method import Method
 from bench.api.registry import METHODS
 from bench.api.seeding import derive_seed, isolated_rng
+from bench.api.vocabulary import TaskKind
 from bench.methods._common import check_on_skeleton
 
 MLP_TARGETS = {"gpt2": ["c_fc"], "llama": ["up_proj", "down_proj"], "qwen2": ["up_proj", "down_proj"],
@@ -107,7 +108,7 @@ def lora_config(model: nn.Module, settings: LoraSettings, task: Any) -> Any:
     present = {n.split(".")[-1] for n, _ in model.named_modules()}
     return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                       target_modules=lora_targets(model, settings),
-                      modules_to_save=[h for h in HEAD_NAMES if h in present] if task.kind == "classification" else None,
+                      modules_to_save=[h for h in HEAD_NAMES if h in present] if task.kind == TaskKind.CLASSIFICATION else None,
                       fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2")
 
 

@@ -24,6 +24,7 @@ from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutp
 from bench.api.config import doc
 from bench.api.method import Method
 from bench.api.registry import METHODS
+from bench.api.vocabulary import TaskKind
 from bench.methods._common import HEAD_NAMES, Wrapper, seeded
 
 
@@ -110,7 +111,7 @@ class PromptLearning(Method):
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
         from peft import TaskType, get_peft_model
 
-        task_type = TaskType.SEQ_CLS if task.kind == "classification" else TaskType.CAUSAL_LM
+        task_type = TaskType.SEQ_CLS if task.kind == TaskKind.CLASSIFICATION else TaskType.CAUSAL_LM
         with seeded(rng):
             peft_model = get_peft_model(model, self.peft_config_class()(task_type=task_type, **self.peft_settings()))
         return self.wrap(peft_model, task)
@@ -127,7 +128,7 @@ class PromptTuning(PromptLearning):
     Config = PromptSettings
 
     def wrap(self, peft_model: nn.Module, task: Any) -> nn.Module:
-        return SoftPromptModel(peft_model, task.kind == "classification")
+        return SoftPromptModel(peft_model, task.kind == TaskKind.CLASSIFICATION)
 
     def peft_config_class(self) -> Any:
         from peft import PromptTuningConfig

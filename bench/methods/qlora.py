@@ -24,6 +24,7 @@ from torch import nn
 from bench.api.config import doc
 from bench.api.method import Method
 from bench.api.registry import METHODS
+from bench.api.vocabulary import TaskKind
 from bench.methods._common import HEAD_NAMES, check_on_skeleton, decoder_layers, freeze, seeded
 from bench.methods.lora import LoraSettings, lora_targets, target_problem
 
@@ -119,6 +120,6 @@ class Qlora(Method):
         present = {n.split(".")[-1] for n, _ in model.named_modules()}
         config = LoraConfig(r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout,
                             target_modules=lora_targets(model, self.config),
-                            modules_to_save=[h for h in HEAD_NAMES if h in present] if task.kind == "classification" else None)
+                            modules_to_save=[h for h in HEAD_NAMES if h in present] if task.kind == TaskKind.CLASSIFICATION else None)
         with seeded(rng):
             return get_peft_model(model, config)

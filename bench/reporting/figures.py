@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.api.vocabulary import JsonObject
+from bench.api.vocabulary import JsonObject, RunStatus
 
 COMPARISON_COLOURS = {"agree": "#1a9850", "disagree": "#d73027", "not measurable": "#e0e0e0"}
 
@@ -100,7 +100,7 @@ def frontier_points(board: list[JsonObject]) -> dict[str, list[tuple[float, floa
     """method (+secagg) -> [(epsilon, mean mia.auc, mean utility)] over ok runs with an MIA (inf = no DP)."""
     groups: dict[tuple[str, float], list[JsonObject]] = {}
     for row in board:
-        if row.get("status") != "ok" or row.get("mia.auc") is None or row.get("utility") is None:
+        if row.get("status") != RunStatus.OK or row.get("mia.auc") is None or row.get("utility") is None:
             continue
         if any(d not in FRONTIER_DEFENSES for d in str(row.get("defenses")).split("+")):
             continue
@@ -152,7 +152,7 @@ def stored_curves(rows: list[JsonObject], attack_name: str = "mia-reference"
 
     candidates: dict[tuple[str, str, str, str], tuple[int, tuple[list[float], list[float]]]] = {}
     for row in rows:
-        if row.get("status") != "ok" or row.get("metric") != "mia.auc":
+        if row.get("status") != RunStatus.OK or row.get("metric") != "mia.auc":
             continue
         curve = stored_roc(row.get("extra"))
         if curve is None:

@@ -16,7 +16,7 @@ import io
 from pathlib import Path
 
 from bench.api.errors import UserError
-from bench.api.vocabulary import JsonObject, JsonValue
+from bench.api.vocabulary import JsonObject, JsonValue, RunStatus
 from bench.reporting import leaderboard, paper4, table4
 
 
@@ -55,7 +55,7 @@ def metric_table(path: str | Path, metrics: list[str] | None = None, width: int 
     extra = _tidy_means(rows, [m for m in asked if m not in leaderboard.COLUMNS])
     table = []
     for scenario, runs in sorted(by_scenario.items()):
-        ok = [r for r in runs if r["status"] == "ok"]
+        ok = [r for r in runs if r["status"] == RunStatus.OK]
         statuses = ",".join(sorted({str(r["status"]) for r in runs}))
         values = []
         for column in asked:
@@ -77,7 +77,7 @@ def _tidy_means(rows: list[JsonObject], metrics: list[str]) -> dict[tuple[str, s
 
     found: dict[tuple[str, str], list[float]] = {}
     for row in rows:
-        if row["metric"] in metrics and row.get("status") == "ok" and isinstance(row.get("value"), (int, float)):
+        if row["metric"] in metrics and row.get("status") == RunStatus.OK and isinstance(row.get("value"), (int, float)):
             found.setdefault((row["scenario"], row["metric"]), []).append(float(row["value"]))
     return {key: statistics.fmean(values) for key, values in found.items()}
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 
 from bench.api.metrics import spec_of
-from bench.api.vocabulary import JsonObject
+from bench.api.vocabulary import JsonObject, RunStatus
 from bench.reporting import verdict as rule
 from bench.reporting.leaderboard import parse_families, row_extra
 
@@ -182,21 +182,21 @@ def _index(board: list[JsonObject]) -> tuple[dict[tuple, list[dict]], dict[tuple
         roles = roles_of_run(row)
         for role in roles:
             runs.setdefault((row["tier"], row["method"], row["defenses"], role), []).append(row)
-        if row.get("status") == "ok" and not {"backdoor", "byzantine"} & set(roles):
+        if row.get("status") == RunStatus.OK and not {"backdoor", "byzantine"} & set(roles):
             clean[(row["tier"], row["method"], row["defenses"], int(row["seed"]))] = row
     return runs, clean
 
 
 def _status_verdict(rows: list[dict], baseline: list[dict]) -> tuple[str, str] | None:
     """A verdict decided by run status alone (incompatible / failed / not applicable), or None."""
-    if not baseline or all(r.get("status") == "incompatible" for r in baseline):
+    if not baseline or all(r.get("status") == RunStatus.INCOMPATIBLE for r in baseline):
         why = baseline[0].get("error") if baseline else "no run without the defense"
         return "not applicable", f"the attack does not run even without the defense: {why}"
-    for status, label in (("incompatible", "incompatible"), ("failed", "failed")):
+    for status, label in ((RunStatus.INCOMPATIBLE, "incompatible"), (RunStatus.FAILED, "failed")):
         bad = [r for r in rows if r.get("status") == status]
         if bad:
             return label, str(bad[0].get("error") or status)
-    failed = [r for r in baseline if r.get("status") != "ok"]
+    failed = [r for r in baseline if r.get("status") != RunStatus.OK]
     if failed:
         return "failed", f"baseline run {failed[0].get('status')}: {failed[0].get('error')}"
     return None
@@ -205,7 +205,7 @@ def _status_verdict(rows: list[dict], baseline: list[dict]) -> tuple[str, str] |
 def make_cell(key: tuple, rows: list[dict], baseline: list[dict], clean: dict[tuple, dict],
               stored: Floors | None = None) -> Cell:
     tier, method, defense, role = key
-    ok_rows = [r for r in rows if r.get("status") == "ok"]
+    ok_rows = [r for r in rows if r.get("status") == RunStatus.OK]
     pairs = _pairs(ok_rows, baseline)
     attack = next((r.get(ATTACK_COLUMN[role]) for r in ok_rows + baseline if r.get(ATTACK_COLUMN[role])), "")
     utility_metric = next((r.get("utility_metric") for r in ok_rows + baseline if r.get("utility_metric")), "")
@@ -252,7 +252,7 @@ def _decide(cell: Cell, pairs: list[tuple[dict, dict]], clean: dict[tuple, dict]
 
 
 def _pairs(defended: list[dict], baseline: list[dict]) -> list[tuple[dict, dict]]:
-    by_seed = {int(b["seed"]): b for b in baseline if b.get("status") == "ok"}
+    by_seed = {int(b["seed"]): b for b in baseline if b.get("status") == RunStatus.OK}
     return [(by_seed[int(d["seed"])], d) for d in defended if int(d["seed"]) in by_seed]
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from bench.api.vocabulary import JsonObject, Record
+from bench.api.vocabulary import JsonObject, Record, TaskKind
 from bench.scoring.score import Metric
 
 if TYPE_CHECKING:  # named in annotations only (transformers loads lazily; scoring never builds these)
@@ -90,9 +90,9 @@ def lm_batch(task: Task, examples: list[Record], tokenizer: PreTrainedTokenizerB
     """Causal-LM inputs and labels (-100 where not scored) for the text ``task`` trains on."""
     from bench.world.tasks import PROMPT_TEMPLATE, collate_prompt_response
 
-    if task.kind == "instruction":
+    if task.kind == TaskKind.INSTRUCTION:
         return task.collate(examples, tokenizer, device)
-    if task.kind == "preference":
+    if task.kind == TaskKind.PREFERENCE:
         return collate_prompt_response([PROMPT_TEMPLATE.format(instruction=e["prompt"]) for e in examples],
                                        [e["chosen"] for e in examples], tokenizer, task.config.max_length, device)
     texts = [task.text_of(e) + (tokenizer.eos_token or "") for e in examples]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from bench.api.vocabulary import UTILITY_HEADLINE, JsonObject, JsonValue
+from bench.api.vocabulary import UTILITY_HEADLINE, JsonObject, JsonValue, RunStatus
 from bench.store.results import ResultStore
 
 UTILITY_DROP = "poison.utility_drop"
@@ -48,7 +48,7 @@ def _drop(attacked: dict[str, float], clean: dict[str, float]) -> tuple[str, flo
 def utility_drop_rows(rows: list[JsonObject]) -> list[JsonObject]:
     """One ``poison.utility_drop`` row per (attacked run, training attack) whose clean twin is stored."""
     runs = _runs([r for r in rows if r["metric"] != UTILITY_DROP])
-    ok = {key: run for key, run in runs.items() if run[0].get("status") == "ok"}
+    ok = {key: run for key, run in runs.items() if run[0].get("status") == RunStatus.OK}
     twins = {(run[0]["extra"].get("training_key"), seed): run for (_, seed), run in ok.items()
              if not run[0]["extra"].get("training_attacks")}
     derived = []

@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.api.errors import UserError
-from bench.api.vocabulary import JsonObject, JsonValue
+from bench.api.vocabulary import JsonObject, JsonValue, RunStatus
 
 SCHEMA_VERSION = 1
 LOCK_NAME = ".results.lock"
 # What a SIGKILL during an atomic rewrite leaves: mkstemp names ``.<target>-XXXXXXXX``.
 TEMPORARY_GLOBS = (".results.jsonl-*", ".results.csv-*")
-DONE_STATUSES = ("ok", "incompatible")  # a failed run is retried by the next sweep
+DONE_STATUSES = (RunStatus.OK, RunStatus.INCOMPATIBLE)  # a failed run is retried by the next sweep
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Row:
     ci_low: float | None = None
     ci_high: float | None = None
     higher_is_better: bool | None = None
-    status: str = "ok"
+    status: RunStatus = RunStatus.OK
     error: str = ""
     git_commit: str = ""
     packages: str = ""
@@ -170,7 +170,7 @@ class ResultStore:
         """Runs a sweep skips: recorded ok or incompatible with no failed row (a failed run, or an ok run
         one of whose attacks failed, is retried by the next sweep)."""
         rows = self.rows()
-        failed = {(r["scenario_hash"], int(r["seed"])) for r in rows if r.get("status") == "failed"}
+        failed = {(r["scenario_hash"], int(r["seed"])) for r in rows if r.get("status") == RunStatus.FAILED}
         return {(r["scenario_hash"], int(r["seed"])) for r in rows if r.get("status") in DONE_STATUSES} - failed
 
     def _replay(self) -> tuple[_Log, list[tuple[int, bytes]]]:

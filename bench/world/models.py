@@ -27,7 +27,7 @@ from bench.api.config import doc
 from bench.api.errors import UserError
 from bench.api.registry import MODELS
 from bench.api.seeding import isolated_rng
-from bench.api.vocabulary import JsonObject
+from bench.api.vocabulary import JsonObject, TaskKind
 from bench.world import synthetic
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
@@ -73,7 +73,7 @@ class ModelSource(abc.ABC):
         cannot generate, and loading it as a causal LM would attach an untrained LM head. Cheap (reads
         the config only), so scenario validation can call it, together with ``Method.check_model``."""
         config = self.architecture()
-        if config is None or task_kind == "classification" or not encoder_only(config):
+        if config is None or task_kind == TaskKind.CLASSIFICATION or not encoder_only(config):
             return None
         return (f"model '{self.path()}' is encoder-only ({config.model_type}); a {task_kind} task needs a causal "
                 "language model (a decoder): an encoder would get an untrained LM head. Use it for a "
@@ -91,7 +91,7 @@ class ModelSource(abc.ABC):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         with isolated_rng(init_seed):  # a fresh classification head is initialised from the seed
-            if task_kind == "classification":
+            if task_kind == TaskKind.CLASSIFICATION:
                 model = AutoModelForSequenceClassification.from_pretrained(location, num_labels=num_labels,
                                                                            **self.load_kwargs())
                 model.config.pad_token_id = tokenizer.pad_token_id

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from bench.api.config import FieldError, doc
 from bench.api.errors import UserError
 from bench.api.registry import TASKS
-from bench.api.vocabulary import PROMPT_TEMPLATE, Record
+from bench.api.vocabulary import PROMPT_TEMPLATE, Record, TaskKind
 from bench.world import synthetic
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
@@ -55,7 +55,7 @@ class TaskData:
 
 class Task(abc.ABC):
     name: ClassVar[str]
-    kind: ClassVar[str] = "classification"
+    kind: ClassVar[TaskKind] = TaskKind.CLASSIFICATION
     """``classification``, ``language``, ``instruction`` or ``preference``."""
 
     @dataclass(frozen=True, kw_only=True)
@@ -94,7 +94,7 @@ class Task(abc.ABC):
         texts = [self.text_of(e) + (tokenizer.eos_token or "") for e in examples]
         enc = tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt")
         batch = _with_positions(enc)
-        if self.kind == "classification":
+        if self.kind == TaskKind.CLASSIFICATION:
             batch["labels"] = torch.tensor([self.label_of(e) for e in examples])
         else:
             batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -103,7 +103,7 @@ class Task(abc.ABC):
     def example_losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits
-        if self.kind == "classification":
+        if self.kind == TaskKind.CLASSIFICATION:
             return F.cross_entropy(logits.float(), batch["labels"], reduction="none")
         return token_losses(logits, batch["labels"])
 
@@ -143,10 +143,10 @@ def truncation(task: Task, examples: list[Record], tokenizer: PreTrainedTokenize
 def _prompt_and_full(task: Task, example: Record, eos: str) -> list[tuple[str, str]]:
     """(prompt, whole sequence) per sequence ``collate`` builds from ``example``; the prompt is empty
     where every token (or a class label) is supervised."""
-    if task.kind == "instruction":
+    if task.kind == TaskKind.INSTRUCTION:
         prompt = PROMPT_TEMPLATE.format(instruction=example["instruction"])
         return [(prompt, prompt + example["response"] + eos)]
-    if task.kind == "preference":
+    if task.kind == TaskKind.PREFERENCE:
         prompt = PROMPT_TEMPLATE.format(instruction=example["prompt"])
         return [(prompt, prompt + example[k] + eos) for k in ("chosen", "rejected")]
     return [("", task.text_of(example) + eos)]
@@ -222,7 +222,7 @@ class SyntheticClinical(Task):
 class SyntheticInstructions(Task):
     """Instruction -> response pairs that carry private facts (addresses, record numbers, dates)."""
 
-    kind = "instruction"
+    kind = TaskKind.INSTRUCTION
 
     @dataclass(frozen=True, kw_only=True)
     class Config(Task.Config):
@@ -264,7 +264,7 @@ class SyntheticPreferences(Task):
     one), and the per-example loss is the chosen response's NLL (the SFT view of the record).
     """
 
-    kind = "preference"
+    kind = TaskKind.PREFERENCE
 
     @dataclass(frozen=True, kw_only=True)
     class Config(Task.Config):
