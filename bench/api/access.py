@@ -7,7 +7,11 @@ so it lives here, below both: reporting computes the table without importing the
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # both import this module; named in annotations only
+    from bench.api.attack import Attack
+    from bench.api.method import Method
 
 
 class Access(enum.Enum):
@@ -19,7 +23,15 @@ class Access(enum.Enum):
     TRAINING_DATA = "training-data"
 
 
-def availability(tier: Any, method: Any) -> str | None:
+class Granting(Protocol):
+    """What the access checks read of a tier (``bench.world.tiers.Tier`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+    def missing(self, needs: frozenset[Access]) -> list[Access]: ...
+
+
+def availability(tier: Granting, method: Method) -> str | None:
     """Why ``tier`` does not allow ``method`` (Table 1), or None."""
     missing = tier.missing(method.needs)
     if missing:
@@ -27,7 +39,7 @@ def availability(tier: Any, method: Any) -> str | None:
     return None
 
 
-def access_refusal(tier: Any, attack: Any) -> str | None:
+def access_refusal(tier: Granting, attack: Attack) -> str | None:
     """Why ``tier`` rules out ``attack`` (it needs access the tier does not grant), or None."""
     missing = tier.missing(attack.access)
     if missing:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -19,6 +19,9 @@ from bench.api.access import Access
 from bench.api.defense import Defense
 from bench.api.layout import ParameterLayout
 from bench.api.transcript import Transcript
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PretrainedConfig
 
 ExampleLosses = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 """Per-example training losses of a batch (``Task.example_losses``, ``Method.example_losses``)."""
@@ -69,7 +72,7 @@ class Method(abc.ABC):
         """Why this method cannot run with ``defenses`` (decided before training), or None."""
         return None
 
-    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+    def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:
         """Why this method cannot attach to a model with the transformers config ``architecture`` (None
         for zoo models) trained on ``task_kind``, or None. Called before any weights are loaded; methods
         that place modules by name (LoRA, adapters) check the names exist (``_common.check_on_skeleton``)."""

@@ -33,6 +33,8 @@ from bench.client.training import LocalJob, Trainer, job_rng, train_local
 from bench.world.partition import ClientData
 
 if TYPE_CHECKING:  # the field types of Federation below, named in annotations only
+    from tqdm import tqdm
+
     from bench.api.attack import Attack
     from bench.api.method import Method
     from bench.spec.scenario import Federation as FederationConfig
@@ -55,7 +57,7 @@ class Federation:
     keep: frozenset[str] = frozenset()
     """Transcript parts to keep: ``client_updates``, ``global_states``, ``client_batches``."""
     trainer: Trainer = train_local
-    progress: Any = None
+    progress: tqdm | None = None
     global_state: torch.Tensor | None = None
     """The flat state broadcast this round (set by the loop)."""
     observers: list[Callable[[int, torch.Tensor], None]] = field(default_factory=list)

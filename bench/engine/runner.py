@@ -52,6 +52,7 @@ from bench.world.tasks import Task, TaskData, truncation
 from bench.world.tiers import Tier
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from tqdm import tqdm
     from transformers import PreTrainedTokenizerBase
 
 
@@ -133,7 +134,7 @@ class RunResult:
     """(attack, metric) -> what that one row keeps beside its value (an MIA's ROC points, for the report)."""
 
 
-def execute(scenario: Scenario, seed: int, *, progress: Any = None, figures: str | None = None) -> list[Row]:
+def execute(scenario: Scenario, seed: int, *, progress: tqdm | None = None, figures: str | None = None) -> list[Row]:
     """Result rows of one run; failures become rows with ``status`` failed/incompatible."""
     started = time.perf_counter()
     result = RunResult()
@@ -212,7 +213,7 @@ class Prepared:
     truth: GroundTruth
 
 
-def prepare(scenario: Scenario, seed: int, built: Plan, progress: Any = None) -> Prepared:
+def prepare(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None = None) -> Prepared:
     # Randomness is keyed on the seed, not the scenario hash: scenarios that differ only in their
     # defenses or attacks are paired (same data, initialisation, client sampling), so a Table 4 cell
     # compares like with like.
@@ -245,7 +246,7 @@ def prepare(scenario: Scenario, seed: int, built: Plan, progress: Any = None) ->
     return Prepared(scenario, seed, built, task_data, clients, tokenizer, device, fed, transcript, truth)
 
 
-def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str | None = None) -> RunResult:
+def _run(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None, figures: str | None = None) -> RunResult:
     p = prepare(scenario, seed, built, progress)
     truncated = _truncation_metric(p)  # before training: a task that cuts every response token is an error
     fit = base_perplexity.measure(built.model_source, built.task,
@@ -321,7 +322,7 @@ def held_out_tokens(task: Task, records: list[dict], tokenizer: PreTrainedTokeni
     return [row[m].tolist() for row, m in zip(ids, mask)]
 
 
-def _stage(progress: Any, text: str, total: int | None = None) -> None:
+def _stage(progress: tqdm | None, text: str, total: int | None = None) -> None:
     """Show what a run is doing in its progress bar (one step per stage after the rounds)."""
     if progress is None or not hasattr(progress, "set_description_str"):
         return

@@ -108,7 +108,7 @@ class ViewBuilder:
             pretraining_corpus=tier.public_corpus(self.built.model_source),
         )
 
-    def base_handle(self) -> Any:
+    def base_handle(self) -> ProviderAPI | _LazyHandle:
         """The base model through the tier's access, loaded when first used."""
         if self.built.tier.hosted:  # the provider loads it behind its API; queries land in its log
             return ProviderAPI(self.base_loader, self.built.tier.grants, self.transcript.provider_log)

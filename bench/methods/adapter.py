@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from bench.api.config import doc
 from bench.api.method import Method
 from bench.api.registry import METHODS
 from bench.methods._common import check_on_skeleton, decoder_layers, freeze, seeded, unfreeze_heads
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PretrainedConfig
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 ATTENTION_SUBLAYERS = ("attn", "self_attn", "attention.output.dense", "attention")
@@ -161,5 +164,5 @@ class HoulsbyAdapter(Method):
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
         return apply_adapters(model, self.config, task, rng)
 
-    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+    def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:
         return check_on_skeleton(architecture, task_kind, lambda model: adapter_problem(model, self.config))

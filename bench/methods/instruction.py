@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from bench.api.registry import METHODS
 from bench.api.vocabulary import TaskKind
 from bench.methods._common import check_on_skeleton
 from bench.methods.lora import LoraSettings, apply_lora, target_problem
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PretrainedConfig
 
 
 def _full(model: nn.Module, settings: Any, task: Any, rng: torch.Generator) -> nn.Module:
@@ -54,7 +57,7 @@ class InstructionTuning(Method):
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
         return MODES[self.config.mode](model, self.config, task, rng)
 
-    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+    def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:
         if self.config.mode != "lora":
             return None
         return check_on_skeleton(architecture, task_kind, lambda model: target_problem(model, self.config))

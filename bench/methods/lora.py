@@ -10,7 +10,7 @@ Classification heads stay trainable (``modules_to_save``): a fresh head must be 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ from bench.api.registry import METHODS
 from bench.api.seeding import derive_seed, isolated_rng
 from bench.api.vocabulary import TaskKind
 from bench.methods._common import check_on_skeleton
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PretrainedConfig
 
 MLP_TARGETS = {"gpt2": ["c_fc"], "llama": ["up_proj", "down_proj"], "qwen2": ["up_proj", "down_proj"],
                **{t: ["intermediate.dense", "output.dense"] for t in ("bert", "roberta", "xlm-roberta", "electra")}}
@@ -129,5 +132,5 @@ class Lora(Method):
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
         return apply_lora(model, self.config, task, rng)
 
-    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+    def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:
         return check_on_skeleton(architecture, task_kind, lambda model: target_problem(model, self.config))

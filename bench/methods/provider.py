@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -33,6 +33,9 @@ from bench.methods._common import check_on_skeleton
 from bench.methods.adapter import AdapterSettings, adapter_problem, apply_adapters
 from bench.methods.lora import LoraSettings, apply_lora, target_problem
 from bench.world.tiers import Access, OpenModel, ProviderAPI, record_egress
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PretrainedConfig
 
 
 def _lora(model: nn.Module, settings: Any, task: Any, rng: torch.Generator) -> nn.Module:
@@ -75,7 +78,7 @@ class ProviderTuning(Method):
         self.task = task
         return PROVIDER_ADAPTERS[self.config.adapter](model, self.config, task, rng)
 
-    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+    def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:
         problem = target_problem if self.config.adapter == "lora" else adapter_problem
         return check_on_skeleton(architecture, task_kind, lambda model: problem(model, self.config))
 

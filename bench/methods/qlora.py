@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from bench.api.registry import METHODS
 from bench.api.vocabulary import TaskKind
 from bench.methods._common import HEAD_NAMES, check_on_skeleton, decoder_layers, freeze, seeded
 from bench.methods.lora import LoraSettings, lora_targets, target_problem
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PretrainedConfig
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -109,7 +112,7 @@ class Qlora(Method):
 
     Config = QloraSettings
 
-    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+    def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:
         return check_on_skeleton(architecture, task_kind, lambda model: target_problem(model, self.config))
 
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,9 @@ from bench.methods._common import Wrapper, check_on_skeleton, freeze, seeded, se
 from bench.methods.lora import LoraSettings, apply_lora, lora_config, target_problem
 from bench.methods.provider import replaces_training
 from bench.scoring.score import Metric
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PretrainedConfig
 
 REWARD_ADAPTER, POLICY_ADAPTER = "reward", "default"
 
@@ -100,7 +103,7 @@ class Rlhf(Method):
     Config = RlhfSettings
     task_kinds = frozenset({TaskKind.PREFERENCE})
 
-    def check_model(self, architecture: Any, task_kind: str) -> str | None:
+    def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:
         return check_on_skeleton(architecture, task_kind, lambda model: target_problem(model, self.config))
 
     def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
