@@ -3,13 +3,18 @@ loader's import of it is harmless; the underscore only says it is private to thi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from bench.api.seeding import derive_seed, isolated_rng
 from bench.api.vocabulary import TaskKind
+
+if TYPE_CHECKING:  # named in annotations only
+    from transformers import PretrainedConfig
+
+    from bench.world.tasks import Task
 
 HEAD_NAMES = ("score", "classifier")
 """Classification heads of Hugging Face sequence-classification models (fresh, so always trained)."""
@@ -20,7 +25,7 @@ def freeze(model: nn.Module) -> None:
         p.requires_grad_(False)
 
 
-def unfreeze_heads(model: nn.Module, task: Any) -> None:
+def unfreeze_heads(model: nn.Module, task: Task) -> None:
     """A classification task needs its freshly initialised head trained."""
     if task.kind != TaskKind.CLASSIFICATION:
         return
@@ -85,7 +90,7 @@ def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     return (picked * keep).sum(dim=1)
 
 
-def skeleton(architecture: Any, task_kind: str) -> nn.Module:
+def skeleton(architecture: PretrainedConfig | None, task_kind: str) -> nn.Module:
     """The module tree the runner would load for a transformers config, on the meta device: no weights
     read, no memory, so methods can check where they attach before a run (``Method.check_model``)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -95,7 +100,7 @@ def skeleton(architecture: Any, task_kind: str) -> nn.Module:
         return auto.from_config(architecture)
 
 
-def check_on_skeleton(architecture: Any, task_kind: str, check: Any) -> str | None:
+def check_on_skeleton(architecture: PretrainedConfig | None, task_kind: str, check: Any) -> str | None:
     """``check(model)`` on the skeleton of ``architecture``; None where there is no config to build it from
     (zoo models: their architectures are known) or transformers cannot build it (load will say why)."""
     if architecture is None:

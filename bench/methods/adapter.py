@@ -25,8 +25,10 @@ from bench.api.method import Method
 from bench.api.registry import METHODS
 from bench.methods._common import check_on_skeleton, decoder_layers, freeze, seeded, unfreeze_heads
 
-if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+if TYPE_CHECKING:
     from transformers import PretrainedConfig
+
+    from bench.world.tasks import Task  # named in annotations only: transformers loads lazily
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 ATTENTION_SUBLAYERS = ("attn", "self_attn", "attention.output.dense", "attention")
@@ -141,7 +143,7 @@ class AdapterSettings:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}")
 
 
-def apply_adapters(model: nn.Module, settings: AdapterSettings, task: Any, rng: torch.Generator) -> nn.Module:
+def apply_adapters(model: nn.Module, settings: AdapterSettings, task: Task, rng: torch.Generator) -> nn.Module:
     freeze(model)
     with seeded(rng):
         insert_adapters(model, settings.size, settings.activation, settings.sublayers)
@@ -161,7 +163,7 @@ class HoulsbyAdapter(Method):
     Config = AdapterSettings
     batchable = True
 
-    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+    def build(self, model: nn.Module, task: Task, rng: torch.Generator) -> nn.Module:
         return apply_adapters(model, self.config, task, rng)
 
     def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from bench.api.method import Method
 from bench.api.registry import METHODS
+
+if TYPE_CHECKING:  # named in annotations only
+    from bench.world.tasks import Task
 
 
 @METHODS.register("fft")
@@ -22,7 +25,7 @@ class FullFineTuning(Method):
     class Config:
         pass
 
-    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+    def build(self, model: nn.Module, task: Task, rng: torch.Generator) -> nn.Module:
         for p in model.parameters():
             p.requires_grad_(True)
         return model

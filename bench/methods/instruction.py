@@ -24,11 +24,13 @@ from bench.api.vocabulary import TaskKind
 from bench.methods._common import check_on_skeleton
 from bench.methods.lora import LoraSettings, apply_lora, target_problem
 
-if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
+    from bench.world.tasks import Task  # named in annotations only: transformers loads lazily
 
-def _full(model: nn.Module, settings: Any, task: Any, rng: torch.Generator) -> nn.Module:
+
+def _full(model: nn.Module, settings: Any, task: Task, rng: torch.Generator) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
@@ -54,7 +56,7 @@ class InstructionTuning(Method):
     Config = InstructionSettings
     task_kinds = frozenset({TaskKind.INSTRUCTION})
 
-    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+    def build(self, model: nn.Module, task: Task, rng: torch.Generator) -> nn.Module:
         return MODES[self.config.mode](model, self.config, task, rng)
 
     def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:

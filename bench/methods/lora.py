@@ -22,8 +22,10 @@ from bench.api.seeding import derive_seed, isolated_rng
 from bench.api.vocabulary import TaskKind
 from bench.methods._common import check_on_skeleton
 
-if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+if TYPE_CHECKING:
     from transformers import PretrainedConfig
+
+    from bench.world.tasks import Task  # named in annotations only: transformers loads lazily
 
 MLP_TARGETS = {"gpt2": ["c_fc"], "llama": ["up_proj", "down_proj"], "qwen2": ["up_proj", "down_proj"],
                **{t: ["intermediate.dense", "output.dense"] for t in ("bert", "roberta", "xlm-roberta", "electra")}}
@@ -105,7 +107,7 @@ def lora_targets(model: nn.Module, settings: LoraSettings) -> list[str]:
     return list(settings.target_modules) or default_targets(model.config.model_type, settings.target) or []
 
 
-def lora_config(model: nn.Module, settings: LoraSettings, task: Any) -> Any:
+def lora_config(model: nn.Module, settings: LoraSettings, task: Task) -> Any:
     from peft import LoraConfig
 
     present = {n.split(".")[-1] for n, _ in model.named_modules()}
@@ -115,7 +117,7 @@ def lora_config(model: nn.Module, settings: LoraSettings, task: Any) -> Any:
                       fan_in_fan_out=getattr(model.config, "model_type", "") == "gpt2")
 
 
-def apply_lora(model: nn.Module, settings: LoraSettings, task: Any, rng: torch.Generator) -> nn.Module:
+def apply_lora(model: nn.Module, settings: LoraSettings, task: Task, rng: torch.Generator) -> nn.Module:
     from peft import get_peft_model
 
     with isolated_rng(derive_seed(int(torch.randint(2**31, (1,), generator=rng)))):
@@ -129,7 +131,7 @@ class Lora(Method):
     Config = LoraSettings
     batchable = True
 
-    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+    def build(self, model: nn.Module, task: Task, rng: torch.Generator) -> nn.Module:
         return apply_lora(model, self.config, task, rng)
 
     def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:

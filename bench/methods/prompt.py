@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from bench.api.method import Method
 from bench.api.registry import METHODS
 from bench.api.vocabulary import TaskKind
 from bench.methods._common import HEAD_NAMES, Wrapper, seeded
+
+if TYPE_CHECKING:  # named in annotations only
+    from bench.world.tasks import Task
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +111,7 @@ class PromptLearning(Method):
     def peft_settings(self) -> dict[str, Any]:
         return {"num_virtual_tokens": self.config.num_virtual_tokens}
 
-    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+    def build(self, model: nn.Module, task: Task, rng: torch.Generator) -> nn.Module:
         from peft import TaskType, get_peft_model
 
         task_type = TaskType.SEQ_CLS if task.kind == TaskKind.CLASSIFICATION else TaskType.CAUSAL_LM
@@ -117,7 +120,7 @@ class PromptLearning(Method):
         return self.wrap(peft_model, task)
 
     @abc.abstractmethod
-    def wrap(self, peft_model: nn.Module, task: Any) -> nn.Module:
+    def wrap(self, peft_model: nn.Module, task: Task) -> nn.Module:
         """The model clients train around ``peft_model`` (its virtual tokens the only trainable state)."""
 
 
@@ -127,7 +130,7 @@ class PromptTuning(PromptLearning):
 
     Config = PromptSettings
 
-    def wrap(self, peft_model: nn.Module, task: Any) -> nn.Module:
+    def wrap(self, peft_model: nn.Module, task: Task) -> nn.Module:
         return SoftPromptModel(peft_model, task.kind == TaskKind.CLASSIFICATION)
 
     def peft_config_class(self) -> Any:
@@ -153,7 +156,7 @@ class PrefixTuning(PromptLearning):
 
         return PrefixTuningConfig
 
-    def wrap(self, peft_model: nn.Module, task: Any) -> nn.Module:
+    def wrap(self, peft_model: nn.Module, task: Task) -> nn.Module:
         return PrefixModel(peft_model)
 
     def peft_settings(self) -> dict[str, Any]:

@@ -34,15 +34,20 @@ from bench.methods.adapter import AdapterSettings, adapter_problem, apply_adapte
 from bench.methods.lora import LoraSettings, apply_lora, target_problem
 from bench.world.tiers import Access, OpenModel, ProviderAPI, record_egress
 
-if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
+    from bench.api.defense import Defense
+    from bench.api.transcript import Transcript
+    from bench.client.training import LocalJob  # named in annotations only: transformers loads lazily
+    from bench.world.tasks import Task
 
-def _lora(model: nn.Module, settings: Any, task: Any, rng: torch.Generator) -> nn.Module:
+
+def _lora(model: nn.Module, settings: Any, task: Task, rng: torch.Generator) -> nn.Module:
     return apply_lora(model, settings, task, rng)
 
 
-def _houlsby(model: nn.Module, settings: Any, task: Any, rng: torch.Generator) -> nn.Module:
+def _houlsby(model: nn.Module, settings: Any, task: Task, rng: torch.Generator) -> nn.Module:
     return apply_adapters(model, settings, task, rng)
 
 
@@ -62,7 +67,7 @@ class ProviderTuningSettings(LoraSettings, AdapterSettings):
             raise ValueError(f"adapter must be one of {', '.join(PROVIDER_ADAPTERS)}")
 
 
-def replaces_training(defense: Any) -> bool:
+def replaces_training(defense: Defense) -> bool:
     """True for defenses that run their own trainer instead of the one given (record-level DP-SGD)."""
     return bool(defense.replaces_training)
 
@@ -74,7 +79,7 @@ class ProviderTuning(Method):
     Config = ProviderTuningSettings
     needs = frozenset({Access.PROVIDER_TUNING})
 
-    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+    def build(self, model: nn.Module, task: Task, rng: torch.Generator) -> nn.Module:
         self.task = task
         return PROVIDER_ADAPTERS[self.config.adapter](model, self.config, task, rng)
 
@@ -82,7 +87,7 @@ class ProviderTuning(Method):
         problem = target_problem if self.config.adapter == "lora" else adapter_problem
         return check_on_skeleton(architecture, task_kind, lambda model: problem(model, self.config))
 
-    def check_compatible(self, defenses: list[Any]) -> str | None:
+    def check_compatible(self, defenses: list[Defense]) -> str | None:
         for defense in defenses:
             if replaces_training(defense):
                 return (f"{defense.name} replaces the client's trainer, but with provider-tuning the provider trains "
@@ -92,10 +97,10 @@ class ProviderTuning(Method):
     def grants(self) -> frozenset[Access]:
         return self.tier.grants if self.tier is not None else self.needs
 
-    def trainer(self, default: Any, transcript: Any) -> Any:
-        def tune_at_provider(job: Any) -> dict[str, float]:
+    def trainer(self, default: Any, transcript: Transcript) -> Any:
+        def tune_at_provider(job: LocalJob) -> dict[str, float]:
             api = ProviderAPI(OpenModel(job.model, None, self.task, None), self.grants(), transcript.provider_log,
-                              client=getattr(job, "client", None))
+                              client=job.client)
             record_egress(transcript, [self.task.text_of(e) for e in job.examples])
             return api.tune(job, default)
 

@@ -28,8 +28,10 @@ from bench.api.vocabulary import TaskKind
 from bench.methods._common import HEAD_NAMES, check_on_skeleton, decoder_layers, freeze, seeded
 from bench.methods.lora import LoraSettings, lora_targets, target_problem
 
-if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+if TYPE_CHECKING:
     from transformers import PretrainedConfig
+
+    from bench.world.tasks import Task  # named in annotations only: transformers loads lazily
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -115,7 +117,7 @@ class Qlora(Method):
     def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:
         return check_on_skeleton(architecture, task_kind, lambda model: target_problem(model, self.config))
 
-    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+    def build(self, model: nn.Module, task: Task, rng: torch.Generator) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 
         freeze(model)

@@ -36,8 +36,11 @@ from bench.methods.lora import LoraSettings, apply_lora, lora_config, target_pro
 from bench.methods.provider import replaces_training
 from bench.scoring.score import Metric
 
-if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+if TYPE_CHECKING:
     from transformers import PretrainedConfig
+
+    from bench.api.defense import Defense  # named in annotations only: transformers loads lazily
+    from bench.world.tasks import Task
 
 REWARD_ADAPTER, POLICY_ADAPTER = "reward", "default"
 
@@ -106,7 +109,7 @@ class Rlhf(Method):
     def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:
         return check_on_skeleton(architecture, task_kind, lambda model: target_problem(model, self.config))
 
-    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+    def build(self, model: nn.Module, task: Task, rng: torch.Generator) -> nn.Module:
         freeze(model)
         peft_model = apply_lora(model, self.config, task, rng)
         with seeded(rng):
@@ -144,7 +147,7 @@ class Rlhf(Method):
         active = self._active_names()
         return [(n, p) for n, p in self._named if n in active]
 
-    def check_compatible(self, defenses: list[Any]) -> str | None:
+    def check_compatible(self, defenses: list[Defense]) -> str | None:
         if self.config.policy_step == "reward":
             for defense in defenses:
                 if replaces_training(defense):
@@ -209,7 +212,7 @@ class Rlhf(Method):
 
     # --- utility ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def extra_utility(self, handle: Any, task: Any, test: list[dict]) -> list[Metric]:
+    def extra_utility(self, handle: Any, task: Task, test: list[dict]) -> list[Metric]:
         model, correct, margins = self.model, [], []
         model.eval()
         for start in range(0, len(test), 16):

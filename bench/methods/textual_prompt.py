@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -41,6 +41,12 @@ from bench.methods._common import Wrapper, freeze, tokenizer_of
 from bench.methods.provider import replaces_training
 from bench.scoring.utility import rouge_l
 from bench.world.tiers import Access, OpenModel, ProviderAPI, record_egress
+
+if TYPE_CHECKING:  # named in annotations only
+    from bench.api.defense import Defense
+    from bench.api.transcript import Transcript
+    from bench.client.training import LocalJob
+    from bench.world.tasks import Task
 
 DEFAULT_CANDIDATES = (
     "",
@@ -139,27 +145,27 @@ class TextualPrompt(Method):
     needs = frozenset({Access.TEXT})
     task_kinds = frozenset(REWARDS)
 
-    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+    def build(self, model: nn.Module, task: Task, rng: torch.Generator) -> nn.Module:
         self.task, self.tokenizer = task, tokenizer_of(model)
         freeze(model)
         ids = [self.tokenizer(c, add_special_tokens=False).input_ids if c else [] for c in self.config.candidates]
         return PromptedModel(model, ids)
 
-    def check_compatible(self, defenses: list[Any]) -> str | None:
+    def check_compatible(self, defenses: list[Defense]) -> str | None:
         for defense in defenses:
             if replaces_training(defense):
                 return f"textual-prompt is gradient-free: {defense.name} replaces local training with its own trainer"
         return None
 
-    def _api(self, client: int | None, transcript: Any) -> Any:
+    def _api(self, client: int | None, transcript: Transcript) -> Any:
         local = OpenModel(self.model.inner, None, self.task, self.tokenizer)
         if not self.hosted:
             return local
         return ProviderAPI(local, self.tier.grants, transcript.provider_log, client=client)
 
-    def trainer(self, default: Any, transcript: Any) -> Any:
-        def optimise_prompt(job: Any) -> dict[str, float]:
-            api = self._api(getattr(job, "client", None), transcript)
+    def trainer(self, default: Any, transcript: Transcript) -> Any:
+        def optimise_prompt(job: LocalJob) -> dict[str, float]:
+            api = self._api(job.client, transcript)
             logits = self.model.logits
             mean_rewards = []
             for indices in batch_indices(job):
@@ -175,7 +181,7 @@ class TextualPrompt(Method):
 
         return optimise_prompt
 
-    def _rewards(self, api: Any, sampled: list[int], examples: list[dict], transcript: Any) -> list[float]:
+    def _rewards(self, api: Any, sampled: list[int], examples: list[dict], transcript: Transcript) -> list[float]:
         reward_of = REWARDS[self.task.kind]
         cache: dict[int, float] = {}  # a prompt drawn twice in one step is queried once
         for k in dict.fromkeys(sampled):
