@@ -30,7 +30,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -39,6 +39,9 @@ from bench.api.errors import UserError
 from bench.api.registry import MODELS
 from bench.api.seeding import isolated_rng
 from bench.world.models import ModelSource, _build_atomically, cache_root
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PretrainedConfig
 
 GGUF_VERSION = 1
 """Part of the cache key: bump when the conversion changes what it writes."""
@@ -87,7 +90,7 @@ class GGUFModel(ModelSource):
     def load_kwargs(self) -> dict[str, Any]:
         return {"dtype": torch.float32}
 
-    def architecture(self) -> Any:
+    def architecture(self) -> PretrainedConfig:
         """The transformers config, from the cached directory or else the GGUF header (no tensors read)."""
         from transformers import AutoConfig
 

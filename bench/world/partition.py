@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
+
+from bench.api.vocabulary import Record
 
 
 @dataclass
 class ClientData:
-    members: list[dict[str, Any]]
+    members: list[Record]
     """Records the client trains on."""
-    nonmembers: list[dict[str, Any]]
+    nonmembers: list[Record]
     """Held-out records of the same distribution (never trained on): the MIA negatives."""
 
 
@@ -52,7 +53,7 @@ _SCHEMES: dict[str, Callable[..., list[list[int]]]] = {"iid": _iid, "dirichlet":
 PARTITIONS = tuple(_SCHEMES)
 
 
-def split_members(records: list[dict[str, Any]], member_fraction: float, rng: torch.Generator) -> ClientData:
+def split_members(records: list[Record], member_fraction: float, rng: torch.Generator) -> ClientData:
     order = torch.randperm(len(records), generator=rng).tolist()
     cut = max(1, min(len(records) - 1, int(round(member_fraction * len(records)))))
     return ClientData(members=[records[i] for i in order[:cut]], nonmembers=[records[i] for i in order[cut:]])

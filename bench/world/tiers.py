@@ -31,6 +31,10 @@ from bench.api.transcript import ProviderRecord
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
     from transformers import PreTrainedTokenizerBase
 
+    from bench.api.transcript import Transcript
+    from bench.world.models import ModelSource
+    from bench.world.tasks import Task
+
 
 class Tier:
     name: ClassVar[str]
@@ -51,15 +55,15 @@ class Tier:
     def missing(self, needs: frozenset[Access]) -> list[Access]:
         return sorted((a for a in needs if a not in self.grants), key=lambda a: a.value)
 
-    def public_corpus(self, model_source: Any) -> list[str] | None:
+    def public_corpus(self, model_source: ModelSource) -> list[str] | None:
         """The base model's pretraining data where this tier publishes it (open-source), else None:
         knowledge an attacker (reference models) or a defender (public pretraining for DP) may use."""
         if Access.TRAINING_DATA not in self.grants:
             return None
         return model_source.pretraining_corpus()
 
-    def handle(self, model: nn.Module, layout: ParameterLayout | None, task: Any, tokenizer: PreTrainedTokenizerBase,
-               log: list[ProviderRecord]) -> Any:
+    def handle(self, model: nn.Module, layout: ParameterLayout | None, task: Task, tokenizer: PreTrainedTokenizerBase,
+               log: list[ProviderRecord]) -> OpenModel | ProviderAPI:
         """``layout``: the trainable state's names and shapes (open tiers load flat states with it)."""
         if self.hosted:
             return ProviderAPI(OpenModel(model, layout, task, tokenizer), self.grants, log)
@@ -96,7 +100,7 @@ class BlackBox(Tier):
     hosted = True
 
 
-def record_egress(transcript: Any, texts: list[str]) -> None:
+def record_egress(transcript: Transcript, texts: list[str]) -> None:
     """Client-side accounting of raw client text that left the client (``privacy.egress_*``)."""
     transcript.egress_records += len(texts)
     transcript.egress_bytes += sum(len(t.encode("utf-8")) for t in texts)
@@ -109,7 +113,7 @@ class OpenModel:
     trainable states (``get_flat``, ``set_flat``, ``at_state``, ``loss_at``): what white-box attacks
     need of the post-training method, without the live method object."""
 
-    def __init__(self, model: nn.Module, layout: ParameterLayout | None, task: Any, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32):
+    def __init__(self, model: nn.Module, layout: ParameterLayout | None, task: Task, tokenizer: PreTrainedTokenizerBase, batch_size: int = 32):
         self.model, self.layout, self.task, self.tokenizer = model, layout, task, tokenizer
         self.batch_size = batch_size
 
@@ -285,7 +289,7 @@ class ProviderAPI:
         raise TypeError("a provider API cannot be copied or pickled")
 
     @property
-    def task(self) -> Any:
+    def task(self) -> Task:
         """The task's public definition (record format), not its data."""
         return self._hosted().inner().task
 
