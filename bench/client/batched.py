@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.api.vocabulary import JsonObject
 from bench.client.device import autocast
 from bench.client.training import LocalJob, batch_indices, make_optimizer, train_local
 
@@ -66,7 +67,7 @@ class Batching:
         self.sequential_clients += clients
         self.reasons[reason] = self.reasons.get(reason, 0) + clients
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> JsonObject:
         return {"batched_clients": self.batched_clients, "sequential_clients": self.sequential_clients,
                 "groups": self.groups, "largest_group": self.largest_group, "reasons": dict(self.reasons)}
 

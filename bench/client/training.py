@@ -8,13 +8,14 @@ method's trainable parameters, the client's examples, how to batch them and the 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from bench.api.seeding import derive_seed, isolated_rng
+from bench.api.vocabulary import Record
 from bench.client.device import autocast
 
 Trainer = Callable[["LocalJob"], dict[str, float]]
@@ -24,8 +25,8 @@ Trainer = Callable[["LocalJob"], dict[str, float]]
 class LocalJob:
     model: nn.Module
     parameters: list[nn.Parameter]
-    examples: list[dict[str, Any]]
-    collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]
+    examples: list[Record]
+    collate: Callable[[list[Record]], dict[str, torch.Tensor]]
     """Turns examples into a batch of tensors already on the model's device."""
     example_losses: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
     """Per-example losses, shape (batch,); the trainer averages them."""
@@ -70,7 +71,7 @@ def batch_indices(job: LocalJob) -> list[list[int]]:
     return batches
 
 
-def job_rng(job: LocalJob) -> Any:
+def job_rng(job: LocalJob) -> AbstractContextManager[None]:
     """A context in which torch's global generators (CPU and every CUDA device) are seeded from the
     job, and restored afterwards.
 

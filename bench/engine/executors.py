@@ -27,10 +27,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench.api.config import doc
 from bench.api.registry import Registry
+
+if TYPE_CHECKING:  # named in annotations only
+    from bench.spec.scenario import Scenario
 
 EXECUTORS: Registry = Registry("executor")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -42,7 +45,7 @@ class Job:
     """One run to do: the ``index``-th of the sweep's plan."""
 
     index: int
-    scenario: Any
+    scenario: Scenario
     seed: int
 
 
@@ -280,7 +283,7 @@ def _pool_worker(conn: Connection, threads: int, plugins: tuple[str, ...]) -> No
         sys.exit(1)
 
 
-def _guarded_run(run: RunFn, scenario: Any, seed: int, figures: str | None) -> list:
+def _guarded_run(run: RunFn, scenario: Scenario, seed: int, figures: str | None) -> list:
     """``execute`` records its own failures; anything that still escapes fails this run, not the worker."""
     try:
         return run(scenario, seed, figures=figures)
@@ -310,7 +313,7 @@ class AutoExecutor(Executor):
         self.choose(jobs).run(jobs, run, done, figures=figures, show_progress=show_progress, started=started)
 
 
-def tiny_cpu_run(scenario: Any) -> bool:
+def tiny_cpu_run(scenario: Scenario) -> bool:
     """A run that ``auto`` spreads over single-threaded workers: a zoo model, trained on the CPU."""
     from bench.api.registry import MODELS
     from bench.world.models import ZooModel

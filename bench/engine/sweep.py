@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bench.api.display import short_name
-from bench.api.vocabulary import RunStatus
+from bench.api.vocabulary import JsonObject, RunStatus
 from bench.engine.executors import Executor, Job, SerialExecutor
 from bench.engine.runner import execute
 from bench.spec.scenario import Scenario
@@ -110,7 +109,7 @@ class Summary:
 
 def summarize(store: ResultStore, runs: list[tuple[Scenario, int]]) -> Summary:
     """The status of each of ``runs`` in ``store``: failed when the run or any of its attacks failed."""
-    by_run: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    by_run: dict[tuple[str, int], list[JsonObject]] = {}
     for row in store.rows():
         by_run.setdefault((row["scenario_hash"], int(row["seed"])), []).append(row)
     summary = Summary()

@@ -15,9 +15,14 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.api.vocabulary import JsonObject, RunStatus
+
+if TYPE_CHECKING:  # named in annotations only
+    from matplotlib.figure import Figure
+
+    from bench.reporting.table4 import Cell
 
 COMPARISON_COLOURS = {"agree": "#1a9850", "disagree": "#d73027", "not measurable": "#e0e0e0"}
 
@@ -33,7 +38,7 @@ def _pyplot():
     return plt
 
 
-def _save(figure: Any, folder: Path, stem: str) -> list[Path]:
+def _save(figure: Figure, folder: Path, stem: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{stem}.png", folder / f"{stem}.svg"]
     for path in paths:
@@ -42,7 +47,7 @@ def _save(figure: Any, folder: Path, stem: str) -> list[Path]:
     return paths
 
 
-def heatmap_grid(cells: list[Any]) -> tuple[list[str], list[tuple[str, str, str]], list[list[float]], list[list[str]]]:
+def heatmap_grid(cells: list[Cell]) -> tuple[list[str], list[tuple[str, str, str]], list[list[float]], list[list[str]]]:
     """(roles, rows, colour index per cell, text per cell): colour = agreement with the paper (index into
     ``COMPARISON_COLOURS``), text = our verdict's symbol / the paper's mark (``bench.reporting.matrix4``)."""
     from bench.reporting.matrix4 import SYMBOL
@@ -61,11 +66,11 @@ def heatmap_grid(cells: list[Any]) -> tuple[list[str], list[tuple[str, str, str]
     return roles, rows, grid, texts
 
 
-def heatmap(cells: list[Any], folder: Path) -> list[Path]:
+def heatmap(cells: list[Cell], folder: Path) -> list[Path]:
     return _save(heatmap_figure(cells), folder, "table4_heatmap")
 
 
-def heatmap_figure(cells: list[Any]) -> Any:
+def heatmap_figure(cells: list[Cell]) -> Figure:
     from matplotlib.colors import ListedColormap
 
     from bench.reporting.table4 import ROLE_TITLES
@@ -192,7 +197,7 @@ def roc_figure(curves: dict[str, tuple[list[float], list[float]]], folder: Path,
     return _save(figure, folder, "roc")
 
 
-def write_all(board: list[JsonObject], cells: list[Any], folder: Path,
+def write_all(board: list[JsonObject], cells: list[Cell], folder: Path,
               rows: list[JsonObject] | None = None) -> list[str]:
     """Every figure, from stored results only; returns notes on figures that could not be drawn."""
     notes = []

@@ -11,7 +11,12 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+from bench.api.vocabulary import JsonObject, JsonValue
+
+if TYPE_CHECKING:  # named in annotations only
+    from bench.spec.scenario import Component, Scenario
 
 PACKAGES = ("torch", "transformers", "peft", "opacus", "tenseal", "cryptography", "bitsandbytes")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -57,17 +62,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> JsonValue:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
 
 
-def _component(component: Any) -> dict[str, Any]:
-    config = getattr(component, "config", None)
-    params = _plain(config) if dataclasses.is_dataclass(config) else dict(getattr(component, "params", None) or {})
+def _component(component: Component) -> JsonObject:
+    config = component.config
+    params = _plain(config) if dataclasses.is_dataclass(config) else dict(component.params or {})
     return {"name": component.name, "params": params}
 
 
-def scenario_record(scenario: Any) -> dict[str, Any]:
+def scenario_record(scenario: Scenario) -> JsonObject:
     """The resolved scenario as plain JSON: what ``report`` knows about a run without loading any code.
 
     Component params include their defaults (the bound config), so a later change of a default does
