@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from bench.api.access import Access
+from bench.api.protocol import Channel
 from bench.api.transcript import ThreatView
 
 
@@ -32,6 +33,10 @@ class Attack:
     """True for participant attacks that alter training; they need runs of their own."""
     task_kinds: ClassVar[frozenset[str]] = frozenset({"classification", "language", "instruction", "preference"})
     """Task kinds the attack applies to; checked before any training."""
+    channels: ClassVar[frozenset[Channel]] = frozenset({Channel.PARAMETERS})
+    """The message channels (``bench.api.protocol.Channel``) it can read, when it reads messages
+    (``needs`` client updates or aggregates) or rewrites them (``poison_updates``); planning refuses
+    it under a protocol whose channel is not among them. Attacks on the final model run under any."""
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
