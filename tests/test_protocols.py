@@ -141,3 +141,21 @@ def test_protocols_are_registered_and_parameter_sharing_keeps_the_engine_path():
     assert {"fedavg", "fedsgd", "kd", "split"} <= set(PROTOCOLS.names())
     assert PROTOCOLS.get("fedavg").shares_parameters and PROTOCOLS.get("fedsgd").one_step
     assert not PROTOCOLS.get("kd").shares_parameters and not PROTOCOLS.get("split").shares_parameters
+
+
+def test_split_inversion_recovers_every_input_exactly_at_cut_0():
+    """At cut 0 the activation is token + position embedding: nearest-token matching over the whole
+    vocabulary is exact (one local step: the client layers the server holds are the ones that ran)."""
+    from attacks.inversion.split_activations import SplitActivationInversion
+    from bench.scoring.inversion import score_reconstruction
+
+    method, data = build_method(ARCH), _data(2)
+    fed = _federation(method, data, _settings("split", clients=2, clients_per_round=2, local_steps=1, batch_size=8,
+                                                          cut_layer=0))
+    transcript, truth = Transcript(), GroundTruth()
+    fl.run(fed, transcript, truth)
+    view = SimpleNamespace(rounds=transcript.rounds, tokenizer=None)
+    attack = SplitActivationInversion(SplitActivationInversion.Config(shortlist=ARCH.vocab))
+    prediction = attack.run(view, torch.Generator())
+    metrics = {m.name: m.value for m in score_reconstruction(prediction, truth)}
+    assert metrics["inversion.exact"] == 1.0

@@ -311,7 +311,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
             result.row_extra[(attack.name, "mia.auc")] = {"roc": compact_roc(roc[0].tolist(), roc[1].tolist())}
             if figures:
                 curves[attack.name] = roc
-    result.metrics += [("none", m) for m in _cost_metrics(stats, scenario.federation.rounds, built.defenses, p.device)]
+    result.metrics += [("none", m) for m in _cost_metrics(stats, scenario.federation.rounds, [*built.defenses, p.fed.protocol], p.device)]
     result.metrics += [("none", m) for m in _privacy_metrics(built.defenses, p.transcript, result.extra)]
     result.metrics += [("none", m) for m in _pii_egress(p.transcript, p.clients, built.task)]
     if curves:

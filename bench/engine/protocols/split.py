@@ -168,11 +168,13 @@ class SplitLearning(Protocol):
             trainer(job)
         batches = [fed.collate([job.examples[i] for i in step]) for step in job.seen]
         masks = [b["attention_mask"].detach().cpu() for b in batches]
-        trained = [[row[m.bool()].tolist() for row, m in zip(b["input_ids"].cpu(), mask)] for b, mask in zip(batches, masks)]
+        once = list(dict.fromkeys(i for step in job.seen for i in step))  # as the engine records FedAvg's
+        whole = fed.collate([job.examples[i] for i in once])
+        trained = [row[m.bool()].tolist() for row, m in zip(whole["input_ids"].cpu(), whole["attention_mask"].cpu())]
         return SplitMessage(activations=[a.detach().cpu() for a in cut.sent], masks=masks,
                             gradients=[g.cpu() for g in cut.returned], update=method.get_flat() - global_state,
                             client_numel=self.client_numel, label_numel=sum(int(b["labels"].numel()) for b in batches),
-                            trained_on=[seq for step in trained for seq in step])
+                            trained_on=trained)
 
     def combine(self, fed: Any, round_index: int, messages: dict[int, SplitMessage], weights: dict[int, float],
                 global_state: torch.Tensor) -> torch.Tensor:
@@ -198,6 +200,10 @@ class SplitLearning(Protocol):
     def trained_on(self, message: SplitMessage) -> list[list[int]]:
         return message.trained_on
 
+    def costs(self) -> dict[str, float]:
+        """The client's share of the transformer blocks (its share of the per-token compute, embeddings aside)."""
+        return {"cost.client_block_share": self.cut / len(blocks_of(self._method.model))}
+
     def round_public(self) -> dict[str, Any]:
         """The client-side layers as broadcast this round (the server averages them, so it knows them),
         as a module mapping (input_ids, attention_mask) to the activations at the cut."""
@@ -216,6 +222,7 @@ class Bottom(nn.Module):
     def __init__(self, model: nn.Module, cut: int):
         super().__init__()
         self.model, self.cut = model, cut
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
 
     @classmethod
     def at(cls, method: Any, state: torch.Tensor, cut: int) -> Bottom:
