@@ -159,3 +159,75 @@ def test_split_inversion_recovers_every_input_exactly_at_cut_0():
     prediction = attack.run(view, torch.Generator())
     metrics = {m.name: m.value for m in score_reconstruction(prediction, truth)}
     assert metrics["inversion.exact"] == 1.0
+
+
+def _kd_view(method, transcript, candidates):
+    from bench.testing.inversion import lm_example_losses
+    from bench.world.tiers import OpenModel
+
+    task = SimpleNamespace(kind="language", collate=lambda examples, tokenizer, device: collate(examples),
+                           example_losses=lm_example_losses)
+    layout = method.layout()
+    return SimpleNamespace(rounds=transcript.rounds, candidates=candidates, tokenizer=None,
+                           final_model=OpenModel(method.model, layout, task, None))
+
+
+def test_shared_logits_on_a_clients_own_records_reveal_its_members():
+    """One client whose records are the proxy set overfits them: a copy distilled from its shared logits
+    ranks its members above held-out records (AUC well above 0.5), and DP on the logits with heavy
+    noise takes that away."""
+    from attacks.mia.kd_logits import SharedLogitsMIA
+    from bench.scoring.mia import auc as roc_auc
+    from defenses.dp.logits import DPLogits
+
+    data, held_out = _data(1, count=8, seed=1), _data(1, count=8, seed=2)[0]
+    candidates, flags = data[0] + held_out, torch.tensor([1] * 8 + [0] * 8)
+    aucs = {}
+    for noise in (None, 50.0):
+        method = build_method(ARCH)
+        fed = _federation(method, data, _settings("kd", local_steps=30, batch_size=8, lr=0.5, proxy_examples=8),
+                          keep=frozenset({"client_updates", "global_states"}))
+        if noise is not None:
+            fed.defenses = [DPLogits(DPLogits.Config(clip_norm=5.0, noise_multiplier=noise))]
+        transcript = Transcript()
+        fl.run(fed, transcript, GroundTruth())
+        attack = SharedLogitsMIA(SharedLogitsMIA.Config(steps=30, lr=3e-3))
+        scores = attack.run(_kd_view(method, transcript, candidates), torch.Generator()).scores
+        aucs[noise] = roc_auc(scores, flags)
+    assert aucs[None] > 0.8
+    assert aucs[50.0] < aucs[None] - 0.2
+
+
+def test_dp_logits_clips_rows_and_accounts_each_release():
+    from defenses.dp.logits import DPLogits, clip_rows
+
+    rows = torch.tensor([[3.0, 4.0, 0.0], [0.3, 0.4, 0.0], [6.0, -torch.inf, 8.0]])
+    clipped = clip_rows(rows, 1.0)
+    assert torch.allclose(clipped[0], torch.tensor([0.6, 0.8, 0.0]))  # norm 5 -> 1
+    assert torch.equal(clipped[1], rows[1])  # already inside the ball
+    assert torch.isinf(clipped[2, 1]) and torch.allclose(clipped[2, [0, 2]].norm(), torch.tensor(1.0))
+    epsilons = []
+    for releases in (1, 4):
+        defense = DPLogits(DPLogits.Config(clip_norm=1.0, noise_multiplier=2.0))
+        for r in range(releases):
+            defense.on_channel(r, 0, torch.zeros(4, 3), torch.Generator().manual_seed(r))
+        epsilons.append(defense.privacy()["dp.epsilon"])
+    assert 0 < epsilons[0] < epsilons[1] < float("inf")
+
+
+def test_attacks_and_defenses_are_refused_under_a_protocol_whose_channel_they_do_not_read():
+    from bench.api.registry import ATTACKS, DEFENSES
+    from bench.engine.runner import channel_refusal
+
+    def scenario(protocol):
+        return SimpleNamespace(federation=SimpleNamespace(protocol=protocol))
+
+    tokens = ATTACKS.get("inversion-tokens")(ATTACKS.get("inversion-tokens").Config())
+    split_attack = ATTACKS.get("inversion-split")(ATTACKS.get("inversion-split").Config())
+    loss = ATTACKS.get("mia-loss")(ATTACKS.get("mia-loss").Config())
+    dp_logits = DEFENSES.get("dp-logits")(DEFENSES.get("dp-logits").Config())
+    assert channel_refusal(tokens, scenario("kd")) and channel_refusal(tokens, scenario("split"))
+    assert channel_refusal(tokens, scenario("fedavg")) is None
+    assert channel_refusal(split_attack, scenario("fedavg")) and channel_refusal(split_attack, scenario("split")) is None
+    assert channel_refusal(loss, scenario("kd")) is None  # reads the final model, not a message
+    assert channel_refusal(dp_logits, scenario("fedavg")) and channel_refusal(dp_logits, scenario("kd")) is None

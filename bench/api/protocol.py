@@ -24,6 +24,16 @@ from typing import Any, ClassVar
 import torch
 
 
+def scored_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(rows, classes) logits where the task's loss scores: one row per example (classification), one
+    per scored next-token position (text). KD's shared logits and the attacks on them agree on rows."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits.float()
+    if logits.dim() == 2:
+        return logits
+    return logits[:, :-1][batch["labels"][:, 1:] != -100]
+
+
 class Channel(enum.StrEnum):
     """What a client's message carries."""
 

@@ -23,19 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench.api.protocol import Channel, Protocol
+from bench.api.protocol import Channel, Protocol, scored_logits
 from bench.api.registry import PROTOCOLS
 from bench.api.seeding import generator
 from bench.client.training import LocalJob, job_rng, make_optimizer
-
-
-def scored_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(rows, classes): one row per example (classification) or per scored next-token position (text)."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits.float()
-    if logits.dim() == 2:
-        return logits
-    return logits[:, :-1][batch["labels"][:, 1:] != -100]
 
 
 def shared_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float, top_k: int) -> torch.Tensor:
