@@ -66,8 +66,10 @@ class SplitActivationInversion(Attack):
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
-        shortlist: int = doc("Candidate tokens checked with the prefix at each position (>= 1; the vocabulary size = exhaustive).", 64)
+        shortlist: int = doc("Candidate tokens checked with the prefix at each position (>= 1; the vocabulary size = exhaustive).", 16)
         rounds: int = doc("Attack the last this many rounds (>= 1).", 1)
+        max_steps: int = doc("Decode the activations of at most this many local steps per client and round (0 = all); "
+                             "the cost is one bottom-layer pass per position, step and client.", 0)
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
         attacked = [r for r in view.rounds if r.transmitted][-self.config.rounds:]
@@ -78,7 +80,8 @@ class SplitActivationInversion(Attack):
             bottom = record.channel["bottom"]
             for client, sent in sorted(record.transmitted.items()):
                 found: dict[tuple[int, ...], None] = {}
-                for activations, mask in zip(sent["activations"], sent["masks"]):
+                steps = list(zip(sent["activations"], sent["masks"]))
+                for activations, mask in steps[: self.config.max_steps or len(steps)]:
                     for seq in decode(bottom, activations, mask, self.config.shortlist):
                         found.setdefault(tuple(seq), None)
                 sequences[(record.round, client)] = [list(s) for s in found]
