@@ -25,6 +25,13 @@ DEFENSE_PARAMS = {"dp-local": {"noise_multiplier": 1.0}, "dp-central": {"noise_m
 VANTAGE_TIER = {"provider": "gray-box"}
 
 
+def _protocol(component) -> dict:
+    """The first registered protocol whose messages the component acts on (fedavg for parameter updates)."""
+    from bench.api.registry import PROTOCOLS
+
+    return {"protocol": next(n for n in PROTOCOLS.names() if PROTOCOLS.get(n).channel in component.channels)}
+
+
 def _kind(component) -> str:
     kinds = getattr(component, "task_kinds", frozenset(SETTINGS))
     return next(k for k in SETTINGS if k in kinds)
@@ -40,7 +47,7 @@ def test_every_attack_runs_and_is_scored(tmp_path, name):
     params = dict(FAST_PARAMS.get(name, {}))
     if cls.changes_training:
         params.setdefault("fraction", 0.34)
-    scenario = make_scenario(tmp_path, task=task, method=method, tier=tier, federation=TINY,
+    scenario = make_scenario(tmp_path, task=task, method=method, tier=tier, federation={**TINY, **_protocol(cls)},
                              attacks=[{"name": name, "params": params}])
     rows = execute(scenario, 0)
     failures = [r.error for r in rows if r.status not in ("ok",)]
@@ -50,7 +57,8 @@ def test_every_attack_runs_and_is_scored(tmp_path, name):
 
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_every_defense_runs(tmp_path, name):
-    scenario = make_scenario(tmp_path, federation=TINY, defenses=[{"name": name, "params": DEFENSE_PARAMS.get(name, {})}])
+    federation = {**TINY, **_protocol(DEFENSES.get(name))}
+    scenario = make_scenario(tmp_path, federation=federation, defenses=[{"name": name, "params": DEFENSE_PARAMS.get(name, {})}])
     rows = execute(scenario, 0)
     assert {r.status for r in rows} == {"ok"}, [r.error for r in rows]
     assert "utility.accuracy" in {r.metric for r in rows}

@@ -149,7 +149,7 @@ def _candidates(value: Any, hint: Any) -> list[Any]:
     if typing.get_origin(hint) is tuple:  # e.g. LoRA's target_modules: a layer name the zoo models have
         return [v for v in (("c_attn",), ("q_proj",), ("x",)) if v != tuple(value)]
     if hint is str:  # free strings some Configs check against a documented set
-        return [v for v in (value + "x", "all", "language", "instruction") if v != value]
+        return [v for v in (value + "x", "all", "language", "instruction", "fedsgd") if v != value]
     return []
 
 

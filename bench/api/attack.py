@@ -16,6 +16,7 @@ import torch
 
 from bench.api.access import Access
 from bench.api.predictions import Prediction
+from bench.api.protocol import Channel
 from bench.api.transcript import FederationSettings, ThreatView
 from bench.api.vocabulary import AttackFamily, AttackRole, Record, TaskKind, Vantage
 
@@ -41,6 +42,10 @@ class Attack(abc.ABC):
     """True for participant attacks that alter training; they need runs of their own."""
     task_kinds: ClassVar[frozenset[TaskKind]] = frozenset(TaskKind)
     """Task kinds the attack applies to; checked before any training."""
+    channels: ClassVar[frozenset[Channel]] = frozenset({Channel.PARAMETERS})
+    """The message channels (``bench.api.protocol.Channel``) it can read, when it reads messages
+    (``needs`` client updates or aggregates) or rewrites them (``poison_updates``); planning refuses
+    it under a protocol whose channel is not among them. Attacks on the final model run under any."""
 
     @dataclass(frozen=True, kw_only=True)
     class Config:

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, TypedDict
 
 import torch
 
+from bench.api.protocol import Channel
 from bench.api.transcript import PlannedScenario
 
 PrivacyReport = TypedDict("PrivacyReport", {
@@ -105,6 +106,10 @@ class Defense:
     (FLTrust): the engine then sets ``server_update_fn`` before training."""
     requires_uniform_weights: ClassVar[bool] = False
     """True when the aggregate must weight clients equally (user-level DP-FedAvg's sensitivity)."""
+    channels: ClassVar[frozenset[Channel]] = frozenset({Channel.PARAMETERS})
+    """The message channels (``bench.api.protocol.Channel``) this defense's non-training hooks act on;
+    planning refuses it under a protocol whose channel is not among them (a TRAINING-slot defense
+    runs under any protocol that trains locally)."""
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
@@ -138,6 +143,11 @@ class Defense:
 
     def on_client_update(self, round_index: int, client: int, update: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         return update
+
+    def on_channel(self, round_index: int, client: int, message: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """Client side, on a non-parameter message before it leaves the client (KD's logits, split
+        learning's cut-layer activations): noise, clipping."""
+        return message
 
     def transport(self) -> Transport | None:
         return None

@@ -59,12 +59,15 @@ TASKS: Registry = Registry("task")
 METHODS: Registry = Registry("method")
 ATTACKS: Registry = Registry("attack")
 DEFENSES: Registry = Registry("defense")
+PROTOCOLS: Registry = Registry("protocol")
+"""Round protocols (``federation.protocol``): ``bench.api.protocol.Protocol`` subclasses."""
 
 # Packages whose modules register components on import. The rule is explicit and has no exception:
 # every module inside (helpers and subpackages too) is imported once. A component registers itself with
 # the decorator next to its class; a helper module registers nothing, so importing it is harmless. No
 # naming convention (such as a leading underscore) decides what is a plugin.
-PLUGIN_PACKAGES = ("bench.world.tiers", "bench.world.models", "bench.world.tasks", "bench.methods", "attacks", "defenses")
+PLUGIN_PACKAGES = ("bench.world.tiers", "bench.world.models", "bench.world.tasks", "bench.methods", "bench.engine.protocols",
+                   "attacks", "defenses")
 # Installed distributions can add components: ``[project.entry-points."tierbench.plugins"]`` naming a module.
 ENTRY_POINT_GROUP = "tierbench.plugins"
 _loaded = False

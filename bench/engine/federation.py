@@ -26,6 +26,8 @@ from torch import nn
 
 from bench.api.defense import Defense, DefenseSlot, Transport
 from bench.api.errors import DivergedError
+from bench.api.protocol import Protocol
+from bench.api.registry import PROTOCOLS
 from bench.api.seeding import generator
 from bench.api.transcript import GroundTruth, RoundRecord, Transcript
 from bench.client import batched
@@ -62,6 +64,10 @@ class Federation:
     """The flat state broadcast this round (set by the loop)."""
     observers: list[Callable[[int, torch.Tensor], None]] = field(default_factory=list)
     """Called as ``observer(round, new_global_state)`` after each round (a learning curve)."""
+    public: list[dict[str, Any]] = field(default_factory=list)
+    """The task's public records (disjoint from every client): where a protocol draws its proxy set."""
+    protocol: Protocol | None = None
+    """The round protocol; None: the one ``settings.protocol`` names, built by ``run``."""
 
 
 @dataclass
@@ -95,6 +101,9 @@ def run(fed: Federation, transcript: Transcript, truth: GroundTruth) -> Federati
     stats = FederationStats()
     transport = transport_of(fed.defenses)
     global_state = fed.method.get_flat()
+    if fed.protocol is None:
+        fed.protocol = PROTOCOLS.get(fed.settings.protocol)(fed.settings)
+    fed.protocol.setup(fed)
     for round_index in range(fed.settings.rounds):
         global_state = _round(fed, round_index, global_state, transport, transcript, truth, stats)
         for observe in fed.observers:
@@ -115,6 +124,8 @@ def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Trans
     fed.method.on_round_start(r, s.rounds)
     if "global_states" in fed.keep:
         record.global_before = global_state.clone()
+    if not fed.protocol.shares_parameters:
+        return _exchange(fed, r, sampled, record, global_state, transcript, truth, stats)
     started = time.perf_counter()
     updates = _train_clients(fed, r, sampled, global_state, truth, stats)
     updates = _apply_participant_attacks(fed, r, updates, rng)
@@ -140,6 +151,36 @@ def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Trans
     record.aggregate = aggregate if "aggregates" in fed.keep else None
     transcript.rounds.append(record)
     return global_state + s.server_lr * aggregate.to(global_state.dtype)
+
+
+def _exchange(fed: Federation, r: int, sampled: list[int], record: RoundRecord, global_state: torch.Tensor,
+              transcript: Transcript, truth: GroundTruth, stats: FederationStats) -> torch.Tensor:
+    """A round of a protocol whose messages are not parameter updates (``bench.api.protocol``): each
+    sampled client's message, then the server's combination of them into the next global state."""
+    protocol = fed.protocol
+    weights = {c: float(len(fed.clients[c].members)) for c in sampled}
+    record.weights = weights
+    started = time.perf_counter()
+    messages = {c: protocol.client_message(fed, r, c, global_state) for c in sampled}
+    stats.client_s += time.perf_counter() - started
+    stats.bytes_up += sum(protocol.message_bytes(m) for m in messages.values())
+    stats.plain_bytes_up += protocol.plain_bytes(fed) * len(sampled)
+    stats.bytes_down += protocol.download_bytes(fed, global_state) * len(sampled)
+    stats.bytes_down += sum(protocol.reply_bytes(m) for m in messages.values())
+    if "client_batches" in fed.keep:
+        for c, m in messages.items():
+            trained = protocol.trained_on(m)
+            if trained is not None:
+                truth.client_batches[(r, c)] = trained
+    if "client_updates" in fed.keep:
+        record.transmitted = protocol.transcript_parts(messages)
+        record.channel = protocol.round_public()
+    started = time.perf_counter()
+    new_state = protocol.combine(fed, r, messages, weights, global_state)
+    stats.server_s += time.perf_counter() - started
+    check_finite(r, None, "global state", new_state)
+    transcript.rounds.append(record)
+    return new_state
 
 
 def check_finite(r: int, client: int | None, what: str, value: Any) -> None:

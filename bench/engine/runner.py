@@ -26,11 +26,11 @@ import torch
 
 from bench.api.access import access_refusal, availability
 from bench.api.attack import Attack
-from bench.api.defense import Defense, composition_problem, in_slot_order
+from bench.api.defense import Defense, DefenseSlot, composition_problem, in_slot_order
 from bench.api.errors import IncompatibleError, TierAccessError, UserError
 from bench.api.method import Method
 from bench.api.predictions import MembershipScores
-from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS
+from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, PROTOCOLS, TASKS, TIERS
 from bench.api.seeding import derive_seed, generator
 from bench.api.transcript import GroundTruth, Transcript
 from bench.api.vocabulary import JsonObject, RunStatus
@@ -84,7 +84,7 @@ def plan(scenario: Scenario) -> Plan:
     reason = incompatibility(built, scenario)
     if reason:
         raise IncompatibleError(reason, file=scenario.file)
-    refused = {id(a): access_refusal(built.tier, a) for a in built.attacks}
+    refused = {id(a): access_refusal(built.tier, a) or channel_refusal(a, scenario) for a in built.attacks}
     built.refused = [(a.name, refused[id(a)]) for a in built.attacks if refused[id(a)]]
     built.attacks = [a for a in built.attacks if not refused[id(a)]]
     return built
@@ -100,6 +100,9 @@ def incompatibility(built: Plan, scenario: Scenario) -> str | None:
     if reason:
         return reason
     for attack in (a for a in built.attacks if a.changes_training):  # others are skipped at evaluation
+        reason = channel_refusal(attack, scenario)
+        if reason:
+            return reason
         if built.task.kind not in attack.task_kinds:
             return f"{attack.name} applies to {', '.join(sorted(attack.task_kinds))} tasks, not {built.task.kind}"
         reason = access_refusal(built.tier, attack) or _federation_refusal(attack, scenario)
@@ -109,10 +112,28 @@ def incompatibility(built: Plan, scenario: Scenario) -> str | None:
     if reason:
         return reason
     for defense in built.defenses:
-        reason = defense.check_compatible([d for d in built.defenses if d is not defense], scenario)
+        reason = channel_refusal(defense, scenario) or defense.check_compatible(
+            [d for d in built.defenses if d is not defense], scenario)
         if reason:
             return reason
     return None
+
+
+def channel_refusal(component: Any, scenario: Scenario) -> str | None:
+    """Why an attack or defense cannot act on the messages of the scenario's protocol (its ``channels``
+    do not hold the protocol's ``channel``), or None; components that touch no message run under any."""
+    channel = PROTOCOLS.get(scenario.federation.protocol).channel
+    if channel in component.channels or not _touches_messages(component):
+        return None
+    return (f"{component.name} acts on {'/'.join(sorted(component.channels))} messages; protocol "
+            f"{scenario.federation.protocol} sends {channel}")
+
+
+def _touches_messages(component: Any) -> bool:
+    if isinstance(component, Attack):
+        reads = bool({"client_updates", "aggregates"} & set(component.needs)) or component.vantage == "aggregate"
+        return reads or type(component).poison_updates is not Attack.poison_updates
+    return component.slot is not DefenseSlot.TRAINING
 
 
 def _federation_refusal(attack: Attack, scenario: Scenario) -> str | None:
@@ -236,7 +257,7 @@ def prepare(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None = 
         method=built.method, model=built.method.model, clients=clients,
         collate=lambda examples: built.task.collate(examples, tokenizer, device), settings=s, seed_parts=parts,
         defenses=built.defenses, attackers=[a for a in built.attacks if a.changes_training], malicious=tuple(malicious),
-        keep=_kept_parts(built), progress=progress,
+        keep=_kept_parts(built), progress=progress, public=list(task_data.auxiliary),
     )
     _give_server_updates(built.defenses, fed, task_data.auxiliary)
     truth = GroundTruth(malicious_clients=tuple(malicious), canaries=task_data.canaries,
@@ -299,7 +320,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None, figu
             result.row_extra[(attack.name, "mia.auc")] = {"roc": compact_roc(roc[0].tolist(), roc[1].tolist())}
             if figures:
                 curves[attack.name] = roc
-    result.metrics += [("none", m) for m in _cost_metrics(stats, scenario.federation.rounds, built.defenses, p.device)]
+    result.metrics += [("none", m) for m in _cost_metrics(stats, scenario.federation.rounds, [*built.defenses, p.fed.protocol], p.device)]
     result.metrics += [("none", m) for m in _privacy_metrics(built.defenses, p.transcript, result.extra)]
     result.metrics += [("none", m) for m in _pii_egress(p.transcript, p.clients, built.task)]
     if curves:

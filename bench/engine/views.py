@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 # What each vantage keeps of a round record.
 ROUND_FIELDS = {
-    "server": ("global_before", "transmitted", "aggregate"),
+    "server": ("global_before", "transmitted", "aggregate", "channel"),
     "aggregate": ("global_before", "aggregate"),
     "participant": ("global_before",),
     "external": (),
@@ -219,6 +219,7 @@ def _strip(record: RoundRecord, keep: tuple[str, ...]) -> RoundRecord:
         transmitted=dict(record.transmitted) if "transmitted" in keep else {},
         aggregate=record.aggregate if "aggregate" in keep else None,
         weights=dict(record.weights),
+        channel=dict(record.channel) if "channel" in keep else {},
     )
 
 

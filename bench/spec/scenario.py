@@ -25,7 +25,7 @@ import yaml
 from bench.api.config import FieldError, bind, doc
 from bench.api.defense import composition_problem
 from bench.api.errors import UserError
-from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, TASKS, TIERS, Registry
+from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, PROTOCOLS, TASKS, TIERS, Registry
 from bench.api.vocabulary import JsonObject, JsonValue
 
 MAX_FILE_BYTES = 1 << 20
@@ -59,9 +59,10 @@ class Federation:
     batch_size: int = doc(f"Examples per local step (1..{MAX_BATCH_SIZE}).", 8)
     lr: float = doc("Client learning rate (finite, > 0).", 1e-3)
     optimizer: Literal["sgd", "adam", "adamw"] = doc("Client optimizer.", "adam")
-    protocol: Literal["fedavg", "fedsgd"] = doc("fedavg: local steps, clients send their new weights (as a "
-                                                "difference); fedsgd: one SGD step, clients send the step itself "
-                                                "(-lr x gradient).", "fedavg")
+    protocol: str = doc("A registered round protocol (bench.engine.protocols): fedavg: local steps, clients send "
+                        "their new weights (as a difference); fedsgd: one SGD step, clients send the step itself "
+                        "(-lr x gradient); kd: clients send logits on a public proxy set, the server distils; "
+                        "split: clients run the bottom cut_layer blocks and send activations.", "fedavg")
     server_lr: float = doc("Server step size on the aggregate update (finite, > 0).", 1.0)
     partition: Literal["iid", "dirichlet"] = doc("How the pool is dealt to clients.", "iid")
     alpha: float = doc("Dirichlet concentration over labels (partition: dirichlet; finite, > 0).", 0.5)
@@ -78,6 +79,11 @@ class Federation:
         "as before batching existed), or 'auto': as many as measured free memory allows (CUDA), at most 16 on CPU. "
         "An execution setting, outside the scenario hash: batched and sequential training agree within float "
         "tolerance (rtol 1e-4 on updates), not bit for bit.", "auto")
+    cut_layer: int = doc("split: transformer blocks on the client side, below the cut (0 = the embedding only).", 1)
+    proxy_examples: int = doc("kd: public records in the proxy set the clients' logits are shared on (>= 1).", 32)
+    kd_temperature: float = doc("kd: softmax temperature of the shared logits and of distillation (> 0).", 2.0)
+    kd_top_k: int = doc("kd: share only each row's k largest logits (0 = all of them).", 0)
+    distill_steps: int = doc("kd: optimizer steps of each distillation (server into the global model, clients back).", 5)
     mia_nonmembers: int = doc("Non-members scored by membership attacks when more than the members (0 = as many as "
                               "the members drawn, from mia_candidates): a low false-positive rate is only resolved "
                               "with many non-members (FPR 1% needs 1000 for 10 false positives); lower "
@@ -103,6 +109,16 @@ class Federation:
             raise FieldError("mia_candidates", f"mia_candidates must be 0 (every record) or 2..{MAX_EXAMPLES}")
         if self.client_batch != "auto" and not 1 <= self.client_batch <= MAX_CLIENTS:
             raise FieldError("client_batch", f"client_batch must be 'auto' or 1..{MAX_CLIENTS}, got {self.client_batch}")
+        if self.protocol not in PROTOCOLS:
+            raise FieldError("protocol", f"unknown protocol {self.protocol!r}; allowed: {', '.join(PROTOCOLS.names())}")
+        for name in ("cut_layer", "kd_top_k"):
+            if getattr(self, name) < 0:
+                raise FieldError(name, f"{name} must be at least 0, got {getattr(self, name)}")
+        for name in ("proxy_examples", "distill_steps"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.kd_temperature < math.inf:
+            raise FieldError("kd_temperature", f"kd_temperature must be a positive finite number, got {self.kd_temperature}")
         if not 0 <= self.mia_nonmembers <= MAX_EXAMPLES:
             raise FieldError("mia_nonmembers", f"mia_nonmembers must be in 0..{MAX_EXAMPLES}")
         if not 0 <= self.eval_examples <= MAX_EXAMPLES:
@@ -247,8 +263,15 @@ EXECUTION_ONLY = ("client_batch",)
 left out of the identity, so published hashes and stored runs stay valid."""
 
 
+PROTOCOL_FIELDS = ("cut_layer", "proxy_examples", "kd_temperature", "kd_top_k", "distill_steps")
+"""Federation fields added with the kd and split protocols: in the identity only where they differ from
+their defaults, so every hash published before them stays valid."""
+
+
 def _federation_identity(federation: Federation) -> JsonObject:
-    return {k: v for k, v in _canonical(federation).items() if k not in EXECUTION_ONLY}
+    defaults = {f.name: f.default for f in dataclasses.fields(Federation) if f.name in PROTOCOL_FIELDS}
+    return {k: v for k, v in _canonical(federation).items()
+            if k not in EXECUTION_ONLY and not (k in defaults and v == defaults[k])}
 
 
 def _canonical(value: object) -> JsonValue:

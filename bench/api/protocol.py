@@ -1,0 +1,107 @@
+"""The protocol contract: what crosses the wire in one round of the ONE round loop.
+
+A protocol is a federation setting (``federation.protocol``), not a second loop: ``bench.engine.federation``
+samples the clients, keeps the transcript and the costs, and asks the run's protocol three things:
+
+1. ``client_message``  what a sampled client computes from the broadcast state and its own data, and the
+                       message it sends (what the server vantage sees of it);
+2. ``combine``         how the server turns the round's messages into the next global (flat) state;
+3. ``message_bytes`` / ``download_bytes``   what each direction costs.
+
+Parameter sharing (``fedavg``, ``fedsgd``) is the protocol whose messages are flat weight updates: for it
+the engine keeps its own path (update hooks, transports, robust aggregation), unchanged, so
+``shares_parameters`` is the whole seam there. Other protocols (``kd``: logits on a public proxy set;
+``split``: activations at a cut layer) declare the ``Channel`` their messages travel on; defenses and
+attacks that read or rewrite a channel declare which (``Defense.channels``, ``Attack.channels``), and
+planning refuses a pairing whose channels differ, before training.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, ClassVar
+
+import torch
+
+
+def scored_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(rows, classes) logits where the task's loss scores: one row per example (classification), one
+    per scored next-token position (text). KD's shared logits and the attacks on them agree on rows."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits.float()
+    if logits.dim() == 2:
+        return logits
+    return logits[:, :-1][batch["labels"][:, 1:] != -100]
+
+
+class Channel(enum.StrEnum):
+    """What a client's message carries."""
+
+    PARAMETERS = "parameters"
+    """A flat update of the trainable state (FedAvg's weight difference, FedSGD's step)."""
+    LOGITS = "logits"
+    """Output scores on a public proxy set (knowledge distillation)."""
+    ACTIVATIONS = "activations"
+    """Hidden states at a cut layer, answered by their gradients (split learning)."""
+
+
+class Protocol:
+    """One way clients and server exchange in a round; registered in ``PROTOCOLS`` by name."""
+
+    name: ClassVar[str]
+    channel: ClassVar[Channel] = Channel.PARAMETERS
+    shares_parameters: ClassVar[bool] = True
+    """True: messages are flat parameter updates and the engine's own FedAvg path runs them (hooks,
+    transport, robust rules); the methods below are then not called."""
+    one_step: ClassVar[bool] = False
+    """Each client takes one plain SGD step and sends the step itself (FedSGD)."""
+
+    def __init__(self, settings: Any):
+        self.settings = settings
+        """``bench.spec.scenario.Federation`` (or any object with its fields)."""
+
+    def setup(self, fed: Any) -> None:
+        """Once before the first round, with the ``bench.engine.federation.Federation`` (its ``public``
+        records, clients, method, seed)."""
+
+    def client_message(self, fed: Any, round_index: int, client: int, global_state: torch.Tensor) -> Any:
+        """Train ``client`` from the broadcast ``global_state`` and return what it sends."""
+        raise NotImplementedError
+
+    def combine(self, fed: Any, round_index: int, messages: dict[int, Any], weights: dict[int, float],
+                global_state: torch.Tensor) -> torch.Tensor:
+        """The next global flat state from the round's messages (``weights``: example counts)."""
+        raise NotImplementedError
+
+    def message_bytes(self, message: Any) -> int:
+        """Bytes a client sent to the server this round."""
+        raise NotImplementedError
+
+    def plain_bytes(self, fed: Any) -> int:
+        """Bytes a parameter-sharing client would send instead (a full float32 update): the yardstick."""
+        return int(fed.method.num_trainable) * 4
+
+    def download_bytes(self, fed: Any, global_state: torch.Tensor) -> int:
+        """Bytes the server sent one sampled client this round."""
+        return int(global_state.numel()) * 4
+
+    def reply_bytes(self, message: Any) -> int:
+        """Bytes the server sent back to the client in answer to ``message`` (split learning's gradients)."""
+        return 0
+
+    def trained_on(self, message: Any) -> list[list[int]] | None:
+        """The token sequences the client trained on (ground truth for inversion scorers), or None."""
+        return None
+
+    def transcript_parts(self, messages: dict[int, Any]) -> dict[int, Any]:
+        """What the server vantage keeps of each message (``RoundRecord.transmitted``)."""
+        return dict(messages)
+
+    def round_public(self) -> dict[str, Any]:
+        """Public per-round artifacts the server holds anyway (``RoundRecord.channel``): the proxy set, the
+        client-side layers it averages; empty for parameter sharing."""
+        return {}
+
+    def costs(self) -> dict[str, float]:
+        """Extra cost metrics (``cost.*``) this protocol measured."""
+        return {}

@@ -1,0 +1,1 @@
+"""Round protocols (``bench.api.protocol.Protocol``), registered in ``PROTOCOLS`` next to their classes."""

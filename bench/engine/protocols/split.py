@@ -1,0 +1,257 @@
+"""Split-FedLLM (SplitFed V1, Thapa et al. 2022): clients run the bottom layers, the server the rest.
+
+The client side is the embedding plus the first ``federation.cut_layer`` transformer blocks; the server
+side is the remaining blocks, the final norm and the head. In each local step the client runs its
+part, sends the activations at the cut (with the attention mask and the labels the server-side loss
+needs), the server runs its part and the loss, and answers with the activations' gradient, through
+which the client finishes the backward pass. The computation is genuinely cut: the server's graph
+starts at a fresh leaf holding the activations, and the client's backward is a separate call that
+starts from the gradient the server returned (``CutPoint``), so any difference from ordinary training
+would show. Each round both sides are averaged over the clients (the fed server averages the client
+parts, the main server its per-client copies), weighted by example count, as FedAvg averages.
+
+Costs: up = activations (+ mask and labels) per step + the client-side part of the update; down = the
+activations' gradients per step + the client-side part of the global state. Tied embeddings (GPT-2's
+head is its input embedding) keep their server-side gradient in the simulation; a deployment would
+send it down as well (or untie), which the byte count does not include.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.api.protocol import Channel, Protocol
+from bench.api.registry import PROTOCOLS
+from bench.api.seeding import generator
+from bench.client.training import LocalJob, job_rng
+
+
+def blocks_of(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks (GPT-2 ``transformer.h``, Llama ``model.layers``), through any wrapper."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("h", "layers") and len(module) > 0:
+            return module
+    raise ValueError(f"split learning: cannot find the transformer blocks of {type(model).__name__}")
+
+
+def embedding_output(model: nn.Module) -> nn.Module:
+    """The module whose output enters the first block: GPT-2's embedding dropout (token + position
+    embeddings), Llama's token embedding (positions enter inside the blocks)."""
+    for name, module in model.named_modules():
+        if name.split(".")[-1] == "drop" and isinstance(module, nn.Dropout):
+            return module
+    for name, module in model.named_modules():
+        if name.split(".")[-1] == "embed_tokens":
+            return module
+    raise ValueError(f"split learning: cannot find the embedding output of {type(model).__name__}")
+
+
+def cut_module(model: nn.Module, cut: int) -> nn.Module:
+    """The module whose output crosses the wire at ``cut`` blocks."""
+    blocks = blocks_of(model)
+    if cut > len(blocks):
+        raise ValueError(f"cut_layer {cut} exceeds the model's {len(blocks)} blocks")
+    return embedding_output(model) if cut == 0 else blocks[cut - 1]
+
+
+def client_side(model: nn.Module, cut: int) -> set[int]:
+    """ids of the parameters on the client side: the embeddings and the first ``cut`` blocks."""
+    blocks = blocks_of(model)
+    ids = {id(p) for block in list(blocks)[:cut] for p in block.parameters()}
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            ids |= {id(p) for p in module.parameters()}
+    return ids
+
+
+@dataclass
+class CutPoint:
+    """While active, the model's forward is cut after ``module``: the server part starts from a detached
+    leaf holding the (noised) activations; when the server's backward reaches that leaf, its gradient
+    is sent back and the client part's backward runs from it."""
+
+    module: nn.Module
+    channel: Any = None
+    """``(activations) -> activations``: the client's channel defenses, applied before sending."""
+    sent: list[torch.Tensor] = field(default_factory=list)
+    masks: list[torch.Tensor] = field(default_factory=list)
+    returned: list[torch.Tensor] = field(default_factory=list)
+    mask: torch.Tensor | None = None
+
+    def __enter__(self) -> CutPoint:
+        self._handle = self.module.register_forward_hook(self._cut)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()
+
+    def _cut(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        if not torch.is_grad_enabled():
+            return output
+        outgoing = hidden.detach()
+        if self.channel is not None:
+            outgoing = self.channel(outgoing)
+        leaf = outgoing.clone().requires_grad_(True)  # the server's graph starts here
+        self.sent.append(outgoing.clone())
+
+        def answer(grad: torch.Tensor) -> None:
+            self.returned.append(grad.detach().clone())
+            if hidden.requires_grad:  # the client finishes the backward from the returned gradient
+                torch.autograd.backward(hidden, grad)
+
+        leaf.register_hook(answer)
+        return (leaf, *output[1:]) if isinstance(output, tuple) else leaf
+
+
+@dataclass
+class SplitMessage:
+    """What one client exchanged with the server in a round."""
+
+    activations: list[torch.Tensor]
+    """Per local step, the (batch, positions, hidden) activations the server received."""
+    masks: list[torch.Tensor]
+    """Per local step, the attention mask sent with them (the server-side blocks need it)."""
+    gradients: list[torch.Tensor]
+    """Per local step, the activations' gradient the server sent back."""
+    update: torch.Tensor
+    """The whole trainable state's change (client part to the fed server, server part kept there)."""
+    client_numel: int
+    """Trainable values on the client side (the part that crosses the wire for averaging)."""
+    label_numel: int
+    trained_on: list[list[int]]
+    """The token sequences the client trained on (ground truth; never in the transcript)."""
+
+
+@PROTOCOLS.register("split")
+class SplitLearning(Protocol):
+    """SplitFed V1: cut after ``cut_layer`` blocks; both sides averaged every round."""
+
+    channel = Channel.ACTIVATIONS
+    shares_parameters = False
+
+    def setup(self, fed: Any) -> None:
+        model = fed.method.model
+        self.cut = self.settings.cut_layer
+        cut_module(model, self.cut)  # fails before training when the model has fewer blocks
+        on_client = client_side(model, self.cut)
+        trainable = [p for _, p in fed.method.named_trainable]
+        self.client_mask = torch.cat([torch.full((p.numel(),), id(p) in on_client) for p in trainable])
+        self.client_numel = int(self.client_mask.sum())
+        self._method = fed.method
+        self._round_start: tuple[int, torch.Tensor] | None = None
+
+    def client_message(self, fed: Any, round_index: int, client: int, global_state: torch.Tensor) -> SplitMessage:
+        s, method = self.settings, fed.method
+        method.set_flat(global_state)
+        self._round_start = (round_index, global_state)
+        job = LocalJob(model=method.model, parameters=[p for _, p in method.named_trainable],
+                       examples=fed.clients[client].members, collate=fed.collate, example_losses=method.example_losses,
+                       steps=s.local_steps, batch_size=s.batch_size, lr=s.lr, optimizer=s.optimizer,
+                       rng=generator(*fed.seed_parts, "client", round_index, client), client=client)
+        trainer = fed.trainer
+        for defense in fed.defenses:
+            trainer = defense.wrap_training(trainer, client, job.rng)
+        rng = generator(*fed.seed_parts, "channel", round_index, client)
+
+        def channel(activations: torch.Tensor) -> torch.Tensor:
+            for defense in fed.defenses:
+                activations = defense.on_channel(round_index, client, activations, rng)
+            return activations
+
+        cut = CutPoint(cut_module(method.model, self.cut), channel=channel)
+        with cut, job_rng(job):
+            trainer(job)
+        batches = [fed.collate([job.examples[i] for i in step]) for step in job.seen]
+        masks = [b["attention_mask"].detach().cpu() for b in batches]
+        once = list(dict.fromkeys(i for step in job.seen for i in step))  # as the engine records FedAvg's
+        whole = fed.collate([job.examples[i] for i in once])
+        trained = [row[m.bool()].tolist() for row, m in zip(whole["input_ids"].cpu(), whole["attention_mask"].cpu())]
+        return SplitMessage(activations=[a.detach().cpu() for a in cut.sent], masks=masks,
+                            gradients=[g.cpu() for g in cut.returned], update=method.get_flat() - global_state,
+                            client_numel=self.client_numel, label_numel=sum(int(b["labels"].numel()) for b in batches),
+                            trained_on=trained)
+
+    def combine(self, fed: Any, round_index: int, messages: dict[int, SplitMessage], weights: dict[int, float],
+                global_state: torch.Tensor) -> torch.Tensor:
+        total = sum(weights[c] for c in messages)
+        mean = sum(messages[c].update * (weights[c] / total) for c in messages)
+        return global_state + self.settings.server_lr * mean.to(global_state.dtype)
+
+    def message_bytes(self, message: SplitMessage) -> int:
+        activations = sum(int(a.numel()) for a in message.activations) * 4
+        masks = sum(int(m.numel()) for m in message.masks)  # one byte per position
+        return activations + masks + message.label_numel * 8 + message.client_numel * 4
+
+    def download_bytes(self, fed: Any, global_state: torch.Tensor) -> int:
+        return self.client_numel * 4
+
+    def reply_bytes(self, message: SplitMessage) -> int:
+        return sum(int(g.numel()) for g in message.gradients) * 4
+
+    def transcript_parts(self, messages: dict[int, SplitMessage]) -> dict[int, Any]:
+        """The server sees the activations and masks (and, averaging them, the client parts)."""
+        return {c: {"activations": m.activations, "masks": m.masks} for c, m in messages.items()}
+
+    def trained_on(self, message: SplitMessage) -> list[list[int]]:
+        return message.trained_on
+
+    def costs(self) -> dict[str, float]:
+        """The client's share of the transformer blocks (its share of the per-token compute, embeddings aside)."""
+        return {"cost.client_block_share": self.cut / len(blocks_of(self._method.model))}
+
+    def round_public(self) -> dict[str, Any]:
+        """The client-side layers as broadcast this round (the server averages them, so it knows them),
+        as a module mapping (input_ids, attention_mask) to the activations at the cut."""
+        if self._round_start is None:
+            return {}
+        return {"cut_layer": self.cut, "bottom": Bottom.at(self._method, self._round_start[1], self.cut)}
+
+
+class _Stop(Exception):
+    pass
+
+
+class Bottom(nn.Module):
+    """The client side of a model frozen at one state: (input_ids, attention_mask) -> cut activations."""
+
+    def __init__(self, model: nn.Module, cut: int):
+        super().__init__()
+        self.model, self.cut = model, cut
+        self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+
+    @classmethod
+    def at(cls, method: Any, state: torch.Tensor, cut: int) -> Bottom:
+        import copy
+
+        model = copy.deepcopy(method.model).eval()
+        params = dict(model.named_parameters())
+        offset = 0
+        with torch.no_grad():
+            for name, p in method.named_trainable:
+                params[name].copy_(state[offset: offset + p.numel()].view_as(p).to(p.dtype))
+                offset += p.numel()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return cls(model, cut)
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+
+        def grab(module: nn.Module, inputs: Any, output: Any) -> None:
+            captured.append(output[0] if isinstance(output, tuple) else output)
+            raise _Stop  # the server-side layers are not the client's to run
+
+        handle = cut_module(self.model, self.cut).register_forward_hook(grab)
+        try:
+            self.model(input_ids=input_ids, attention_mask=attention_mask)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return captured[0]

@@ -1,0 +1,234 @@
+"""Round protocols through the one round loop: KD (logits on a proxy set) and split learning (activations).
+
+Oracles: distilling a model toward its own shared distribution is a zero-gradient step (KD with one
+client whose local training does nothing and whose proxy set is its own data leaves the global model
+where it was); split learning cut at 0 blocks (and at any depth) computes the same update as ordinary
+FedAvg training, since only where the backward pass is split differs.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.api.registry import PROTOCOLS
+from bench.api.transcript import GroundTruth, Transcript
+from bench.engine import federation as fl
+from bench.engine.protocols.kd import distil, shared_logits
+from bench.testing.inversion import TinyArch, build_method, collate, random_sequences
+from bench.spec.scenario import Federation as FederationSettings
+from bench.world.partition import ClientData
+
+ARCH = TinyArch(family="gpt2", vocab=64, hidden=32, layers=2, heads=2, positions=16)
+
+
+def _settings(protocol: str, **overrides):
+    base = dict(rounds=1, clients=1, clients_per_round=1, protocol=protocol, local_steps=2, batch_size=4, lr=0.05,
+                optimizer="sgd", server_lr=1.0, cut_layer=0, proxy_examples=8, kd_temperature=2.0, kd_top_k=0,
+                distill_steps=3)
+    return FederationSettings(**{**base, **overrides})  # the schema's own settings: every field the engine reads
+
+
+def _data(clients: int, count: int = 8, seed: int = 1) -> dict[int, list[list[int]]]:
+    rng = torch.Generator().manual_seed(seed)
+    return {c: random_sequences(count, 10, ARCH.vocab, rng) for c in range(clients)}
+
+
+def _federation(method, data, settings, public=None, keep=frozenset({"client_updates", "client_batches"})):
+    return fl.Federation(method=method, model=method.model, collate=collate, settings=settings, seed_parts=(0,),
+                         clients=[ClientData(members=data[c], nonmembers=[]) for c in sorted(data)],
+                         public=list(public if public is not None else data[0]), keep=keep)
+
+
+def test_distilling_a_model_toward_its_own_shared_distribution_leaves_it_unchanged():
+    method = build_method(ARCH)
+    batch = collate(_data(1)[0])
+    own = F.softmax(shared_logits(method.model, batch, temperature=2.0, top_k=0), dim=-1)
+    before = method.get_flat()
+    distil(method, batch, own, steps=3, lr=1.0, optimizer="sgd", temperature=2.0)
+    # zero gradient up to float rounding (softmax vs exp(log_softmax) differ in the last bits: ~1e-9 steps)
+    assert (method.get_flat() - before).abs().max() < 1e-7
+    # and a teacher that differs does move it (the oracle above is not vacuous)
+    distil(method, batch, own.roll(1, dims=-1), steps=1, lr=1.0, optimizer="sgd", temperature=2.0)
+    assert (method.get_flat() - before).abs().max() > 1e-3
+
+
+def test_kd_with_one_client_that_does_not_train_and_its_data_as_proxy_is_self_distillation():
+    """One client, proxy set = its records, local training a no-op: the consensus is the global model's
+    own distribution on the proxy, so the server's distillation leaves the global state unchanged."""
+    method, data = build_method(ARCH), _data(1)
+    fed = _federation(method, data, _settings("kd", proxy_examples=len(data[0])))
+    fed.trainer = lambda job: {"loss": 0.0}
+    before = method.get_flat()
+    stats = fl.run(fed, Transcript(), GroundTruth())
+    assert (method.get_flat() - before).abs().max() < 1e-7
+    rows = sum(len(seq) - 1 for seq in data[0])  # one row per scored next-token position
+    assert stats.bytes_up == rows * ARCH.vocab * 4
+    assert stats.plain_bytes_up == method.num_trainable * 4
+
+
+def test_kd_distils_the_global_model_toward_the_clients_logits():
+    method, data = build_method(ARCH), _data(2)
+    fed = _federation(method, data, _settings("kd", clients=2, clients_per_round=2, distill_steps=10, lr=0.5,
+                                              proxy_examples=8))
+    start = method.get_flat()
+    transcript = Transcript()
+    fl.run(fed, transcript, GroundTruth())
+    final, batch = method.get_flat(), collate(fed.protocol.proxy)
+    sent = transcript.rounds[0].transmitted
+    assert sorted(sent) == [0, 1]
+    consensus = sum(F.softmax(m, dim=-1) for m in sent.values()) / 2
+
+    def gap(state):
+        method.set_flat(state)
+        log_q = F.log_softmax(shared_logits(method.model, batch, 2.0, 0), dim=-1)
+        return float(F.kl_div(log_q, consensus, reduction="batchmean"))
+
+    assert gap(fed.protocol.local[0]) != gap(start)  # the clients trained
+    assert gap(final) < gap(start)
+    assert torch.allclose(fed.protocol.consensus, consensus)
+
+
+def test_kd_top_k_sends_k_values_and_indices_per_row():
+    method, data = build_method(ARCH), _data(1)
+    fed = _federation(method, data, _settings("kd", kd_top_k=5))
+    transcript = Transcript()
+    stats = fl.run(fed, transcript, GroundTruth())
+    message = transcript.rounds[0].transmitted[0]
+    assert (torch.isfinite(message).sum(-1) == 5).all()
+    assert stats.bytes_up == message.shape[0] * 5 * 8
+
+
+@pytest.mark.parametrize("cut", [0, 1])
+def test_split_learning_computes_the_fedavg_update(cut):
+    """The cut changes where the backward pass is split, not what it computes: a split round's update
+    equals the FedAvg round's (same seed, same batches) within float tolerance."""
+    data = _data(2)
+    results = {}
+    for protocol in ("fedavg", "split"):
+        method = build_method(ARCH)
+        fed = _federation(method, data, _settings(protocol, clients=2, clients_per_round=2, cut_layer=cut),
+                          keep=frozenset({"client_updates", "client_batches", "aggregates"}))
+        start = method.get_flat()
+        transcript, truth = Transcript(), GroundTruth()
+        fl.run(fed, transcript, truth)
+        results[protocol] = (method.get_flat() - start, transcript, truth)
+    assert torch.allclose(results["split"][0], results["fedavg"][0], rtol=1e-5, atol=1e-7)
+    assert results["split"][0].abs().max() > 0
+    assert results["split"][2].client_batches == results["fedavg"][2].client_batches
+    sent = results["split"][1].rounds[0].transmitted[0]
+    assert len(sent["activations"]) == 2 and sent["activations"][0].shape[-1] == ARCH.hidden
+
+
+def test_split_at_cut_0_sends_the_input_embeddings():
+    method, data = build_method(ARCH), _data(1)
+    fed = _federation(method, data, _settings("split", local_steps=1, batch_size=8, cut_layer=0))
+    transcript, truth = Transcript(), GroundTruth()
+    start = method.get_flat()
+    fl.run(fed, transcript, truth)
+    method.set_flat(start)
+    sent = transcript.rounds[0].transmitted[0]["activations"][0]
+    (sequences,) = [truth.client_batches[(0, 0)]]
+    ids = collate(sequences)["input_ids"]
+    transformer = method.model.transformer
+    expected = transformer.wte(ids) + transformer.wpe(torch.arange(ids.shape[1]))
+    assert torch.allclose(sent, expected.detach(), atol=1e-6)
+
+
+def test_protocols_are_registered_and_parameter_sharing_keeps_the_engine_path():
+    assert {"fedavg", "fedsgd", "kd", "split"} <= set(PROTOCOLS.names())
+    assert PROTOCOLS.get("fedavg").shares_parameters and PROTOCOLS.get("fedsgd").one_step
+    assert not PROTOCOLS.get("kd").shares_parameters and not PROTOCOLS.get("split").shares_parameters
+
+
+def test_split_inversion_recovers_every_input_exactly_at_cut_0():
+    """At cut 0 the activation is token + position embedding: nearest-token matching over the whole
+    vocabulary is exact (one local step: the client layers the server holds are the ones that ran)."""
+    from attacks.inversion.split_activations import SplitActivationInversion
+    from bench.scoring.inversion import score_reconstruction
+
+    method, data = build_method(ARCH), _data(2)
+    fed = _federation(method, data, _settings("split", clients=2, clients_per_round=2, local_steps=1, batch_size=8,
+                                                          cut_layer=0))
+    transcript, truth = Transcript(), GroundTruth()
+    fl.run(fed, transcript, truth)
+    view = SimpleNamespace(rounds=transcript.rounds, tokenizer=None)
+    attack = SplitActivationInversion(SplitActivationInversion.Config(shortlist=ARCH.vocab))
+    prediction = attack.run(view, torch.Generator())
+    metrics = {m.name: m.value for m in score_reconstruction(prediction, truth)}
+    assert metrics["inversion.exact"] == 1.0
+
+
+def _kd_view(method, transcript, candidates):
+    from bench.testing.inversion import lm_example_losses
+    from bench.world.tiers import OpenModel
+
+    task = SimpleNamespace(kind="language", collate=lambda examples, tokenizer, device: collate(examples),
+                           example_losses=lm_example_losses)
+    layout = method.layout()
+    return SimpleNamespace(rounds=transcript.rounds, candidates=candidates, tokenizer=None,
+                           final_model=OpenModel(method.model, layout, task, None))
+
+
+def test_shared_logits_on_a_clients_own_records_reveal_its_members():
+    """One client whose records are the proxy set overfits them: a copy distilled from its shared logits
+    ranks its members above held-out records (AUC well above 0.5), and DP on the logits with heavy
+    noise takes that away."""
+    from attacks.mia.kd_logits import SharedLogitsMIA
+    from bench.scoring.mia import auc as roc_auc
+    from defenses.dp.logits import DPLogits
+
+    data, held_out = _data(1, count=8, seed=1), _data(1, count=8, seed=2)[0]
+    candidates, flags = data[0] + held_out, torch.tensor([1] * 8 + [0] * 8)
+    aucs = {}
+    for noise in (None, 50.0):
+        method = build_method(ARCH)
+        fed = _federation(method, data, _settings("kd", local_steps=30, batch_size=8, lr=0.5, proxy_examples=8),
+                          keep=frozenset({"client_updates", "global_states"}))
+        if noise is not None:
+            fed.defenses = [DPLogits(DPLogits.Config(clip_norm=5.0, noise_multiplier=noise))]
+        transcript = Transcript()
+        fl.run(fed, transcript, GroundTruth())
+        attack = SharedLogitsMIA(SharedLogitsMIA.Config(steps=30, lr=3e-3))
+        scores = attack.run(_kd_view(method, transcript, candidates), torch.Generator()).scores
+        aucs[noise] = roc_auc(scores, flags)
+    assert aucs[None] > 0.8
+    assert aucs[50.0] < aucs[None] - 0.2
+
+
+def test_dp_logits_clips_rows_and_accounts_each_release():
+    from defenses.dp.logits import DPLogits, clip_rows
+
+    rows = torch.tensor([[3.0, 4.0, 0.0], [0.3, 0.4, 0.0], [6.0, -torch.inf, 8.0]])
+    clipped = clip_rows(rows, 1.0)
+    assert torch.allclose(clipped[0], torch.tensor([0.6, 0.8, 0.0]))  # norm 5 -> 1
+    assert torch.equal(clipped[1], rows[1])  # already inside the ball
+    assert torch.isinf(clipped[2, 1]) and torch.allclose(clipped[2, [0, 2]].norm(), torch.tensor(1.0))
+    epsilons = []
+    for releases in (1, 4):
+        defense = DPLogits(DPLogits.Config(clip_norm=1.0, noise_multiplier=2.0))
+        for r in range(releases):
+            defense.on_channel(r, 0, torch.zeros(4, 3), torch.Generator().manual_seed(r))
+        epsilons.append(defense.privacy()["dp.epsilon"])
+    assert 0 < epsilons[0] < epsilons[1] < float("inf")
+
+
+def test_attacks_and_defenses_are_refused_under_a_protocol_whose_channel_they_do_not_read():
+    from bench.api.registry import ATTACKS, DEFENSES
+    from bench.engine.runner import channel_refusal
+
+    def scenario(protocol):
+        return SimpleNamespace(federation=SimpleNamespace(protocol=protocol))
+
+    tokens = ATTACKS.get("inversion-tokens")(ATTACKS.get("inversion-tokens").Config())
+    split_attack = ATTACKS.get("inversion-split")(ATTACKS.get("inversion-split").Config())
+    loss = ATTACKS.get("mia-loss")(ATTACKS.get("mia-loss").Config())
+    dp_logits = DEFENSES.get("dp-logits")(DEFENSES.get("dp-logits").Config())
+    assert channel_refusal(tokens, scenario("kd")) and channel_refusal(tokens, scenario("split"))
+    assert channel_refusal(tokens, scenario("fedavg")) is None
+    assert channel_refusal(split_attack, scenario("fedavg")) and channel_refusal(split_attack, scenario("split")) is None
+    assert channel_refusal(loss, scenario("kd")) is None  # reads the final model, not a message
+    assert channel_refusal(dp_logits, scenario("fedavg")) and channel_refusal(dp_logits, scenario("kd")) is None
