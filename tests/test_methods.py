@@ -121,6 +121,19 @@ def test_soft_prompt_logits_match_peft_and_line_up_with_the_input(tmp_path):
     assert wrapper._prompts(3).shape[0] == 3  # one prompt row per example (per-example gradients)
 
 
+def test_vocab_initialised_soft_prompt_starts_at_real_token_embeddings(tmp_path):
+    """init: vocab starts every virtual token at some vocabulary token's embedding (peft's SAMPLE_VOCAB),
+    at the scale the frozen model reads, where the default starts at N(0, 1) rows."""
+    vocab = prepared(tmp_path, "prompt-tuning", params={"init": "vocab"}).built.method.model
+    table = vocab.inner.base_model.get_input_embeddings().weight.detach()
+    prompts = vocab._prompts(1)[0].detach()
+    assert all((table - row).abs().amax(dim=1).min() < 1e-6 for row in prompts)
+    random = prepared(tmp_path, "prompt-tuning").built.method.model._prompts(1)[0].detach()
+    assert not any((table - row).abs().amax(dim=1).min() < 1e-6 for row in random)
+    with pytest.raises(ValueError, match="init must be one of"):
+        METHODS.get("prompt-tuning").Config(init="text")
+
+
 # --- instruction tuning ---------------------------------------------------------------------------
 def test_instruction_tuning_is_lora_or_full_and_refuses_other_tasks(tmp_path):
     lora = prepared(tmp_path, "instruction-tuning").built.method
@@ -139,6 +152,24 @@ def test_dpo_starts_at_log_two_because_the_policy_is_the_reference(tmp_path):
     method.phase = "policy"
     losses = method.dpo_losses(method.model, p.fed.collate(p.clients[0].members[:4]))
     assert torch.allclose(losses, torch.full_like(losses, math.log(2.0)), atol=1e-5)
+
+
+def test_mean_pooled_reward_is_the_head_on_the_masked_mean_and_ignores_padding(tmp_path):
+    p = prepared(tmp_path, "rlhf", params={"reward_pooling": "mean"})
+    model = p.built.method.model.eval()
+    records = p.clients[0].members[:2]
+    batch, alone = p.fed.collate(records), p.fed.collate(records[:1])
+    with torch.no_grad():
+        hidden = model.inner(input_ids=alone["input_ids"], attention_mask=alone["attention_mask"],
+                             output_hidden_states=True).hidden_states[-1]  # the policy adapter: reward's is zero at start
+        expected = model.reward_head(hidden[0].mean(dim=0))
+        rewards = model.reward(batch["input_ids"], batch["attention_mask"])
+    assert batch["attention_mask"].sum(dim=1).min() < batch["attention_mask"].shape[1]  # one row is padded
+    assert torch.allclose(model.reward(alone["input_ids"], alone["attention_mask"]), expected, atol=1e-5)
+    short = int(batch["attention_mask"].sum(dim=1).argmin())
+    solo = p.fed.collate([records[short]])
+    with torch.no_grad():
+        assert torch.allclose(rewards[short], model.reward(solo["input_ids"], solo["attention_mask"])[0], atol=1e-5)
 
 
 def test_rlhf_trains_the_reward_model_then_the_policy_through_the_round_loop(tmp_path):

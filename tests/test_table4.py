@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import pytest
 from report_helpers import synthetic_grid
 
-from bench.reporting import leaderboard, paper4, table4
+from bench.reporting import leaderboard, matrix4, paper4, table4
 from bench.reporting.report import table4_markdown, write_table4_csv
 
 
@@ -54,7 +55,7 @@ def test_cells_from_a_synthetic_grid(cells):
         ("dp-local", "inversion"): ("partial", "agree"),
         ("secagg", "inversion"): ("mitigates", "agree"),
         ("secagg", "mia"): ("no effect", "not measurable"),        # SecAgg does not claim external MIA
-        ("secagg", "byzantine"): ("incompatible", "disagree"),     # the paper says all families apply to LoRA
+        ("secagg", "byzantine"): ("incompatible", "not measurable"),  # refused: a rule of ours, not a measurement
         ("robust-median", "backdoor"): ("partial", "agree"),
         ("robust-krum", "mia"): ("no effect", "not measurable"),
     }
@@ -99,6 +100,28 @@ def test_paper_marks():
                        utility_metric="u", utility_without=1.0, utility_with=1.0, utility_change=0.0, cost_factor=2.0,
                        cost_factor_bytes=20.0, epsilon=None, verdict="mitigates", reason="")
     assert paper4.compare(cell)[0] == "disagree"   # HE ran for RLHF, which the paper says is not fully available
+
+
+@pytest.mark.parametrize(("method", "defense"), [
+    ("lora", "robust-krum"),            # "applies": Krum refused at 4 clients per round (n < 2f + 3)
+    ("prompt-tuning", "robust-krum"),   # "limited"
+    ("rlhf", "secagg"),                 # "not fully available"
+    ("provider-tuning", "dp-local"),    # closed tier: "provider sees the data"
+])
+def test_a_refused_cell_is_shown_refused_and_never_counted_as_agree_or_disagree(method, defense):
+    """Krum's 4-client cells were counted as disagreeing with the paper's "applies" (and as agreeing with
+    "limited"): a grid-size refusal is not evidence about the paper's mark (issue 15)."""
+    cell = table4.Cell(tier="open-weight", method=method, defense=defense, role="mia", attack="a", metric="m", seeds=0,
+                       success_without=None, success_with=None, advantage_without=None, advantage_with=None,
+                       reduction=None, failure_level=None, change=None, change_low=None, change_high=None,
+                       threshold=None, paired_sd=None, mde=None, mde_goal=None, utility_metric="", utility_without=None,
+                       utility_with=None, utility_change=None, cost_factor=None, cost_factor_bytes=None, epsilon=None,
+                       verdict="incompatible", reason="robust-krum with f=1 needs at least 2f + 3 = 5 clients per round")
+    paper4.annotate(cell)
+    assert cell.comparison == "not measurable"
+    assert "refused" in cell.comparison_note and "2f + 3" in cell.comparison_note
+    _, _, [(_, [entry])] = matrix4.layout([dataclasses.asdict(cell)])
+    assert matrix4.cell_markdown(entry).startswith(matrix4.SYMBOL["incompatible"] + " ")  # shown refused, not bold
 
 
 def test_table4_csv_schema_and_markdown(cells, tmp_path):

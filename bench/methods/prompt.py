@@ -30,6 +30,9 @@ from bench.methods._common import HEAD_NAMES, Wrapper, seeded
 if TYPE_CHECKING:  # named in annotations only
     from bench.world.tasks import Task
 
+PROMPT_INITS = {"random": "RANDOM", "vocab": "SAMPLE_VOCAB"}
+"""Soft-prompt initialisations (peft's names): N(0, 1) rows, or embeddings of random vocabulary tokens."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class PromptSettings:
@@ -38,6 +41,18 @@ class PromptSettings:
     def __post_init__(self) -> None:
         if self.num_virtual_tokens < 1:
             raise ValueError("num_virtual_tokens must be at least 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SoftPromptSettings(PromptSettings):
+    init: str = doc("'random' (N(0, 1) rows, peft's default) or 'vocab' (embeddings of random vocabulary tokens, "
+                    "Lester et al. 2021's better start: the prompt starts at the scale of real token embeddings).",
+                    "random")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init not in PROMPT_INITS:
+            raise ValueError(f"init must be one of {', '.join(PROMPT_INITS)}")
 
 
 class SoftPromptModel(Wrapper):
@@ -128,7 +143,7 @@ class PromptLearning(Method):
 class PromptTuning(PromptLearning):
     """Trainable soft-prompt embeddings prepended to the input (Lester et al. 2021, peft)."""
 
-    Config = PromptSettings
+    Config = SoftPromptSettings
 
     def wrap(self, peft_model: nn.Module, task: Task) -> nn.Module:
         return SoftPromptModel(peft_model, task.kind == TaskKind.CLASSIFICATION)
@@ -137,6 +152,9 @@ class PromptTuning(PromptLearning):
         from peft import PromptTuningConfig
 
         return PromptTuningConfig
+
+    def peft_settings(self) -> dict[str, Any]:
+        return {**super().peft_settings(), "prompt_tuning_init": PROMPT_INITS[self.config.init]}
 
 
 @dataclass(frozen=True, kw_only=True)

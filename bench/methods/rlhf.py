@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from bench.world.tasks import Task
 
 REWARD_ADAPTER, POLICY_ADAPTER = "reward", "default"
+REWARD_POOLINGS = ("last", "mean")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +53,10 @@ class RlhfSettings(LoraSettings):
     beta: float = doc("KL strength: DPO's beta, or the KL penalty of the reward-driven step.", 0.1)
     samples: int = doc("Responses sampled per prompt by the reward-driven step (leave-one-out baseline).", 2)
     max_new_tokens: int = doc("Tokens sampled per response by the reward-driven step.", 12)
+    reward_pooling: str = doc(
+        "What the reward head reads: 'last' (the last real token's final hidden state, as in Ouyang et al.) or "
+        "'mean' (the mean final hidden state over the real tokens: a small model's last token attends to too "
+        "little of the answer to compare it with the prompt).", "last")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,14 +64,17 @@ class RlhfSettings(LoraSettings):
             raise ValueError("policy_step must be 'dpo' or 'reward'")
         if self.samples < 2 or self.reward_rounds < 0 or self.beta <= 0:
             raise ValueError("samples must be at least 2, reward_rounds non-negative and beta positive")
+        if self.reward_pooling not in REWARD_POOLINGS:
+            raise ValueError(f"reward_pooling must be one of {', '.join(REWARD_POOLINGS)}")
 
 
 class RlhfModel(Wrapper):
     """The policy (LoRA adapter ``default``) answers; ``reward`` scores sequences with the other adapter."""
 
-    def __init__(self, inner: nn.Module, reward_head: nn.Linear):
+    def __init__(self, inner: nn.Module, reward_head: nn.Linear, pooling: str = "last"):
         super().__init__(inner)
         self.reward_head = reward_head
+        self.pooling = pooling
 
     @contextlib.contextmanager
     def adapter(self, name: str) -> Iterator[None]:
@@ -83,8 +91,12 @@ class RlhfModel(Wrapper):
     def reward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with self.adapter(REWARD_ADAPTER):
             hidden = self.inner(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states[-1]
-        last_real = attention_mask.sum(dim=1) - 1  # right padding
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_real]
+        if self.pooling == "mean":
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        else:
+            last_real = attention_mask.sum(dim=1) - 1  # right padding
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_real]
         return self.reward_head(pooled.float()).squeeze(-1)
 
     def logprobs(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, reference: bool = False) -> torch.Tensor:
@@ -115,7 +127,7 @@ class Rlhf(Method):
         with seeded(rng):
             peft_model.add_adapter(REWARD_ADAPTER, lora_config(model, self.config, task))
             head = nn.Linear(model.config.hidden_size, 1).to(next(model.parameters()).device)
-        wrapped = RlhfModel(peft_model, head)
+        wrapped = RlhfModel(peft_model, head, self.config.reward_pooling)
         self._reward_names, self._policy_names = set(), set()
         for name, p in wrapped.named_parameters():
             part = self._reward_names if (f".{REWARD_ADAPTER}." in name or name.startswith("reward_head")) else (

@@ -10,17 +10,21 @@ mark them "provider sees the data" and expect no client-side defense to stop ``m
 
 Comparison rule (per cell, ``compare``):
 - our verdict is ``not applicable`` or ``failed`` -> **not measurable** (the reason is ours);
+- our verdict is ``incompatible`` (the runner refused the cell before training) -> **not measurable**,
+  whatever the mark: a refusal is one of this bench's own rules applied to this grid (Krum's n >= 2f + 3
+  at 4 clients per round, a trimmed mean that would trim nobody, a closed tier with no client-side
+  training), not a measurement, so it neither confirms nor contradicts the paper; the matrix shows it
+  as refused (⊘);
 - our verdict is ``inconclusive`` -> **not measurable** (the seeds cannot tell a mitigation from no
   change), except under "not fully available", where running at all is the evidence;
-- paper "applies": ours ``incompatible`` -> **disagree**; else on the family's target threats
+- paper "applies": on the family's target threats
   (DP: membership inference and inversion; SecAgg/HE: inversion at the server; robust aggregation:
   backdoor and Byzantine) ``mitigates``/``partial`` -> **agree**, ``no effect`` -> **disagree**; other
   threats -> **not measurable** (the paper makes no claim about them);
-- paper "limited": ``incompatible``, ``no effect`` or ``partial`` -> **agree**; ``mitigates`` on a
+- paper "limited": ``no effect`` or ``partial`` -> **agree**; ``mitigates`` on a
   target threat -> **disagree**; ``mitigates`` elsewhere -> not measurable;
-- paper "not fully available": ours ``incompatible`` -> **agree**; it ran -> **disagree** (evidence:
-  the verdict and the cost factor);
-- closed tiers: ``no effect``/``incompatible`` against the provider -> **agree**; otherwise disagree.
+- paper "not fully available": it ran -> **disagree** (evidence: the verdict and the cost factor);
+- closed tiers: ``no effect`` against the provider -> **agree**; otherwise disagree.
 
 Extraction (training-data and PII extraction; issue 20). The paper states no mark for extraction. Its
 DP mark says DP mitigates privacy attacks in general, so we read it as applying to extraction too:
@@ -90,23 +94,22 @@ def compare(cell: Cell) -> tuple[str, str]:
     target = cell.role in TARGETS.get(family(cell.defense), set())
     if cell.verdict in ("not applicable", "failed"):
         return "not measurable", cell.reason
+    if cell.verdict == "incompatible":
+        return "not measurable", f"refused before training, a rule of this grid rather than a measurement: {cell.reason}"
     if mark == "not fully available":
-        return ("agree", cell.reason) if cell.verdict == "incompatible" else ("disagree", f"ran: {_evidence(cell)}")
+        return "disagree", f"ran: {_evidence(cell)}"
     if cell.verdict == "inconclusive":
         return "not measurable", f"inconclusive: {cell.reason}"
     if mark == "applies":
-        if cell.verdict == "incompatible":
-            return "disagree", f"cannot run: {cell.reason}"
         if not target:
             return "not measurable", f"the paper's mark is about {family(cell.defense)} against its target threats"
         return ("agree", _evidence(cell)) if cell.verdict in ("mitigates", "partial") else ("disagree", _evidence(cell))
     if mark == "limited":
         if cell.verdict != "mitigates":
-            return "agree", cell.reason if cell.verdict == "incompatible" else _evidence(cell)
+            return "agree", _evidence(cell)
         return ("disagree", _evidence(cell)) if target else ("not measurable", "not a target threat")
     if mark == "provider sees the data":
-        ok = cell.verdict in ("no effect", "incompatible")
-        return ("agree" if ok else "disagree"), (cell.reason if cell.verdict == "incompatible" else _evidence(cell))
+        return ("agree" if cell.verdict == "no effect" else "disagree"), _evidence(cell)
     return "not measurable", "the paper states nothing for this method"
 
 
