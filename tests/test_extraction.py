@@ -239,3 +239,23 @@ def test_the_provider_log_holds_the_clients_pii_unless_they_scrub_it(tmp_path, d
     else:
         assert rate.value == 1.0 and egress == 1.0  # every uploaded record carried its PII to the provider
         assert rows[("none", "privacy.egress_pii_items")].value > 0
+
+
+def test_the_strongest_extraction_attack_is_the_one_furthest_above_its_own_floor():
+    """pii-infer picks among 10 candidates: its base model already scores ~0.13. pii-extract's floor is 0.
+    A run where pii-infer merely matches its floor and pii-extract finds some PII must headline
+    pii-extract (a raw maximum named pii-infer, and Table 4 then read an advantage of 0)."""
+    from report_helpers import run_rows
+
+    from bench.reporting import leaderboard, table4
+
+    metrics = {("none", "utility.rouge_l"): 0.5, ("pii-infer", "extraction.rate"): 0.133,
+               ("pii-extract", "extraction.rate"): 0.05, ("mia-loss", "mia.auc"): 0.6}
+    extras = {("pii-infer", "extraction.rate"): {"floor": 0.133, "family": "extraction"},
+              ("pii-extract", "extraction.rate"): {"floor": 0.0, "family": "extraction"}}
+    rows = run_rows("t4x[attacks=pii-extract+pii-infer]", 0, metrics=metrics, extras=extras)
+    rows[0]["extra"]["attack_families"] = {"pii-extract": "extraction", "pii-infer": "extraction"}
+    [row] = leaderboard.build(rows)
+    assert row["extraction_attack"] == "pii-extract" and row["extraction.rate"] == pytest.approx(0.05)
+    assert row["mia_attack"] == "mia-loss"  # families without stored floors: ranked above their chance level
+    assert table4._advantage(row, "extraction", {}, table4.floors(rows)) == pytest.approx(0.05)
