@@ -259,3 +259,32 @@ def test_the_strongest_extraction_attack_is_the_one_furthest_above_its_own_floor
     assert row["extraction_attack"] == "pii-extract" and row["extraction.rate"] == pytest.approx(0.05)
     assert row["mia_attack"] == "mia-loss"  # families without stored floors: ranked above their chance level
     assert table4._advantage(row, "extraction", {}, table4.floors(rows)) == pytest.approx(0.05)
+
+
+def test_table4_reports_what_scrubbing_leaves_behind_and_the_providers_log():
+    """A scrub-pii cell at a closed tier carries the residual identifier fraction of the scrubbed data, the
+    log's PII fraction without -> with the defense, and the utility cost; the markdown shows them."""
+    from report_helpers import run_rows
+
+    from bench.reporting import leaderboard, table4
+    from bench.reporting.report import cell_text
+
+    rows = []
+    for seed in range(3):
+        for defenses, rate, egress, utility in (("none", 0.55 + seed / 100, 0.58, 0.57), ("scrub-pii", 0.0, 0.0, 0.53)):
+            metrics = {("none", "utility.rouge_l"): utility, ("pii-provider", "extraction.rate"): rate,
+                       ("none", "privacy.egress_pii_fraction"): egress}
+            if defenses == "scrub-pii":
+                metrics[("none", "privacy.residual_pii_fraction")] = 0.06
+            extras = {("pii-provider", "extraction.rate"): {"floor": 0.0, "family": "extraction"}}
+            name = f"t4x[defenses={defenses},attacks=pii-provider]"
+            run = run_rows(name, seed, tier="black-box", method="textual-prompt", defenses=defenses,
+                           metrics=metrics, extras=extras)
+            run[0]["extra"]["attack_families"] = {"pii-provider": "extraction"}
+            rows += run
+    [cell] = table4.build(leaderboard.build(rows), stored=table4.floors(rows))
+    assert (cell.defense, cell.role, cell.verdict) == ("scrub-pii", "extraction", "mitigates")
+    assert cell.residual_pii_fraction == pytest.approx(0.06)
+    assert (cell.egress_pii_without, cell.egress_pii_with) == (pytest.approx(0.58), pytest.approx(0.0))
+    assert cell.utility_change == pytest.approx(-0.04)
+    assert "PII left 0.06" in cell_text(cell) and "PII in log 0.58→0.00" in cell_text(cell)
