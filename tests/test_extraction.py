@@ -155,10 +155,12 @@ def test_a_memorised_record_is_extracted_and_the_base_model_stays_at_its_floor(m
 
 
 def test_scrubbed_training_leaves_no_client_pii_for_the_pii_attacks(models):
-    base, _, scrubbed, tokenizer = models
-    view = _view(scrubbed, base, tokenizer)
-    assert _rates("pii-reconstruct", view)["extraction.rate"].value == 0.0
-    assert _rates("pii-extract", view, samples=2, prompt_words=2)["extraction.rate"].value == 0.0
+    """Same records, same training, scrubbed first: the attacks that find the PII in the memorising model
+    (the contrast, so that a zero here is the scrub's doing) find none in the scrubbed one."""
+    base, memorised, scrubbed, tokenizer = models
+    for attack, params in (("pii-reconstruct", {}), ("pii-extract", {"samples": 2, "prompt_words": 2})):
+        assert _rates(attack, _view(memorised, base, tokenizer), **params)["extraction.rate"].value > 0, attack
+        assert _rates(attack, _view(scrubbed, base, tokenizer), **params)["extraction.rate"].value == 0.0, attack
 
 
 def test_the_provider_reads_client_pii_from_its_log_only_from_client_requests(models):
