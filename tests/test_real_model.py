@@ -147,6 +147,15 @@ def test_a_scenario_trains_a_gguf_model_through_the_ordinary_run(tmp_path, cache
     assert rows[-1].extra["model"]["weights"].startswith("dequantised from ALL_F32")
 
 
+def test_smollm2_looks_for_shared_beside_the_checkout():
+    """The first place is ``../shared/models`` from the repository root (the folder holding pyproject.toml),
+    not from a package folder: a wrong root makes the slow test below skip silently everywhere."""
+    root = Path(__file__).absolute().parents[1]
+    assert (root / "pyproject.toml").is_file()
+    assert model_sources.REPO_ROOT == root
+    assert model_sources.smollm2_candidates()[0] == root.parent / "shared" / "models" / "smollm2-135m" / model_sources.SMOLLM2_FILE
+
+
 SHARED_SMOLLM2 = model_sources.smollm2_candidates()[0]
 
 

@@ -144,7 +144,7 @@ def test_an_empty_grid_says_what_is_missing_instead_of_an_empty_comparison(tmp_p
     notes = write_reports(store(tmp_path / "runs", rows), tmp_path / "out", figures=False)
     text = (tmp_path / "out" / "table4.md").read_text()
     assert "Comparison with the paper: ." not in text and "No Table 4 cell" in text
-    assert "no run has a membership, inversion, backdoor or Byzantine attack" in text
+    assert "no run has a membership, inversion, backdoor, Byzantine or extraction attack" in text
     assert any("no run has" in n for n in notes)
     page = (tmp_path / "out" / "index.html").read_text()
     assert '<ul id="table4-missing"><li>no run has a membership' in page   # the page says so too

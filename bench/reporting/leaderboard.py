@@ -4,7 +4,8 @@ Columns are fixed (``COLUMNS``, versioned by ``LEADERBOARD_SCHEMA``) so that dow
 tests can rely on them whatever attacks a grid uses. Per attack family (``mia``, ``inversion``,
 ``poison``; Byzantine attacks count as ``poison``) the row carries the metrics of the family's
 *strongest* attack in that run (highest headline metric: ``mia.auc``, ``inversion.rouge1``,
-``poison.asr``) and names it in ``<family>_attack``: a defender must beat the best attack, not the
+``poison.asr``, ``extraction.rate``, above the level the attack reaches when it fails: its stored ``floor``,
+else the metric's chance level) and names it in ``<family>_attack``: a defender must beat the best attack, not the
 average one. ``utility`` is the task's headline utility (``utility_metric`` says which). Missing
 values are empty cells. Everything here is a pure function of result rows.
 """
@@ -17,6 +18,7 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
+from bench.api.metrics import spec_of
 from bench.api.vocabulary import UTILITY_HEADLINE, JsonObject, JsonValue
 
 LEADERBOARD_SCHEMA = 4
@@ -113,17 +115,29 @@ def _group_runs(rows: Iterable[JsonObject]) -> dict[tuple[str, int], list[JsonOb
 def _strongest(rows: list[JsonObject], family: str, declared: dict[str, str]) -> JsonObject:
     """Metrics of the family's strongest attack in one run (with ``<family>_attack``), by declared family."""
     by_attack: dict[str, JsonObject] = {}
+    headline = FAMILY_HEADLINE[family]
+    advantage: dict[str, float] = {}
     for row in rows:
         if row["attack"] != "none" and declared.get(row["attack"]) == family:
             metrics = by_attack.setdefault(row["attack"], {})
             metrics[row["metric"]] = _number(row["value"])
             metrics[f"{row['metric']}_ci_low"] = _number(row.get("ci_low"))
             metrics[f"{row['metric']}_ci_high"] = _number(row.get("ci_high"))
+            if row["metric"] == headline and metrics[headline] is not None:
+                advantage[row["attack"]] = metrics[headline] - _failure_level(row, headline)
     if not by_attack:
         return {}
-    headline = FAMILY_HEADLINE[family]
-    best = max(sorted(by_attack), key=lambda a: -math.inf if by_attack[a].get(headline) is None else by_attack[a][headline])
+    best = max(sorted(by_attack), key=lambda a: advantage.get(a, -math.inf))
     return {f"{family}_attack": best, **{k: by_attack[best].get(k) for k in FAMILY_METRICS[family]}}
+
+
+def _failure_level(row: JsonObject, headline: str) -> float:
+    """What the attack scores when it fails: the ``floor`` its row stored, else the metric's chance level.
+    Strongest = largest headline minus this: attacks of one family can fail at different levels (pii-infer
+    picks among 10 candidates, so its base model already scores about 0.1; pii-extract's base scores 0),
+    and a raw maximum would name an attack that did no better than its own floor."""
+    floor = _number(row_extra(row).get("floor"))
+    return floor if floor is not None else (spec_of(headline).chance or 0.0)
 
 
 def leaderboard_row(rows: list[JsonObject], scenario_attacks: list[str] | None = None) -> JsonObject:

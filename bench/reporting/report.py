@@ -133,6 +133,10 @@ def cell_text(cell: table4.Cell) -> str:
         extras.append(f"Δu {cell.utility_change:+.2f}")
     if cell.cost_factor is not None:
         extras.append(f"×{cell.cost_factor:.1f}")
+    if cell.residual_pii_fraction is not None:
+        extras.append(f"PII left {cell.residual_pii_fraction:.2f}")
+    if cell.egress_pii_with is not None and cell.egress_pii_without is not None:
+        extras.append(f"PII in log {cell.egress_pii_without:.2f}→{cell.egress_pii_with:.2f}")
     return f"{moved} {cell.verdict} ({', '.join(extras)}) · {COMPARISON_MARK.get(cell.comparison, cell.comparison)}"
 
 
@@ -155,7 +159,8 @@ TABLE4_LEGEND = """
 Each cell: attack success without → with the defense (headline metric of the attack, mean over
 paired seeds), the verdict, the paired change of the attack's advantage with its 95% interval (Δ),
 the change in headline utility (Δu) and the compute cost factor (×, client + server seconds per
-round), then our comparison with the paper's mark (agree, **disagree**, n/m = not measurable).
+round), for a PII defense the fraction of identifier-like tokens left in the training data (PII left)
+and at the closed tiers the fraction of the members' PII in the provider's log (PII in log), then our comparison with the paper's mark (agree, **disagree**, n/m = not measurable).
 """
 
 

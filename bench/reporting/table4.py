@@ -29,6 +29,10 @@ power) beside ``mde_goal`` (the metric's declared goal: 0.05 AUC, 0.1 for rates)
 Utility change = mean paired difference of the headline utility (with - without). Cost factor =
 mean client + server seconds per round with / without (wall time would also count the attacks);
 ``cost_factor_bytes``: bytes up per round with / without.
+What a PII defense leaves behind (empty where no run reports it): ``residual_pii_fraction`` (mean over the
+defended runs of ``privacy.residual_pii_fraction``: identifier-like tokens still in the scrubbed training
+records) and, at the closed tiers, ``egress_pii_without``/``egress_pii_with`` (``privacy.egress_pii_fraction``:
+the members' PII the provider's request log holds, whichever attack headlines the cell).
 The paper's column and the agree/disagree rule live in ``bench.reporting.paper4``.
 """
 
@@ -101,6 +105,9 @@ class Cell:
     paper_note: str = ""
     comparison: str = ""
     comparison_note: str = ""
+    residual_pii_fraction: float | None = None
+    egress_pii_without: float | None = None
+    egress_pii_with: float | None = None
 
 
 TABLE4_COLUMNS = [f.name for f in fields(Cell)]
@@ -223,6 +230,9 @@ def make_cell(key: tuple, rows: list[dict], baseline: list[dict], clean: dict[tu
                 epsilon=_mean([d.get("dp.epsilon") for _, d in pairs]), verdict="", reason="")
     if cell.utility_with is not None and cell.utility_without is not None:
         cell.utility_change = cell.utility_with - cell.utility_without
+    cell.residual_pii_fraction = _mean([d.get("privacy.residual_pii_fraction") for _, d in pairs])
+    cell.egress_pii_without = _mean([b.get("privacy.egress_pii_fraction") for b, _ in pairs])
+    cell.egress_pii_with = _mean([d.get("privacy.egress_pii_fraction") for _, d in pairs])
     decided = _status_verdict(rows, baseline)
     if decided:
         cell.verdict, cell.reason = decided
@@ -302,7 +312,8 @@ def missing(board: list[JsonObject], cells: list[Cell], limit: int = 20) -> list
         return ["no runs in the results"]
     runs, _ = _index(board)
     if not runs:
-        return ["no run has a membership, inversion, backdoor or Byzantine attack, so there is no Table 4 cell"]
+        return ["no run has a membership, inversion, backdoor, Byzantine or extraction attack, so there is no Table 4 "
+                "cell"]
     spans: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
     for tier, method, defense, role in runs:
         methods, defenses = spans.setdefault((tier, role), (set(), {"none"}))

@@ -46,8 +46,9 @@ if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
 GGUF_VERSION = 1
 """Part of the cache key: bump when the conversion changes what it writes."""
 
-REPO_ROOT = Path(__file__).absolute().parent.parent
-"""The checkout; ``../shared`` sits beside it on every developer machine, in CI and on a lent GPU."""
+REPO_ROOT = Path(__file__).absolute().parents[2]
+"""The checkout (this file is bench/world/model_sources.py); ``../shared`` sits beside it on every developer
+machine, in CI and on a lent GPU."""
 
 SOURCE_FILE = "gguf_source.json"
 """Written into the converted directory: which file it came from and its quantisation."""
