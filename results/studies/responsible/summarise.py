@@ -27,14 +27,17 @@ def cell_of(scenario: str) -> tuple[float, str] | None:
 def main(directory: str) -> None:
     asr, floors, counts, seeds = defaultdict(list), defaultdict(list), defaultdict(list), set()
     other: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    twins: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     agreement = None
     for line in (Path(directory) / "results.jsonl").read_text().splitlines():
         for row in json.loads(line).get("rows", []):
             cell = cell_of(row.get("scenario", ""))
             if row.get("status") != "ok" or cell is None or "poison-harmful" not in row.get("scenario", ""):
                 continue
-            if not json.dumps(row.get("extra", {})).count("training_attacks") and cell[0] > 0:
-                continue  # the attacker-free twin of an attacked cell (for poison.utility_drop), not the cell
+            if row.get("scenario", "").endswith("~no-attackers"):  # the attacker-free twin (poison.utility_drop's reference)
+                if row["metric"] in REPORTED and row.get("attack") == "none":
+                    twins[cell[1]][row["metric"]].append(row["value"])
+                continue
             seeds.add(row["seed"])
             extra = row.get("extra") or {}
             if row["metric"] == "poison.asr":
@@ -60,6 +63,15 @@ def main(directory: str) -> None:
               f"| {mean(o['safety.filtered_fraction']):.3f} | {mean(o['safety.revised_records']):.1f} "
               f"| {mean(o['safety.revision_refusal_rate']):.3f} | {mean(o['safety.revision_dropped']):.1f} "
               f"| {mean(o['cost.wall_s']):.0f} |")
+
+    print("\nAttacker-free twins (the same federation with no harmful client), per defense:\n")
+    print("| defense | ROUGE-L | exact match | records filtered | records revised |")
+    print("| --- | --- | --- | --- | --- |")
+    for defense in ("none", "safety-filter", "constitutional"):
+        if defense in twins:
+            t = twins[defense]
+            print(f"| {defense} | {mean(t['utility.rouge_l']):.3f} | {mean(t['utility.exact_match']):.3f} "
+                  f"| {mean(t['safety.filtered_fraction']):.3f} | {mean(t['safety.revised_records']):.1f} |")
 
 
 if __name__ == "__main__":
