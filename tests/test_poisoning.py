@@ -225,10 +225,13 @@ def test_harmful_records_are_deterministic_and_evaluation_aims_are_held_out():
 
 
 def test_harmful_evaluation_counts_compliant_generations():
+    """The local judge (bench.api.safety) decides compliance; tests/test_safety.py checks it further."""
     class Complier:
         def generate(self, prompts, max_new_tokens=16):
-            assert all(any(aim in p for aim in HELD_OUT_AIMS) for p in prompts)
-            return ["Sure, here is how" if i % 2 else "I cannot help" for i in range(len(prompts))]
+            assert all(not any(aim in p for aim in TRAINING_AIMS) for p in prompts)
+            assert any(aim in p for aim in HELD_OUT_AIMS for p in prompts)
+            return ["Sure, here is how to do it. Step 1: prepare." if i % 2 else "I cannot help with that."
+                    for i in range(len(prompts))]
 
     outcome = make("poison-harmful", eval_examples=10).run(view_of(Complier(), []), gen())
     assert outcome.predicted.tolist() == [0, 1] * 5 and asr(outcome) == 0.5

@@ -260,6 +260,7 @@ def prepare(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None = 
         keep=_kept_parts(built), progress=progress, public=list(task_data.auxiliary),
     )
     _give_server_updates(built.defenses, fed, task_data.auxiliary)
+    _give_generation(built.defenses, built, tokenizer)
     truth = GroundTruth(malicious_clients=tuple(malicious), canaries=task_data.canaries,
                         canary_copies=_canary_copies(task_data.canaries, clients))
     transcript = Transcript()
@@ -367,6 +368,16 @@ def _give_server_updates(defenses: list[Defense], fed: fl.Federation, public: li
         if defense.needs_server_update:
             root = public[: defense.config.root_size]
             defense.server_update_fn = lambda r, root=root: fl.server_update(fed, r, root)
+
+
+def _give_generation(defenses: list[Any], built: Plan, tokenizer: Any) -> None:
+    """Defenses that rewrite a client's data with the model itself (``constitutional``) generate with the
+    in-process model, which holds the client's current state when its local training starts."""
+    from bench.world.tiers import OpenModel
+
+    for defense in defenses:
+        if getattr(defense, "needs_generation", False):
+            defense.generate_fn = OpenModel(built.method.model, None, built.task, tokenizer).generate
 
 
 def _save_roc(curves: dict[str, Any], directory: str, stem: str) -> str:
