@@ -11,7 +11,7 @@ from bench.store.results import Row
 
 def declared(attacks: list[str]) -> dict[str, dict[str, str]]:
     """What the runner stores in a run's first row for its attacks: each one's declared family and role."""
-    classes = {a: ATTACKS.get(a) for a in attacks}
+    classes = {a: ATTACKS.get(a) for a in attacks if a in ATTACKS}  # a test's made-up attack declares its own
     return {"attack_families": {a: str(c.family) for a, c in classes.items()},
             "attack_roles": {a: str(c.table_role()) for a, c in classes.items()}}
 
@@ -43,7 +43,8 @@ def run_rows(scenario: str, seed: int, *, method: str = "lora", defenses: str = 
     own = declared(attacks)
     rows = [asdict(Row(attack=attack, metric=metric, value=value, **base, extra={
         **extras.get((attack, metric), {}),
-        **({"family": own["attack_families"][attack], "role": own["attack_roles"][attack]} if attack != "none" else {})}))
+        **({"family": own["attack_families"][attack], "role": own["attack_roles"][attack]}
+           if attack in own["attack_families"] else {})}))
         for (attack, metric), value in metrics.items()]
     rows[0]["extra"] = {**rows[0]["extra"], **first}
     return rows

@@ -194,10 +194,11 @@ def _extraction_run(defenses: str, seed: int, rate: float, base: float) -> list[
     name = f"t4x[defenses={defenses},attacks=leak-anything]"  # a name no prefix rule knows
     metrics = {("none", "utility.accuracy"): 0.9, ("leak-anything", "extraction.rate"): rate,
                ("leak-anything", "extraction.base_rate"): base}
-    extras = {("leak-anything", "extraction.rate"): {"floor": base, "family": "extraction"},
-              ("leak-anything", "extraction.base_rate"): {"family": "extraction"}}
+    extras = {("leak-anything", "extraction.rate"): {"floor": base, "family": "extraction", "role": "extraction"},
+              ("leak-anything", "extraction.base_rate"): {"family": "extraction", "role": "extraction"}}
     rows = run_rows(name, seed, defenses=defenses, metrics=metrics, extras=extras)
     rows[0]["extra"]["attack_families"] = {"leak-anything": "extraction"}
+    rows[0]["extra"]["attack_roles"] = {"leak-anything": "extraction"}
     return rows
 
 

@@ -18,8 +18,8 @@ from bench.api.registry import PROTOCOLS
 from bench.api.transcript import GroundTruth, Transcript
 from bench.engine import federation as fl
 from bench.engine.protocols.kd import distil, shared_logits
-from bench.testing.inversion import TinyArch, build_method, collate, random_sequences
 from bench.spec.scenario import Federation as FederationSettings
+from bench.testing.inversion import TinyArch, build_method, collate, random_sequences
 from bench.world.partition import ClientData
 
 ARCH = TinyArch(family="gpt2", vocab=64, hidden=32, layers=2, heads=2, positions=16)

@@ -101,6 +101,9 @@ class Defense:
     ``transport`` or ``aggregate`` must declare ``TRANSPORT`` or ``AGGREGATION`` (checked at import)."""
     replaces_training: ClassVar[bool] = False
     """True when ``wrap_training`` runs its own trainer (DP-SGD) instead of wrapping the given one."""
+    needs_generation: ClassVar[bool] = False
+    """True when the defense rewrites a client's data with the model itself (``constitutional``): the engine
+    then sets ``generate_fn`` before training."""
     needs_server_update: ClassVar[bool] = False
     """True when the aggregation rule needs a server update trained on a public root set each round
     (FLTrust): the engine then sets ``server_update_fn`` before training."""

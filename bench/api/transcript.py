@@ -41,11 +41,21 @@ class FederationSettings(Protocol):
     def protocol(self) -> str: ...
 
 
+class NamedComponent(Protocol):
+    """A scenario's component as planned: its registered name (``bench.spec.scenario.Component``)."""
+
+    @property
+    def name(self) -> str: ...
+
+
 class PlannedScenario(Protocol):
     """What a defense reads of the scenario it is planned into (``bench.spec.scenario.Scenario`` has it)."""
 
     @property
     def federation(self) -> FederationSettings: ...
+
+    @property
+    def tier(self) -> NamedComponent: ...
 
 
 @dataclass

@@ -370,13 +370,13 @@ def _give_server_updates(defenses: list[Defense], fed: fl.Federation, public: li
             defense.server_update_fn = lambda r, root=root: fl.server_update(fed, r, root)
 
 
-def _give_generation(defenses: list[Any], built: Plan, tokenizer: Any) -> None:
+def _give_generation(defenses: list[Defense], built: Plan, tokenizer: Any) -> None:
     """Defenses that rewrite a client's data with the model itself (``constitutional``) generate with the
     in-process model, which holds the client's current state when its local training starts."""
     from bench.world.tiers import OpenModel
 
     for defense in defenses:
-        if getattr(defense, "needs_generation", False):
+        if defense.needs_generation:
             defense.generate_fn = OpenModel(built.method.model, None, built.task, tokenizer).generate
 
 

@@ -47,6 +47,7 @@ from bench.api.defense import Defense, DefenseSlot
 from bench.api.registry import DEFENSES
 from bench.api.safety import local_judge
 from bench.api.seeding import derive_seed
+from bench.api.transcript import PlannedScenario
 from bench.api.vocabulary import PROMPT_TEMPLATE, TierName
 from defenses.safety._examples import request_response, training_on, with_response
 
@@ -108,8 +109,8 @@ class Constitutional(Defense):
         """(request, response) of a harmful-request record -> (revision, the judge's label of it)."""
         self._seconds = 0.0
 
-    def check_compatible(self, others: list[Defense], scenario: Any) -> str | None:
-        tier = getattr(getattr(scenario, "tier", None), "name", None)
+    def check_compatible(self, others: list[Defense], scenario: PlannedScenario) -> str | None:
+        tier = scenario.tier.name
         if tier in (TierName.GRAY_BOX, TierName.BLACK_BOX):  # the model is at the provider, not on the client
             return f"constitutional revises with the client's own model, which the {tier} tier does not give it"
         return super().check_compatible(others, scenario)
