@@ -253,7 +253,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
         curve = learning.LearningCurve(measure, built.method.set_flat, base=base)
         p.fed.observers.append(curve)
     reset_peak_memory(p.device)
-    stats = fl.run(p.fed, p.transcript, p.truth)
+    stats = _federate(p)
     if "client_batches" in p.fed.keep:  # the inversion scorer's floor: records no client trained on
         p.truth.held_out = held_out_tokens(built.task, p.task_data.test, p.tokenizer, p.device)
     result = RunResult(device=describe(p.device), skipped=[(name, "incompatible", why) for name, why in built.refused])
@@ -298,6 +298,15 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: Any, figures: str
     result.extra.update({"trainable_params": built.method.num_trainable, "malicious": list(p.fed.malicious),
                          "model": built.model_source.metadata(), "train_batching": stats.batching.record()})
     return result
+
+
+def _federate(p: Prepared) -> fl.FederationStats:
+    """The rounds, by the engine the scenario names; Flower is imported only when asked for (an optional extra)."""
+    if p.scenario.federation.engine == "flower":
+        from bench.engine.flower.simulation import run_rounds
+
+        return run_rounds(p)
+    return fl.run(p.fed, p.transcript, p.truth)
 
 
 HELD_OUT_RECORDS = 64

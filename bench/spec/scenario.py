@@ -77,6 +77,11 @@ class Federation:
         "as before batching existed), or 'auto': as many as measured free memory allows (CUDA), at most 16 on CPU. "
         "An execution setting, outside the scenario hash: batched and sequential training agree within float "
         "tolerance (rtol 1e-4 on updates), not bit for bit.", "auto")
+    engine: Literal["inprocess", "flower"] = doc(
+        "Who runs the rounds: inprocess (TierBench's own loop, this process), or flower (Flower 1.41's simulation "
+        "engine: a ServerApp whose strategy is TierBench's server side, ClientApps running TierBench's local training; "
+        "needs the `fl` extra). An execution setting, outside the scenario hash: the same metrics as inprocess with "
+        "client_batch 1 (clients train one after another in both).", "inprocess")
     mia_nonmembers: int = doc("Non-members scored by membership attacks when more than the members (0 = as many as "
                               "the members drawn, from mia_candidates): a low false-positive rate is only resolved "
                               "with many non-members (FPR 1% needs 1000 for 10 false positives); lower "
@@ -241,7 +246,7 @@ REPO_ROOT = Path(__file__).absolute().parent.parent
 """Data and model paths enter a scenario's identity relative to this folder (see ``identity_path``)."""
 
 
-EXECUTION_ONLY = ("client_batch",)
+EXECUTION_ONLY = ("client_batch", "engine")
 """Federation fields that change how training is executed, not what it computes (within float tolerance):
 left out of the identity, so published hashes and stored runs stay valid."""
 

@@ -1,0 +1,100 @@
+"""The server side of TierBench's rounds as a Flower Strategy.
+
+``configure_train`` samples the round's clients with TierBench's seeded sampler
+(``federation.begin_round``) and sends each its job; ``aggregate_train`` hands the replies to
+``federation.finish_round``: participant attacks, client-update defenses, the transport (what the
+server receives, kept in the transcript the attacks read), the aggregation rule and the server-side
+defenses. Flower's ``Strategy.start`` drives the rounds; there is no second loop here.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from bench.engine import federation as fl
+from bench.engine.flower import import_flwr, state, wire
+
+import_flwr()
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
+from flwr.serverapp import Grid  # noqa: E402
+from flwr.serverapp.strategy import Strategy  # noqa: E402
+
+
+class TierBenchStrategy(Strategy):
+    """TierBench's server over a prepared run (``runner.prepare``); ``transcript`` and ``truth`` fill as in-process."""
+
+    def __init__(self, p: Any) -> None:
+        self.p = p
+        self.fed = p.fed
+        self.transport = fl.transport_of(p.fed.defenses)
+        self.stats = fl.FederationStats()
+        self.global_state = p.fed.method.get_flat()
+        self.scenario_bytes = pickle.dumps(p.scenario)
+        self._pending: tuple[Any, ...] | None = None
+
+    def initial_arrays(self) -> ArrayRecord:
+        return wire.flat_record(self.global_state)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        r = server_round - 1  # Flower counts from 1, TierBench's seeds and records from 0
+        sampled, record, rng = fl.begin_round(self.fed, r, self.global_state)
+        nodes = sorted(grid.get_node_ids())
+        if not nodes:
+            raise RuntimeError("no Flower SuperNode is connected")
+        self._pending = (r, record, rng, time.perf_counter())
+        return [Message(RecordDict({wire.GLOBAL: arrays, wire.JOB: self._job(r, c)}),
+                        dst_node_id=nodes[c % len(nodes)], message_type=MessageType.TRAIN) for c in sampled]
+
+    def _job(self, r: int, client: int) -> ConfigRecord:
+        return ConfigRecord({"round": r, "client": client, "seed": self.p.seed, "scenario": self.scenario_bytes})
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        r, record, rng, started = self._pending
+        received = self._received(r, list(replies))
+        updates = {}
+        for c in record.sampled:  # sampled order, as the in-process loop: losses, ledgers, then the server side
+            if c not in received:
+                raise RuntimeError(f"round {r}: no reply from client {c}")
+            update, result = received[c]
+            updates[c] = update.to(self.p.device)
+            self.stats.train_losses.append(float(result["loss"]))
+            batches = wire.load_batches(str(result["batches"]))
+            if batches is not None and "client_batches" in self.fed.keep:
+                self.p.truth.client_batches[(r, c)] = batches
+            for defense, changed in zip(self.fed.defenses, pickle.loads(bytes(result["defense_state"]))):
+                state.apply(defense, changed)
+        self.global_state = fl.finish_round(self.fed, r, record, rng, updates, self.global_state, self.transport,
+                                            self.p.transcript, self.stats, started)
+        for observe in self.fed.observers:
+            observe(r, self.global_state)
+        if self.fed.progress is not None:
+            self.fed.progress.update(1)
+        return wire.flat_record(self.global_state), None
+
+    @staticmethod
+    def _received(r: int, replies: list[Message]) -> dict[int, tuple[Any, Any]]:
+        received = {}
+        for reply in replies:
+            if reply.has_error():
+                raise RuntimeError(f"round {r}: a Flower client failed: {reply.error.reason}")
+            result = reply.content[wire.RESULT]
+            received[int(result["client"])] = (wire.flat_of(reply.content[wire.UPDATE], wire.UPDATE), result)
+        return received
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return []  # utility is measured on the final model after the rounds, as in-process
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
+
+    def summary(self) -> None:
+        pass
+
+    def finish(self) -> fl.FederationStats:
+        """After the last round: the method holds the final global state (as ``federation.run`` leaves it)."""
+        self.fed.method.set_flat(self.global_state)
+        return self.stats
