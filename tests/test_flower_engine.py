@@ -97,9 +97,9 @@ def test_a_ledger_entry_grown_by_a_job_is_carried_as_the_steps_it_added():
     assert server_side.mode == "vmap"
 
 
-def test_strategy_and_client_app_reproduce_the_in_process_rounds_bit_for_bit():
-    """The smoke cell (LoRA), two SuperNodes serving four clients: global state, transcript and truth agree exactly."""
-    scenario = engine(load("scenarios/smoke.yaml")[1], "flower")
+def test_strategy_and_client_app_reproduce_the_in_process_rounds_bit_for_bit(tmp_path):
+    """LoRA, two SuperNodes serving three clients: global state, transcript and losses agree exactly."""
+    scenario = engine(make_scenario(tmp_path), "flower")
     expected, expected_stats = in_process(scenario)
     got, stats = through_grid(scenario, nodes=2)
     assert torch.equal(got.fed.method.get_flat(), expected.fed.method.get_flat())
@@ -112,7 +112,7 @@ def test_strategy_and_client_app_reproduce_the_in_process_rounds_bit_for_bit():
 def test_the_server_records_what_it_received_and_the_ledger_of_client_side_dp(tmp_path):
     """dp-local: the clients' DP-SGD steps reach the server's accountant; the server keeps the updates the
     attacks read; the clients' trained batches come back as ground truth."""
-    scenario = engine(make_scenario(tmp_path, method="fft", attacks=["inversion-tokens"], defenses=FAMILIES["dp-local"],
+    scenario = engine(make_scenario(tmp_path, attacks=["mia-gradient"], defenses=FAMILIES["dp-local"],
                                     federation={"rounds": 1}), "flower")
     expected, _ = in_process(scenario)
     got, _ = through_grid(scenario, nodes=3)

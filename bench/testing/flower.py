@@ -30,7 +30,8 @@ class InProcessGrid:
         replies = []
         for message in messages:
             self.sent.append(message)
-            context = Context(run_id=1, node_id=message.metadata.dst_node_id, node_config={}, state=RecordDict(),
+            context = Context(run_id=1, node_id=message.metadata.dst_node_id, node_config={"partition-id": self.nodes.index(message.metadata.dst_node_id),
+                                           "num-partitions": len(self.nodes)}, state=RecordDict(),
                               run_config={})
             TaskIdentity.node_id = message.metadata.dst_node_id
             try:

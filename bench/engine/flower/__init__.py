@@ -21,3 +21,8 @@ def import_flwr() -> Any:
     except ImportError as error:
         raise UserError(f"federation.engine: flower needs Flower 1.41 (pip install 'tierbench[fl]'): {error}") from None
     return flwr
+
+
+GRIDS: list[Any] = []
+"""The Grid of a ServerApp running in this process (deployment mode pushes it while the run executes):
+``simulation.run_rounds`` sends the rounds through it instead of starting a simulation."""

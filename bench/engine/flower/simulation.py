@@ -1,4 +1,5 @@
-"""``federation.engine: flower``: a prepared run's rounds through Flower's simulation engine.
+"""``federation.engine: flower``: a prepared run's rounds through Flower's simulation engine (or, inside a
+deployed ServerApp, through its Grid: ``bench.engine.flower.deployment``).
 
 The ServerApp runs in this process (a thread of ``run_simulation``) with ``TierBenchStrategy`` over
 the run ``runner.prepare`` built, so the transcript and ground truth land where the in-process engine
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.engine import federation as fl
-from bench.engine.flower import import_flwr
+from bench.engine.flower import GRIDS, import_flwr
 
 
 def run_rounds(p: Any) -> fl.FederationStats:
@@ -34,6 +35,9 @@ def run_rounds(p: Any) -> fl.FederationStats:
     from bench.engine.flower.strategy import TierBenchStrategy
 
     strategy = TierBenchStrategy(p)
+    if GRIDS:  # inside a deployed ServerApp: its SuperLink's SuperNodes train
+        strategy.start(grid=GRIDS[-1], initial_arrays=strategy.initial_arrays(), num_rounds=p.scenario.federation.rounds)
+        return _finish(p, strategy)
     server = ServerApp()
 
     @server.main()
@@ -43,6 +47,10 @@ def run_rounds(p: Any) -> fl.FederationStats:
     with flower_home() as home:
         run_simulation(server_app=server, client_app=client.app, num_supernodes=p.scenario.federation.clients,
                        backend_config=backend_config(p.scenario, home))
+    return _finish(p, strategy)
+
+
+def _finish(p: Any, strategy: Any) -> fl.FederationStats:
     if len(p.transcript.rounds) != p.scenario.federation.rounds:  # Flower logs a failed round and goes on
         raise RuntimeError(f"Flower ran {len(p.transcript.rounds)} of {p.scenario.federation.rounds} rounds")
     return strategy.finish()
