@@ -155,3 +155,15 @@ def test_simulation_engine_gives_the_in_process_metrics_per_defense_family(tmp_p
     flower_rows = runner.execute(engine(scenario, "flower"), 0)
     assert {r.attack for r in flower_rows if r.value is not None} >= set(ATTACKS)
     assert_same_metrics(flower_rows, runner.execute(engine(scenario, "inprocess"), 0))
+
+
+@pytest.mark.slow  # a SuperLink, two SuperNodes and their app processes start; minutes on 2 loaded cores
+@pytest.mark.parametrize("family", ["smoke", *sorted(FAMILIES)])
+def test_deployment_engine_gives_the_in_process_metrics(tmp_path, family):
+    """A SuperLink and two SuperNodes as separate processes on localhost (insecure), the app submitted with
+    ``flwr run``: the rows its ServerApp wrote equal the in-process engine's."""
+    from bench.engine.flower.deployment import run_scenario
+
+    scenario = load("scenarios/smoke.yaml")[0] if family == "smoke" else family_scenario(tmp_path, family)
+    flower_rows = run_scenario(engine(scenario, "flower"), 0, supernodes=2)
+    assert_same_metrics(flower_rows, runner.execute(engine(scenario, "inprocess"), 0))

@@ -80,7 +80,9 @@ def run_scenario(scenario: Any, seed: int, *, supernodes: int = 2, timeout: floa
 
 def _env(home: Path) -> dict[str, str]:
     path = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return {**os.environ, "FLWR_HOME": str(home / "flwr"), "RAY_TMPDIR": str(home / "ray"), "PYTHONPATH": path}
+    binaries = os.pathsep.join([str(BIN), os.environ.get("PATH", "")])  # the SuperLink and SuperNodes start Flower's
+    return {**os.environ, "FLWR_HOME": str(home / "flwr"), "RAY_TMPDIR": str(home / "ray"), "PYTHONPATH": path,
+            "PATH": binaries, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}  # executors (flower-superexec) by name
 
 
 @contextlib.contextmanager
