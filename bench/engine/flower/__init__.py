@@ -9,6 +9,7 @@ The round loop stays ``bench.engine.federation``'s: the strategy calls its ``beg
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from bench.api.errors import UserError
@@ -23,6 +24,14 @@ def import_flwr() -> Any:
     return flwr
 
 
-GRIDS: list[Any] = []
-"""The Grid of a ServerApp running in this process (deployment mode pushes it while the run executes):
-``simulation.run_rounds`` sends the rounds through it instead of starting a simulation."""
+@dataclass(frozen=True)
+class DeployedGrid:
+    grid: Any
+    """The Grid of a ServerApp running in this process (deployment)."""
+    min_nodes: int
+    """SuperNodes started for it: the rounds wait until they are connected."""
+
+
+GRIDS: list[DeployedGrid] = []
+"""Pushed by a deployed ServerApp while its run executes: ``simulation.run_rounds`` sends the rounds
+through it instead of starting a simulation."""

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.engine.flower import GRIDS, import_flwr
+from bench.engine.flower import GRIDS, DeployedGrid, import_flwr
 
 APP_DIR = Path(__file__).parent / "app"
 REPO_ROOT = Path(__file__).absolute().parents[3]
@@ -43,7 +43,7 @@ def _server_app() -> Any:
 
         job = Path(str(context.run_config["job"]))
         scenario, seed = pickle.loads(job.read_bytes())
-        GRIDS.append(grid)
+        GRIDS.append(DeployedGrid(grid, int(context.run_config.get("supernodes", 1))))
         try:
             rows = runner.execute(scenario, seed)
         finally:
@@ -66,7 +66,8 @@ def run_scenario(scenario: Any, seed: int, *, supernodes: int = 2, timeout: floa
         job = home / "job.pkl"
         job.write_bytes(pickle.dumps((scenario, seed)))
         out = job.with_suffix(".rows")
-        submit = subprocess.run([str(BIN / "flwr"), "run", str(APP_DIR), connection, "--run-config", f'job="{job}"'],
+        submit = subprocess.run([str(BIN / "flwr"), "run", str(APP_DIR), connection, "--run-config",
+                                 f'job="{job}" supernodes={supernodes}'],
                                 env=_env(home), capture_output=True, text=True, timeout=300)
         if submit.returncode != 0:
             raise RuntimeError(f"flwr run failed: {submit.stdout[-2000:]} {submit.stderr[-2000:]}")

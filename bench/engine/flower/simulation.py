@@ -34,9 +34,10 @@ def run_rounds(p: Any) -> fl.FederationStats:
     from bench.engine.flower import client
     from bench.engine.flower.strategy import TierBenchStrategy
 
-    strategy = TierBenchStrategy(p)
+    nodes = p.scenario.federation.clients  # one SuperNode per client in simulation
+    strategy = TierBenchStrategy(p, min_nodes=GRIDS[-1].min_nodes if GRIDS else nodes)
     if GRIDS:  # inside a deployed ServerApp: its SuperLink's SuperNodes train
-        strategy.start(grid=GRIDS[-1], initial_arrays=strategy.initial_arrays(), num_rounds=p.scenario.federation.rounds)
+        strategy.start(grid=GRIDS[-1].grid, initial_arrays=strategy.initial_arrays(), num_rounds=p.scenario.federation.rounds)
         return _finish(p, strategy)
     server = ServerApp()
 
@@ -45,7 +46,7 @@ def run_rounds(p: Any) -> fl.FederationStats:
         strategy.start(grid=grid, initial_arrays=strategy.initial_arrays(), num_rounds=p.scenario.federation.rounds)
 
     with flower_home() as home:
-        run_simulation(server_app=server, client_app=client.app, num_supernodes=p.scenario.federation.clients,
+        run_simulation(server_app=server, client_app=client.app, num_supernodes=nodes,
                        backend_config=backend_config(p.scenario, home))
     return _finish(p, strategy)
 

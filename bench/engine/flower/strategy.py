@@ -27,8 +27,11 @@ from flwr.serverapp.strategy import Strategy  # noqa: E402
 class TierBenchStrategy(Strategy):
     """TierBench's server over a prepared run (``runner.prepare``); ``transcript`` and ``truth`` fill as in-process."""
 
-    def __init__(self, p: Any) -> None:
+    def __init__(self, p: Any, *, min_nodes: int = 1, wait_s: float = 600.0) -> None:
+        """``min_nodes``: SuperNodes to wait for before the first round (Flower registers them while the
+        ServerApp starts); ``wait_s``: how long to wait for them."""
         self.p = p
+        self.min_nodes, self.wait_s = min_nodes, wait_s
         self.fed = p.fed
         self.transport = fl.transport_of(p.fed.defenses)
         self.stats = fl.FederationStats()
@@ -42,12 +45,19 @@ class TierBenchStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         r = server_round - 1  # Flower counts from 1, TierBench's seeds and records from 0
         sampled, record, rng = fl.begin_round(self.fed, r, self.global_state)
-        nodes = sorted(grid.get_node_ids())
-        if not nodes:
-            raise RuntimeError("no Flower SuperNode is connected")
+        nodes = self._nodes(grid)
         self._pending = (r, record, rng, time.perf_counter())
         return [Message(RecordDict({wire.GLOBAL: arrays, wire.JOB: self._job(r, c)}),
                         dst_node_id=nodes[c % len(nodes)], message_type=MessageType.TRAIN) for c in sampled]
+
+    def _nodes(self, grid: Grid) -> list[int]:
+        """The connected SuperNodes, once ``min_nodes`` are (which node serves which client changes no result)."""
+        deadline = time.monotonic() + self.wait_s
+        while len(nodes := sorted(grid.get_node_ids())) < self.min_nodes:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(nodes)} of {self.min_nodes} Flower SuperNodes connected after {self.wait_s:.0f} s")
+            time.sleep(0.2)
+        return nodes
 
     def _job(self, r: int, client: int) -> ConfigRecord:
         return ConfigRecord({"round": r, "client": client, "seed": self.p.seed, "scenario": self.scenario_bytes})
