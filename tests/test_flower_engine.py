@@ -21,7 +21,7 @@ from bench.api.errors import UserError  # noqa: E402
 from bench.engine import federation as fl  # noqa: E402
 from bench.engine import runner  # noqa: E402
 from bench.engine.flower import client, import_flwr, state  # noqa: E402
-from bench.engine.flower.strategy import TierBenchStrategy  # noqa: E402
+from bench.engine.flower.strategy import TierBenchStrategy, connected_nodes  # noqa: E402
 from bench.spec.scenario import Scenario, load  # noqa: E402
 from bench.testing.flower import InProcessGrid  # noqa: E402
 from tests.helpers import make_scenario  # noqa: E402
@@ -69,6 +69,20 @@ def test_a_missing_flower_is_a_user_error_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "flwr", None)  # import flwr raises ImportError
     with pytest.raises(UserError, match=r"tierbench\[fl\]"):
         import_flwr()
+
+
+def test_the_first_round_waits_for_the_supernodes_flower_registers_meanwhile():
+    class Registering:
+        def __init__(self):
+            self.calls = 0
+
+        def get_node_ids(self):
+            self.calls += 1
+            return [7, 3] if self.calls > 2 else []
+
+    assert connected_nodes(Registering(), 2, wait_s=5) == [3, 7]
+    with pytest.raises(RuntimeError, match="0 of 2 Flower SuperNodes"):
+        connected_nodes(type("Empty", (), {"get_node_ids": lambda self: []})(), 2, wait_s=0.3)
 
 
 def test_a_ledger_entry_grown_by_a_job_is_carried_as_the_steps_it_added():

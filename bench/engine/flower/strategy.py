@@ -45,19 +45,10 @@ class TierBenchStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         r = server_round - 1  # Flower counts from 1, TierBench's seeds and records from 0
         sampled, record, rng = fl.begin_round(self.fed, r, self.global_state)
-        nodes = self._nodes(grid)
+        nodes = connected_nodes(grid, self.min_nodes, self.wait_s)
         self._pending = (r, record, rng, time.perf_counter())
         return [Message(RecordDict({wire.GLOBAL: arrays, wire.JOB: self._job(r, c)}),
                         dst_node_id=nodes[c % len(nodes)], message_type=MessageType.TRAIN) for c in sampled]
-
-    def _nodes(self, grid: Grid) -> list[int]:
-        """The connected SuperNodes, once ``min_nodes`` are (which node serves which client changes no result)."""
-        deadline = time.monotonic() + self.wait_s
-        while len(nodes := sorted(grid.get_node_ids())) < self.min_nodes:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(nodes)} of {self.min_nodes} Flower SuperNodes connected after {self.wait_s:.0f} s")
-            time.sleep(0.2)
-        return nodes
 
     def _job(self, r: int, client: int) -> ConfigRecord:
         return ConfigRecord({"round": r, "client": client, "seed": self.p.seed, "scenario": self.scenario_bytes})
@@ -108,3 +99,13 @@ class TierBenchStrategy(Strategy):
         """After the last round: the method holds the final global state (as ``federation.run`` leaves it)."""
         self.fed.method.set_flat(self.global_state)
         return self.stats
+
+
+def connected_nodes(grid: Grid, at_least: int, wait_s: float) -> list[int]:
+    """The connected SuperNodes, once ``at_least`` are (which node serves which client changes no result)."""
+    deadline = time.monotonic() + wait_s
+    while len(nodes := sorted(grid.get_node_ids())) < at_least:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(nodes)} of {at_least} Flower SuperNodes connected after {wait_s:.0f} s")
+        time.sleep(0.2)
+    return nodes
