@@ -15,7 +15,7 @@ from bench.engine.flower import import_flwr, state, wire
 
 import_flwr()
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
 app = ClientApp()
@@ -28,13 +28,20 @@ _built: dict[tuple[str, int], Any] = {}
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Every client this SuperNode hosts this round, one after another (in sampled order)."""
     job = msg.content[wire.JOB]
     p = prepared(bytes(job["scenario"]), int(job["seed"]))
-    r, client = int(job["round"]), int(job["client"])
-    return Message(run_job(p, r, client, msg.content[wire.GLOBAL]), reply_to=msg)
+    r = int(job["round"])
+    updates, reply = {}, RecordDict()
+    for client in [int(c) for c in job["clients"]]:
+        update, result = run_job(p, r, client, msg.content[wire.GLOBAL])
+        updates[str(client)] = wire.to_array(update)
+        reply[f"{wire.RESULT}.{client}"] = result
+    reply[wire.UPDATE] = ArrayRecord(updates)
+    return Message(reply, reply_to=msg)
 
 
-def run_job(p: Any, r: int, client: int, global_record: Any) -> RecordDict:
+def run_job(p: Any, r: int, client: int, global_record: Any) -> tuple[Any, ConfigRecord]:
     """Train ``client`` for round ``r`` from the global state in ``global_record``: its update and result."""
     from bench.engine import federation as fl
 
@@ -46,9 +53,8 @@ def run_job(p: Any, r: int, client: int, global_record: Any) -> RecordDict:
     _refuse_uncarried(p)
     changed = [state.changes(d, b) for d, b in zip(p.fed.defenses, before)]
     batches = p.truth.client_batches.pop((r, client), None)
-    result = ConfigRecord({"client": client, "loss": stats.train_losses[-1], "batches": wire.dump_batches(batches),
-                           "defense_state": pickle.dumps(changed)})
-    return RecordDict({wire.UPDATE: wire.flat_record(update, wire.UPDATE), wire.RESULT: result})
+    return update, ConfigRecord({"client": client, "loss": stats.train_losses[-1], "batches": wire.dump_batches(batches),
+                                 "defense_state": pickle.dumps(changed)})
 
 
 def prepared(scenario_bytes: bytes, seed: int) -> Any:

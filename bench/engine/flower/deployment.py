@@ -114,6 +114,18 @@ def local_federation(home: Path, supernodes: int) -> Iterator[str]:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+        _stop_detached(home)
+
+
+def _stop_detached(home: Path) -> None:
+    """Flower's executors and app processes that our SuperLink and SuperNodes started in sessions of their
+    own (``flower-superexec``, ``flwr-clientapp``): found by this run's private ``FLWR_HOME`` in their
+    environment, so no other process is touched."""
+    marker = f"FLWR_HOME={home / 'flwr'}".encode()
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if int(entry.name) != os.getpid() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), 15)
 
 
 def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:

@@ -47,11 +47,16 @@ class TierBenchStrategy(Strategy):
         sampled, record, rng = fl.begin_round(self.fed, r, self.global_state)
         nodes = connected_nodes(grid, self.min_nodes, self.wait_s)
         self._pending = (r, record, rng, time.perf_counter())
-        return [Message(RecordDict({wire.GLOBAL: arrays, wire.JOB: self._job(r, c)}),
-                        dst_node_id=nodes[c % len(nodes)], message_type=MessageType.TRAIN) for c in sampled]
+        # One message per SuperNode and round (a SuperNode serves one message at a time), carrying every
+        # client it hosts this round; which node hosts which client changes no result.
+        hosted: dict[int, list[int]] = {}
+        for c in sampled:
+            hosted.setdefault(nodes[c % len(nodes)], []).append(c)
+        return [Message(RecordDict({wire.GLOBAL: arrays, wire.JOB: self._job(r, clients)}), dst_node_id=node,
+                        message_type=MessageType.TRAIN) for node, clients in hosted.items()]
 
-    def _job(self, r: int, client: int) -> ConfigRecord:
-        return ConfigRecord({"round": r, "client": client, "seed": self.p.seed, "scenario": self.scenario_bytes})
+    def _job(self, r: int, clients: list[int]) -> ConfigRecord:
+        return ConfigRecord({"round": r, "clients": clients, "seed": self.p.seed, "scenario": self.scenario_bytes})
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         r, record, rng, started = self._pending
@@ -82,8 +87,11 @@ class TierBenchStrategy(Strategy):
         for reply in replies:
             if reply.has_error():
                 raise RuntimeError(f"round {r}: a Flower client failed: {reply.error.reason}")
-            result = reply.content[wire.RESULT]
-            received[int(result["client"])] = (wire.flat_of(reply.content[wire.UPDATE], wire.UPDATE), result)
+            updates = reply.content[wire.UPDATE]
+            for key, result in reply.content.config_records.items():
+                if key.startswith(wire.RESULT):
+                    client = int(result["client"])
+                    received[client] = (wire.flat_of(updates, str(client)), result)
         return received
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

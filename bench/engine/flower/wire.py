@@ -1,9 +1,11 @@
 """What TierBench's strategy and ClientApp say to each other, in Flower's records.
 
-Server -> client (message type ``train``): ``global`` (ArrayRecord: the flat trainable state) and ``job``
-(ConfigRecord: round, client, seed and the pickled scenario, from which a client process builds the
+One message per SuperNode and round. Server -> node (message type ``train``): ``global`` (ArrayRecord:
+the flat trainable state) and ``job`` (ConfigRecord: round, the clients the node hosts, seed and the
+pickled scenario, from which a client process builds the
 same run as the server: same data deal, initialisation and defenses, all keyed on the seed).
-Client -> server: ``update`` (the flat update), ``result`` (ConfigRecord: the training loss, the token
+Node -> server: ``update`` (ArrayRecord: each client's flat update, keyed by client), ``result.<client>``
+(ConfigRecord: the training loss, the token
 ids the client trained on — ground truth for scoring, which the transcript never holds — and the
 client-side state of the defenses, e.g. a DP ledger, that the server's accounting reads).
 Tensors travel as numpy arrays: float32/float64 round-trip bit for bit.
