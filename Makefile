@@ -10,8 +10,11 @@ PRESET ?= cpu-small
 # auto: one single-threaded worker process per core for CPU runs of zoo models, else one process (bench/engine/executors.py)
 EXECUTOR ?= auto
 BENCH_SCENARIOS ?= scenarios/table4.yaml scenarios/table4-inversion.yaml scenarios/table4-poisoning.yaml scenarios/table4-closed.yaml scenarios/table4-extraction.yaml
+# bench-full: also the columns the default grid leaves out (SecAgg/HE/robust rules against membership
+# inference, norm clipping and FLTrust against poisoning, HE/robust rules at the closed tiers)
+FULL_SCENARIOS ?= $(BENCH_SCENARIOS) scenarios/table4-more.yaml scenarios/table4-poisoning-more.yaml scenarios/table4-closed-more.yaml
 
-.PHONY: install bench test test-all perf lint clean-results
+.PHONY: install bench bench-full test test-all perf lint clean-results
 
 install: $(STAMP)
 
@@ -27,6 +30,10 @@ $(STAMP): pyproject.toml
 bench: install
 	$(PY) -m bench run $(BENCH_SCENARIOS) --out $(OUT)/runs --preset $(PRESET) --executor $(EXECUTOR)
 	$(PY) -m bench report $(OUT)/runs --out $(OUT) --scenarios $(BENCH_SCENARIOS)
+
+bench-full: install
+	$(PY) -m bench run $(FULL_SCENARIOS) --out $(OUT)/runs --preset $(PRESET) --executor $(EXECUTOR)
+	$(PY) -m bench report $(OUT)/runs --out $(OUT) --scenarios $(FULL_SCENARIOS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -286,5 +286,6 @@ def test_execution_settings_leave_the_identity_alone(tmp_path):
     base = _one(tmp_path, PLAIN, "plain.yaml")
     document = yaml.safe_load(PLAIN)
     for field in EXECUTION_ONLY:
-        changed = _one(tmp_path, yaml.safe_dump(_changed(document, "federation", field, 1)), "changed.yaml")
+        value = {"engine": "flower"}.get(field, 1)  # a valid non-default value of each field
+        changed = _one(tmp_path, yaml.safe_dump(_changed(document, "federation", field, value)), "changed.yaml")
         assert (changed.hash, changed.training_key) == (base.hash, base.training_key), field

@@ -116,6 +116,18 @@ def run(fed: Federation, transcript: Transcript, truth: GroundTruth) -> Federati
 
 def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Transport, transcript: Transcript,
            truth: GroundTruth, stats: FederationStats) -> torch.Tensor:
+    sampled, record, rng = begin_round(fed, r, global_state)
+    if not fed.protocol.shares_parameters:  # kd, split: messages that are not parameter updates
+        return _exchange(fed, r, sampled, record, global_state, transcript, truth, stats)
+    started = time.perf_counter()
+    updates = _train_clients(fed, r, sampled, global_state, truth, stats)
+    return finish_round(fed, r, record, rng, updates, global_state, transport, transcript, stats, started)
+
+
+def begin_round(fed: Federation, r: int, global_state: torch.Tensor) -> tuple[list[int], RoundRecord, torch.Generator]:
+    """Round ``r``'s sampled clients, its (still empty) record and the round's generator; the method and
+    ``fed.global_state`` are told the round started. An engine that trains the clients elsewhere (Flower)
+    calls this, trains, then calls ``finish_round``: the server side stays this module's."""
     s = fed.settings
     rng = generator(*fed.seed_parts, "round", r)
     sampled = sorted(torch.randperm(s.clients, generator=rng)[: s.clients_per_round].tolist())
@@ -124,10 +136,17 @@ def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Trans
     fed.method.on_round_start(r, s.rounds)
     if "global_states" in fed.keep:
         record.global_before = global_state.clone()
-    if not fed.protocol.shares_parameters:
-        return _exchange(fed, r, sampled, record, global_state, transcript, truth, stats)
-    started = time.perf_counter()
-    updates = _train_clients(fed, r, sampled, global_state, truth, stats)
+    return sampled, record, rng
+
+
+def finish_round(fed: Federation, r: int, record: RoundRecord, rng: torch.Generator, updates: dict[int, torch.Tensor],
+                 global_state: torch.Tensor, transport: Transport, transcript: Transcript, stats: FederationStats,
+                 started: float) -> torch.Tensor:
+    """The server side of round ``r`` from the clients' trained ``updates`` (in sampled order): participant
+    attacks, client-update defenses, transport, aggregation; appends the round's record to ``transcript``
+    and returns the next global state. ``started``: when the clients' part began (for ``stats.client_s``)."""
+    s = fed.settings
+    sampled = record.sampled
     updates = _apply_participant_attacks(fed, r, updates, rng)
     for defense in fed.defenses:
         updates = {c: defense.on_client_update(r, c, u, generator(*fed.seed_parts, "clip", r, c)) for c, u in updates.items()}
@@ -181,6 +200,15 @@ def _exchange(fed: Federation, r: int, sampled: list[int], record: RoundRecord, 
     check_finite(r, None, "global state", new_state)
     transcript.rounds.append(record)
     return new_state
+
+
+def train_client(fed: Federation, r: int, client: int, global_state: torch.Tensor, truth: GroundTruth,
+                 stats: FederationStats) -> torch.Tensor:
+    """One client's round-``r`` update from ``global_state``, trained alone (as with ``client_batch: 1``), with
+    the client-side defenses; for an engine whose clients run elsewhere. The caller has told the method
+    the round started (``begin_round`` on the server, ``fed.method.on_round_start`` on a client)."""
+    fed.global_state = global_state
+    return _train_client(fed, r, client, global_state, truth, stats)
 
 
 def check_finite(r: int, client: int | None, what: str, value: Any) -> None:

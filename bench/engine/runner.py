@@ -91,7 +91,7 @@ def plan(scenario: Scenario) -> Plan:
 
 
 def incompatibility(built: Plan, scenario: Scenario) -> str | None:
-    reason = availability(built.tier, built.method)
+    reason = availability(built.tier, built.method) or _engine_refusal(scenario)
     if reason:
         return reason
     if built.task.kind not in built.method.task_kinds:
@@ -116,6 +116,15 @@ def incompatibility(built: Plan, scenario: Scenario) -> str | None:
             [d for d in built.defenses if d is not defense], scenario)
         if reason:
             return reason
+    return None
+
+
+def _engine_refusal(scenario: Scenario) -> str | None:
+    """Flower's strategy and ClientApp carry parameter updates: a protocol that sends logits or activations
+    (kd, split) would otherwise silently run as FedAvg there."""
+    s = scenario.federation
+    if s.engine == "flower" and not PROTOCOLS.get(s.protocol).shares_parameters:
+        return f"federation.engine flower runs parameter-sharing protocols; protocol {s.protocol} runs in-process only"
     return None
 
 
@@ -258,6 +267,7 @@ def prepare(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None = 
         collate=lambda examples: built.task.collate(examples, tokenizer, device), settings=s, seed_parts=parts,
         defenses=built.defenses, attackers=[a for a in built.attacks if a.changes_training], malicious=tuple(malicious),
         keep=_kept_parts(built), progress=progress, public=list(task_data.auxiliary),
+        protocol=PROTOCOLS.get(s.protocol)(s),  # built here, not in the loop: every engine's run reports its costs
     )
     _give_server_updates(built.defenses, fed, task_data.auxiliary)
     _give_generation(built.defenses, built, tokenizer)
@@ -284,7 +294,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None, figu
         curve = learning.LearningCurve(measure, built.method.set_flat, base=base)
         p.fed.observers.append(curve)
     reset_peak_memory(p.device)
-    stats = fl.run(p.fed, p.transcript, p.truth)
+    stats = _federate(p)
     if "client_batches" in p.fed.keep:  # the inversion scorer's floor: records no client trained on
         p.truth.held_out = held_out_tokens(built.task, p.task_data.test, p.tokenizer, p.device)
     result = RunResult(device=describe(p.device), skipped=[(name, RunStatus.INCOMPATIBLE, why) for name, why in built.refused])
@@ -329,6 +339,15 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None, figu
     result.extra.update({"trainable_params": built.method.num_trainable, "malicious": list(p.fed.malicious),
                          "model": built.model_source.metadata(), "train_batching": stats.batching.record()})
     return result
+
+
+def _federate(p: Prepared) -> fl.FederationStats:
+    """The rounds, by the engine the scenario names; Flower is imported only when asked for (an optional extra)."""
+    if p.scenario.federation.engine == "flower":
+        from bench.engine.flower.simulation import run_rounds
+
+        return run_rounds(p)
+    return fl.run(p.fed, p.transcript, p.truth)
 
 
 HELD_OUT_RECORDS = 64

@@ -84,6 +84,11 @@ class Federation:
     kd_temperature: float = doc("kd: softmax temperature of the shared logits and of distillation (> 0).", 2.0)
     kd_top_k: int = doc("kd: share only each row's k largest logits (0 = all of them).", 0)
     distill_steps: int = doc("kd: optimizer steps of each distillation (server into the global model, clients back).", 5)
+    engine: Literal["inprocess", "flower"] = doc(
+        "Who runs the rounds: inprocess (TierBench's own loop, this process), or flower (Flower 1.41's simulation "
+        "engine: a ServerApp whose strategy is TierBench's server side, ClientApps running TierBench's local training; "
+        "needs the `fl` extra). An execution setting, outside the scenario hash: the same metrics as inprocess with "
+        "client_batch 1 (clients train one after another in both).", "inprocess")
     mia_nonmembers: int = doc("Non-members scored by membership attacks when more than the members (0 = as many as "
                               "the members drawn, from mia_candidates): a low false-positive rate is only resolved "
                               "with many non-members (FPR 1% needs 1000 for 10 false positives); lower "
@@ -258,7 +263,7 @@ REPO_ROOT = Path(__file__).absolute().parent.parent
 """Data and model paths enter a scenario's identity relative to this folder (see ``identity_path``)."""
 
 
-EXECUTION_ONLY = ("client_batch",)
+EXECUTION_ONLY = ("client_batch", "engine")
 """Federation fields that change how training is executed, not what it computes (within float tolerance):
 left out of the identity, so published hashes and stored runs stay valid."""
 

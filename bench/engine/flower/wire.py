@@ -1,0 +1,50 @@
+"""What TierBench's strategy and ClientApp say to each other, in Flower's records.
+
+One message per SuperNode and round. Server -> node (message type ``train``): ``global`` (ArrayRecord:
+the flat trainable state) and ``job`` (ConfigRecord: round, the clients the node hosts, seed and the
+pickled scenario, from which a client process builds the
+same run as the server: same data deal, initialisation and defenses, all keyed on the seed).
+Node -> server: ``update`` (ArrayRecord: each client's flat update, keyed by client), ``result.<client>``
+(ConfigRecord: the training loss, the token
+ids the client trained on — ground truth for scoring, which the transcript never holds — and the
+client-side state of the defenses, e.g. a DP ledger, that the server's accounting reads).
+Tensors travel as numpy arrays: float32/float64 round-trip bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+GLOBAL, JOB, UPDATE, RESULT, STATE = "global", "job", "update", "result", "state"
+
+
+def to_array(tensor: torch.Tensor) -> Any:
+    from flwr.app import Array
+
+    return Array.from_numpy_ndarray(np.ascontiguousarray(tensor.detach().cpu().numpy()))
+
+
+def from_array(array: Any, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.from_numpy(np.array(array.numpy(), copy=True)).to(device)
+
+
+def flat_record(tensor: torch.Tensor, key: str = STATE) -> Any:
+    from flwr.app import ArrayRecord
+
+    return ArrayRecord({key: to_array(tensor)})
+
+
+def flat_of(record: Any, key: str = STATE, device: torch.device | str = "cpu") -> torch.Tensor:
+    return from_array(record[key], device)
+
+
+def dump_batches(batches: list[list[int]] | None) -> str:
+    return json.dumps(batches)
+
+
+def load_batches(text: str) -> list[list[int]] | None:
+    return json.loads(text)

@@ -1,0 +1,1 @@
+"""Examples that a test runs (tests/test_flower_observe.py)."""

@@ -1,0 +1,195 @@
+"""federation.engine: flower (bench.engine.flower): the same rounds through Flower as in-process.
+
+The fast tests drive ``TierBenchStrategy`` and the ClientApp through an in-process Grid (no Ray, no
+SuperLink): the messages, the client's own build of the run and the server side. The slow tests run
+whole scenarios through Flower's simulation engine (Ray actors) and its deployment engine (a SuperLink
+and SuperNodes as separate processes) and compare every non-cost metric with the in-process engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from bench.api.errors import UserError  # noqa: E402
+from bench.engine import federation as fl  # noqa: E402
+from bench.engine import runner  # noqa: E402
+from bench.engine.flower import client, import_flwr, state  # noqa: E402
+from bench.engine.flower.strategy import TierBenchStrategy, connected_nodes  # noqa: E402
+from bench.spec.scenario import Scenario, load  # noqa: E402
+from bench.testing.flower import InProcessGrid  # noqa: E402
+from tests.helpers import make_scenario  # noqa: E402
+
+FAMILIES = {
+    "dp-local": [{"name": "dp-local", "params": {"target_epsilon": 4.0}}],
+    "dp-central": [{"name": "dp-central", "params": {"target_epsilon": 4.0}}],
+    "secagg": ["secagg"],
+    "robust-krum": ["robust-krum"],
+}
+ATTACKS = ["mia-loss", "mia-gradient", "inversion-tokens"]
+"""A membership attack on the final model, one on the server's updates, and an inversion of the server's updates."""
+
+
+def engine(scenario: Scenario, name: str) -> Scenario:
+    """The scenario with its clients trained one after another (as the Flower ClientApps do) on ``name``."""
+    return dataclasses.replace(scenario, federation=dataclasses.replace(scenario.federation, client_batch=1, engine=name))
+
+
+def family_scenario(tmp_path, family: str) -> Scenario:
+    return make_scenario(tmp_path, method="fft", attacks=ATTACKS, defenses=FAMILIES[family],
+                         federation={"clients": 5, "clients_per_round": 5, "rounds": 2})  # Krum needs 2f + 3
+
+
+def through_grid(scenario: Scenario, nodes: int):
+    """A prepared run whose rounds went through the strategy and ClientApp over an in-process Grid."""
+    p = runner.prepare(scenario, 0, runner.plan(scenario))
+    strategy = TierBenchStrategy(p)
+    strategy.start(grid=InProcessGrid(client.app, nodes), initial_arrays=strategy.initial_arrays(),
+                   num_rounds=scenario.federation.rounds)
+    return p, strategy.finish()
+
+
+def in_process(scenario: Scenario):
+    p = runner.prepare(scenario, 0, runner.plan(scenario))
+    return p, fl.run(p.fed, p.transcript, p.truth)
+
+
+def test_engine_is_an_execution_setting_outside_the_hash():
+    scenario = load("scenarios/smoke.yaml")[0]
+    assert engine(scenario, "flower").hash == engine(scenario, "inprocess").hash == scenario.hash
+
+
+def test_a_missing_flower_is_a_user_error_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flwr", None)  # import flwr raises ImportError
+    with pytest.raises(UserError, match=r"tierbench\[fl\]"):
+        import_flwr()
+
+
+def test_the_first_round_waits_for_the_supernodes_flower_registers_meanwhile():
+    class Registering:
+        def __init__(self):
+            self.calls = 0
+
+        def get_node_ids(self):
+            self.calls += 1
+            return [7, 3] if self.calls > 2 else []
+
+    assert connected_nodes(Registering(), 2, wait_s=5) == [3, 7]
+    with pytest.raises(RuntimeError, match="0 of 2 Flower SuperNodes"):
+        connected_nodes(type("Empty", (), {"get_node_ids": lambda self: []})(), 2, wait_s=0.3)
+
+
+def test_a_ledger_entry_grown_by_a_job_is_carried_as_the_steps_it_added():
+    class Ledger:
+        def __init__(self):
+            self.histories = {0: [(1.0, 0.5, 3)]}
+
+        def record(self, unit, z, q, steps):
+            history = self.histories.setdefault(unit, [])
+            if history and history[-1][:2] == (z, q):
+                history[-1] = (z, q, history[-1][2] + steps)
+            else:
+                history.append((z, q, steps))
+
+    class Defense:
+        def __init__(self):
+            self.ledger, self.mode = Ledger(), None
+
+    client_side, server_side = Defense(), Defense()
+    before = state.snapshot(client_side)
+    client_side.ledger.record(0, 1.0, 0.5, 4)  # merged into the last entry
+    client_side.ledger.record(0, 2.0, 0.5, 1)
+    client_side.mode = "vmap"
+    state.apply(server_side, state.changes(client_side, before))
+    assert server_side.ledger.histories == client_side.ledger.histories == {0: [(1.0, 0.5, 7), (2.0, 0.5, 1)]}
+    assert server_side.mode == "vmap"
+
+
+def test_strategy_and_client_app_reproduce_the_in_process_rounds_bit_for_bit(tmp_path):
+    """LoRA, two SuperNodes serving three clients: global state, transcript and losses agree exactly."""
+    scenario = engine(make_scenario(tmp_path), "flower")
+    expected, expected_stats = in_process(scenario)
+    got, stats = through_grid(scenario, nodes=2)
+    assert torch.equal(got.fed.method.get_flat(), expected.fed.method.get_flat())
+    assert [(r.round, r.sampled, r.weights) for r in got.transcript.rounds] == \
+           [(r.round, r.sampled, r.weights) for r in expected.transcript.rounds]
+    assert stats.train_losses == expected_stats.train_losses
+    assert stats.bytes_up == expected_stats.bytes_up
+
+
+def test_the_server_records_what_it_received_and_the_ledger_of_client_side_dp(tmp_path):
+    """dp-local: the clients' DP-SGD steps reach the server's accountant; the server keeps the updates the
+    attacks read; the clients' trained batches come back as ground truth."""
+    scenario = engine(make_scenario(tmp_path, attacks=["mia-gradient"], defenses=FAMILIES["dp-local"],
+                                    federation={"rounds": 1}), "flower")
+    expected, _ = in_process(scenario)
+    got, _ = through_grid(scenario, nodes=3)
+    for mine, theirs in zip(got.transcript.rounds, expected.transcript.rounds):
+        assert mine.transmitted.keys() == theirs.transmitted.keys()
+        assert all(torch.equal(mine.transmitted[c], theirs.transmitted[c]) for c in mine.transmitted)
+        assert torch.equal(mine.global_before, theirs.global_before)
+    assert got.truth.client_batches == expected.truth.client_batches and got.truth.client_batches
+    ours, theirs = got.fed.defenses[0].privacy(), expected.fed.defenses[0].privacy()
+    assert ours["dp.steps"] == theirs["dp.steps"] > 0
+    assert ours["dp.epsilon"] == theirs["dp.epsilon"]
+
+
+def comparable(rows) -> dict:
+    """Every measurement but time and memory (cost.*_s, peak memory; cost rows that count bytes are kept)."""
+    timed = lambda metric: metric.startswith("cost.") and (metric.endswith("_s") or metric == "cost.peak_mem_mb")  # noqa: E731
+    return {(r.attack, r.metric): (r.status, r.value) for r in rows if not timed(r.metric)}
+
+
+def assert_same_metrics(flower_rows, inprocess_rows):
+    mine, theirs = comparable(flower_rows), comparable(inprocess_rows)
+    assert mine.keys() == theirs.keys()
+    for key, (status, value) in theirs.items():
+        assert mine[key][0] == status == "ok", (key, mine[key])
+        same = mine[key][1] == value or (isinstance(value, float) and math.isnan(value) and math.isnan(mine[key][1]))
+        assert same, (key, mine[key][1], value)
+
+
+@pytest.mark.slow  # a Ray instance and its actors start: about 1-2 min a run on 2 loaded cores
+def test_simulation_engine_gives_the_in_process_metrics_on_the_smoke_scenario():
+    scenario = load("scenarios/smoke.yaml")[0]
+    assert_same_metrics(runner.execute(engine(scenario, "flower"), 0), runner.execute(engine(scenario, "inprocess"), 0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_simulation_engine_gives_the_in_process_metrics_per_defense_family(tmp_path, family):
+    """Identical metrics, membership and inversion attacks included, read from the transcript Flower's server kept."""
+    scenario = family_scenario(tmp_path, family)
+    flower_rows = runner.execute(engine(scenario, "flower"), 0)
+    assert {r.attack for r in flower_rows if r.value is not None} >= set(ATTACKS)
+    assert_same_metrics(flower_rows, runner.execute(engine(scenario, "inprocess"), 0))
+
+
+@pytest.mark.slow  # a SuperLink, two SuperNodes and their app processes start; minutes on 2 loaded cores
+@pytest.mark.parametrize("family", ["smoke", *sorted(FAMILIES)])
+def test_deployment_engine_gives_the_in_process_metrics(tmp_path, family):
+    """A SuperLink and two SuperNodes as separate processes on localhost (insecure), the app submitted with
+    ``flwr run``: the rows its ServerApp wrote equal the in-process engine's."""
+    from bench.engine.flower.deployment import run_scenario
+
+    scenario = load("scenarios/smoke.yaml")[0] if family == "smoke" else family_scenario(tmp_path, family)
+    flower_rows = run_scenario(engine(scenario, "flower"), 0, supernodes=2)
+    assert_same_metrics(flower_rows, runner.execute(engine(scenario, "inprocess"), 0))
+
+
+def test_a_protocol_that_does_not_share_parameters_is_refused_under_flower(tmp_path):
+    """kd and split send logits/activations; Flower's strategy carries parameter updates, so such a run
+    is refused before training rather than silently trained as FedAvg."""
+    from bench.engine.runner import execute
+    from tests.helpers import make_scenario
+
+    scenario = make_scenario(tmp_path, federation={"engine": "flower", "protocol": "kd", "clients": 2,
+                                                   "clients_per_round": 2, "rounds": 1})
+    rows = execute(scenario, 0)
+    assert rows[0].status == "incompatible" and "in-process only" in rows[0].error
