@@ -47,6 +47,8 @@ class RunStatus(enum.StrEnum):
     OK = "ok"
     FAILED = "failed"
     INCOMPATIBLE = "incompatible"
+    NOT_APPLICABLE = "not-applicable"
+    """An attack the tier or the task rules out once the run has trained (its other rows are ``ok``)."""
 
 
 class AttackFamily(enum.StrEnum):

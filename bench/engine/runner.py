@@ -312,13 +312,13 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None, figu
     for attack in built.attacks:
         if built.task.kind not in attack.task_kinds:
             kinds = ", ".join(sorted(attack.task_kinds))
-            result.skipped.append((attack.name, "not-applicable", f"{attack.name} applies to {kinds} tasks"))
+            result.skipped.append((attack.name, RunStatus.NOT_APPLICABLE, f"{attack.name} applies to {kinds} tasks"))
             continue
         _stage(progress, f"attack {attack.name}")
         try:
             prediction = attack.run(views.for_attack(attack), generator("run", seed, "attack", attack.name))
         except (TierAccessError, IncompatibleError) as error:  # the tier or task rules this attack out
-            result.skipped.append((attack.name, "not-applicable", str(error).split(": ", 1)[-1]))
+            result.skipped.append((attack.name, RunStatus.NOT_APPLICABLE, str(error).split(": ", 1)[-1]))
             continue
         except Exception as error:  # one broken attack must not discard the run's other measurements
             result.skipped.append((attack.name, RunStatus.FAILED, _one_line(error)))

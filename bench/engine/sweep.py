@@ -99,7 +99,8 @@ class Summary:
     """Attacks ruled out at evaluation time (recorded ``not-applicable`` with the reason)."""
 
     def lines(self) -> list[str]:
-        counts = ", ".join(f"{self.counts.get(k, 0)} {k}" for k in RunStatus)
+        run_statuses = (RunStatus.OK, RunStatus.FAILED, RunStatus.INCOMPATIBLE)  # not-applicable is an attack's, counted below
+        counts = ", ".join(f"{self.counts.get(k, 0)} {k}" for k in run_statuses)
         extra = f"; {self.not_applicable} attacks not applicable" if self.not_applicable else ""
         lines = [f"runs: {counts}{extra}"]
         if self.failed:
@@ -118,7 +119,7 @@ def summarize(store: ResultStore, runs: list[tuple[Scenario, int]]) -> Summary:
         failures = [r for r in rows if r["status"] == RunStatus.FAILED]
         status = RunStatus.FAILED if failures else rows[0]["status"]
         summary.counts[status] = summary.counts.get(status, 0) + 1
-        summary.not_applicable += sum(r["status"] == "not-applicable" for r in rows)
+        summary.not_applicable += sum(r["status"] == RunStatus.NOT_APPLICABLE for r in rows)
         for r in failures:
             who = "" if r["attack"] == "none" else f"attack {r['attack']}: "
             summary.failed.append(f"{scenario.name} seed {seed}: {who}{r['error']}")
