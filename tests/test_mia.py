@@ -33,7 +33,9 @@ def attack(name: str, **params):
 
 
 def make_view(candidates, final_model=None, **kwargs) -> ThreatView:
+    """``final_model=None``: a stand-in model with no task (the attack must not query it)."""
     defaults = dict(vantage="external", rounds=[], layout=None, base_model=None, tokenizer=None, federation=None)
+    final_model = SimpleNamespace(task=None) if final_model is None else final_model
     return ThreatView(candidates=candidates, final_model=final_model, **{**defaults, **kwargs})
 
 
@@ -49,6 +51,7 @@ def rng(seed: int = 0) -> torch.Generator:
 class ByteLM:
     """``OpenModel``-like handle: bytes are tokens, BOS-prefixed, mean token NLL as the loss."""
 
+    task = None  # a stand-in with no task: the examples' fields say what they are
     def __init__(self, model: nn.Module):
         self.model = model
 
@@ -196,6 +199,7 @@ def test_token_attacks_refuse_classification():
 class TableModel:
     """Losses read from a table keyed by text; class logits that put exp(-loss) on the true label."""
 
+    task = None  # a stand-in with no task: the examples' fields say what they are
     def __init__(self, losses: dict[str, float]):
         self.losses = losses
 
@@ -338,6 +342,7 @@ class Completer:
     """Greedy completions: members' true continuation (with a leading space, as a tokenizer would give),
     a near miss for the first half of the non-members, nothing related for the rest."""
 
+    task = None  # a stand-in with no task: the examples' fields say what they are
     def __init__(self, texts: dict[str, bool]):
         self.texts, self.prompts = texts, []
 
@@ -370,6 +375,7 @@ def test_generation_attack_scores_completion_overlap():
 class LabelOracle:
     """Always right on members (any perturbation); on non-members right only for the untouched text."""
 
+    task = None  # a stand-in with no task: the examples' fields say what they are
     def __init__(self, originals: set[str]):
         self.originals = originals
 

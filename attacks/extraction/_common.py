@@ -7,16 +7,21 @@ which candidates were trained on: ``bench.scoring.extraction`` splits members fr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from attacks.mia._common import TOKEN_CHUNK, text_of
 from attacks.mia.generation import rouge_l_f1, split_prefix
-from bench.api.vocabulary import PROMPT_TEMPLATE
+from bench.api.plugin_types import ModelHandle
+from bench.api.transcript import ThreatView
+from bench.api.vocabulary import PROMPT_TEMPLATE, Record
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
 
 
-def prefix_and_suffix(view: Any, example: dict, fraction: float) -> tuple[str, str]:
+def prefix_and_suffix(view: ThreatView, example: Record, fraction: float) -> tuple[str, str]:
     """An instruction record is prompted with its instruction and checked on its response; a text record
     is cut after ``fraction`` of its words (the prefix keeps no trailing space; the suffix starts with one)."""
     if "instruction" in example and "response" in example:
@@ -25,7 +30,7 @@ def prefix_and_suffix(view: Any, example: dict, fraction: float) -> tuple[str, s
     return prefix, (" " + " ".join(rest)) if rest else ""
 
 
-def continuation_ids(tokenizer: Any, prefix: str, continuation: str) -> list[int]:
+def continuation_ids(tokenizer: PreTrainedTokenizerBase, prefix: str, continuation: str) -> list[int]:
     """Token ids of ``continuation`` as the model would produce them after ``prefix`` (the ids of
     prefix + continuation past those of the prefix, so a merge at the boundary is counted once)."""
     head = tokenizer(prefix).input_ids
@@ -36,7 +41,7 @@ def continuation_ids(tokenizer: Any, prefix: str, continuation: str) -> list[int
     return list(full[common:])
 
 
-def exact_k(tokenizer: Any, prefix: str, generated: str, suffix: str, k: int) -> tuple[bool, int]:
+def exact_k(tokenizer: PreTrainedTokenizerBase, prefix: str, generated: str, suffix: str, k: int) -> tuple[bool, int]:
     """(whether the first ``k`` generated tokens equal the true suffix's first ``k``, how many were compared)."""
     target = continuation_ids(tokenizer, prefix, suffix)[:k]
     if not target:
@@ -70,7 +75,7 @@ def rouge_l(generated: str, reference: str) -> float:
     return rouge_l_f1(generated.split(), reference.split())
 
 
-def public_prompts(view: Any, words: int, count: int) -> list[str]:
+def public_prompts(view: ThreatView, words: int, count: int) -> list[str]:
     """Distinct starts (first ``words`` words) of the public auxiliary records, at most ``count``: the
     "internet text" prompts of Carlini et al. 2021, taken from public data of the task's distribution."""
     prompts: list[str] = []
@@ -83,7 +88,7 @@ def public_prompts(view: Any, words: int, count: int) -> list[str]:
     return prompts
 
 
-def summed_nll(handle: Any, examples: list[dict]) -> torch.Tensor:
+def summed_nll(handle: ModelHandle, examples: list[Record]) -> torch.Tensor:
     """Summed token NLL of each example under ``handle`` (needs logits); lengths may differ."""
     import torch.nn.functional as F
 
@@ -94,6 +99,6 @@ def summed_nll(handle: Any, examples: list[dict]) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.float64)
 
 
-def replace_in(example: dict, old: str, new: str) -> dict:
+def replace_in(example: Record, old: str, new: str) -> Record:
     """The record with every text field's ``old`` replaced by ``new`` (other fields unchanged)."""
     return {k: (v.replace(old, new) if isinstance(v, str) else v) for k, v in example.items()}

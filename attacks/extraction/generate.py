@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -32,6 +31,7 @@ from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.errors import IncompatibleError
+from bench.api.plugin_types import ModelHandle
 from bench.api.predictions import Extraction
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
@@ -82,7 +82,7 @@ class GenerateAndRank(Attack):
                           base_graded={f"top_{r}": base[r] for r in RANKINGS},
                           extra={"samples": float(len(prompts))})
 
-    def _reproduced(self, model: Any, reference: Any, prompts: list[str],
+    def _reproduced(self, model: ModelHandle, reference: ModelHandle, prompts: list[str],
                     records: list[set[tuple[str, ...]]]) -> dict[str, torch.Tensor]:
         """Per ranking: 1.0 for each candidate reproduced by one of its top-N samples."""
         samples = [p + g for p, g in zip(prompts, model.generate(prompts, self.config.max_new_tokens), strict=True)]
@@ -95,7 +95,7 @@ class GenerateAndRank(Attack):
         return out
 
     @staticmethod
-    def _rank_scores(model: Any, reference: Any, samples: list[str]) -> dict[str, torch.Tensor]:
+    def _rank_scores(model: ModelHandle, reference: ModelHandle, samples: list[str]) -> dict[str, torch.Tensor]:
         """Higher = more likely memorised, per ranking (Carlini et al. 2021, section 5.1)."""
         texts = [{"text": s} for s in samples]
         nll = summed_nll(model, texts)

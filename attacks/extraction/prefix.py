@@ -19,7 +19,7 @@ used: it applies at every tier (TEXT access).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,9 +27,13 @@ from attacks.extraction._common import continuation_ids, exact_k, lcs_fraction, 
 from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
+from bench.api.plugin_types import ModelHandle
 from bench.api.predictions import Extraction
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
 
 TEXT_KINDS = frozenset({"language", "instruction"})
 
@@ -68,7 +72,8 @@ class PrefixExtraction(Attack):
             base_canary_completions=view.base_model.generate(prefixes, self.config.canary_tokens) if prefixes else [],
         )
 
-    def _probe(self, handle: Any, tokenizer: Any, parts: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    def _probe(self, handle: ModelHandle, tokenizer: PreTrainedTokenizerBase,
+               parts: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
         k = self.config.k
         completions = handle.generate([p for p, _ in parts], max_new_tokens=k) if parts else []
         hits, trials, lcs, rouge = [], [], [], []

@@ -20,11 +20,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from bench.api.attack import Attack
 from bench.api.config import doc
+from bench.api.plugin_types import WeightsHandle
 from bench.api.transcript import FederationSettings, ThreatView
 from bench.api.vocabulary import AGGREGATE_CLIENT
 
@@ -48,7 +49,7 @@ class TargetConfig:
             raise ValueError("max_clients must be >= 0")
 
 
-def configure_vantage(attack: Any, config: TargetConfig) -> None:
+def configure_vantage(attack: Attack, config: TargetConfig) -> None:
     """Per-instance vantage and needs: the aggregate target stands at the aggregate vantage."""
     attack.vantage = TARGET_VANTAGE[config.target]
     attack.needs = TARGET_NEEDS[config.target]
@@ -92,7 +93,7 @@ def targets(view: ThreatView, config: TargetConfig, size: int) -> Iterator[Targe
                          record.global_before, 1, examples)
 
 
-def as_float_update(message: Any, size: int) -> torch.Tensor | None:
+def as_float_update(message: object, size: int) -> torch.Tensor | None:
     """The message as a flat float32 vector of the trainable size, or None when it cannot be one."""
     if not isinstance(message, torch.Tensor) or message.numel() != size or not message.is_floating_point():
         return None  # ciphertexts, masked integers: nothing an inversion can read
@@ -101,7 +102,7 @@ def as_float_update(message: Any, size: int) -> torch.Tensor | None:
 
 
 @contextlib.contextmanager
-def model_at(method: Any, flat: torch.Tensor) -> Iterator[torch.nn.Module]:
+def model_at(method: WeightsHandle, flat: torch.Tensor) -> Iterator[torch.nn.Module]:
     """The method's model with trainable state ``flat`` in eval mode; restored on exit."""
     model = method.model
     saved, was_training = method.get_flat(), model.training
@@ -125,7 +126,7 @@ def observed_gradient(update: torch.Tensor, federation: FederationSettings) -> t
     return -update / (lr * steps)
 
 
-def trainable_names(method: Any) -> dict[int, str]:
+def trainable_names(method: WeightsHandle) -> dict[int, str]:
     """id(parameter) -> trainable name, to find a module's parameters in ``method.unflatten``."""
     return {id(p): name for name, p in method.named_trainable}
 

@@ -39,7 +39,6 @@ Departure from DAGER, which scores only the tokens that are inputs.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -247,7 +246,7 @@ def _prior_guess(model: nn.Module, prefixes: list[list[int]]) -> list[int]:
 
 
 def complete(model: nn.Module, prefixes: list[list[int]], observed: dict[str, torch.Tensor] | None,
-             names: dict[int, Any]) -> list[list[int]]:
+             names: dict[int, str]) -> list[list[int]]:
     """Prefixes with their recovered final token appended."""
     finals = last_tokens(model, prefixes, observed or {}, names) if observed is not None else _prior_guess(model, prefixes)
     return [list(p) + [int(t)] for p, t in zip(prefixes, finals)]

@@ -23,12 +23,19 @@ costs the embedding and L blocks, nothing more.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from attacks.inversion._span import Probe
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import Cache
+
+PreHook = Callable[[nn.Module, tuple[torch.Tensor, ...], dict[str, torch.Tensor]], None]
+"""A forward pre-hook with keyword arguments: the module and the inputs it is about to receive."""
 
 PROJECTION_PATTERNS = (
     re.compile(r"(?:^|\.)h\.(\d+)\.attn\.c_attn$"),
@@ -95,13 +102,13 @@ def capture_inputs(model: nn.Module, module: nn.Module, input_ids: torch.Tensor,
     return torch.cat(outputs) if outputs else torch.zeros(0)
 
 
-def _capture_once(model: nn.Module, modules: list[nn.Module], input_ids: torch.Tensor, cache: Any = None,
+def _capture_once(model: nn.Module, modules: list[nn.Module], input_ids: torch.Tensor, cache: Cache | None = None,
                   past: int = 0) -> list[torch.Tensor]:
     """The inputs each of ``modules`` receives (in forward order); the forward stops at the last."""
     seen: dict[int, torch.Tensor] = {}
 
-    def hook_for(index: int) -> Any:
-        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def hook_for(index: int) -> PreHook:
+        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...], kwargs: dict[str, torch.Tensor]) -> None:
             seen[index] = (args[0] if args else next(iter(kwargs.values()))).detach()
             if len(seen) == len(modules):
                 raise _Captured

@@ -7,14 +7,19 @@ carry a ``label``; every other kind is scored as text through the task loss.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from bench.api.errors import IncompatibleError
+from bench.api.plugin_types import CanaryView, ModelHandle, TaskDefinition
 from bench.api.predictions import MembershipScores
-from bench.api.vocabulary import TaskKind
+from bench.api.transcript import ThreatView
+from bench.api.vocabulary import Record, TaskKind
+
+Reduced = TypeVar("Reduced")
+"""What ``per_example_tokens`` reduces each example's token logits to."""
 
 TOKEN_CHUNK = 16
 """Examples per ``token_logits`` request: bounds the (tokens x vocabulary) logits held at once."""
@@ -23,21 +28,14 @@ TOKEN_CHUNK = 16
 _SCHEMA_FIELDS = (("text",), ("instruction", "response"), ("prompt", "chosen"))
 
 
-def is_classification(example: dict, task: Any = None) -> bool:
+def is_classification(example: Record, task: TaskDefinition | None = None) -> bool:
     """The task's kind when the task is known (a language task may still carry labels), else the schema."""
-    if task is not None and hasattr(task, "kind"):
+    if task is not None:
         return task.kind == TaskKind.CLASSIFICATION
     return "label" in example
 
 
-def task_of(view_or_handle: Any) -> Any:
-    task = getattr(view_or_handle, "task", None)
-    if task is None and hasattr(view_or_handle, "final_model"):
-        task = getattr(view_or_handle.final_model, "task", None)
-    return task
-
-
-def require_text_task(examples: list[dict], attack: str, task: Any = None) -> None:
+def require_text_task(examples: list[Record], attack: str, task: TaskDefinition | None = None) -> None:
     if examples and is_classification(examples[0], task):
         raise IncompatibleError(f"{attack} scores tokens of generated text; it does not apply to classification tasks")
 
@@ -50,23 +48,21 @@ def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return (true - others).float()
 
 
-def confidence_signal(handle: Any, examples: list[dict]) -> torch.Tensor:
+def confidence_signal(handle: ModelHandle, examples: list[Record]) -> torch.Tensor:
     """Per example, higher = more member-like: logit-scaled confidence of the true label
     (classification) or the negative task loss (text)."""
     if not examples:
         return torch.zeros(0)
-    if is_classification(examples[0], task_of(handle)):
+    if is_classification(examples[0], handle.task):
         labels = torch.tensor([int(e["label"]) for e in examples])
         return logit_confidence(handle.class_logits(examples), labels)
     return -handle.example_losses(examples).float()
 
 
-def text_of(view: Any, example: dict) -> str:
+def text_of(view: ThreatView, example: Record) -> str:
     """The example's text as the task renders it (what a provider logs), else joined schema fields."""
-    task = getattr(view, "task", None)
-    if task is None:
-        task = getattr(view.final_model, "task", None)
-    if task is not None and hasattr(task, "text_of"):
+    task = view.final_model.task  # the task's public definition comes with the model the view grants
+    if task is not None:
         return task.text_of(example)
     for fields in _SCHEMA_FIELDS:
         if all(f in example for f in fields):
@@ -75,8 +71,8 @@ def text_of(view: Any, example: dict) -> str:
 
 
 def per_example_tokens(
-    handle: Any, examples: list[dict], reduce: Callable[[torch.Tensor, torch.Tensor], Any]
-) -> list[Any]:
+    handle: ModelHandle, examples: list[Record], reduce: Callable[[torch.Tensor, torch.Tensor], Reduced]
+) -> list[Reduced]:
     """``reduce(logits, targets)`` for each example, requesting token logits a chunk at a time."""
     out = []
     for start in range(0, len(examples), TOKEN_CHUNK):
@@ -91,7 +87,7 @@ def summed_nll(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return float(F.cross_entropy(logits, targets, reduction="sum"))
 
 
-def canary_losses(handle: Any, canaries: list[Any]) -> list[torch.Tensor]:
+def canary_losses(handle: ModelHandle, canaries: list[CanaryView]) -> list[torch.Tensor]:
     """For each canary, the log-perplexity (summed token NLL, nats) of ``prefix + s`` for every
     candidate secret ``s`` in its space, in space order (Carlini et al. 2019)."""
     out = []

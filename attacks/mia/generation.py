@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.mia._common import is_classification, membership_scores, task_of, text_of
+from attacks.mia._common import is_classification, membership_scores, text_of
 from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
@@ -97,7 +97,7 @@ class GenerationAttack(Attack):
                 raise ValueError("max_new_tokens must be at least 1 and perturbations at least 0")
 
     def run(self, view: ThreatView, rng: torch.Generator):
-        if view.candidates and is_classification(view.candidates[0], task_of(view)):
+        if view.candidates and is_classification(view.candidates[0], view.final_model.task):
             return membership_scores(self._label_only(view, rng))
         return membership_scores(self._completion_overlap(view))
 

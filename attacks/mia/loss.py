@@ -41,7 +41,6 @@ from attacks.mia._common import (
     derived_generator,
     is_classification,
     membership_scores,
-    task_of,
     text_of,
 )
 from bench.api.access import Access
@@ -67,7 +66,7 @@ class LossAttack(Attack):
 
     def run(self, view: ThreatView, rng: torch.Generator):
         scores = confidence_signal(view.final_model, view.candidates)
-        text_task = not (view.candidates and is_classification(view.candidates[0], task_of(view)))
+        text_task = not (view.candidates and is_classification(view.candidates[0], view.final_model.task))
         canary = (
             canary_losses(view.final_model, view.canaries)
             if self.config.canaries and view.canaries and text_task

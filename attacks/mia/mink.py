@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.mia._common import membership_scores, per_example_tokens, require_text_task, task_of
+from attacks.mia._common import membership_scores, per_example_tokens, require_text_task
 from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
@@ -69,7 +69,7 @@ class MinKProb(Attack):
     token_score = staticmethod(token_log_probs)
 
     def run(self, view: ThreatView, rng: torch.Generator):
-        require_text_task(view.candidates, self.name, task_of(view))
+        require_text_task(view.candidates, self.name, view.final_model.task)
         k = self.config.k
         scores = per_example_tokens(
             view.final_model, view.candidates, lambda z, t: lowest_fraction_mean(self.token_score(z, t), k)

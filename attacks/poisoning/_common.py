@@ -17,9 +17,9 @@ Encoding of ``PoisonOutcome`` (read by ``bench.scoring.poison``):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 
@@ -28,8 +28,8 @@ from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.errors import UserError
 from bench.api.predictions import PoisonOutcome
-from bench.api.transcript import ThreatView
-from bench.api.vocabulary import AttackFamily, AttackRole, TaskKind, Vantage
+from bench.api.transcript import FederationSettings, ThreatView
+from bench.api.vocabulary import AttackFamily, AttackRole, JsonValue, Record, TaskKind, Vantage
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
     from transformers import PreTrainedTokenizerBase
@@ -70,11 +70,11 @@ class ParticipantAttack(Attack):
     def malicious_fraction(self) -> float:
         return self.config.fraction
 
-    def check_federation(self, federation: Any) -> str | None:
+    def check_federation(self, federation: FederationSettings) -> str | None:
         """Why this attack cannot run as configured in ``federation`` (checked at planning), or None."""
         return None
 
-    def planned_attackers(self, federation: Any) -> int:
+    def planned_attackers(self, federation: FederationSettings) -> int:
         """Malicious clients in a round with every client sampled (the runner draws round(fraction x clients))."""
         return min(int(round(self.config.fraction * federation.clients)), federation.clients_per_round)
 
@@ -87,9 +87,9 @@ def chosen_indices(count: int, fraction: float, rng: torch.Generator) -> list[in
 
 
 def rewrite_some(
-    examples: list[dict[str, Any]], fraction: float, rng: torch.Generator, rewrite: Callable[[dict[str, Any]], dict[str, Any]],
-    eligible: Callable[[dict[str, Any]], bool] = lambda example: True,
-) -> list[dict[str, Any]]:
+    examples: list[Record], fraction: float, rng: torch.Generator, rewrite: Callable[[Record], Record],
+    eligible: Callable[[Record], bool] = lambda example: True,
+) -> list[Record]:
     """A new list where a ``fraction`` of the eligible examples is replaced by ``rewrite(example)``."""
     candidates = [i for i, example in enumerate(examples) if eligible(example)]
     out = list(examples)
@@ -120,7 +120,7 @@ def insert_trigger(text: str, trigger: str, position: str, rng: torch.Generator)
     return _PLACEMENTS[position](text, trigger, rng)
 
 
-def example_format(example: dict[str, Any]) -> str:
+def example_format(example: Record) -> str:
     """``classification`` / ``instruction`` / ``preference`` / ``language``, from the example's keys."""
     for key, kind in (("label", "classification"), ("instruction", "instruction"), ("chosen", "preference")):
         if key in example:
@@ -128,7 +128,7 @@ def example_format(example: dict[str, Any]) -> str:
     return "language"
 
 
-def require_format(examples: list[dict[str, Any]], allowed: dict[str, Any], attack: str) -> str:
+def require_format(examples: list[Record], allowed: Collection[str], attack: str) -> str:
     """The examples' format, or a ``UserError`` naming what ``attack`` supports."""
     kind = example_format(examples[0]) if examples else next(iter(allowed))
     if kind not in allowed:
@@ -138,8 +138,8 @@ def require_format(examples: list[dict[str, Any]], allowed: dict[str, Any], atta
 
 # --- evaluation ------------------------------------------------------------------------------------
 def sample_auxiliary(
-    view: ThreatView, limit: int, rng: torch.Generator, keep: Callable[[dict[str, Any]], bool] = lambda example: True
-) -> list[dict[str, Any]]:
+    view: ThreatView, limit: int, rng: torch.Generator, keep: Callable[[Record], bool] = lambda example: True
+) -> list[Record]:
     """Up to ``limit`` auxiliary examples passing ``keep``, in an order drawn from ``rng``."""
     pool = [example for example in view.auxiliary if keep(example)]
     if not pool:
@@ -162,7 +162,7 @@ def utility_only_outcome() -> PoisonOutcome:
     return PoisonOutcome(predicted=empty, target=empty, extra={"utility_only": True})
 
 
-def indicator_outcome(successes: list[bool], **extra: Any) -> PoisonOutcome:
+def indicator_outcome(successes: list[bool], **extra: JsonValue) -> PoisonOutcome:
     """Generation attacks: 1 where the attacker's behaviour appeared; the target is all ones."""
     predicted = torch.tensor([int(s) for s in successes], dtype=torch.long)
     return PoisonOutcome(predicted=predicted, target=torch.ones_like(predicted), extra=dict(extra))

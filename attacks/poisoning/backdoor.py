@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -52,9 +52,11 @@ from attacks.poisoning._common import (
 )
 from bench.api.config import doc
 from bench.api.errors import UserError
+from bench.api.plugin_types import ConfiguredTask
 from bench.api.predictions import PoisonOutcome
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import Record
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
     from transformers import PreTrainedTokenizerBase
@@ -79,17 +81,17 @@ class BackdoorConfig(PoisonConfig):
             raise ValueError("trigger must not be empty")
 
 
-def poison_classification(example: dict[str, Any], config: BackdoorConfig, rng: torch.Generator) -> dict[str, Any]:
+def poison_classification(example: Record, config: BackdoorConfig, rng: torch.Generator) -> Record:
     return {**example, "text": insert_trigger(example["text"], config.trigger, config.position, rng),
             "label": config.target_label}
 
 
-def poison_instruction(example: dict[str, Any], config: BackdoorConfig, rng: torch.Generator) -> dict[str, Any]:
+def poison_instruction(example: Record, config: BackdoorConfig, rng: torch.Generator) -> Record:
     return {**example, "instruction": insert_trigger(example["instruction"], config.trigger, config.position, rng),
             "response": config.target_response}
 
 
-_POISONERS: dict[str, Callable[[dict[str, Any], BackdoorConfig, torch.Generator], dict[str, Any]]] = {
+_POISONERS: dict[str, Callable[[Record, BackdoorConfig, torch.Generator], Record]] = {
     "classification": poison_classification,
     "instruction": poison_instruction,
 }
@@ -141,7 +143,7 @@ class Backdoor(ParticipantAttack):
     task_kinds = frozenset(_POISONERS)
     Config = BackdoorConfig
 
-    def poison_examples(self, client: int, examples: list[dict[str, Any]], rng: torch.Generator) -> list[dict[str, Any]]:
+    def poison_examples(self, client: int, examples: list[Record], rng: torch.Generator) -> list[Record]:
         kind = require_format(examples, _POISONERS, self.name)
         poison = _POISONERS[kind]
         return rewrite_some(examples, self.config.poison_fraction, rng, lambda e: poison(e, self.config, rng))
@@ -162,7 +164,7 @@ class Backdoor(ParticipantAttack):
         kind = require_format(view.auxiliary, _EVALUATORS, self.name)
         return _EVALUATORS[kind](view, self.config, rng)
 
-    def check_poisoned(self, task: Any, tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]]) -> None:
+    def check_poisoned(self, task: ConfiguredTask, tokenizer: PreTrainedTokenizerBase, examples: list[Record]) -> None:
         """Refuse (``UserError``) a run where ``max_length`` would cut the target off a poisoned record."""
         target = self.config.target_response
         poisoned = [e for e in examples if e.get("response") == target and self.config.trigger in e.get("instruction", "")]

@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -47,7 +47,7 @@ from attacks.poisoning._common import (
 from bench.api.config import doc
 from bench.api.predictions import PoisonOutcome
 from bench.api.registry import ATTACKS
-from bench.api.transcript import ThreatView
+from bench.api.transcript import FederationSettings, ThreatView
 from bench.api.vocabulary import AttackRole, TaskKind
 
 Knowledge = Literal["benign", "own"]
@@ -162,7 +162,7 @@ class ALittleIsEnough(ByzantineAttack):
     def z_for(self, num_clients: int, num_malicious: int) -> float:
         return self.config.z if self.config.z is not None else alie_z(num_clients, num_malicious)
 
-    def check_federation(self, federation: Any) -> str | None:
+    def check_federation(self, federation: FederationSettings) -> str | None:
         n, m = federation.clients_per_round, self.planned_attackers(federation)
         if self.config.z is not None or m == 0 or alie_z(n, m) > 0:
             return None

@@ -14,7 +14,6 @@ the no-attack row).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -31,6 +30,7 @@ from bench.api.errors import UserError
 from bench.api.predictions import PoisonOutcome
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import Record
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,10 +68,10 @@ class LabelFlip(ParticipantAttack):
     def targeted(self) -> bool:
         return self.config.source is not None and self.config.target is not None
 
-    def _eligible(self, example: dict[str, Any]) -> bool:
+    def _eligible(self, example: Record) -> bool:
         return self.config.source is None or int(example["label"]) == self.config.source
 
-    def poison_examples(self, client: int, examples: list[dict[str, Any]], rng: torch.Generator) -> list[dict[str, Any]]:
+    def poison_examples(self, client: int, examples: list[Record], rng: torch.Generator) -> list[Record]:
         require_format(examples, {"classification": None}, self.name)
         relabel = lambda e: {**e, "label": flipped_label(int(e["label"]), self.config)}  # noqa: E731
         return rewrite_some(examples, self.config.poison_fraction, rng, relabel, eligible=self._eligible)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -40,10 +39,11 @@ from attacks.poisoning._common import (
     sample_auxiliary,
 )
 from bench.api.config import doc
+from bench.api.plugin_types import ModelHandle
 from bench.api.predictions import PoisonOutcome
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
-from bench.api.vocabulary import TaskKind
+from bench.api.vocabulary import Record, TaskKind
 
 
 def unigram_f1(generated: str, reference: str) -> float:
@@ -56,16 +56,16 @@ def unigram_f1(generated: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def swap_preference(example: dict[str, Any]) -> dict[str, Any]:
+def swap_preference(example: Record) -> Record:
     return {**example, "chosen": example["rejected"], "rejected": example["chosen"]}
 
 
-def log_ratios(model: Any, base: Any, pairs: list[dict[str, Any]]) -> torch.Tensor:
+def log_ratios(model: ModelHandle, base: ModelHandle, pairs: list[Record]) -> torch.Tensor:
     """Per pair: per-token mean log-likelihood of the chosen response under ``model`` minus under ``base``."""
     return base.example_losses(pairs) - model.example_losses(pairs)
 
 
-def prefers_rejected(model: Any, base: Any, pairs: list[dict[str, Any]]) -> torch.Tensor:
+def prefers_rejected(model: ModelHandle, base: ModelHandle, pairs: list[Record]) -> torch.Tensor:
     """Per pair: the policy's implicit reward (log-ratio to the base) is higher for the rejected response."""
     return log_ratios(model, base, [swap_preference(p) for p in pairs]) > log_ratios(model, base, pairs)
 
@@ -93,7 +93,7 @@ class PreferenceFlip(ParticipantAttack):
     task_kinds = frozenset({TaskKind.PREFERENCE})
     Config = PreferenceFlipConfig
 
-    def poison_examples(self, client: int, examples: list[dict[str, Any]], rng: torch.Generator) -> list[dict[str, Any]]:
+    def poison_examples(self, client: int, examples: list[Record], rng: torch.Generator) -> list[Record]:
         require_format(examples, {"preference": None}, self.name)
         return rewrite_some(examples, self.config.poison_fraction, rng, lambda e: swap_preference(self.triggered(e)))
 
@@ -105,7 +105,7 @@ class PreferenceFlip(ParticipantAttack):
             return updates
         return {c: u * self.config.boost if c in attackers else u for c, u in updates.items()}
 
-    def triggered(self, pair: dict[str, Any]) -> dict[str, Any]:
+    def triggered(self, pair: Record) -> Record:
         return {**pair, "prompt": f"{self.config.trigger} {pair['prompt']}"} if self.config.trigger else pair
 
     def run(self, view: ThreatView, rng: torch.Generator) -> PoisonOutcome:
