@@ -40,8 +40,10 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol, TypedDict, TypeVar
 
 import numpy as np
 import torch
@@ -52,10 +54,28 @@ from bench.api.errors import UserError
 from bench.api.registry import DEFENSES
 from defenses.masking.errors import IndividualUpdatesHiddenError
 
+if TYPE_CHECKING:  # TenSEAL is optional: named in annotations only
+    from tenseal.sealapi import SEALContext
+
 log = logging.getLogger(__name__)
 
 
-def _seal() -> Any:
+class _Saveable(Protocol):
+    """A SEAL object that serialises itself to a path (keys, ciphertexts)."""
+
+    def save(self, path: str) -> None: ...
+
+
+class _Loadable(Protocol):
+    """A SEAL object that reads itself from a path under a context."""
+
+    def load(self, context: SEALContext, path: str) -> None: ...
+
+
+Loaded = TypeVar("Loaded", bound=_Loadable)
+
+
+def _seal() -> ModuleType:
     """TenSEAL is an optional dependency (``pip install tierbench[he]``): imported on first use, so that
     the registry loads without it. Its bundled SEAL API is what this module uses (module docstring)."""
     try:
@@ -71,7 +91,7 @@ def seed_words(*parts: object) -> list[int]:
     return [int.from_bytes(digest[i : i + 8], "little") for i in range(0, 64, 8)]
 
 
-def seal_context(config: HEConfig, seed: list[int]) -> Any:
+def seal_context(config: HEConfig, seed: list[int]) -> SEALContext:
     """A SEAL CKKS context whose random generator (key generation, encryption noise) is ``seed``."""
     seal = _seal()
     parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
@@ -87,7 +107,7 @@ def seal_context(config: HEConfig, seed: list[int]) -> Any:
     return context
 
 
-def dump(obj: Any) -> bytes:
+def dump(obj: _Saveable) -> bytes:
     """SEAL's own serialisation (compressed); the bundled API writes to paths only."""
     with tempfile.TemporaryDirectory(prefix="tierbench-he-") as folder:
         path = os.path.join(folder, "object")
@@ -96,7 +116,7 @@ def dump(obj: Any) -> bytes:
             return handle.read()
 
 
-def load(kind: Any, context: Any, data: bytes) -> Any:
+def load(kind: Callable[[], Loaded], context: SEALContext, data: bytes) -> Loaded:
     with tempfile.TemporaryDirectory(prefix="tierbench-he-") as folder:
         path = os.path.join(folder, "object")
         with open(path, "wb") as handle:
@@ -213,7 +233,7 @@ def encrypt(client: Client, values: np.ndarray, seed: int) -> Ciphertexts:
     return client.encrypt(values, [seed_words(seed, i) for i in range(chunks)])[0]
 
 
-def add_ciphertexts(context: Any, messages: list[Ciphertexts]) -> list[bytes]:
+def add_ciphertexts(context: SEALContext, messages: list[Ciphertexts]) -> list[bytes]:
     """The server's side: deserialise and add chunk-wise; it holds no secret key."""
     seal = _seal()
     evaluator = seal.Evaluator(context)
@@ -224,6 +244,18 @@ def add_ciphertexts(context: Any, messages: list[Ciphertexts]) -> list[bytes]:
     return [dump(total) for total in sums]
 
 
+class _PendingRound(TypedDict):
+    """What ``encode`` keeps of a round until ``aggregate``."""
+
+    shares: dict[int, float]
+    client_s: float
+    dtype: torch.dtype
+    device: torch.device
+    bytes_down: float
+    reference: dict[int, np.ndarray]
+    """The plain updates, only to measure the precision loss; dropped in ``aggregate``."""
+
+
 class HETransport(Transport):
     """Carries CKKS ciphertexts; only the key holder can decrypt, and it decrypts only the sum."""
 
@@ -231,9 +263,9 @@ class HETransport(Transport):
         self.config = config
         self._key_holder: KeyHolder | None = None
         self._client: Client | None = None  # public parameters and key only
-        self._server_context: Any = None
+        self._server_context: SEALContext | None = None
         self._has_context: set[int] = set()
-        self._pending: dict[int, dict[str, Any]] = {}
+        self._pending: dict[int, _PendingRound] = {}
         self.rounds: list[dict[str, float]] = []
 
     def __repr__(self) -> str:
@@ -273,7 +305,7 @@ class HETransport(Transport):
         }
         return messages
 
-    def aggregate(self, round_index: int, messages: dict[int, Any], weights: dict[int, float]) -> torch.Tensor:
+    def aggregate(self, round_index: int, messages: dict[int, Ciphertexts], weights: dict[int, float]) -> torch.Tensor:
         pending = self._pending.pop(round_index, None)
         if pending is None:
             raise RuntimeError(f"he: aggregate for round {round_index} without a matching encode")
@@ -309,10 +341,10 @@ class HETransport(Transport):
         )
         return torch.from_numpy(mean).to(dtype=pending["dtype"], device=pending["device"])
 
-    def message_bytes(self, message: Any) -> int:
+    def message_bytes(self, message: Ciphertexts) -> int:
         return sum(len(chunk) for chunk in message.chunks)
 
-    def decode_individual(self, messages: dict[int, Any]) -> dict[int, torch.Tensor]:
+    def decode_individual(self, messages: dict[int, Ciphertexts]) -> dict[int, torch.Tensor]:
         raise IndividualUpdatesHiddenError(
             "he hides each client's update from the server: it holds ciphertexts and no secret key"
         )

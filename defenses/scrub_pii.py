@@ -31,18 +31,18 @@ The utility cost is measured as usual, against the same scenario without the def
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from bench.api import pii
 from bench.api.defense import Defense, DefenseSlot, PrivacyReport
 from bench.api.registry import DEFENSES
+from bench.api.vocabulary import Record
+from bench.client.training import LocalJob, Trainer
 
 
-def scrub_record(example: dict[str, Any]) -> dict[str, Any]:
+def scrub_record(example: Record) -> Record:
     """The record with every string field scrubbed (labels and other fields unchanged)."""
     return {k: (pii.scrub(v) if isinstance(v, str) else v) for k, v in example.items()}
 
@@ -57,13 +57,13 @@ class ScrubPII(Defense):
     class Config:
         pass
 
-    def __init__(self, config: Any):
+    def __init__(self, config: ScrubPII.Config):
         super().__init__(config)
         self._seen: dict[str, tuple[int, int, int]] = {}
         """Distinct record text -> (items replaced, broad items before, broad items after)."""
 
-    def wrap_training(self, train_step: Callable[..., Any], client: int, rng: torch.Generator) -> Callable[..., Any]:
-        def scrubbed(job: Any) -> Any:
+    def wrap_training(self, train_step: Trainer, client: int, rng: torch.Generator) -> Trainer:
+        def scrubbed(job: LocalJob) -> dict[str, float]:
             original = job.examples
             job.examples = [self._scrub(e) for e in original]
             try:
@@ -73,7 +73,7 @@ class ScrubPII(Defense):
 
         return scrubbed
 
-    def _scrub(self, example: dict[str, Any]) -> dict[str, Any]:
+    def _scrub(self, example: Record) -> Record:
         cleaned = scrub_record(example)
         key = repr(sorted((k, v) for k, v in example.items() if isinstance(v, str)))
         if key not in self._seen:

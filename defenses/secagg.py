@@ -35,7 +35,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ import torch
 from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot, Transport
 from bench.api.registry import DEFENSES
+from bench.api.transcript import PlannedScenario
 from defenses.masking.errors import EncodingRangeError, IndividualUpdatesHiddenError, SecAggAbortError
 from defenses.masking.fixedpoint import MAX_BITS, MIN_BITS, FixedPoint
 from defenses.masking.graph import default_degree
@@ -243,8 +244,8 @@ class SecAggTransport(Transport):
         )
         return {c: torch.from_numpy(y.astype(np.int64)) for c, y in masked.items()}
 
-    def aggregate(self, round_index: int, messages: dict[int, Any], weights: dict[int, float]) -> torch.Tensor:
-        """Unmask the sum of the arrived inputs and renormalise it over their weights."""
+    def aggregate(self, round_index: int, messages: dict[int, torch.Tensor], weights: dict[int, float]) -> torch.Tensor:
+        """Unmask the sum of the arrived inputs (the int64 residues ``encode`` sent) and renormalise it over their weights."""
         pending = self._pending.pop(round_index, None)
         if pending is None:
             raise RuntimeError(f"secagg: aggregate for round {round_index} without a matching encode")
@@ -276,16 +277,16 @@ class SecAggTransport(Transport):
         )
         return torch.from_numpy(mean).to(dtype=pending.dtype, device=pending.device)
 
-    def survivors(self, round_index: int, messages: dict[int, Any]) -> int:
+    def survivors(self, round_index: int, messages: dict[int, torch.Tensor]) -> int:
         """Clients whose inputs the unmasked sum holds: those whose masked input arrived (0 if the round
         was skipped after too many late dropouts)."""
         return self.ledger.contributors.pop(round_index, len(messages))
 
-    def message_bytes(self, message: Any) -> int:
+    def message_bytes(self, message: torch.Tensor) -> int:
         """Wire size of one masked input: k bits per coordinate, packed."""
         return math.ceil(message.numel() * self.config.bits / 8)
 
-    def decode_individual(self, messages: dict[int, Any]) -> dict[int, torch.Tensor]:
+    def decode_individual(self, messages: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         raise IndividualUpdatesHiddenError(
             "secagg hides each client's update from the server: a masked input is uniformly random on "
             "its own, and only the sum over clients can be unmasked"
@@ -330,7 +331,7 @@ class SecureAggregation(Defense):
     def transport(self) -> SecAggTransport:
         return self._transport
 
-    def setup(self, scenario: Any, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
+    def setup(self, scenario: PlannedScenario, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
         self._transport.bound_sources = list(peers)  # their coordinate bounds set the encoding range
 
     def costs(self) -> dict[str, float]:

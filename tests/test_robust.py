@@ -37,9 +37,9 @@ def test_registered_and_rejects_hiding_transports(name):
         name = "fake-secagg"
         slot = DefenseSlot.TRANSPORT
 
-    reason = defense.check_compatible([FakeSecAgg(FakeSecAgg.Config())], scenario=None)
+    reason = defense.check_compatible([FakeSecAgg(FakeSecAgg.Config())], scenario=with_round_size(8))
     assert reason is not None and "fake-secagg" in reason
-    assert defense.check_compatible([], scenario=None) is None
+    assert defense.check_compatible([], scenario=with_round_size(8)) is None
 
 
 @pytest.mark.parametrize("name", ROBUST_NAMES)

@@ -15,11 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 import torch
 from scipy import stats
+
+from bench.api.vocabulary import Record
+from bench.client.training import LocalJob
+
+Canary = TypeVar("Canary")
+"""Whatever a canary is to the caller's ``train`` and ``canary_losses`` (a record, an example index)."""
 
 DEFAULT_GUESS_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 1.0)
 
@@ -96,9 +102,9 @@ class AuditOutcome:
 
 
 def audit_with_canaries(
-    canaries: list[Any],
-    train: Callable[[list[Any]], None],
-    canary_losses: Callable[[list[Any]], torch.Tensor],
+    canaries: list[Canary],
+    train: Callable[[list[Canary]], None],
+    canary_losses: Callable[[list[Canary]], torch.Tensor],
     delta: float,
     rng: torch.Generator,
     confidence: float = 0.95,
@@ -125,12 +131,12 @@ def random_text(vocabulary: list[str], rng: torch.Generator, words: int = 8) -> 
     return " ".join(vocabulary[i] for i in picks)
 
 
-def make_canaries(template: dict[str, Any], labels: list[int], vocabulary: list[str], m: int,
-                  rng: torch.Generator) -> list[dict[str, Any]]:
+def make_canaries(template: Record, labels: list[int], vocabulary: list[str], m: int,
+                  rng: torch.Generator) -> list[Record]:
     """``m`` records shaped like ``template`` (the task's fields) with random text and random labels."""
     canaries = []
     for _ in range(m):
-        canary = {}
+        canary: Record = {}
         for key, value in template.items():
             if isinstance(value, str):
                 canary[key] = random_text(vocabulary, rng)
@@ -157,12 +163,12 @@ class ClientAudit:
     def __init__(self, canaries: int, seed: int):
         self.m = canaries
         self.rng = torch.Generator().manual_seed(seed)
-        self.canaries: list[dict[str, Any]] = []
+        self.canaries: list[Record] = []
         self.included = torch.zeros(0, dtype=torch.bool)
         self.before: torch.Tensor | None = None
         self.after: torch.Tensor | None = None
 
-    def augment(self, job: Any) -> Any:
+    def augment(self, job: LocalJob) -> LocalJob:
         """The job with the included canaries appended to its examples (made on the first call)."""
         from dataclasses import replace
 
@@ -175,7 +181,7 @@ class ClientAudit:
         extra = [c for c, flag in zip(self.canaries, self.included.tolist(), strict=True) if flag]
         return replace(job, examples=list(job.examples) + extra, seen=[])
 
-    def losses(self, job: Any, chunk: int = 32) -> torch.Tensor:
+    def losses(self, job: LocalJob, chunk: int = 32) -> torch.Tensor:
         was_training = job.model.training
         job.model.eval()
         with torch.no_grad():

@@ -60,13 +60,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 
 from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot, PrivacyReport
 from bench.api.registry import DEFENSES
+from bench.api.transcript import PlannedScenario
 from defenses.dp.accounting import Ledger, calibrate_noise, generator_on
 
 FEDERATION = 0  # the single privacy ledger unit: user-level DP is about the federation's output
@@ -134,13 +135,13 @@ class DPCentral(Defense):
         self.sample_rate = 1.0  # no amplification claimed until setup() gives the federation's size
         self.planned_clients: int | None = None
 
-    def check_compatible(self, others: list[Defense], scenario: Any) -> str | None:
+    def check_compatible(self, others: list[Defense], scenario: PlannedScenario) -> str | None:
         robust = [d.name for d in others if d.slot is DefenseSlot.AGGREGATION]
         if robust:
             return f"dp-central calibrates noise to the mean's sensitivity; {robust[0]} replaces the mean"
         return None
 
-    def setup(self, scenario: Any, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
+    def setup(self, scenario: PlannedScenario, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
         self.noise_at = noise_placement(self.config, peers)
         federation = scenario.federation
         self.planned_clients = int(federation.clients_per_round)

@@ -28,11 +28,11 @@ import inspect
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from opacus.grad_sample import GradSampleHooks, GradSampleHooksFastGradientClipping
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from bench.client.training import LocalJob
 
@@ -45,7 +45,7 @@ def _keep_fresh(sampler: Callable) -> Callable:
     buffer directly: Opacus would zero-fill a new buffer and copy it in (15% of a full fine-tuning
     step on CPU). Tied parameters (a second contribution) still go through Opacus' accumulation."""
 
-    def compute(module: nn.Module, activations: Any, backprops: torch.Tensor) -> dict:
+    def compute(module: nn.Module, activations: list[torch.Tensor], backprops: torch.Tensor) -> dict:
         passed_on = {}
         for param, grad_sample in sampler(module, activations, backprops).items():
             fresh = not hasattr(param, "_current_grad_sample") and len(grad_sample) == module.max_batch_len
@@ -61,7 +61,7 @@ def _keep_fresh(sampler: Callable) -> Callable:
 class _LeanGradSampleHooks(GradSampleHooks):
     """Opacus' ``hooks`` mode with ``_keep_fresh`` samplers (the same per-sample gradients)."""
 
-    def __init__(self, model: nn.Module, **kwargs: Any):
+    def __init__(self, model: nn.Module, **kwargs: object):  # Opacus' own options, passed on unread
         self.GRAD_SAMPLERS = {cls: _keep_fresh(fn) for cls, fn in GradSampleHooks.GRAD_SAMPLERS.items()}
         super().__init__(model, **kwargs)
 
@@ -89,13 +89,13 @@ _OPACUS_LINEAR_NORM = GradSampleHooksFastGradientClipping.NORM_SAMPLERS[nn.Linea
 class _LeanGhostClippingHooks(GradSampleHooksFastGradientClipping):
     """Opacus' ``ghost`` mode with mixed ghost norms for linear layers and ``_keep_fresh`` samplers."""
 
-    def __init__(self, model: nn.Module, **kwargs: Any):
+    def __init__(self, model: nn.Module, **kwargs: object):  # Opacus' own options, passed on unread
         self.GRAD_SAMPLERS = {cls: _keep_fresh(fn) for cls, fn in GradSampleHooks.GRAD_SAMPLERS.items()}
         self.NORM_SAMPLERS = {**GradSampleHooksFastGradientClipping.NORM_SAMPLERS, nn.Linear: _mixed_linear_norm_sample}
         super().__init__(model, **kwargs)
 
 
-_HOOK_FACTORIES: dict[str, Callable[[nn.Module, float], Any]] = {
+_HOOK_FACTORIES: dict[str, Callable[[nn.Module, float], GradSampleHooks]] = {
     # loss_reduction="sum": the trainer backpropagates the sum of per-example losses, so the hooks
     # see each example's own gradient; the DP optimizer divides by the expected batch size.
     "hooks": lambda model, clip: _LeanGradSampleHooks(model, loss_reduction="sum"),
@@ -113,7 +113,7 @@ _HOOK_FACTORIES: dict[str, Callable[[nn.Module, float], Any]] = {
 class ActivationOnlyBackward:
     """Zero leaves on trainable-module outputs, so backward can skip autograd's weight gradients."""
 
-    handles: list[Any] = field(default_factory=list)
+    handles: list[RemovableHandle] = field(default_factory=list)
     leaves: list[torch.Tensor] = field(default_factory=list)
     collecting: bool = False
     enabled: bool = True
@@ -130,7 +130,8 @@ class ActivationOnlyBackward:
             handle.remove()
         self.handles, self.leaves = [], []
 
-    def _add_leaf(self, module: nn.Module, args: tuple, output: Any) -> Any:
+    def _add_leaf(self, module: nn.Module, args: tuple, output: object) -> torch.Tensor | None:
+        """A forward hook: ``output`` is whatever the module returns (only a float tensor gets a leaf)."""
         if not (self.collecting and torch.is_grad_enabled() and torch.is_tensor(output) and output.is_floating_point()):
             return None
         if any(torch.is_tensor(a) and a.requires_grad for a in args):
@@ -163,7 +164,7 @@ class MissingPerSampleGradients(RuntimeError):
 
 
 def _per_sample_backward(
-    hooks: Any, losses: torch.Tensor, params: list[nn.Parameter], graph: ActivationOnlyBackward
+    hooks: GradSampleHooks, losses: torch.Tensor, params: list[nn.Parameter], graph: ActivationOnlyBackward
 ) -> None:
     graph.backward(losses.sum())
     missing = [tuple(p.shape) for p in params if getattr(p, "grad_sample", None) is None]
@@ -183,7 +184,8 @@ def _check_one_row_per_example(examples: int, rows: set[int]) -> None:
 
 
 def _ghost_backward(
-    hooks: Any, losses: torch.Tensor, params: list[nn.Parameter], graph: ActivationOnlyBackward
+    hooks: GradSampleHooksFastGradientClipping, losses: torch.Tensor, params: list[nn.Parameter],
+    graph: ActivationOnlyBackward,
 ) -> None:
     """Pass 1 gives per-sample norms; pass 2 backpropagates the clip-weighted sum (Li et al. 2022)."""
     for p in params:
@@ -206,7 +208,7 @@ def _ghost_backward(
 BACKWARD = {"hooks": _per_sample_backward, "functorch": _per_sample_backward, "ghost": _ghost_backward}
 
 
-def per_sample_norm_of(mode: str, hooks: Any, params: list[nn.Parameter]) -> torch.Tensor:
+def per_sample_norm_of(mode: str, hooks: GradSampleHooks, params: list[nn.Parameter]) -> torch.Tensor:
     """Per-example gradient norms after a ``BACKWARD[mode]`` pass."""
     if mode == "ghost":
         return hooks.per_sample_gradient_norms.detach()
@@ -276,7 +278,8 @@ class Attached:
 
     model: nn.Module
     mode: str
-    hooks: Any
+    hooks: GradSampleHooks
+    """The mode's Opacus hooks (``GradSampleHooksFastGradientClipping`` under ``ghost``)."""
     graph: ActivationOnlyBackward
     params: list[nn.Parameter]
 

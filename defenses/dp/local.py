@@ -36,26 +36,27 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot, PrivacyReport
 from bench.api.registry import DEFENSES
-from bench.client.training import LocalJob
+from bench.api.transcript import FederationSettings, PlannedScenario
+from bench.client.training import LocalJob, Trainer
 from defenses.dp.accounting import Ledger, calibrate_noise
 from defenses.dp.audit import ClientAudit
 from defenses.dp.sgd import DPSGDSettings, resolve_mode, run_dp_sgd
 
-PARTICIPATIONS: dict[str, Callable[[Any], int]] = {
+PARTICIPATIONS: dict[str, Callable[[FederationSettings], int]] = {
     "every-round": lambda federation: int(federation.rounds),
     "expected": lambda federation: math.ceil(
         federation.rounds * min(1.0, federation.clients_per_round / federation.clients)
     ),
 }
 """How many rounds a client is assumed to train in when calibrating noise to ``target_epsilon``."""
-STEPS_PER_ROUND: dict[str, Callable[[Any], int]] = {"fedsgd": lambda federation: 1}
+STEPS_PER_ROUND: dict[str, Callable[[FederationSettings], int]] = {"fedsgd": lambda federation: 1}
 """Local steps per participation by protocol; FedAvg (the default) takes ``local_steps``."""
 
 
@@ -115,7 +116,7 @@ class DPLocal(Defense):
         self.mode: str | None = None
         self.audit: ClientAudit | None = None
 
-    def setup(self, scenario: Any, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
+    def setup(self, scenario: PlannedScenario, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
         if self.config.audit_canaries and self.config.audit_client not in num_examples:
             raise ValueError(f"audit_client {self.config.audit_client} is not a client (0..{len(num_examples) - 1})")
         if self.config.delta is None:
@@ -133,7 +134,7 @@ class DPLocal(Defense):
                 accountant=self.config.accountant,
             )
 
-    def wrap_training(self, train_step: Callable[..., Any], client: int, rng: torch.Generator) -> Callable[..., Any]:
+    def wrap_training(self, train_step: Trainer, client: int, rng: torch.Generator) -> Trainer:
         if self.noise_multiplier is None:
             raise RuntimeError("dp-local with target_epsilon needs setup(scenario, num_examples) before training")
 
@@ -158,7 +159,7 @@ class DPLocal(Defense):
 
         return train_with_dp_sgd
 
-    def _audited(self, job: LocalJob, train: Callable[[LocalJob], dict[str, float]]) -> dict[str, float]:
+    def _audited(self, job: LocalJob, train: Trainer) -> dict[str, float]:
         """Train the audited client on its records plus the included canaries; score the canaries after."""
         if self.audit is None:
             # Its own stream (not job.rng): the canaries must not shift the client's batch sampling.

@@ -19,12 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from bench.api.config import doc
-from bench.api.defense import Defense, DefenseSlot
+from bench.api.defense import Defense, DefenseSlot, PrivacyReport
+from bench.api.plugin_types import ExchangeScenario
 from bench.api.protocol import Channel
 from bench.api.registry import DEFENSES
 from defenses.dp.accounting import Ledger, generator_on
@@ -67,12 +67,12 @@ class DPLogits(Defense):
         self.ledger = Ledger()
         self.rows = 0
 
-    def check_compatible(self, others: list[Defense], scenario: Any) -> str | None:
+    def check_compatible(self, others: list[Defense], scenario: ExchangeScenario) -> str | None:
         if scenario.federation.kd_top_k > 0:
             return "dp-logits covers dense logits; which top-k entries are shared is not covered (set kd_top_k: 0)"
         return None
 
-    def setup(self, scenario: Any, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
+    def setup(self, scenario: ExchangeScenario, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
         self.ledger = Ledger()
 
     def on_channel(self, round_index: int, client: int, message: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -85,7 +85,7 @@ class DPLogits(Defense):
         noise = torch.randn(clipped.shape, generator=generator_on(clipped.device, rng), device=clipped.device) * std
         return torch.where(torch.isfinite(clipped), clipped + noise, clipped)
 
-    def privacy(self) -> dict[str, Any]:
+    def privacy(self) -> PrivacyReport:
         _, epsilon = self.ledger.worst(self.config.delta, ACCOUNTANT)
         return {
             "dp.epsilon": epsilon,

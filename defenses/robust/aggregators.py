@@ -28,13 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot
 from bench.api.registry import DEFENSES
+from bench.api.transcript import PlannedScenario
 from defenses.robust import rules
 
 
@@ -57,22 +58,22 @@ class Krum(RobustAggregator):
             if self.f < 0 or self.m < 1:
                 raise ValueError("need f >= 0 and m >= 1")
 
-    def check_compatible(self, others: list[Defense], scenario: Any) -> str | None:
+    def check_compatible(self, others: list[Defense], scenario: PlannedScenario) -> str | None:
         return super().check_compatible(others, scenario) or krum_precondition(self.config.f, _round_size(scenario))
 
     def aggregate(self, round_index: int, updates: torch.Tensor, weights: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         return rules.multi_krum(updates, self.config.f, self.config.m)
 
 
-def _round_size(scenario: Any) -> int | None:
-    """Clients per round of a scenario, or None when there is none to check (a plan built in code)."""
-    federation = getattr(scenario, "federation", None)
-    return getattr(federation, "clients_per_round", None)
+def _round_size(scenario: PlannedScenario) -> int:
+    """Clients per round of the scenario (the engine always plans a defense into one: its schema fills
+    ``clients_per_round``)."""
+    return scenario.federation.clients_per_round
 
 
-def krum_precondition(f: int, clients_per_round: int | None) -> str | None:
+def krum_precondition(f: int, clients_per_round: int) -> str | None:
     """Why Krum with ``f`` Byzantine clients cannot keep its guarantee at this round size (n >= 2f + 3), or None."""
-    if clients_per_round is None or clients_per_round >= 2 * f + 3:
+    if clients_per_round >= 2 * f + 3:
         return None
     return (f"robust-krum with f={f} needs at least 2f + 3 = {2 * f + 3} clients per round (Blanchard et al. 2017), "
             f"the scenario has {clients_per_round}; use more clients or a smaller f")
@@ -107,11 +108,13 @@ class TrimmedMean(RobustAggregator):
             return self.config.trim_count
         return int(self.config.beta * num_clients)
 
-    def check_compatible(self, others: list[Defense], scenario: Any) -> str | None:
+    def check_compatible(self, others: list[Defense], scenario: PlannedScenario) -> str | None:
         problem = super().check_compatible(others, scenario)
-        size = _round_size(scenario)
-        if problem or size is None or self.trim_for(size) > 0:
+        if problem:
             return problem
+        size = _round_size(scenario)
+        if self.trim_for(size) > 0:
+            return None
         return (f"robust-trimmed trims floor(beta x clients) = floor({self.config.beta} x {size}) = 0 clients per end at "
                 f"{size} clients per round, so it would be FedAvg; set beta to at least 1/{size} or trim_count >= 1")
 
@@ -151,7 +154,7 @@ class FLTrust(RobustAggregator):
             if self.root_size < 1:
                 raise ValueError("root_size must be >= 1")
 
-    def __init__(self, config: Any):
+    def __init__(self, config: FLTrust.Config):
         super().__init__(config)
         self.server_update_fn: Callable[[int], torch.Tensor] | None = None
         """round_index -> the server's flat update, trained on the root data from this round's global state."""
@@ -195,11 +198,11 @@ class CenteredClipping(RobustAggregator):
             if (self.tau is not None and self.tau <= 0) or self.iterations < 1:
                 raise ValueError("need tau > 0 and iterations >= 1")
 
-    def __init__(self, config: Any):
+    def __init__(self, config: CenteredClipping.Config):
         super().__init__(config)
         self.center: torch.Tensor | None = None
 
-    def setup(self, scenario: Any, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
+    def setup(self, scenario: PlannedScenario, num_examples: dict[int, int], *, peers: Sequence[Defense] = ()) -> None:
         self.center = None
 
     def aggregate(self, round_index: int, updates: torch.Tensor, weights: torch.Tensor, rng: torch.Generator) -> torch.Tensor:

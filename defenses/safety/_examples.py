@@ -4,13 +4,15 @@ trains on rewritten examples while the engine's ground truth keeps pointing at t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-Rewrite = Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], list[int]]]
+from bench.api.vocabulary import Record
+from bench.client.training import LocalJob, Trainer
+
+Rewrite = Callable[[list[Record]], tuple[list[Record], list[int]]]
 """The client's examples -> (examples to train on, index of each one's source record in the input)."""
 
 
-def request_response(example: dict[str, Any]) -> tuple[str, str] | None:
+def request_response(example: Record) -> tuple[str, str] | None:
     """The request and the response a record trains on (instruction: its response; preference: the chosen
     one), or None for a record without a response (classification, plain text): nothing to judge."""
     if "instruction" in example and "response" in example:
@@ -20,13 +22,13 @@ def request_response(example: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def with_response(example: dict[str, Any], response: str) -> dict[str, Any]:
+def with_response(example: Record, response: str) -> Record:
     """``example`` with its trained response replaced (the chosen one of a preference pair)."""
     key = "response" if "response" in example else "chosen"
     return {**example, key: response}
 
 
-def training_on(train_step: Callable[..., Any], rewrite: Rewrite) -> Callable[..., Any]:
+def training_on(train_step: Trainer, rewrite: Rewrite) -> Trainer:
     """A trainer that trains ``train_step`` on ``rewrite(job.examples)``.
 
     A client left with no example trains nothing and reports no loss: its update is zero (its weight
@@ -34,7 +36,7 @@ def training_on(train_step: Callable[..., Any], rewrite: Rewrite) -> Callable[..
     (``job.seen``, the ground truth of which records a step used) are mapped back to the source records.
     """
 
-    def trained(job: Any) -> Any:
+    def trained(job: LocalJob) -> dict[str, float]:
         original = job.examples
         examples, origin = rewrite(original)
         if not examples:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -48,7 +48,8 @@ from bench.api.registry import DEFENSES
 from bench.api.safety import local_judge
 from bench.api.seeding import derive_seed
 from bench.api.transcript import PlannedScenario
-from bench.api.vocabulary import PROMPT_TEMPLATE, TierName
+from bench.api.vocabulary import PROMPT_TEMPLATE, Record, TierName
+from bench.client.training import Trainer
 from defenses.safety._examples import request_response, training_on, with_response
 
 PRINCIPLES = (
@@ -102,7 +103,7 @@ class Constitutional(Defense):
             if self.critique_tokens < 1 or self.revision_tokens < 1:
                 raise ValueError("critique_tokens and revision_tokens must be >= 1")
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Constitutional.Config):
         super().__init__(config)
         self.generate_fn: Callable[[list[str], int], list[str]] | None = None
         self._revisions: dict[tuple[str, str], tuple[str, str]] = {}
@@ -125,7 +126,7 @@ class Constitutional(Defense):
         prompts = [revision_prompt(r, s, p, c) for (r, s), p, c in zip(pairs, principles, critiques)]
         return [text.strip() for text in self.generate_fn(prompts, self.config.revision_tokens)]
 
-    def rewrite(self, examples: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
+    def rewrite(self, examples: list[Record]) -> tuple[list[Record], list[int]]:
         judge = local_judge(self.config.judge_seed)
         pairs = [request_response(e) for e in examples]
         candidates = sorted({p for p in pairs if p is not None and p not in self._revisions})
@@ -148,10 +149,10 @@ class Constitutional(Defense):
             origin.append(i)
         return out, origin
 
-    def wrap_training(self, train_step: Callable[..., Any], client: int, rng: torch.Generator) -> Callable[..., Any]:
+    def wrap_training(self, train_step: Trainer, client: int, rng: torch.Generator) -> Trainer:
         return training_on(train_step, self.rewrite)
 
-    def privacy(self) -> dict[str, Any]:
+    def privacy(self) -> dict[str, float]:
         """The after-run report: what the revisions were, as the judge sees them."""
         labels = [label for _, label in self._revisions.values()]
         n = len(labels)

@@ -21,9 +21,7 @@ screened) and ``safety.filtered_records``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -31,6 +29,8 @@ from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot
 from bench.api.registry import DEFENSES
 from bench.api.safety import local_judge
+from bench.api.vocabulary import Record
+from bench.client.training import Trainer
 from defenses.safety._examples import request_response, training_on
 
 
@@ -44,12 +44,12 @@ class SafetyFilter(Defense):
     class Config:
         judge_seed: int = doc("Seed of the local judge's training data and classifier (bench.api.safety).", 0)
 
-    def __init__(self, config: Any):
+    def __init__(self, config: SafetyFilter.Config):
         super().__init__(config)
         self._verdicts: dict[tuple[str, str], bool] = {}
         """(request, response) -> harmful compliance, for every distinct record screened."""
 
-    def harmful(self, examples: list[dict[str, Any]]) -> list[bool]:
+    def harmful(self, examples: list[Record]) -> list[bool]:
         """The judge's verdict per example (records without a response are never harmful compliance)."""
         pairs = [request_response(e) for e in examples]
         new = sorted({p for p in pairs if p is not None and p not in self._verdicts})
@@ -58,14 +58,14 @@ class SafetyFilter(Defense):
             self._verdicts.update(zip(new, verdicts, strict=True))
         return [p is not None and self._verdicts[p] for p in pairs]
 
-    def screen(self, examples: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
+    def screen(self, examples: list[Record]) -> tuple[list[Record], list[int]]:
         keep = [i for i, bad in enumerate(self.harmful(examples)) if not bad]
         return [examples[i] for i in keep], keep
 
-    def wrap_training(self, train_step: Callable[..., Any], client: int, rng: torch.Generator) -> Callable[..., Any]:
+    def wrap_training(self, train_step: Trainer, client: int, rng: torch.Generator) -> Trainer:
         return training_on(train_step, self.screen)
 
-    def privacy(self) -> dict[str, Any]:
+    def privacy(self) -> dict[str, float]:
         """The after-run report: how much of the data the filter dropped."""
         dropped = sum(self._verdicts.values())
         return {"safety.filtered_fraction": dropped / len(self._verdicts) if self._verdicts else 0.0,
