@@ -34,9 +34,11 @@ from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.errors import IncompatibleError
+from bench.api.plugin_types import ModelHandle
 from bench.api.predictions import Extraction
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
+from bench.api.vocabulary import Record
 
 TEXT_KINDS = frozenset({"language", "instruction"})
 
@@ -182,7 +184,7 @@ class PIIInference(_PIIAttack):
         return pool
 
     @staticmethod
-    def _picked(handle, probes: list[tuple[int, list[dict], int]], count: int) -> list[float]:
+    def _picked(handle: ModelHandle, probes: list[tuple[int, list[Record], int]], count: int) -> list[float]:
         hits = [0.0] * count
         if not probes:
             return hits
