@@ -40,6 +40,7 @@ import torch
 from bench.api import pii
 from bench.api.defense import Defense, DefenseSlot, PrivacyReport
 from bench.api.registry import DEFENSES
+from bench.api.vocabulary import DefenseFamily
 
 
 def scrub_record(example: dict[str, Any]) -> dict[str, Any]:
@@ -52,6 +53,7 @@ class ScrubPII(Defense):
     """Rule-based PII scrubbing of each client's training records before local training."""
 
     slot = DefenseSlot.TRAINING
+    family = DefenseFamily.PII_SCRUBBING
 
     @dataclass(frozen=True, kw_only=True)
     class Config:

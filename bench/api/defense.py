@@ -26,12 +26,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, Protocol, TypedDict
 
 import torch
 
 from bench.api.protocol import Channel
 from bench.api.transcript import PlannedScenario
+from bench.api.vocabulary import DefenseFamily
 
 PrivacyReport = TypedDict("PrivacyReport", {
     "dp.epsilon": float, "dp.delta": float, "dp.accountant": str, "dp.level": str, "dp.noise_multiplier": float,
@@ -44,6 +45,21 @@ PrivacyReport = TypedDict("PrivacyReport", {
 the stored metric names: numbers become metric rows (``dp.epsilon``: the accountant's epsilon at
 ``dp.delta``; ``dp.level``: ``record`` or ``user``; ``dp.epsilon_lower``: an audit's lower bound), text
 goes to the run's ``extra``. A key absent means the defense does not measure it."""
+
+
+class PrivacyLedger(Protocol):
+    """Per privacy unit, the composed history of subsampled Gaussian steps as ``(noise_multiplier,
+    sample_rate, steps)`` (``defenses.dp.accounting.Ledger``)."""
+
+    histories: dict[int, list[tuple[float, float, int]]]
+
+    def record(self, unit: int, noise_multiplier: float, sample_rate: float, steps: int) -> None: ...
+
+
+class PrivacyAudit(Protocol):
+    """A one-run privacy audit's client-side state (``defenses.dp.audit.ClientAudit``)."""
+
+    def epsilon_lower(self, delta: float, confidence: float) -> float | None: ...
 
 
 class DefenseSlot(enum.Enum):
@@ -96,6 +112,9 @@ class Transport:
 
 class Defense:
     name: ClassVar[str]
+    family: ClassVar[DefenseFamily]
+    """The family reports compare this defense as (Table 4's paper marks are per family); every defense
+    declares one (checked when it is built), stored beside its rows: a report never reads it off the name."""
     slot: ClassVar[DefenseSlot] = DefenseSlot.CLIENT_UPDATE
     """The slot this defense's own work fills (see ``DefenseSlot``); a class that overrides
     ``transport`` or ``aggregate`` must declare ``TRANSPORT`` or ``AGGREGATION`` (checked at import)."""
@@ -114,6 +133,13 @@ class Defense:
     planning refuses it under a protocol whose channel is not among them (a TRAINING-slot defense
     runs under any protocol that trains locally)."""
 
+    ledger: PrivacyLedger | None = None
+    """The privacy ledger client-side training records into (dp-local), or None. Declared so that an engine
+    training clients in another process (Flower) carries its new entries back to the server's copy."""
+    audit: PrivacyAudit | None = None
+    """A one-run audit's client-side state (dp-local's canaries), or None: no engine message carries it, so
+    an engine training clients elsewhere refuses a defense that set it."""
+
     @dataclass(frozen=True, kw_only=True)
     class Config:
         pass
@@ -125,6 +151,9 @@ class Defense:
                 raise TypeError(f"{cls.__qualname__} overrides {hook} and must declare slot = DefenseSlot.{slot.name}")
 
     def __init__(self, config: Any):
+        if not isinstance(declared_family(type(self)), DefenseFamily):
+            raise TypeError(f"{type(self).__qualname__} must declare family = DefenseFamily.<one of "
+                            f"{', '.join(m.name for m in DefenseFamily)}>")
         self.config = config
 
     def check_compatible(self, others: list[Defense], scenario: PlannedScenario) -> str | None:
@@ -177,6 +206,11 @@ class Defense:
     def costs(self) -> dict[str, float]:
         """Extra cost metrics (``cost.*``) this defense measured."""
         return {}
+
+
+def declared_family(cls: type[Defense]) -> object:
+    """The ``family`` a defense class or one of its bases declares, None when none does."""
+    return next((vars(k)["family"] for k in cls.__mro__ if "family" in vars(k)), None)
 
 
 def composition_problem(defenses: Sequence[type[Defense]]) -> str | None:

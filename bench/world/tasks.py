@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from bench.api.config import FieldError, doc
 from bench.api.errors import UserError
 from bench.api.registry import TASKS
+from bench.api.transcript import Canary  # re-exported: tasks make canaries, the api names them
 from bench.api.vocabulary import PROMPT_TEMPLATE, Record, TaskKind
 from bench.world import synthetic
 
@@ -32,17 +33,6 @@ if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
 
 PREFERENCE_TEMPLATE = "### Instruction:\n{prompt}\n### Chosen:\n{chosen}\n### Rejected:\n{rejected}"
 """How a preference record is rendered as one text (what a provider logs when it receives the record)."""
-
-
-@dataclass
-class Canary:
-    """A canary record: ``prefix`` + one secret from ``secret_space`` (the true one is ground truth)."""
-
-    prefix: str
-    secret_space: list[str]
-    secret: str = field(repr=False)
-    repeats: int = 1
-    """Copies of the canary record inserted into the pool (the repetition study's variable)."""
 
 
 @dataclass
@@ -62,7 +52,9 @@ class Task(abc.ABC):
     class Config:
         max_length: int = doc("Tokens per example after truncation.", 64)
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Task.Config):
+        if not isinstance(config, Task.Config):  # what every reader of a task's config may rely on (max_length)
+            raise TypeError(f"{type(self).__qualname__}.Config must derive Task.Config, got {type(config).__qualname__}")
         self.config = config
 
     @property

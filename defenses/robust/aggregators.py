@@ -35,6 +35,7 @@ import torch
 from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot
 from bench.api.registry import DEFENSES
+from bench.api.vocabulary import DefenseFamily
 from defenses.robust import rules
 
 
@@ -42,6 +43,7 @@ class RobustAggregator(Defense):
     """Shared base: robust rules read the individual plain updates."""
 
     slot: ClassVar[DefenseSlot] = DefenseSlot.AGGREGATION
+    family = DefenseFamily.ROBUST_AGGREGATION
 
 
 @DEFENSES.register("robust-krum")
