@@ -80,16 +80,9 @@ ALLOWED_GETATTR: dict[tuple[str, str], str] = {
 DEBT_GETATTR: dict[tuple[str, str], str] = {
     # Project types still read with a fallback: each is a contract to name (a field on a base class or
     # a Protocol in bench.api). Remove the entry when it is fixed; never add one.
-    ("bench/spec/scenario.py", "max_length"): "task configs that do not derive Task.Config (plugins)",
-    ("bench/spec/scenario.py", "path"): "model configs: only local model sources have a path",
-    ("bench/scoring/utility.py", "method"): "the runner sets handle.method on the open handle ad hoc",
-    ("bench/scoring/extraction.py", "secret"): "GroundTruth.canaries is list[Any] (api cannot name world.Canary)",
-    ("bench/scoring/extraction.py", "repeats"): "GroundTruth.canaries is list[Any] (api cannot name world.Canary)",
     ("attacks/mia/_common.py", "task"): "a view or a handle: the handle's task is not part of ThreatView",
     ("defenses/robust/aggregators.py", "federation"): "plans built in code without a scenario",
     ("defenses/robust/aggregators.py", "clients_per_round"): "plans built in code without a scenario",
-    ("bench/engine/flower/client.py", "<dynamic>"): "client-side defense state Flower cannot carry, by attribute name",
-    ("bench/engine/flower/state.py", "ledger"): "a DP defense's privacy ledger is not declared on Defense",
 }
 
 

@@ -215,6 +215,8 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
     if families:  # reports file attacks by the family and role they declare, even for runs that never ran them
         rows[0].extra["attack_families"] = families
         rows[0].extra["attack_roles"] = roles
+    if scenario.defenses:  # reports compare a defense as the family its class declares, never by its name
+        rows[0].extra["defense_families"] = {d.name: str(DEFENSES.get(d.name).family) for d in scenario.defenses}
     return rows
 
 
@@ -286,9 +288,9 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None, figu
     from bench.world.tiers import OpenModel
 
     own_view = OpenModel(built.method.model, built.method.layout(), built.task, p.tokenizer)
-    own_view.method = built.method  # evaluate() adds the method's own utility (RLHF: reward accuracy, DPO margin)
     eval_set = _eval_set(p.task_data.test, scenario.federation.eval_examples)
-    measure = lambda: evaluate(own_view, built.task, eval_set)  # noqa: E731
+    # with the method: evaluate() adds the method's own utility (RLHF: reward accuracy, DPO margin)
+    measure = lambda: evaluate(own_view, built.task, eval_set, built.method)  # noqa: E731
     base, curve = learning.base_metrics(measure), None  # before any training: the figure a trained one is set beside
     if scenario.federation.utility_curve:
         curve = learning.LearningCurve(measure, built.method.set_flat, base=base)

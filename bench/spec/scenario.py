@@ -754,7 +754,7 @@ def check(scenario: Scenario) -> list[str]:
             raise
         message = str(error).removeprefix(f"{error.key}: ") if error.key else str(error)
         raise UserError(message, file=scenario.file, key=error.key) from None
-    max_length = getattr(scenario.task.config, "max_length", None)
+    max_length = task.config.max_length
     if context and max_length and max_length > context:
         raise UserError(f"max_length {max_length} exceeds the context of model {scenario.model.name} ({context} "
                         f"positions); allowed: 1..{context}", file=scenario.file, key="task.params.max_length")
@@ -765,8 +765,7 @@ def _check_architecture(scenario: Scenario, model: Any, task: Any) -> None:
     """An encoder for a generative task, or LoRA/adapter targets the architecture lacks: refused by name
     before any weights load. Only where the config is readable offline (zoo models and local paths;
     a hub name is checked when the run loads it)."""
-    path = getattr(scenario.model.config, "path", None)
-    if isinstance(path, str) and not looks_local(path):
+    if model.on_hub():
         return
     reason = model.check_task(task.kind)
     if reason:
