@@ -58,7 +58,8 @@ def layout(cells: Sequence[Cell]) -> tuple[list[str], list[str], list[tuple[str,
             if not any(present):
                 entries.append(None)
                 continue
-            mark = next(c.get("paper") for c in present if c) or paper4.paper_mark(method, defense)[0]
+            first = next(c for c in present if c)
+            mark = first.get("paper") or paper4.paper_mark(method, first.get("defense_family") or "")[0]
             entries.append(MatrixCell(tuple((r, SYMBOL.get(c["verdict"], "?") if c else MISSING,
                                              bool(c) and c.get("comparison") == "disagree")
                                             for r, c in zip(roles, present)),
