@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Protocol, TypedDict
 
 import torch
 
+from bench.api.privacy import PrivacyAccounting
 from bench.api.protocol import Channel
 from bench.api.transcript import PlannedScenario
 from bench.api.vocabulary import DefenseFamily
@@ -44,7 +45,8 @@ PrivacyReport = TypedDict("PrivacyReport", {
 """What a defense reports after a run (``Defense.privacy``), each key with its type. The spelled keys are
 the stored metric names: numbers become metric rows (``dp.epsilon``: the accountant's epsilon at
 ``dp.delta``; ``dp.level``: ``record`` or ``user``; ``dp.epsilon_lower``: an audit's lower bound), text
-goes to the run's ``extra``. A key absent means the defense does not measure it."""
+goes to the run's ``extra``. A key absent means the defense does not measure it. ``bench.api.privacy.PrivacyAccounting``
+is the same report as a typed object (one field per key, with the direction its metric is stored with)."""
 
 
 class PrivacyLedger(Protocol):
@@ -199,9 +201,10 @@ class Defense:
         guarantee needs a fixed-range transport (secagg) to encode them unclipped; None when it needs none."""
         return None
 
-    def privacy(self) -> PrivacyReport:
-        """The run's privacy accounting (``PrivacyReport``); empty for a defense that accounts none."""
-        return {}
+    def privacy(self) -> PrivacyAccounting | PrivacyReport:
+        """The run's privacy accounting: a ``PrivacyAccounting`` (typed fields), or the same as its keyed
+        ``PrivacyReport`` dict; empty for a defense that accounts none."""
+        return PrivacyAccounting()
 
     def costs(self) -> dict[str, float]:
         """Extra cost metrics (``cost.*``) this defense measured."""

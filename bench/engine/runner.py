@@ -30,6 +30,7 @@ from bench.api.defense import Defense, DefenseSlot, composition_problem, in_slot
 from bench.api.errors import IncompatibleError, TierAccessError, UserError
 from bench.api.method import Method
 from bench.api.predictions import MembershipScores
+from bench.api.privacy import PrivacyAccounting
 from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, PROTOCOLS, TASKS, TIERS
 from bench.api.seeding import derive_seed, generator
 from bench.api.transcript import GroundTruth, Transcript
@@ -472,7 +473,7 @@ def _privacy_metrics(defenses: list[Defense], transcript: Transcript, extra: Jso
         Metric("privacy.egress_records", float(transcript.egress_records), higher_is_better=False),
         Metric("privacy.egress_bytes", float(transcript.egress_bytes), higher_is_better=False),
     ]
-    reports = [(d.name, d.privacy()) for d in defenses]
+    reports = [(d.name, PrivacyAccounting.of(d.privacy())) for d in defenses]
     counts: dict[str, int] = {}
     for _, report in reports:
         for key in report:
@@ -481,7 +482,7 @@ def _privacy_metrics(defenses: list[Defense], transcript: Transcript, extra: Jso
         for key, value in report.items():
             label = key if counts[key] == 1 else f"{key}[{name}]"  # two DP layers: keep both, apart
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                metrics.append(Metric(label, float(value), higher_is_better=not key.startswith(("dp.epsilon", "privacy."))))
+                metrics.append(Metric(label, float(value), higher_is_better=PrivacyAccounting.higher_is_better(key)))
             else:
                 extra[label] = value
     return metrics
