@@ -49,6 +49,11 @@ goes to the run's ``extra``. A key absent means the defense does not measure it.
 is the same report as a typed object (one field per key, with the direction its metric is stored with)."""
 
 
+LocalTrainer = Callable[..., dict[str, float]]
+"""A client's local trainer (``bench.client.training.Trainer``: a ``LocalJob`` in, its losses out); the api
+names its shape because the client layer sits above it."""
+
+
 class PrivacyLedger(Protocol):
     """Per privacy unit, the composed history of subsampled Gaussian steps as ``(noise_multiplier,
     sample_rate, steps)`` (``defenses.dp.accounting.Ledger``)."""
@@ -146,7 +151,7 @@ class Defense:
     class Config:
         pass
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         for hook, slot in (("transport", DefenseSlot.TRANSPORT), ("aggregate", DefenseSlot.AGGREGATION)):
             if hook in vars(cls) and cls.slot is not slot:  # the engine calls this hook only for that slot
@@ -172,7 +177,7 @@ class Defense:
         """Called once before training with the scenario, each client's member count and the run's
         other defenses (``peers``)."""
 
-    def wrap_training(self, train_step: Callable[..., Any], client: int, rng: torch.Generator) -> Callable[..., Any]:
+    def wrap_training(self, train_step: LocalTrainer, client: int, rng: torch.Generator) -> LocalTrainer:
         return train_step
 
     def on_client_update(self, round_index: int, client: int, update: torch.Tensor, rng: torch.Generator) -> torch.Tensor:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import torch
+from torch import nn
 
 from bench.api.handles import ModelHandle, OpenHandle, TaskSpec
 from bench.api.layout import ParameterLayout
@@ -41,6 +42,26 @@ class FederationSettings(Protocol):
     def lr(self) -> float: ...
     @property
     def protocol(self) -> str: ...
+    @property
+    def optimizer(self) -> str: ...
+    @property
+    def server_lr(self) -> float: ...
+
+
+class ProtocolSettings(FederationSettings, Protocol):
+    """What a round protocol (``bench.api.protocol.Protocol``) reads of the federation settings: the public
+    ones and its own (KD's proxy set and temperature, split learning's cut)."""
+
+    @property
+    def cut_layer(self) -> int: ...
+    @property
+    def proxy_examples(self) -> int: ...
+    @property
+    def kd_temperature(self) -> float: ...
+    @property
+    def kd_top_k(self) -> int: ...
+    @property
+    def distill_steps(self) -> int: ...
 
 
 class NamedComponent(Protocol):
@@ -75,6 +96,10 @@ class Canary:
     """Copies of the canary record inserted into the pool (the repetition study's variable)."""
 
 
+ChannelValue: TypeAlias = list[Record] | float | int | nn.Module
+"""What a non-parameter protocol's server holds of a round (``Protocol.round_public``): KD's proxy records and
+temperature, split learning's cut layer and client-side layers (a module)."""
+
 ShadowTraining = Callable[[list[Record], torch.Generator], OpenHandle]
 """Trains a shadow model on records (same harness as the run, its own seed from the generator)."""
 
@@ -94,7 +119,7 @@ class RoundRecord:
     """The update the server applied to the global state this round."""
     weights: dict[int, float] = field(default_factory=dict)
     """Example counts each client reported (public metadata in FedAvg)."""
-    channel: dict[str, Any] = field(default_factory=dict)
+    channel: dict[str, ChannelValue] = field(default_factory=dict)
     """What a non-parameter protocol's server holds anyway this round (``Protocol.round_public``): KD's
     proxy records, split learning's client-side layers (which it averages). Empty under FedAvg/FedSGD."""
 

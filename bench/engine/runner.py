@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -33,7 +33,7 @@ from bench.api.predictions import MembershipScores
 from bench.api.privacy import PrivacyAccounting
 from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, PROTOCOLS, TASKS, TIERS
 from bench.api.seeding import derive_seed, generator
-from bench.api.transcript import GroundTruth, Transcript
+from bench.api.transcript import Canary, GroundTruth, Transcript
 from bench.api.vocabulary import JsonObject, RunStatus
 from bench.client.device import describe, peak_gpu_memory_mb, pick_device, reset_peak_memory
 from bench.engine import federation as fl
@@ -129,7 +129,7 @@ def _engine_refusal(scenario: Scenario) -> str | None:
     return None
 
 
-def channel_refusal(component: Any, scenario: Scenario) -> str | None:
+def channel_refusal(component: Attack | Defense, scenario: Scenario) -> str | None:
     """Why an attack or defense cannot act on the messages of the scenario's protocol (its ``channels``
     do not hold the protocol's ``channel``), or None; components that touch no message run under any."""
     channel = PROTOCOLS.get(scenario.federation.protocol).channel
@@ -139,7 +139,7 @@ def channel_refusal(component: Any, scenario: Scenario) -> str | None:
             f"{scenario.federation.protocol} sends {channel}")
 
 
-def _touches_messages(component: Any) -> bool:
+def _touches_messages(component: Attack | Defense) -> bool:
     if isinstance(component, Attack):
         reads = bool({"client_updates", "aggregates"} & set(component.needs)) or component.vantage == "aggregate"
         return reads or type(component).poison_updates is not Attack.poison_updates
@@ -311,7 +311,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None, figu
     result.metrics += [("none", m) for m in measure() + base + (curve.metrics() if curve else [])]
     views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth,
                         max_candidates=scenario.federation.mia_candidates or None)
-    curves: dict[str, Any] = {}
+    curves: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for attack in built.attacks:
         if built.task.kind not in attack.task_kinds:
             kinds = ", ".join(sorted(attack.task_kinds))
@@ -392,7 +392,7 @@ def _give_server_updates(defenses: list[Defense], fed: fl.Federation, public: li
             defense.server_update_fn = lambda r, root=root: fl.server_update(fed, r, root)
 
 
-def _give_generation(defenses: list[Defense], built: Plan, tokenizer: Any) -> None:
+def _give_generation(defenses: list[Defense], built: Plan, tokenizer: PreTrainedTokenizerBase) -> None:
     """Defenses that rewrite a client's data with the model itself (``constitutional``) generate with the
     in-process model, which holds the client's current state when its local training starts."""
     from bench.world.tiers import OpenModel
@@ -402,7 +402,7 @@ def _give_generation(defenses: list[Defense], built: Plan, tokenizer: Any) -> No
             defense.generate_fn = OpenModel(built.method.model, None, built.task, tokenizer).generate
 
 
-def _save_roc(curves: dict[str, Any], directory: str, stem: str) -> str:
+def _save_roc(curves: dict[str, tuple[torch.Tensor, torch.Tensor]], directory: str, stem: str) -> str:
     """A log-log ROC figure of every membership attack of the run (``run --figures DIR``)."""
     from pathlib import Path
 
@@ -503,7 +503,7 @@ def _declared(scenario: Scenario) -> tuple[dict[str, str], dict[str, str]]:
             {name: str(cls.table_role()) for name, cls in classes.items()})
 
 
-def _canary_copies(canaries: list[Any], clients: list[ClientData]) -> list[int]:
+def _canary_copies(canaries: list[Canary], clients: list[ClientData]) -> list[int]:
     """Per canary, its copies among the clients' members (a copy dealt to held-out data is not trained)."""
     if not canaries:
         return []

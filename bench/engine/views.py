@@ -150,7 +150,8 @@ class ShadowTrainer:
     setting: tuple
     """What the shadow depends on besides its examples (the cache key's prefix)."""
     method_name: str
-    method_config: Any
+    method_config: object
+    """The method's bound config: passed to a fresh method of ``method_name``, never read here."""
     source: ModelSource
     task: Task
     tokenizer: PreTrainedTokenizerBase

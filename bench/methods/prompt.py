@@ -28,6 +28,8 @@ from bench.api.vocabulary import TaskKind
 from bench.methods._common import HEAD_NAMES, Wrapper, seeded
 
 if TYPE_CHECKING:  # named in annotations only
+    from peft import PromptLearningConfig
+
     from bench.world.tasks import Task
 
 PROMPT_INITS = {"random": "RANDOM", "vocab": "SAMPLE_VOCAB"}
@@ -120,10 +122,10 @@ class PromptLearning(Method):
     batchable = True
 
     @abc.abstractmethod
-    def peft_config_class(self) -> Any:
+    def peft_config_class(self) -> type[PromptLearningConfig]:
         """The peft config class of this prompt-learning variant."""
 
-    def peft_settings(self) -> dict[str, Any]:
+    def peft_settings(self) -> dict[str, int | str | bool]:
         return {"num_virtual_tokens": self.config.num_virtual_tokens}
 
     def build(self, model: nn.Module, task: Task, rng: torch.Generator) -> nn.Module:
@@ -148,12 +150,12 @@ class PromptTuning(PromptLearning):
     def wrap(self, peft_model: nn.Module, task: Task) -> nn.Module:
         return SoftPromptModel(peft_model, task.kind == TaskKind.CLASSIFICATION)
 
-    def peft_config_class(self) -> Any:
+    def peft_config_class(self) -> type[PromptLearningConfig]:
         from peft import PromptTuningConfig
 
         return PromptTuningConfig
 
-    def peft_settings(self) -> dict[str, Any]:
+    def peft_settings(self) -> dict[str, int | str | bool]:
         return {**super().peft_settings(), "prompt_tuning_init": PROMPT_INITS[self.config.init]}
 
 
@@ -169,7 +171,7 @@ class PrefixTuning(PromptLearning):
 
     Config = PrefixSettings
 
-    def peft_config_class(self) -> Any:
+    def peft_config_class(self) -> type[PromptLearningConfig]:
         from peft import PrefixTuningConfig
 
         return PrefixTuningConfig
@@ -177,6 +179,6 @@ class PrefixTuning(PromptLearning):
     def wrap(self, peft_model: nn.Module, task: Task) -> nn.Module:
         return PrefixModel(peft_model)
 
-    def peft_settings(self) -> dict[str, Any]:
+    def peft_settings(self) -> dict[str, int | str | bool]:
         return {**super().peft_settings(), "prefix_projection": self.config.projection,
                 "encoder_hidden_size": self.config.projection_width}

@@ -15,7 +15,6 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from bench.api.metrics import spec_of
 from bench.api.vocabulary import JsonValue
@@ -26,7 +25,7 @@ SYMBOL = {"mitigates": "✓", "partial": "◐", "no effect": "✗", "inconclusiv
 MISSING = "·"  # no run of this role for the (method, defense)
 ROLE_LETTER = {"mia": "M", "inversion": "I", "backdoor": "B", "byzantine": "Z"}
 
-Cell = Mapping[str, Any]
+Cell = Mapping[str, JsonValue]
 
 
 def _num(value: JsonValue) -> float | None:

@@ -104,7 +104,7 @@ class ModelSource(abc.ABC):
                 model = AutoModelForCausalLM.from_pretrained(location, **self.load_kwargs())
         return model.to(device), tokenizer
 
-    def load_kwargs(self) -> dict[str, Any]:
+    def load_kwargs(self) -> dict[str, object]:
         return {}
 
     def context_length(self) -> int | None:
@@ -149,7 +149,7 @@ class HuggingFaceModel(ModelSource):
                                 key="model.params.path") from None
         return self._architecture
 
-    def load_kwargs(self) -> dict[str, Any]:
+    def load_kwargs(self) -> dict[str, object]:
         return {"dtype": getattr(torch, self.config.dtype)}
 
     def check(self) -> None:

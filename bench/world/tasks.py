@@ -14,9 +14,10 @@ import functools
 import gzip
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TextIO
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from bench.api.vocabulary import PROMPT_TEMPLATE, Record, TaskKind
 from bench.world import synthetic
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
-    from transformers import PreTrainedTokenizerBase
+    from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 PREFERENCE_TEMPLATE = "### Instruction:\n{prompt}\n### Chosen:\n{chosen}\n### Rejected:\n{rejected}"
 """How a preference record is rendered as one text (what a provider logs when it receives the record)."""
@@ -82,7 +83,7 @@ class Task(abc.ABC):
         return int(example.get("label", 0))
 
     # --- batching and loss -----------------------------------------------------------------------
-    def collate(self, examples: list[Record], tokenizer: PreTrainedTokenizerBase, device: Any) -> dict[str, torch.Tensor]:
+    def collate(self, examples: list[Record], tokenizer: PreTrainedTokenizerBase, device: torch.device | str) -> dict[str, torch.Tensor]:
         texts = [self.text_of(e) + (tokenizer.eos_token or "") for e in examples]
         enc = tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt")
         batch = _with_positions(enc)
@@ -144,7 +145,7 @@ def _prompt_and_full(task: Task, example: Record, eos: str) -> list[tuple[str, s
     return [("", task.text_of(example) + eos)]
 
 
-def _with_positions(enc: Any) -> dict[str, torch.Tensor]:
+def _with_positions(enc: BatchEncoding) -> dict[str, torch.Tensor]:
     # Per-sample-gradient engines need position ids expanded to the batch (GPT-2 otherwise broadcasts).
     ids = enc["input_ids"]
     positions = torch.arange(ids.shape[1]).unsqueeze(0).expand(ids.shape[0], -1).contiguous()
@@ -354,7 +355,7 @@ class LocalFile(Task):
             self._labels = {v: i for i, v in enumerate(values)}
         return self._labels
 
-    def _usable(self, row: Any) -> bool:
+    def _usable(self, row: object) -> bool:
         """A row with every mapped field present and non-empty (others are skipped and counted)."""
         return isinstance(row, dict) and all(_filled(row.get(column)) for column in self._mapping().values())
 
@@ -474,11 +475,11 @@ class LocalFile(Task):
         return super().example_losses(model, batch)
 
 
-def _filled(value: Any) -> bool:
+def _filled(value: object) -> bool:
     return value is not None and str(value).strip() != ""
 
 
-def _open(path: Path) -> Any:
+def _open(path: Path) -> TextIO:
     return gzip.open(path, "rt", encoding="utf-8", newline="") if path.name.endswith(".gz") else \
         path.open(encoding="utf-8", newline="")
 
@@ -505,7 +506,7 @@ def _read_jsonl(path: Path) -> list[Record]:
 READERS = {".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl}
 
 
-def _reader(path: Path) -> Any:
+def _reader(path: Path) -> Callable[[Path], list[Record]] | None:
     name = path.name[: -len(".gz")] if path.name.endswith(".gz") else path.name
     return READERS.get(Path(name).suffix)
 

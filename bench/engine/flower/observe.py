@@ -25,9 +25,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -42,13 +42,18 @@ from flwr.serverapp.strategy import Strategy  # noqa: E402
 from bench.api.layout import ParameterLayout  # noqa: E402
 from bench.api.registry import ATTACKS  # noqa: E402
 from bench.api.seeding import generator  # noqa: E402
-from bench.api.transcript import GroundTruth, RoundRecord, ThreatView, Transcript  # noqa: E402
-from bench.api.vocabulary import RunStatus, Vantage  # noqa: E402
+from bench.api.transcript import FederationSettings, GroundTruth, RoundRecord, ThreatView, Transcript  # noqa: E402
+from bench.api.vocabulary import Record, RunStatus, Vantage  # noqa: E402
 from bench.engine.views import seen_from  # noqa: E402
 from bench.scoring.score import score  # noqa: E402
 from bench.store.provenance import git_commit, package_versions  # noqa: E402
 from bench.store.results import ResultStore, Row  # noqa: E402
 from bench.world.tiers import OpenModel  # noqa: E402
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
+
+    from bench.world.tasks import Task
 
 RECORDED = (Vantage.SERVER, Vantage.AGGREGATE, Vantage.EXTERNAL)
 """The vantages a Flower server's recording can serve (it holds no participant's or provider's view)."""
@@ -57,7 +62,7 @@ CLIENT_RECORD = "tierbench"
 """The ConfigRecord ``client_mod`` adds to each reply: ``{"client": partition-id}``."""
 
 
-def client_mod(msg: Message, context: Context, call_next: Any) -> Message:
+def client_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
     """A ClientApp mod: tags each reply with the client's ``partition-id`` (else its node id)."""
     reply = call_next(msg, context)
     if not reply.has_error():
@@ -141,7 +146,7 @@ class AppTruth:
 
     client_batches: dict[tuple[int, int], list[list[int]]] = field(default_factory=dict)
     """(round, client) -> the token ids that client trained on that round (for inversion)."""
-    candidates: list[Any] = field(default_factory=list)
+    candidates: list[Record] = field(default_factory=list)
     """Records whose membership the attacks guess (for membership inference); ``member_flags`` says which trained."""
     member_flags: list[int] = field(default_factory=list)
 
@@ -154,10 +159,10 @@ class App:
     """A label for the rows (their ``scenario``)."""
     model: torch.nn.Module
     """The app's model; its parameters named as the ArrayRecord names them. Attacks load states into it."""
-    tokenizer: Any
-    task: Any
+    tokenizer: PreTrainedTokenizerBase
+    task: Task
     """A TierBench task (``bench.world.tasks``) whose ``example_losses`` and ``collate`` fit the model."""
-    federation: Any
+    federation: FederationSettings
     """The public training settings attacks assume (lr, batch_size, local_steps, protocol): a ``bench.spec.scenario.Federation``."""
 
 
