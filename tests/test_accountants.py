@@ -94,17 +94,29 @@ DP_CENTRAL_REPORT = {
 SCRUB_REPORT = {"privacy.scrubbed_items": 12, "privacy.residual_pii_fraction": 0.3}
 
 
-@pytest.mark.parametrize("report", [DP_LOCAL_REPORT, DP_CENTRAL_REPORT, SCRUB_REPORT])
+@pytest.mark.parametrize("report", [DP_LOCAL_REPORT, DP_CENTRAL_REPORT, SCRUB_REPORT, "safety"])
 def test_the_typed_report_is_the_keyed_one_in_the_same_order(report):
+    report = SAFETY_REPORT if report == "safety" else report
     typed = PrivacyAccounting.of(report)
     assert list(typed) == list(report) and dict(typed.items()) == report  # the same objects (a nan is itself)
     for key in report:  # the direction each metric row was always stored with (the old prefix rule)
         assert PrivacyAccounting.higher_is_better(key) == (not key.startswith(("dp.epsilon", "privacy.")))
 
 
-def test_an_unknown_key_is_refused_not_dropped():
-    with pytest.raises(KeyError, match="dp.epsilonn"):
-        PrivacyAccounting.of({"dp.epsilonn": 1.0})
+SAFETY_REPORT = {"safety.revised_records": 10, "safety.revision_refusal_rate": 0.5,
+                 "safety.revision_compliance_rate": 0.25, "safety.revision_dropped": 2}
+
+
+def test_the_safety_reports_are_declared_too():
+    typed = PrivacyAccounting.of(SAFETY_REPORT)
+    assert not typed.undeclared and list(typed) == list(SAFETY_REPORT) and typed.revised_records == 10
+
+
+def test_a_key_no_field_declares_is_kept_in_order_with_the_old_direction():
+    typed = PrivacyAccounting.of({"dp.epsilon": 2.0, "privacy.plugin_leak": 0.1, "plugin.score": 3})
+    assert list(typed) == ["dp.epsilon", "privacy.plugin_leak", "plugin.score"] and typed["plugin.score"] == 3
+    assert not PrivacyAccounting.higher_is_better("privacy.plugin_leak")
+    assert PrivacyAccounting.higher_is_better("plugin.score")
 
 
 def test_the_runner_stores_the_same_rows_for_the_typed_and_the_keyed_report():

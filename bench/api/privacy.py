@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -92,33 +93,47 @@ class PrivacyAccounting(Mapping[str, PrivacyValue]):
     scrubbed_items: int | None = field(default=None, metadata=_key("privacy.scrubbed_items", higher_is_better=False))
     residual_pii_fraction: float | None = field(
         default=None, metadata=_key("privacy.residual_pii_fraction", higher_is_better=False))
+    revised_records: int | None = field(default=None, metadata=_key("safety.revised_records"))
+    """constitutional: records critiqued and revised."""
+    revision_refusal_rate: float | None = field(default=None, metadata=_key("safety.revision_refusal_rate"))
+    revision_compliance_rate: float | None = field(default=None, metadata=_key("safety.revision_compliance_rate"))
+    revision_dropped: int | None = field(default=None, metadata=_key("safety.revision_dropped"))
+    filtered_fraction: float | None = field(default=None, metadata=_key("safety.filtered_fraction"))
+    """safety-filter: the fraction of the records it dropped."""
+    filtered_records: int | None = field(default=None, metadata=_key("safety.filtered_records"))
+    undeclared: tuple[tuple[str, PrivacyValue], ...] = ()
+    """Keys a defense reports that no field declares (a plugin's own measure), in its order, after the
+    declared ones; stored with the direction ``higher_is_better`` gives an undeclared key."""
 
     FIELDS: ClassVar[dict[str, str]] = {}
     """Stored name -> field name (filled below)."""
 
     @classmethod
     def of(cls, report: Mapping[str, PrivacyValue]) -> PrivacyAccounting:
-        """The typed report of a keyed one (``PrivacyReport``); an unknown key is an error, not dropped."""
+        """The typed report of a keyed one (``PrivacyReport``); keys no field declares are kept, in order."""
         if isinstance(report, PrivacyAccounting):
             return report
-        unknown = sorted(set(report) - set(cls.FIELDS))
-        if unknown:
-            raise KeyError(f"unknown privacy report keys {unknown}; known: {sorted(cls.FIELDS)}")
-        return cls(**{cls.FIELDS[k]: v for k, v in report.items()})
+        declared = {cls.FIELDS[k]: v for k, v in report.items() if k in cls.FIELDS}
+        return cls(**declared, undeclared=tuple((k, v) for k, v in report.items() if k not in cls.FIELDS))
 
     @staticmethod
     def higher_is_better(key: str) -> bool:
-        """The direction the stored metric ``key`` carries."""
-        return bool(_METADATA[key]["higher_is_better"])
+        """The direction the stored metric ``key`` carries: its field's; for an undeclared key, the rule the
+        runner always applied (an epsilon and the ``privacy.*`` leakage measures are lower-is-better)."""
+        if key in _METADATA:
+            return bool(_METADATA[key]["higher_is_better"])
+        return not key.startswith(("dp.epsilon", "privacy."))
 
     def __getitem__(self, key: str) -> PrivacyValue:
-        value = getattr(self, self.FIELDS[key]) if key in self.FIELDS else None
+        value = getattr(self, self.FIELDS[key]) if key in self.FIELDS else dict(self.undeclared).get(key)
         if value is None:
             raise KeyError(key)
         return value
 
     def __iter__(self) -> Iterator[str]:
-        return (f.metadata["key"] for f in dataclasses.fields(self) if getattr(self, f.name) is not None)
+        declared = (f.metadata["key"] for f in dataclasses.fields(self)
+                    if "key" in f.metadata and getattr(self, f.name) is not None)
+        return itertools.chain(declared, (k for k, _ in self.undeclared))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -129,5 +144,6 @@ class PrivacyAccounting(Mapping[str, PrivacyValue]):
         return self.epsilon is not None and math.isinf(self.epsilon)
 
 
-_METADATA = {f.metadata["key"]: f.metadata for f in dataclasses.fields(PrivacyAccounting)}
-PrivacyAccounting.FIELDS.update({f.metadata["key"]: f.name for f in dataclasses.fields(PrivacyAccounting)})
+_METADATA = {f.metadata["key"]: f.metadata for f in dataclasses.fields(PrivacyAccounting) if "key" in f.metadata}
+PrivacyAccounting.FIELDS.update({f.metadata["key"]: f.name for f in dataclasses.fields(PrivacyAccounting)
+                                 if "key" in f.metadata})
