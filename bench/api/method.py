@@ -19,6 +19,7 @@ from bench.api.access import Access
 from bench.api.defense import Defense, LocalTrainer
 from bench.api.handles import ModelHandle, TaskSpec
 from bench.api.layout import ParameterLayout
+from bench.api.metrics import Metric
 from bench.api.transcript import Transcript
 from bench.api.vocabulary import Record
 
@@ -80,7 +81,7 @@ class Method(abc.ABC):
         that place modules by name (LoRA, adapters) check the names exist (``_common.check_on_skeleton``)."""
         return None
 
-    def extra_utility(self, handle: ModelHandle, task: TaskSpec, test: list[Record]) -> list[Any]:
+    def extra_utility(self, handle: ModelHandle, task: TaskSpec, test: list[Record]) -> list[Metric]:
         """Utility metrics only this method can measure (RLHF: reward accuracy); default none."""
         return []
 

@@ -44,6 +44,8 @@ from bench.client.device import autocast
 from bench.client.training import LocalJob, Trainer, batch_indices, make_optimizer, train_local
 
 if TYPE_CHECKING:  # named in annotations only
+    from transformers.utils import ModelOutput
+
     from bench.api.defense import Defense
     from bench.api.method import Method
 
@@ -290,7 +292,7 @@ class Bound:
     def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]):
         self.model, self.params = model, params
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: object, **kwargs: object) -> ModelOutput:
         return torch.func.functional_call(self.model, self.params, args, kwargs, strict=False)
 
     def __getattr__(self, name: str) -> Any:

@@ -15,6 +15,7 @@ from bench.api.vocabulary import TaskKind
 
 if TYPE_CHECKING:  # named in annotations only
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
+    from transformers.utils import ModelOutput
 
     from bench.world.tasks import Task
 
@@ -79,10 +80,10 @@ class Wrapper(nn.Module):
         except AttributeError:
             return getattr(self._modules["inner"], name)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: object, **kwargs: object) -> ModelOutput:
         return self.inner(*args, **kwargs)
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
+    def generate(self, *args: object, **kwargs: object) -> torch.Tensor:
         return self.inner.generate(*args, **kwargs)
 
 

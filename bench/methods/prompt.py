@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from bench.methods._common import HEAD_NAMES, Wrapper, seeded
 
 if TYPE_CHECKING:  # named in annotations only
     from peft import PromptLearningConfig
+    from transformers.utils import ModelOutput
 
     from bench.world.tasks import Task
 
@@ -75,7 +76,8 @@ class SoftPromptModel(Wrapper):
         return encoder(tokens)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, **kwargs: Any) -> Any:
+                inputs_embeds: torch.Tensor | None = None, **kwargs: object
+                ) -> CausalLMOutput | SequenceClassifierOutput:
         kwargs.pop("position_ids", None)  # positions restart under the prompt, as in peft
         hf = self.inner.base_model  # prompt learning leaves the Hugging Face model itself here
         # embeddings in place of ids: gradient-matching inversion optimises them (inversion-optim)
@@ -111,7 +113,7 @@ class PrefixModel(Wrapper):
         super().__init__(inner)
         self.extra_positions = inner.active_peft_config.num_virtual_tokens
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: object, **kwargs: object) -> ModelOutput:
         kwargs.pop("position_ids", None)
         return self.inner(*args, **kwargs)
 

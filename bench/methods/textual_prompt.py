@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -89,7 +89,7 @@ class PromptedModel(Wrapper):
         ids = self.candidate_ids[int(self.logits.detach().argmax())]
         return torch.tensor(ids, dtype=torch.long, device=device).unsqueeze(0).expand(rows, -1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> CausalLMOutput | SequenceClassifierOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: object) -> CausalLMOutput | SequenceClassifierOutput:
         kwargs.pop("position_ids", None)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -100,7 +100,7 @@ class PromptedModel(Wrapper):
             return CausalLMOutput(logits=out.logits[:, prefix.shape[1] :])
         return SequenceClassifierOutput(logits=out.logits)
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:
         prefix = self.prefix(input_ids.shape[0], input_ids.device)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         out = self.inner.generate(input_ids=torch.cat([prefix, input_ids], dim=1),
