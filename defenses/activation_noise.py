@@ -17,6 +17,7 @@ from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot
 from bench.api.protocol import Channel
 from bench.api.registry import DEFENSES
+from bench.api.vocabulary import DefenseFamily
 
 
 @DEFENSES.register("activation-noise")
@@ -24,6 +25,7 @@ class ActivationNoise(Defense):
     """Add N(0, std^2) to every cut-layer activation before it is sent (no clipping, no guarantee)."""
 
     slot = DefenseSlot.CLIENT_UPDATE
+    family = DefenseFamily.ACTIVATION_NOISE
     channels = frozenset({Channel.ACTIVATIONS})
 
     @dataclass(frozen=True, kw_only=True)

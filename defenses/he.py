@@ -52,6 +52,7 @@ from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot, Transport
 from bench.api.errors import UserError
 from bench.api.registry import DEFENSES
+from bench.api.vocabulary import DefenseFamily
 from defenses.masking.errors import IndividualUpdatesHiddenError
 
 if TYPE_CHECKING:  # TenSEAL is optional: named in annotations only
@@ -370,6 +371,7 @@ class HomomorphicEncryption(Defense):
     """CKKS homomorphic encryption of client updates (SEAL via TenSEAL), seeded from the run; hides every update from the server."""
 
     slot = DefenseSlot.TRANSPORT
+    family = DefenseFamily.HE
     Config = HEConfig
 
     def __init__(self, config: HEConfig):

@@ -38,7 +38,7 @@ import torch
 from bench.api import pii
 from bench.api.defense import Defense, DefenseSlot, PrivacyReport
 from bench.api.registry import DEFENSES
-from bench.api.vocabulary import Record
+from bench.api.vocabulary import DefenseFamily, Record
 from bench.client.training import LocalJob, Trainer
 
 
@@ -52,6 +52,7 @@ class ScrubPII(Defense):
     """Rule-based PII scrubbing of each client's training records before local training."""
 
     slot = DefenseSlot.TRAINING
+    family = DefenseFamily.PII_SCRUBBING
 
     @dataclass(frozen=True, kw_only=True)
     class Config:

@@ -44,6 +44,7 @@ from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot, Transport
 from bench.api.registry import DEFENSES
 from bench.api.transcript import PlannedScenario
+from bench.api.vocabulary import DefenseFamily
 from defenses.masking.errors import EncodingRangeError, IndividualUpdatesHiddenError, SecAggAbortError
 from defenses.masking.fixedpoint import MAX_BITS, MIN_BITS, FixedPoint
 from defenses.masking.graph import default_degree
@@ -319,6 +320,7 @@ class SecureAggregation(Defense):
     """Secure aggregation (SecAgg / SecAgg+): hides every client's update from the server."""
 
     slot = DefenseSlot.TRANSPORT
+    family = DefenseFamily.SECAGG
     Config = SecAggConfig
 
     def __init__(self, config: SecAggConfig):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from bench.api.registry import ATTACKS
+from bench.api.registry import ATTACKS, DEFENSES
 from bench.store.results import Row
 
 
@@ -32,6 +32,9 @@ def run_rows(scenario: str, seed: int, *, method: str = "lora", defenses: str = 
     family and role, each attack's metric row its own."""
     attacks = _attacks_of(scenario) + sorted({a for a, _ in metrics or {} if a != "none"} - set(_attacks_of(scenario)))
     first = {"scenario_config": {"attacks": [{"name": a} for a in attacks]}, **declared(attacks)} if attacks else {}
+    named = [d for d in defenses.split("+") if d in DEFENSES]
+    if named:  # as the runner stores it: each defense's declared family (a made-up defense's test sets its own)
+        first = {**first, "defense_families": {d: str(DEFENSES.get(d).family) for d in named}}
     base = dict(run_id=f"{scenario}-{seed}", scenario=scenario, scenario_hash=f"h-{scenario}", seed=seed, tier=tier,
                 model="tiny-gpt2", task="synthetic-clinical", method=method, defenses=defenses, status=status,
                 error=error, wall_s=wall_s)

@@ -15,6 +15,7 @@ from bench.api.defense import Defense, DefenseSlot, composition_problem, in_slot
 from bench.api.errors import IncompatibleError, UserError
 from bench.api.registry import DEFENSES
 from bench.api.transcript import GroundTruth, Transcript
+from bench.api.vocabulary import DefenseFamily
 from bench.cli import main
 from bench.engine import federation as fl
 from bench.engine.runner import incompatibility, plan, prepare
@@ -75,6 +76,7 @@ def test_the_engine_refuses_two_aggregation_rules_instead_of_using_the_first(tmp
 def test_at_most_one_defense_replaces_local_training():
     class Replacing(Defense):
         name, slot, replaces_training = "replacing", DefenseSlot.TRAINING, True
+        family = DefenseFamily.DP
 
     class AlsoReplacing(Replacing):
         name = "also-replacing"
@@ -93,6 +95,7 @@ def test_a_class_that_overrides_a_one_defense_hook_must_declare_its_slot():
 
 # --- the declared order of the update hooks, observed through the engine --------------------------------
 class Recorder(Defense):
+    family = DefenseFamily.DP
     calls: list = []
 
     def on_client_update(self, round_index, client, update, rng):

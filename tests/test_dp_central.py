@@ -11,6 +11,7 @@ from dp_helpers import plan
 
 from bench.api.config import bind
 from bench.api.defense import Defense, DefenseSlot, Transport
+from bench.api.vocabulary import DefenseFamily
 from defenses.dp.accounting import epsilon_for
 from defenses.dp.central import DPCentral, clip_to_norm
 
@@ -81,9 +82,11 @@ def test_dp_central_accounts_rounds_with_client_sampling_rate():
 def test_noise_placement_follows_transport_and_robust_rules_are_rejected():
     class SecAggLike(Defense):
         name, slot = "secagg-like", DefenseSlot.TRANSPORT
+        family = DefenseFamily.SECAGG
 
     class RobustLike(Defense):
         name, slot = "robust-like", DefenseSlot.AGGREGATION
+        family = DefenseFamily.ROBUST_AGGREGATION
 
     defense = dp_central(noise_multiplier=1.0)
     assert defense.check_compatible([SecAggLike(None)], None) is None

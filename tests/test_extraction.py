@@ -16,6 +16,7 @@ from bench.api import pii
 from bench.api.predictions import Extraction
 from bench.api.registry import ATTACKS, DEFENSES, MODELS, TASKS, load_plugins
 from bench.api.transcript import GroundTruth, ProviderRecord, ThreatView
+from bench.api.vocabulary import DefenseFamily
 from bench.scoring.extraction import canary_metrics, wilson
 from bench.scoring.score import score
 from bench.world.tasks import Canary
@@ -217,7 +218,7 @@ def test_table4_files_an_attack_under_its_declared_family_and_measures_above_its
     assert cell.advantage_without == pytest.approx(0.60) and cell.advantage_with == pytest.approx(0.02)
     assert cell.verdict == "mitigates"
     assert (cell.paper, cell.comparison) == ("applies", "agree")  # the DP mark read as covering extraction
-    assert paper4.paper_mark("lora", "scrub-pii")[0] == "not stated"
+    assert paper4.paper_mark("lora", DefenseFamily.PII_SCRUBBING)[0] == "not stated"
 
 
 # --- end to end through the runner: the provider's log, with and without scrubbing ------------------

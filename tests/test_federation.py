@@ -6,6 +6,7 @@ import torch
 
 from bench.api.defense import Defense
 from bench.api.transcript import GroundTruth, Transcript
+from bench.api.vocabulary import DefenseFamily
 from bench.engine import federation as fl
 from bench.engine.runner import execute, plan, prepare
 from tests.helpers import make_scenario
@@ -13,6 +14,7 @@ from tests.helpers import make_scenario
 
 class RecordingDefense(Defense):
     name = "recording-defense"
+    family = DefenseFamily.DP
 
     def __init__(self, calls):
         super().__init__(None)

@@ -9,6 +9,7 @@ import torch
 
 from bench.api.defense import Defense, DefenseSlot
 from bench.api.registry import DEFENSES
+from bench.api.vocabulary import DefenseFamily
 from defenses.robust import rules
 
 ROBUST_NAMES = ["robust-krum", "robust-median", "robust-trimmed", "robust-clip", "robust-fltrust", "robust-geomed", "robust-cclip"]
@@ -36,6 +37,7 @@ def test_registered_and_rejects_hiding_transports(name):
     class FakeSecAgg(Defense):
         name = "fake-secagg"
         slot = DefenseSlot.TRANSPORT
+        family = DefenseFamily.SECAGG
 
     reason = defense.check_compatible([FakeSecAgg(FakeSecAgg.Config())], scenario=with_round_size(8))
     assert reason is not None and "fake-secagg" in reason

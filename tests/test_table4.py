@@ -6,8 +6,9 @@ import csv
 import dataclasses
 
 import pytest
-from report_helpers import synthetic_grid
+from report_helpers import poison_run, synthetic_grid
 
+from bench.api.vocabulary import DefenseFamily
 from bench.reporting import leaderboard, matrix4, paper4, table4
 from bench.reporting.report import table4_markdown, write_table4_csv
 
@@ -89,16 +90,17 @@ def test_byzantine_advantage_prefers_the_exact_clean_twin_when_the_run_has_one()
 
 
 def test_paper_marks():
-    assert paper4.paper_mark("fft", "he")[0] == "applies"
-    assert paper4.paper_mark("prompt-tuning", "dp-local")[0] == "limited"
-    assert paper4.paper_mark("rlhf", "secagg")[0] == "not fully available"
-    assert paper4.paper_mark("instruction-tuning", "robust-krum")[0] == "applies"
+    assert paper4.paper_mark("fft", DefenseFamily.HE)[0] == "applies"
+    assert paper4.paper_mark("prompt-tuning", DefenseFamily.DP)[0] == "limited"
+    assert paper4.paper_mark("rlhf", DefenseFamily.SECAGG)[0] == "not fully available"
+    assert paper4.paper_mark("instruction-tuning", DefenseFamily.ROBUST_AGGREGATION)[0] == "applies"
     cell = table4.Cell(tier="open-weight", method="rlhf", defense="he", role="inversion", attack="a", metric="m", seeds=3,
                        success_without=0.5, success_with=0.0, advantage_without=0.5, advantage_with=0.0, reduction=1.0,
                        failure_level=0.0, change=-0.5, change_low=-0.5, change_high=-0.5, threshold=-0.375,
                        paired_sd=0.0, mde=0.0, mde_goal=0.1,
                        utility_metric="u", utility_without=1.0, utility_with=1.0, utility_change=0.0, cost_factor=2.0,
-                       cost_factor_bytes=20.0, epsilon=None, verdict="mitigates", reason="")
+                       cost_factor_bytes=20.0, epsilon=None, verdict="mitigates", reason="",
+                       defense_family=DefenseFamily.HE)
     assert paper4.compare(cell)[0] == "disagree"   # HE ran for RLHF, which the paper says is not fully available
 
 
@@ -116,7 +118,8 @@ def test_a_refused_cell_is_shown_refused_and_never_counted_as_agree_or_disagree(
                        reduction=None, failure_level=None, change=None, change_low=None, change_high=None,
                        threshold=None, paired_sd=None, mde=None, mde_goal=None, utility_metric="", utility_without=None,
                        utility_with=None, utility_change=None, cost_factor=None, cost_factor_bytes=None, epsilon=None,
-                       verdict="incompatible", reason="robust-krum with f=1 needs at least 2f + 3 = 5 clients per round")
+                       verdict="incompatible", reason="robust-krum with f=1 needs at least 2f + 3 = 5 clients per round",
+                       defense_family=table4._legacy_family(defense))
     paper4.annotate(cell)
     assert cell.comparison == "not measurable"
     assert "refused" in cell.comparison_note and "2f + 3" in cell.comparison_note
@@ -137,3 +140,34 @@ def test_table4_csv_schema_and_markdown(cells, tmp_path):
     markdown = table4_markdown(list(cells.values()))
     assert "| open-weight | lora | dp-local | applies |" in markdown
     assert "0.80→0.52 mitigates" in markdown
+
+
+def _poison_cells(defense: str, declared: dict[str, str] | None) -> list[table4.Cell]:
+    """A backdoor cell of ``defense`` against no defense; ``declared``: what its runs stored as the defense's
+    family (None: nothing, as a run stored before defenses declared theirs)."""
+    rows = []
+    for seed, jitter in enumerate((0.0, 0.01, -0.01)):
+        rows += poison_run("lora", "none", seed, "poison-replacement", asr=0.95, accuracy=0.85)
+        defended = poison_run("lora", defense, seed, "poison-replacement", asr=0.30 + jitter, accuracy=0.85)
+        defended[0]["extra"].pop("defense_families", None)
+        if declared is not None:
+            defended[0]["extra"]["defense_families"] = declared
+        rows += defended
+    return table4.build(leaderboard.build(rows), paper=paper4.annotate)
+
+
+def test_a_defense_is_compared_as_the_family_it_declares_never_by_its_name():
+    """A robust rule named without the ``robust-`` prefix is robust aggregation because it says so, and a
+    ``robust-`` name that declares another family is not (the name decides nothing)."""
+    [cell] = _poison_cells("trust-the-median", {"trust-the-median": str(DefenseFamily.ROBUST_AGGREGATION)})
+    assert cell.defense_family == DefenseFamily.ROBUST_AGGREGATION
+    assert (cell.paper, cell.comparison) == ("applies", "agree")  # backdoor: a target threat of robust aggregation
+    [cell] = _poison_cells("robust-sounding", {"robust-sounding": str(DefenseFamily.DP)})
+    assert cell.defense_family == DefenseFamily.DP and cell.comparison == "not measurable"  # DP does not target backdoors
+
+
+def test_runs_stored_before_defenses_declared_a_family_still_report():
+    [cell] = _poison_cells("robust-median", None)
+    assert cell.defense_family == DefenseFamily.ROBUST_AGGREGATION and cell.comparison == "agree"
+    [cell] = _poison_cells("robust-median", {"robust-median": "robust aggregation"})  # as the runner stores it now
+    assert cell.defense_family == DefenseFamily.ROBUST_AGGREGATION and cell.comparison == "agree"

@@ -10,6 +10,7 @@ import pytest
 from report_helpers import run_rows
 
 from bench.api.metrics import MetricSpec, declare, spec_of
+from bench.api.vocabulary import DefenseFamily
 from bench.reporting import html, leaderboard, matrix4, paper4, table4, verdict
 
 # Student t quantiles from a printed table (not from scipy): t(0.975, df) and t(0.80, df).
@@ -135,7 +136,7 @@ def test_matrix_renders_every_cell_with_a_symbol_and_the_paper_mark(oracle):
     expected = {"fft": "✓", "lora": "✗", "adapter": "?", "prompt-tuning": "–"}
     for label, (entry,) in rows:
         assert entry.symbols == (("inversion", expected[label], oracle[label].comparison == "disagree"),)
-        assert entry.paper == paper4.MARK_SYMBOL[paper4.paper_mark(label, "dp-local")[0]]
+        assert entry.paper == paper4.MARK_SYMBOL[paper4.paper_mark(label, DefenseFamily.DP)[0]]
     text = matrix4.matrix_markdown(cells)
     assert "| fft | ✓ │ A |" in text and "| prompt-tuning | – │ L |" in text
     assert "| lora | **✗** │ A |" in text   # no effect where the paper says DP applies: a disagreement

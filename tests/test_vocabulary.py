@@ -53,6 +53,10 @@ def test_every_task_kind_is_known():
 def test_the_families_reporting_uses_are_the_vocabulary():
     assert set(FAMILY_HEADLINE) == set(AttackFamily)
     assert set(ROLES) == set(AttackRole)
+    from bench.api.vocabulary import DefenseFamily
+    from bench.reporting.paper4 import TARGETS
+
+    assert set(TARGETS) <= set(DefenseFamily)  # the paper's families are declared words, not names
 
 
 def test_an_attack_without_a_family_or_with_a_foreign_role_is_refused_when_built():

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from bench.api.access import Access
+from bench.api.handles import TaskSpec
 from bench.api.predictions import Prediction
 from bench.api.protocol import Channel
 from bench.api.transcript import FederationSettings, ThreatView
@@ -84,7 +85,7 @@ class Attack(abc.ABC):
         """Why this training attack cannot do what it claims at this federation's size, or None (planning)."""
         return None
 
-    def check_poisoned(self, task: Any, tokenizer: PreTrainedTokenizerBase, examples: list[Record]) -> None:
+    def check_poisoned(self, task: TaskSpec, tokenizer: PreTrainedTokenizerBase, examples: list[Record]) -> None:
         """Raise ``UserError`` when a poisoned record would not measure the attack (e.g. a target cut off)."""
         return None
 

@@ -11,9 +11,12 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.api.errors import UserError
+
+T = TypeVar("T")
+"""A config class (``bind`` returns an instance of the class it is given)."""
 
 
 def field_docs(config_cls: type) -> dict[str, str]:
@@ -21,7 +24,7 @@ def field_docs(config_cls: type) -> dict[str, str]:
     return {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(config_cls)}
 
 
-def doc(text: str, default: Any = dataclasses.MISSING, *, path: str | None = None, **kwargs: Any) -> Any:
+def doc(text: str, default: object = dataclasses.MISSING, *, path: str | None = None, **kwargs: object) -> Any:
     """A dataclass field with its docstring kept in metadata.
 
     ``path="file"`` marks a local file path, ``path="local-or-hub"`` a local path or a hub name: a
@@ -45,14 +48,14 @@ class FieldError(ValueError):
         super().__init__(message)
 
 
-def check_range(config: Any, name: str, low: float, high: float) -> None:
+def check_range(config: object, name: str, low: float, high: float) -> None:
     """Raise ``FieldError`` unless ``low <= config.name <= high`` (the documented range)."""
     value = getattr(config, name)
     if not low <= value <= high:
         raise FieldError(name, f"{name} must be in {low:g}..{high:g}, got {value!r}")
 
 
-def bind(config_cls: type, values: Mapping[str, Any] | None, *, file: str | None, key: str) -> Any:
+def bind(config_cls: type[T], values: Mapping[str, object] | None, *, file: str | None, key: str) -> T:
     """Build ``config_cls`` from ``values``; unknown keys and wrong types are ``UserError``s."""
     if values is None:
         values = {}
@@ -87,7 +90,7 @@ def bind(config_cls: type, values: Mapping[str, Any] | None, *, file: str | None
         raise UserError(str(error), file=file, key=key or None) from None
 
 
-def _coerce(value: Any, hint: Any, *, file: str | None, key: str) -> Any:
+def _coerce(value: object, hint: object, *, file: str | None, key: str) -> object:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
@@ -144,13 +147,13 @@ def _coerce(value: Any, hint: Any, *, file: str | None, key: str) -> Any:
     return value
 
 
-def _shown(value: Any, limit: int = 80) -> str:
+def _shown(value: object, limit: int = 80) -> str:
     """``repr`` cut short: a user's value may be huge (a long list, an expanded alias)."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _describe(hint: Any) -> str:
+def _describe(hint: object) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):  # "an int or 'auto'", not "Union"
         return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) is typing.Literal:

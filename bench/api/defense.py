@@ -26,12 +26,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, Protocol, TypedDict
 
 import torch
 
+from bench.api.privacy import PrivacyAccounting
 from bench.api.protocol import Channel
 from bench.api.transcript import PlannedScenario
+from bench.api.vocabulary import DefenseFamily
 
 PrivacyReport = TypedDict("PrivacyReport", {
     "dp.epsilon": float, "dp.delta": float, "dp.accountant": str, "dp.level": str, "dp.noise_multiplier": float,
@@ -43,7 +45,28 @@ PrivacyReport = TypedDict("PrivacyReport", {
 """What a defense reports after a run (``Defense.privacy``), each key with its type. The spelled keys are
 the stored metric names: numbers become metric rows (``dp.epsilon``: the accountant's epsilon at
 ``dp.delta``; ``dp.level``: ``record`` or ``user``; ``dp.epsilon_lower``: an audit's lower bound), text
-goes to the run's ``extra``. A key absent means the defense does not measure it."""
+goes to the run's ``extra``. A key absent means the defense does not measure it. ``bench.api.privacy.PrivacyAccounting``
+is the same report as a typed object (one field per key, with the direction its metric is stored with)."""
+
+
+LocalTrainer = Callable[..., dict[str, float]]
+"""A client's local trainer (``bench.client.training.Trainer``: a ``LocalJob`` in, its losses out); the api
+names its shape because the client layer sits above it."""
+
+
+class PrivacyLedger(Protocol):
+    """Per privacy unit, the composed history of subsampled Gaussian steps as ``(noise_multiplier,
+    sample_rate, steps)`` (``defenses.dp.accounting.Ledger``)."""
+
+    histories: dict[int, list[tuple[float, float, int]]]
+
+    def record(self, unit: int, noise_multiplier: float, sample_rate: float, steps: int) -> None: ...
+
+
+class PrivacyAudit(Protocol):
+    """A one-run privacy audit's client-side state (``defenses.dp.audit.ClientAudit``)."""
+
+    def epsilon_lower(self, delta: float, confidence: float) -> float | None: ...
 
 
 class DefenseSlot(enum.Enum):
@@ -96,6 +119,9 @@ class Transport:
 
 class Defense:
     name: ClassVar[str]
+    family: ClassVar[DefenseFamily]
+    """The family reports compare this defense as (Table 4's paper marks are per family); every defense
+    declares one (checked when it is built), stored beside its rows: a report never reads it off the name."""
     slot: ClassVar[DefenseSlot] = DefenseSlot.CLIENT_UPDATE
     """The slot this defense's own work fills (see ``DefenseSlot``); a class that overrides
     ``transport`` or ``aggregate`` must declare ``TRANSPORT`` or ``AGGREGATION`` (checked at import)."""
@@ -114,17 +140,27 @@ class Defense:
     planning refuses it under a protocol whose channel is not among them (a TRAINING-slot defense
     runs under any protocol that trains locally)."""
 
+    ledger: PrivacyLedger | None = None
+    """The privacy ledger client-side training records into (dp-local), or None. Declared so that an engine
+    training clients in another process (Flower) carries its new entries back to the server's copy."""
+    audit: PrivacyAudit | None = None
+    """A one-run audit's client-side state (dp-local's canaries), or None: no engine message carries it, so
+    an engine training clients elsewhere refuses a defense that set it."""
+
     @dataclass(frozen=True, kw_only=True)
     class Config:
         pass
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         for hook, slot in (("transport", DefenseSlot.TRANSPORT), ("aggregate", DefenseSlot.AGGREGATION)):
             if hook in vars(cls) and cls.slot is not slot:  # the engine calls this hook only for that slot
                 raise TypeError(f"{cls.__qualname__} overrides {hook} and must declare slot = DefenseSlot.{slot.name}")
 
     def __init__(self, config: Any):
+        if not isinstance(declared_family(type(self)), DefenseFamily):
+            raise TypeError(f"{type(self).__qualname__} must declare family = DefenseFamily.<one of "
+                            f"{', '.join(m.name for m in DefenseFamily)}>")
         self.config = config
 
     def check_compatible(self, others: list[Defense], scenario: PlannedScenario) -> str | None:
@@ -141,7 +177,7 @@ class Defense:
         """Called once before training with the scenario, each client's member count and the run's
         other defenses (``peers``)."""
 
-    def wrap_training(self, train_step: Callable[..., Any], client: int, rng: torch.Generator) -> Callable[..., Any]:
+    def wrap_training(self, train_step: LocalTrainer, client: int, rng: torch.Generator) -> LocalTrainer:
         return train_step
 
     def on_client_update(self, round_index: int, client: int, update: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
@@ -170,13 +206,19 @@ class Defense:
         guarantee needs a fixed-range transport (secagg) to encode them unclipped; None when it needs none."""
         return None
 
-    def privacy(self) -> PrivacyReport:
-        """The run's privacy accounting (``PrivacyReport``); empty for a defense that accounts none."""
-        return {}
+    def privacy(self) -> PrivacyAccounting | PrivacyReport:
+        """The run's privacy accounting: a ``PrivacyAccounting`` (typed fields), or the same as its keyed
+        ``PrivacyReport`` dict; empty for a defense that accounts none."""
+        return PrivacyAccounting()
 
     def costs(self) -> dict[str, float]:
         """Extra cost metrics (``cost.*``) this defense measured."""
         return {}
+
+
+def declared_family(cls: type[Defense]) -> object:
+    """The ``family`` a defense class or one of its bases declares, None when none does."""
+    return next((vars(k)["family"] for k in cls.__mro__ if "family" in vars(k)), None)
 
 
 def composition_problem(defenses: Sequence[type[Defense]]) -> str | None:

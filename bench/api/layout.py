@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -21,7 +20,7 @@ class ParameterLayout:
     """Their shapes, in the same order."""
 
     @classmethod
-    def of(cls, named: list[tuple[str, Any]]) -> ParameterLayout:
+    def of(cls, named: list[tuple[str, torch.Tensor]]) -> ParameterLayout:
         return cls(tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named))
 
     @property

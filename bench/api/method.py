@@ -16,9 +16,12 @@ import torch
 from torch import nn
 
 from bench.api.access import Access
-from bench.api.defense import Defense
+from bench.api.defense import Defense, LocalTrainer
+from bench.api.handles import ModelHandle, TaskSpec
 from bench.api.layout import ParameterLayout
+from bench.api.metrics import Metric
 from bench.api.transcript import Transcript
+from bench.api.vocabulary import Record
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
     from transformers import PretrainedConfig
@@ -56,14 +59,14 @@ class Method(abc.ABC):
 
     # --- to implement ----------------------------------------------------------------------------
     @abc.abstractmethod
-    def build(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+    def build(self, model: nn.Module, task: TaskSpec, rng: torch.Generator) -> nn.Module:
         """Return the model clients train (may wrap ``model``); mark only the method's state trainable."""
 
     def on_round_start(self, round_index: int, rounds: int) -> None:
         """Called by the round loop before clients train (multi-phase methods switch phase here)."""
         return None
 
-    def trainer(self, default: Callable[..., Any], transcript: Transcript) -> Callable[..., Any]:
+    def trainer(self, default: LocalTrainer, transcript: Transcript) -> LocalTrainer:
         """The local trainer clients use; methods that train through a provider wrap ``default``
         (and record egress in ``transcript``)."""
         return default
@@ -78,12 +81,12 @@ class Method(abc.ABC):
         that place modules by name (LoRA, adapters) check the names exist (``_common.check_on_skeleton``)."""
         return None
 
-    def extra_utility(self, handle: Any, task: Any, test: list[dict]) -> list[Any]:
+    def extra_utility(self, handle: ModelHandle, task: TaskSpec, test: list[Record]) -> list[Metric]:
         """Utility metrics only this method can measure (RLHF: reward accuracy); default none."""
         return []
 
     # --- shared machinery ------------------------------------------------------------------------
-    def prepare(self, model: nn.Module, task: Any, rng: torch.Generator) -> nn.Module:
+    def prepare(self, model: nn.Module, task: TaskSpec, rng: torch.Generator) -> nn.Module:
         self.model = self.build(model, task, rng)
         self._named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         if not self._named:

@@ -11,9 +11,24 @@ A scoring module that adds a headline metric declares it here with ``declare``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.api.config import doc
+from bench.api.vocabulary import JsonObject
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One measured value; ``ci_low``/``ci_high`` hold a 95% interval when one was computed. Scorers make
+    them (``bench.scoring``); a method's own utility (``Method.extra_utility``) too, hence here."""
+
+    name: str
+    value: float
+    higher_is_better: bool = True
+    ci_low: float | None = None
+    ci_high: float | None = None
+    extra: JsonObject = field(default_factory=dict, compare=False, hash=False)
+    """Kept beside the value in the result row's ``extra`` (e.g. ``floor``: what a failed attack scores)."""
 
 
 @dataclass(frozen=True, kw_only=True)

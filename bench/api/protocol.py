@@ -19,9 +19,18 @@ planning refuses a pairing whose channels differ, before training.
 from __future__ import annotations
 
 import enum
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, ClassVar, TypeAlias
+from typing import Protocol as TypingProtocol
 
 import torch
+
+from bench.api.transcript import ChannelValue, ProtocolSettings
+from bench.api.vocabulary import Record
+
+if TYPE_CHECKING:  # named in annotations only: both import this module
+    from bench.api.defense import Defense
+    from bench.api.method import Method
 
 
 def scored_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -45,6 +54,39 @@ class Channel(enum.StrEnum):
     """Hidden states at a cut layer, answered by their gradients (split learning)."""
 
 
+Message: TypeAlias = object
+"""What one client sends in a round, of the protocol's own type (KD: a logits tensor; split learning: its
+``SplitMessage``): the engine only counts it (``message_bytes``) and hands it back to the protocol that made it."""
+
+
+class ClientShard(TypingProtocol):
+    """One client's data as a protocol trains on it (``bench.world.partition.ClientData``)."""
+
+    @property
+    def members(self) -> list[Record]: ...
+
+
+class RoundContext(TypingProtocol):
+    """What a protocol reads of the running federation (``bench.engine.federation.Federation`` has it)."""
+
+    @property
+    def method(self) -> Method: ...
+    @property
+    def clients(self) -> Sequence[ClientShard]: ...
+    @property
+    def collate(self) -> Callable[[list[Record]], dict[str, torch.Tensor]]: ...
+    @property
+    def defenses(self) -> Sequence[Defense]: ...
+    @property
+    def public(self) -> list[Record]: ...
+    @property
+    def seed_parts(self) -> tuple[int | str, ...]: ...
+    @property
+    def trainer(self) -> Callable[..., dict[str, float]]:
+        """The clients' local trainer (``bench.client.training.Trainer``: a ``LocalJob`` in, its losses out)."""
+        ...
+
+
 class Protocol:
     """One way clients and server exchange in a round; registered in ``PROTOCOLS`` by name."""
 
@@ -56,48 +98,48 @@ class Protocol:
     one_step: ClassVar[bool] = False
     """Each client takes one plain SGD step and sends the step itself (FedSGD)."""
 
-    def __init__(self, settings: Any):
+    def __init__(self, settings: ProtocolSettings):
         self.settings = settings
         """``bench.spec.scenario.Federation`` (or any object with its fields)."""
 
-    def setup(self, fed: Any) -> None:
+    def setup(self, fed: RoundContext) -> None:
         """Once before the first round, with the ``bench.engine.federation.Federation`` (its ``public``
         records, clients, method, seed)."""
 
-    def client_message(self, fed: Any, round_index: int, client: int, global_state: torch.Tensor) -> Any:
+    def client_message(self, fed: RoundContext, round_index: int, client: int, global_state: torch.Tensor) -> Message:
         """Train ``client`` from the broadcast ``global_state`` and return what it sends."""
         raise NotImplementedError
 
-    def combine(self, fed: Any, round_index: int, messages: dict[int, Any], weights: dict[int, float],
+    def combine(self, fed: RoundContext, round_index: int, messages: dict[int, Message], weights: dict[int, float],
                 global_state: torch.Tensor) -> torch.Tensor:
         """The next global flat state from the round's messages (``weights``: example counts)."""
         raise NotImplementedError
 
-    def message_bytes(self, message: Any) -> int:
+    def message_bytes(self, message: Message) -> int:
         """Bytes a client sent to the server this round."""
         raise NotImplementedError
 
-    def plain_bytes(self, fed: Any) -> int:
+    def plain_bytes(self, fed: RoundContext) -> int:
         """Bytes a parameter-sharing client would send instead (a full float32 update): the yardstick."""
         return int(fed.method.num_trainable) * 4
 
-    def download_bytes(self, fed: Any, global_state: torch.Tensor) -> int:
+    def download_bytes(self, fed: RoundContext, global_state: torch.Tensor) -> int:
         """Bytes the server sent one sampled client this round."""
         return int(global_state.numel()) * 4
 
-    def reply_bytes(self, message: Any) -> int:
+    def reply_bytes(self, message: Message) -> int:
         """Bytes the server sent back to the client in answer to ``message`` (split learning's gradients)."""
         return 0
 
-    def trained_on(self, message: Any) -> list[list[int]] | None:
+    def trained_on(self, message: Message) -> list[list[int]] | None:
         """The token sequences the client trained on (ground truth for inversion scorers), or None."""
         return None
 
-    def transcript_parts(self, messages: dict[int, Any]) -> dict[int, Any]:
+    def transcript_parts(self, messages: dict[int, Message]) -> dict[int, Message]:
         """What the server vantage keeps of each message (``RoundRecord.transmitted``)."""
         return dict(messages)
 
-    def round_public(self) -> dict[str, Any]:
+    def round_public(self) -> dict[str, ChannelValue]:
         """Public per-round artifacts the server holds anyway (``RoundRecord.channel``): the proxy set, the
         client-side layers it averages; empty for parameter sharing."""
         return {}

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import torch
+from torch import nn
 
+from bench.api.handles import ModelHandle, OpenHandle, TaskSpec
+from bench.api.layout import ParameterLayout
 from bench.api.vocabulary import Record, Vantage
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
@@ -39,6 +42,26 @@ class FederationSettings(Protocol):
     def lr(self) -> float: ...
     @property
     def protocol(self) -> str: ...
+    @property
+    def optimizer(self) -> str: ...
+    @property
+    def server_lr(self) -> float: ...
+
+
+class ProtocolSettings(FederationSettings, Protocol):
+    """What a round protocol (``bench.api.protocol.Protocol``) reads of the federation settings: the public
+    ones and its own (KD's proxy set and temperature, split learning's cut)."""
+
+    @property
+    def cut_layer(self) -> int: ...
+    @property
+    def proxy_examples(self) -> int: ...
+    @property
+    def kd_temperature(self) -> float: ...
+    @property
+    def kd_top_k(self) -> int: ...
+    @property
+    def distill_steps(self) -> int: ...
 
 
 class NamedComponent(Protocol):
@@ -59,6 +82,29 @@ class PlannedScenario(Protocol):
 
 
 @dataclass
+class Canary:
+    """A canary record: ``prefix`` + one secret from ``secret_space`` (the true one is ground truth).
+
+    Tasks make them (``bench.world.tasks``), the scorer reads ``secret`` and ``repeats`` from the ground
+    truth, and attacks get copies with ``secret`` blanked (``ThreatView.canaries``)."""
+
+    prefix: str
+    secret_space: list[str]
+    secret: str = field(repr=False)
+    """The inserted secret; empty in an attacker's copy."""
+    repeats: int = 1
+    """Copies of the canary record inserted into the pool (the repetition study's variable)."""
+
+
+ChannelValue: TypeAlias = list[Record] | float | int | nn.Module
+"""What a non-parameter protocol's server holds of a round (``Protocol.round_public``): KD's proxy records and
+temperature, split learning's cut layer and client-side layers (a module)."""
+
+ShadowTraining = Callable[[list[Record], torch.Generator], OpenHandle]
+"""Trains a shadow model on records (same harness as the run, its own seed from the generator)."""
+
+
+@dataclass
 class RoundRecord:
     """One federated round as the server saw it."""
 
@@ -73,7 +119,7 @@ class RoundRecord:
     """The update the server applied to the global state this round."""
     weights: dict[int, float] = field(default_factory=dict)
     """Example counts each client reported (public metadata in FedAvg)."""
-    channel: dict[str, Any] = field(default_factory=dict)
+    channel: dict[str, ChannelValue] = field(default_factory=dict)
     """What a non-parameter protocol's server holds anyway this round (``Protocol.round_public``): KD's
     proxy records, split learning's client-side layers (which it averages). Empty under FedAvg/FedSGD."""
 
@@ -109,7 +155,7 @@ class GroundTruth:
     """Token sequences of records from the task's distribution that no client trained on and no
     attacker is given (the test split): the inversion scorer's floor, what guessing another record scores."""
     malicious_clients: tuple[int, ...] = ()
-    canaries: list[Any] = field(default_factory=list)
+    canaries: list[Canary] = field(default_factory=list)
     canary_copies: list[int] = field(default_factory=list)
     """Per canary: how many of its inserted copies some client trained on (members)."""
 
@@ -123,15 +169,16 @@ class ThreatView:
     handles (at gray/black-box a ``ProviderAPI`` that reaches neither the weights nor the request
     log), and the trainable state's ``layout`` is names and shapes only."""
 
-    vantage: str
+    vantage: Vantage
     rounds: list[RoundRecord]
     candidates: list[Record]
     """Records whose membership the attacker must guess (members and non-members shuffled)."""
-    layout: Any
-    """The trainable state's ``ParameterLayout`` (names and shapes: flat vectors <-> named tensors)."""
-    final_model: Any
-    """The fine-tuned model through the tier's access (``OpenModel`` or ``ProviderAPI``)."""
-    base_model: Any
+    layout: ParameterLayout
+    """The trainable state's names and shapes (flat vectors <-> named tensors)."""
+    final_model: ModelHandle
+    """The fine-tuned model through the tier's access (``OpenModel`` or ``ProviderAPI``); its ``task`` is the
+    task's public definition."""
+    base_model: ModelHandle
     """The pre-fine-tuning model through the tier's access (the natural reference model)."""
     tokenizer: PreTrainedTokenizerBase
     federation: FederationSettings
@@ -139,10 +186,15 @@ class ThreatView:
     auxiliary: list[Record] = field(default_factory=list)
     """Public records from the task's distribution, disjoint from every client (for shadows)."""
     provider_log: list[ProviderRecord] = field(default_factory=list)
-    train_shadow: Callable[..., Any] | None = None
+    train_shadow: ShadowTraining | None = None
     """Runs the same harness on auxiliary data to train a shadow model (``None`` when the tier does not
     grant weights); it holds the model source and settings, not the run."""
-    canaries: list[Any] = field(default_factory=list)
+    canaries: list[Canary] = field(default_factory=list)
     """Canary prefixes and the secret space (not which secret was inserted)."""
     pretraining_corpus: list[str] | None = None
     """The base model's pretraining documents, when the tier publishes them (open-source)."""
+
+    @property
+    def task(self) -> TaskSpec:
+        """The task's public definition (record format, batching), as the final model's handle holds it."""
+        return self.final_model.task

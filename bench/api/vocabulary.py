@@ -71,6 +71,21 @@ class AttackRole(enum.StrEnum):
     EXTRACTION = "extraction"
 
 
+class DefenseFamily(enum.StrEnum):
+    """The family a defense belongs to (``Defense.family``): what the reports compare it as (the paper's
+    Table 4 marks are per family). The words are the ones the reports print."""
+
+    DP = "DP"
+    SECAGG = "SecAgg"
+    HE = "HE"
+    ROBUST_AGGREGATION = "robust aggregation"
+    PII_SCRUBBING = "PII scrubbing"
+    SAFETY = "safety alignment"
+    """Data-side defenses against harmful fine-tuning (a safety filter, constitutional revision)."""
+    ACTIVATION_NOISE = "activation noise"
+    """Noise on split learning's cut-layer activations, with no formal DP guarantee."""
+
+
 JsonValue: TypeAlias = Union[str, int, float, bool, None, list["JsonValue"], dict[str, "JsonValue"]]  # noqa: UP007
 """A value that survives JSON: what result rows, their ``extra``, scenario documents and stored
 configurations hold (the store writes them as JSON lines, the loader reads YAML into them)."""

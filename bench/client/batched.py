@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,32 @@ from torch import nn
 
 from bench.api.vocabulary import JsonObject
 from bench.client.device import autocast
-from bench.client.training import LocalJob, batch_indices, make_optimizer, train_local
+from bench.client.training import LocalJob, Trainer, batch_indices, make_optimizer, train_local
+
+if TYPE_CHECKING:  # named in annotations only
+    from transformers.utils import ModelOutput
+
+    from bench.api.defense import Defense
+    from bench.api.method import Method
+
+
+class BatchingSettings(Protocol):
+    @property
+    def client_batch(self) -> int | str: ...
+
+
+class RoundFederation(Protocol):
+    """What batching reads of the running federation (``bench.engine.federation.Federation`` has it; the
+    engine sits above this layer)."""
+
+    @property
+    def method(self) -> Method: ...
+    @property
+    def settings(self) -> BatchingSettings: ...
+    @property
+    def defenses(self) -> Sequence[Defense]: ...
+    @property
+    def trainer(self) -> Trainer: ...
 
 CPU_CAP = 16
 """Most clients per group on CPU under ``auto``: beyond this the kernels are already large and the
@@ -73,7 +99,7 @@ class Batching:
 
 
 # --- may a round batch at all ------------------------------------------------------------------------
-def refusal(fed: Any, batching: Batching) -> str | None:
+def refusal(fed: RoundFederation, batching: Batching) -> str | None:
     """Why this federation's rounds train sequentially (decided without side effects), or None."""
     from bench.api.defense import Defense
 
@@ -168,7 +194,7 @@ def _alone_reason(sampled: int, same_batch: int, size: int) -> str:
     return f"group of one at client_batch {size}" + (" (auto: memory)" if size == 1 else "")
 
 
-def train_round(fed: Any, jobs: dict[int, LocalJob], batching: Batching) -> dict[int, Trained]:
+def train_round(fed: RoundFederation, jobs: dict[int, LocalJob], batching: Batching) -> dict[int, Trained]:
     """Train the round's clients (``jobs``, in sampled order) in groups; returns what each batched client
     trained to. Clients missing from the answer train sequentially, their reason counted in ``batching``."""
     first = next(iter(jobs.values()))
@@ -192,7 +218,7 @@ def train_round(fed: Any, jobs: dict[int, LocalJob], batching: Batching) -> dict
     return trained
 
 
-def _size(fed: Any, job: LocalJob) -> int:
+def _size(fed: RoundFederation, job: LocalJob) -> int:
     setting = fed.settings.client_batch
     if setting != "auto":
         return int(setting)
@@ -266,7 +292,7 @@ class Bound:
     def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]):
         self.model, self.params = model, params
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: object, **kwargs: object) -> ModelOutput:
         return torch.func.functional_call(self.model, self.params, args, kwargs, strict=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -274,7 +300,7 @@ class Bound:
 
 
 @contextlib.contextmanager
-def _vmappable(model: nn.Module) -> Any:
+def _vmappable(model: nn.Module) -> Iterator[None]:
     """What the Hugging Face forward needs to run under vmap, restored afterwards:
     - attention through plain matmuls (``eager``) instead of SDPA, which has no vmap batching rule on
       CPU (vmap would loop over the clients, one kernel each, the cost batching removes);

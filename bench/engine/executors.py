@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from bench.api.config import doc
 from bench.api.registry import Registry
@@ -126,7 +126,7 @@ class Executor(abc.ABC):
     class Config:
         pass
 
-    def __init__(self, config: Any = None):
+    def __init__(self, config: Config | None = None):
         self.config = config if config is not None else self.Config()
 
     @abc.abstractmethod
@@ -187,7 +187,7 @@ class PoolExecutor(Executor):
 class _Worker:
     """One worker process and the job it is running (None when idle)."""
 
-    def __init__(self, context: Any, config: PoolConfig, run: RunFn):
+    def __init__(self, context: multiprocessing.context.BaseContext, config: PoolConfig, run: RunFn):
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_pool_worker, args=(child, config.threads, config.plugins), daemon=True)
         self.process.start()

@@ -22,7 +22,8 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from bench.api.config import doc
 from bench.api.errors import UserError
@@ -41,6 +42,12 @@ from bench.engine.executors import (
     prepare_models,
     single_threaded,
 )
+
+if TYPE_CHECKING:  # Ray is optional and imports when a sweep uses it
+    from ray import ObjectRef
+
+    from bench.spec.scenario import Component, Scenario
+    from bench.store.results import Row
 
 MEMORY_FACTOR = 4.0
 """GPU bytes a run needs per byte of base weights: weights, gradients and two Adam moments of a full
@@ -89,11 +96,11 @@ class RayExecutor(Executor):
             if started:
                 ray.shutdown()
 
-    def _start(self, ray: Any) -> bool:
+    def _start(self, ray: ModuleType) -> bool:
         """Connect to the cluster, or start a local instance; True when this sweep started it."""
         if ray.is_initialized():
             return False
-        options: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+        options: dict[str, object] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                                        runtime_env={"env_vars": worker_environment(self.config.threads)})
         if self.config.address:
             ray.init(address=self.config.address, **options)
@@ -104,7 +111,7 @@ class RayExecutor(Executor):
                  object_store_memory=256 * 2**20, **options)
         return True
 
-    def _drive(self, ray: Any, jobs: list[Job], run: RunFn, done: Done, figures: str | None) -> None:
+    def _drive(self, ray: ModuleType, jobs: list[Job], run: RunFn, done: Done, figures: str | None) -> None:
         task = ray.remote(_ray_task)
         gpus = ray.cluster_resources().get("GPU", 0) > 0
         memory = self.config.gpu_memory_gb or local_gpu_memory_gb()
@@ -122,7 +129,7 @@ class RayExecutor(Executor):
             job = flight.pop(ready)
             done(job, self._rows(ray, ready, job))
 
-    def _rows(self, ray: Any, ref: Any, job: Job) -> list:
+    def _rows(self, ray: ModuleType, ref: ObjectRef, job: Job) -> list[Row]:
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as error:  # the task raised (execute records its own failures)
@@ -131,7 +138,7 @@ class RayExecutor(Executor):
             return failure_rows(job, f"its Ray worker died {self.config.attempts} times ({type(error).__name__})")
 
 
-def _ray_task(run: RunFn, scenario: Any, seed: int, figures: str | None, threads: int,
+def _ray_task(run: RunFn, scenario: Scenario, seed: int, figures: str | None, threads: int,
               plugins: tuple[str, ...]) -> list:
     """What a Ray worker does for one run (workers are reused: setup is idempotent)."""
     single_threaded(threads)
@@ -142,7 +149,7 @@ def _ray_task(run: RunFn, scenario: Any, seed: int, figures: str | None, threads
     return run(scenario, seed, figures=figures)
 
 
-def import_ray() -> Any:
+def import_ray() -> ModuleType:
     try:
         import ray
     except ImportError:
@@ -179,7 +186,7 @@ def local_gpu_memory_gb() -> float:
     return torch.cuda.get_device_properties(0).total_memory / 1e9
 
 
-def gpu_fraction(scenario: Any, gpu_memory_gb: float, cluster_has_gpus: bool) -> float:
+def gpu_fraction(scenario: Scenario, gpu_memory_gb: float, cluster_has_gpus: bool) -> float:
     """The share of one GPU a run declares: 0 on the CPU; else 1/k, where k runs of the model fit in the
     GPU's memory by ``run_memory_gb`` (1 <= k <= ``MAX_RUNS_PER_GPU``); a whole GPU when either is unknown."""
     wants_gpu = scenario.device.startswith("cuda") or (scenario.device == "auto" and cluster_has_gpus)
@@ -192,7 +199,7 @@ def gpu_fraction(scenario: Any, gpu_memory_gb: float, cluster_has_gpus: bool) ->
     return math.floor(1e4 / share) / 1e4  # Ray counts GPU fractions in 1e-4 units
 
 
-def run_memory_gb(model: Any) -> float | None:
+def run_memory_gb(model: Component) -> float | None:
     """GPU memory one run of ``model`` (a scenario's model component) needs, by ``MEMORY_FACTOR``;
     None when its size cannot be read offline."""
     parameters = parameter_count(model)
@@ -203,7 +210,7 @@ def run_memory_gb(model: Any) -> float | None:
     return parameters * width * MEMORY_FACTOR / 1e9 + ACTIVATION_GB
 
 
-def parameter_count(model: Any) -> int | None:
+def parameter_count(model: Component) -> int | None:
     """About how many parameters a decoder has, from its architecture (no weights loaded)."""
     from bench.api.registry import MODELS
 

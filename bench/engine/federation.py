@@ -30,6 +30,7 @@ from bench.api.protocol import Protocol
 from bench.api.registry import PROTOCOLS
 from bench.api.seeding import generator
 from bench.api.transcript import GroundTruth, RoundRecord, Transcript
+from bench.api.vocabulary import Record
 from bench.client import batched
 from bench.client.training import LocalJob, Trainer, job_rng, train_local
 from bench.world.partition import ClientData
@@ -64,7 +65,7 @@ class Federation:
     """The flat state broadcast this round (set by the loop)."""
     observers: list[Callable[[int, torch.Tensor], None]] = field(default_factory=list)
     """Called as ``observer(round, new_global_state)`` after each round (a learning curve)."""
-    public: list[dict[str, Any]] = field(default_factory=list)
+    public: list[Record] = field(default_factory=list)
     """The task's public records (disjoint from every client): where a protocol draws its proxy set."""
     protocol: Protocol | None = None
     """The round protocol; None: the one ``settings.protocol`` names, built by ``run``."""
@@ -211,7 +212,7 @@ def train_client(fed: Federation, r: int, client: int, global_state: torch.Tenso
     return _train_client(fed, r, client, global_state, truth, stats)
 
 
-def check_finite(r: int, client: int | None, what: str, value: Any) -> None:
+def check_finite(r: int, client: int | None, what: str, value: float | torch.Tensor | None) -> None:
     """Fail the run at the first non-finite loss, update or aggregate: a diverged model still yields
     numbers (accuracy at chance, AUC 0.5) that would otherwise be recorded as a measurement."""
     if value is None:  # a trainer that reports no loss
@@ -225,7 +226,7 @@ def check_finite(r: int, client: int | None, what: str, value: Any) -> None:
     raise DivergedError(f"diverged in round {r}: {who}{what} is not finite ({detail})")
 
 
-def server_update(fed: Federation, r: int, root: list[dict[str, Any]]) -> torch.Tensor:
+def server_update(fed: Federation, r: int, root: list[Record]) -> torch.Tensor:
     """The update the server itself would send, trained on ``root`` from this round's global state."""
     job = _job(fed, r, -1, fed.global_state, root)
     with job_rng(job):  # dropout inside any trainer (DP-SGD too) draws from the job's seed
@@ -233,7 +234,7 @@ def server_update(fed: Federation, r: int, root: list[dict[str, Any]]) -> torch.
     return fed.method.get_flat() - fed.global_state
 
 
-def _job(fed: Federation, r: int, client: int, global_state: torch.Tensor, examples: list[dict[str, Any]]) -> LocalJob:
+def _job(fed: Federation, r: int, client: int, global_state: torch.Tensor, examples: list[Record]) -> LocalJob:
     s = fed.settings
     fed.method.set_flat(global_state)
     fedsgd = s.protocol == "fedsgd"

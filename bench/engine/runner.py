@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,9 +30,10 @@ from bench.api.defense import Defense, DefenseSlot, composition_problem, in_slot
 from bench.api.errors import IncompatibleError, TierAccessError, UserError
 from bench.api.method import Method
 from bench.api.predictions import MembershipScores
+from bench.api.privacy import PrivacyAccounting
 from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, PROTOCOLS, TASKS, TIERS
 from bench.api.seeding import derive_seed, generator
-from bench.api.transcript import GroundTruth, Transcript
+from bench.api.transcript import Canary, GroundTruth, Transcript
 from bench.api.vocabulary import JsonObject, RunStatus
 from bench.client.device import describe, peak_gpu_memory_mb, pick_device, reset_peak_memory
 from bench.engine import federation as fl
@@ -128,7 +129,7 @@ def _engine_refusal(scenario: Scenario) -> str | None:
     return None
 
 
-def channel_refusal(component: Any, scenario: Scenario) -> str | None:
+def channel_refusal(component: Attack | Defense, scenario: Scenario) -> str | None:
     """Why an attack or defense cannot act on the messages of the scenario's protocol (its ``channels``
     do not hold the protocol's ``channel``), or None; components that touch no message run under any."""
     channel = PROTOCOLS.get(scenario.federation.protocol).channel
@@ -138,7 +139,7 @@ def channel_refusal(component: Any, scenario: Scenario) -> str | None:
             f"{scenario.federation.protocol} sends {channel}")
 
 
-def _touches_messages(component: Any) -> bool:
+def _touches_messages(component: Attack | Defense) -> bool:
     if isinstance(component, Attack):
         reads = bool({"client_updates", "aggregates"} & set(component.needs)) or component.vantage == "aggregate"
         return reads or type(component).poison_updates is not Attack.poison_updates
@@ -215,6 +216,8 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
     if families:  # reports file attacks by the family and role they declare, even for runs that never ran them
         rows[0].extra["attack_families"] = families
         rows[0].extra["attack_roles"] = roles
+    if scenario.defenses:  # reports compare a defense as the family its class declares, never by its name
+        rows[0].extra["defense_families"] = {d.name: str(DEFENSES.get(d.name).family) for d in scenario.defenses}
     return rows
 
 
@@ -286,9 +289,9 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None, figu
     from bench.world.tiers import OpenModel
 
     own_view = OpenModel(built.method.model, built.method.layout(), built.task, p.tokenizer)
-    own_view.method = built.method  # evaluate() adds the method's own utility (RLHF: reward accuracy, DPO margin)
     eval_set = _eval_set(p.task_data.test, scenario.federation.eval_examples)
-    measure = lambda: evaluate(own_view, built.task, eval_set)  # noqa: E731
+    # with the method: evaluate() adds the method's own utility (RLHF: reward accuracy, DPO margin)
+    measure = lambda: evaluate(own_view, built.task, eval_set, built.method)  # noqa: E731
     base, curve = learning.base_metrics(measure), None  # before any training: the figure a trained one is set beside
     if scenario.federation.utility_curve:
         curve = learning.LearningCurve(measure, built.method.set_flat, base=base)
@@ -308,7 +311,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None, figu
     result.metrics += [("none", m) for m in measure() + base + (curve.metrics() if curve else [])]
     views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth,
                         max_candidates=scenario.federation.mia_candidates or None)
-    curves: dict[str, Any] = {}
+    curves: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for attack in built.attacks:
         if built.task.kind not in attack.task_kinds:
             kinds = ", ".join(sorted(attack.task_kinds))
@@ -389,7 +392,7 @@ def _give_server_updates(defenses: list[Defense], fed: fl.Federation, public: li
             defense.server_update_fn = lambda r, root=root: fl.server_update(fed, r, root)
 
 
-def _give_generation(defenses: list[Defense], built: Plan, tokenizer: Any) -> None:
+def _give_generation(defenses: list[Defense], built: Plan, tokenizer: PreTrainedTokenizerBase) -> None:
     """Defenses that rewrite a client's data with the model itself (``constitutional``) generate with the
     in-process model, which holds the client's current state when its local training starts."""
     from bench.world.tiers import OpenModel
@@ -399,7 +402,7 @@ def _give_generation(defenses: list[Defense], built: Plan, tokenizer: Any) -> No
             defense.generate_fn = OpenModel(built.method.model, None, built.task, tokenizer).generate
 
 
-def _save_roc(curves: dict[str, Any], directory: str, stem: str) -> str:
+def _save_roc(curves: dict[str, tuple[torch.Tensor, torch.Tensor]], directory: str, stem: str) -> str:
     """A log-log ROC figure of every membership attack of the run (``run --figures DIR``)."""
     from pathlib import Path
 
@@ -470,7 +473,7 @@ def _privacy_metrics(defenses: list[Defense], transcript: Transcript, extra: Jso
         Metric("privacy.egress_records", float(transcript.egress_records), higher_is_better=False),
         Metric("privacy.egress_bytes", float(transcript.egress_bytes), higher_is_better=False),
     ]
-    reports = [(d.name, d.privacy()) for d in defenses]
+    reports = [(d.name, PrivacyAccounting.of(d.privacy())) for d in defenses]
     counts: dict[str, int] = {}
     for _, report in reports:
         for key in report:
@@ -479,7 +482,7 @@ def _privacy_metrics(defenses: list[Defense], transcript: Transcript, extra: Jso
         for key, value in report.items():
             label = key if counts[key] == 1 else f"{key}[{name}]"  # two DP layers: keep both, apart
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                metrics.append(Metric(label, float(value), higher_is_better=not key.startswith(("dp.epsilon", "privacy."))))
+                metrics.append(Metric(label, float(value), higher_is_better=PrivacyAccounting.higher_is_better(key)))
             else:
                 extra[label] = value
     return metrics
@@ -500,7 +503,7 @@ def _declared(scenario: Scenario) -> tuple[dict[str, str], dict[str, str]]:
             {name: str(cls.table_role()) for name, cls in classes.items()})
 
 
-def _canary_copies(canaries: list[Any], clients: list[ClientData]) -> list[int]:
+def _canary_copies(canaries: list[Canary], clients: list[ClientData]) -> list[int]:
     """Per canary, its copies among the clients' members (a copy dealt to held-out data is not trained)."""
     if not canaries:
         return []

@@ -23,6 +23,7 @@ import torch
 from bench.api.registry import METHODS
 from bench.api.seeding import derive_seed, generator
 from bench.api.transcript import GroundTruth, RoundRecord, ThreatView, Transcript
+from bench.api.vocabulary import Vantage
 from bench.client.training import LocalJob, train_local
 from bench.world.models import ModelSource
 from bench.world.partition import ClientData
@@ -36,14 +37,14 @@ if TYPE_CHECKING:
     from bench.engine.runner import Plan
     from bench.spec.scenario import Federation, Scenario
 
-# What each vantage keeps of a round record.
-ROUND_FIELDS = {
-    "server": ("global_before", "transmitted", "aggregate", "channel"),
-    "aggregate": ("global_before", "aggregate"),
-    "participant": ("global_before",),
-    "external": (),
-    "provider": (),
+ROUND_FIELDS: dict[Vantage, tuple[str, ...]] = {
+    Vantage.SERVER: ("global_before", "transmitted", "aggregate", "channel"),
+    Vantage.AGGREGATE: ("global_before", "aggregate"),
+    Vantage.PARTICIPANT: ("global_before",),
+    Vantage.EXTERNAL: (),
+    Vantage.PROVIDER: (),
 }
+"""What each vantage keeps of a round record (every vantage has an entry: ``tests/test_typed_contracts.py``)."""
 
 
 SHADOW_CACHE: OrderedDict[str, OpenModel] = OrderedDict()
@@ -93,7 +94,7 @@ class ViewBuilder:
         tier = self.built.tier
         return ThreatView(
             vantage=vantage,
-            rounds=[_strip(r, ROUND_FIELDS[vantage]) for r in self.transcript.rounds],
+            rounds=[seen_from(r, vantage) for r in self.transcript.rounds],
             candidates=list(self.candidates),
             layout=self.layout,
             final_model=tier.handle(self.built.method.model, self.layout, self.built.task, self.tokenizer,
@@ -102,7 +103,7 @@ class ViewBuilder:
             tokenizer=self.tokenizer,
             federation=self.scenario.federation,
             auxiliary=list(self.task_data.auxiliary),
-            provider_log=list(self.transcript.provider_log) if vantage == "provider" else [],
+            provider_log=list(self.transcript.provider_log) if vantage == Vantage.PROVIDER else [],
             train_shadow=self.shadows,
             canaries=[dataclasses.replace(c, secret="") for c in self.task_data.canaries],
             pretraining_corpus=tier.public_corpus(self.built.model_source),
@@ -149,7 +150,8 @@ class ShadowTrainer:
     setting: tuple
     """What the shadow depends on besides its examples (the cache key's prefix)."""
     method_name: str
-    method_config: Any
+    method_config: object
+    """The method's bound config: passed to a fresh method of ``method_name``, never read here."""
     source: ModelSource
     task: Task
     tokenizer: PreTrainedTokenizerBase
@@ -209,6 +211,11 @@ class _LazyHandle:
         if name.startswith("__"):
             raise AttributeError(name)
         return getattr(self._loader(), name)
+
+
+def seen_from(record: RoundRecord, vantage: Vantage) -> RoundRecord:
+    """The round record as an attacker at ``vantage`` sees it (``ROUND_FIELDS``)."""
+    return _strip(record, ROUND_FIELDS[vantage])
 
 
 def _strip(record: RoundRecord, keep: tuple[str, ...]) -> RoundRecord:

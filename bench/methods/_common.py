@@ -3,7 +3,9 @@ loader's import of it is harmless; the underscore only says it is private to thi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
 from torch import nn
@@ -12,13 +14,18 @@ from bench.api.seeding import derive_seed, isolated_rng
 from bench.api.vocabulary import TaskKind
 
 if TYPE_CHECKING:  # named in annotations only
-    from transformers import PretrainedConfig
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+    from transformers.utils import ModelOutput
 
     from bench.world.tasks import Task
 
 HEAD_NAMES = ("score", "classifier")
 """Classification heads of Hugging Face sequence-classification models (fresh, so always trained)."""
 
+
+
+HookOutput: TypeAlias = torch.Tensor | tuple[torch.Tensor, ...]
+"""What a module's forward returns to a forward hook (a tensor, or a tuple led by one)."""
 
 def freeze(model: nn.Module) -> None:
     for p in model.parameters():
@@ -35,12 +42,12 @@ def unfreeze_heads(model: nn.Module, task: Task) -> None:
                 p.requires_grad_(True)
 
 
-def seeded(rng: torch.Generator) -> Any:
+def seeded(rng: torch.Generator) -> contextlib.AbstractContextManager[None]:
     """Library code that initialises weights from torch's global RNG, made reproducible from ``rng``."""
     return isolated_rng(derive_seed(int(torch.randint(2**31, (1,), generator=rng))))
 
 
-def tokenizer_of(model: nn.Module) -> Any:
+def tokenizer_of(model: nn.Module) -> PreTrainedTokenizerBase:
     """The tokenizer saved beside the model (zoo directory or hub name); pad token as the runner sets it."""
     from transformers import AutoTokenizer
 
@@ -73,10 +80,10 @@ class Wrapper(nn.Module):
         except AttributeError:
             return getattr(self._modules["inner"], name)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: object, **kwargs: object) -> ModelOutput:
         return self.inner(*args, **kwargs)
 
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
+    def generate(self, *args: object, **kwargs: object) -> torch.Tensor:
         return self.inner.generate(*args, **kwargs)
 
 
@@ -100,7 +107,8 @@ def skeleton(architecture: PretrainedConfig | None, task_kind: str) -> nn.Module
         return auto.from_config(architecture)
 
 
-def check_on_skeleton(architecture: PretrainedConfig | None, task_kind: str, check: Any) -> str | None:
+def check_on_skeleton(architecture: PretrainedConfig | None, task_kind: str,
+                      check: Callable[[nn.Module], str | None]) -> str | None:
     """``check(model)`` on the skeleton of ``architecture``; None where there is no config to build it from
     (zoo models: their architectures are known) or transformers cannot build it (load will say why)."""
     if architecture is None:

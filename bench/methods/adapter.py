@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from torch import nn
 from bench.api.config import doc
 from bench.api.method import Method
 from bench.api.registry import METHODS
-from bench.methods._common import check_on_skeleton, decoder_layers, freeze, seeded, unfreeze_heads
+from bench.methods._common import HookOutput, check_on_skeleton, decoder_layers, freeze, seeded, unfreeze_heads
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -56,10 +56,10 @@ class Bottleneck(nn.Module):
         return hidden + self.up(self.act(self.down(hidden)))
 
 
-def _adapt_output(adapter: Bottleneck) -> Callable[..., Any]:
+def _adapt_output(adapter: Bottleneck) -> Callable[[nn.Module, tuple[torch.Tensor, ...], HookOutput], HookOutput]:
     """A forward hook that passes a sublayer's output (a tensor, or a tuple led by one) through ``adapter``."""
 
-    def hook(module: nn.Module, args: Any, output: Any) -> Any:
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: HookOutput) -> HookOutput:
         if isinstance(output, tuple):
             return (adapter(output[0]),) + output[1:]
         return adapter(output)
@@ -91,7 +91,7 @@ def sublayer_paths(block: nn.Module, named: tuple[str, ...]) -> list[str] | str:
     return found
 
 
-def adapter_problem(model: nn.Module, settings: Any) -> str | None:
+def adapter_problem(model: nn.Module, settings: AdapterSettings) -> str | None:
     """Why adapters cannot be placed in ``model`` (no blocks, or no matching sublayers), or None."""
     try:
         block = decoder_layers(model)[0]

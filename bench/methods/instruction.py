@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -30,13 +30,13 @@ if TYPE_CHECKING:
     from bench.world.tasks import Task  # named in annotations only: transformers loads lazily
 
 
-def _full(model: nn.Module, settings: Any, task: Task, rng: torch.Generator) -> nn.Module:
+def _full(model: nn.Module, settings: LoraSettings, task: Task, rng: torch.Generator) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
 
 
-MODES: dict[str, Callable[[nn.Module, Any, Any, torch.Generator], nn.Module]] = {"lora": apply_lora, "full": _full}
+MODES: dict[str, Callable[[nn.Module, LoraSettings, Task, torch.Generator], nn.Module]] = {"lora": apply_lora, "full": _full}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,7 @@ Classification heads stay trainable (``modules_to_save``): a fresh head must be 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from bench.api.vocabulary import TaskKind
 from bench.methods._common import check_on_skeleton
 
 if TYPE_CHECKING:
+    from peft import LoraConfig
     from transformers import PretrainedConfig
 
     from bench.world.tasks import Task  # named in annotations only: transformers loads lazily
@@ -107,7 +108,7 @@ def lora_targets(model: nn.Module, settings: LoraSettings) -> list[str]:
     return list(settings.target_modules) or default_targets(model.config.model_type, settings.target) or []
 
 
-def lora_config(model: nn.Module, settings: LoraSettings, task: Task) -> Any:
+def lora_config(model: nn.Module, settings: LoraSettings, task: Task) -> LoraConfig:
     from peft import LoraConfig
 
     present = {n.split(".")[-1] for n, _ in model.named_modules()}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ from bench.api.vocabulary import TaskKind
 from bench.methods._common import HEAD_NAMES, Wrapper, seeded
 
 if TYPE_CHECKING:  # named in annotations only
+    from peft import PromptLearningConfig
+    from transformers.utils import ModelOutput
+
     from bench.world.tasks import Task
 
 PROMPT_INITS = {"random": "RANDOM", "vocab": "SAMPLE_VOCAB"}
@@ -73,7 +76,8 @@ class SoftPromptModel(Wrapper):
         return encoder(tokens)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, **kwargs: Any) -> Any:
+                inputs_embeds: torch.Tensor | None = None, **kwargs: object
+                ) -> CausalLMOutput | SequenceClassifierOutput:
         kwargs.pop("position_ids", None)  # positions restart under the prompt, as in peft
         hf = self.inner.base_model  # prompt learning leaves the Hugging Face model itself here
         # embeddings in place of ids: gradient-matching inversion optimises them (inversion-optim)
@@ -109,7 +113,7 @@ class PrefixModel(Wrapper):
         super().__init__(inner)
         self.extra_positions = inner.active_peft_config.num_virtual_tokens
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: object, **kwargs: object) -> ModelOutput:
         kwargs.pop("position_ids", None)
         return self.inner(*args, **kwargs)
 
@@ -120,10 +124,10 @@ class PromptLearning(Method):
     batchable = True
 
     @abc.abstractmethod
-    def peft_config_class(self) -> Any:
+    def peft_config_class(self) -> type[PromptLearningConfig]:
         """The peft config class of this prompt-learning variant."""
 
-    def peft_settings(self) -> dict[str, Any]:
+    def peft_settings(self) -> dict[str, int | str | bool]:
         return {"num_virtual_tokens": self.config.num_virtual_tokens}
 
     def build(self, model: nn.Module, task: Task, rng: torch.Generator) -> nn.Module:
@@ -148,12 +152,12 @@ class PromptTuning(PromptLearning):
     def wrap(self, peft_model: nn.Module, task: Task) -> nn.Module:
         return SoftPromptModel(peft_model, task.kind == TaskKind.CLASSIFICATION)
 
-    def peft_config_class(self) -> Any:
+    def peft_config_class(self) -> type[PromptLearningConfig]:
         from peft import PromptTuningConfig
 
         return PromptTuningConfig
 
-    def peft_settings(self) -> dict[str, Any]:
+    def peft_settings(self) -> dict[str, int | str | bool]:
         return {**super().peft_settings(), "prompt_tuning_init": PROMPT_INITS[self.config.init]}
 
 
@@ -169,7 +173,7 @@ class PrefixTuning(PromptLearning):
 
     Config = PrefixSettings
 
-    def peft_config_class(self) -> Any:
+    def peft_config_class(self) -> type[PromptLearningConfig]:
         from peft import PrefixTuningConfig
 
         return PrefixTuningConfig
@@ -177,6 +181,6 @@ class PrefixTuning(PromptLearning):
     def wrap(self, peft_model: nn.Module, task: Task) -> nn.Module:
         return PrefixModel(peft_model)
 
-    def peft_settings(self) -> dict[str, Any]:
+    def peft_settings(self) -> dict[str, int | str | bool]:
         return {**super().peft_settings(), "prefix_projection": self.config.projection,
                 "encoder_hidden_size": self.config.projection_width}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -39,19 +39,19 @@ if TYPE_CHECKING:
 
     from bench.api.defense import Defense
     from bench.api.transcript import Transcript
-    from bench.client.training import LocalJob  # named in annotations only: transformers loads lazily
+    from bench.client.training import LocalJob, Trainer  # named in annotations only: transformers loads lazily
     from bench.world.tasks import Task
 
 
-def _lora(model: nn.Module, settings: Any, task: Task, rng: torch.Generator) -> nn.Module:
+def _lora(model: nn.Module, settings: ProviderTuningSettings, task: Task, rng: torch.Generator) -> nn.Module:
     return apply_lora(model, settings, task, rng)
 
 
-def _houlsby(model: nn.Module, settings: Any, task: Task, rng: torch.Generator) -> nn.Module:
+def _houlsby(model: nn.Module, settings: ProviderTuningSettings, task: Task, rng: torch.Generator) -> nn.Module:
     return apply_adapters(model, settings, task, rng)
 
 
-PROVIDER_ADAPTERS: dict[str, Callable[[nn.Module, Any, Any, torch.Generator], nn.Module]] = {
+PROVIDER_ADAPTERS: dict[str, Callable[[nn.Module, ProviderTuningSettings, Task, torch.Generator], nn.Module]] = {
     "lora": _lora, "houlsby": _houlsby}
 
 
@@ -97,7 +97,7 @@ class ProviderTuning(Method):
     def grants(self) -> frozenset[Access]:
         return self.tier.grants if self.tier is not None else self.needs
 
-    def trainer(self, default: Any, transcript: Transcript) -> Any:
+    def trainer(self, default: Trainer, transcript: Transcript) -> Trainer:
         def tune_at_provider(job: LocalJob) -> dict[str, float]:
             api = ProviderAPI(OpenModel(job.model, None, self.task, None), self.grants(), transcript.provider_log,
                               client=job.client)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ class QloraSettings(LoraSettings):
             raise ValueError(f"compute_dtype must be one of auto, {', '.join(COMPUTE_DTYPES)}")
 
 
-def _bitsandbytes() -> Any:
+def _bitsandbytes() -> ModuleType:
     try:
         import bitsandbytes as bnb
     except ImportError as error:  # the run fails with the reason instead of silently training LoRA

@@ -21,16 +21,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bench.api.config import doc
+from bench.api.handles import ModelHandle, TaskSpec
 from bench.api.method import Method
 from bench.api.registry import METHODS
-from bench.api.vocabulary import TaskKind
+from bench.api.vocabulary import Record, TaskKind
 from bench.methods._common import Wrapper, check_on_skeleton, freeze, seeded, sequence_logprobs
 from bench.methods.lora import LoraSettings, apply_lora, lora_config, target_problem
 from bench.methods.provider import replaces_training
@@ -224,7 +225,7 @@ class Rlhf(Method):
 
     # --- utility ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def extra_utility(self, handle: Any, task: Task, test: list[dict]) -> list[Metric]:
+    def extra_utility(self, handle: ModelHandle, task: TaskSpec, test: list[Record]) -> list[Metric]:
         model, correct, margins = self.model, [], []
         model.eval()
         for start in range(0, len(test), 16):

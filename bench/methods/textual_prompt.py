@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutp
 from bench.api.config import doc
 from bench.api.method import Method
 from bench.api.registry import METHODS
-from bench.api.vocabulary import PROMPT_TEMPLATE
+from bench.api.vocabulary import PROMPT_TEMPLATE, Record
 from bench.client.training import batch_indices
 from bench.methods._common import Wrapper, freeze, tokenizer_of
 from bench.methods.provider import replaces_training
@@ -45,7 +45,7 @@ from bench.world.tiers import Access, OpenModel, ProviderAPI, record_egress
 if TYPE_CHECKING:  # named in annotations only
     from bench.api.defense import Defense
     from bench.api.transcript import Transcript
-    from bench.client.training import LocalJob
+    from bench.client.training import LocalJob, Trainer
     from bench.world.tasks import Task
 
 DEFAULT_CANDIDATES = (
@@ -89,7 +89,7 @@ class PromptedModel(Wrapper):
         ids = self.candidate_ids[int(self.logits.detach().argmax())]
         return torch.tensor(ids, dtype=torch.long, device=device).unsqueeze(0).expand(rows, -1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: object) -> CausalLMOutput | SequenceClassifierOutput:
         kwargs.pop("position_ids", None)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -100,7 +100,7 @@ class PromptedModel(Wrapper):
             return CausalLMOutput(logits=out.logits[:, prefix.shape[1] :])
         return SequenceClassifierOutput(logits=out.logits)
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:
         prefix = self.prefix(input_ids.shape[0], input_ids.device)
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         out = self.inner.generate(input_ids=torch.cat([prefix, input_ids], dim=1),
@@ -108,20 +108,22 @@ class PromptedModel(Wrapper):
         return out[:, prefix.shape[1] :]
 
 
-def _classification_reward(api: Any, candidate: str, examples: list[dict], settings: Any) -> tuple[float, list[str]]:
+def _classification_reward(api: OpenModel | ProviderAPI, candidate: str, examples: list[Record],
+                           settings: TextualPromptSettings) -> tuple[float, list[str]]:
     sent = [e["text"] for e in examples]
     predicted = api.predict_labels([{**e, "text": candidate + e["text"]} for e in examples])
     truth = torch.tensor([int(e["label"]) for e in examples])
     return float((predicted.cpu() == truth).float().mean()), sent
 
 
-def _instruction_reward(api: Any, candidate: str, examples: list[dict], settings: Any) -> tuple[float, list[str]]:
+def _instruction_reward(api: OpenModel | ProviderAPI, candidate: str, examples: list[Record],
+                        settings: TextualPromptSettings) -> tuple[float, list[str]]:
     sent = [PROMPT_TEMPLATE.format(instruction=e["instruction"]) for e in examples]
     outputs = api.generate([candidate + s for s in sent], max_new_tokens=settings.max_new_tokens)
     return rouge_l(outputs, [e["response"] for e in examples]), sent
 
 
-REWARDS: dict[str, Callable[[Any, str, list[dict], Any], tuple[float, list[str]]]] = {
+REWARDS: dict[str, Callable[[OpenModel | ProviderAPI, str, list[Record], TextualPromptSettings], tuple[float, list[str]]]] = {
     "classification": _classification_reward,
     "instruction": _instruction_reward,
 }
@@ -157,13 +159,13 @@ class TextualPrompt(Method):
                 return f"textual-prompt is gradient-free: {defense.name} replaces local training with its own trainer"
         return None
 
-    def _api(self, client: int | None, transcript: Transcript) -> Any:
+    def _api(self, client: int | None, transcript: Transcript) -> OpenModel | ProviderAPI:
         local = OpenModel(self.model.inner, None, self.task, self.tokenizer)
         if not self.hosted:
             return local
         return ProviderAPI(local, self.tier.grants, transcript.provider_log, client=client)
 
-    def trainer(self, default: Any, transcript: Transcript) -> Any:
+    def trainer(self, default: Trainer, transcript: Transcript) -> Trainer:
         def optimise_prompt(job: LocalJob) -> dict[str, float]:
             api = self._api(job.client, transcript)
             logits = self.model.logits
@@ -181,7 +183,8 @@ class TextualPrompt(Method):
 
         return optimise_prompt
 
-    def _rewards(self, api: Any, sampled: list[int], examples: list[dict], transcript: Transcript) -> list[float]:
+    def _rewards(self, api: OpenModel | ProviderAPI, sampled: list[int], examples: list[Record],
+                 transcript: Transcript) -> list[float]:
         reward_of = REWARDS[self.task.kind]
         cache: dict[int, float] = {}  # a prompt drawn twice in one step is queried once
         for k in dict.fromkeys(sampled):

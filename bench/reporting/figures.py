@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bench.api.vocabulary import JsonObject, RunStatus
 
@@ -142,7 +142,7 @@ DEFENSES_IN_ROC = ("none", "dp-local", "dp-central")
 MAX_CURVES = 12  # beyond this a log-log ROC is unreadable
 
 
-def _preferred_attack(found: dict[str, set[Any]], preferred: str) -> str | None:
+def _preferred_attack(found: dict[str, set[tuple[str, str, str]]], preferred: str) -> str | None:
     """The membership attack whose curves to draw: ``preferred`` if stored, else the one with most curves."""
     if preferred in found:
         return preferred

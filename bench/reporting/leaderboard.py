@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.api.metrics import spec_of
 from bench.api.vocabulary import UTILITY_HEADLINE, JsonObject, JsonValue
 
-LEADERBOARD_SCHEMA = 4
+LEADERBOARD_SCHEMA = 5
 
 IDENTITY = ["leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses",
             "attacks", "status", "error"]
@@ -48,10 +48,12 @@ def _family_columns() -> list[str]:
     return [c for family, metrics in FAMILY_METRICS.items() for c in [f"{family}_attack", *metrics]]
 
 
-COLUMNS = IDENTITY + UTILITY + _family_columns() + PRIVACY + COST + PROVENANCE + ["attack_families", "attack_roles"]
+COLUMNS = (IDENTITY + UTILITY + _family_columns() + PRIVACY + COST + PROVENANCE
+           + ["attack_families", "attack_roles", "defense_families"])
 """``attack_families``, ``attack_roles``: ``name=family`` (``name=role``) pairs joined by ``+``, as each attack
 declared them (``Attack.family``, ``Attack.table_role``) and the runner stored them; an attack is never
-classified by its name."""
+classified by its name. ``defense_families``: ``name=family`` pairs as each defense declared it
+(``Defense.family``); empty for a run stored before defenses declared theirs."""
 
 
 def row_extra(row: JsonObject) -> JsonObject:
@@ -158,6 +160,8 @@ def leaderboard_row(rows: list[JsonObject], scenario_attacks: list[str] | None =
         out.update(_strongest(rows, family, declared))
     out["attack_families"] = "+".join(f"{a}={f}" for a, f in sorted(declared.items())) or None
     out["attack_roles"] = "+".join(f"{a}={r}" for a, r in sorted(declared_families(rows, "role").items())) or None
+    defenses = next((row_extra(r).get("defense_families") for r in rows if row_extra(r).get("defense_families")), None)
+    out["defense_families"] = "+".join(f"{d}={f}" for d, f in sorted(defenses.items())) if isinstance(defenses, dict) else None
     out.update({k: first.get(k) for k in PROVENANCE})
     return out
 
@@ -209,7 +213,7 @@ def write_csv(board: list[JsonObject], path: str | Path) -> Path:
 def read_csv(path: str | Path) -> list[JsonObject]:
     """Leaderboard rows back from CSV, numbers as floats (None for empty cells)."""
     text_columns = set(IDENTITY) | {"utility_metric", *(f"{f}_attack" for f in FAMILY_METRICS)} | set(PROVENANCE) \
-        | {"attack_families", "attack_roles"}
+        | {"attack_families", "attack_roles", "defense_families"}
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return [{k: (v if k in text_columns else _number(v)) for k, v in row.items()} for row in rows]

@@ -15,7 +15,6 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from bench.api.metrics import spec_of
 from bench.api.vocabulary import JsonValue
@@ -26,7 +25,7 @@ SYMBOL = {"mitigates": "✓", "partial": "◐", "no effect": "✗", "inconclusiv
 MISSING = "·"  # no run of this role for the (method, defense)
 ROLE_LETTER = {"mia": "M", "inversion": "I", "backdoor": "B", "byzantine": "Z"}
 
-Cell = Mapping[str, Any]
+Cell = Mapping[str, JsonValue]
 
 
 def _num(value: JsonValue) -> float | None:
@@ -58,7 +57,8 @@ def layout(cells: Sequence[Cell]) -> tuple[list[str], list[str], list[tuple[str,
             if not any(present):
                 entries.append(None)
                 continue
-            mark = next(c.get("paper") for c in present if c) or paper4.paper_mark(method, defense)[0]
+            first = next(c for c in present if c)
+            mark = first.get("paper") or paper4.paper_mark(method, first.get("defense_family") or "")[0]
             entries.append(MatrixCell(tuple((r, SYMBOL.get(c["verdict"], "?") if c else MISSING,
                                              bool(c) and c.get("comparison") == "disagree")
                                             for r, c in zip(roles, present)),

@@ -38,12 +38,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from bench.api.vocabulary import DefenseFamily
+
 if TYPE_CHECKING:  # table4 calls annotate; the cell type is only named here
     from bench.reporting.table4 import Cell
 
-FAMILY = {"dp-local": "DP", "dp-central": "DP", "secagg": "SecAgg", "he": "HE", "scrub-pii": "PII scrubbing"}
-TARGETS = {"DP": {"mia", "inversion", "extraction"}, "SecAgg": {"inversion"}, "HE": {"inversion"},
-           "robust aggregation": {"backdoor", "byzantine"}}
+TARGETS = {DefenseFamily.DP: {"mia", "inversion", "extraction"}, DefenseFamily.SECAGG: {"inversion"},
+           DefenseFamily.HE: {"inversion"}, DefenseFamily.ROBUST_AGGREGATION: {"backdoor", "byzantine"}}
+"""The threats each of the paper's defense families targets (by the family a defense declares, ``Defense.family``)."""
 OPEN_FULL = {"fft", "lora", "adapter", "qlora"}
 PROMPT = {"prompt-tuning", "prefix-tuning"}
 PIPELINES = {"instruction-tuning", "rlhf"}
@@ -56,21 +58,22 @@ MARK_SYMBOL = {"applies": "A", "limited": "L", "not fully available": "N", "prov
 """One letter per paper mark, for the compact matrix (``bench.reporting.matrix4``)."""
 
 
-def family(defense: str) -> str:
-    return "robust aggregation" if defense.startswith("robust-") else FAMILY.get(defense, defense)
+def family(cell: Cell) -> str:
+    """The family of the cell's defense as the defense declared it (``Defense.family``, stored with its runs
+    and carried by ``table4.defense_family``); a combination's families joined by ``+``. Never the name."""
+    return cell.defense_family
 
 
-def paper_mark(method: str, defense: str) -> tuple[str, str]:
-    """(mark, note) of the paper's Table 4 for a (method, defense)."""
-    fam = family(defense)
-    if fam == "PII scrubbing" and method not in CLOSED:
+def paper_mark(method: str, fam: str) -> tuple[str, str]:
+    """(mark, note) of the paper's Table 4 for a (method, defense family)."""
+    if fam == DefenseFamily.PII_SCRUBBING and method not in CLOSED:
         return "not stated", "PII scrubbing is not among the paper's defense families"
     if method in OPEN_FULL:
         return "applies", "all four defense families apply"
     if method in PROMPT:
         return "limited", "limited defense applicability"
     if method in PIPELINES:
-        if fam in ("SecAgg", "HE"):
+        if fam in (DefenseFamily.SECAGG, DefenseFamily.HE):
             return "not fully available", "secure aggregation and HE not fully available"
         return "applies", "applies; reward and policy models both need protection"
     if method in CLOSED:
@@ -90,8 +93,8 @@ def _evidence(cell: Cell) -> str:
 
 def compare(cell: Cell) -> tuple[str, str]:
     """(agree | disagree | not measurable, note) for a measured cell."""
-    mark, _ = paper_mark(cell.method, cell.defense)
-    target = cell.role in TARGETS.get(family(cell.defense), set())
+    mark, _ = paper_mark(cell.method, family(cell))
+    target = cell.role in TARGETS.get(family(cell), set())
     if cell.verdict in ("not applicable", "failed"):
         return "not measurable", cell.reason
     if cell.verdict == "incompatible":
@@ -102,7 +105,7 @@ def compare(cell: Cell) -> tuple[str, str]:
         return "not measurable", f"inconclusive: {cell.reason}"
     if mark == "applies":
         if not target:
-            return "not measurable", f"the paper's mark is about {family(cell.defense)} against its target threats"
+            return "not measurable", f"the paper's mark is about {family(cell)} against its target threats"
         return ("agree", _evidence(cell)) if cell.verdict in ("mitigates", "partial") else ("disagree", _evidence(cell))
     if mark == "limited":
         if cell.verdict != "mitigates":
@@ -115,5 +118,5 @@ def compare(cell: Cell) -> tuple[str, str]:
 
 def annotate(cell: Cell) -> None:
     """Fill a cell's paper columns in place (used as ``table4.build(board, paper=annotate)``)."""
-    cell.paper, cell.paper_note = paper_mark(cell.method, cell.defense)
+    cell.paper, cell.paper_note = paper_mark(cell.method, family(cell))
     cell.comparison, cell.comparison_note = compare(cell)

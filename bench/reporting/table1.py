@@ -14,10 +14,13 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from bench.api.access import availability
-from bench.api.registry import METHODS, TIERS
+from bench.api.registry import METHODS, TIERS, Registry
+
+T = TypeVar("T")
+"""A registered component class's instance."""
 
 TIER_ORDER = ("open-source", "open-weight", "gray-box", "black-box")
 METHOD_ORDER = ("fft", "lora", "qlora", "adapter", "prompt-tuning", "prefix-tuning", "instruction-tuning", "rlhf",
@@ -69,7 +72,7 @@ def _ordered(names: list[str], preferred: tuple[str, ...]) -> list[str]:
     return [n for n in preferred if n in names] + sorted(n for n in names if n not in preferred)
 
 
-def _instance(registry: Any, name: str) -> Any:
+def _instance(registry: Registry[T], name: str) -> T:
     cls = registry.get(name)
     return cls(cls.Config())
 

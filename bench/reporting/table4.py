@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 
 from bench.api.metrics import spec_of
-from bench.api.vocabulary import JsonObject, RunStatus
+from bench.api.vocabulary import DefenseFamily, JsonObject, RunStatus
 from bench.reporting import verdict as rule
 from bench.reporting.leaderboard import parse_families, row_extra
 
@@ -68,6 +68,27 @@ def roles_of_run(row: JsonObject) -> list[str]:
     declared = parse_families(row.get("attack_roles"))
     roles = {role_of(a, declared) for a in str(row.get("attacks") or "").split("+") if a and a != "none"}
     return [r for r in ROLES if r in roles]
+
+
+LEGACY_FAMILY = {"dp-local": DefenseFamily.DP, "dp-central": DefenseFamily.DP, "secagg": DefenseFamily.SECAGG,
+                 "he": DefenseFamily.HE, "scrub-pii": DefenseFamily.PII_SCRUBBING}
+
+
+def _legacy_family(defense: str) -> str:
+    """The family of a defense in a run stored before defenses declared theirs: the rule the reports used
+    then (the ``robust-`` prefix, a table of the shipped names). Read only for such rows (a store written
+    before ``defense_families`` was stored, a ``leaderboard.csv`` of schema 4 or older); a run stored since
+    carries its defense's declaration."""
+    return DefenseFamily.ROBUST_AGGREGATION if defense.startswith("robust-") else LEGACY_FAMILY.get(defense, defense)
+
+
+def defense_family(row: JsonObject) -> str:
+    """The family of a leaderboard row's defenses, as each declared it (``defense_families``), joined by ``+``."""
+    names = [d for d in str(row.get("defenses") or "none").split("+") if d and d != "none"]
+    declared = parse_families(row.get("defense_families"))
+    if not declared:  # a row from before defenses declared their family
+        return "+".join(_legacy_family(d) for d in names)
+    return "+".join(declared.get(d, "") for d in names)
 
 
 @dataclass
@@ -108,6 +129,9 @@ class Cell:
     residual_pii_fraction: float | None = None
     egress_pii_without: float | None = None
     egress_pii_with: float | None = None
+    defense_family: str = ""
+    """The family the defense declared (``Defense.family``; ``+``-joined for a combination): what the
+    paper's column compares it as (``bench.reporting.paper4``)."""
 
 
 TABLE4_COLUMNS = [f.name for f in fields(Cell)]
@@ -227,7 +251,8 @@ def make_cell(key: tuple, rows: list[dict], baseline: list[dict], clean: dict[tu
                 cost_factor=_ratio(_mean([round_seconds(d) for _, d in pairs]), _mean([round_seconds(b) for b, _ in pairs])),
                 cost_factor_bytes=_ratio(_mean([d.get("cost.bytes_up") for _, d in pairs]),
                                          _mean([b.get("cost.bytes_up") for b, _ in pairs])),
-                epsilon=_mean([d.get("dp.epsilon") for _, d in pairs]), verdict="", reason="")
+                epsilon=_mean([d.get("dp.epsilon") for _, d in pairs]), verdict="", reason="",
+                defense_family=next((defense_family(r) for r in rows), ""))
     if cell.utility_with is not None and cell.utility_without is not None:
         cell.utility_change = cell.utility_with - cell.utility_without
     cell.residual_pii_fraction = _mean([d.get("privacy.residual_pii_fraction") for _, d in pairs])

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 
 from bench.api.predictions import Extraction
-from bench.api.transcript import GroundTruth
+from bench.api.transcript import Canary, GroundTruth
 from bench.scoring.score import Metric, scorer_for
 
 Z95 = 1.959963984540054
@@ -89,9 +89,9 @@ def _candidate_metrics(p: Extraction, truth: GroundTruth) -> list[Metric]:
     return out
 
 
-def canary_hits(completions: Sequence[str], canaries: Sequence[object]) -> list[bool]:
-    """Whether each canary's hidden secret appears in the completion of its prefix."""
-    return [bool(getattr(c, "secret", "")) and c.secret in text for c, text in zip(canaries, completions)]
+def canary_hits(completions: Sequence[str], canaries: Sequence[Canary]) -> list[bool]:
+    """Whether each canary's hidden secret appears in the completion of its prefix (an empty secret never does)."""
+    return [bool(c.secret) and c.secret in text for c, text in zip(canaries, completions)]
 
 
 def canary_metrics(completions: Sequence[str], base: Sequence[str], truth: GroundTruth) -> list[Metric]:
@@ -101,10 +101,10 @@ def canary_metrics(completions: Sequence[str], base: Sequence[str], truth: Groun
     floor_found = canary_hits(base, truth.canaries) if base else [False] * len(found)
     out = [_rate("extraction.canary_rate", sum(found), len(found), sum(floor_found) / len(found))]
     copies = truth.canary_copies or [None] * len(found)
-    levels = sorted({int(getattr(c, "repeats", 1)) for c in truth.canaries})
+    levels = sorted({c.repeats for c in truth.canaries})
     if levels != [1]:  # canaries inserted more than once: the rate per repetition count
         for level in levels:
-            index = [i for i, c in enumerate(truth.canaries) if int(getattr(c, "repeats", 1)) == level]
+            index = [i for i, c in enumerate(truth.canaries) if c.repeats == level]
             trained = [copies[i] for i in index if copies[i] is not None]
             out.append(_rate(f"extraction.canary_rate@r{level}", sum(found[i] for i in index), len(index),
                              sum(floor_found[i] for i in index) / len(index)))

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -46,6 +46,12 @@ from bench.api.predictions import Reconstruction
 from bench.api.transcript import GroundTruth
 from bench.api.vocabulary import AGGREGATE_CLIENT
 from bench.scoring.score import Metric, scorer_for
+
+if TYPE_CHECKING:  # rouge-score loads when a text is first scored
+    from rouge_score.rouge_scorer import RougeScorer
+
+T = TypeVar("T")
+"""A reconstructed or true item (a text, a token sequence)."""
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -87,10 +93,10 @@ def rouge_text(candidate: str, reference: str, variant: str) -> float:
     return _text_scorer(variant).score(reference, candidate)[variant].fmeasure
 
 
-_TEXT_SCORERS: dict[str, Any] = {}
+_TEXT_SCORERS: dict[str, RougeScorer] = {}
 
 
-def _text_scorer(variant: str) -> Any:
+def _text_scorer(variant: str) -> RougeScorer:
     if variant not in _TEXT_SCORERS:
         from rouge_score import rouge_scorer
 
@@ -100,7 +106,7 @@ def _text_scorer(variant: str) -> Any:
 
 # --- matching -------------------------------------------------------------------------------------
 def matched_slots(
-    reconstructed: Sequence[Any], truth: Sequence[Any], similarity: Callable[[Any, Any], float]
+    reconstructed: Sequence[T], truth: Sequence[T], similarity: Callable[[T, T], float]
 ) -> list[float]:
     """Similarity of each slot under the optimal one-to-one matching; ``max(n, m)`` slots."""
     slots = max(len(reconstructed), len(truth))

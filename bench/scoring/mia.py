@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
 
 import torch
 
 from bench.api.predictions import MembershipScores
-from bench.api.transcript import GroundTruth
+from bench.api.transcript import Canary, GroundTruth
+from bench.api.vocabulary import JsonObject
 from bench.scoring.score import Metric, scorer_for
 
 TPR_ALPHAS = (0.001, 0.01)
@@ -153,12 +153,12 @@ def exposure(candidate_losses: torch.Tensor, secret_index: int) -> float:
     return math.log2(losses.numel()) - math.log2(rank)
 
 
-def _secret_index(canary: Any) -> int:
+def _secret_index(canary: Canary) -> int:
     """Position of the inserted secret in its space (ground-truth canaries carry both)."""
     return list(canary.secret_space).index(canary.secret)
 
 
-def canary_exposures(canary_losses: list[torch.Tensor], truth_canaries: list[Any]) -> torch.Tensor:
+def canary_exposures(canary_losses: list[torch.Tensor], truth_canaries: list[Canary]) -> torch.Tensor:
     if len(canary_losses) != len(truth_canaries):
         raise ValueError(f"losses for {len(canary_losses)} canaries, ground truth has {len(truth_canaries)}")
     return torch.tensor(
@@ -177,7 +177,7 @@ def _exposure_metrics(prediction: MembershipScores, truth: GroundTruth) -> list[
     return [Metric("mia.exposure", float(exposures.double().mean()), higher_is_better=True)]
 
 
-def resolution(member_flags: torch.Tensor) -> dict[str, Any]:
+def resolution(member_flags: torch.Tensor) -> JsonObject:
     """What the candidates can resolve, kept beside each membership metric: the counts, the finest
     false-positive rate (one false positive in ``nonmembers``) and the finest TPR step; a ``tpr@a``
     with ``a`` below ``fpr_resolution`` is the TPR at zero false positives, not at ``a``."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+
+from bench.api.vocabulary import JsonValue
 
 MAX_POINTS = 200
 DIGITS = 5
@@ -37,7 +38,7 @@ def compact_roc(fpr: Sequence[float], tpr: Sequence[float], max_points: int = MA
     return {"fpr": [round(float(fpr[i]), DIGITS) for i in keep], "tpr": [round(float(tpr[i]), DIGITS) for i in keep]}
 
 
-def stored_roc(extra: Any) -> tuple[list[float], list[float]] | None:
+def stored_roc(extra: JsonValue) -> tuple[list[float], list[float]] | None:
     """(fpr, tpr) from a row's ``extra`` (a dict, or its JSON text as in ``results.csv``), or None."""
     if isinstance(extra, str):
         import json

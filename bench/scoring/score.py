@@ -7,25 +7,10 @@ Each prediction type (``bench.api.predictions``) has one scorer in ``bench/scori
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+from bench.api.metrics import Metric  # defined in the api (methods make them too); scorers import it here
 from bench.api.predictions import Prediction
 from bench.api.transcript import GroundTruth
-from bench.api.vocabulary import JsonObject
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One measured value; ``ci_low``/``ci_high`` hold a 95% interval when one was computed."""
-
-    name: str
-    value: float
-    higher_is_better: bool = True
-    ci_low: float | None = None
-    ci_high: float | None = None
-    extra: JsonObject = field(default_factory=dict, compare=False, hash=False)
-    """Kept beside the value in the result row's ``extra`` (e.g. ``floor``: what a failed attack scores)."""
-
 
 Scorer = Callable[[Prediction, GroundTruth], list[Metric]]
 _SCORERS: dict[type, Scorer] = {}

@@ -23,6 +23,7 @@ from bench.api.vocabulary import Record
 from bench.scoring.score import Metric
 
 if TYPE_CHECKING:  # named in annotations only (scoring never builds these)
+    from bench.api.method import Method
     from bench.world.tasks import Task
     from bench.world.tiers import OpenModel, ProviderAPI
 
@@ -83,10 +84,11 @@ EVALUATORS: dict[str, Callable[[OpenModel | ProviderAPI, Task, list[Record]], li
 }
 
 
-def evaluate(handle: OpenModel | ProviderAPI, task: Task, test: list[Record]) -> list[Metric]:
-    """Utility metrics (``utility.*``) of ``handle`` on ``test``; the task kind picks the metrics."""
+def evaluate(handle: OpenModel | ProviderAPI, task: Task, test: list[Record], method: Method | None = None) -> list[Metric]:
+    """Utility metrics (``utility.*``) of ``handle`` on ``test``; the task kind picks the metrics. With the
+    run's ``method`` (the runner's own evaluation, never an attacker's handle), also the metrics only that
+    method can measure (``Method.extra_utility``: RLHF's reward accuracy)."""
     metrics = EVALUATORS[task.kind](handle, task, test)
-    method = getattr(handle, "method", None)  # only an open handle exposes the method's own state
-    if method is not None and hasattr(method, "extra_utility"):
+    if method is not None:
         metrics += method.extra_utility(handle, task, test)
     return metrics

@@ -16,17 +16,35 @@ import math
 import os
 import re
 import sys
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import yaml
 
 from bench.api.config import FieldError, bind, doc
 from bench.api.defense import composition_problem
 from bench.api.errors import UserError
+from bench.api.handles import TaskSpec
 from bench.api.registry import ATTACKS, DEFENSES, METHODS, MODELS, PROTOCOLS, TASKS, TIERS, Registry
 from bench.api.vocabulary import JsonObject, JsonValue
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PretrainedConfig
+
+T = TypeVar("T")
+"""A bound config (``_resolve_paths`` returns one of the class it is given)."""
+
+
+class ModelCheck(Protocol):
+    """What ``check`` asks a model source before any weights load (``bench.world.models.ModelSource``)."""
+
+    def check(self) -> None: ...
+    def context_length(self) -> int | None: ...
+    def on_hub(self) -> bool: ...
+    def check_task(self, task_kind: str) -> str | None: ...
+    def architecture(self) -> PretrainedConfig | None: ...
 
 MAX_FILE_BYTES = 1 << 20
 """A scenario file over 1 MiB is refused before parsing (real ones are a few KiB)."""
@@ -188,7 +206,8 @@ GRID_KEYS = ("include", "matrix", "exclude")
 class Component:
     name: str
     params: JsonObject
-    config: Any
+    config: object
+    """The component's bound config (its class's ``Config``): handed to the registered class, never read here."""
 
 
 @dataclass(frozen=True)
@@ -359,8 +378,8 @@ class _Loader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the last)."""
 
 
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: dict[Any, int] = {}
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, object]:
+    seen: dict[Hashable, int] = {}
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base" may be overridden by explicit keys
             continue
@@ -701,7 +720,7 @@ def looks_local(value: str) -> bool:
     return not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", value)
 
 
-def _resolve_paths(config: Any, file: str, key: str) -> Any:
+def _resolve_paths(config: T, file: str, key: str) -> T:
     if not dataclasses.is_dataclass(config):
         return config
     resolved = {f.name: resolve_path(getattr(config, f.name), file, f.metadata["path"])
@@ -754,19 +773,18 @@ def check(scenario: Scenario) -> list[str]:
             raise
         message = str(error).removeprefix(f"{error.key}: ") if error.key else str(error)
         raise UserError(message, file=scenario.file, key=error.key) from None
-    max_length = getattr(scenario.task.config, "max_length", None)
+    max_length = task.config.max_length
     if context and max_length and max_length > context:
         raise UserError(f"max_length {max_length} exceeds the context of model {scenario.model.name} ({context} "
                         f"positions); allowed: 1..{context}", file=scenario.file, key="task.params.max_length")
     return [f"{scenario.file}: {note}" for note in notes]
 
 
-def _check_architecture(scenario: Scenario, model: Any, task: Any) -> None:
+def _check_architecture(scenario: Scenario, model: ModelCheck, task: TaskSpec) -> None:
     """An encoder for a generative task, or LoRA/adapter targets the architecture lacks: refused by name
     before any weights load. Only where the config is readable offline (zoo models and local paths;
     a hub name is checked when the run loads it)."""
-    path = getattr(scenario.model.config, "path", None)
-    if isinstance(path, str) and not looks_local(path):
+    if model.on_hub():
         return
     reason = model.check_task(task.kind)
     if reason:

@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 from bench.api.errors import UserError
 from bench.api.vocabulary import JsonObject, JsonValue, RunStatus
@@ -385,12 +385,12 @@ def _older(path: Path, than: Path) -> bool:
         return True
 
 
-def _byte_at(handle: Any, offset: int) -> bytes:
+def _byte_at(handle: BinaryIO, offset: int) -> bytes:
     handle.seek(offset)
     return handle.read(1)
 
 
-def _last_line_start(handle: Any, size: int) -> int:
+def _last_line_start(handle: BinaryIO, size: int) -> int:
     """Offset just after the last newline before ``size`` (0 when there is none)."""
     position = size
     while position > 0:

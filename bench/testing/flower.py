@@ -8,16 +8,19 @@ end to end in the slow tests.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
 
 
 class InProcessGrid:
     """The part of ``flwr.serverapp.Grid`` that ``Strategy.start`` uses, over ``nodes`` virtual SuperNodes."""
 
-    def __init__(self, client_app: Any, nodes: int) -> None:
+    def __init__(self, client_app: ClientApp, nodes: int) -> None:
         self.client_app = client_app
         self.nodes = list(range(1, nodes + 1))
         self.sent: list[Message] = []

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
 
 import torch
 
+from bench.api.attack import Attack
+from bench.api.handles import TaskSpec
 from bench.api.method import Method
 from bench.api.seeding import isolated_rng
 from bench.api.transcript import GroundTruth, ThreatView, Transcript
@@ -60,7 +61,7 @@ class _AllTrainable(Method):
 
     name = "fft"
 
-    def build(self, model: torch.nn.Module, task: Any, rng: torch.Generator) -> torch.nn.Module:
+    def build(self, model: torch.nn.Module, task: TaskSpec, rng: torch.Generator) -> torch.nn.Module:
         for p in model.parameters():
             p.requires_grad_(True)
         return model
@@ -69,7 +70,7 @@ class _AllTrainable(Method):
 class _LoraOnly(Method):
     name = "lora"
 
-    def build(self, model: torch.nn.Module, task: Any, rng: torch.Generator) -> torch.nn.Module:
+    def build(self, model: torch.nn.Module, task: TaskSpec, rng: torch.Generator) -> torch.nn.Module:
         from peft import LoraConfig, get_peft_model
 
         targets = ["c_attn"] if model.config.model_type == "gpt2" else ["q_proj", "v_proj"]
@@ -149,7 +150,7 @@ def run_round(
     return view, truth
 
 
-def measure(arch: TinyArch, batch: int, length: int, attack: Any, protocol: str = "fedsgd", lr: float = 1e-3,
+def measure(arch: TinyArch, batch: int, length: int, attack: Attack, protocol: str = "fedsgd", lr: float = 1e-3,
             local_steps: int = 5, lora_rank: int = 0, seed: int = 0) -> dict[str, float]:
     """One point of a strength curve: a round on random sequences, the attack, its metrics and time."""
     import time

@@ -21,7 +21,8 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from bench.api.vocabulary import JsonObject
 
 ENGINE_GOAL = 1.10
 BATCHED_GOAL = 0.35
@@ -46,7 +47,7 @@ class Figure:
         return f"{self.label:<26} {self.ratio:6.3f}  [{bar}]  goal <= {self.goal:.2f}  {'ok' if self.ok else 'MISSED'}"
 
 
-def figures(report: dict[str, Any], engine_goal: float = ENGINE_GOAL, batched_goal: float = BATCHED_GOAL) -> list[Figure]:
+def figures(report: JsonObject, engine_goal: float = ENGINE_GOAL, batched_goal: float = BATCHED_GOAL) -> list[Figure]:
     """The goal ratios found in a pytest-benchmark report."""
     benches = {b.get("name", ""): b for b in report.get("benchmarks", [])}
     found = []
@@ -61,7 +62,7 @@ def figures(report: dict[str, Any], engine_goal: float = ENGINE_GOAL, batched_go
     return found
 
 
-def _ratio(benches: dict[str, Any], name: str, key: str, other: str, inverse: bool = False) -> float | None:
+def _ratio(benches: JsonObject, name: str, key: str, other: str, inverse: bool = False) -> float | None:
     """``extra_info[key]`` of benchmark ``name``, else its mean over ``other``'s (``other``'s over its, inverse)."""
     bench = benches.get(name)
     if bench is None:
@@ -75,7 +76,7 @@ def _ratio(benches: dict[str, Any], name: str, key: str, other: str, inverse: bo
     return theirs / mine if inverse else mine / theirs
 
 
-def _mean(bench: dict[str, Any] | None) -> float | None:
+def _mean(bench: JsonObject | None) -> float | None:
     mean = ((bench or {}).get("stats") or {}).get("mean")
     return float(mean) if isinstance(mean, (int, float)) else None
 

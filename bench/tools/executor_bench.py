@@ -21,7 +21,10 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used
+    from bench.engine.executors import Executor
 
 GRID = """\
 name: executor-grid
@@ -58,7 +61,7 @@ def metric_rows(out: Path) -> dict[tuple, tuple]:
             for r in ResultStore(out).rows() if not r["metric"].startswith("cost.")}
 
 
-def executor(name: str, workers: int) -> Any:
+def executor(name: str, workers: int) -> Executor:
     from bench.engine.executors import executor_class
 
     cls = executor_class(name)

@@ -35,9 +35,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+
+from bench.api.vocabulary import JsonObject
+
+if TYPE_CHECKING:  # imported where used: the GPU script starts before the heavy layers load
+    from bench.client.training import LocalJob
+    from bench.engine.runner import Prepared
+    from bench.spec.scenario import Scenario
 
 SCHEMA = {
     "schema": int, "command": str, "device": str, "torch": str, "model": dict, "autocast": str, "tokens_per_s": dict,
@@ -58,7 +65,7 @@ def default_model() -> str:
 # -- the model ------------------------------------------------------------------------------------
 
 
-def model_component(spec: str, dtype: str = "float32") -> dict[str, Any]:
+def model_component(spec: str, dtype: str = "float32") -> JsonObject:
     """A scenario's ``model:`` entry for ``spec``: a registered name as is, else an HF directory."""
     from bench.api.registry import MODELS
 
@@ -102,8 +109,8 @@ def convert_gguf(gguf: Path) -> str:
 # -- scenarios ------------------------------------------------------------------------------------
 
 
-def scenario(model: dict[str, Any], device: str, method: str, *, clients: int, steps: int, batch: int,
-             max_length: int, extra: dict[str, Any] | None = None) -> Any:
+def scenario(model: JsonObject, device: str, method: str, *, clients: int, steps: int, batch: int,
+             max_length: int, extra: JsonObject | None = None) -> Scenario:
     """One round of ``clients`` clients x ``steps`` local steps on a language task (loss on every token)."""
     from bench.spec.scenario import build
 
@@ -116,7 +123,7 @@ def scenario(model: dict[str, Any], device: str, method: str, *, clients: int, s
     return build(entry, entry["name"], str(Path.cwd() / "gpu-figures.yaml"))
 
 
-def prepared(s: Any) -> Any:
+def prepared(s: Scenario) -> Prepared:
     from bench.engine.runner import plan, prepare
 
     return prepare(s, 0, plan(s))
@@ -127,7 +134,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(device: torch.device, work: Callable[[], Any]) -> float:
+def timed(device: torch.device, work: Callable[[], object]) -> float:
     sync(device)
     started = time.perf_counter()
     work()
@@ -138,7 +145,7 @@ def timed(device: torch.device, work: Callable[[], Any]) -> float:
 # -- tokens per second: our local training vs a plain Hugging Face loop ----------------------------
 
 
-def local_job(p: Any, steps: int) -> Any:
+def local_job(p: Prepared, steps: int) -> LocalJob:
     from bench.api.seeding import generator
     from bench.client.training import LocalJob
 
@@ -149,8 +156,8 @@ def local_job(p: Any, steps: int) -> Any:
                     rng=generator("gpu-figures", steps))
 
 
-def tokens_per_second(model: dict[str, Any], device: str, method: str, steps: int, batch: int,
-                      max_length: int) -> dict[str, Any]:
+def tokens_per_second(model: JsonObject, device: str, method: str, steps: int, batch: int,
+                      max_length: int) -> JsonObject:
     from bench.client.device import autocast
     from bench.client.training import train_local
 
@@ -192,8 +199,8 @@ def client_batch_available() -> bool:
     return "client_batch" in {f.name for f in dataclasses.fields(Federation)}
 
 
-def round_seconds(model: dict[str, Any], device: str, method: str, clients: int, steps: int, batch: int,
-                  max_length: int, client_batch: Any) -> float:
+def round_seconds(model: JsonObject, device: str, method: str, clients: int, steps: int, batch: int,
+                  max_length: int, client_batch: int | str) -> float:
     from bench.engine import federation as fl
 
     s = scenario(model, device, method, clients=clients, steps=steps, batch=batch, max_length=max_length,
@@ -202,13 +209,13 @@ def round_seconds(model: dict[str, Any], device: str, method: str, clients: int,
     return timed(p.device, lambda: fl.run(p.fed, p.transcript, p.truth))
 
 
-def round_ratio(model: dict[str, Any], device: str, methods: list[str], clients: int, steps: int, batch: int,
-                max_length: int) -> dict[str, Any]:
+def round_ratio(model: JsonObject, device: str, methods: list[str], clients: int, steps: int, batch: int,
+                max_length: int) -> JsonObject:
     if not client_batch_available():
         return {"available": False, "goal": ROUND_GOAL, "methods": {},
                 "note": "federation.client_batch does not exist in this checkout (batched client training, "
                         "issue 16 item 1, is not merged): nothing to compare"}
-    out: dict[str, Any] = {"available": True, "goal": ROUND_GOAL, "clients": clients, "local_steps": steps,
+    out: JsonObject = {"available": True, "goal": ROUND_GOAL, "clients": clients, "local_steps": steps,
                            "methods": {}}
     for method in methods:
         args = (model, device, method, clients, steps, batch, max_length)
@@ -223,12 +230,12 @@ def round_ratio(model: dict[str, Any], device: str, methods: list[str], clients:
 # -- QLoRA vs LoRA peak memory ----------------------------------------------------------------------
 
 
-def peak_memory(model: dict[str, Any], device: str, steps: int, batch: int, max_length: int) -> dict[str, Any]:
+def peak_memory(model: JsonObject, device: str, steps: int, batch: int, max_length: int) -> JsonObject:
     from bench.client.training import train_local
 
     if not device.startswith("cuda"):
         return {"lora": None, "qlora": None, "ratio": None, "note": "CUDA only (peak allocator counters)"}
-    out: dict[str, Any] = {}
+    out: JsonObject = {}
     for method in ("lora", "qlora"):
         p = prepared(scenario(model, device, method, clients=1, steps=steps, batch=batch, max_length=max_length))
         torch.cuda.synchronize(p.device)
@@ -247,7 +254,7 @@ def peak_memory(model: dict[str, Any], device: str, steps: int, batch: int, max_
 # -- the gpu preset on a slice of Table 4 ------------------------------------------------------------
 
 
-def slice_model_dir(model: dict[str, Any]) -> str:
+def slice_model_dir(model: JsonObject) -> str:
     """The directory the gpu preset's ``hf`` model loads (``TIERBENCH_GPU_MODEL``): a registered source's own."""
     from bench.api.registry import MODELS
 
@@ -258,7 +265,7 @@ def slice_model_dir(model: dict[str, Any]) -> str:
 
 
 def table4_slice(model_dir: str | None, out: Path, methods: list[str], defenses: list[str], limit: int,
-                 command: str) -> dict[str, Any]:
+                 command: str) -> JsonObject:
     from bench.engine.sweep import planned_runs, summarize, sweep
     from bench.reporting.report import write_study_report
     from bench.spec.presets import apply
@@ -290,7 +297,7 @@ def describe_device(device: str) -> str:
     return describe(torch.device(device)) if device.startswith("cuda") else f"cpu ({platform.processor() or 'cpu'})"
 
 
-def markdown(figures: dict[str, Any]) -> str:
+def markdown(figures: JsonObject) -> str:
     t, r, m = figures["tokens_per_s"], figures["round_ratio"], figures["peak_memory_mb"]
     lines = [f"# GPU figures ({figures['device']}, torch {figures['torch']}, autocast {figures['autocast']})", "",
              f"Command: `{figures['command']}`", "", "| figure | value | goal |", "| --- | --- | --- |",
@@ -343,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = ["times taken under load: compare ratios only" if args.under_load else "times taken on an idle machine"]
     if "hf-from-gguf" in str(model):
         notes.append("weights dequantised from a 4-bit GGUF file: a real pretrained model, not the original bf16 one")
-    figures: dict[str, Any] = {
+    figures: JsonObject = {
         "schema": 1, "command": command, "device": describe_device(args.device), "torch": torch.__version__,
         "model": {"spec": args.model, **model}, "autocast": "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "off",
         "tokens_per_s": tokens_per_second(model, args.device, args.method, args.steps, args.batch, args.max_length),

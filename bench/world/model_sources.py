@@ -30,7 +30,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -38,6 +38,7 @@ from bench.api.config import doc
 from bench.api.errors import UserError
 from bench.api.registry import MODELS
 from bench.api.seeding import isolated_rng
+from bench.api.vocabulary import JsonObject
 from bench.world.models import ModelSource, _build_atomically, cache_root
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
@@ -88,7 +89,7 @@ class GGUFModel(ModelSource):
             _build_atomically(target, lambda directory: convert(gguf, directory))
         return str(target)
 
-    def load_kwargs(self) -> dict[str, Any]:
+    def load_kwargs(self) -> dict[str, object]:
         return {"dtype": torch.float32}
 
     def architecture(self) -> PretrainedConfig:
@@ -118,7 +119,7 @@ class GGUFModel(ModelSource):
         target = _target(gguf)
         return str(target) if (target / "done").exists() else None
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> JsonObject:
         gguf = self.gguf_file()
         return {"license": self.config.license, "openness": self.config.openness,
                 "source": f"gguf:{gguf.name} sha256:{_sha256(str(gguf), *_stamp(gguf))}",

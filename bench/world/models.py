@@ -68,6 +68,11 @@ class ModelSource(abc.ABC):
         would tell (zoo models, whose architectures are known decoders)."""
         return None
 
+    def on_hub(self) -> bool:
+        """True when the model is a hub name (its config is read only when a run downloads it), False for a
+        local directory, a file or a zoo model, whose architecture is checked before any run."""
+        return False
+
     def check_task(self, task_kind: str) -> str | None:
         """Why this model cannot serve a ``task_kind`` task, or None: an encoder-only model (BERT family)
         cannot generate, and loading it as a causal LM would attach an untrained LM head. Cheap (reads
@@ -99,7 +104,7 @@ class ModelSource(abc.ABC):
                 model = AutoModelForCausalLM.from_pretrained(location, **self.load_kwargs())
         return model.to(device), tokenizer
 
-    def load_kwargs(self) -> dict[str, Any]:
+    def load_kwargs(self) -> dict[str, object]:
         return {}
 
     def context_length(self) -> int | None:
@@ -128,6 +133,11 @@ class HuggingFaceModel(ModelSource):
     def path(self) -> str:
         return self.config.path
 
+    def on_hub(self) -> bool:
+        from bench.spec.scenario import looks_local
+
+        return not looks_local(self.config.path)
+
     def architecture(self) -> PretrainedConfig:
         if self._architecture is None:
             from transformers import AutoConfig
@@ -139,7 +149,7 @@ class HuggingFaceModel(ModelSource):
                                 key="model.params.path") from None
         return self._architecture
 
-    def load_kwargs(self) -> dict[str, Any]:
+    def load_kwargs(self) -> dict[str, object]:
         return {"dtype": getattr(torch, self.config.dtype)}
 
     def check(self) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
     from transformers import PreTrainedTokenizerBase
+
+    from bench.world.models import ZooConfig
 
 
 def pack(corpus: list[str], tokenizer: PreTrainedTokenizerBase, length: int) -> torch.Tensor:
@@ -19,7 +21,7 @@ def pack(corpus: list[str], tokenizer: PreTrainedTokenizerBase, length: int) -> 
     return torch.tensor(ids[:usable]).view(-1, length)
 
 
-def pretrain(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, corpus: list[str], config: Any, label: str = "pretraining"
+def pretrain(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, corpus: list[str], config: ZooConfig, label: str = "pretraining"
              ) -> list[float]:
     from tqdm import tqdm
 

@@ -14,9 +14,10 @@ import functools
 import gzip
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TextIO
 
 import torch
 import torch.nn.functional as F
@@ -24,25 +25,15 @@ import torch.nn.functional as F
 from bench.api.config import FieldError, doc
 from bench.api.errors import UserError
 from bench.api.registry import TASKS
+from bench.api.transcript import Canary  # re-exported: tasks make canaries, the api names them
 from bench.api.vocabulary import PROMPT_TEMPLATE, Record, TaskKind
 from bench.world import synthetic
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
-    from transformers import PreTrainedTokenizerBase
+    from transformers import BatchEncoding, PreTrainedTokenizerBase
 
 PREFERENCE_TEMPLATE = "### Instruction:\n{prompt}\n### Chosen:\n{chosen}\n### Rejected:\n{rejected}"
 """How a preference record is rendered as one text (what a provider logs when it receives the record)."""
-
-
-@dataclass
-class Canary:
-    """A canary record: ``prefix`` + one secret from ``secret_space`` (the true one is ground truth)."""
-
-    prefix: str
-    secret_space: list[str]
-    secret: str = field(repr=False)
-    repeats: int = 1
-    """Copies of the canary record inserted into the pool (the repetition study's variable)."""
 
 
 @dataclass
@@ -62,7 +53,9 @@ class Task(abc.ABC):
     class Config:
         max_length: int = doc("Tokens per example after truncation.", 64)
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Task.Config):
+        if not isinstance(config, Task.Config):  # what every reader of a task's config may rely on (max_length)
+            raise TypeError(f"{type(self).__qualname__}.Config must derive Task.Config, got {type(config).__qualname__}")
         self.config = config
 
     @property
@@ -90,7 +83,7 @@ class Task(abc.ABC):
         return int(example.get("label", 0))
 
     # --- batching and loss -----------------------------------------------------------------------
-    def collate(self, examples: list[Record], tokenizer: PreTrainedTokenizerBase, device: Any) -> dict[str, torch.Tensor]:
+    def collate(self, examples: list[Record], tokenizer: PreTrainedTokenizerBase, device: torch.device | str) -> dict[str, torch.Tensor]:
         texts = [self.text_of(e) + (tokenizer.eos_token or "") for e in examples]
         enc = tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt")
         batch = _with_positions(enc)
@@ -152,7 +145,7 @@ def _prompt_and_full(task: Task, example: Record, eos: str) -> list[tuple[str, s
     return [("", task.text_of(example) + eos)]
 
 
-def _with_positions(enc: Any) -> dict[str, torch.Tensor]:
+def _with_positions(enc: BatchEncoding) -> dict[str, torch.Tensor]:
     # Per-sample-gradient engines need position ids expanded to the batch (GPT-2 otherwise broadcasts).
     ids = enc["input_ids"]
     positions = torch.arange(ids.shape[1]).unsqueeze(0).expand(ids.shape[0], -1).contiguous()
@@ -362,7 +355,7 @@ class LocalFile(Task):
             self._labels = {v: i for i, v in enumerate(values)}
         return self._labels
 
-    def _usable(self, row: Any) -> bool:
+    def _usable(self, row: object) -> bool:
         """A row with every mapped field present and non-empty (others are skipped and counted)."""
         return isinstance(row, dict) and all(_filled(row.get(column)) for column in self._mapping().values())
 
@@ -482,11 +475,11 @@ class LocalFile(Task):
         return super().example_losses(model, batch)
 
 
-def _filled(value: Any) -> bool:
+def _filled(value: object) -> bool:
     return value is not None and str(value).strip() != ""
 
 
-def _open(path: Path) -> Any:
+def _open(path: Path) -> TextIO:
     return gzip.open(path, "rt", encoding="utf-8", newline="") if path.name.endswith(".gz") else \
         path.open(encoding="utf-8", newline="")
 
@@ -513,7 +506,7 @@ def _read_jsonl(path: Path) -> list[Record]:
 READERS = {".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl}
 
 
-def _reader(path: Path) -> Any:
+def _reader(path: Path) -> Callable[[Path], list[Record]] | None:
     name = path.name[: -len(".gz")] if path.name.endswith(".gz") else path.name
     return READERS.get(Path(name).suffix)
 

@@ -17,7 +17,7 @@ import itertools
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ from bench.api.errors import TierAccessError
 from bench.api.layout import ParameterLayout
 from bench.api.registry import TIERS
 from bench.api.transcript import ProviderRecord
+from bench.api.vocabulary import Record
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
     from transformers import PreTrainedTokenizerBase
@@ -99,6 +100,16 @@ class BlackBox(Tier):
     grants = frozenset({Access.TEXT})
     hosted = True
 
+
+
+class TuningJob(Protocol):
+    """What a provider's tuning endpoint reads of a client's job (``bench.client.training.LocalJob``)."""
+
+    @property
+    def examples(self) -> list[Record]: ...
+
+
+J = TypeVar("J", bound=TuningJob)
 
 def record_egress(transcript: Transcript, texts: list[str]) -> None:
     """Client-side accounting of raw client text that left the client (``privacy.egress_*``)."""
@@ -328,7 +339,7 @@ class ProviderAPI:
         self._require(Access.PROVIDER_TUNING, "provider-side tuning")
         self._record(examples, "tuning-upload")
 
-    def tune(self, job: Any, trainer: Any) -> dict[str, float]:
+    def tune(self, job: J, trainer: Callable[[J], dict[str, float]]) -> dict[str, float]:
         """Provider-side tuning: the client uploads ``job.examples``; the provider runs ``trainer`` on its
         own copy of the model (the adapter it trains stays behind this API)."""
         self.upload_for_tuning(job.examples)

@@ -68,6 +68,7 @@ from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot, PrivacyReport
 from bench.api.registry import DEFENSES
 from bench.api.transcript import PlannedScenario
+from bench.api.vocabulary import DefenseFamily
 from defenses.dp.accounting import Ledger, calibrate_noise, generator_on
 
 FEDERATION = 0  # the single privacy ledger unit: user-level DP is about the federation's output
@@ -92,6 +93,7 @@ class DPCentral(Defense):
     """User-level DP-FedAvg (McMahan et al. 2018): clip each client update, noise on the aggregate."""
 
     slot: ClassVar[DefenseSlot] = DefenseSlot.CLIENT_UPDATE
+    family = DefenseFamily.DP
     requires_uniform_weights: ClassVar[bool] = True
     """The engine must give every client the same aggregation weight (see the module docstring)."""
 

@@ -44,6 +44,7 @@ from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot, PrivacyReport
 from bench.api.registry import DEFENSES
 from bench.api.transcript import FederationSettings, PlannedScenario
+from bench.api.vocabulary import DefenseFamily
 from bench.client.training import LocalJob, Trainer
 from defenses.dp.accounting import Ledger, calibrate_noise
 from defenses.dp.audit import ClientAudit
@@ -70,6 +71,7 @@ class DPLocal(Defense):
     """Record-level DP-SGD inside each client (Abadi et al. 2016, Opacus): clip per example, add noise."""
 
     slot = DefenseSlot.TRAINING
+    family = DefenseFamily.DP
     replaces_training = True
     @dataclass(frozen=True, kw_only=True)
     class Config:

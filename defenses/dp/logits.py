@@ -27,6 +27,7 @@ from bench.api.defense import Defense, DefenseSlot, PrivacyReport
 from bench.api.plugin_types import ExchangeScenario
 from bench.api.protocol import Channel
 from bench.api.registry import DEFENSES
+from bench.api.vocabulary import DefenseFamily
 from defenses.dp.accounting import Ledger, generator_on
 
 ACCOUNTANT = "rdp"
@@ -46,6 +47,7 @@ class DPLogits(Defense):
     """Clip each shared logit row to C and add Gaussian noise calibrated to a client's whole dataset."""
 
     slot = DefenseSlot.CLIENT_UPDATE
+    family = DefenseFamily.DP
     channels = frozenset({Channel.LOGITS})
 
     @dataclass(frozen=True, kw_only=True)

@@ -36,6 +36,7 @@ from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot
 from bench.api.registry import DEFENSES
 from bench.api.transcript import PlannedScenario
+from bench.api.vocabulary import DefenseFamily
 from defenses.robust import rules
 
 
@@ -43,6 +44,7 @@ class RobustAggregator(Defense):
     """Shared base: robust rules read the individual plain updates."""
 
     slot: ClassVar[DefenseSlot] = DefenseSlot.AGGREGATION
+    family = DefenseFamily.ROBUST_AGGREGATION
 
 
 @DEFENSES.register("robust-krum")

@@ -48,7 +48,7 @@ from bench.api.registry import DEFENSES
 from bench.api.safety import local_judge
 from bench.api.seeding import derive_seed
 from bench.api.transcript import PlannedScenario
-from bench.api.vocabulary import PROMPT_TEMPLATE, Record, TierName
+from bench.api.vocabulary import PROMPT_TEMPLATE, DefenseFamily, Record, TierName
 from bench.client.training import Trainer
 from defenses.safety._examples import request_response, training_on, with_response
 
@@ -86,6 +86,7 @@ class Constitutional(Defense):
     """Critique-and-revise each harmful-request record with the client's model before training."""
 
     slot = DefenseSlot.TRAINING
+    family = DefenseFamily.SAFETY
     needs_generation: ClassVar[bool] = True
     """Tells the engine to set ``generate_fn(prompts, max_new_tokens)`` (the client's model) before training."""
 

@@ -29,7 +29,7 @@ from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot
 from bench.api.registry import DEFENSES
 from bench.api.safety import local_judge
-from bench.api.vocabulary import Record
+from bench.api.vocabulary import DefenseFamily, Record
 from bench.client.training import Trainer
 from defenses.safety._examples import request_response, training_on
 
@@ -39,6 +39,7 @@ class SafetyFilter(Defense):
     """Drops each client's records that the local judge marks as harmful compliance."""
 
     slot = DefenseSlot.TRAINING
+    family = DefenseFamily.SAFETY
 
     @dataclass(frozen=True, kw_only=True)
     class Config:

@@ -10,12 +10,16 @@ The round loop stays ``bench.engine.federation``'s: the strategy calls its ``beg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from bench.api.errors import UserError
 
+if TYPE_CHECKING:  # Flower is optional: imported by import_flwr
+    from flwr.serverapp import Grid
 
-def import_flwr() -> Any:
+
+def import_flwr() -> ModuleType:
     """``flwr``, or a UserError naming the extra that provides it."""
     try:
         import flwr
@@ -26,7 +30,7 @@ def import_flwr() -> Any:
 
 @dataclass(frozen=True)
 class DeployedGrid:
-    grid: Any
+    grid: Grid
     """The Grid of a ServerApp running in this process (deployment)."""
     min_nodes: int
     """SuperNodes started for it: the rounds wait until they are connected."""

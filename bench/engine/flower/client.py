@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from typing import Any
+from typing import TYPE_CHECKING
+
+import torch
 
 from bench.engine.flower import import_flwr, state, wire
+
+if TYPE_CHECKING:  # the runner imports the engine; its run type is only named here
+    from bench.engine.runner import Prepared
 
 import_flwr()
 
@@ -20,10 +25,7 @@ from flwr.clientapp import ClientApp  # noqa: E402
 
 app = ClientApp()
 
-UNSUPPORTED = ("audit",)
-"""Client-side defense attributes no message carries back; a job that sets one fails (see ``state``)."""
-
-_built: dict[tuple[str, int], Any] = {}
+_built: dict[tuple[str, int], Prepared] = {}
 
 
 @app.train()
@@ -41,7 +43,7 @@ def train(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def run_job(p: Any, r: int, client: int, global_record: Any) -> tuple[Any, ConfigRecord]:
+def run_job(p: Prepared, r: int, client: int, global_record: ArrayRecord) -> tuple[torch.Tensor, ConfigRecord]:
     """Train ``client`` for round ``r`` from the global state in ``global_record``: its update and result."""
     from bench.engine import federation as fl
 
@@ -57,7 +59,7 @@ def run_job(p: Any, r: int, client: int, global_record: Any) -> tuple[Any, Confi
                                  "defense_state": pickle.dumps(changed)})
 
 
-def prepared(scenario_bytes: bytes, seed: int) -> Any:
+def prepared(scenario_bytes: bytes, seed: int) -> Prepared:
     """The run as ``runner.prepare`` builds it, once per process (the latest run only: one at a time)."""
     key = (hashlib.sha256(scenario_bytes).hexdigest(), seed)
     if key not in _built:
@@ -69,12 +71,11 @@ def prepared(scenario_bytes: bytes, seed: int) -> Any:
     return _built[key]
 
 
-def _refuse_uncarried(p: Any) -> None:
+def _refuse_uncarried(p: Prepared) -> None:
     for defense in p.fed.defenses:
-        for name in UNSUPPORTED:
-            if getattr(defense, name, None) is not None:
-                raise RuntimeError(f"{defense.name}: its client-side {name} is not carried to the server under "
-                                   "federation.engine: flower; use the in-process engine")
+        if defense.audit is not None:  # declared on Defense: client-side state no message carries back
+            raise RuntimeError(f"{defense.name}: its client-side audit is not carried to the server under "
+                               "federation.engine: flower; use the in-process engine")
     if p.transcript.provider_log or p.transcript.egress_records:
         raise RuntimeError(f"{p.scenario.method.name} records provider calls client-side, which the Flower "
                            "engine does not carry to the server; use the in-process engine")

@@ -23,22 +23,29 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bench.engine.flower import GRIDS, DeployedGrid, import_flwr
+
+if TYPE_CHECKING:  # Flower and the runner load on first use
+    from flwr.app import Context
+    from flwr.serverapp import ServerApp
+
+    from bench.spec.scenario import Scenario
+    from bench.store.results import Row
 
 APP_DIR = Path(__file__).parent / "app"
 REPO_ROOT = Path(__file__).absolute().parents[3]
 BIN = Path(sys.executable).parent
 
-def _server_app() -> Any:
+def _server_app() -> ServerApp:
     import_flwr()
     from flwr.serverapp import Grid, ServerApp
 
     app = ServerApp()
 
     @app.main()
-    def main(grid: Grid, context: Any) -> None:
+    def main(grid: Grid, context: Context) -> None:
         from bench.engine import runner
 
         job = Path(str(context.run_config["job"]))
@@ -58,7 +65,7 @@ def _server_app() -> Any:
 server_app = _server_app()
 
 
-def run_scenario(scenario: Any, seed: int, *, supernodes: int = 2, timeout: float = 1800.0) -> list[Any]:
+def run_scenario(scenario: Scenario, seed: int, *, supernodes: int = 2, timeout: float = 1800.0) -> list[Row]:
     """The rows of one run whose rounds went through a local SuperLink and ``supernodes`` SuperNodes."""
     from bench.engine.flower.simulation import flower_home
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -42,18 +42,27 @@ from flwr.serverapp.strategy import Strategy  # noqa: E402
 from bench.api.layout import ParameterLayout  # noqa: E402
 from bench.api.registry import ATTACKS  # noqa: E402
 from bench.api.seeding import generator  # noqa: E402
-from bench.api.transcript import GroundTruth, RoundRecord, ThreatView, Transcript  # noqa: E402
-from bench.engine.views import ROUND_FIELDS  # noqa: E402
+from bench.api.transcript import FederationSettings, GroundTruth, RoundRecord, ThreatView, Transcript  # noqa: E402
+from bench.api.vocabulary import Record, RunStatus, Vantage  # noqa: E402
+from bench.engine.views import seen_from  # noqa: E402
 from bench.scoring.score import score  # noqa: E402
 from bench.store.provenance import git_commit, package_versions  # noqa: E402
 from bench.store.results import ResultStore, Row  # noqa: E402
 from bench.world.tiers import OpenModel  # noqa: E402
 
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
+
+    from bench.world.tasks import Task
+
+RECORDED = (Vantage.SERVER, Vantage.AGGREGATE, Vantage.EXTERNAL)
+"""The vantages a Flower server's recording can serve (it holds no participant's or provider's view)."""
+
 CLIENT_RECORD = "tierbench"
 """The ConfigRecord ``client_mod`` adds to each reply: ``{"client": partition-id}``."""
 
 
-def client_mod(msg: Message, context: Context, call_next: Any) -> Message:
+def client_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
     """A ClientApp mod: tags each reply with the client's ``partition-id`` (else its node id)."""
     reply = call_next(msg, context)
     if not reply.has_error():
@@ -137,7 +146,7 @@ class AppTruth:
 
     client_batches: dict[tuple[int, int], list[list[int]]] = field(default_factory=dict)
     """(round, client) -> the token ids that client trained on that round (for inversion)."""
-    candidates: list[Any] = field(default_factory=list)
+    candidates: list[Record] = field(default_factory=list)
     """Records whose membership the attacks guess (for membership inference); ``member_flags`` says which trained."""
     member_flags: list[int] = field(default_factory=list)
 
@@ -150,10 +159,10 @@ class App:
     """A label for the rows (their ``scenario``)."""
     model: torch.nn.Module
     """The app's model; its parameters named as the ArrayRecord names them. Attacks load states into it."""
-    tokenizer: Any
-    task: Any
+    tokenizer: PreTrainedTokenizerBase
+    task: Task
     """A TierBench task (``bench.world.tasks``) whose ``example_losses`` and ``collate`` fit the model."""
-    federation: Any
+    federation: FederationSettings
     """The public training settings attacks assume (lr, batch_size, local_steps, protocol): a ``bench.spec.scenario.Federation``."""
 
 
@@ -173,11 +182,11 @@ def attack_run(recording: RecordingStrategy, app: App, attacks: list[str], truth
     for name in attacks:
         cls = ATTACKS.get(name)
         attack = cls(cls.Config())
-        if attack.vantage not in ("server", "aggregate", "external"):
-            rows.append(_row(app, seed, name, "run", None, status="not-applicable",
+        if attack.vantage not in RECORDED:
+            rows.append(_row(app, seed, name, "run", None, status=RunStatus.NOT_APPLICABLE,
                              error=f"{name} stands at the {attack.vantage} vantage; a Flower server records no more"))
             continue
-        view = ThreatView(vantage=attack.vantage, rounds=[_vantage(r, attack.vantage) for r in rounds],
+        view = ThreatView(vantage=attack.vantage, rounds=[seen_from(r, attack.vantage) for r in rounds],
                           candidates=list(truth.candidates), layout=layout, final_model=final, base_model=base,
                           tokenizer=app.tokenizer, federation=app.federation)
         prediction = attack.run(view, generator("flower-app", seed, "attack", name))
@@ -210,14 +219,6 @@ def _trainable(record: RoundRecord, select: torch.Tensor) -> RoundRecord:
                        transmitted={c: u[select] for c, u in record.transmitted.items()},
                        aggregate=None if record.aggregate is None else record.aggregate[select],
                        weights=dict(record.weights))
-
-
-def _vantage(record: RoundRecord, vantage: str) -> RoundRecord:
-    keep = ROUND_FIELDS[vantage]
-    return RoundRecord(round=record.round, sampled=list(record.sampled),
-                       global_before=record.global_before if "global_before" in keep else None,
-                       transmitted=dict(record.transmitted) if "transmitted" in keep else {},
-                       aggregate=record.aggregate if "aggregate" in keep else None, weights=dict(record.weights))
 
 
 def _row(app: App, seed: int, attack: str, metric: str, value: float | None, *, status: str = "ok", error: str = "",

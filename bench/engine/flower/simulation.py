@@ -19,13 +19,21 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from bench.api.vocabulary import JsonObject
 from bench.engine import federation as fl
 from bench.engine.flower import GRIDS, import_flwr
 
+if TYPE_CHECKING:  # the runner imports the engine; these are only named here
+    from flwr.app import Context
 
-def run_rounds(p: Any) -> fl.FederationStats:
+    from bench.engine.flower.strategy import TierBenchStrategy
+    from bench.engine.runner import Prepared
+    from bench.spec.scenario import Scenario
+
+
+def run_rounds(p: Prepared) -> fl.FederationStats:
     """Every round of prepared run ``p`` through Flower's simulation engine; fills ``p.transcript``, ``p.truth``."""
     import_flwr()
     from flwr.serverapp import Grid, ServerApp
@@ -42,7 +50,7 @@ def run_rounds(p: Any) -> fl.FederationStats:
     server = ServerApp()
 
     @server.main()
-    def main(grid: Grid, context: Any) -> None:
+    def main(grid: Grid, context: Context) -> None:
         strategy.start(grid=grid, initial_arrays=strategy.initial_arrays(), num_rounds=p.scenario.federation.rounds)
 
     with flower_home() as home:
@@ -51,13 +59,13 @@ def run_rounds(p: Any) -> fl.FederationStats:
     return _finish(p, strategy)
 
 
-def _finish(p: Any, strategy: Any) -> fl.FederationStats:
+def _finish(p: Prepared, strategy: TierBenchStrategy) -> fl.FederationStats:
     if len(p.transcript.rounds) != p.scenario.federation.rounds:  # Flower logs a failed round and goes on
         raise RuntimeError(f"Flower ran {len(p.transcript.rounds)} of {p.scenario.federation.rounds} rounds")
     return strategy.finish()
 
 
-def backend_config(scenario: Any, home: Path) -> dict[str, Any]:
+def backend_config(scenario: Scenario, home: Path) -> JsonObject:
     """One CPU per ClientApp actor, as many actors as the round's clients or this machine's cores allow."""
     workers = max(1, min(scenario.federation.clients_per_round, os.cpu_count() or 1))
     return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -12,8 +12,11 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
+import torch
+
+from bench.api.transcript import RoundRecord
 from bench.engine import federation as fl
 from bench.engine.flower import import_flwr, state, wire
 
@@ -23,11 +26,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid  # noqa: E402
 from flwr.serverapp.strategy import Strategy  # noqa: E402
 
+if TYPE_CHECKING:  # the runner imports the engine; its run type is only named here
+    from bench.engine.runner import Prepared
+
 
 class TierBenchStrategy(Strategy):
     """TierBench's server over a prepared run (``runner.prepare``); ``transcript`` and ``truth`` fill as in-process."""
 
-    def __init__(self, p: Any, *, min_nodes: int = 1, wait_s: float = 600.0) -> None:
+    def __init__(self, p: Prepared, *, min_nodes: int = 1, wait_s: float = 600.0) -> None:
         """``min_nodes``: SuperNodes to wait for before the first round (Flower registers them while the
         ServerApp starts); ``wait_s``: how long to wait for them."""
         self.p = p
@@ -37,7 +43,7 @@ class TierBenchStrategy(Strategy):
         self.stats = fl.FederationStats()
         self.global_state = p.fed.method.get_flat()
         self.scenario_bytes = pickle.dumps(p.scenario)
-        self._pending: tuple[Any, ...] | None = None
+        self._pending: tuple[int, RoundRecord, torch.Generator, float] | None = None
 
     def initial_arrays(self) -> ArrayRecord:
         return wire.flat_record(self.global_state)
@@ -82,7 +88,7 @@ class TierBenchStrategy(Strategy):
         return wire.flat_record(self.global_state), None
 
     @staticmethod
-    def _received(r: int, replies: list[Message]) -> dict[int, tuple[Any, Any]]:
+    def _received(r: int, replies: list[Message]) -> dict[int, tuple[torch.Tensor, ConfigRecord]]:
         received = {}
         for reply in replies:
             if reply.has_error():

@@ -14,31 +14,34 @@ Tensors travel as numpy arrays: float32/float64 round-trip bit for bit.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:  # Flower loads when an engine uses it
+    from flwr.app import Array, ArrayRecord
+
 GLOBAL, JOB, UPDATE, RESULT, STATE = "global", "job", "update", "result", "state"
 
 
-def to_array(tensor: torch.Tensor) -> Any:
+def to_array(tensor: torch.Tensor) -> Array:
     from flwr.app import Array
 
     return Array.from_numpy_ndarray(np.ascontiguousarray(tensor.detach().cpu().numpy()))
 
 
-def from_array(array: Any, device: torch.device | str = "cpu") -> torch.Tensor:
+def from_array(array: Array, device: torch.device | str = "cpu") -> torch.Tensor:
     return torch.from_numpy(np.array(array.numpy(), copy=True)).to(device)
 
 
-def flat_record(tensor: torch.Tensor, key: str = STATE) -> Any:
+def flat_record(tensor: torch.Tensor, key: str = STATE) -> ArrayRecord:
     from flwr.app import ArrayRecord
 
     return ArrayRecord({key: to_array(tensor)})
 
 
-def flat_of(record: Any, key: str = STATE, device: torch.device | str = "cpu") -> torch.Tensor:
+def flat_of(record: ArrayRecord, key: str = STATE, device: torch.device | str = "cpu") -> torch.Tensor:
     return from_array(record[key], device)
 
 

@@ -18,14 +18,15 @@ gets exactly zero gradient: the self-distillation oracle the tests check.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from bench.api.protocol import Channel, Protocol, scored_logits
+from bench.api.method import Method
+from bench.api.protocol import Channel, Protocol, RoundContext, scored_logits
 from bench.api.registry import PROTOCOLS
 from bench.api.seeding import generator
+from bench.api.transcript import ChannelValue
+from bench.api.vocabulary import Record
 from bench.client.training import LocalJob, job_rng, make_optimizer
 
 
@@ -42,7 +43,7 @@ def shared_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], temper
     return torch.full_like(scaled, -torch.inf).scatter(-1, indices, values)
 
 
-def distil(method: Any, batch: dict[str, torch.Tensor], teacher: torch.Tensor, *, steps: int, lr: float,
+def distil(method: Method, batch: dict[str, torch.Tensor], teacher: torch.Tensor, *, steps: int, lr: float,
            optimizer: str, temperature: float) -> float:
     """``steps`` optimizer steps of the method's trainable state toward ``teacher`` (rows of
     probabilities at ``temperature``); returns the last loss. Eval mode: no dropout."""
@@ -69,21 +70,21 @@ class KnowledgeDistillation(Protocol):
     channel = Channel.LOGITS
     shares_parameters = False
 
-    def setup(self, fed: Any) -> None:
+    def setup(self, fed: RoundContext) -> None:
         s = self.settings
         if len(fed.public) < 1:
             raise ValueError("protocol kd needs public records for its proxy set; the task gave none")
         order = torch.randperm(len(fed.public), generator=generator(*fed.seed_parts, "proxy")).tolist()
-        self.proxy: list[dict[str, Any]] = [fed.public[i] for i in order[: s.proxy_examples]]
+        self.proxy: list[Record] = [fed.public[i] for i in order[: s.proxy_examples]]
         self.local: dict[int, torch.Tensor] = {}
         """Each client's own model (flat trainable state); absent until its first round: the base."""
         self.initial = fed.method.get_flat()
         self.consensus: torch.Tensor | None = None
 
-    def _proxy_batch(self, fed: Any) -> dict[str, torch.Tensor]:
+    def _proxy_batch(self, fed: RoundContext) -> dict[str, torch.Tensor]:
         return fed.collate(self.proxy)
 
-    def client_message(self, fed: Any, round_index: int, client: int, global_state: torch.Tensor) -> torch.Tensor:
+    def client_message(self, fed: RoundContext, round_index: int, client: int, global_state: torch.Tensor) -> torch.Tensor:
         s, method = self.settings, fed.method
         method.set_flat(self.local.get(client, self.initial))
         batch = self._proxy_batch(fed)
@@ -106,7 +107,7 @@ class KnowledgeDistillation(Protocol):
                                          generator(*fed.seed_parts, "channel", round_index, client))
         return message
 
-    def combine(self, fed: Any, round_index: int, messages: dict[int, torch.Tensor], weights: dict[int, float],
+    def combine(self, fed: RoundContext, round_index: int, messages: dict[int, torch.Tensor], weights: dict[int, float],
                 global_state: torch.Tensor) -> torch.Tensor:
         s = self.settings
         total = sum(weights[c] for c in messages)
@@ -121,8 +122,8 @@ class KnowledgeDistillation(Protocol):
             return int(torch.isfinite(message).sum()) * 8
         return int(message.numel()) * 4
 
-    def download_bytes(self, fed: Any, global_state: torch.Tensor) -> int:
+    def download_bytes(self, fed: RoundContext, global_state: torch.Tensor) -> int:
         return 0 if self.consensus is None else int(self.consensus.numel()) * 4
 
-    def round_public(self) -> dict[str, Any]:
+    def round_public(self) -> dict[str, ChannelValue]:
         return {"proxy": list(self.proxy), "temperature": self.settings.kd_temperature}

@@ -18,16 +18,22 @@ send it down as well (or untie), which the byte count does not include.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeAlias
 
 import torch
 from torch import nn
 
-from bench.api.protocol import Channel, Protocol
+from bench.api.method import Method
+from bench.api.protocol import Channel, Message, Protocol, RoundContext
 from bench.api.registry import PROTOCOLS
 from bench.api.seeding import generator
+from bench.api.transcript import ChannelValue
 from bench.client.training import LocalJob, job_rng
+
+HookOutput: TypeAlias = torch.Tensor | tuple[torch.Tensor, ...]
+"""What a transformer block's forward returns (hidden states, or a tuple starting with them)."""
 
 
 def blocks_of(model: nn.Module) -> nn.ModuleList:
@@ -75,7 +81,7 @@ class CutPoint:
     is sent back and the client part's backward runs from it."""
 
     module: nn.Module
-    channel: Any = None
+    channel: Callable[[torch.Tensor], torch.Tensor] | None = None
     """``(activations) -> activations``: the client's channel defenses, applied before sending."""
     sent: list[torch.Tensor] = field(default_factory=list)
     masks: list[torch.Tensor] = field(default_factory=list)
@@ -86,10 +92,10 @@ class CutPoint:
         self._handle = self.module.register_forward_hook(self._cut)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._handle.remove()
 
-    def _cut(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+    def _cut(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: HookOutput) -> HookOutput:
         hidden = output[0] if isinstance(output, tuple) else output
         if not torch.is_grad_enabled():
             return output
@@ -134,7 +140,7 @@ class SplitLearning(Protocol):
     channel = Channel.ACTIVATIONS
     shares_parameters = False
 
-    def setup(self, fed: Any) -> None:
+    def setup(self, fed: RoundContext) -> None:
         model = fed.method.model
         self.cut = self.settings.cut_layer
         cut_module(model, self.cut)  # fails before training when the model has fewer blocks
@@ -145,7 +151,7 @@ class SplitLearning(Protocol):
         self._method = fed.method
         self._round_start: tuple[int, torch.Tensor] | None = None
 
-    def client_message(self, fed: Any, round_index: int, client: int, global_state: torch.Tensor) -> SplitMessage:
+    def client_message(self, fed: RoundContext, round_index: int, client: int, global_state: torch.Tensor) -> SplitMessage:
         s, method = self.settings, fed.method
         method.set_flat(global_state)
         self._round_start = (round_index, global_state)
@@ -176,7 +182,7 @@ class SplitLearning(Protocol):
                             client_numel=self.client_numel, label_numel=sum(int(b["labels"].numel()) for b in batches),
                             trained_on=trained)
 
-    def combine(self, fed: Any, round_index: int, messages: dict[int, SplitMessage], weights: dict[int, float],
+    def combine(self, fed: RoundContext, round_index: int, messages: dict[int, SplitMessage], weights: dict[int, float],
                 global_state: torch.Tensor) -> torch.Tensor:
         total = sum(weights[c] for c in messages)
         mean = sum(messages[c].update * (weights[c] / total) for c in messages)
@@ -187,13 +193,13 @@ class SplitLearning(Protocol):
         masks = sum(int(m.numel()) for m in message.masks)  # one byte per position
         return activations + masks + message.label_numel * 8 + message.client_numel * 4
 
-    def download_bytes(self, fed: Any, global_state: torch.Tensor) -> int:
+    def download_bytes(self, fed: RoundContext, global_state: torch.Tensor) -> int:
         return self.client_numel * 4
 
     def reply_bytes(self, message: SplitMessage) -> int:
         return sum(int(g.numel()) for g in message.gradients) * 4
 
-    def transcript_parts(self, messages: dict[int, SplitMessage]) -> dict[int, Any]:
+    def transcript_parts(self, messages: dict[int, SplitMessage]) -> dict[int, Message]:
         """The server sees the activations and masks (and, averaging them, the client parts)."""
         return {c: {"activations": m.activations, "masks": m.masks} for c, m in messages.items()}
 
@@ -204,7 +210,7 @@ class SplitLearning(Protocol):
         """The client's share of the transformer blocks (its share of the per-token compute, embeddings aside)."""
         return {"cost.client_block_share": self.cut / len(blocks_of(self._method.model))}
 
-    def round_public(self) -> dict[str, Any]:
+    def round_public(self) -> dict[str, ChannelValue]:
         """The client-side layers as broadcast this round (the server averages them, so it knows them),
         as a module mapping (input_ids, attention_mask) to the activations at the cut."""
         if self._round_start is None:
@@ -225,7 +231,7 @@ class Bottom(nn.Module):
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
 
     @classmethod
-    def at(cls, method: Any, state: torch.Tensor, cut: int) -> Bottom:
+    def at(cls, method: Method, state: torch.Tensor, cut: int) -> Bottom:
         import copy
 
         model = copy.deepcopy(method.model).eval()
@@ -243,7 +249,7 @@ class Bottom(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         captured: list[torch.Tensor] = []
 
-        def grab(module: nn.Module, inputs: Any, output: Any) -> None:
+        def grab(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: HookOutput) -> None:
             captured.append(output[0] if isinstance(output, tuple) else output)
             raise _Stop  # the server-side layers are not the client's to run
 
