@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -250,8 +251,12 @@ def test_a_deployment_that_cannot_run_is_a_failed_run_with_its_reason_not_a_hang
     monkeypatch.setattr(deployment, "BIN", fake_flower(tmp_path / "bin", superlink=superlink, flwr=flwr))
     monkeypatch.setenv("TIERBENCH_FLOWER_HOME", str(tmp_path / "flower"))
     monkeypatch.setenv("TIERBENCH_FLOWER_TIMEOUT", timeout)
+    scenario = engine(make_scenario(tmp_path, attacks=[]), "flower-deployment")
+    earlier = tmp_path / "flower" / f"{scenario.hash}-0" / "job.rows"  # an earlier run's rows, kept in the folder
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(pickle.dumps([]))
     started = time.monotonic()
-    rows = runner.execute(engine(make_scenario(tmp_path, attacks=[]), "flower-deployment"), 0)
+    rows = runner.execute(scenario, 0)
     assert time.monotonic() - started < 50
     assert [(r.status, r.metric) for r in rows] == [("failed", "run")]
     assert reason in rows[0].error, rows[0].error

@@ -79,6 +79,7 @@ def run_scenario(scenario: Any, seed: int, *, supernodes: int = 2, timeout: floa
         job = home / "job.pkl"
         job.write_bytes(pickle.dumps((scenario, seed)))
         out, log = job.with_suffix(".rows"), home / "logs" / "run.log"
+        out.unlink(missing_ok=True)  # a kept $TIERBENCH_FLOWER_HOME may hold an earlier run's rows
         submit = _start([str(BIN / "flwr"), "run", str(APP_DIR), connection, "--stream", "--run-config",
                          f'job="{job}" supernodes={supernodes}'], _env(home), log)  # --stream: exits when the run ends
         try:
