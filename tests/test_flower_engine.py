@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("flwr")
 
@@ -63,6 +67,7 @@ def in_process(scenario: Scenario):
 def test_engine_is_an_execution_setting_outside_the_hash():
     scenario = load("scenarios/smoke.yaml")[0]
     assert engine(scenario, "flower").hash == engine(scenario, "inprocess").hash == scenario.hash
+    assert engine(scenario, "flower-deployment").hash == scenario.hash
 
 
 def test_a_missing_flower_is_a_user_error_naming_the_extra(monkeypatch):
@@ -172,15 +177,90 @@ def test_simulation_engine_gives_the_in_process_metrics_per_defense_family(tmp_p
 
 
 @pytest.mark.slow  # a SuperLink, two SuperNodes and their app processes start; minutes on 2 loaded cores
-@pytest.mark.parametrize("family", ["smoke", *sorted(FAMILIES)])
-def test_deployment_engine_gives_the_in_process_metrics(tmp_path, family):
-    """A SuperLink and two SuperNodes as separate processes on localhost (insecure), the app submitted with
-    ``flwr run``: the rows its ServerApp wrote equal the in-process engine's."""
-    from bench.engine.flower.deployment import run_scenario
-
-    scenario = load("scenarios/smoke.yaml")[0] if family == "smoke" else family_scenario(tmp_path, family)
-    flower_rows = run_scenario(engine(scenario, "flower"), 0, supernodes=2)
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_deployment_engine_gives_the_in_process_metrics(tmp_path, monkeypatch, family):
+    """``federation.engine: flower-deployment``: a SuperLink and two SuperNodes as separate processes on
+    localhost (insecure), the app submitted with ``flwr run``: the rows its ServerApp wrote equal the
+    in-process engine's, membership and inversion attacks included (read from the transcript its server kept)."""
+    monkeypatch.setenv("TIERBENCH_FLOWER_HOME", str(tmp_path / "flower"))
+    scenario = family_scenario(tmp_path, family)
+    flower_rows = runner.execute(engine(scenario, "flower-deployment"), 0)
+    assert {r.attack for r in flower_rows if r.value is not None} >= set(ATTACKS)
     assert_same_metrics(flower_rows, runner.execute(engine(scenario, "inprocess"), 0))
+    assert (tmp_path / "flower" / f"{scenario.hash}-0" / "flwr" / "state.db").exists()  # Flower's state in the run's folder
+
+
+@pytest.mark.slow  # as above, through the command line
+def test_bench_run_on_a_flower_deployment_scenario_stores_the_in_process_metrics(tmp_path, monkeypatch):
+    """``python -m bench run`` on the smoke cell with ``engine: flower-deployment`` starts and stops its
+    SuperLink and SuperNodes and stores the rows an in-process run gives."""
+    from bench.cli import main
+    from bench.store.results import ResultStore, Row
+
+    monkeypatch.setenv("TIERBENCH_FLOWER_HOME", str(tmp_path / "flower"))
+    document = yaml.safe_load(Path("scenarios/smoke.yaml").read_text())
+    document.pop("matrix")
+    document["tier"], document["method"] = "open-source", "fft"
+    document["federation"].update(engine="flower-deployment", client_batch=1)
+    path = tmp_path / "smoke-deployment.yaml"
+    path.write_text(yaml.safe_dump(document))
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    stored = [Row(**{k: v for k, v in r.items() if k in Row.__dataclass_fields__})
+              for r in ResultStore(tmp_path / "out").rows()]
+    assert_same_metrics(stored, runner.execute(engine(load(path)[0], "inprocess"), 0))
+    assert not _flower_processes(tmp_path / "flower")  # stopped after the run
+
+
+def _flower_processes(home: Path) -> list[int]:
+    """Processes whose environment names a FLWR_HOME under ``home`` (what a deployment started)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if f"FLWR_HOME={home}".encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def fake_flower(folder: Path, *, superlink: str, flwr: str) -> Path:
+    """A bin folder whose ``flower-superlink``/``flower-supernode``/``flwr`` are the given Python bodies
+    (``port``: the SuperLink's port from its arguments)."""
+    folder.mkdir()
+    supernode = "import time; time.sleep(60)"
+    for name, body in {"flower-superlink": superlink, "flower-supernode": supernode, "flwr": flwr}.items():
+        script = folder / name
+        script.write_text(f"#!{sys.executable}\nimport sys\nport = int(sys.argv[sys.argv.index('--port') + 1]) "
+                          f"if '--port' in sys.argv else 0\n{body}\n")
+        script.chmod(0o755)
+    return folder
+
+
+LISTEN = "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', port)); s.listen(); time.sleep(60)"
+
+
+@pytest.mark.parametrize(("superlink", "flwr", "timeout", "reason"), [
+    ("print('cannot open the database'); sys.exit(3)", "", "60", "SuperLink exited (3) before listening: cannot open"),
+    (LISTEN, "print('invalid app config'); sys.exit(1)", "60", "ended without rows (flwr run exited 1): invalid app"),
+    (LISTEN, "import time; time.sleep(60)", "3", "no rows from the deployed run after 3 s"),
+], ids=["superlink-fails", "submission-fails", "run-hangs"])
+def test_a_deployment_that_cannot_run_is_a_failed_run_with_its_reason_not_a_hang(tmp_path, monkeypatch, superlink,
+                                                                                 flwr, timeout, reason):
+    from bench.engine.flower import deployment
+
+    monkeypatch.setattr(deployment, "BIN", fake_flower(tmp_path / "bin", superlink=superlink, flwr=flwr))
+    monkeypatch.setenv("TIERBENCH_FLOWER_HOME", str(tmp_path / "flower"))
+    monkeypatch.setenv("TIERBENCH_FLOWER_TIMEOUT", timeout)
+    scenario = engine(make_scenario(tmp_path, attacks=[]), "flower-deployment")
+    earlier = tmp_path / "flower" / f"{scenario.hash}-0" / "job.rows"  # an earlier run's rows, kept in the folder
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(pickle.dumps([]))
+    started = time.monotonic()
+    rows = runner.execute(scenario, 0)
+    assert time.monotonic() - started < 50
+    assert [(r.status, r.metric) for r in rows] == [("failed", "run")]
+    assert reason in rows[0].error, rows[0].error
+    assert not _flower_processes(tmp_path / "flower")  # every process it started is stopped
 
 
 def test_a_protocol_that_does_not_share_parameters_is_refused_under_flower(tmp_path):

@@ -124,7 +124,7 @@ def _engine_refusal(scenario: Scenario) -> str | None:
     """Flower's strategy and ClientApp carry parameter updates: a protocol that sends logits or activations
     (kd, split) would otherwise silently run as FedAvg there."""
     s = scenario.federation
-    if s.engine == "flower" and not PROTOCOLS.get(s.protocol).shares_parameters:
+    if s.engine != "inprocess" and not PROTOCOLS.get(s.protocol).shares_parameters:
         return f"federation.engine flower runs parameter-sharing protocols; protocol {s.protocol} runs in-process only"
     return None
 
@@ -171,6 +171,10 @@ def execute(scenario: Scenario, seed: int, *, progress: tqdm | None = None, figu
     result = RunResult()
     try:
         built = plan(scenario)
+        if _drives_a_deployment(scenario):  # the run happens in a SuperLink's ServerApp, which calls execute again
+            from bench.engine.flower.deployment import run_scenario
+
+            return run_scenario(scenario, seed)
         result = _run(scenario, seed, built, progress, figures)
     except IncompatibleError as error:
         result = RunResult(status=RunStatus.INCOMPATIBLE, error=str(error).split(": ", 1)[-1])
@@ -346,11 +350,20 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None, figu
 
 def _federate(p: Prepared) -> fl.FederationStats:
     """The rounds, by the engine the scenario names; Flower is imported only when asked for (an optional extra)."""
-    if p.scenario.federation.engine == "flower":
+    if p.scenario.federation.engine != "inprocess":  # flower, or the ServerApp of flower-deployment (its Grid)
         from bench.engine.flower.simulation import run_rounds
 
         return run_rounds(p)
     return fl.run(p.fed, p.transcript, p.truth)
+
+
+def _drives_a_deployment(scenario: Scenario) -> bool:
+    """flower-deployment, in the process that must start the SuperLink (not in the ServerApp it runs)."""
+    if scenario.federation.engine != "flower-deployment":
+        return False
+    from bench.engine.flower import GRIDS
+
+    return not GRIDS
 
 
 HELD_OUT_RECORDS = 64

@@ -102,11 +102,13 @@ class Federation:
     kd_temperature: float = doc("kd: softmax temperature of the shared logits and of distillation (> 0).", 2.0)
     kd_top_k: int = doc("kd: share only each row's k largest logits (0 = all of them).", 0)
     distill_steps: int = doc("kd: optimizer steps of each distillation (server into the global model, clients back).", 5)
-    engine: Literal["inprocess", "flower"] = doc(
-        "Who runs the rounds: inprocess (TierBench's own loop, this process), or flower (Flower 1.41's simulation "
+    engine: Literal["inprocess", "flower", "flower-deployment"] = doc(
+        "Who runs the rounds: inprocess (TierBench's own loop, this process), flower (Flower 1.41's simulation "
         "engine: a ServerApp whose strategy is TierBench's server side, ClientApps running TierBench's local training; "
-        "needs the `fl` extra). An execution setting, outside the scenario hash: the same metrics as inprocess with "
-        "client_batch 1 (clients train one after another in both).", "inprocess")
+        "needs the `fl` extra), or flower-deployment (the same apps on Flower's deployment engine: a local SuperLink "
+        "and SuperNodes started as processes for the run and stopped after it). An execution setting, outside the "
+        "scenario hash: the same metrics as inprocess with client_batch 1 (clients train one after another in all).",
+        "inprocess")
     mia_nonmembers: int = doc("Non-members scored by membership attacks when more than the members (0 = as many as "
                               "the members drawn, from mia_candidates): a low false-positive rate is only resolved "
                               "with many non-members (FPR 1% needs 1000 for 10 false positives); lower "

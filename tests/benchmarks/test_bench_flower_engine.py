@@ -1,53 +1,79 @@
-"""The Flower engine's cost against the in-process engine, side by side (pytest-benchmark; ``-m perf``).
+"""The Flower engines' cost against the in-process engine on the smoke cell, side by side (``-m perf``).
 
-Run: OMP_NUM_THREADS=1 .venv/bin/pytest -m perf tests/benchmarks/test_bench_flower_engine.py
+Run (about 15 min on 2 idle cores; the JSON is what the README's figures come from):
 
-One whole run (``runner.execute``: build, rounds, utility, no attack) of a LoRA federation (4 clients,
-all sampled, tiny-gpt2) per engine and per number of rounds (1 and 3):
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest -p no:cacheprovider -m perf --benchmark-only \
+        --benchmark-json=flower-engine-bench.json tests/benchmarks/test_bench_flower_engine.py
+    .venv/bin/python tests/benchmarks/test_bench_flower_engine.py flower-engine-bench.json
 
-- ``inprocess``: TierBench's own loop (clients one after another, ``client_batch: 1``, as the Flower
-  ClientApps train);
+One whole run (``runner.execute``: build, rounds, utility, the cell's mia-loss) of the smoke grid's first
+cell (open-source tier, FFT, tiny-gpt2, 4 clients, all sampled) per engine and per number of rounds
+(1 and 3), 3 calls each (the median), clients one after another in every engine (``client_batch: 1``,
+as Flower's ClientApps train):
+
+- ``inprocess``: TierBench's own loop;
 - ``simulation``: ``federation.engine: flower``, Flower's simulation engine (Ray actors, started per run);
-- ``deployment``: a SuperLink and two SuperNodes started as processes, the app submitted with ``flwr run``
-  (``bench.engine.flower.deployment.run_scenario``).
+- ``deployment``: ``federation.engine: flower-deployment``, a SuperLink and two SuperNodes started as
+  processes for the run, the app submitted with ``flwr run``, all stopped after it.
 
-Read per engine: per-round cost = (median at 3 rounds - median at 1 round) / 2; start-up = median at
-1 round - per-round cost; overhead = per-round cost / the in-process per-round cost. Each result's
-``extra_info`` names its engine and rounds. Needs the ``fl`` extra; skipped without it.
+Read per engine (``summary`` does it from the JSON): per-round cost = (median at 3 rounds - median at
+1 round) / 2; fixed cost = median at 1 round - per-round cost (build, utility and attack, the same in
+every engine, plus the engine's start and stop); start-up overhead = fixed cost - the in-process fixed
+cost; per-round overhead = per-round cost / the in-process per-round cost. Needs the ``fl`` extra.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
+from pathlib import Path
 
 import pytest
 
-pytest.importorskip("flwr")
-
-from bench.engine import runner  # noqa: E402
-from tests.helpers import make_scenario  # noqa: E402
-
-pytestmark = pytest.mark.perf
-
-ENGINES = ["inprocess", "simulation", "deployment"]
+ENGINES = {"inprocess": "inprocess", "simulation": "flower", "deployment": "flower-deployment"}
+ROUNDS = (1, 3)
 
 
-def _execute(scenario, engine: str):
-    if engine == "deployment":
-        from bench.engine.flower.deployment import run_scenario
+def smoke_cell(engine: str, rounds: int):
+    from bench.spec.scenario import load
 
-        return run_scenario(scenario, 0, supernodes=2)
-    return runner.execute(scenario, 0)
+    scenario = load(Path(__file__).resolve().parents[2] / "scenarios" / "smoke.yaml")[0]
+    federation = dataclasses.replace(scenario.federation, rounds=rounds, client_batch=1, engine=ENGINES[engine])
+    return dataclasses.replace(scenario, federation=federation)
 
 
-@pytest.mark.parametrize("rounds", [1, 3])
-@pytest.mark.parametrize("engine", ENGINES)
-def test_run_cost_per_engine(benchmark, tmp_path, engine, rounds):
-    scenario = make_scenario(tmp_path, attacks=[], federation={"clients": 4, "clients_per_round": 4, "rounds": rounds,
-                                                               "local_steps": 5, "batch_size": 8, "examples_per_client": 32})
-    federation = dataclasses.replace(scenario.federation, client_batch=1,
-                                     engine="inprocess" if engine == "inprocess" else "flower")
-    scenario = dataclasses.replace(scenario, federation=federation)
-    benchmark.extra_info.update(engine=engine, rounds=rounds)
-    rows = benchmark.pedantic(lambda: _execute(scenario, engine), rounds=2, iterations=1)
+@pytest.mark.perf
+@pytest.mark.parametrize("rounds", ROUNDS)
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_run_cost_per_engine(benchmark, engine, rounds):
+    pytest.importorskip("flwr")
+    from bench.engine import runner
+
+    scenario = smoke_cell(engine, rounds)
+    benchmark.extra_info.update(engine=engine, rounds=rounds, cell=f"{scenario.tier.name}/{scenario.method.name}")
+    rows = benchmark.pedantic(lambda: runner.execute(scenario, 0), rounds=3, iterations=1)  # the first call also pays imports
     assert all(r.status == "ok" for r in rows), [r.error for r in rows if r.status != "ok"]
+    per_round = {r.metric: r.value for r in rows if r.metric in ("cost.client_s", "cost.server_s")}
+    benchmark.extra_info.update(per_round)  # the run's own per-round client and server time (last call)
+
+
+def summary(results: dict) -> list[str]:
+    """Per-round cost, fixed cost and overheads per engine from a ``--benchmark-json`` file's content."""
+    median = {(b["extra_info"]["engine"], b["extra_info"]["rounds"]): b["stats"]["median"] for b in results["benchmarks"]}
+    costs = {}
+    for engine in ENGINES:
+        if all((engine, r) in median for r in ROUNDS):
+            per_round = (median[engine, 3] - median[engine, 1]) / 2
+            costs[engine] = (per_round, median[engine, 1] - per_round)
+    base = costs.get("inprocess")
+    lines = ["engine      per-round s  fixed s  per-round x inprocess  start-up overhead s"]
+    for engine, (per_round, fixed) in costs.items():
+        ratio = f"{per_round / base[0]:.2f}" if base and base[0] > 0 else "-"
+        extra = f"{fixed - base[1]:.1f}" if base else "-"
+        lines.append(f"{engine:<11} {per_round:>11.2f} {fixed:>8.1f} {ratio:>22} {extra:>20}")
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(summary(json.loads(Path(sys.argv[1]).read_text()))))

@@ -1,7 +1,8 @@
 """TierBench's rounds on Flower's deployment engine: a SuperLink and SuperNodes as separate processes.
 
-``run_scenario(scenario, seed, supernodes=2)`` starts, on localhost and in insecure mode, one
-``flower-superlink`` and ``supernodes`` ``flower-supernode`` processes (each a partition), submits the
+``federation.engine: flower-deployment``: ``runner.execute`` calls ``run_scenario``, so ``python -m bench run``
+and every executor use it like any engine. ``run_scenario(scenario, seed, supernodes=2)`` starts, on
+localhost and in insecure mode, one ``flower-superlink`` and ``supernodes`` ``flower-supernode`` processes (each a partition), submits the
 app in ``app/`` with ``flwr run`` and waits for the rows. The app's ServerApp (``server_app`` here, run
 by the SuperLink in its own process) reads the job (the pickled scenario and seed) from a file named
 in the run config, runs ``runner.execute`` with the rounds sent through its Grid (``TierBenchStrategy``),
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -65,25 +67,55 @@ def _server_app() -> ServerApp:
 server_app = _server_app()
 
 
-def run_scenario(scenario: Scenario, seed: int, *, supernodes: int = 2, timeout: float = 1800.0) -> list[Row]:
-    """The rows of one run whose rounds went through a local SuperLink and ``supernodes`` SuperNodes."""
+DEFAULT_TIMEOUT_S = 1800.0
+"""How long a deployed run may take, start to rows, unless ``$TIERBENCH_FLOWER_TIMEOUT`` (seconds) says otherwise:
+past it the run is recorded failed and its processes stopped, never left hanging."""
+
+
+def run_scenario(scenario: Scenario, seed: int, *, supernodes: int = 2, timeout: float | None = None) -> list[Row]:
+    """The rows of one run whose rounds went through a local SuperLink and ``supernodes`` SuperNodes
+    (fewer when the federation has fewer clients). Raises (RuntimeError, TimeoutError) when the SuperLink
+    does not start, the submission fails, or the run ends or times out without rows: ``runner.execute``
+    records that as a failed run with the reason."""
     from bench.engine.flower.simulation import flower_home
 
-    with flower_home() as home, local_federation(home, supernodes) as connection:
+    timeout = timeout or float(os.environ.get("TIERBENCH_FLOWER_TIMEOUT", DEFAULT_TIMEOUT_S))
+    supernodes = max(1, min(supernodes, scenario.federation.clients))
+    deadline = time.monotonic() + timeout
+    with flower_home(f"{scenario.hash}-{seed}") as home, local_federation(home, supernodes) as connection:
         job = home / "job.pkl"
         job.write_bytes(pickle.dumps((scenario, seed)))
-        out = job.with_suffix(".rows")
-        submit = subprocess.run([str(BIN / "flwr"), "run", str(APP_DIR), connection, "--run-config",
-                                 f'job="{job}" supernodes={supernodes}'],
-                                env=_env(home), capture_output=True, text=True, timeout=300)
-        if submit.returncode != 0:
-            raise RuntimeError(f"flwr run failed: {submit.stdout[-2000:]} {submit.stderr[-2000:]}")
-        deadline = time.monotonic() + timeout
-        while not out.exists():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no rows after {timeout:.0f} s; logs under {home}")
-            time.sleep(0.5)
+        out, log = job.with_suffix(".rows"), home / "logs" / "run.log"
+        out.unlink(missing_ok=True)  # a kept $TIERBENCH_FLOWER_HOME may hold an earlier run's rows
+        submit = _start([str(BIN / "flwr"), "run", str(APP_DIR), connection, "--stream", "--run-config",
+                         f'job="{job}" supernodes={supernodes}'], _env(home), log)  # --stream: exits when the run ends
+        try:
+            while not out.exists():
+                if submit.poll() is not None and not _appears(out, wait_s=5.0):
+                    raise RuntimeError(f"the deployed run ended without rows (flwr run exited {submit.returncode}): "
+                                       f"{_tail(log)}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no rows from the deployed run after {timeout:.0f} s: {_tail(log)}")
+                time.sleep(0.5)
+        finally:
+            _stop(submit)
         return pickle.loads(out.read_bytes())
+
+
+def _appears(path: Path, wait_s: float) -> bool:
+    """Whether ``path`` exists within ``wait_s`` (the ServerApp writes its rows just before its run ends)."""
+    deadline = time.monotonic() + wait_s
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return path.exists()
+
+
+def _tail(log: Path, chars: int = 300) -> str:
+    """The end of a log, colour codes removed: a failed run's reason (its folder may be gone by the time one reads it)."""
+    with contextlib.suppress(OSError):
+        text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))
+        return " ".join(text.split())[-chars:] or "(empty log)"
+    return "(no log)"
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -104,7 +136,7 @@ def local_federation(home: Path, supernodes: int) -> Iterator[str]:
         started.append(_start([str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
                                "--host", "127.0.0.1", "--port", str(link), "--database", str(home / "flwr" / "state.db")],
                               env, logs / "superlink.log"))
-        _wait_for_port(link, started[0])
+        _wait_for_port(link, started[0], logs / "superlink.log")
         for node in range(supernodes):
             started.append(_start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
                                    "--host", "127.0.0.1", "--port", str(_free_port()),
@@ -115,12 +147,7 @@ def local_federation(home: Path, supernodes: int) -> Iterator[str]:
         yield "local"
     finally:
         for process in reversed(started):  # only the processes this call started, by handle
-            process.terminate()
-        for process in started:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            _stop(process)
         _stop_detached(home)
 
 
@@ -136,8 +163,19 @@ def _stop_detached(home: Path) -> None:
 
 
 def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    handle = log.open("w")
-    return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=str(log.parent))
+    with log.open("w") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=str(log.parent))
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Terminate one process this module started (by its handle), killing it if it outlives 20 s."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=20)
 
 
 def _free_port() -> int:
@@ -146,12 +184,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 120.0) -> None:
+def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the SuperLink exited ({process.returncode}) before listening")
+            raise RuntimeError(f"the SuperLink exited ({process.returncode}) before listening: {_tail(log)}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
             return
         time.sleep(0.5)
-    raise TimeoutError(f"the SuperLink did not listen on {port} within {timeout:.0f} s")
+    raise TimeoutError(f"the SuperLink did not listen on {port} within {timeout:.0f} s: {_tail(log)}")

@@ -74,10 +74,11 @@ def backend_config(scenario: Scenario, home: Path) -> JsonObject:
 
 
 @contextlib.contextmanager
-def flower_home() -> Iterator[Path]:
-    """The run's folder for Flower and Ray, with ``FLWR_HOME`` and ``RAY_TMPDIR`` pointing into it meanwhile."""
+def flower_home(name: str = "") -> Iterator[Path]:
+    """The run's folder for Flower and Ray, with ``FLWR_HOME`` and ``RAY_TMPDIR`` pointing into it meanwhile;
+    ``name`` (the run's id) keeps runs apart in ``$TIERBENCH_FLOWER_HOME`` (a SuperLink's database is per run)."""
     configured = os.environ.get("TIERBENCH_FLOWER_HOME")
-    home = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="tierbench-flower-"))
+    home = Path(configured) / name if configured else Path(tempfile.mkdtemp(prefix="tierbench-flower-"))
     (home / "flwr").mkdir(parents=True, exist_ok=True)
     (home / "ray").mkdir(parents=True, exist_ok=True)
     saved = {k: os.environ.get(k) for k in ("FLWR_HOME", "RAY_TMPDIR")}
