@@ -60,6 +60,11 @@ class Protocol:
         self.settings = settings
         """``bench.spec.scenario.Federation`` (or any object with its fields)."""
 
+    def label(self) -> str:
+        """How reports name this protocol with the settings that change what its channel carries (Table 4
+        keeps a cell per label, so runs at different cut depths are never paired)."""
+        return self.name
+
     def setup(self, fed: Any) -> None:
         """Once before the first round, with the ``bench.engine.federation.Federation`` (its ``public``
         records, clients, method, seed)."""

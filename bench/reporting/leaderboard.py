@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.api.metrics import spec_of
 from bench.api.vocabulary import UTILITY_HEADLINE, JsonObject, JsonValue
 
-LEADERBOARD_SCHEMA = 4
+LEADERBOARD_SCHEMA = 5
 
 IDENTITY = ["leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses",
             "attacks", "status", "error"]
@@ -48,10 +48,27 @@ def _family_columns() -> list[str]:
     return [c for family, metrics in FAMILY_METRICS.items() for c in [f"{family}_attack", *metrics]]
 
 
-COLUMNS = IDENTITY + UTILITY + _family_columns() + PRIVACY + COST + PROVENANCE + ["attack_families", "attack_roles"]
+COLUMNS = IDENTITY + UTILITY + _family_columns() + PRIVACY + COST + PROVENANCE + ["attack_families", "attack_roles",
+                                                                                  "protocol"]
 """``attack_families``, ``attack_roles``: ``name=family`` (``name=role``) pairs joined by ``+``, as each attack
 declared them (``Attack.family``, ``Attack.table_role``) and the runner stored them; an attack is never
-classified by its name."""
+classified by its name. ``protocol``: the round protocol's label as the run stored it (``Protocol.label``:
+``fedavg``, ``kd``, ``split (cut 1)``; schema 5)."""
+
+DEFAULT_PROTOCOL = "fedavg"
+"""What a run stored before protocols existed ran: parameter sharing."""
+
+
+def protocol_of(rows: list[JsonObject]) -> str:
+    """The protocol label a run stored in its first row; else the protocol its stored scenario names (rows
+    written before labels were stored); else ``fedavg`` (rows written before protocols existed)."""
+    for row in rows:
+        label = row_extra(row).get("protocol")
+        if isinstance(label, str) and label:
+            return label
+    federation = stored_config(rows).get("federation")
+    named = federation.get("protocol") if isinstance(federation, dict) else None
+    return named if isinstance(named, str) and named else DEFAULT_PROTOCOL
 
 
 def row_extra(row: JsonObject) -> JsonObject:
@@ -159,6 +176,7 @@ def leaderboard_row(rows: list[JsonObject], scenario_attacks: list[str] | None =
     out["attack_families"] = "+".join(f"{a}={f}" for a, f in sorted(declared.items())) or None
     out["attack_roles"] = "+".join(f"{a}={r}" for a, r in sorted(declared_families(rows, "role").items())) or None
     out.update({k: first.get(k) for k in PROVENANCE})
+    out["protocol"] = protocol_of(rows)
     return out
 
 
@@ -209,7 +227,7 @@ def write_csv(board: list[JsonObject], path: str | Path) -> Path:
 def read_csv(path: str | Path) -> list[JsonObject]:
     """Leaderboard rows back from CSV, numbers as floats (None for empty cells)."""
     text_columns = set(IDENTITY) | {"utility_metric", *(f"{f}_attack" for f in FAMILY_METRICS)} | set(PROVENANCE) \
-        | {"attack_families", "attack_roles"}
+        | {"attack_families", "attack_roles", "protocol"}
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return [{k: (v if k in text_columns else _number(v)) for k, v in row.items()} for row in rows]

@@ -69,6 +69,9 @@ class KnowledgeDistillation(Protocol):
     channel = Channel.LOGITS
     shares_parameters = False
 
+    def label(self) -> str:
+        return f"kd (top-{self.settings.kd_top_k})" if self.settings.kd_top_k else "kd"  # top-k shares less
+
     def setup(self, fed: Any) -> None:
         s = self.settings
         if len(fed.public) < 1:
