@@ -13,7 +13,7 @@ from report_helpers import run_rows
 
 from bench.api.registry import PROTOCOLS
 from bench.engine.runner import RunResult, _rows
-from bench.reporting import leaderboard, paper4, table4
+from bench.reporting import leaderboard, paper4
 from bench.reporting.report import write_reports
 from bench.spec.scenario import load
 from bench.store.results import ResultStore, Row

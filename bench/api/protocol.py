@@ -78,6 +78,17 @@ class Protocol:
         """The next global flat state from the round's messages (``weights``: example counts)."""
         raise NotImplementedError
 
+    def seal(self, round_index: int, messages: dict[int, object], weights: dict[int, float],
+             rng: torch.Generator) -> dict[int, object]:
+        """The round's messages as they reach the server, once all are in: a secure-aggregation transport
+        masks them together (KD's logits under ``secagg``); by default, as the clients sent them."""
+        return messages
+
+    def server_sum(self) -> torch.Tensor | None:
+        """What the server combined this round's messages into (KD: the consensus; it holds it whether or
+        not the messages were masked), kept as the round's ``aggregate``; None when there is none."""
+        return None
+
     def message_bytes(self, message: Any) -> int:
         """Bytes a client sent to the server this round."""
         raise NotImplementedError
