@@ -21,6 +21,10 @@ material is drawn from the run's generator so that a scenario and seed reproduce
 clients after they shared their keys but before their masked input arrives, and ``late_dropout_rate``
 drops them after their input arrived but before they answer the unmasking request.
 
+Under ``federation.protocol: kd`` the same transport carries each client's softened distribution on the
+proxy set (probabilities, so the default clip of 1 clips nothing): the server unmasks only the consensus
+it distils from, and a per-client attack on the shared logits (``mia-kd-logits``) is left with that sum.
+
 Encoding range. Each coordinate is clipped to [-clip, clip] before encoding. A defense whose guarantee
 rests on the exact values clients send (``dp-central`` with client-side noise: clipping a noisy
 coordinate would shrink and distort the noise on the sum) declares a bound (``Defense.coordinate_bound``),
@@ -42,6 +46,7 @@ import torch
 
 from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot, Transport
+from bench.api.protocol import Channel
 from bench.api.registry import DEFENSES
 from bench.api.transcript import PlannedScenario
 from bench.api.vocabulary import DefenseFamily
@@ -322,6 +327,9 @@ class SecureAggregation(Defense):
     slot = DefenseSlot.TRANSPORT
     family = DefenseFamily.SECAGG
     Config = SecAggConfig
+    channels = frozenset({Channel.PARAMETERS, Channel.LOGITS})
+    """Parameter updates, and KD's logits: the KD server needs only the weighted mean of the clients'
+    distributions, so it gets that sum and no client's (``bench.engine.protocols.kd``)."""
 
     def __init__(self, config: SecAggConfig):
         super().__init__(config)

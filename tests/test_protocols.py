@@ -232,3 +232,71 @@ def test_attacks_and_defenses_are_refused_under_a_protocol_whose_channel_they_do
     assert channel_refusal(split_attack, scenario("fedavg")) and channel_refusal(split_attack, scenario("split")) is None
     assert channel_refusal(loss, scenario("kd")) is None  # reads the final model, not a message
     assert channel_refusal(dp_logits, scenario("fedavg")) and channel_refusal(dp_logits, scenario("kd")) is None
+
+
+def _kd_round(data, proxy, secure: bool, **overrides):
+    from defenses.secagg import SecAggConfig, SecureAggregation
+
+    method = build_method(ARCH)
+    settings = _settings("kd", clients=len(data), clients_per_round=len(data), proxy_examples=len(proxy), **overrides)
+    fed = _federation(method, data, settings, public=proxy, keep=frozenset({"client_updates", "global_states"}))
+    if secure:
+        fed.defenses = [SecureAggregation(SecAggConfig())]
+    transcript = Transcript()
+    stats = fl.run(fed, transcript, GroundTruth())
+    return method, transcript, stats
+
+
+def test_secagg_on_kd_gives_the_server_the_plain_logit_sum_and_no_clients_logits():
+    """Oracle: the consensus the server unmasks under secagg is the plain example-weighted mean of the
+    clients' distributions, within secagg's fixed-point error (32 bits, clip 1, 3 clients: < 1e-9 per value)
+    plus float32 rounding: |difference| <= 1e-6; what the server received from each client is masked."""
+    data = _data(3)
+    data[2] = data[2][:5]  # unequal example counts: the weights matter
+    _, plain, plain_stats = _kd_round(data, data[0], secure=False, local_steps=3)
+    _, masked, masked_stats = _kd_round(data, data[0], secure=True, local_steps=3)
+    (before,), (after,) = plain.rounds, masked.rounds
+    weights = {c: float(len(data[c])) for c in data}
+    expected = sum(F.softmax(before.transmitted[c], dim=-1) * weights[c] / sum(weights.values()) for c in data)
+    assert torch.allclose(before.aggregate, expected, atol=1e-7)          # the plain run keeps its consensus too
+    assert (after.aggregate - before.aggregate).abs().max() <= 1e-6
+    assert after.aggregate.shape == before.aggregate.shape and after.channel["secure_sum"]
+    for c in data:  # the server's view of a client: masked residues, nothing like its distribution
+        assert after.transmitted[c].dtype == torch.int64
+        assert not torch.allclose(after.transmitted[c].float().view_as(before.transmitted[c]),
+                                  F.softmax(before.transmitted[c], dim=-1), atol=0.1)
+    assert masked_stats.bytes_up == plain_stats.bytes_up  # 32-bit residues per value, as float32 logits
+    from bench.api.registry import DEFENSES
+    from bench.engine.runner import channel_refusal
+
+    secagg = DEFENSES.get("secagg")(DEFENSES.get("secagg").Config())
+    on = {p: channel_refusal(secagg, SimpleNamespace(federation=SimpleNamespace(protocol=p))) for p in ("kd", "split")}
+    assert on["kd"] is None and on["split"]  # the logit sum, yes; activations are not summed
+
+
+@pytest.mark.slow  # ~25 s on the shared cores: six distillations of the attack's copies
+def test_mia_on_kd_logits_under_secagg_has_only_the_aggregate():
+    """Client 0 overfits the proxy set (its own records); without secagg the server distils a copy of it from
+    its logits; under secagg it gets one copy from the weighted mean of three clients' distributions, and
+    its scores are those of an attack handed that mean as a single client's message. Measured: AUC 1.0 both
+    ways here: the proxy set is client 0's own records, so the mean of the distributions still peaks on
+    them; secagg hides which client sent what, not what the consensus itself reveals."""
+    from attacks.mia.kd_logits import SharedLogitsMIA
+    from bench.scoring.mia import auc as roc_auc
+
+    data, held_out = _data(3, count=8, seed=1), _data(1, count=8, seed=2)[0]
+    candidates, flags = data[0] + held_out, torch.tensor([1] * 8 + [0] * 8)
+    attack = SharedLogitsMIA(SharedLogitsMIA.Config(steps=30, lr=3e-3))
+    aucs, scores = {}, {}
+    for secure in (False, True):
+        method, transcript, _ = _kd_round(data, data[0], secure, local_steps=30, batch_size=8, lr=0.5)
+        scores[secure] = attack.run(_kd_view(method, transcript, candidates), torch.Generator()).scores
+        aucs[secure] = roc_auc(scores[secure], flags)
+        if secure:  # the same attack handed only the consensus, as if one client had sent it
+            record = transcript.rounds[0]
+            record.transmitted = {0: record.aggregate.log()}
+            record.channel = {**record.channel, "secure_sum": False}
+            alone = attack.run(_kd_view(method, transcript, candidates), torch.Generator()).scores
+            assert torch.allclose(scores[True], alone, atol=1e-4)
+    print(f"mia-kd-logits AUC: per-client logits {aucs[False]:.3f}, secure sum only {aucs[True]:.3f}")
+    assert aucs[False] > 0.8

@@ -77,14 +77,14 @@ def test_cell_numbers_are_paired_means(cells):
 def test_byzantine_advantage_is_measured_against_the_attacker_free_error():
     board = leaderboard.build(synthetic_grid())
     runs, clean = table4._index(board)
-    byz = next(r for r in runs[("open-weight", "lora", "none", "byzantine")] if r["seed"] == 0)
+    byz = next(r for r in runs[("open-weight", "lora", "fedavg", "none", "byzantine")] if r["seed"] == 0)
     assert table4._advantage(byz, "byzantine", clean) == pytest.approx(0.5 - (1 - 0.9))
 
 
 def test_byzantine_advantage_prefers_the_exact_clean_twin_when_the_run_has_one():
     board = leaderboard.build(synthetic_grid())
     runs, clean = table4._index(board)
-    byz = dict(next(r for r in runs[("open-weight", "lora", "none", "byzantine")] if r["seed"] == 0))
+    byz = dict(next(r for r in runs[("open-weight", "lora", "fedavg", "none", "byzantine")] if r["seed"] == 0))
     byz.update({"utility.accuracy": 0.5, "poison.utility_drop": 0.3, "utility_metric": "utility.accuracy"})
     assert table4._advantage(byz, "byzantine", clean) == pytest.approx(byz["poison.asr"] - (1 - 0.8))
 

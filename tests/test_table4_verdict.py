@@ -191,7 +191,7 @@ def test_a_stored_floor_overrides_the_byzantine_clean_twin():
 
     board = leaderboard.build(synthetic_grid())
     runs, clean = table4._index(board)
-    byz = next(r for r in runs[("open-weight", "lora", "none", "byzantine")] if r["seed"] == 0)
+    byz = next(r for r in runs[("open-weight", "lora", "fedavg", "none", "byzantine")] if r["seed"] == 0)
     key = (byz["scenario_hash"], 0, byz["poison_attack"], "poison.asr")
     assert table4.failure_level(byz, "byzantine", clean) == pytest.approx(1 - 0.9)        # the twin's error
     assert table4.failure_level(byz, "byzantine", clean, {key: 0.3}) == pytest.approx(0.3)  # the measured floor

@@ -15,6 +15,12 @@ What it can reach depends on the proxy set: logits on public records carry membe
 the client's model generalises from its data to them, so on a proxy disjoint from every client the
 advantage is small; a proxy that overlaps a client's records (the tests' one-client case) leaks directly.
 Reads only the last attacked round's messages (``rounds``).
+
+Under secure aggregation (``secagg`` on the logit sum: ``channel["secure_sum"]``) the messages are masked
+residues, uniformly random on their own; the server holds only the consensus it distils from (the round's
+``aggregate``: the example-weighted mean of the clients' distributions). The attack then distils one copy
+from that aggregate, the most a per-client attack can do with what the server saw: membership of any
+client's records through the federation's mean.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from bench.api.errors import IncompatibleError
 from bench.api.predictions import MembershipScores
 from bench.api.protocol import Channel, scored_logits
 from bench.api.registry import ATTACKS
-from bench.api.transcript import ThreatView
+from bench.api.transcript import RoundRecord, ThreatView
 from bench.api.vocabulary import AttackFamily, Vantage
 
 
@@ -64,14 +70,23 @@ class SharedLogitsMIA(Attack):
                 proxy, temperature = record.channel["proxy"], record.channel["temperature"]
                 model.set_flat(record.global_before)
                 reference = confidence_signal(model, view.candidates)
-                for client in sorted(record.transmitted):
-                    teacher = F.softmax(record.transmitted[client].float(), dim=-1)
+                for teacher in self._teachers(record):
                     copy_signal = self._copy_signal(model, record.global_before, proxy, teacher, temperature,
                                                     view.candidates)
                     best = torch.maximum(best, copy_signal - reference)
         finally:
             model.set_flat(saved)
         return MembershipScores(scores=best)
+
+    @staticmethod
+    def _teachers(record: RoundRecord) -> list[torch.Tensor]:
+        """The distributions the server can read this round: each client's, or under a secure sum only the
+        aggregate it unmasked."""
+        if record.channel.get("secure_sum"):
+            if record.aggregate is None:
+                raise IncompatibleError("mia-kd-logits: the logits were securely summed and no aggregate was kept")
+            return [record.aggregate.float()]
+        return [F.softmax(record.transmitted[c].float(), dim=-1) for c in sorted(record.transmitted)]
 
     def _copy_signal(self, model, start, proxy, teacher, temperature, candidates) -> torch.Tensor:
         """The candidates' confidence under the model at ``start`` distilled toward ``teacher``."""

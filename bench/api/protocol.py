@@ -102,6 +102,11 @@ class Protocol:
         self.settings = settings
         """``bench.spec.scenario.Federation`` (or any object with its fields)."""
 
+    def label(self) -> str:
+        """How reports name this protocol with the settings that change what its channel carries (Table 4
+        keeps a cell per label, so runs at different cut depths are never paired)."""
+        return self.name
+
     def setup(self, fed: RoundContext) -> None:
         """Once before the first round, with the ``bench.engine.federation.Federation`` (its ``public``
         records, clients, method, seed)."""
@@ -114,6 +119,17 @@ class Protocol:
                 global_state: torch.Tensor) -> torch.Tensor:
         """The next global flat state from the round's messages (``weights``: example counts)."""
         raise NotImplementedError
+
+    def seal(self, round_index: int, messages: dict[int, object], weights: dict[int, float],
+             rng: torch.Generator) -> dict[int, object]:
+        """The round's messages as they reach the server, once all are in: a secure-aggregation transport
+        masks them together (KD's logits under ``secagg``); by default, as the clients sent them."""
+        return messages
+
+    def server_sum(self) -> torch.Tensor | None:
+        """What the server combined this round's messages into (KD: the consensus; it holds it whether or
+        not the messages were masked), kept as the round's ``aggregate``; None when there is none."""
+        return None
 
     def message_bytes(self, message: Message) -> int:
         """Bytes a client sent to the server this round."""

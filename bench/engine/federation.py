@@ -182,6 +182,7 @@ def _exchange(fed: Federation, r: int, sampled: list[int], record: RoundRecord, 
     record.weights = weights
     started = time.perf_counter()
     messages = {c: protocol.client_message(fed, r, c, global_state) for c in sampled}
+    messages = protocol.seal(r, messages, weights, generator(*fed.seed_parts, "transport", r))
     stats.client_s += time.perf_counter() - started
     stats.bytes_up += sum(protocol.message_bytes(m) for m in messages.values())
     stats.plain_bytes_up += protocol.plain_bytes(fed) * len(sampled)
@@ -198,6 +199,8 @@ def _exchange(fed: Federation, r: int, sampled: list[int], record: RoundRecord, 
     started = time.perf_counter()
     new_state = protocol.combine(fed, r, messages, weights, global_state)
     stats.server_s += time.perf_counter() - started
+    if "client_updates" in fed.keep or "aggregates" in fed.keep:
+        record.aggregate = protocol.server_sum()
     check_finite(r, None, "global state", new_state)
     transcript.rounds.append(record)
     return new_state

@@ -52,15 +52,15 @@ def heatmap_grid(cells: list[Cell]) -> tuple[list[str], list[tuple[str, str, str
     ``COMPARISON_COLOURS``), text = our verdict's symbol / the paper's mark (``bench.reporting.matrix4``)."""
     from bench.reporting.matrix4 import SYMBOL
     from bench.reporting.paper4 import MARK_SYMBOL
-    from bench.reporting.table4 import ROLES
+    from bench.reporting.table4 import ROLES, row_label
 
     roles = [r for r in ROLES if any(c.role == r for c in cells)]
-    rows = list(dict.fromkeys((c.tier, c.method, c.defense) for c in cells))
+    rows = list(dict.fromkeys((c.tier, row_label(c.method, c.protocol), c.defense) for c in cells))
     comparisons = list(COMPARISON_COLOURS)
     grid = [[math.nan] * len(roles) for _ in rows]
     texts = [[""] * len(roles) for _ in rows]
     for cell in cells:
-        i, j = rows.index((cell.tier, cell.method, cell.defense)), roles.index(cell.role)
+        i, j = rows.index((cell.tier, row_label(cell.method, cell.protocol), cell.defense)), roles.index(cell.role)
         grid[i][j] = comparisons.index(cell.comparison) if cell.comparison in comparisons else math.nan
         texts[i][j] = f"{SYMBOL.get(cell.verdict, '?')} / {MARK_SYMBOL.get(cell.paper, cell.paper or '·')}"
     return roles, rows, grid, texts

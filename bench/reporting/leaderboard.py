@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.api.metrics import spec_of
 from bench.api.vocabulary import UTILITY_HEADLINE, JsonObject, JsonValue
 
-LEADERBOARD_SCHEMA = 5
+LEADERBOARD_SCHEMA = 6
 
 IDENTITY = ["leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses",
             "attacks", "status", "error"]
@@ -49,11 +49,27 @@ def _family_columns() -> list[str]:
 
 
 COLUMNS = (IDENTITY + UTILITY + _family_columns() + PRIVACY + COST + PROVENANCE
-           + ["attack_families", "attack_roles", "defense_families"])
+           + ["attack_families", "attack_roles", "defense_families", "protocol"])
 """``attack_families``, ``attack_roles``: ``name=family`` (``name=role``) pairs joined by ``+``, as each attack
 declared them (``Attack.family``, ``Attack.table_role``) and the runner stored them; an attack is never
 classified by its name. ``defense_families``: ``name=family`` pairs as each defense declared it
-(``Defense.family``); empty for a run stored before defenses declared theirs."""
+(``Defense.family``); empty for a run stored before defenses declared theirs. ``protocol``: the round
+protocol's label as the run stored it (``Protocol.label``: ``fedavg``, ``kd``, ``split (cut 1)``)."""
+
+DEFAULT_PROTOCOL = "fedavg"
+"""What a run stored before protocols existed ran: parameter sharing."""
+
+
+def protocol_of(rows: list[JsonObject]) -> str:
+    """The protocol label a run stored in its first row; else the protocol its stored scenario names (rows
+    written before labels were stored); else ``fedavg`` (rows written before protocols existed)."""
+    for row in rows:
+        label = row_extra(row).get("protocol")
+        if isinstance(label, str) and label:
+            return label
+    federation = stored_config(rows).get("federation")
+    named = federation.get("protocol") if isinstance(federation, dict) else None
+    return named if isinstance(named, str) and named else DEFAULT_PROTOCOL
 
 
 def row_extra(row: JsonObject) -> JsonObject:
@@ -163,6 +179,7 @@ def leaderboard_row(rows: list[JsonObject], scenario_attacks: list[str] | None =
     defenses = next((row_extra(r).get("defense_families") for r in rows if row_extra(r).get("defense_families")), None)
     out["defense_families"] = "+".join(f"{d}={f}" for d, f in sorted(defenses.items())) if isinstance(defenses, dict) else None
     out.update({k: first.get(k) for k in PROVENANCE})
+    out["protocol"] = protocol_of(rows)
     return out
 
 
@@ -213,7 +230,7 @@ def write_csv(board: list[JsonObject], path: str | Path) -> Path:
 def read_csv(path: str | Path) -> list[JsonObject]:
     """Leaderboard rows back from CSV, numbers as floats (None for empty cells)."""
     text_columns = set(IDENTITY) | {"utility_metric", *(f"{f}_attack" for f in FAMILY_METRICS)} | set(PROVENANCE) \
-        | {"attack_families", "attack_roles", "defense_families"}
+        | {"attack_families", "attack_roles", "defense_families", "protocol"}
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return [{k: (v if k in text_columns else _number(v)) for k, v in row.items()} for row in rows]

@@ -41,19 +41,25 @@ class MatrixCell:
     paper: str                                  # the paper's mark, as a letter
 
 
+def _protocol(cell: Cell) -> str:
+    """A cell's protocol; table4.csv files written before the column existed are FedAvg's."""
+    return str(cell.get("protocol") or table4.DEFAULT_PROTOCOL)
+
+
 def layout(cells: Sequence[Cell]) -> tuple[list[str], list[str], list[tuple[str, list[MatrixCell | None]]]]:
     """(roles, defenses, [(row label, one MatrixCell or None per defense)])."""
     roles = [r for r in table4.ROLES if any(c["role"] == r for c in cells)]
     defenses = sorted({c["defense"] for c in cells}, key=lambda d: table4._rank(d, table4.DEFENSE_ORDER))
-    keys = sorted({(c["tier"], c["method"]) for c in cells},
-                  key=lambda k: (table4._rank(k[0], table4.TIER_ORDER), table4._rank(k[1], table4.METHOD_ORDER)))
-    several_tiers = len({tier for tier, _ in keys}) > 1
-    found = {(c["tier"], c["method"], c["defense"], c["role"]): c for c in cells}
+    keys = sorted({(c["tier"], c["method"], _protocol(c)) for c in cells},
+                  key=lambda k: (table4._rank(k[0], table4.TIER_ORDER), table4._rank(k[1], table4.METHOD_ORDER),
+                                 table4._rank(k[2], table4.PROTOCOL_ORDER)))
+    several_tiers = len({tier for tier, _, _ in keys}) > 1
+    found = {(c["tier"], c["method"], _protocol(c), c["defense"], c["role"]): c for c in cells}
     rows = []
-    for tier, method in keys:
+    for tier, method, protocol in keys:
         entries: list[MatrixCell | None] = []
         for defense in defenses:
-            present = [found.get((tier, method, defense, r)) for r in roles]
+            present = [found.get((tier, method, protocol, defense, r)) for r in roles]
             if not any(present):
                 entries.append(None)
                 continue
@@ -63,7 +69,8 @@ def layout(cells: Sequence[Cell]) -> tuple[list[str], list[str], list[tuple[str,
                                              bool(c) and c.get("comparison") == "disagree")
                                             for r, c in zip(roles, present)),
                                       paper4.MARK_SYMBOL.get(mark, mark)))
-        rows.append((f"{method} ({tier})" if several_tiers else method, entries))
+        label = table4.row_label(method, protocol)
+        rows.append((f"{label} ({tier})" if several_tiers else label, entries))
     return roles, defenses, rows
 
 

@@ -32,6 +32,11 @@ extraction is a DP target threat above, and a DP cell with an extraction attack 
 membership-inference cell. ``scrub-pii`` is not one of the paper's defense families: "not stated" at the
 open tiers (not measurable), and at the closed tiers the provider-sees-the-data rule (a client-side
 scrub does change what reaches the provider, so a scrub that mitigates ``pii-provider`` disagrees).
+
+Protocols (issue 19). The paper's Table 4 compares methods under parameter sharing. A cell of another round
+protocol (knowledge distillation through logits, split learning through activations: ``Cell.protocol``)
+is marked **not in the paper's Table 4** and its comparison is that same phrase: the paper makes no
+claim to agree or disagree with.
 """
 
 from __future__ import annotations
@@ -52,9 +57,12 @@ PIPELINES = {"instruction-tuning", "rlhf"}
 CLOSED = {"provider-tuning", "textual-prompt"}
 
 
-MARKS = ("applies", "limited", "not fully available", "provider sees the data", "not stated")
+NOT_IN_PAPER = "not in the paper's Table 4"
+PARAMETER_SHARING = {"fedavg", "fedsgd"}
+"""The protocols the paper's Table 4 is about (clients share parameter updates)."""
+MARKS = ("applies", "limited", "not fully available", "provider sees the data", "not stated", NOT_IN_PAPER)
 MARK_SYMBOL = {"applies": "A", "limited": "L", "not fully available": "N", "provider sees the data": "P",
-               "not stated": "·"}
+               "not stated": "·", NOT_IN_PAPER: "–"}
 """One letter per paper mark, for the compact matrix (``bench.reporting.matrix4``)."""
 
 
@@ -118,5 +126,10 @@ def compare(cell: Cell) -> tuple[str, str]:
 
 def annotate(cell: Cell) -> None:
     """Fill a cell's paper columns in place (used as ``table4.build(board, paper=annotate)``)."""
+    if cell.protocol not in PARAMETER_SHARING:
+        why = f"protocol {cell.protocol}: the paper's Table 4 compares methods under parameter sharing"
+        cell.paper, cell.paper_note = NOT_IN_PAPER, why
+        cell.comparison, cell.comparison_note = NOT_IN_PAPER, f"{why}; measured: {_evidence(cell)}"
+        return
     cell.paper, cell.paper_note = paper_mark(cell.method, family(cell))
     cell.comparison, cell.comparison_note = compare(cell)

@@ -119,7 +119,8 @@ def write_table4_csv(cells: list[table4.Cell], path: Path) -> Path:
     return path
 
 
-COMPARISON_MARK = {"agree": "agree", "disagree": "**disagree**", "not measurable": "n/m"}
+COMPARISON_MARK = {"agree": "agree", "disagree": "**disagree**", "not measurable": "n/m",
+                   "not in the paper's Table 4": "not in the paper"}
 
 
 def cell_text(cell: table4.Cell) -> str:
@@ -147,7 +148,7 @@ def table4_markdown(cells: list[table4.Cell]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows: dict[tuple, dict[str, table4.Cell]] = {}
     for cell in cells:
-        rows.setdefault((cell.tier, cell.method, cell.defense), {})[cell.role] = cell
+        rows.setdefault((cell.tier, table4.row_label(cell.method, cell.protocol), cell.defense), {})[cell.role] = cell
     for (tier, method, defense), by_role in rows.items():
         paper = next(iter(by_role.values())).paper
         texts = [cell_text(by_role[r]) if r in by_role else "" for r in roles]

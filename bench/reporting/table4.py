@@ -1,7 +1,7 @@
 """Table 4 (method x defense x attack), measured: attack success without -> with each defense.
 
-A cell pairs the runs of one (tier, method, defense, attack role) with the runs of the same (tier,
-method, role) and no defense, seed by seed (the engine derives data, initialisation and sampling from
+A cell pairs the runs of one (tier, method, protocol, defense, attack role) with the runs of the same (tier,
+method, protocol, role) and no defense, seed by seed (the engine derives data, initialisation and sampling from
 the seed alone, so the pair differs only in the defense). Roles: ``mia`` (membership inference),
 ``inversion`` (gradient inversion), ``backdoor`` and ``byzantine`` (poisoning attacks, by the role each
 declares: ``Attack.table_role``, stored by the runner in the row's ``attack_roles``), ``extraction``.
@@ -34,6 +34,12 @@ defended runs of ``privacy.residual_pii_fraction``: identifier-like tokens still
 records) and, at the closed tiers, ``egress_pii_without``/``egress_pii_with`` (``privacy.egress_pii_fraction``:
 the members' PII the provider's request log holds, whichever attack headlines the cell).
 The paper's column and the agree/disagree rule live in ``bench.reporting.paper4``.
+
+Protocols (issue 19): the round protocol is part of a cell's key (``protocol``, the leaderboard's label:
+``fedavg``, ``kd``, ``split (cut 1)``; rows stored before protocols existed are ``fedavg``), so a KD or split
+run is its own row, paired only with the same protocol without the defense, and the paper's column says it
+is not in the paper's Table 4 (which compares parameter-sharing methods). Labels name a protocol with the
+settings that change its channel (split's cut depth), so different cuts are never pooled.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from dataclasses import asdict, dataclass, fields
 from bench.api.metrics import spec_of
 from bench.api.vocabulary import DefenseFamily, JsonObject, RunStatus
 from bench.reporting import verdict as rule
-from bench.reporting.leaderboard import parse_families, row_extra
+from bench.reporting.leaderboard import DEFAULT_PROTOCOL, parse_families, row_extra
 
 MIN_ADVANTAGE = rule.MIN_ADVANTAGE
 ROLES = ("mia", "inversion", "backdoor", "byzantine", "extraction")
@@ -132,6 +138,7 @@ class Cell:
     defense_family: str = ""
     """The family the defense declared (``Defense.family``; ``+``-joined for a combination): what the
     paper's column compares it as (``bench.reporting.paper4``)."""
+    protocol: str = "fedavg"
 
 
 TABLE4_COLUMNS = [f.name for f in fields(Cell)]
@@ -195,26 +202,37 @@ def _advantage(row: JsonObject, role: str, clean: dict[tuple, JsonObject],
     return sign * (value - failure_level(row, role, clean, stored))
 
 
+def protocol_of(row: JsonObject) -> str:
+    """A leaderboard row's protocol label; rows (or CSVs) from before the column existed ran FedAvg."""
+    return str(row.get("protocol") or DEFAULT_PROTOCOL)
+
+
+def row_label(method: str, protocol: str) -> str:
+    """How tables name a cell's row: the method, with the protocol when it is not parameter sharing."""
+    return method if protocol == DEFAULT_PROTOCOL else f"{method} via {protocol}"
+
+
 def _twin_accuracy(row: JsonObject, clean: dict[tuple, JsonObject]) -> float | None:
     """Clean accuracy of the same scenario without attackers: from ``poison.utility_drop`` (the sweep's
     exact twin) when the run has one, else an attacker-free run of the same tier, method and defense."""
     drop, accuracy = row.get("poison.utility_drop"), row.get("utility.accuracy")
     if drop is not None and accuracy is not None and row.get("utility_metric") == "utility.accuracy":
         return accuracy + drop
-    twin = clean.get((row["tier"], row["method"], row["defenses"], int(row["seed"])))
+    twin = clean.get((row["tier"], row["method"], protocol_of(row), row["defenses"], int(row["seed"])))
     return twin.get("utility.accuracy") if twin else None
 
 
 def _index(board: list[JsonObject]) -> tuple[dict[tuple, list[dict]], dict[tuple, dict]]:
-    """Runs by (tier, method, defenses, role), and the attacker-free runs by (tier, method, defenses, seed)."""
+    """Runs by (tier, method, protocol, defenses, role), and the attacker-free runs by (tier, method,
+    protocol, defenses, seed)."""
     runs: dict[tuple, list[dict]] = {}
     clean: dict[tuple, dict] = {}
     for row in board:
         roles = roles_of_run(row)
         for role in roles:
-            runs.setdefault((row["tier"], row["method"], row["defenses"], role), []).append(row)
+            runs.setdefault((row["tier"], row["method"], protocol_of(row), row["defenses"], role), []).append(row)
         if row.get("status") == RunStatus.OK and not {"backdoor", "byzantine"} & set(roles):
-            clean[(row["tier"], row["method"], row["defenses"], int(row["seed"]))] = row
+            clean[(row["tier"], row["method"], protocol_of(row), row["defenses"], int(row["seed"]))] = row
     return runs, clean
 
 
@@ -235,7 +253,7 @@ def _status_verdict(rows: list[dict], baseline: list[dict]) -> tuple[str, str] |
 
 def make_cell(key: tuple, rows: list[dict], baseline: list[dict], clean: dict[tuple, dict],
               stored: Floors | None = None) -> Cell:
-    tier, method, defense, role = key
+    tier, method, protocol, defense, role = key
     ok_rows = [r for r in rows if r.get("status") == RunStatus.OK]
     pairs = _pairs(ok_rows, baseline)
     attack = next((r.get(ATTACK_COLUMN[role]) for r in ok_rows + baseline if r.get(ATTACK_COLUMN[role])), "")
@@ -251,7 +269,7 @@ def make_cell(key: tuple, rows: list[dict], baseline: list[dict], clean: dict[tu
                 cost_factor=_ratio(_mean([round_seconds(d) for _, d in pairs]), _mean([round_seconds(b) for b, _ in pairs])),
                 cost_factor_bytes=_ratio(_mean([d.get("cost.bytes_up") for _, d in pairs]),
                                          _mean([b.get("cost.bytes_up") for b, _ in pairs])),
-                epsilon=_mean([d.get("dp.epsilon") for _, d in pairs]), verdict="", reason="",
+                epsilon=_mean([d.get("dp.epsilon") for _, d in pairs]), verdict="", reason="", protocol=protocol,
                 defense_family=next((defense_family(r) for r in rows), ""))
     if cell.utility_with is not None and cell.utility_without is not None:
         cell.utility_change = cell.utility_with - cell.utility_without
@@ -297,10 +315,10 @@ def build(board: list[JsonObject], paper: Callable[[Cell], None] | None = None, 
     runs, clean = _index(board)
     cells = []
     for key in sorted(runs, key=_order):
-        tier, method, defense, role = key
+        tier, method, protocol, defense, role = key
         if defense == "none":
             continue
-        cell = make_cell(key, runs[key], runs.get((tier, method, "none", role), []), clean, stored)
+        cell = make_cell(key, runs[key], runs.get((tier, method, protocol, "none", role), []), clean, stored)
         if paper is not None:
             paper(cell)
         cells.append(cell)
@@ -318,11 +336,13 @@ def _rank(value: str, order: tuple[str, ...]) -> tuple[int, str]:
 
 
 TIER_ORDER = ("open-source", "open-weight", "gray-box", "black-box")
+PROTOCOL_ORDER = (DEFAULT_PROTOCOL, "fedsgd", "kd")
 
 
 def _order(key: tuple) -> tuple:
-    tier, method, defense, role = key
-    return (_rank(tier, TIER_ORDER), _rank(method, METHOD_ORDER), _rank(defense, DEFENSE_ORDER), ROLES.index(role))
+    tier, method, protocol, defense, role = key
+    return (_rank(tier, TIER_ORDER), _rank(method, METHOD_ORDER), _rank(protocol, PROTOCOL_ORDER),
+            _rank(defense, DEFENSE_ORDER), ROLES.index(role))
 
 
 def as_dicts(cells: list[Cell]) -> list[JsonObject]:
@@ -339,20 +359,20 @@ def missing(board: list[JsonObject], cells: list[Cell], limit: int = 20) -> list
     if not runs:
         return ["no run has a membership, inversion, backdoor, Byzantine or extraction attack, so there is no Table 4 "
                 "cell"]
-    spans: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
-    for tier, method, defense, role in runs:
+    spans: dict[tuple[str, str], tuple[set[tuple[str, str]], set[str]]] = {}
+    for tier, method, protocol, defense, role in runs:
         methods, defenses = spans.setdefault((tier, role), (set(), {"none"}))
-        methods.add(method)
+        methods.add((method, protocol))
         defenses.add(defense)
     notes = []
     for (tier, role), (methods, defenses) in sorted(spans.items()):
         if defenses == {"none"}:
             notes.append(f"{tier}, {ROLE_TITLES[role]}: runs without a defense only; a cell compares a defended run "
                          "with the same scenario without it")
-        gaps = sorted((tier, m, d, role) for m in methods for d in defenses if (tier, m, d, role) not in runs)
-        notes += [f"no run of {t} / {m} / defense {d} with a {ROLE_TITLES[r]} attack" for t, m, d, r in
+        gaps = sorted((tier, m, p, d, role) for m, p in methods for d in defenses if (tier, m, p, d, role) not in runs)
+        notes += [f"no run of {t} / {row_label(m, p)} / defense {d} with a {ROLE_TITLES[r]} attack" for t, m, p, d, r in
                   sorted(gaps, key=_order)]
     most = max((c.seeds for c in cells), default=0)
-    notes += [f"{c.tier} / {c.method} / {c.defense} ({ROLE_TITLES[c.role]}): {c.seeds} paired seeds of {most}"
+    notes += [f"{c.tier} / {row_label(c.method, c.protocol)} / {c.defense} ({ROLE_TITLES[c.role]}): {c.seeds} paired seeds of {most}"
               for c in cells if c.seeds < most and c.verdict not in ("incompatible", "not applicable")]
     return notes if len(notes) <= limit else notes[:limit] + [f"... and {len(notes) - limit} more"]

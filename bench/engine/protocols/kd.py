@@ -8,6 +8,13 @@ example counts) into the consensus and distils the global model toward it; the g
 utility measures. Downlink: the consensus; uplink: the logits. Compare ``cost.bytes_up`` with
 ``cost.expansion`` (= bytes sent / bytes a float32 parameter update would have been).
 
+Secure sum (``defenses: [secagg]``): the server needs only the consensus, a weighted sum, so each
+client's softened distribution (probabilities in [0, 1], within secagg's default clip of 1) goes through
+the run's TRANSPORT defense with the others' (``seal``): the server receives masked residues and unmasks
+only their weighted mean, which it then distils from exactly as without masking (up to secagg's
+fixed-point rounding, ``cost.secagg.precision_loss``). Bytes up are then the masked residues (k bits a
+value, dense even with top-k: masking hides which entries were shared).
+
 The proxy set: ``federation.proxy_examples`` of the task's public records (``Federation.public``,
 disjoint from every client), drawn with the run's seed.
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bench.api.defense import DefenseSlot, Transport
 from bench.api.method import Method
 from bench.api.protocol import Channel, Protocol, RoundContext, scored_logits
 from bench.api.registry import PROTOCOLS
@@ -28,6 +36,7 @@ from bench.api.seeding import generator
 from bench.api.transcript import ChannelValue
 from bench.api.vocabulary import Record
 from bench.client.training import LocalJob, job_rng, make_optimizer
+from bench.engine.federation import slot_holder
 
 
 def shared_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], temperature: float, top_k: int) -> torch.Tensor:
@@ -70,6 +79,9 @@ class KnowledgeDistillation(Protocol):
     channel = Channel.LOGITS
     shares_parameters = False
 
+    def label(self) -> str:
+        return f"kd (top-{self.settings.kd_top_k})" if self.settings.kd_top_k else "kd"  # top-k shares less
+
     def setup(self, fed: RoundContext) -> None:
         s = self.settings
         if len(fed.public) < 1:
@@ -80,6 +92,10 @@ class KnowledgeDistillation(Protocol):
         """Each client's own model (flat trainable state); absent until its first round: the base."""
         self.initial = fed.method.get_flat()
         self.consensus: torch.Tensor | None = None
+        carrier = slot_holder(fed.defenses, DefenseSlot.TRANSPORT)
+        self.transport: Transport | None = carrier.transport() if carrier is not None else None
+        """secagg's transport when the run has it: the clients' distributions are then masked together."""
+        self.shape: torch.Size | None = None
 
     def _proxy_batch(self, fed: RoundContext) -> dict[str, torch.Tensor]:
         return fed.collate(self.proxy)
@@ -107,17 +123,35 @@ class KnowledgeDistillation(Protocol):
                                          generator(*fed.seed_parts, "channel", round_index, client))
         return message
 
+    def seal(self, round_index: int, messages: dict[int, torch.Tensor], weights: dict[int, float],
+             rng: torch.Generator) -> dict[int, torch.Tensor]:
+        """Under a secure-aggregation transport: each client's softened distribution, masked with the others'
+        (the server can unmask only their weighted mean); otherwise the logits as sent."""
+        if self.transport is None:
+            return messages
+        self.shape = next(iter(messages.values())).shape
+        distributions = {c: F.softmax(m.float(), dim=-1).flatten() for c, m in messages.items()}
+        return self.transport.encode(round_index, distributions, weights, rng)
+
     def combine(self, fed: RoundContext, round_index: int, messages: dict[int, torch.Tensor], weights: dict[int, float],
                 global_state: torch.Tensor) -> torch.Tensor:
         s = self.settings
-        total = sum(weights[c] for c in messages)
-        self.consensus = sum(F.softmax(messages[c], dim=-1) * (weights[c] / total) for c in messages)
+        if self.transport is not None and self.shape is not None:  # the unmasked weighted mean, renormalised
+            self.consensus = self.transport.aggregate(round_index, messages, weights).view(self.shape)
+        else:
+            total = sum(weights[c] for c in messages)
+            self.consensus = sum(F.softmax(messages[c], dim=-1) * (weights[c] / total) for c in messages)
         fed.method.set_flat(global_state)
         distil(fed.method, self._proxy_batch(fed), self.consensus, steps=s.distill_steps, lr=s.lr,
                optimizer=s.optimizer, temperature=s.kd_temperature)
         return fed.method.get_flat()
 
+    def server_sum(self) -> torch.Tensor | None:
+        return None if self.consensus is None else self.consensus.detach().clone()
+
     def message_bytes(self, message: torch.Tensor) -> int:
+        if self.transport is not None:
+            return self.transport.message_bytes(message)
         if 0 < self.settings.kd_top_k < message.shape[-1]:  # k values (float32) + k indices (int32) per row
             return int(torch.isfinite(message).sum()) * 8
         return int(message.numel()) * 4
@@ -126,4 +160,5 @@ class KnowledgeDistillation(Protocol):
         return 0 if self.consensus is None else int(self.consensus.numel()) * 4
 
     def round_public(self) -> dict[str, ChannelValue]:
-        return {"proxy": list(self.proxy), "temperature": self.settings.kd_temperature}
+        return {"proxy": list(self.proxy), "temperature": self.settings.kd_temperature,
+                "secure_sum": self.transport is not None}

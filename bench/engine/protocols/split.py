@@ -140,6 +140,9 @@ class SplitLearning(Protocol):
     channel = Channel.ACTIVATIONS
     shares_parameters = False
 
+    def label(self) -> str:
+        return f"split (cut {self.settings.cut_layer})"  # leakage and costs change with the cut depth
+
     def setup(self, fed: RoundContext) -> None:
         model = fed.method.model
         self.cut = self.settings.cut_layer

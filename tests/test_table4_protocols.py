@@ -1,0 +1,101 @@
+"""Table 4 keeps each round protocol's cells apart (issue 19): a KD or split run is its own row, paired only
+with the same protocol without the defense, and the paper's column says it is not in the paper's Table 4.
+Reporting reads only the store, so these tests write made-up rows to a store and read the report back."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+from report_helpers import run_rows
+
+from bench.api.registry import PROTOCOLS
+from bench.engine.runner import RunResult, _rows
+from bench.reporting import leaderboard, paper4
+from bench.reporting.report import write_reports
+from bench.spec.scenario import load
+from bench.store.results import ResultStore, Row
+
+SEEDS = (0, 1, 2)
+
+
+def _run(protocol: str | None, defense: str, attack: str, metric: str, value: float, seed: int,
+         stored_as: str = "label") -> list[dict[str, Any]]:
+    """One made-up run of ``fft``; the protocol stored as the runner stores it (``label``), only in the stored
+    scenario (``config``: rows from before labels), or not at all (``protocol=None``: rows from before protocols)."""
+    name = f"p[protocol={protocol},defenses={defense},attacks={attack}]"
+    rows = run_rows(name, seed, method="fft", defenses=defense,
+                    metrics={("none", "utility.accuracy"): 0.6, (attack, metric): value + 0.01 * seed})
+    if protocol is not None and stored_as == "label":
+        rows[0]["extra"]["protocol"] = protocol
+    elif protocol is not None:
+        rows[0]["extra"]["scenario_config"]["federation"] = {"protocol": protocol}
+    return rows
+
+
+def _grid() -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for seed in SEEDS:
+        rows += _run(None, "none", "mia-loss", "mia.auc", 0.70, seed)             # stored before protocols
+        rows += _run(None, "dp-local", "mia-loss", "mia.auc", 0.52, seed)
+        rows += _run("kd", "none", "mia-kd-logits", "mia.auc", 0.90, seed)
+        rows += _run("kd", "dp-logits", "mia-kd-logits", "mia.auc", 0.55, seed)
+        rows += _run("split", "none", "inversion-split", "inversion.rouge1", 0.40, seed, stored_as="config")
+        rows += _run("split (cut 1)", "none", "inversion-split", "inversion.rouge1", 0.95, seed)
+        rows += _run("split (cut 1)", "activation-noise", "inversion-split", "inversion.rouge1", 0.60, seed)
+    return rows
+
+
+def test_the_leaderboard_names_each_runs_protocol_and_old_rows_ran_fedavg():
+    board = leaderboard.build(_grid())
+    protocol = {(r["defenses"], r["attacks"], r["seed"]): r["protocol"] for r in board}
+    assert protocol[("none", "mia-loss", 0)] == "fedavg"                 # no label, no stored protocol
+    assert protocol[("dp-logits", "mia-kd-logits", 1)] == "kd"           # the label the runner stored
+    assert protocol[("none", "inversion-split", 2)] in {"split", "split (cut 1)"}
+    assert {r["protocol"] for r in board} == {"fedavg", "kd", "split", "split (cut 1)"}  # from the stored scenario
+
+
+def _table(tmp_path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    store = ResultStore(tmp_path / "runs")
+    store.append([Row(**r) for r in _grid()])
+    write_reports(tmp_path / "runs", tmp_path / "out", [], figures=False)
+    with (tmp_path / "out" / "table4.csv").open() as handle:
+        return {(r["protocol"], r["defense"]): r for r in csv.DictReader(handle)}
+
+
+def test_kd_and_split_runs_are_their_own_table4_rows_paired_with_their_own_baseline(tmp_path):
+    cells = _table(tmp_path)
+    assert set(cells) == {("fedavg", "dp-local"), ("kd", "dp-logits"), ("split (cut 1)", "activation-noise")}
+    fedavg, kd, split = cells["fedavg", "dp-local"], cells["kd", "dp-logits"], cells["split (cut 1)", "activation-noise"]
+    # each pairs with its own protocol's undefended run: pooled by (tier, method, defense), KD's 0.90 and
+    # FedAvg's 0.70 would share one baseline
+    assert float(fedavg["success_without"]) == pytest.approx(0.71)
+    assert float(kd["success_without"]) == pytest.approx(0.91) and float(kd["success_with"]) == pytest.approx(0.56)
+    assert kd["role"] == "mia" and kd["attack"] == "mia-kd-logits" and kd["verdict"] == "mitigates"
+    assert split["role"] == "inversion" and float(split["success_without"]) == pytest.approx(0.96)  # not the label-less split
+    for cell in (kd, split):
+        assert cell["paper"] == cell["comparison"] == paper4.NOT_IN_PAPER
+    assert fedavg["paper"] == "applies" and fedavg["comparison"] == "agree"
+    markdown = (tmp_path / "out" / "table4.md").read_text()
+    assert "| open-weight | fft via kd | dp-logits | not in the paper's Table 4 |" in markdown
+    assert "fft via split (cut 1)" in markdown and "| open-weight | fft | dp-local | applies |" in markdown
+
+
+def test_a_table4_csv_from_before_the_protocol_column_reads_as_fedavg():
+    from bench.reporting import matrix4
+
+    old = {"tier": "open-weight", "method": "fft", "defense": "dp-local", "role": "mia", "verdict": "mitigates",
+           "paper": "applies", "comparison": "agree"}
+    _, _, [(label, _)] = matrix4.layout([old])
+    assert label == "fft"
+
+
+def test_the_runner_stores_the_protocols_label_with_its_cut_depth():
+    scenarios = {s.federation.protocol: s for s in load("scenarios/protocols.yaml")}
+    for protocol, label in (("fedavg", "fedavg"), ("kd", "kd"), ("split", "split (cut 1)")):
+        rows = _rows(scenarios[protocol], 0, RunResult(status="failed", error="not run"), 0.0)
+        assert rows[0].extra["protocol"] == label
+    deeper = scenarios["split"].federation.__class__(protocol="split", cut_layer=2)
+    assert PROTOCOLS.get("split")(deeper).label() == "split (cut 2)"
