@@ -1,4 +1,4 @@
-"""The Protocols plugins are typed against (``bench.api.plugin_types``) name what the engine really passes.
+"""The Protocols plugins are typed against (``bench.api.handles``, ``bench.api.plugin_types``) name what the engine really passes.
 
 Attacks and defenses may not import the world or the spec, so they read a model handle, a task, a canary or
 the federation through a Protocol; no type checker runs in CI, so this test checks each Protocol's members
@@ -15,10 +15,11 @@ import pytest
 import torch
 from torch import nn
 
+from bench.api import handles
 from bench.api import plugin_types as pt
 from bench.api.registry import TASKS, load_plugins
 from bench.spec.scenario import Federation, Scenario
-from bench.world.tasks import Canary, Task
+from bench.world.tasks import Task
 from bench.world.tiers import OpenModel, ProviderAPI
 
 
@@ -52,13 +53,12 @@ def _fields(cls: type) -> set[str]:
 
 
 @pytest.mark.parametrize("protocol, make", [
-    (pt.ModelHandle, _open_model),
-    (pt.ModelHandle, lambda: ProviderAPI(_open_model(), frozenset(), [])),
-    (pt.WeightsHandle, _open_model),
-    (pt.TaskDefinition, _task),
-    (pt.ConfiguredTask, _task),
-    (pt.TaskSettings, lambda: _task().config),
-], ids=["open-model", "provider-api", "weights", "task", "configured-task", "task-settings"])
+    (handles.ModelHandle, _open_model),
+    (handles.ModelHandle, lambda: ProviderAPI(_open_model(), frozenset(), [])),
+    (handles.OpenHandle, _open_model),
+    (handles.TaskSpec, _task),
+    (handles.TaskConfig, lambda: _task().config),
+], ids=["open-model", "provider-api", "weights", "task", "task-config"])
 def test_the_world_object_has_every_member_its_protocol_names(protocol, make):
     obj = make()
     missing = sorted(name for name in members(protocol) if not has(obj, name))
@@ -66,7 +66,6 @@ def test_the_world_object_has_every_member_its_protocol_names(protocol, make):
 
 
 @pytest.mark.parametrize("protocol, cls", [
-    (pt.CanaryView, Canary),
     (pt.ExchangeSettings, Federation),
     (pt.ExchangeScenario, Scenario),
 ])
@@ -75,8 +74,8 @@ def test_the_spec_dataclass_has_every_field_its_protocol_names(protocol, cls):
 
 
 def test_members_sees_inherited_declarations_and_an_object_without_them_fails():
-    assert {"task", "generate", "model", "get_flat", "at_state"} <= members(pt.WeightsHandle)
+    assert {"task", "generate", "model", "get_flat", "at_state"} <= members(handles.OpenHandle)
     assert {"clients_per_round", "protocol", "kd_top_k"} <= members(pt.ExchangeSettings)
     bare = object()
-    assert [n for n in members(pt.ModelHandle) if not has(bare, n)]
+    assert [n for n in members(handles.ModelHandle) if not has(bare, n)]
     assert has(_open_model(), "model") and not has(torch.nn.Linear(1, 1), "task")

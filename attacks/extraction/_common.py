@@ -13,7 +13,7 @@ import torch
 
 from attacks.mia._common import TOKEN_CHUNK, text_of
 from attacks.mia.generation import rouge_l_f1, split_prefix
-from bench.api.plugin_types import ModelHandle
+from bench.api.handles import ModelHandle
 from bench.api.transcript import ThreatView
 from bench.api.vocabulary import PROMPT_TEMPLATE, Record
 

@@ -27,7 +27,7 @@ from attacks.extraction._common import continuation_ids, exact_k, lcs_fraction, 
 from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
-from bench.api.plugin_types import ModelHandle
+from bench.api.handles import ModelHandle
 from bench.api.predictions import Extraction
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView

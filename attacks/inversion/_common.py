@@ -25,7 +25,7 @@ import torch
 
 from bench.api.attack import Attack
 from bench.api.config import doc
-from bench.api.plugin_types import WeightsHandle
+from bench.api.handles import OpenHandle
 from bench.api.transcript import FederationSettings, ThreatView
 from bench.api.vocabulary import AGGREGATE_CLIENT
 
@@ -102,7 +102,7 @@ def as_float_update(message: object, size: int) -> torch.Tensor | None:
 
 
 @contextlib.contextmanager
-def model_at(method: WeightsHandle, flat: torch.Tensor) -> Iterator[torch.nn.Module]:
+def model_at(method: OpenHandle, flat: torch.Tensor) -> Iterator[torch.nn.Module]:
     """The method's model with trainable state ``flat`` in eval mode; restored on exit."""
     model = method.model
     saved, was_training = method.get_flat(), model.training
@@ -126,7 +126,7 @@ def observed_gradient(update: torch.Tensor, federation: FederationSettings) -> t
     return -update / (lr * steps)
 
 
-def trainable_names(method: WeightsHandle) -> dict[int, str]:
+def trainable_names(method: OpenHandle) -> dict[int, str]:
     """id(parameter) -> trainable name, to find a module's parameters in ``method.unflatten``."""
     return {id(p): name for name, p in method.named_trainable}
 

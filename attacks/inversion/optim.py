@@ -46,7 +46,7 @@ from attacks.inversion.tokens import EmbeddingRows, TokensConfig
 from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
-from bench.api.plugin_types import WeightsHandle
+from bench.api.handles import OpenHandle
 from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
@@ -110,7 +110,7 @@ class GradientMatching(Attack):
     def _batch(self, view: ThreatView) -> int:
         return self.config.batch_size or int(view.federation.batch_size)
 
-    def _length(self, method: WeightsHandle, update: torch.Tensor, vocabulary: torch.Tensor | None, batch: int) -> int:
+    def _length(self, method: OpenHandle, update: torch.Tensor, vocabulary: torch.Tensor | None, batch: int) -> int:
         """Configured, else positions with gradient + 1 (the last token is a label only), else the
         recovered bag spread over the batch, else 16."""
         if self.config.seq_len:

@@ -56,7 +56,7 @@ from attacks.inversion._common import Target, TargetConfig, configure_vantage, i
 from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
-from bench.api.plugin_types import WeightsHandle
+from bench.api.handles import OpenHandle
 from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
@@ -133,7 +133,7 @@ class _Grower:
     """Sentence growth guided by the update: proposals from the amplified models, kept by how much of the
     observed gradient the grown prefix's own gradient explains."""
 
-    def __init__(self, method: WeightsHandle, model: torch.nn.Module, proposals: list[torch.Tensor], eos: int | None,
+    def __init__(self, method: OpenHandle, model: torch.nn.Module, proposals: list[torch.Tensor], eos: int | None,
                  config: UpdateDecodeConfig):
         self.method, self.model, self.proposals, self.eos, self.config = method, model, proposals, eos, config
         self.params = [p for _, p in method.named_trainable]
@@ -243,7 +243,7 @@ class _Grower:
         return gain.topk(self.config.beam, dim=-1).indices.tolist()
 
 
-def select(model: torch.nn.Module, method: WeightsHandle, candidates: list[list[int]], direction: torch.Tensor,
+def select(model: torch.nn.Module, method: OpenHandle, candidates: list[list[int]], direction: torch.Tensor,
            most: int) -> list[list[int]]:
     """Greedily the candidates whose mean per-example gradient (mean next-token NLL at the broadcast state)
     has the highest cosine with the observed gradient direction, adding one while the cosine rises."""

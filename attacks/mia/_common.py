@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.api.errors import IncompatibleError
-from bench.api.plugin_types import CanaryView, ModelHandle, TaskDefinition
+from bench.api.handles import ModelHandle, TaskSpec
 from bench.api.predictions import MembershipScores
-from bench.api.transcript import ThreatView
+from bench.api.transcript import Canary, ThreatView
 from bench.api.vocabulary import Record, TaskKind
 
 Reduced = TypeVar("Reduced")
@@ -28,14 +28,14 @@ TOKEN_CHUNK = 16
 _SCHEMA_FIELDS = (("text",), ("instruction", "response"), ("prompt", "chosen"))
 
 
-def is_classification(example: Record, task: TaskDefinition | None = None) -> bool:
+def is_classification(example: Record, task: TaskSpec | None = None) -> bool:
     """The task's kind when the task is known (a language task may still carry labels), else the schema."""
     if task is not None:
         return task.kind == TaskKind.CLASSIFICATION
     return "label" in example
 
 
-def require_text_task(examples: list[Record], attack: str, task: TaskDefinition | None = None) -> None:
+def require_text_task(examples: list[Record], attack: str, task: TaskSpec | None = None) -> None:
     if examples and is_classification(examples[0], task):
         raise IncompatibleError(f"{attack} scores tokens of generated text; it does not apply to classification tasks")
 
@@ -87,7 +87,7 @@ def summed_nll(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return float(F.cross_entropy(logits, targets, reduction="sum"))
 
 
-def canary_losses(handle: ModelHandle, canaries: list[CanaryView]) -> list[torch.Tensor]:
+def canary_losses(handle: ModelHandle, canaries: list[Canary]) -> list[torch.Tensor]:
     """For each canary, the log-perplexity (summed token NLL, nats) of ``prefix + s`` for every
     candidate secret ``s`` in its space, in space order (Carlini et al. 2019)."""
     out = []

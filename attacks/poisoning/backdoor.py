@@ -52,7 +52,7 @@ from attacks.poisoning._common import (
 )
 from bench.api.config import doc
 from bench.api.errors import UserError
-from bench.api.plugin_types import ConfiguredTask
+from bench.api.handles import TaskSpec
 from bench.api.predictions import PoisonOutcome
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
@@ -164,7 +164,7 @@ class Backdoor(ParticipantAttack):
         kind = require_format(view.auxiliary, _EVALUATORS, self.name)
         return _EVALUATORS[kind](view, self.config, rng)
 
-    def check_poisoned(self, task: ConfiguredTask, tokenizer: PreTrainedTokenizerBase, examples: list[Record]) -> None:
+    def check_poisoned(self, task: TaskSpec, tokenizer: PreTrainedTokenizerBase, examples: list[Record]) -> None:
         """Refuse (``UserError``) a run where ``max_length`` would cut the target off a poisoned record."""
         target = self.config.target_response
         poisoned = [e for e in examples if e.get("response") == target and self.config.trigger in e.get("instruction", "")]

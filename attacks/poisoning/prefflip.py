@@ -39,7 +39,7 @@ from attacks.poisoning._common import (
     sample_auxiliary,
 )
 from bench.api.config import doc
-from bench.api.plugin_types import ModelHandle
+from bench.api.handles import ModelHandle
 from bench.api.predictions import PoisonOutcome
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
