@@ -99,3 +99,25 @@ def test_the_runner_stores_the_protocols_label_with_its_cut_depth():
         assert rows[0].extra["protocol"] == label
     deeper = scenarios["split"].federation.__class__(protocol="split", cut_layer=2)
     assert PROTOCOLS.get("split")(deeper).label() == "split (cut 2)"
+
+
+def test_fedsgd_and_fedavg_runs_share_the_papers_row_of_a_method(tmp_path):
+    # FedSGD is FedAvg with one local step: inversion runs FedSGD (its threat model), membership FedAvg; the
+    # paper's Table 4 has one row per method, so both land in it (keyed by label, fft would be two rows)
+    rows: list[dict[str, Any]] = []
+    for seed in SEEDS:
+        rows += _run("fedavg", "none", "mia-loss", "mia.auc", 0.70, seed)
+        rows += _run("fedavg", "dp-local", "mia-loss", "mia.auc", 0.52, seed)
+        rows += _run("fedsgd", "none", "inversion-dager", "inversion.rouge1", 0.95, seed)
+        rows += _run("fedsgd", "dp-local", "inversion-dager", "inversion.rouge1", 0.05, seed)
+    store = ResultStore(tmp_path / "runs")
+    store.append([Row(**r) for r in rows])
+    write_reports(tmp_path / "runs", tmp_path / "out", [], figures=False)
+    with (tmp_path / "out" / "table4.csv").open() as handle:
+        cells = {(r["protocol"], r["role"]): r for r in csv.DictReader(handle)}
+    assert set(cells) == {("fedavg", "mia"), ("fedavg", "inversion")}
+    assert float(cells["fedavg", "inversion"]["success_without"]) == pytest.approx(0.96)
+    assert cells["fedavg", "inversion"]["comparison"] == "agree"
+    matrix = (tmp_path / "out" / "table4.md").read_text()
+    assert "via fedsgd" not in matrix
+    assert [line for line in matrix.splitlines() if line.startswith("| fft |")] == ["| fft | ✓ ✓ │ A |"]

@@ -58,6 +58,10 @@ protocol's label as the run stored it (``Protocol.label``: ``fedavg``, ``kd``, `
 
 DEFAULT_PROTOCOL = "fedavg"
 """What a run stored before protocols existed ran: parameter sharing."""
+PARAMETER_SHARING = frozenset({"fedavg", "fedsgd"})
+"""The protocol labels of parameter sharing, the protocols the paper's Table 4 is about. FedSGD is FedAvg
+with one local step (McMahan et al. 2017), so Table 4 keeps their runs in one row per method: which of the
+two a run used is the attack's threat model (gradient inversion reads one FedSGD step), not another system."""
 
 
 def protocol_of(rows: list[JsonObject]) -> str:

@@ -44,6 +44,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bench.api.vocabulary import DefenseFamily
+from bench.reporting.leaderboard import PARAMETER_SHARING
 
 if TYPE_CHECKING:  # table4 calls annotate; the cell type is only named here
     from bench.reporting.table4 import Cell
@@ -58,8 +59,6 @@ CLOSED = {"provider-tuning", "textual-prompt"}
 
 
 NOT_IN_PAPER = "not in the paper's Table 4"
-PARAMETER_SHARING = {"fedavg", "fedsgd"}
-"""The protocols the paper's Table 4 is about (clients share parameter updates)."""
 MARKS = ("applies", "limited", "not fully available", "provider sees the data", "not stated", NOT_IN_PAPER)
 MARK_SYMBOL = {"applies": "A", "limited": "L", "not fully available": "N", "provider sees the data": "P",
                "not stated": "·", NOT_IN_PAPER: "–"}

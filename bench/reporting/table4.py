@@ -39,7 +39,9 @@ Protocols (issue 19): the round protocol is part of a cell's key (``protocol``, 
 ``fedavg``, ``kd``, ``split (cut 1)``; rows stored before protocols existed are ``fedavg``), so a KD or split
 run is its own row, paired only with the same protocol without the defense, and the paper's column says it
 is not in the paper's Table 4 (which compares parameter-sharing methods). Labels name a protocol with the
-settings that change its channel (split's cut depth), so different cuts are never pooled.
+settings that change its channel (split's cut depth), so different cuts are never pooled. FedAvg and FedSGD
+are both parameter sharing (``leaderboard.PARAMETER_SHARING``): their runs share the paper's row of a method
+(inversion runs FedSGD, membership inference FedAvg; a grid that measured one role under both would pool them).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from dataclasses import asdict, dataclass, fields
 from bench.api.metrics import spec_of
 from bench.api.vocabulary import DefenseFamily, JsonObject, RunStatus
 from bench.reporting import verdict as rule
-from bench.reporting.leaderboard import DEFAULT_PROTOCOL, parse_families, row_extra
+from bench.reporting.leaderboard import DEFAULT_PROTOCOL, PARAMETER_SHARING, parse_families, row_extra
 
 MIN_ADVANTAGE = rule.MIN_ADVANTAGE
 ROLES = ("mia", "inversion", "backdoor", "byzantine", "extraction")
@@ -203,8 +205,11 @@ def _advantage(row: JsonObject, role: str, clean: dict[tuple, JsonObject],
 
 
 def protocol_of(row: JsonObject) -> str:
-    """A leaderboard row's protocol label; rows (or CSVs) from before the column existed ran FedAvg."""
-    return str(row.get("protocol") or DEFAULT_PROTOCOL)
+    """The protocol a leaderboard row's cell is keyed by: its stored label, with every parameter-sharing
+    label (FedAvg, FedSGD) as ``fedavg``, the paper's rows; rows (or CSVs) from before the column existed
+    ran FedAvg."""
+    label = str(row.get("protocol") or DEFAULT_PROTOCOL)
+    return DEFAULT_PROTOCOL if label in PARAMETER_SHARING else label
 
 
 def row_label(method: str, protocol: str) -> str:
