@@ -12,12 +12,17 @@ From an ``Extraction`` prediction and the membership flags:
 - canaries: ``extraction.canary_rate`` (the secret appears in the greedy completion of the canary's
   prefix), and per inserted repetition count ``extraction.canary_rate@r<n>`` with the mean number of
   trained copies ``extraction.canary_copies@r<n>``; floor = the base model's rate.
+  Approximate extraction (``extraction.canary_partial`` and ``...@r<n>``): the completion holds a
+  contiguous run of at least half the secret's characters (longest common substring, as the prefix
+  attack's ``lcs``), so a model that recalls part of a secret counts; floor = the base model's rate
+  (two random 6-digit strings share 3 consecutive digits about 1.6% of the time).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from difflib import SequenceMatcher
 
 import torch
 
@@ -94,12 +99,25 @@ def canary_hits(completions: Sequence[str], canaries: Sequence[Canary]) -> list[
     return [bool(c.secret) and c.secret in text for c, text in zip(canaries, completions)]
 
 
+def canary_partial_hits(completions: Sequence[str], secrets: Sequence[str]) -> list[bool]:
+    """Whether each completion holds a contiguous run of at least half its canary's secret."""
+    out = []
+    for secret, text in zip(secrets, completions, strict=True):
+        run = SequenceMatcher(None, secret, text, autojunk=False).find_longest_match(0, len(secret), 0, len(text)).size
+        out.append(bool(secret) and 2 * run >= len(secret))
+    return out
+
+
 def canary_metrics(completions: Sequence[str], base: Sequence[str], truth: GroundTruth) -> list[Metric]:
     if not completions or not truth.canaries:
         return []
     found = canary_hits(completions, truth.canaries)
     floor_found = canary_hits(base, truth.canaries) if base else [False] * len(found)
-    out = [_rate("extraction.canary_rate", sum(found), len(found), sum(floor_found) / len(found))]
+    secrets = [str(c.secret) for c in truth.canaries]
+    partial = canary_partial_hits(completions, secrets)
+    floor_partial = canary_partial_hits(base, secrets) if base else [False] * len(found)
+    out = [_rate("extraction.canary_rate", sum(found), len(found), sum(floor_found) / len(found)),
+           _rate("extraction.canary_partial", sum(partial), len(partial), sum(floor_partial) / len(partial))]
     copies = truth.canary_copies or [None] * len(found)
     levels = sorted({c.repeats for c in truth.canaries})
     if levels != [1]:  # canaries inserted more than once: the rate per repetition count
@@ -108,6 +126,8 @@ def canary_metrics(completions: Sequence[str], base: Sequence[str], truth: Groun
             trained = [copies[i] for i in index if copies[i] is not None]
             out.append(_rate(f"extraction.canary_rate@r{level}", sum(found[i] for i in index), len(index),
                              sum(floor_found[i] for i in index) / len(index)))
+            out.append(_rate(f"extraction.canary_partial@r{level}", sum(partial[i] for i in index), len(index),
+                             sum(floor_partial[i] for i in index) / len(index)))
             if trained:
                 out.append(Metric(f"extraction.canary_copies@r{level}", sum(trained) / len(trained)))
     return out
