@@ -26,13 +26,17 @@ CHILD = """
 import os, sys, time
 from bench.store.results import ResultStore, Row
 
-out, starts, total, rows_per_run = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+out, starts, total, rows_per_run, cap = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 store = ResultStore(out, writer=True)
 done = store.done()
+started = 0
 for i in range(total):
     key = (f"h{i:04d}", i % 3)
     if key in done:
         continue
+    if cap and started >= cap:
+        time.sleep(3600)  # wait to be killed: a parent descheduled under load must not find the sweep finished
+    started += 1
     with open(starts, "a") as log:
         log.write(f"{key[0]} {key[1]}\\n")
         log.flush()
@@ -46,12 +50,13 @@ store.close()
 """
 
 
-def _spawn(tmp_path: Path) -> subprocess.Popen:
+def _spawn(tmp_path: Path, cap: int = 0) -> subprocess.Popen:
+    """The fake sweep; with ``cap``, it starts at most that many runs and then waits to be killed."""
     script = tmp_path / "fake_sweep.py"
     script.write_text(CHILD)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, str(script), str(tmp_path / "out"), str(tmp_path / "starts.log"),
-                             str(RUNS), str(ROWS_PER_RUN)], env=env, cwd=ROOT,
+                             str(RUNS), str(ROWS_PER_RUN), str(cap)], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -75,14 +80,15 @@ def test_random_kills_lose_duplicate_and_redo_nothing(tmp_path):
     interrupted: Counter = Counter()  # runs a kill caught before they were stored: those may run again
     for _ in range(KILLS):
         before = len(_starts(tmp_path))
-        child = _spawn(tmp_path)
-        target, deadline = before + rng.randint(1, 20), time.monotonic() + 120
+        step = rng.randint(1, 20)
+        child = _spawn(tmp_path, cap=step + 3)  # the kill lands in the run cycle, never after the last run
+        target, deadline = before + step, time.monotonic() + 120
         while len(_starts(tmp_path)) < target and child.poll() is None and time.monotonic() < deadline:
             time.sleep(0.001)
         time.sleep(rng.uniform(0, 0.003))  # a random point in the run / append / fsync cycle
         child.send_signal(rng.choice([signal.SIGKILL, signal.SIGINT]))
         _, err = child.communicate(timeout=60)
-        assert child.returncode != 0, "the sweep finished before it was killed: raise RUNS"
+        assert child.returncode != 0, "the sweep finished before it was killed"
         assert b"JSONDecodeError" not in err
         last = _starts(tmp_path)[-1]
         if last not in ResultStore(tmp_path / "out").done():
