@@ -125,7 +125,7 @@ def _engine_refusal(scenario: Scenario) -> str | None:
     (kd, split) would otherwise silently run as FedAvg there."""
     s = scenario.federation
     if s.engine != "inprocess" and not PROTOCOLS.get(s.protocol).shares_parameters:
-        return f"federation.engine flower runs parameter-sharing protocols; protocol {s.protocol} runs in-process only"
+        return f"federation.engine {s.engine} runs parameter-sharing protocols; protocol {s.protocol} runs in-process only"
     return None
 
 
