@@ -65,6 +65,7 @@ def privacy_run(method: str, defenses: str, seed: int, auc: float, rouge: float,
     name = f"t4[method={method},defenses={defenses},attacks=mia-reference+inversion-dager]"
     metrics = {("none", "utility.accuracy"): accuracy, ("mia-reference", "mia.auc"): auc,
                ("mia-loss", "mia.auc"): auc - 0.05, ("inversion-dager", "inversion.rouge1"): rouge,
+               ("inversion-dager", "inversion.recovered"): rouge,
                ("none", "cost.bytes_up"): 1000.0}
     if epsilon is not None:
         metrics[("none", "dp.epsilon")] = epsilon

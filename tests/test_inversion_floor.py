@@ -72,3 +72,37 @@ def test_metric_extra_reaches_the_result_row(tmp_path):
     row = next(r for r in rows if r.metric == "inversion.rouge1")
     assert row.extra["floor"] == 0.58
     assert "floor" not in next(r for r in rows if r.metric == "cost.wall_s").extra
+
+
+# --- inversion.recovered: records reconstructed beyond guessing (Table 4's inversion headline) -------
+def test_half_a_batch_recovered_verbatim_counts_as_half_though_its_mean_rouge_is_below_the_floor():
+    # the dp-central case of issue 15: one note of two recovered exactly, nothing for the other
+    batch = [record(0), record(1)]
+    truth = truth_with(batch, [record(i) for i in range(10, 30)])
+    half = {m.name: m for m in score(Reconstruction(sequences={(0, 0): [record(0)]}), truth)}
+    assert half["inversion.rouge1"].value < half["inversion.rouge1"].extra["floor"]  # the old headline's blind spot
+    assert half["inversion.recovered"].value == pytest.approx(0.5)
+    assert half["inversion.recovered"].extra["floor"] == 0.0
+
+
+def test_guessing_the_template_or_another_record_recovers_nothing():
+    batch = [record(0), record(1)]
+    truth = truth_with(batch, [record(i) for i in range(10, 30)])
+    for guess in ([record(12), record(15)], [TEMPLATE, TEMPLATE], []):
+        metrics = {m.name: m.value for m in score(Reconstruction(sequences={(0, 0): guess}), truth)}
+        assert metrics["inversion.recovered"] == 0.0, guess
+
+
+def test_a_private_token_beyond_the_template_is_a_recovery_and_surplus_guesses_cannot_buy_one():
+    batch = [record(0)]
+    truth = truth_with(batch, [record(i) for i in range(10, 30)])
+    partial = TEMPLATE + [100, 999]  # the template and one of the two private tokens
+    assert {m.name: m.value for m in score(Reconstruction(sequences={(0, 0): [partial]}), truth)}["inversion.recovered"] == 1.0
+    # ten guesses for a batch of one: the right one among them is one slot of ten
+    many = [record(i) for i in range(40, 49)] + [record(0)]
+    assert {m.name: m.value for m in score(Reconstruction(sequences={(0, 0): many}), truth)}["inversion.recovered"] == pytest.approx(0.1)
+
+
+def test_no_held_out_records_no_recovered_metric():
+    truth = truth_with([record(0)], [])
+    assert "inversion.recovered" not in {m.name for m in score(Reconstruction(sequences={(0, 0): [record(0)]}), truth)}

@@ -16,7 +16,7 @@ EXPECTED_COLUMNS = [
     "leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses", "attacks",
     "status", "error", "utility", "utility_metric", "utility_base", "utility_curve", "utility.accuracy", "utility.macro_f1", "utility.perplexity",
     "utility.rouge_l", "utility.reward_accuracy", "mia_attack", "mia.auc", "mia.auc_ci_low", "mia.auc_ci_high",
-    "mia.tpr@0.01", "mia.tpr@0.001", "mia.balanced_acc", "mia.exposure", "inversion_attack", "inversion.rouge1",
+    "mia.tpr@0.01", "mia.tpr@0.001", "mia.balanced_acc", "mia.exposure", "inversion_attack", "inversion.recovered", "inversion.rouge1",
     "inversion.rouge2", "inversion.exact", "inversion.token_f1", "poison_attack", "poison.asr", "poison.asr_ci_low",
     "poison.asr_ci_high", "poison.utility_drop", "extraction_attack", "extraction.rate", "extraction.rate_ci_low",
     "extraction.rate_ci_high", "extraction.base_rate", "extraction.nonmember_rate", "dp.epsilon", "dp.delta",
@@ -29,7 +29,7 @@ EXPECTED_COLUMNS = [
 
 def test_leaderboard_schema_is_pinned():
     # Changing the columns is a schema change: bump LEADERBOARD_SCHEMA and the README, then this list.
-    assert leaderboard.LEADERBOARD_SCHEMA == 6
+    assert leaderboard.LEADERBOARD_SCHEMA == 7
     assert leaderboard.COLUMNS == EXPECTED_COLUMNS
 
 
@@ -46,7 +46,7 @@ def test_one_row_per_run_with_the_strongest_attack_per_family(tmp_path):
         rows = list(reader)
     assert reader.fieldnames == EXPECTED_COLUMNS and len(rows) == len(board)
     back = leaderboard.read_csv(path)
-    assert back[0]["leaderboard_schema"] == "6" and isinstance(back[0]["cost.wall_s"], float)
+    assert back[0]["leaderboard_schema"] == "7" and isinstance(back[0]["cost.wall_s"], float)
 
 
 def test_failed_and_incompatible_runs_keep_their_attacks_and_reason():

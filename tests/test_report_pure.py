@@ -176,7 +176,7 @@ def test_table_fits_the_terminal_and_shows_no_nan_wall(tmp_path, width):
     assert max(map(len, lines)) <= width and "NaN" not in text and "nan" not in text
     assert lines[0].split()[:3] == ["scenario", "seeds", "status"]
     assert len([line for line in lines[1:] if not line.startswith("(")]) == len({r["scenario"] for r in synthetic_grid()})
-    headline = ["utility", "mia.auc", "inversion.rouge1", "poison.asr", "dp.epsilon", "cost.wall_s"]
+    headline = ["utility", "mia.auc", "inversion.recovered", "poison.asr", "dp.epsilon", "cost.wall_s"]
     shown = lines[0].split()[3:]
     assert shown == headline[:len(shown)]     # columns drop from the right, with a note saying so
     assert (shown == headline) == (width == 200) and ("more columns do not fit" in lines[-1]) == (width < 200)

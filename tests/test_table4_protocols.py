@@ -42,9 +42,9 @@ def _grid() -> list[dict[str, Any]]:
         rows += _run(None, "dp-local", "mia-loss", "mia.auc", 0.52, seed)
         rows += _run("kd", "none", "mia-kd-logits", "mia.auc", 0.90, seed)
         rows += _run("kd", "dp-logits", "mia-kd-logits", "mia.auc", 0.55, seed)
-        rows += _run("split", "none", "inversion-split", "inversion.rouge1", 0.40, seed, stored_as="config")
-        rows += _run("split (cut 1)", "none", "inversion-split", "inversion.rouge1", 0.95, seed)
-        rows += _run("split (cut 1)", "activation-noise", "inversion-split", "inversion.rouge1", 0.60, seed)
+        rows += _run("split", "none", "inversion-split", "inversion.recovered", 0.40, seed, stored_as="config")
+        rows += _run("split (cut 1)", "none", "inversion-split", "inversion.recovered", 0.95, seed)
+        rows += _run("split (cut 1)", "activation-noise", "inversion-split", "inversion.recovered", 0.60, seed)
     return rows
 
 
@@ -108,8 +108,8 @@ def test_fedsgd_and_fedavg_runs_share_the_papers_row_of_a_method(tmp_path):
     for seed in SEEDS:
         rows += _run("fedavg", "none", "mia-loss", "mia.auc", 0.70, seed)
         rows += _run("fedavg", "dp-local", "mia-loss", "mia.auc", 0.52, seed)
-        rows += _run("fedsgd", "none", "inversion-dager", "inversion.rouge1", 0.95, seed)
-        rows += _run("fedsgd", "dp-local", "inversion-dager", "inversion.rouge1", 0.05, seed)
+        rows += _run("fedsgd", "none", "inversion-dager", "inversion.recovered", 0.95, seed)
+        rows += _run("fedsgd", "dp-local", "inversion-dager", "inversion.recovered", 0.05, seed)
     store = ResultStore(tmp_path / "runs")
     store.append([Row(**r) for r in rows])
     write_reports(tmp_path / "runs", tmp_path / "out", [], figures=False)

@@ -20,9 +20,9 @@ T80 = {2: 1.061, 4: 0.941}
 
 def inversion_run(method: str, defense: str, seed: int, rouge: float, floor: float | None = None) -> list[dict]:
     name = f"t4[method={method},defenses={defense},attacks=inversion-optim]"
-    extras = {("inversion-optim", "inversion.rouge1"): {"floor": floor}} if floor is not None else {}
+    extras = {("inversion-optim", "inversion.recovered"): {"floor": floor}} if floor is not None else {}
     return run_rows(name, seed, method=method, defenses=defense, extras=extras,
-                    metrics={("none", "utility.accuracy"): 0.9, ("inversion-optim", "inversion.rouge1"): rouge})
+                    metrics={("none", "utility.accuracy"): 0.9, ("inversion-optim", "inversion.recovered"): rouge})
 
 
 # (undefended, defended) ROUGE-1 per seed, 5 seeds; the failure level is 0 unless a floor is stored.
@@ -79,14 +79,14 @@ def test_not_applicable_is_measured_against_the_stored_floor(oracle, oracle_rows
     assert "failure level" in cell.reason and cell.comparison == "not measurable"
     # Without the floor the same runs would count as a working attack (ROUGE 0.6 above the declared 0).
     blind = {c.method: c for c in table4.build(leaderboard.build(oracle_rows))}["prompt-tuning"]
-    assert blind.failure_level == spec_of("inversion.rouge1").chance == 0.0
+    assert blind.failure_level == spec_of("inversion.recovered").chance == 0.0
     assert blind.verdict == "no effect"
 
 
 def test_floors_read_extra_as_dict_or_json_text():
     rows = inversion_run("lora", "none", 3, 0.7, floor=0.4)
     found = table4.floors(rows)
-    key = ("h-t4[method=lora,defenses=none,attacks=inversion-optim]", 3, "inversion-optim", "inversion.rouge1")
+    key = ("h-t4[method=lora,defenses=none,attacks=inversion-optim]", 3, "inversion-optim", "inversion.recovered")
     assert found == {key: 0.4}
     import json
 

@@ -78,7 +78,7 @@ def table_html(table_id: str, header: list[str], rows: list[list[str]], columns:
 
 
 LEADERBOARD_VIEW = ["scenario", "seed", "tier", "method", "defenses", "attacks", "status", "utility", "utility_metric",
-                    "mia_attack", "mia.auc", "mia.tpr@0.01", "inversion_attack", "inversion.rouge1", "inversion.exact",
+                    "mia_attack", "mia.auc", "mia.tpr@0.01", "inversion_attack", "inversion.recovered", "inversion.rouge1", "inversion.exact",
                     "poison_attack", "poison.asr", "dp.epsilon", "cost.wall_s", "cost.bytes_up", "cost.expansion"]
 
 

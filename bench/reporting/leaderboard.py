@@ -3,7 +3,7 @@
 Columns are fixed (``COLUMNS``, versioned by ``LEADERBOARD_SCHEMA``) so that downstream readers and
 tests can rely on them whatever attacks a grid uses. Per attack family (``mia``, ``inversion``,
 ``poison``; Byzantine attacks count as ``poison``) the row carries the metrics of the family's
-*strongest* attack in that run (highest headline metric: ``mia.auc``, ``inversion.rouge1``,
+*strongest* attack in that run (highest headline metric: ``mia.auc``, ``inversion.recovered``,
 ``poison.asr``, ``extraction.rate``, above the level the attack reaches when it fails: its stored ``floor``,
 else the metric's chance level) and names it in ``<family>_attack``: a defender must beat the best attack, not the
 average one. ``utility`` is the task's headline utility (``utility_metric`` says which). Missing
@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.api.metrics import spec_of
 from bench.api.vocabulary import UTILITY_HEADLINE, JsonObject, JsonValue
 
-LEADERBOARD_SCHEMA = 6
+LEADERBOARD_SCHEMA = 7
 
 IDENTITY = ["leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses",
             "attacks", "status", "error"]
@@ -30,12 +30,12 @@ UTILITY = ["utility", "utility_metric", "utility_base", "utility_curve", "utilit
 FAMILY_METRICS = {
     "mia": ["mia.auc", "mia.auc_ci_low", "mia.auc_ci_high", "mia.tpr@0.01", "mia.tpr@0.001", "mia.balanced_acc",
             "mia.exposure"],
-    "inversion": ["inversion.rouge1", "inversion.rouge2", "inversion.exact", "inversion.token_f1"],
+    "inversion": ["inversion.recovered", "inversion.rouge1", "inversion.rouge2", "inversion.exact", "inversion.token_f1"],
     "poison": ["poison.asr", "poison.asr_ci_low", "poison.asr_ci_high", "poison.utility_drop"],
     "extraction": ["extraction.rate", "extraction.rate_ci_low", "extraction.rate_ci_high", "extraction.base_rate",
                    "extraction.nonmember_rate"],
 }
-FAMILY_HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "poison": "poison.asr",
+FAMILY_HEADLINE = {"mia": "mia.auc", "inversion": "inversion.recovered", "poison": "poison.asr",
                    "extraction": "extraction.rate"}
 PRIVACY = ["dp.epsilon", "dp.delta", "dp.epsilon_lower", "privacy.egress_records", "privacy.egress_pii_fraction",
            "privacy.residual_pii_fraction"]

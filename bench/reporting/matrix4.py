@@ -208,9 +208,13 @@ def rule_markdown() -> str:
     level = round(100 * (1 - verdict.ALPHA))
     return f"""\
 Advantage = the attack's headline metric − its failure level: the `floor` its metric row stored
-(e.g. the ROUGE-1 of guessing another record) when the run measured one, else the metric's declared
-chance level (`bench/api/metrics.py`: AUC 0.5, ROUGE-1 0, ASR 0); Byzantine without a stored floor:
-the error rate of the same run without attackers. Change = advantage with − without the defense,
+(e.g. the base model's extraction rate) when the run measured one, else the metric's declared
+chance level (`bench/api/metrics.py`: AUC 0.5, rates 0); Byzantine without a stored floor:
+the error rate of the same run without attackers. Gradient inversion's headline, `inversion.recovered`,
+is the fraction of the batch's records reconstructed better (token ROUGE-1) than the best guess without
+the update for that record (any held-out record, or the bare template), so its failure level is 0 and
+a half-recovered batch reads 0.5 (a batch-mean ROUGE-1 against the guessing floor read it as a failure).
+Change = advantage with − without the defense,
 paired by seed; its {level}% interval is the paired t-interval mean ± t({1 - verdict.ALPHA / 2:g}, n − 1)·sd/√n
 (t = {t3:.2f} at 3 seeds, {t5:.2f} at 5). Mitigation threshold m = {verdict.MITIGATION:g} × the undefended
 advantage (the defense removes at least {verdict.MITIGATION:.0%} of it).

@@ -31,7 +31,7 @@ def load_rows(path: str | Path) -> list[JsonObject]:
     return rows
 
 
-HEADLINE_COLUMNS = ["utility", "mia.auc", "inversion.rouge1", "poison.asr", "dp.epsilon", "cost.wall_s"]
+HEADLINE_COLUMNS = ["utility", "mia.auc", "inversion.recovered", "poison.asr", "dp.epsilon", "cost.wall_s"]
 
 
 def _cell(value: JsonValue) -> str:

@@ -59,7 +59,7 @@ MIN_ADVANTAGE = rule.MIN_ADVANTAGE
 ROLES = ("mia", "inversion", "backdoor", "byzantine", "extraction")
 ROLE_TITLES = {"mia": "membership inference", "inversion": "gradient inversion", "backdoor": "backdoor",
                "byzantine": "Byzantine", "extraction": "extraction"}
-HEADLINE = {"mia": "mia.auc", "inversion": "inversion.rouge1", "backdoor": "poison.asr", "byzantine": "poison.asr",
+HEADLINE = {"mia": "mia.auc", "inversion": "inversion.recovered", "backdoor": "poison.asr", "byzantine": "poison.asr",
             "extraction": "extraction.rate"}
 ATTACK_COLUMN = {"mia": "mia_attack", "inversion": "inversion_attack", "backdoor": "poison_attack",
                  "byzantine": "poison_attack", "extraction": "extraction_attack"}

@@ -19,7 +19,9 @@ reconstructions both count 0, so guessing more sequences than the batch held can
 ``inversion.exact`` is therefore the fraction of true sequences recovered token for token (when the
 attack returns at most as many sequences as the batch held). Slots are pooled over every attacked
 batch. ``inversion.token_f1`` is the bag-of-tokens (multiset) F1 of all reconstructed versus all true
-tokens of a batch, averaged over batches.
+tokens of a batch, averaged over batches. ``inversion.recovered`` (Table 4's inversion headline) is the
+fraction of true sequences reconstructed better than any guess without the update could do for that
+sequence (``recovered_values``).
 
 Key convention: client ``AGGREGATE_CLIENT`` (-1) means "the whole round": an attack on the aggregate
 update is compared with the union of every client's batch in that round.
@@ -52,6 +54,8 @@ if TYPE_CHECKING:  # rouge-score loads when a text is first scored
 
 T = TypeVar("T")
 """A reconstructed or true item (a text, a token sequence)."""
+U = TypeVar("U")
+"""A true item as the similarity reads it (the item itself, or its index)."""
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -106,7 +110,7 @@ def _text_scorer(variant: str) -> RougeScorer:
 
 # --- matching -------------------------------------------------------------------------------------
 def matched_slots(
-    reconstructed: Sequence[T], truth: Sequence[T], similarity: Callable[[T, T], float]
+    reconstructed: Sequence[T], truth: Sequence[U], similarity: Callable[[T, U], float]
 ) -> list[float]:
     """Similarity of each slot under the optimal one-to-one matching; ``max(n, m)`` slots."""
     slots = max(len(reconstructed), len(truth))
@@ -166,7 +170,11 @@ def score_reconstruction(prediction: Reconstruction, truth: GroundTruth) -> list
     pairs = [(recon, [list(t) for t in true]) for recon, true in pairs if true is not None]
     values = slot_values(pairs, prediction.decode)
     floors = floor_values(pairs, truth.held_out, prediction.decode)
-    return [_metric(name, slots, floors.get(name)) for name, slots in values.items()]
+    metrics = [_metric(name, slots, floors.get(name)) for name, slots in values.items()]
+    recovered = recovered_values(pairs, truth.held_out)
+    if recovered is not None:
+        metrics.append(_metric(RECOVERED, *recovered))
+    return metrics
 
 
 def slot_values(pairs: list[tuple[list[Tokens], list[Tokens]]], decode: Callable[[Tokens], str] | None) -> dict[str, list[float]]:
@@ -214,11 +222,52 @@ def floor_values(pairs: list[tuple[list[Tokens], list[Tokens]]], held_out: Seque
     return {name: max(draws_mean[name], _mean(templated[name])) for name in draws_mean}
 
 
+# --- records recovered beyond guessing: Table 4's inversion headline --------------------------------
+RECOVERED = "inversion.recovered"
+"""Fraction of the true sequences whose reconstruction beats, in token ROUGE-1, every guess an attacker
+without the update could make for that very sequence: each held-out record of the task (test records no
+client trained on, the floor's pool) and the bare template (``_consensus``). Taking the best guess *for
+that sequence*, which no attacker could pick without the truth, makes the rule conservative and its
+failure level 0 by construction. Why a per-record count rather than the batch's mean ROUGE-1 against the mean
+floor: an attack that recovers one note of two verbatim and returns nothing for the other scores a mean
+ROUGE-1 of 0.50, below the 0.57 of guessing the template for both, so a mean-based verdict reads a
+defense that lets half the batch through as one that stops the attack (dp-central against DAGER,
+issue 15). Counted per record, that batch is half recovered. Slots are ``max(n, m)`` as for the other
+sequence metrics (surplus reconstructions count 0), under the matching that recovers the most records."""
+
+
+def recovered_values(pairs: list[tuple[list[Tokens], list[Tokens]]], held_out: Sequence[Tokens]) -> tuple[list[float], float] | None:
+    """Per slot, 1 when the matched reconstruction beats its true sequence's best guess, with the metric's
+    failure level, 0 by construction: no guess can beat the best of all guesses. None without held-out
+    records (no guesses to beat)."""
+    held = [list(h) for h in held_out if len(h)]
+    if not held or not pairs:
+        return None
+    guesses = [*held, _consensus(_medoid(held), held)]
+    slots: list[float] = []
+    for recon, true in pairs:
+        best = [max(rouge_n(g, t, 1) for g in guesses) for t in true]
+        slots += matched_slots(recon, list(range(len(true))), _beats_best_guess(true, best))
+    return slots, 0.0
+
+
 def _medoid(records: list[list[int]]) -> list[int]:
     if len(records) == 1:
         return records[0]
     totals = [sum(rouge_n(a, b, 1) for j, b in enumerate(records) if j != i) for i, a in enumerate(records)]
     return records[max(range(len(records)), key=totals.__getitem__)]
+
+
+def _consensus(template: list[int], held: list[list[int]]) -> list[int]:
+    """The template's tokens that at least half the held-out records contain, in the template's order: the
+    bare template. It outscores any whole record in ROUGE-1 F1 against a templated note (a record's own
+    private tokens cost it precision), so without it a reconstruction of the template alone would count."""
+    shared = Counter(t for record in held for t in set(record))
+    return [t for t in template if 2 * shared[t] >= len(held)]
+
+
+def _beats_best_guess(true: list[Tokens], best: list[float]) -> Callable[[Tokens, int], float]:
+    return lambda candidate, i: float(rouge_n(candidate, true[i], 1) > best[i] + 1e-9)
 
 
 def _mean(values: list[float]) -> float:
