@@ -121,3 +121,21 @@ def test_fedsgd_and_fedavg_runs_share_the_papers_row_of_a_method(tmp_path):
     matrix = (tmp_path / "out" / "table4.md").read_text()
     assert "via fedsgd" not in matrix
     assert [line for line in matrix.splitlines() if line.startswith("| fft |")] == ["| fft | ✓ ✓ │ A |"]
+
+
+def test_the_missing_cell_list_crosses_a_protocol_only_with_the_defenses_run_on_it():
+    # kd ran dp-logits, the parameter-sharing rows dp-local: neither is a gap of the other's rows
+    from bench.reporting import table4
+
+    board = leaderboard.build(_grid())
+    notes = table4.missing(board, table4.build(board, paper=paper4.annotate))
+    assert not [n for n in notes if "via kd" in n and "dp-local" in n], notes
+    assert not [n for n in notes if "via kd" not in n and "dp-logits" in n], notes
+    # a real gap inside one protocol is still named: a second method ran kd without its defense
+    extra = run_rows("p[protocol=kd,method=lora,defenses=none,attacks=mia-kd-logits]", 0, method="lora", defenses="none",
+                     metrics={("none", "utility.accuracy"): 0.6, ("mia-kd-logits", "mia.auc"): 0.9})
+    extra[0]["extra"]["protocol"] = "kd"
+    board = leaderboard.build(_grid() + extra)
+    notes = table4.missing(board, table4.build(board, paper=paper4.annotate))
+    assert [n for n in notes if "lora via kd" in n] == ["no run of open-weight / lora via kd / defense dp-logits with a "
+                                                         "membership inference attack"], notes

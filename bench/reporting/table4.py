@@ -364,13 +364,16 @@ def missing(board: list[JsonObject], cells: list[Cell], limit: int = 20) -> list
     if not runs:
         return ["no run has a membership, inversion, backdoor, Byzantine or extraction attack, so there is no Table 4 "
                 "cell"]
-    spans: dict[tuple[str, str], tuple[set[tuple[str, str]], set[str]]] = {}
+    # A protocol's rows are crossed only with the defenses run on that protocol: a kd or split grid does not
+    # run the parameter channel's defenses (and cannot: no weights reach the server), so their absence is no gap.
+    # (FedAvg and FedSGD runs already share one protocol label here: ``protocol_of``.)
+    spans: dict[tuple[str, str, str], tuple[set[tuple[str, str]], set[str]]] = {}
     for tier, method, protocol, defense, role in runs:
-        methods, defenses = spans.setdefault((tier, role), (set(), {"none"}))
+        methods, defenses = spans.setdefault((tier, role, protocol), (set(), {"none"}))
         methods.add((method, protocol))
         defenses.add(defense)
     notes = []
-    for (tier, role), (methods, defenses) in sorted(spans.items()):
+    for (tier, role, _), (methods, defenses) in sorted(spans.items()):
         if defenses == {"none"}:
             notes.append(f"{tier}, {ROLE_TITLES[role]}: runs without a defense only; a cell compares a defended run "
                          "with the same scenario without it")
