@@ -12,7 +12,7 @@ import pytest
 from report_helpers import run_rows
 
 from bench.api.errors import UserError
-from bench.reporting import leaderboard, paper4, resists, table4
+from bench.reporting import html, leaderboard, paper4, resists, table4
 from bench.reporting.report import scenario_curves, write_table4_csv, write_table4_markdown
 from bench.spec.scenario import Resists, check, load
 
@@ -96,6 +96,9 @@ def test_reports_name_the_curve_count_and_symbol(rows, tmp_path):
     with (tmp_path / "table4.csv").open() as handle:
         lora = next(r for r in csv.DictReader(handle) if r["method"] == "lora")
     assert (lora["verdict"], lora["curve"]) == ("resists", curve.curve)
+    page = html.render(tmp_path)   # the page shows the same section, after the matrix
+    assert page.index('id="table4-matrix"') < page.index('id="table4-curves"')
+    assert "1 of them backed by a curve" in page and "why: rank 8 &lt; 46 layer inputs" in page
 
 
 SCENARIO = """\

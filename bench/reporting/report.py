@@ -194,7 +194,7 @@ def write_table4_markdown(cells: list[table4.Cell], path: Path, title: str = "Ta
     else:
         dicts = table4.as_dicts(cells)
         body = (f"## The matrix\n\n{matrix4.matrix_markdown(dicts)}\nComparison with the paper: {summary}.\n\n"
-                f"## Cells backed by a curve\n\n{resists.summary_markdown(cells, curves or [])}\n"
+                f"## {resists.SECTION}\n\n{resists.summary_markdown(cells, curves or [])}\n"
                 f"## Minimum detectable effect per column\n\n{matrix4.mde_markdown(dicts)}\n"
                 f"## Verdict rule and thresholds\n\n{matrix4.rule_markdown()}\n")
         body += f"Missing from this grid:\n\n{gaps}\n" if gaps else ""

@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # named in annotations only: the report loads scenarios lazil
     from bench.spec.scenario import Resists
 
 VERDICT = "resists"
+SECTION = "Cells backed by a curve"
+"""The heading of ``table4.md``'s section (``summary_markdown``), which the page (``bench.reporting.html``) shows."""
 NOT_APPLICABLE = "not applicable"
 REPO_ROOT = Path(__file__).absolute().parent.parent.parent
 """Curve paths are shown relative to this folder (the repository root) in the reports."""
