@@ -2,8 +2,12 @@
 print, per client step, the Bradley-Terry margin and whether the pair's chosen and rejected inputs are
 identical after truncation, then what DAGER sees (update norm, span ranks) and returns.
 
-Usage (from the repository root): OMP_NUM_THREADS=1 python results/studies/inversion-curves/diag_rlhf.py RANK BATCH SEED [SEED ...]
-e.g. ``128 1 0 1`` (the README's figures: seed 1's attacked update is 0.0; seed 0 reads one sequence of 24 tokens).
+Usage (from the repository root; PYTHONPATH=. so that this checkout is imported):
+PYTHONPATH=. OMP_NUM_THREADS=1 python results/studies/inversion-curves/diag_rlhf.py FILE RANK BATCH SEED [SEED ...]
+runs the RLHF cell of scenario FILE with that LoRA rank and batch size and no defense, e.g.
+``scenarios/studies/inversion-curves-pipelines.yaml 128 1 0 1`` (the README's figures: seed 1's attacked
+update is 0.0; seed 0 reads one sequence of 24 tokens) or ``scenarios/table4-inversion.yaml 8 2 0 1 2 3 4``
+(Table 4's own RLHF cell).
 """
 
 from __future__ import annotations
@@ -40,10 +44,12 @@ def invert(self, view, target, rng):
     return found
 
 
-def main(rank: int, batch: int, seeds: list[int]) -> None:
+def main(file: str, rank: int, batch: int, seeds: list[int]) -> None:
     rlhf.Rlhf.reward_margins, dager.Dager._search, dager.Dager.invert = margins, search, invert
-    for scenario in load("scenarios/studies/inversion-curves-pipelines.yaml"):
-        if (scenario.method.name, scenario.method.params.get("rank"), scenario.federation.batch_size) != ("rlhf", rank, batch):
+    for scenario in load(file):
+        if scenario.method.name != "rlhf" or scenario.defenses:
+            continue
+        if (scenario.method.config.rank, scenario.federation.batch_size) != (rank, batch):
             continue
         for seed in seeds:
             print(f"seed {seed}")
@@ -53,4 +59,4 @@ def main(rank: int, batch: int, seeds: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), [int(s) for s in sys.argv[3:]])
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), [int(s) for s in sys.argv[4:]])
