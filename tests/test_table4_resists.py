@@ -83,6 +83,18 @@ def test_an_applicable_cell_is_untouched(rows, tmp_path):
     assert before == after
 
 
+def test_a_cell_whose_attack_cannot_run_is_not_backed(tmp_path):
+    # "not applicable" because the attack never ran without the defense: a curve says nothing about it
+    rows = []
+    for seed in range(3):
+        rows += run_rows("t4[method=lora,defenses=none,attacks=inversion-dager]", seed, status="incompatible",
+                         error="refused")
+        rows += inversion_run("lora", "secagg", seed, 0.0)
+    curve = backing(tmp_path, [("lora", 0.95, 0.55)])
+    cell = cells_with(rows, [curve])["lora"]
+    assert (cell.verdict, cell.advantage_without, cell.curve) == ("not applicable", None, "")
+
+
 def test_reports_name_the_curve_count_and_symbol(rows, tmp_path):
     curve = backing(tmp_path, [("lora", 0.95, 0.55)])
     cells = list(cells_with(rows, [curve]).values())
