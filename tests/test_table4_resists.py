@@ -180,3 +180,15 @@ def test_the_cli_exits_2_on_an_unknown_key(tmp_path, capsys):
                                    "why: w, rank: 8}")
     assert main(["validate", str(path)]) == 2
     assert "resists[0].rank" in capsys.readouterr().err
+
+
+def test_resists_is_not_part_of_a_runs_identity(tmp_path):
+    # declaring a curve must not orphan the stored runs of the grid it annotates
+    write_curve(tmp_path / "c.csv", [("lora", 0.9, 0.5)])
+    (declared,) = load(scenario_file(tmp_path, "{method: lora, attack: inversion-dager, curve: c.csv, "
+                                               "metric: inversion.rouge1, why: w}"))
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(SCENARIO.split("resists:")[0])
+    (plain,) = load(bare)
+    assert declared.resists and not plain.resists
+    assert (declared.hash, declared.training_key) == (plain.hash, plain.training_key)
