@@ -188,7 +188,7 @@ def test_resists_is_not_part_of_a_runs_identity(tmp_path):
     (declared,) = load(scenario_file(tmp_path, "{method: lora, attack: inversion-dager, curve: c.csv, "
                                                "metric: inversion.rouge1, why: w}"))
     bare = tmp_path / "bare.yaml"
-    bare.write_text(SCENARIO.split("resists:")[0])
+    bare.write_text(SCENARIO.split("resists:")[0].format())
     (plain,) = load(bare)
     assert declared.resists and not plain.resists
     assert (declared.hash, declared.training_key) == (plain.hash, plain.training_key)
