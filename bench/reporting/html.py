@@ -118,6 +118,22 @@ def missing_html(out: Path) -> str:
     return f'<p>Missing from this grid:</p><ul id="table4-missing">{items}</ul>'
 
 
+def curves_html(out: Path) -> str:
+    """``table4.md``'s section on cells backed by a published curve (``bench.reporting.resists``): its count
+    and one item per declared curve; empty when the file has no such section."""
+    from bench.reporting.resists import SECTION
+
+    path = out / "table4.md"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    head = f"## {SECTION}\n"
+    if head not in text:
+        return ""
+    lines = [line for line in text.split(head, 1)[1].split("\n## ", 1)[0].splitlines() if line.strip()]
+    intro = " ".join(line for line in lines if not line.startswith("- "))
+    items = "".join(f"<li>{html.escape(line[2:])}</li>" for line in lines if line.startswith("- "))
+    return f'<p>{html.escape(intro)}</p><ul id="table4-curves">{items}</ul>'
+
+
 def matrix_section(header: list[str], rows: list[list[str]]) -> str:
     """Table 4 as the paper prints it, then each column's minimum detectable effect (from table4.csv)."""
     from bench.reporting import matrix4
@@ -148,6 +164,7 @@ def render(out: Path) -> str:
 (<a href="table4.md">markdown</a>) and <a href="table1.csv">table1.csv</a>. Click a column header to sort.</p>
 <h2>Table 4 (method × defense × attack)</h2>
 {matrix_section(*t4)}
+{curves_html(out)}
 {missing_html(out)}
 <h2>Figures</h2>
 {figures_html(out)}

@@ -21,7 +21,7 @@ from bench.api.vocabulary import JsonValue
 from bench.reporting import paper4, table4, verdict
 
 SYMBOL = {"mitigates": "✓", "partial": "◐", "no effect": "✗", "inconclusive": "?", "not applicable": "–",
-          "incompatible": "⊘", "failed": "!"}
+          "resists": "⊥", "incompatible": "⊘", "failed": "!"}
 MISSING = "·"  # no run of this role for the (method, defense)
 ROLE_LETTER = {"mia": "M", "inversion": "I", "backdoor": "B", "byzantine": "Z"}
 
@@ -221,6 +221,9 @@ advantage (the defense removes at least {verdict.MITIGATION:.0%} of it).
 
 - **not applicable** (–): the undefended advantage is below {verdict.MIN_ADVANTAGE:g}, or its own {level}%
   interval reaches the failure level, or the attack cannot run without the defense;
+- **resists** (⊥): not applicable, and a published curve (the scenario file's `resists:`) shows the same
+  attack beating its floor by at least {verdict.MIN_ADVANTAGE:g} on this method at another setting (a larger
+  rank, a smaller batch): the method resists the attack at the grid's setting, not every attack everywhere;
 - **mitigates** (✓): the change's interval lies below 0 and the mean change reaches −m;
 - **partial** (◐): the interval lies below 0 and the mean change reaches −{verdict.PARTIAL:g} × the undefended
   advantage, not −m;

@@ -9,7 +9,8 @@ not rows of that table; the paper argues that there the client's data reaches th
 mark them "provider sees the data" and expect no client-side defense to stop ``mia-provider``.
 
 Comparison rule (per cell, ``compare``):
-- our verdict is ``not applicable`` or ``failed`` -> **not measurable** (the reason is ours);
+- our verdict is ``not applicable``, ``resists`` or ``failed`` -> **not measurable** (the reason is ours;
+  a curve-backed zero says where the attack stops working, not whether the defense helps);
 - our verdict is ``incompatible`` (the runner refused the cell before training) -> **not measurable**,
   whatever the mark: a refusal is one of this bench's own rules applied to this grid (Krum's n >= 2f + 3
   at 4 clients per round, a trimmed mean that would trim nobody, a closed tier with no client-side
@@ -102,7 +103,7 @@ def compare(cell: Cell) -> tuple[str, str]:
     """(agree | disagree | not measurable, note) for a measured cell."""
     mark, _ = paper_mark(cell.method, family(cell))
     target = cell.role in TARGETS.get(family(cell), set())
-    if cell.verdict in ("not applicable", "failed"):
+    if cell.verdict in ("not applicable", "resists", "failed"):
         return "not measurable", cell.reason
     if cell.verdict == "incompatible":
         return "not measurable", f"refused before training, a rule of this grid rather than a measurement: {cell.reason}"

@@ -14,10 +14,14 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.api.errors import UserError
 from bench.api.vocabulary import JsonObject, JsonValue, RunStatus
-from bench.reporting import leaderboard, paper4, table4
+from bench.reporting import leaderboard, paper4, resists, table4
+
+if TYPE_CHECKING:  # named in annotations only: scenarios load lazily
+    from bench.spec.scenario import Scenario
 
 
 def load_rows(path: str | Path) -> list[JsonObject]:
@@ -92,14 +96,24 @@ def _current(rows: list[JsonObject], attacks: dict[str, list[str]], notes: list[
     return rows
 
 
-def scenario_attacks(paths: list[str | Path]) -> dict[str, list[str]]:
-    """scenario_hash -> attack names, for every scenario in ``paths`` (missing files are skipped)."""
+def load_scenarios(paths: list[str | Path]) -> list[Scenario]:
+    """Every scenario in ``paths`` (missing files are skipped)."""
     existing = [p for p in paths if Path(p).exists()]
     if not existing:
-        return {}
+        return []
     from bench.spec.scenario import load_many  # loads the component registry: only when asked to
 
-    return {s.hash: [a.name for a in s.attacks] for s in load_many(existing)}
+    return load_many(existing)
+
+
+def scenario_attacks(paths: list[str | Path]) -> dict[str, list[str]]:
+    """scenario_hash -> attack names, for every scenario in ``paths`` (missing files are skipped)."""
+    return {s.hash: [a.name for a in s.attacks] for s in load_scenarios(paths)}
+
+
+def scenario_curves(scenarios: list[Scenario]) -> list[resists.Backing]:
+    """The curves the scenarios' ``resists:`` entries declare, read (``bench.reporting.resists``)."""
+    return resists.backings([(entry, s.file, f"resists[{i}]") for s in scenarios for i, entry in enumerate(s.resists)])
 
 
 # --- Table 4 files ---------------------------------------------------------------------------------
@@ -125,7 +139,7 @@ COMPARISON_MARK = {"agree": "agree", "disagree": "**disagree**", "not measurable
 
 def cell_text(cell: table4.Cell) -> str:
     """``0.71->0.52 partial (du -0.03, x1.4) agree`` for one cell of the markdown table."""
-    if cell.verdict in ("incompatible", "failed", "not applicable") and cell.success_with is None:
+    if cell.verdict in ("incompatible", "failed", "not applicable", "resists") and cell.success_with is None:
         return f"{cell.verdict} · {COMPARISON_MARK.get(cell.comparison, cell.comparison)}"
     moved = f"{_fmt(cell.success_without, 2)}→{_fmt(cell.success_with, 2)}"
     extras = [f"Δ {cell.change:+.2f} [{cell.change_low:+.2f}, {cell.change_high:+.2f}]"] \
@@ -166,7 +180,7 @@ and at the closed tiers the fraction of the members' PII in the provider's log (
 
 
 def write_table4_markdown(cells: list[table4.Cell], path: Path, title: str = "Table 4, measured",
-                          missing: list[str] | None = None) -> Path:
+                          missing: list[str] | None = None, curves: list[resists.Backing] | None = None) -> Path:
     from bench.reporting import matrix4
     from bench.store.outfiles import atomic_write as _atomic_write
 
@@ -180,6 +194,7 @@ def write_table4_markdown(cells: list[table4.Cell], path: Path, title: str = "Ta
     else:
         dicts = table4.as_dicts(cells)
         body = (f"## The matrix\n\n{matrix4.matrix_markdown(dicts)}\nComparison with the paper: {summary}.\n\n"
+                f"## {resists.SECTION}\n\n{resists.summary_markdown(cells, curves or [])}\n"
                 f"## Minimum detectable effect per column\n\n{matrix4.mde_markdown(dicts)}\n"
                 f"## Verdict rule and thresholds\n\n{matrix4.rule_markdown()}\n")
         body += f"Missing from this grid:\n\n{gaps}\n" if gaps else ""
@@ -225,15 +240,19 @@ def write_reports(runs: str | Path, out: str | Path, scenario_paths: list[str | 
     notes: list[str] = []
     rows = load_rows(runs)
     out.mkdir(parents=True, exist_ok=True)
-    attacks = scenario_attacks(scenario_paths or [])
+    scenarios = load_scenarios(scenario_paths or [])
+    attacks = {s.hash: [a.name for a in s.attacks] for s in scenarios}
+    curves = scenario_curves(scenarios)
     rows = _current(rows, attacks, notes)
     board = leaderboard.build(rows, attacks)
     leaderboard.write_csv(board, out / "leaderboard.csv")
-    cells = table4.build(board, paper=paper4.annotate, stored=table4.floors(rows))
+    cells = table4.build(board, paper=paper4.annotate, stored=table4.floors(rows), curves=curves)
     gaps = table4.missing(board, cells)
     notes += [f"table4: {line}" for line in gaps]
+    notes += [f"table4: resists: {b.method} x {b.attack}: the curve {b.curve} does not back it ({b.describe()})"
+              for b in curves if not b.backed]
     write_table4_csv(cells, out / "table4.csv")
-    write_table4_markdown(cells, out / "table4.md", missing=gaps)
+    write_table4_markdown(cells, out / "table4.md", missing=gaps, curves=curves)
     copy_table1(runs_dir(runs), out, notes)
     if figures:
         from bench.reporting import figures as figs

@@ -19,6 +19,8 @@ its 95% t-interval over seeds: ``mitigates``, ``partial``, ``no effect``, ``inco
 applicable``; before that, from run status: ``incompatible`` (the defended run could not be set up,
 the reason is the runner's), ``failed`` (a run failed at run time), ``not applicable`` (the attack
 does not run without the defense). Each cell also carries its minimum detectable effect.
+A "not applicable" cell whose (method, attack) a published curve backs reads ``resists`` instead
+(``bench.reporting.resists``: the scenario file's ``resists:`` entries; the curve names it in ``curve``).
 
 Columns of the interval (``table4.csv``): ``failure_level`` (mean over the undefended runs),
 ``change`` = mean paired change of the advantage (with - without), ``change_low``/``change_high`` its
@@ -52,8 +54,10 @@ from dataclasses import asdict, dataclass, fields
 
 from bench.api.metrics import spec_of
 from bench.api.vocabulary import DefenseFamily, JsonObject, RunStatus
+from bench.reporting import resists
 from bench.reporting import verdict as rule
 from bench.reporting.leaderboard import DEFAULT_PROTOCOL, PARAMETER_SHARING, parse_families, row_extra
+from bench.reporting.resists import Backing
 
 MIN_ADVANTAGE = rule.MIN_ADVANTAGE
 ROLES = ("mia", "inversion", "backdoor", "byzantine", "extraction")
@@ -141,10 +145,14 @@ class Cell:
     """The family the defense declared (``Defense.family``; ``+``-joined for a combination): what the
     paper's column compares it as (``bench.reporting.paper4``)."""
     protocol: str = "fedavg"
+    curve: str = ""
+    """A *resists* cell: the published curve that backs it (``bench.reporting.resists``); else empty."""
 
 
 TABLE4_COLUMNS = [f.name for f in fields(Cell)]
-VERDICTS = ("mitigates", "partial", "no effect", "inconclusive", "incompatible", "not applicable", "failed")
+VERDICTS = ("mitigates", "partial", "no effect", "inconclusive", "incompatible", "not applicable", "resists", "failed")
+"""``resists``: not applicable, and a published curve shows the attack working at another setting
+(``bench.reporting.resists``)."""
 EFFECT_VERDICTS = ("mitigates", "partial", "no effect", "inconclusive")  # decided by the interval
 
 
@@ -314,9 +322,11 @@ def _pairs(defended: list[dict], baseline: list[dict]) -> list[tuple[dict, dict]
     return [(by_seed[int(d["seed"])], d) for d in defended if int(d["seed"]) in by_seed]
 
 
-def build(board: list[JsonObject], paper: Callable[[Cell], None] | None = None, stored: Floors | None = None) -> list[Cell]:
+def build(board: list[JsonObject], paper: Callable[[Cell], None] | None = None, stored: Floors | None = None,
+          curves: Sequence[Backing] = ()) -> list[Cell]:
     """Table 4 cells from leaderboard rows; ``paper(cell)`` fills the paper's columns when given;
-    ``stored`` holds the failure levels the runs measured (``floors(rows)`` of the tidy rows)."""
+    ``stored`` holds the failure levels the runs measured (``floors(rows)`` of the tidy rows); ``curves``
+    the published curves that turn a "not applicable" cell into *resists* (``bench.reporting.resists``)."""
     runs, clean = _index(board)
     cells = []
     for key in sorted(runs, key=_order):
@@ -324,6 +334,7 @@ def build(board: list[JsonObject], paper: Callable[[Cell], None] | None = None, 
         if defense == "none":
             continue
         cell = make_cell(key, runs[key], runs.get((tier, method, protocol, "none", role), []), clean, stored)
+        resists.apply(cell, curves)
         if paper is not None:
             paper(cell)
         cells.append(cell)
@@ -382,5 +393,5 @@ def missing(board: list[JsonObject], cells: list[Cell], limit: int = 20) -> list
                   sorted(gaps, key=_order)]
     most = max((c.seeds for c in cells), default=0)
     notes += [f"{c.tier} / {row_label(c.method, c.protocol)} / {c.defense} ({ROLE_TITLES[c.role]}): {c.seeds} paired seeds of {most}"
-              for c in cells if c.seeds < most and c.verdict not in ("incompatible", "not applicable")]
+              for c in cells if c.seeds < most and c.verdict not in ("incompatible", "not applicable", "resists")]
     return notes if len(notes) <= limit else notes[:limit] + [f"... and {len(notes) - limit} more"]

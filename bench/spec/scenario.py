@@ -154,6 +154,26 @@ class Federation:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Resists:
+    """A published curve behind Table 4's "not applicable" cells of one (method, attack): the attack succeeds
+    somewhere on the curve (a larger rank, a smaller batch) and fails at the grid's setting, so the cells read
+    *resists* rather than an unexplained zero (issue 15). The report reads the curve; nothing here trains."""
+
+    method: str = doc("The method (a Table 4 row) the curve backs, a registered method name.")
+    attack: str = doc("The attack the curve measures (the cell's attack), a registered attack name.")
+    curve: str = doc("The curve: a CSV file, relative to the scenario file's folder, with a `method` column, the "
+                     "metric's column and its `<metric>.floor` column (one row per run).", path="file")
+    metric: str = doc("The curve's headline column (e.g. inversion.rouge1); `<metric>.floor` is each row's failure "
+                      "level, and a row where the metric beats it by at least 0.05 shows the attack working.")
+    why: str = doc("One line: why the grid's setting lies on the curve's failing side.")
+
+    def __post_init__(self) -> None:
+        for name in ("method", "attack", "curve", "metric", "why"):
+            if not getattr(self, name).strip():
+                raise FieldError(name, f"{name} must be a non-empty string")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ScenarioSpec:
     """The top level of a scenario file: every key, its type and what it means."""
 
@@ -176,6 +196,9 @@ class ScenarioSpec:
     seeds: int | tuple[int, ...] = doc(f"A count N (seeds 0..N-1, 1..{MAX_SEEDS}) or a list of distinct seeds in "
                                        f"0..{MAX_SEED} (at most {MAX_SEEDS}).", 1)
     device: str = doc("'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'.", "auto")
+    resists: tuple[Resists, ...] = doc("Published curves that back Table 4's \"not applicable\" cells of a (method, "
+                                       "attack) as *resists* (each {method, attack, curve, metric, why}); read by the "
+                                       "report only, not part of a run's identity.", ())
 
     def __post_init__(self) -> None:
         if isinstance(self.seeds, int):
@@ -227,6 +250,8 @@ class Scenario:
     device: str
     description: str = ""
     raw: JsonObject | None = None
+    resists: tuple[Resists, ...] = ()
+    """Curves backing Table 4 cells (``Resists``; curve paths resolved), read by the report only."""
 
     @property
     def hash(self) -> str:
@@ -749,7 +774,16 @@ def build(entry: JsonObject, name: str, file: str) -> Scenario:
         device=spec.device,
         description=spec.description,
         raw=entry,
+        resists=tuple(_resists(spec.resists, file)),
     )
+
+
+def _resists(entries: tuple[Resists, ...], file: str) -> list[Resists]:
+    """Each ``resists`` entry with its names checked against the registries and its curve path resolved."""
+    for i, entry in enumerate(entries):
+        METHODS.get(entry.method, file=file, key=f"resists[{i}].method")
+        ATTACKS.get(entry.attack, file=file, key=f"resists[{i}].attack")
+    return [_resolve_paths(entry, file, "resists") for entry in entries]
 
 
 def _check_composition(defenses: tuple[Component, ...], file: str) -> None:
@@ -763,6 +797,9 @@ def check(scenario: Scenario) -> list[str]:
     """What ``load`` cannot see without the file system: model paths, data files and their columns,
     ``max_length`` within the model's context. Raises ``UserError`` naming the file and the key;
     returns notes (``"FILE: note"``) worth showing. Run by ``validate`` and before any run."""
+    for i, entry in enumerate(scenario.resists):  # the report reads these curves: a missing one fails here first
+        if not Path(entry.curve).is_file():
+            raise UserError(f"curve file not found: {entry.curve}", file=scenario.file, key=f"resists[{i}].curve")
     model = MODELS.get(scenario.model.name)(scenario.model.config)
     task = TASKS.get(scenario.task.name)(scenario.task.config)
     try:

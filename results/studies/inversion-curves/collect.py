@@ -1,6 +1,7 @@
 """Collect the inversion-curves runs into curves.csv (one row per method, rank, batch size, seed).
 
-Usage (from the repository root): python results/studies/inversion-curves/collect.py RUNS_DIR
+Usage (from the repository root): python results/studies/inversion-curves/collect.py RUNS_DIR [RUNS_DIR ...]
+(every folder's results.jsonl is read; a run id seen twice keeps its last reading).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 METRICS = ("inversion.rouge1", "inversion.rouge1_text", "inversion.rouge2", "inversion.exact", "inversion.token_f1")
 
 
-def main(runs: str) -> None:
+def main(*runs: str) -> None:
     table: dict[tuple, dict] = {}
-    for line in Path(runs, "results.jsonl").read_text().splitlines():
+    lines = [line for folder in runs for line in Path(folder, "results.jsonl").read_text().splitlines()]
+    for line in lines:
         for row in json.loads(line).get("rows", []):
             if row.get("status") != "ok":
                 continue
@@ -38,7 +40,29 @@ def main(runs: str) -> None:
         writer.writeheader()
         writer.writerows(rows)
     print(f"wrote {out} ({len(rows)} runs)")
+    print(means_table(rows))
+
+
+MARGIN = 0.05  # bench.reporting.verdict.MIN_ADVANTAGE: a run "works" when it beats its floor by this much
+
+
+def means_table(rows: list[dict]) -> str:
+    """The README's table: means over seeds per (method, rank, batch size), and the runs that beat the floor."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row.get("rank") or "-", row.get("batch_size")), []).append(row)
+    lines = ["| method | rank | batch | ROUGE-1 (text) | floor | exact | ROUGE-1 | floor | runs >= floor + 0.05 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (method, rank, batch), runs in groups.items():
+        def mean(column: str, runs: list[dict] = runs) -> str:
+            values = [r[column] for r in runs if r.get(column) is not None]
+            return f"{sum(values) / len(values):.2f}" if values else ""
+        working = sum(1 for r in runs if r["inversion.rouge1"] - (r["inversion.rouge1.floor"] or 0.0) >= MARGIN)
+        lines.append(f"| {method} | {rank} | {batch} | {mean('inversion.rouge1_text')} | "
+                     f"{mean('inversion.rouge1_text.floor')} | {mean('inversion.exact')} | {mean('inversion.rouge1')} | "
+                     f"{mean('inversion.rouge1.floor')} | {working} of {len(runs)} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

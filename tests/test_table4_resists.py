@@ -1,0 +1,194 @@
+"""Table 4 cells backed by a published curve (issue 15): a "not applicable" cell reads *resists* only when a
+scenario's ``resists:`` entry names a curve on which the same attack beats its floor on the same method;
+an entry whose curve never shows the attack working backs nothing; bad entries are errors naming the
+file and the key."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from report_helpers import run_rows
+
+from bench.api.errors import UserError
+from bench.reporting import html, leaderboard, paper4, resists, table4
+from bench.reporting.report import scenario_curves, write_table4_csv, write_table4_markdown
+from bench.spec.scenario import Resists, check, load
+
+FLOOR = 0.58  # what guessing another record scores: the failure level every row stores
+
+
+def inversion_run(method: str, defense: str, seed: int, rouge: float) -> list[dict]:
+    name = f"t4[method={method},defenses={defense},attacks=inversion-dager]"
+    return run_rows(name, seed, method=method, defenses=defense,
+                    extras={("inversion-dager", "inversion.rouge1"): {"floor": FLOOR}},
+                    metrics={("none", "utility.accuracy"): 0.9, ("inversion-dager", "inversion.rouge1"): rouge})
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    out = []
+    for seed in range(3):
+        out += inversion_run("lora", "none", seed, 0.0) + inversion_run("lora", "secagg", seed, 0.0)  # fails: 0 < floor
+        out += inversion_run("fft", "none", seed, 1.0) + inversion_run("fft", "secagg", seed, 0.0)    # works, mitigated
+    return out
+
+
+def write_curve(path: Path, points: list[tuple[str, float, float]]) -> Path:
+    """A curve CSV as collect.py writes it: (method, inversion.rouge1, its floor) per run."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "rank", "inversion.rouge1", "inversion.rouge1.floor"])
+        writer.writerows([(m, 8, v, f) for m, v, f in points])
+    return path
+
+
+def backing(tmp_path: Path, points: list[tuple[str, float, float]], method: str = "lora") -> resists.Backing:
+    entry = Resists(method=method, attack="inversion-dager", curve=str(write_curve(tmp_path / "curve.csv", points)),
+                    metric="inversion.rouge1", why="rank 8 < 46 layer inputs")
+    return resists.read_backing(entry, "scenarios/x.yaml", "resists[0]")
+
+
+def cells_with(rows: list[dict], curves: list[resists.Backing]) -> dict[str, table4.Cell]:
+    built = table4.build(leaderboard.build(rows), paper=paper4.annotate, stored=table4.floors(rows), curves=curves)
+    return {c.method: c for c in built}
+
+
+def test_a_backed_not_applicable_cell_reads_resists(rows, tmp_path):
+    assert cells_with(rows, [])["lora"].verdict == "not applicable"
+    # the attack works at another setting of lora (0.95 against a floor of 0.55), fails at the grid's
+    curve = backing(tmp_path, [("lora", 0.0, 0.55), ("lora", 0.95, 0.55), ("fft", 1.0, 0.5)])
+    assert (curve.backed, curve.rows, curve.working) == (True, 2, 1)
+    cell = cells_with(rows, [curve])["lora"]
+    assert cell.verdict == "resists" and cell.curve == curve.curve
+    assert cell.comparison == "not measurable"   # a zero backed by a curve says nothing about the defense
+    assert "shows where it stops resisting" in cell.reason
+
+
+def test_a_curve_whose_attack_never_beats_its_floor_backs_nothing(rows, tmp_path):
+    # 0.60 against 0.58 is an advantage of 0.02 < 0.05; the fft row that works is another method's
+    curve = backing(tmp_path, [("lora", 0.0, 0.55), ("lora", 0.60, 0.58), ("fft", 1.0, 0.5)])
+    assert not curve.backed
+    cells = cells_with(rows, [curve])
+    assert cells["lora"].verdict == "not applicable" and cells["lora"].curve == ""
+    text = resists.summary_markdown(list(cells.values()), [curve])
+    assert "does not back it" in text and "1 not applicable" in text and "0 of them backed" in text
+
+
+def test_an_applicable_cell_is_untouched(rows, tmp_path):
+    curve = backing(tmp_path, [("fft", 1.0, 0.5)], method="fft")
+    before, after = cells_with(rows, [])["fft"], cells_with(rows, [curve])["fft"]
+    assert before.verdict == after.verdict == "mitigates" and after.curve == ""
+    assert before == after
+
+
+def test_a_cell_whose_attack_cannot_run_is_not_backed(tmp_path):
+    # "not applicable" because the attack never ran without the defense: a curve says nothing about it
+    rows = []
+    for seed in range(3):
+        rows += run_rows("t4[method=lora,defenses=none,attacks=inversion-dager]", seed, status="incompatible",
+                         error="refused")
+        rows += inversion_run("lora", "secagg", seed, 0.0)
+    curve = backing(tmp_path, [("lora", 0.95, 0.55)])
+    cell = cells_with(rows, [curve])["lora"]
+    assert (cell.verdict, cell.advantage_without, cell.curve) == ("not applicable", None, "")
+
+
+def test_reports_name_the_curve_count_and_symbol(rows, tmp_path):
+    curve = backing(tmp_path, [("lora", 0.95, 0.55)])
+    cells = list(cells_with(rows, [curve]).values())
+    write_table4_csv(cells, tmp_path / "table4.csv")
+    write_table4_markdown(cells, tmp_path / "table4.md", curves=[curve])
+    markdown = (tmp_path / "table4.md").read_text()
+    assert "⊥ resists" in markdown and "| lora | ⊥ │ A |" in markdown
+    assert "1 cells where the attack does not beat its failure level" in markdown and "1 of them backed" in markdown
+    assert f"- lora × inversion-dager: ⊥ in 1 cells; curve `{curve.curve}`" in markdown
+    assert "why: rank 8 < 46 layer inputs" in markdown
+    with (tmp_path / "table4.csv").open() as handle:
+        lora = next(r for r in csv.DictReader(handle) if r["method"] == "lora")
+    assert (lora["verdict"], lora["curve"]) == ("resists", curve.curve)
+    page = html.render(tmp_path)   # the page shows the same section, after the matrix
+    assert page.index('id="table4-matrix"') < page.index('id="table4-curves"')
+    assert "1 of them backed by a curve" in page and "why: rank 8 &lt; 46 layer inputs" in page
+
+
+SCENARIO = """\
+name: t
+tier: open-weight
+model: tiny-gpt2
+task: {{name: synthetic-clinical, params: {{max_length: 24, objective: language}}}}
+method: lora
+attacks: [inversion-dager]
+resists:
+  - {entry}
+"""
+
+
+def scenario_file(tmp_path: Path, entry: str) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(SCENARIO.format(entry=entry))
+    return path
+
+
+def test_a_missing_curve_file_names_the_file_and_the_key(tmp_path):
+    path = scenario_file(tmp_path, "{method: lora, attack: inversion-dager, curve: nowhere.csv, "
+                                   "metric: inversion.rouge1, why: w}")
+    (scenario,) = load(path)   # loading reads no curve; the report and validate do
+    for reading in (lambda: scenario_curves([scenario]), lambda: check(scenario)):
+        with pytest.raises(UserError) as error:
+            reading()
+        assert (error.value.file, error.value.key) == (str(path), "resists[0].curve")
+        assert "nowhere.csv" in str(error.value)
+
+
+def test_the_curve_path_is_taken_from_the_scenario_files_folder(tmp_path):
+    write_curve(tmp_path / "c.csv", [("lora", 0.9, 0.5)])
+    path = scenario_file(tmp_path, "{method: lora, attack: inversion-dager, curve: c.csv, metric: inversion.rouge1, "
+                                   "why: w}")
+    (curve,) = scenario_curves(load(path))
+    assert curve.backed and Path(curve.curve).name == "c.csv"
+
+
+@pytest.mark.parametrize(("entry", "key", "says"), [
+    ("{method: lora, attack: inversion-dager, curve: c.csv, metric: inversion.rouge1, why: w, rank: 8}",
+     "resists[0].rank", "allowed: attack, curve, method, metric, why"),
+    ("{method: lora, attack: inversion-dager, curve: c.csv, metric: inversion.rouge1}", "resists[0].why", "missing"),
+    ("{method: loraa, attack: inversion-dager, curve: c.csv, metric: inversion.rouge1, why: w}",
+     "resists[0].method", "allowed:"),
+    ("{method: lora, attack: dager, curve: c.csv, metric: inversion.rouge1, why: w}", "resists[0].attack", "allowed:"),
+])
+def test_a_bad_entry_names_the_file_the_key_and_what_is_allowed(tmp_path, entry, key, says):
+    path = scenario_file(tmp_path, entry)
+    with pytest.raises(UserError) as error:
+        load(path)
+    assert (error.value.file, error.value.key) == (str(path), key) and says in str(error.value)
+
+
+def test_a_curve_without_the_metric_column_is_an_error(tmp_path):
+    write_curve(tmp_path / "c.csv", [("lora", 0.9, 0.5)])
+    path = scenario_file(tmp_path, "{method: lora, attack: inversion-dager, curve: c.csv, metric: mia.auc, why: w}")
+    with pytest.raises(UserError) as error:
+        scenario_curves(load(path))
+    assert error.value.key == "resists[0].metric" and "'mia.auc'" in str(error.value)
+
+
+def test_the_cli_exits_2_on_an_unknown_key(tmp_path, capsys):
+    from bench.cli import main
+
+    path = scenario_file(tmp_path, "{method: lora, attack: inversion-dager, curve: c.csv, metric: inversion.rouge1, "
+                                   "why: w, rank: 8}")
+    assert main(["validate", str(path)]) == 2
+    assert "resists[0].rank" in capsys.readouterr().err
+
+
+def test_resists_is_not_part_of_a_runs_identity(tmp_path):
+    # declaring a curve must not orphan the stored runs of the grid it annotates
+    write_curve(tmp_path / "c.csv", [("lora", 0.9, 0.5)])
+    (declared,) = load(scenario_file(tmp_path, "{method: lora, attack: inversion-dager, curve: c.csv, "
+                                               "metric: inversion.rouge1, why: w}"))
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(SCENARIO.split("resists:")[0].format())
+    (plain,) = load(bare)
+    assert declared.resists and not plain.resists
+    assert (declared.hash, declared.training_key) == (plain.hash, plain.training_key)
