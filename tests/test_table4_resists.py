@@ -22,8 +22,8 @@ FLOOR = 0.58  # what guessing another record scores: the failure level every row
 def inversion_run(method: str, defense: str, seed: int, rouge: float) -> list[dict]:
     name = f"t4[method={method},defenses={defense},attacks=inversion-dager]"
     return run_rows(name, seed, method=method, defenses=defense,
-                    extras={("inversion-dager", "inversion.rouge1"): {"floor": FLOOR}},
-                    metrics={("none", "utility.accuracy"): 0.9, ("inversion-dager", "inversion.rouge1"): rouge})
+                    extras={("inversion-dager", "inversion.recovered"): {"floor": FLOOR}},
+                    metrics={("none", "utility.accuracy"): 0.9, ("inversion-dager", "inversion.recovered"): rouge})
 
 
 @pytest.fixture(scope="module")
