@@ -196,3 +196,16 @@ def test_a_failing_run_is_recorded_and_does_not_raise(tmp_path, monkeypatch):
     monkeypatch.setattr(fl, "run", explode)
     rows = execute(scenario, 0)
     assert len(rows) == 1 and rows[0].status == "failed" and "loss is NaN" in rows[0].error
+
+
+def test_the_record_holds_reported_example_counts_and_none_under_uniform_weighting(tmp_path):
+    # FedAvg clients report their example counts (the aggregation weights); DP-FedAvg weighs every client
+    # 1 and asks for none, so the server's record has none. It used to hold the 1.0 weights, which the
+    # inversion attacks read as "this client held one sequence" (DAGER capped at half a batch of two).
+    federation = {"clients": 2, "clients_per_round": 2, "rounds": 1, "local_steps": 1, "examples_per_client": 6}
+    for defenses, reported in (([], True), ([{"name": "dp-central", "params": {"noise_multiplier": 0.0}}], False)):
+        scenario = make_scenario(tmp_path, federation=federation, defenses=defenses)
+        prepared = prepare(scenario, 0, plan(scenario))
+        fl.run(prepared.fed, prepared.transcript, prepared.truth)
+        counts = {c: float(len(prepared.clients[c].members)) for c in (0, 1)}
+        assert prepared.transcript.rounds[0].weights == (counts if reported else {}), defenses

@@ -153,7 +153,10 @@ def finish_round(fed: Federation, r: int, record: RoundRecord, rng: torch.Genera
         updates = {c: defense.on_client_update(r, c, u, generator(*fed.seed_parts, "clip", r, c)) for c, u in updates.items()}
     uniform = any(d.requires_uniform_weights for d in fed.defenses)
     weights = {c: 1.0 if uniform else float(len(fed.clients[c].members)) for c in sampled}
-    record.weights = weights
+    # The record holds the example counts clients reported. Uniform aggregation (DP-FedAvg) asks for none,
+    # so there is nothing to record: storing the 1.0 weights there told every inversion attack that each
+    # client held one sequence, which capped DAGER at half of a batch of two under dp-central.
+    record.weights = {} if uniform else weights
     messages = transport.encode(r, updates, weights, generator(*fed.seed_parts, "transport", r))
     stats.client_s += time.perf_counter() - started
     stats.bytes_up += sum(transport.message_bytes(m) for m in messages.values())
