@@ -1,0 +1,446 @@
+"""A malicious server's imprint attack on bottleneck adapters: it chooses the broadcast adapter and
+layer-norm weights so that one client's FedSGD gradient hands it the batch's adapter inputs exactly.
+
+Why adapters need a malicious server. A Houlsby adapter is ``h + up(relu(down h))`` with ``up`` zero at
+initialisation, so an honest server's round-1 gradient on ``down`` is exactly zero and ``up``'s is a sum
+over the batch in R^size: nothing of one example is isolated (``inversion-decode``, the honest attack,
+stays below the floor). But the server broadcasts every trainable parameter, adapters and layer norms
+alike, and may choose their values.
+
+The imprint (Fowl, Geiping, Czaja, Goldblum, Goldstein 2022, "Robbing the Fed: Directly Obtaining
+Private Data in Federated Learning with Modified Models", ICLR; Boenisch, Dziedzic, Schuster, Shamsabadi,
+Shumailov, Papernot 2023, "When the Curious Abandon Honesty: Federated Learning Is Not Private",
+EuroS&P, for trap weights). An adapter's ``down`` + ReLU is exactly Fowl's imprint layer: every row of
+``down`` is set to one direction ``w`` and the biases to minus increasing thresholds ``q_0 < ... < q_{m-1}``
+(quantiles of ``w . h`` over public inputs), so row ``j`` fires for the inputs with ``w . h > q_j``. Every
+column of ``up`` is set to one small vector ``u`` (``scale``), so each firing row receives the same
+upstream scalar ``s_i = u . dL/d(out_i)`` from input ``i``. Then row ``j``'s weight gradient minus row
+``j+1``'s is ``sum s_i h_i`` over the inputs in bin ``(q_j, q_{j+1}]``, and the same difference of the bias
+gradients is ``sum s_i``: their ratio is exactly the input ``h`` of an example alone in its bin (or of
+several identical ones). The top row's bin is unbounded above.
+
+Making each recovered input name its token and position (this module's addition). The adapter sits
+on a sublayer's output, a function of the whole prefix through attention. The server also broadcasts
+the pre-attention layer norms: it sets their weights to zero, so every attention sublayer sees the same
+input at every position and outputs a constant; each block's feed-forward sublayer, hence its adapter's
+input, is then a function of that position's token and position alone (checked numerically on every
+adapter it traps: a public batch's inputs equal those of the same tokens run one at a time, to float32
+rounding; adapters whose inputs fail it, or are constant, as those after attention are, stay honest).
+The attacker tabulates every (token, position) input through the broadcast model and matches each
+recovered ``h`` to its nearest entry (distance ~1e-6 relative for a true input). Every feed-forward adapter
+of every block is trapped with its own random direction, so an input that shares a bin in one adapter
+may be alone in another's.
+
+Sequences. The recovered tokens say where they sit but not, in a batch of several sequences, which
+sequence each belongs to. Each position's distinct tokens are assigned to the batch's sequences, and
+where several are found the assignment is chosen greedily, position by position, to maximise the
+cosine between the candidate batch's gradient at the broadcast state and the observed one (with
+attention constant, a position's loss couples its token with the next one, so the pairing shows in
+the gradient). Positions where nothing was recovered are filled with the public template's token there
+(the most common token at that position among public records: a prior the floor's template guess also
+uses), when ``fill`` is on; a sequence's last token only labels, receives no gradient, and is always filled.
+
+Departures from the papers: Fowl et al. place bins at quantiles of a fitted Gaussian (or Laplace) for
+``w . x`` on image inputs; here the quantiles are empirical, over the distinct (token, position) inputs of
+public records (never the client's), and the imprint layer is the method's own adapter rather than a
+module added in front of the model. Their sequence assembly for text (via positional embeddings in a
+separate imprint) is replaced by the layer-norm trap and the table match above. The malicious change
+costs the model its attention for that round (utility of that round's model is not the point; the run
+records it). Refuses (``IncompatibleError``) a method without trainable ReLU bottleneck adapters and
+trainable pre-attention layer norms (LoRA, prompt tuning, full fine-tuning), and training of more than
+one local step (the imprint needs one gradient). The Flower engines do not call
+``Attack.tamper_broadcast``; there the broadcast is untampered and the attack reports it is not applicable.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attacks.inversion._common import (
+    Target,
+    TargetConfig,
+    configure_vantage,
+    is_language_model,
+    model_at,
+    observed_gradient,
+    targets,
+    trainable_names,
+)
+from bench.api.access import Access
+from bench.api.attack import Attack, ServerHold
+from bench.api.config import doc
+from bench.api.errors import IncompatibleError
+from bench.api.handles import OpenHandle, TaskSpec
+from bench.api.predictions import Reconstruction, text_decoder
+from bench.api.registry import ATTACKS
+from bench.api.transcript import FederationSettings, ThreatView
+from bench.api.vocabulary import AttackFamily, Record, Vantage
+
+LOCALITY_TOLERANCE = 1e-4
+"""An adapter is trapped only when its inputs on a public batch equal those of the same tokens run one at
+a time within this x their largest norm (float32 rounding is ~1e-7; a prefix-dependent input is ~1)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrapConfig(TargetConfig):
+    scale: float = doc("Norm of the vector every column of a trapped adapter's up projection is set to (small: "
+                       "the broadcast model's outputs barely move, and every bin's upstream gradient is the same).", 1e-2)
+    match_tolerance: float = doc("A recovered input names a (token, position) when its distance to that candidate's "
+                                 "input is below this x the candidate's norm (a true one: ~1e-6).", 1e-3)
+    bin_floor: float = doc("A bin counts when its bias-gradient difference exceeds this x the largest (an empty "
+                           "bin differs only by rounding).", 1e-6)
+    public_records: int = doc("Public records whose distinct (token, position) inputs place the bins.", 64)
+    fill: bool = doc("Fill positions where nothing was recovered with the public template's token there.", True)
+    link_passes: int = doc("Greedy passes that assign each position's recovered tokens to the batch's sequences "
+                           "by the gradient match (0: in token-id order).", 2)
+    max_assignments: int = doc("Most assignments of one position's tokens to the sequences tried per pass.", 36)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scale <= 0 or self.match_tolerance <= 0 or self.bin_floor < 0:
+            raise ValueError("scale and match_tolerance must be positive, bin_floor >= 0")
+        if self.public_records < 1 or self.link_passes < 0 or self.max_assignments < 1:
+            raise ValueError("public_records and max_assignments must be >= 1, link_passes >= 0")
+
+
+@dataclass(frozen=True)
+class Bottleneck:
+    """One adapter as the attack sees it: the module and its trainable parameters' names."""
+
+    module: nn.Module
+    down_weight: str
+    down_bias: str
+    up_weight: str
+    up_bias: str
+
+    @property
+    def rows(self) -> int:
+        return int(self.module.down.weight.shape[0])
+
+
+@dataclass(frozen=True)
+class Found:
+    """A recovered input: its token, its position, and which adapter gave it."""
+
+    token: int
+    position: int
+    adapter: int
+    distance: float
+
+
+@ATTACKS.register("inversion-trap")
+class TrapInversion(Attack):
+    """Malicious server: imprint bins in the broadcast adapters, layer norms that make inputs (token, position)
+    functions; each bin alone recovers one input exactly (Fowl et al. 2022 on Houlsby adapters)."""
+
+    vantage = Vantage.SERVER
+    family = AttackFamily.INVERSION
+    access = frozenset({Access.WEIGHTS, Access.GRADIENTS})
+    needs = frozenset({"client_updates", "global_states"})
+    changes_training = True  # it chooses what clients train from
+    tampers_broadcast = True
+    Config = TrapConfig
+
+    def __init__(self, config: TrapConfig):
+        super().__init__(config)
+        configure_vantage(self, config)
+
+    def check_federation(self, federation: FederationSettings) -> str | None:
+        if federation.protocol != "fedsgd" and int(federation.local_steps) > 1:
+            return (f"inversion-trap reads one gradient (FedSGD or one local step); this federation trains "
+                    f"{federation.local_steps} local steps")
+        return None
+
+    # --- the malicious broadcast ----------------------------------------------------------------
+    def tamper_broadcast(self, round_index: int, state: torch.Tensor, server: ServerHold,
+                         rng: torch.Generator) -> torch.Tensor:
+        if self.config.rounds and round_index not in self.config.rounds:
+            return state
+        method, model = server.method, server.method.model
+        names = {id(p): n for n, p in method.named_trainable}
+        adapters, norms = find_bottlenecks(model, names), pre_attention_norms(model, names)
+        if not adapters or not norms:
+            raise IncompatibleError(f"inversion-trap needs trainable ReLU bottleneck adapters and pre-attention layer "
+                                    f"norms; method {method.name} has {len(adapters)} and {len(norms)}")
+        flat = state.clone()
+        named = method.unflatten(flat)  # views into flat: writing them writes the broadcast
+        for norm in norms:
+            named[norm].zero_()
+        ids, positions = public_inputs(server.public[: self.config.public_records], server.collate)
+        trapped = 0
+        for adapter in adapters:
+            method.set_flat(flat)  # each adapter's inputs through the adapters already trapped
+            if not _position_local(model, adapter, server.public[: min(8, len(server.public))], server.collate):
+                continue
+            inputs = _inputs_one_at_a_time(model, [adapter], ids, positions)[0].double()
+            if float((inputs - inputs[0]).abs().max()) <= LOCALITY_TOLERANCE * float(inputs.abs().max()):
+                continue  # a constant input (after attention): nothing to bin
+            _imprint(named, adapter, inputs, self.config.scale, rng)
+            trapped += 1
+        method.set_flat(state)
+        if not trapped:
+            raise IncompatibleError("inversion-trap: no adapter's input became a function of (token, position) "
+                                    "with the pre-attention norms zeroed")
+        return flat
+
+    # --- reading the client's gradient -----------------------------------------------------------
+    def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
+        result = Reconstruction(decode=text_decoder(view.tokenizer))
+        for target in targets(view, self.config, view.layout.num_trainable):
+            result.sequences[target.key] = [] if target.update is None else self.invert(view, target)
+        return result
+
+    def invert(self, view: ThreatView, target: Target) -> list[list[int]]:
+        method = view.final_model
+        if not is_language_model(method.model):
+            return []
+        names = trainable_names(method)
+        broadcast = method.unflatten(target.global_before)
+        adapters = [a for a in find_bottlenecks(method.model, names) if bool(broadcast[a.up_weight].abs().max() > 0)]
+        if not adapters:
+            raise IncompatibleError("the broadcast carries no trap (an engine that does not call tamper_broadcast)")
+        gradient = observed_gradient(target.update.to(target.global_before.device), view.federation)
+        grads = method.unflatten(gradient)
+        length = _position_limit(method.model, view.task.config.max_length)
+        with model_at(method, target.global_before) as model:
+            found = self.recover(model, adapters, broadcast, grads, length)
+            template = public_template(view.auxiliary[: self.config.public_records], view.task, view.tokenizer,
+                                       method.device)
+            layout = _Assembly(found, template, target.most_sequences(view.federation), self.config.fill)
+            sequences = layout.initial()
+            if self.config.link_passes and len(sequences) > 1:
+                sequences = layout.link(model, method, view.task, sequences, gradient, self.config)
+        return [s for s in sequences if s]
+
+    def recover(self, model: nn.Module, adapters: list[Bottleneck], broadcast: dict[str, torch.Tensor],
+                grads: dict[str, torch.Tensor], length: int) -> list[Found]:
+        """Every input alone in its bin, named by its nearest (token, position) candidate."""
+        estimates = [bin_inputs(grads[a.down_weight], grads[a.down_bias], broadcast[a.down_bias], self.config.bin_floor)
+                     for a in adapters]
+        vocab = model.get_input_embeddings().weight.shape[0]
+        device = model.get_input_embeddings().weight.device
+        best = [torch.full((e.shape[0],), float("inf"), dtype=torch.float64, device=device) for e in estimates]
+        where = [torch.zeros((e.shape[0], 2), dtype=torch.long, device=device) for e in estimates]
+        tokens = torch.arange(vocab, device=device)
+        for position in range(length):
+            table = _inputs_one_at_a_time(model, adapters, tokens, torch.full_like(tokens, position))
+            for k, (estimate, inputs) in enumerate(zip(estimates, table)):
+                if estimate.numel() == 0:
+                    continue
+                inputs = inputs.double()
+                distance = torch.cdist(estimate, inputs) / inputs.norm(dim=1).clamp_min(1e-12).unsqueeze(0)
+                value, token = distance.min(dim=1)
+                better = value < best[k]
+                best[k] = torch.where(better, value, best[k])
+                where[k][better] = torch.stack([token[better], torch.full_like(token[better], position)], dim=1)
+        return [Found(int(where[k][i, 0]), int(where[k][i, 1]), k, float(best[k][i]))
+                for k in range(len(adapters)) for i in range(best[k].numel()) if best[k][i] <= self.config.match_tolerance]
+
+
+# --- the model's parts -------------------------------------------------------------------------------
+def find_bottlenecks(model: nn.Module, names: dict[int, str]) -> list[Bottleneck]:
+    """Trainable ``up(relu(down h))`` modules (``bench.methods.adapter.Bottleneck``, found by shape, not by
+    class: plugins import only the api), in module order."""
+    found = []
+    for module in model.modules():
+        down, up, act = (getattr(module, n, None) for n in ("down", "up", "act"))
+        if not (isinstance(down, nn.Linear) and isinstance(up, nn.Linear) and isinstance(act, nn.ReLU)):
+            continue
+        parts = [down.weight, down.bias, up.weight, up.bias]
+        if any(p is None or id(p) not in names for p in parts):
+            continue
+        found.append(Bottleneck(module, *(names[id(p)] for p in parts)))
+    return found
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
+
+
+def pre_attention_norms(model: nn.Module, names: dict[int, str]) -> list[str]:
+    """The trainable weight of each adapter-holding block's first norm (GPT-2 ``ln_1``, Llama
+    ``input_layernorm``: the one in front of attention); the numerical check in ``tamper_broadcast``
+    confirms that zeroing them made the adapters' inputs position-local."""
+    blocks = [m for m in model.modules() if any(_holds_bottleneck(c) for c in m.children())]
+    weights = []
+    for block in blocks:
+        norm = next((c for c in block.children() if _is_norm(c)), None)
+        weight = getattr(norm, "weight", None) if norm is not None else None
+        if isinstance(weight, nn.Parameter) and id(weight) in names:
+            weights.append(names[id(weight)])
+    return weights
+
+
+def _holds_bottleneck(module: nn.Module) -> bool:
+    return all(isinstance(getattr(module, n, None), t) for n, t in (("down", nn.Linear), ("up", nn.Linear), ("act", nn.ReLU)))
+
+
+def _position_limit(model: nn.Module, task_length: int) -> int:
+    config = model.config
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or task_length
+    return min(int(limit), int(task_length))
+
+
+def _inputs_one_at_a_time(model: nn.Module, adapters: list[Bottleneck], tokens: torch.Tensor,
+                          positions: torch.Tensor) -> list[torch.Tensor]:
+    """Each adapter's input for every (token, position) pair run as a sequence of one token."""
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [a.module.register_forward_pre_hook(lambda _m, args, k=k: captured.__setitem__(k, args[0].detach()))
+             for k, a in enumerate(adapters)]
+    try:
+        with torch.no_grad():
+            ids = tokens.reshape(-1, 1)
+            model(input_ids=ids, position_ids=positions.reshape(-1, 1).to(ids.device), attention_mask=torch.ones_like(ids))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [captured[k].reshape(ids.shape[0], -1) for k in range(len(adapters))]
+
+
+def _position_local(model: nn.Module, adapter: Bottleneck, records: list[Record], collate) -> bool:
+    """True when the adapter's inputs on a public batch equal those of its tokens run one at a time."""
+    if not records:
+        return False
+    batch = collate(records)
+    captured: list[torch.Tensor] = []
+    hook = adapter.module.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            model(**{k: v for k, v in batch.items() if k != "labels"})
+    finally:
+        hook.remove()
+    mask = batch["attention_mask"].bool()
+    together = captured[0][mask]
+    alone = _inputs_one_at_a_time(model, [adapter], batch["input_ids"][mask], batch["position_ids"][mask])[0]
+    scale = float(together.abs().max())
+    return scale > 0 and float((together - alone).abs().max()) <= LOCALITY_TOLERANCE * scale
+
+
+def public_inputs(records: list[Record], collate) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct (token, position) pairs of public records (where the server places its bins)."""
+    if not records:
+        raise IncompatibleError("inversion-trap places its bins on public records; the task has none")
+    batch = collate(records)
+    mask = batch["attention_mask"].bool()
+    pairs = torch.stack([batch["input_ids"][mask], batch["position_ids"][mask]], dim=1).unique(dim=0)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _imprint(named: dict[str, torch.Tensor], adapter: Bottleneck, inputs: torch.Tensor, scale: float,
+             rng: torch.Generator) -> None:
+    """Rows share one random direction; thresholds at empirical quantiles of the public projections; the
+    up projection's columns all equal one small random vector."""
+    rows, width = named[adapter.down_weight].shape
+    direction = F.normalize(torch.randn(width, generator=rng, dtype=torch.float64), dim=0).to(inputs.device)
+    projected = inputs @ direction
+    levels = torch.arange(rows, dtype=torch.float64, device=inputs.device) / rows
+    thresholds = torch.quantile(projected, levels)
+    gap = float(thresholds[1] - thresholds[0]) if rows > 1 else float(projected.std().clamp_min(1.0))
+    thresholds[0] = thresholds[0] - max(gap, 1e-3)  # the least public input still fires the first row
+    column = F.normalize(torch.randn(named[adapter.up_weight].shape[0], generator=rng, dtype=torch.float64), dim=0)
+    target = named[adapter.down_weight]
+    target.copy_(direction.to(target.dtype).expand(rows, width))
+    named[adapter.down_bias].copy_((-thresholds).to(target.dtype))
+    named[adapter.up_weight].copy_((scale * column).to(target.dtype).unsqueeze(1).expand(-1, rows))
+    named[adapter.up_bias].zero_()
+
+
+def bin_inputs(weight_grad: torch.Tensor, bias_grad: torch.Tensor, bias: torch.Tensor, floor: float) -> torch.Tensor:
+    """Per non-empty bin, the ratio of the consecutive rows' weight- and bias-gradient differences (rows in
+    increasing threshold order; the top row's bin is open above): an input alone in its bin, exactly."""
+    order = torch.argsort(-bias.double())  # threshold -bias, increasing
+    weights, biases = weight_grad.double()[order], bias_grad.double()[order]
+    d_weight = weights - torch.cat([weights[1:], torch.zeros_like(weights[:1])])
+    d_bias = biases - torch.cat([biases[1:], torch.zeros_like(biases[:1])])
+    largest = float(d_bias.abs().max()) if d_bias.numel() else 0.0
+    keep = d_bias.abs() > max(floor * largest, 0.0) if largest > 0 else torch.zeros_like(d_bias, dtype=torch.bool)
+    return d_weight[keep] / d_bias[keep].unsqueeze(1)
+
+
+def public_template(records: list[Record], task: TaskSpec, tokenizer, device: torch.device) -> list[int]:
+    """The most common token at each position among public records, up to their most common length."""
+    if not records:
+        return []
+    batch = task.collate(records, tokenizer, device)
+    ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu().bool()
+    length = int(torch.mode(mask.sum(dim=1)).values)
+    return [int(torch.mode(ids[mask[:, t], t]).values) for t in range(length) if bool(mask[:, t].any())]
+
+
+# --- sequences from the recovered inputs ------------------------------------------------------------
+class _Assembly:
+    """Recovered tokens per position, laid out as the batch's sequences."""
+
+    def __init__(self, found: list[Found], template: list[int], sequences: int, fill: bool):
+        self.at: dict[int, list[int]] = {}
+        for f in sorted(found, key=lambda f: (f.position, f.token)):
+            tokens = self.at.setdefault(f.position, [])
+            if f.token not in tokens:
+                tokens.append(f.token)
+        self.template, self.count, self.fill = template, max(sequences, 1), fill
+        last = max(self.at, default=-1)
+        self.length = max(len(template) if fill else 0, last + 1 + (1 if fill and last + 1 < len(template) else 0))
+
+    def initial(self) -> list[list[int]]:
+        """Position t of sequence b: the recovered tokens in turn, else the template's (when filling)."""
+        rows: list[list[int]] = [[] for _ in range(self.count)]
+        for t in range(self.length):
+            tokens = self.at.get(t) or ([self.template[t]] if self.fill and t < len(self.template) else [])
+            for b, row in enumerate(rows):
+                if tokens:
+                    row.append(tokens[b % len(tokens)])
+        return rows
+
+    def link(self, model: nn.Module, method: OpenHandle, task: TaskSpec, rows: list[list[int]], observed: torch.Tensor,
+             config: TrapConfig) -> list[list[int]]:
+        """Greedy: at each position holding several recovered tokens, the assignment of them to the sequences
+        whose batch gradient has the highest cosine with the observed one."""
+        if len({len(r) for r in rows}) != 1:
+            return rows
+        params = [p for _, p in method.named_trainable]
+        target = observed.float()
+        best = _cosine(_batch_gradient(model, params, task, rows), target)
+        for _ in range(config.link_passes):
+            improved = False
+            for t, tokens in sorted(self.at.items()):
+                if len(tokens) < 2 or t >= len(rows[0]):
+                    continue
+                for choice in _assignments(tokens, self.count, config.max_assignments):
+                    if all(r[t] == c for r, c in zip(rows, choice)):
+                        continue
+                    trial = [r[:t] + [c] + r[t + 1:] for r, c in zip(rows, choice)]
+                    value = _cosine(_batch_gradient(model, params, task, trial), target)
+                    if value > best + 1e-9:
+                        best, rows, improved = value, trial, True
+            if not improved:
+                break
+        return rows
+
+
+def _assignments(tokens: list[int], slots: int, most: int) -> list[tuple[int, ...]]:
+    """Ways to give each of ``slots`` sequences one of ``tokens``, using every token when there are enough slots."""
+    if len(tokens) >= slots:
+        options = list(itertools.permutations(tokens, slots))
+    else:
+        options = [c for c in itertools.product(tokens, repeat=slots) if set(c) == set(tokens)]
+    return options[:most]
+
+
+def _batch_gradient(model: nn.Module, params: list[nn.Parameter], task: TaskSpec, rows: list[list[int]]) -> torch.Tensor:
+    device = params[0].device
+    ids = torch.tensor(rows, device=device)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(),
+             "position_ids": torch.arange(ids.shape[1], device=device).unsqueeze(0).expand_as(ids).contiguous()}
+    with torch.enable_grad():
+        loss = task.example_losses(model, batch).mean()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float() for g, p in zip(grads, params)])
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.unsqueeze(0), b.unsqueeze(0)))
