@@ -96,16 +96,20 @@ class TrapConfig(TargetConfig):
                            "bin differs only by rounding).", 1e-6)
     public_records: int = doc("Public records whose distinct (token, position) inputs place the bins.", 64)
     fill: bool = doc("Fill positions where nothing was recovered with the public template's token there.", True)
-    link_passes: int = doc("Greedy passes that assign each position's recovered tokens to the batch's sequences "
-                           "by the gradient match (0: in token-id order).", 2)
-    max_assignments: int = doc("Most assignments of one position's tokens to the sequences tried per pass.", 36)
+    link_passes: int = doc("Greedy passes that link each position's recovered tokens across positions into the "
+                           "batch's sequences by the gradient match (0: in token-id order).", 2)
+    max_assignments: int = doc("Most permutations of the sequences' suffixes tried at one cut per pass.", 24)
+    live_blocks: int = doc("Last blocks whose pre-attention norm is broadcast as trained (their attention stays live, "
+                           "so the loss depends on how the recovered segments link; their adapters stay honest; measured: it costs more recovered inputs than the linking gains).", 0)
+    peel_passes: int = doc("Passes after the first that recover a bin's one unknown input from its known ones.", 4)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.scale <= 0 or self.match_tolerance <= 0 or self.bin_floor < 0:
             raise ValueError("scale and match_tolerance must be positive, bin_floor >= 0")
-        if self.public_records < 1 or self.link_passes < 0 or self.max_assignments < 1:
-            raise ValueError("public_records and max_assignments must be >= 1, link_passes >= 0")
+        if self.public_records < 1 or self.link_passes < 0 or self.max_assignments < 1 or self.peel_passes < 0 \
+                or self.live_blocks < 0:
+            raise ValueError("public_records and max_assignments must be >= 1, link_passes, peel_passes, live_blocks >= 0")
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,7 @@ class TrapInversion(Attack):
                                     f"norms; method {method.name} has {len(adapters)} and {len(norms)}")
         flat = state.clone()
         named = method.unflatten(flat)  # views into flat: writing them writes the broadcast
-        for norm in norms:
+        for norm in norms[: max(len(norms) - self.config.live_blocks, 0)]:
             named[norm].zero_()
         ids, positions = public_inputs(server.public[: self.config.public_records], server.collate)
         trapped = 0
@@ -219,27 +223,123 @@ class TrapInversion(Attack):
 
     def recover(self, model: nn.Module, adapters: list[Bottleneck], broadcast: dict[str, torch.Tensor],
                 grads: dict[str, torch.Tensor], length: int) -> list[Found]:
-        """Every input alone in its bin, named by its nearest (token, position) candidate."""
-        estimates = [bin_inputs(grads[a.down_weight], grads[a.down_bias], broadcast[a.down_bias], self.config.bin_floor)
-                     for a in adapters]
-        vocab = model.get_input_embeddings().weight.shape[0]
+        """Every input alone in its bin, named by its nearest (token, position) candidate; then, pass after
+        pass, every input that is the one unknown of a bin whose other inputs are known (``peel``)."""
+        bins = [Bins.of(grads[a.down_weight], grads[a.down_bias], broadcast[a.down_weight], broadcast[a.down_bias],
+                        self.config.bin_floor) for a in adapters]
+        known: dict[tuple[int, int], Found] = {}
+        pending = [set(range(b.count)) for b in bins]
+        self._tables: dict[int, list[torch.Tensor]] = {}
+        for _ in range(1 + self.config.peel_passes):
+            found = self._pass(model, adapters, bins, pending, known, length)
+            if not found:
+                break
+            for f in found:
+                known.setdefault((f.position, f.token), f)
+        self._tables = {}
+        return list(known.values())
+
+    def _table(self, model: nn.Module, adapters: list[Bottleneck], position: int) -> list[torch.Tensor]:
+        """Every trapped adapter's input for every token at ``position`` (kept for the next passes)."""
+        if position not in self._tables:
+            weight = model.get_input_embeddings().weight
+            tokens = torch.arange(weight.shape[0], device=weight.device)
+            self._tables[position] = [t.double() for t in
+                                      _inputs_one_at_a_time(model, adapters, tokens, torch.full_like(tokens, position))]
+        return self._tables[position]
+
+    def _pass(self, model: nn.Module, adapters: list[Bottleneck], bins: list[Bins], pending: list[set[int]],
+              known: dict[tuple[int, int], Found], length: int) -> list[Found]:
+        """One sweep over the (token, position) table: for each unresolved bin, the candidate that is its one
+        unknown input given the known inputs that fall in it (none known: the bin's ratio itself)."""
         device = model.get_input_embeddings().weight.device
-        best = [torch.full((e.shape[0],), float("inf"), dtype=torch.float64, device=device) for e in estimates]
-        where = [torch.zeros((e.shape[0], 2), dtype=torch.long, device=device) for e in estimates]
-        tokens = torch.arange(vocab, device=device)
+        pairs = sorted(known)
+        held = (_inputs_one_at_a_time(model, adapters, torch.tensor([t for _, t in pairs], device=device),
+                                      torch.tensor([p for p, _ in pairs], device=device)) if pairs else None)
+        tests = [[BinTest.of(bins[k], j, None if held is None else held[k].double(), pairs) for j in sorted(pending[k])]
+                 for k in range(len(adapters))]
+        best: dict[tuple[int, int], Found] = {}
         for position in range(length):
-            table = _inputs_one_at_a_time(model, adapters, tokens, torch.full_like(tokens, position))
-            for k, (estimate, inputs) in enumerate(zip(estimates, table)):
-                if estimate.numel() == 0:
-                    continue
-                inputs = inputs.double()
-                distance = torch.cdist(estimate, inputs) / inputs.norm(dim=1).clamp_min(1e-12).unsqueeze(0)
-                value, token = distance.min(dim=1)
-                better = value < best[k]
-                best[k] = torch.where(better, value, best[k])
-                where[k][better] = torch.stack([token[better], torch.full_like(token[better], position)], dim=1)
-        return [Found(int(where[k][i, 0]), int(where[k][i, 1]), k, float(best[k][i]))
-                for k in range(len(adapters)) for i in range(best[k].numel()) if best[k][i] <= self.config.match_tolerance]
+            for k, inputs in enumerate(self._table(model, adapters, position)):
+                for test in tests[k]:
+                    distance = test.distances(inputs, {t for p, t in pairs if p == position})
+                    value, token = distance.min(dim=0)
+                    value = float(value)
+                    if value <= self.config.match_tolerance and value < best.get((k, test.index), _NONE).distance:
+                        best[(k, test.index)] = Found(int(token), position, k, value)
+        for k, j in best:
+            pending[k].discard(j)
+        return list(best.values())
+
+
+_NONE = Found(-1, -1, -1, float("inf"))
+
+
+@dataclass(frozen=True)
+class Bins:
+    """One trapped adapter's non-empty bins: gradient differences and bounds on ``w . h``."""
+
+    direction: torch.Tensor
+    d_weight: torch.Tensor
+    d_bias: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        return int(self.d_bias.numel())
+
+    @classmethod
+    def of(cls, weight_grad: torch.Tensor, bias_grad: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+           floor: float) -> Bins:
+        order = torch.argsort(-bias.double())  # thresholds -bias, increasing
+        thresholds = -bias.double()[order]
+        weights, biases = weight_grad.double()[order], bias_grad.double()[order]
+        d_weight = weights - torch.cat([weights[1:], torch.zeros_like(weights[:1])])
+        d_bias = biases - torch.cat([biases[1:], torch.zeros_like(biases[:1])])
+        largest = float(d_bias.abs().max()) if d_bias.numel() else 0.0
+        keep = d_bias.abs() > floor * largest if largest > 0 else torch.zeros_like(d_bias, dtype=torch.bool)
+        high = torch.cat([thresholds[1:], thresholds.new_full((1,), float("inf"))])
+        return cls(F.normalize(weight.double()[0], dim=0), d_weight[keep], d_bias[keep], thresholds[keep], high[keep])
+
+
+@dataclass(frozen=True)
+class BinTest:
+    """How far a candidate input is from being a bin's one unknown input.
+
+    No known input in the bin: the bin's ratio is the input (Fowl et al.). Known inputs ``h_1..h_n`` in it
+    (from other adapters' bins or earlier passes): ``dW - db h_1 = sum_k s_k (h_k - h_1) + s (h - h_1)``, so
+    ``h - h_1`` lies in the span of that residual and the ``h_k - h_1`` (a span check, as in DAGER)."""
+
+    index: int
+    origin: torch.Tensor
+    basis: torch.Tensor | None
+    low: float
+    high: float
+    direction: torch.Tensor
+
+    @classmethod
+    def of(cls, bins: Bins, j: int, held: torch.Tensor | None, pairs: list[tuple[int, int]]) -> BinTest:
+        low, high = float(bins.low[j]), float(bins.high[j])
+        inside = [] if held is None else [i for i in range(len(pairs)) if low < float(held[i] @ bins.direction) <= high]
+        if not inside:
+            return cls(j, bins.d_weight[j] / bins.d_bias[j], None, low, high, bins.direction)
+        origin = held[inside[0]]
+        spanning = [bins.d_weight[j] - bins.d_bias[j] * origin] + [held[i] - origin for i in inside[1:]]
+        basis, _ = torch.linalg.qr(torch.stack(spanning, dim=1))
+        return cls(j, origin, basis, low, high, bins.direction)
+
+    def distances(self, inputs: torch.Tensor, known_tokens: set[int]) -> torch.Tensor:
+        """Per candidate, its distance to the bin's solution over its norm; inf outside the bin's range."""
+        offset = inputs - self.origin
+        if self.basis is not None:
+            offset = offset - (offset @ self.basis) @ self.basis.T
+        distance = offset.norm(dim=1) / inputs.norm(dim=1).clamp_min(1e-12)
+        projected = inputs @ self.direction
+        outside = (projected <= self.low) | (projected > self.high)
+        if known_tokens:
+            outside[torch.tensor(sorted(known_tokens), device=inputs.device)] = True
+        return distance.masked_fill(outside, float("inf"))
 
 
 # --- the model's parts -------------------------------------------------------------------------------
@@ -311,14 +411,22 @@ def _position_local(model: nn.Module, adapter: Bottleneck, records: list[Record]
     hook = adapter.module.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
     try:
         with torch.no_grad():
-            model(**{k: v for k, v in batch.items() if k != "labels"})
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=_positions(batch))
     finally:
         hook.remove()
     mask = batch["attention_mask"].bool()
     together = captured[0][mask]
-    alone = _inputs_one_at_a_time(model, [adapter], batch["input_ids"][mask], batch["position_ids"][mask])[0]
+    alone = _inputs_one_at_a_time(model, [adapter], batch["input_ids"][mask], _positions(batch)[mask])[0]
     scale = float(together.abs().max())
     return scale > 0 and float((together - alone).abs().max()) <= LOCALITY_TOLERANCE * scale
+
+
+def _positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The batch's position ids (right padding: 0, 1, ... when the collate does not spell them out)."""
+    ids = batch["input_ids"]
+    if "position_ids" in batch:
+        return batch["position_ids"]
+    return torch.arange(ids.shape[1], device=ids.device).unsqueeze(0).expand_as(ids)
 
 
 def public_inputs(records: list[Record], collate) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,7 +435,7 @@ def public_inputs(records: list[Record], collate) -> tuple[torch.Tensor, torch.T
         raise IncompatibleError("inversion-trap places its bins on public records; the task has none")
     batch = collate(records)
     mask = batch["attention_mask"].bool()
-    pairs = torch.stack([batch["input_ids"][mask], batch["position_ids"][mask]], dim=1).unique(dim=0)
+    pairs = torch.stack([batch["input_ids"][mask], _positions(batch)[mask]], dim=1).unique(dim=0)
     return pairs[:, 0], pairs[:, 1]
 
 
@@ -348,18 +456,6 @@ def _imprint(named: dict[str, torch.Tensor], adapter: Bottleneck, inputs: torch.
     named[adapter.down_bias].copy_((-thresholds).to(target.dtype))
     named[adapter.up_weight].copy_((scale * column).to(target.dtype).unsqueeze(1).expand(-1, rows))
     named[adapter.up_bias].zero_()
-
-
-def bin_inputs(weight_grad: torch.Tensor, bias_grad: torch.Tensor, bias: torch.Tensor, floor: float) -> torch.Tensor:
-    """Per non-empty bin, the ratio of the consecutive rows' weight- and bias-gradient differences (rows in
-    increasing threshold order; the top row's bin is open above): an input alone in its bin, exactly."""
-    order = torch.argsort(-bias.double())  # threshold -bias, increasing
-    weights, biases = weight_grad.double()[order], bias_grad.double()[order]
-    d_weight = weights - torch.cat([weights[1:], torch.zeros_like(weights[:1])])
-    d_bias = biases - torch.cat([biases[1:], torch.zeros_like(biases[:1])])
-    largest = float(d_bias.abs().max()) if d_bias.numel() else 0.0
-    keep = d_bias.abs() > max(floor * largest, 0.0) if largest > 0 else torch.zeros_like(d_bias, dtype=torch.bool)
-    return d_weight[keep] / d_bias[keep].unsqueeze(1)
 
 
 def public_template(records: list[Record], task: TaskSpec, tokenizer, device: torch.device) -> list[int]:
@@ -398,37 +494,28 @@ class _Assembly:
 
     def link(self, model: nn.Module, method: OpenHandle, task: TaskSpec, rows: list[list[int]], observed: torch.Tensor,
              config: TrapConfig) -> list[list[int]]:
-        """Greedy: at each position holding several recovered tokens, the assignment of them to the sequences
-        whose batch gradient has the highest cosine with the observed one."""
+        """Greedy, left to right: at each cut between two positions that both hold several recovered tokens,
+        the permutation of the sequences' suffixes whose batch gradient has the highest cosine with the
+        observed one. With attention constant a position's loss couples only its token and the next, so a
+        suffix swap changes exactly one such pair: the move the gradient can judge. (A cut next to a
+        position every sequence shares changes nothing: segments between shared tokens stay unlinked.)"""
         if len({len(r) for r in rows}) != 1:
             return rows
         params = [p for _, p in method.named_trainable]
         target = observed.float()
         best = _cosine(_batch_gradient(model, params, task, rows), target)
+        cuts = [t for t in range(1, len(rows[0])) if len(self.at.get(t, ())) > 1 and len(self.at.get(t - 1, ())) > 1]
         for _ in range(config.link_passes):
             improved = False
-            for t, tokens in sorted(self.at.items()):
-                if len(tokens) < 2 or t >= len(rows[0]):
-                    continue
-                for choice in _assignments(tokens, self.count, config.max_assignments):
-                    if all(r[t] == c for r, c in zip(rows, choice)):
-                        continue
-                    trial = [r[:t] + [c] + r[t + 1:] for r, c in zip(rows, choice)]
+            for t in cuts:
+                for order in itertools.islice(itertools.permutations(range(len(rows))), 1, config.max_assignments + 1):
+                    trial = [rows[b][:t] + rows[o][t:] for b, o in enumerate(order)]
                     value = _cosine(_batch_gradient(model, params, task, trial), target)
                     if value > best + 1e-9:
                         best, rows, improved = value, trial, True
             if not improved:
                 break
         return rows
-
-
-def _assignments(tokens: list[int], slots: int, most: int) -> list[tuple[int, ...]]:
-    """Ways to give each of ``slots`` sequences one of ``tokens``, using every token when there are enough slots."""
-    if len(tokens) >= slots:
-        options = list(itertools.permutations(tokens, slots))
-    else:
-        options = [c for c in itertools.product(tokens, repeat=slots) if set(c) == set(tokens)]
-    return options[:most]
 
 
 def _batch_gradient(model: nn.Module, params: list[nn.Parameter], task: TaskSpec, rows: list[list[int]]) -> torch.Tensor:
