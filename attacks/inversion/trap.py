@@ -60,6 +60,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from attacks.inversion._common import (
     Target,
@@ -99,17 +100,18 @@ class TrapConfig(TargetConfig):
     link_passes: int = doc("Greedy passes that link each position's recovered tokens across positions into the "
                            "batch's sequences by the gradient match (0: in token-id order).", 2)
     max_assignments: int = doc("Most permutations of the sequences' suffixes tried at one cut per pass.", 24)
-    live_blocks: int = doc("Last blocks whose pre-attention norm is broadcast as trained (their attention stays live, "
-                           "so the loss depends on how the recovered segments link; their adapters stay honest; measured: it costs more recovered inputs than the linking gains).", 0)
+    labels: bool = doc("Recover each sequence's last token (a label only, no input gradient) from what its bins' "
+                       "bias gradients leave unexplained by the assembled batch.", True)
+    label_tolerance: float = doc("A last-token candidate is kept when it explains those residuals to within this "
+                                 "relative error (else the template's token stays).", 1e-2)
     peel_passes: int = doc("Passes after the first that recover a bin's one unknown input from its known ones.", 4)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.scale <= 0 or self.match_tolerance <= 0 or self.bin_floor < 0:
             raise ValueError("scale and match_tolerance must be positive, bin_floor >= 0")
-        if self.public_records < 1 or self.link_passes < 0 or self.max_assignments < 1 or self.peel_passes < 0 \
-                or self.live_blocks < 0:
-            raise ValueError("public_records and max_assignments must be >= 1, link_passes, peel_passes, live_blocks >= 0")
+        if self.public_records < 1 or self.link_passes < 0 or self.max_assignments < 1 or self.peel_passes < 0:
+            raise ValueError("public_records and max_assignments must be >= 1, link_passes and peel_passes >= 0")
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ class TrapInversion(Attack):
                                     f"norms; method {method.name} has {len(adapters)} and {len(norms)}")
         flat = state.clone()
         named = method.unflatten(flat)  # views into flat: writing them writes the broadcast
-        for norm in norms[: max(len(norms) - self.config.live_blocks, 0)]:
+        for norm in norms:
             named[norm].zero_()
         ids, positions = public_inputs(server.public[: self.config.public_records], server.collate)
         trapped = 0
@@ -219,6 +221,10 @@ class TrapInversion(Attack):
             sequences = layout.initial()
             if self.config.link_passes and len(sequences) > 1:
                 sequences = layout.link(model, method, view.task, sequences, gradient, self.config)
+            if self.config.labels and sequences and len({len(s) for s in sequences}) == 1 and len(sequences[0]) > 1:
+                bins = [Bins.of(grads[a.down_weight], grads[a.down_bias], broadcast[a.down_weight],
+                                broadcast[a.down_bias], self.config.bin_floor) for a in adapters]
+                sequences = last_labels(model, adapters, broadcast, bins, sequences, self.config.label_tolerance)
         return [s for s in sequences if s]
 
     def recover(self, model: nn.Module, adapters: list[Bottleneck], broadcast: dict[str, torch.Tensor],
@@ -260,9 +266,13 @@ class TrapInversion(Attack):
                  for k in range(len(adapters))]
         best: dict[tuple[int, int], Found] = {}
         for position in range(length):
+            known_here = {t for p, t in pairs if p == position}
             for k, inputs in enumerate(self._table(model, adapters, position)):
-                for test in tests[k]:
-                    distance = test.distances(inputs, {t for p, t in pairs if p == position})
+                free = [t for t in tests[k] if t.basis is None]  # no known input in the bin: one batched match
+                spanned = [t for t in tests[k] if t.basis is not None]
+                scored = [(t, d) for t, d in zip(free, _ratio_distances(free, inputs, known_here))]
+                scored += [(t, t.distances(inputs, known_here)) for t in spanned]
+                for test, distance in scored:
                     value, token = distance.min(dim=0)
                     value = float(value)
                     if value <= self.config.match_tolerance and value < best.get((k, test.index), _NONE).distance:
@@ -273,6 +283,21 @@ class TrapInversion(Attack):
 
 
 _NONE = Found(-1, -1, -1, float("inf"))
+
+
+def _ratio_distances(tests: list[BinTest], inputs: torch.Tensor, known_tokens: set[int]) -> list[torch.Tensor]:
+    """``BinTest.distances`` of many bins without known inputs at once (one distance matrix)."""
+    if not tests:
+        return []
+    origins = torch.stack([t.origin for t in tests])
+    distance = torch.cdist(origins, inputs) / inputs.norm(dim=1).clamp_min(1e-12).unsqueeze(0)
+    projected = inputs @ tests[0].direction
+    low = torch.tensor([t.low for t in tests], dtype=projected.dtype, device=projected.device)
+    high = torch.tensor([t.high for t in tests], dtype=projected.dtype, device=projected.device)
+    outside = (projected[None, :] <= low[:, None]) | (projected[None, :] > high[:, None])
+    if known_tokens:
+        outside[:, torch.tensor(sorted(known_tokens), device=inputs.device)] = True
+    return list(distance.masked_fill(outside, float("inf")).unbind(0))
 
 
 @dataclass(frozen=True)
@@ -468,6 +493,88 @@ def public_template(records: list[Record], task: TaskSpec, tokenizer, device: to
     return [int(torch.mode(ids[mask[:, t], t]).values) for t in range(length) if bool(mask[:, t].any())]
 
 
+# --- the last token: a label, seen only through the scalar each bin's bias gradient sums -------------
+def last_labels(model: nn.Module, adapters: list[Bottleneck], broadcast: dict[str, torch.Tensor], bins: list[Bins],
+                rows: list[list[int]], tolerance: float) -> list[list[int]]:
+    """Each sequence's last token, chosen so the bins' bias gradients are explained.
+
+    A bin's bias-gradient difference is ``sum s_i`` over its inputs, with ``s_i = c (p_i - e_y) . (J_i u)``:
+    ``y`` the input's label (the next token), ``p_i`` the broadcast model's next-token distribution, ``J_i u`` how
+    the logits move when the adapter's output moves along the trap's up column ``u``, and ``c`` the loss
+    weight 1 / (batch x predicted tokens). With attention constant all of it is a function of the input's
+    (token, position) and label, so every assembled input but the last one of each sequence predicts its share;
+    in a bin holding the last input of one sequence, what is left is ``c (p . Ju - (Ju)_v)`` for its label ``v``,
+    and the ``v`` that fits every such bin (all trapped adapters) to ``tolerance`` replaces the filled token."""
+    length, count = len(rows[0]), len(rows)
+    weight = 1.0 / (count * (length - 1))
+    items = sorted({(row[t], t, row[t + 1]) for row in rows for t in range(length - 1)} -
+                   {(row[-2], length - 2, row[-1]) for row in rows})
+    lasts = sorted({row[-2] for row in rows})
+    multiplicity = {token: sum(1 for row in rows if row[-2] == token) for token in lasts}
+    device = model.get_input_embeddings().weight.device
+    residuals: dict[int, list[tuple[torch.Tensor, float]]] = {token: [] for token in lasts}
+    for k, adapter in enumerate(adapters):
+        up = broadcast[adapter.up_weight][:, 0].double()
+        known_tokens = torch.tensor([i[0] for i in items] + lasts, device=device)
+        positions = torch.tensor([i[1] for i in items] + [length - 2] * len(lasts), device=device)
+        probs, moves, inputs = _directional_logits(model, adapter, known_tokens, positions, up)
+        labels = torch.tensor([i[2] for i in items], device=device)
+        counts = torch.tensor([sum(1 for row in rows for t in range(length - 1) if (row[t], t, row[t + 1]) == i)
+                               for i in items], device=device, dtype=torch.float64)
+        expected = (probs[: len(items)] * moves[: len(items)]).sum(1) - moves[: len(items)].gather(1, labels[:, None])[:, 0]
+        shares = weight * counts * expected
+        slot = _bin_of(inputs @ bins[k].direction, bins[k])
+        for n, token in enumerate(lasts):
+            j = int(slot[len(items) + n])
+            if j < 0 or any(int(slot[len(items) + m]) == j for m in range(len(lasts)) if m != n):
+                continue  # outside every bin, or sharing one with another sequence's last input
+            left = float(bins[k].d_bias[j]) - float(shares[slot[: len(items)] == j].sum())
+            row = len(items) + n
+            candidates = weight * multiplicity[token] * ((probs[row] * moves[row]).sum() - moves[row])
+            residuals[token].append((candidates, left))
+    chosen: dict[int, int] = {}
+    for token, fits in residuals.items():
+        if not fits:
+            continue
+        error = sum(((c - left) / max(abs(left), 1e-30)) ** 2 for c, left in fits) ** 0.5
+        value, best = error.min(dim=0)
+        if float(value) <= tolerance * len(fits) ** 0.5 and multiplicity[token] == 1:
+            chosen[token] = int(best)
+    return [row[:-1] + [chosen.get(row[-2], row[-1])] for row in rows]
+
+
+def _bin_of(projected: torch.Tensor, bins: Bins) -> torch.Tensor:
+    """Index of the kept bin each projection falls in, -1 for none."""
+    inside = (projected[:, None] > bins.low[None, :]) & (projected[:, None] <= bins.high[None, :])
+    return torch.where(inside.any(1), inside.float().argmax(1), torch.full_like(projected, -1, dtype=torch.long))
+
+
+def _directional_logits(model: nn.Module, adapter: Bottleneck, tokens: torch.Tensor, positions: torch.Tensor,
+                        up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For single-token sequences: next-token probabilities, d logits / d eps when the adapter's output moves
+    by eps x ``up`` (a double backward: the gradient of w . d logits / d eps with respect to w), and the
+    adapter's inputs."""
+    eps = torch.zeros(tokens.shape[0], 1, 1, dtype=torch.float32, device=tokens.device, requires_grad=True)
+    seen: list[torch.Tensor] = []
+    direction = up.to(torch.float32)
+
+    def shift(_module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        seen.append(args[0].detach())
+        return output + eps * direction
+
+    hook = adapter.module.register_forward_hook(shift)
+    try:
+        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):  # flash attention has no double backward
+            ids = tokens.reshape(-1, 1)
+            logits = model(input_ids=ids, position_ids=positions.reshape(-1, 1), attention_mask=torch.ones_like(ids)).logits[:, -1]
+            probe = torch.zeros_like(logits, requires_grad=True)
+            (first,) = torch.autograd.grad((probe * logits).sum(), eps, create_graph=True)
+            (moves,) = torch.autograd.grad(first.sum(), probe)
+    finally:
+        hook.remove()
+    return torch.softmax(logits.detach().double(), dim=-1), moves.double(), seen[0].reshape(tokens.shape[0], -1).double()
+
+
 # --- sequences from the recovered inputs ------------------------------------------------------------
 class _Assembly:
     """Recovered tokens per position, laid out as the batch's sequences."""
@@ -504,7 +611,7 @@ class _Assembly:
         params = [p for _, p in method.named_trainable]
         target = observed.float()
         best = _cosine(_batch_gradient(model, params, task, rows), target)
-        cuts = [t for t in range(1, len(rows[0])) if len(self.at.get(t, ())) > 1 and len(self.at.get(t - 1, ())) > 1]
+        cuts = [t for t in range(1, len(rows[0])) if len({r[t] for r in rows}) > 1 and len({r[t - 1] for r in rows}) > 1]
         for _ in range(config.link_passes):
             improved = False
             for t in cuts:
