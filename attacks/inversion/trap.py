@@ -77,7 +77,9 @@ one local step (the imprint needs one gradient). The Flower engines do not call
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +105,11 @@ from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.registry import ATTACKS
 from bench.api.transcript import FederationSettings, ThreatView
 from bench.api.vocabulary import AttackFamily, Record, Vantage
+
+if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
+    from transformers import PreTrainedTokenizerBase
+
+Collate = Callable[[list[Record]], dict[str, torch.Tensor]]
 
 LOCALITY_TOLERANCE = 1e-4
 """An adapter is trapped only when its inputs on a public batch equal those of the same tokens run one at
@@ -395,7 +402,8 @@ def find_bottlenecks(model: nn.Module, names: dict[int, str]) -> list[Bottleneck
     class: plugins import only the api), in module order."""
     found = []
     for module in model.modules():
-        down, up, act = (getattr(module, n, None) for n in ("down", "up", "act"))
+        children = dict(module.named_children())
+        down, up, act = (children.get(n) for n in ("down", "up", "act"))
         if not (isinstance(down, nn.Linear) and isinstance(up, nn.Linear) and isinstance(act, nn.ReLU)):
             continue
         parts = [down.weight, down.bias, up.weight, up.bias]
@@ -417,19 +425,21 @@ def pre_attention_norms(model: nn.Module, names: dict[int, str]) -> list[str]:
     weights = []
     for block in blocks:
         norm = next((c for c in block.children() if _is_norm(c)), None)
-        weight = getattr(norm, "weight", None) if norm is not None else None
+        weight = dict(norm.named_parameters(recurse=False)).get("weight") if norm is not None else None
         if isinstance(weight, nn.Parameter) and id(weight) in names:
             weights.append(names[id(weight)])
     return weights
 
 
 def _holds_bottleneck(module: nn.Module) -> bool:
-    return all(isinstance(getattr(module, n, None), t) for n, t in (("down", nn.Linear), ("up", nn.Linear), ("act", nn.ReLU)))
+    children = dict(module.named_children())
+    return all(isinstance(children.get(n), t) for n, t in (("down", nn.Linear), ("up", nn.Linear), ("act", nn.ReLU)))
 
 
 def _position_limit(model: nn.Module, task_length: int) -> int:
     config = model.config
-    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or task_length
+    settings = vars(config)  # a transformers config: GPT-2 names its limit n_positions, Llama max_position_embeddings
+    limit = settings.get("n_positions") or settings.get("max_position_embeddings") or task_length
     return min(int(limit), int(task_length))
 
 
@@ -449,7 +459,7 @@ def _inputs_one_at_a_time(model: nn.Module, adapters: list[Bottleneck], tokens: 
     return [captured[k].reshape(ids.shape[0], -1) for k in range(len(adapters))]
 
 
-def _position_local(model: nn.Module, adapter: Bottleneck, records: list[Record], collate) -> bool:
+def _position_local(model: nn.Module, adapter: Bottleneck, records: list[Record], collate: Collate) -> bool:
     """True when the adapter's inputs on a public batch equal those of its tokens run one at a time."""
     if not records:
         return False
@@ -476,7 +486,7 @@ def _positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.arange(ids.shape[1], device=ids.device).unsqueeze(0).expand_as(ids)
 
 
-def public_inputs(records: list[Record], collate) -> tuple[torch.Tensor, torch.Tensor]:
+def public_inputs(records: list[Record], collate: Collate) -> tuple[torch.Tensor, torch.Tensor]:
     """The distinct (token, position) pairs of public records (where the server places its bins)."""
     if not records:
         raise IncompatibleError("inversion-trap places its bins on public records; the task has none")
@@ -505,7 +515,8 @@ def _imprint(named: dict[str, torch.Tensor], adapter: Bottleneck, inputs: torch.
     named[adapter.up_bias].zero_()
 
 
-def public_template(records: list[Record], task: TaskSpec, tokenizer, device: torch.device) -> list[int]:
+def public_template(records: list[Record], task: TaskSpec, tokenizer: PreTrainedTokenizerBase,
+                    device: torch.device) -> list[int]:
     """The most common token at each position among public records, up to their most common length."""
     if not records:
         return []
