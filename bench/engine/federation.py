@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from bench.api.attack import ServerHold
+from bench.api.attack import Attack, ServerHold
 from bench.api.defense import Defense, DefenseSlot, Transport
 from bench.api.errors import DivergedError
 from bench.api.protocol import Protocol
@@ -40,7 +40,6 @@ from bench.world.partition import ClientData
 if TYPE_CHECKING:  # the field types of Federation below, named in annotations only
     from tqdm import tqdm
 
-    from bench.api.attack import Attack
     from bench.api.method import Method
     from bench.spec.scenario import Federation as FederationConfig
 
@@ -122,7 +121,8 @@ def tampered_broadcast(fed: Federation, r: int, global_state: torch.Tensor) -> t
     """The state the server broadcasts in round ``r``: ``global_state``, unless a malicious server
     (``Attack.tampers_broadcast``) rewrites it; the transcript records what was broadcast. The Flower
     engines do not call this hook, so such an attack finds an untampered broadcast there and says so."""
-    for attacker in (a for a in fed.attackers if a.tampers_broadcast):
+    # isinstance: a participant that only implements the client hooks (a duck-typed double) declares nothing here
+    for attacker in (a for a in fed.attackers if isinstance(a, Attack) and a.tampers_broadcast):
         hold = ServerHold(method=fed.method, public=fed.public, collate=fed.collate)
         global_state = attacker.tamper_broadcast(r, global_state, hold, generator(*fed.seed_parts, "tamper", r, attacker.name))
     return global_state
