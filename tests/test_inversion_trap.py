@@ -136,8 +136,8 @@ def test_public_inputs_are_the_distinct_token_position_pairs():
 
 @pytest.mark.slow
 def test_it_beats_the_floor_on_the_inversion_grids_adapter_cell():
-    # table4-inversion.yaml's adapter cell (size 16, batch 2, 24 tokens) with the trap in place of the
-    # honest attacks: measured ROUGE-1 0.71-0.83 against a floor of 0.54 (seed 0)
+    # table4-inversion.yaml's adapter cell (size 16, batch 2, 24 tokens) under the malicious server:
+    # ROUGE-1 0.73 against a floor of 0.54 at seed 0 (results/studies/adapter-trap/curves.csv)
     from pathlib import Path
 
     from bench.engine.runner import execute
