@@ -3,12 +3,14 @@
 An attack stands at one vantage (``bench.api.transcript.VANTAGES``) and turns a ``ThreatView`` into a
 prediction (``bench.api.predictions``). Attacks that change training (poisoning, Byzantine clients) also
 implement the participant hooks, which the single round loop in ``bench.engine.federation`` calls for the
-clients the attack controls.
+clients the attack controls. A malicious server (``tampers_broadcast``) chooses the trainable state it
+broadcasts each round (``tamper_broadcast``); it changes training too, so it declares ``changes_training``.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,6 +25,20 @@ from bench.api.vocabulary import AttackFamily, AttackRole, Record, TaskKind, Van
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
     from transformers import PreTrainedTokenizerBase
+
+    from bench.api.method import Method
+
+
+@dataclass(frozen=True)
+class ServerHold:
+    """What the server holds when it chooses the state it broadcasts (``Attack.tamper_broadcast``): the
+    shared model (frozen base and trainable layout), the task's public records, and the clients' batching."""
+
+    method: Method
+    public: list[Record]
+    """Public records from the task's distribution, disjoint from every client."""
+    collate: Callable[[list[Record]], dict[str, torch.Tensor]]
+    """Records -> a model batch, exactly as the clients batch theirs."""
 
 
 class Attack(abc.ABC):
@@ -41,6 +57,9 @@ class Attack(abc.ABC):
     ``BACKDOOR`` or ``BYZANTINE`` (see ``table_role``)."""
     changes_training: ClassVar[bool] = False
     """True for participant attacks that alter training; they need runs of their own."""
+    tampers_broadcast: ClassVar[bool] = False
+    """True for a malicious server that rewrites the trainable state it broadcasts (``tamper_broadcast``);
+    the round loop calls that hook only for these (and only for attacks that also change training)."""
     task_kinds: ClassVar[frozenset[TaskKind]] = frozenset(TaskKind)
     """Task kinds the attack applies to; checked before any training."""
     channels: ClassVar[frozenset[Channel]] = frozenset({Channel.PARAMETERS})
@@ -80,6 +99,13 @@ class Attack(abc.ABC):
     ) -> dict[int, torch.Tensor]:
         """Replace the malicious clients' updates; colluding attackers may read the benign ones."""
         return updates
+
+    def tamper_broadcast(self, round_index: int, state: torch.Tensor, server: ServerHold,
+                         rng: torch.Generator) -> torch.Tensor:
+        """The flat trainable state a malicious server broadcasts in round ``round_index`` instead of
+        ``state`` (what honest training reached). Only trainable parameters travel, so the frozen base
+        cannot change; raise ``IncompatibleError`` when the method gives the attack nothing to set."""
+        return state
 
     def check_federation(self, federation: FederationSettings) -> str | None:
         """Why this training attack cannot do what it claims at this federation's size, or None (planning)."""

@@ -3,7 +3,8 @@
 Attacks and defenses never copy this loop; they are hooks (``bench.api.defense.Defense``,
 ``bench.api.attack.Attack`` participant hooks), called in this order each round:
 
-  sample clients -> per client: [Defense.wrap_training] local training -> flat update
+  [Attack.tamper_broadcast] (a malicious server's broadcast state)
+  -> sample clients -> per client: [Defense.wrap_training] local training -> flat update
   -> [Attack.poison_updates] (malicious clients) -> [Defense.on_client_update]
   -> transport.encode (what the server sees; kept in the transcript for the vantages)
   -> [Defense.aggregate] or transport.aggregate -> [Defense.on_aggregate]
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from bench.api.attack import Attack, ServerHold
 from bench.api.defense import Defense, DefenseSlot, Transport
 from bench.api.errors import DivergedError
 from bench.api.protocol import Protocol
@@ -38,7 +40,6 @@ from bench.world.partition import ClientData
 if TYPE_CHECKING:  # the field types of Federation below, named in annotations only
     from tqdm import tqdm
 
-    from bench.api.attack import Attack
     from bench.api.method import Method
     from bench.spec.scenario import Federation as FederationConfig
 
@@ -106,6 +107,7 @@ def run(fed: Federation, transcript: Transcript, truth: GroundTruth) -> Federati
         fed.protocol = PROTOCOLS.get(fed.settings.protocol)(fed.settings)
     fed.protocol.setup(fed)
     for round_index in range(fed.settings.rounds):
+        global_state = tampered_broadcast(fed, round_index, global_state)
         global_state = _round(fed, round_index, global_state, transport, transcript, truth, stats)
         for observe in fed.observers:
             observe(round_index, global_state)
@@ -113,6 +115,17 @@ def run(fed: Federation, transcript: Transcript, truth: GroundTruth) -> Federati
             fed.progress.update(1)
     fed.method.set_flat(global_state)
     return stats
+
+
+def tampered_broadcast(fed: Federation, r: int, global_state: torch.Tensor) -> torch.Tensor:
+    """The state the server broadcasts in round ``r``: ``global_state``, unless a malicious server
+    (``Attack.tampers_broadcast``) rewrites it; the transcript records what was broadcast. The Flower
+    engines do not call this hook, so such an attack finds an untampered broadcast there and says so."""
+    # isinstance: a participant that only implements the client hooks (a duck-typed double) declares nothing here
+    for attacker in (a for a in fed.attackers if isinstance(a, Attack) and a.tampers_broadcast):
+        hold = ServerHold(method=fed.method, public=fed.public, collate=fed.collate)
+        global_state = attacker.tamper_broadcast(r, global_state, hold, generator(*fed.seed_parts, "tamper", r, attacker.name))
+    return global_state
 
 
 def _round(fed: Federation, r: int, global_state: torch.Tensor, transport: Transport, transcript: Transcript,
