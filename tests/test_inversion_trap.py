@@ -148,3 +148,24 @@ def test_it_beats_the_floor_on_the_inversion_grids_adapter_cell():
     rows = {r.metric: r for r in execute(scenario, 0) if r.attack == "inversion-trap"}
     rouge = rows["inversion.rouge1"]
     assert rouge.value > rouge.extra["floor"] + 0.1
+
+
+def test_its_cells_are_its_own_and_an_honest_attack_cannot_claim_them():
+    # Table 4 pairs runs by (method, defense, role): a malicious server's runs must never pair with the
+    # honest server's, so the trap plays its own role, and only a broadcast-tampering inversion may play it.
+    from bench.api.attack import Attack
+    from bench.api.registry import ATTACKS
+    from bench.api.vocabulary import AttackFamily, AttackRole
+
+    assert ATTACKS.get("inversion-trap").table_role() == AttackRole.MALICIOUS_INVERSION
+    assert ATTACKS.get("inversion-dager").table_role() == AttackRole.INVERSION
+
+    class HonestClaimingMalice(Attack):
+        family = AttackFamily.INVERSION
+        role = AttackRole.MALICIOUS_INVERSION
+
+        def run(self, view, rng):
+            raise AssertionError("never built")
+
+    with pytest.raises(TypeError, match="tamper"):
+        HonestClaimingMalice(HonestClaimingMalice.Config())

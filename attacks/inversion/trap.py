@@ -104,7 +104,7 @@ from bench.api.handles import OpenHandle, TaskSpec
 from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.registry import ATTACKS
 from bench.api.transcript import FederationSettings, ThreatView
-from bench.api.vocabulary import AttackFamily, Record, Vantage
+from bench.api.vocabulary import AttackFamily, AttackRole, Record, Vantage
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
     from transformers import PreTrainedTokenizerBase
@@ -175,6 +175,7 @@ class TrapInversion(Attack):
 
     vantage = Vantage.SERVER
     family = AttackFamily.INVERSION
+    role = AttackRole.MALICIOUS_INVERSION  # a stronger threat model than the honest server: cells of its own
     access = frozenset({Access.WEIGHTS, Access.GRADIENTS})
     needs = frozenset({"client_updates", "global_states"})
     changes_training = True  # it chooses what clients train from

@@ -128,6 +128,8 @@ def _declaration_problem(cls: type[Attack]) -> str | None:
         return f"{cls.__qualname__} must declare family = AttackFamily.<one of {', '.join(AttackFamily)}>, got {family!r}"
     if family == AttackFamily.POISON and cls.role not in (AttackRole.BACKDOOR, AttackRole.BYZANTINE):
         return f"{cls.__qualname__} is a poisoning attack and must declare role = AttackRole.BACKDOOR or BYZANTINE"
-    if family != AttackFamily.POISON and cls.role not in (None, AttackRole(family)):
+    if cls.role == AttackRole.MALICIOUS_INVERSION and not (family == AttackFamily.INVERSION and cls.tampers_broadcast):
+        return f"{cls.__qualname__}: role {cls.role} is for inversion attacks that tamper with the broadcast"
+    if family != AttackFamily.POISON and cls.role not in (None, AttackRole(family), AttackRole.MALICIOUS_INVERSION):
         return f"{cls.__qualname__}: role {cls.role} does not belong to family {family}"
     return None

@@ -66,6 +66,9 @@ class AttackRole(enum.StrEnum):
 
     MIA = "mia"
     INVERSION = "inversion"
+    MALICIOUS_INVERSION = "malicious-inversion"
+    """Inversion by a server that also chooses what clients train from (a stronger threat model than the
+    honest-but-curious server of ``INVERSION``): its own Table 4 cells, never paired with honest runs."""
     BACKDOOR = "backdoor"
     BYZANTINE = "byzantine"
     EXTRACTION = "extraction"

@@ -23,7 +23,7 @@ from bench.reporting import paper4, table4, verdict
 SYMBOL = {"mitigates": "✓", "partial": "◐", "no effect": "✗", "inconclusive": "?", "not applicable": "–",
           "resists": "⊥", "incompatible": "⊘", "failed": "!"}
 MISSING = "·"  # no run of this role for the (method, defense)
-ROLE_LETTER = {"mia": "M", "inversion": "I", "backdoor": "B", "byzantine": "Z"}
+ROLE_LETTER = {"mia": "M", "inversion": "I", "malicious-inversion": "T", "backdoor": "B", "byzantine": "Z"}
 
 Cell = Mapping[str, JsonValue]
 

@@ -50,8 +50,8 @@ from bench.reporting.leaderboard import PARAMETER_SHARING
 if TYPE_CHECKING:  # table4 calls annotate; the cell type is only named here
     from bench.reporting.table4 import Cell
 
-TARGETS = {DefenseFamily.DP: {"mia", "inversion", "extraction"}, DefenseFamily.SECAGG: {"inversion"},
-           DefenseFamily.HE: {"inversion"}, DefenseFamily.ROBUST_AGGREGATION: {"backdoor", "byzantine"}}
+TARGETS = {DefenseFamily.DP: {"mia", "inversion", "malicious-inversion", "extraction"},
+           DefenseFamily.SECAGG: {"inversion", "malicious-inversion"}, DefenseFamily.HE: {"inversion", "malicious-inversion"}, DefenseFamily.ROBUST_AGGREGATION: {"backdoor", "byzantine"}}
 """The threats each of the paper's defense families targets (by the family a defense declares, ``Defense.family``)."""
 OPEN_FULL = {"fft", "lora", "adapter", "qlora"}
 PROMPT = {"prompt-tuning", "prefix-tuning"}

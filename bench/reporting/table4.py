@@ -60,12 +60,13 @@ from bench.reporting.leaderboard import DEFAULT_PROTOCOL, PARAMETER_SHARING, par
 from bench.reporting.resists import Backing
 
 MIN_ADVANTAGE = rule.MIN_ADVANTAGE
-ROLES = ("mia", "inversion", "backdoor", "byzantine", "extraction")
-ROLE_TITLES = {"mia": "membership inference", "inversion": "gradient inversion", "backdoor": "backdoor",
+ROLES = ("mia", "inversion", "malicious-inversion", "backdoor", "byzantine", "extraction")
+ROLE_TITLES = {"mia": "membership inference", "inversion": "gradient inversion",
+               "malicious-inversion": "gradient inversion (malicious server)", "backdoor": "backdoor",
                "byzantine": "Byzantine", "extraction": "extraction"}
-HEADLINE = {"mia": "mia.auc", "inversion": "inversion.recovered", "backdoor": "poison.asr", "byzantine": "poison.asr",
+HEADLINE = {"mia": "mia.auc", "inversion": "inversion.recovered", "malicious-inversion": "inversion.recovered", "backdoor": "poison.asr", "byzantine": "poison.asr",
             "extraction": "extraction.rate"}
-ATTACK_COLUMN = {"mia": "mia_attack", "inversion": "inversion_attack", "backdoor": "poison_attack",
+ATTACK_COLUMN = {"mia": "mia_attack", "inversion": "inversion_attack", "malicious-inversion": "inversion_attack", "backdoor": "poison_attack",
                  "byzantine": "poison_attack", "extraction": "extraction_attack"}
 
 
