@@ -18,7 +18,7 @@ reported to crash on them with ``LinAlgError``.) Nothing but the message itself 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +26,7 @@ import torch
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.handles import OpenHandle
+from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.transcript import FederationSettings, ThreatView
 from bench.api.vocabulary import AGGREGATE_CLIENT
 
@@ -91,6 +92,15 @@ def targets(view: ThreatView, config: TargetConfig, size: int) -> Iterator[Targe
             examples = int(record.weights[client]) if client in record.weights else None
             yield Target((record.round, client), as_float_update(record.transmitted[client], size),
                          record.global_before, 1, examples)
+
+
+def reconstruct(view: ThreatView, config: TargetConfig, invert: Callable[[Target], list[list[int]]]) -> Reconstruction:
+    """One reconstruction per attacked update; an update that is not a float vector (ciphertexts, masked
+    sums) gives none."""
+    result = Reconstruction(decode=text_decoder(view.tokenizer))
+    for target in targets(view, config, view.layout.num_trainable):
+        result.sequences[target.key] = [] if target.update is None else invert(target)
+    return result
 
 
 def as_float_update(message: object, size: int) -> torch.Tensor | None:

@@ -107,7 +107,7 @@ from attacks.inversion._common import (
     is_language_model,
     model_at,
     observed_gradient,
-    targets,
+    reconstruct,
     trainable_names,
 )
 from attacks.inversion._decode import (
@@ -124,7 +124,7 @@ from attacks.inversion._span import SpanBasis, SpanCheck, merge_probes, restrict
 from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
-from bench.api.predictions import Reconstruction, text_decoder
+from bench.api.predictions import Reconstruction
 from bench.api.registry import ATTACKS
 from bench.api.transcript import FederationSettings, ThreatView
 from bench.api.vocabulary import AttackFamily, Vantage
@@ -199,11 +199,7 @@ class Dager(Attack):
         configure_vantage(self, config)
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
-        method = view.final_model
-        result = Reconstruction(decode=text_decoder(view.tokenizer))
-        for target in targets(view, self.config, method.num_trainable):
-            result.sequences[target.key] = [] if target.update is None else self.invert(view, target, rng)
-        return result
+        return reconstruct(view, self.config, lambda target: self.invert(view, target, rng))
 
     def tolerance(self, federation: FederationSettings) -> Tolerance:
         c = self.config

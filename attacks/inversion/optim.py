@@ -40,14 +40,14 @@ from attacks.inversion._common import (
     is_language_model,
     model_at,
     observed_gradient,
-    targets,
+    reconstruct,
 )
 from attacks.inversion.tokens import EmbeddingRows, TokensConfig
 from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.handles import OpenHandle
-from bench.api.predictions import Reconstruction, text_decoder
+from bench.api.predictions import Reconstruction
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
 from bench.api.vocabulary import AttackFamily, Vantage
@@ -88,10 +88,7 @@ class GradientMatching(Attack):
         configure_vantage(self, config)
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
-        result = Reconstruction(decode=text_decoder(view.tokenizer))
-        for target in targets(view, self.config, view.layout.num_trainable):
-            result.sequences[target.key] = [] if target.update is None else self.invert(view, target, rng)
-        return result
+        return reconstruct(view, self.config, lambda target: self.invert(view, target, rng))
 
     def invert(self, view: ThreatView, target: Target, rng: torch.Generator) -> list[list[int]]:
         method = view.final_model

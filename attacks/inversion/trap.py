@@ -93,7 +93,7 @@ from attacks.inversion._common import (
     is_language_model,
     model_at,
     observed_gradient,
-    targets,
+    reconstruct,
     trainable_names,
 )
 from bench.api.access import Access
@@ -101,7 +101,7 @@ from bench.api.attack import Attack, ServerHold
 from bench.api.config import doc
 from bench.api.errors import IncompatibleError
 from bench.api.handles import OpenHandle, TaskSpec
-from bench.api.predictions import Reconstruction, text_decoder
+from bench.api.predictions import Reconstruction
 from bench.api.registry import ATTACKS
 from bench.api.transcript import FederationSettings, ThreatView
 from bench.api.vocabulary import AttackFamily, AttackRole, Record, Vantage
@@ -226,10 +226,7 @@ class TrapInversion(Attack):
 
     # --- reading the client's gradient -----------------------------------------------------------
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
-        result = Reconstruction(decode=text_decoder(view.tokenizer))
-        for target in targets(view, self.config, view.layout.num_trainable):
-            result.sequences[target.key] = [] if target.update is None else self.invert(view, target)
-        return result
+        return reconstruct(view, self.config, lambda target: self.invert(view, target))
 
     def invert(self, view: ThreatView, target: Target) -> list[list[int]]:
         method = view.final_model

@@ -52,12 +52,19 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attacks.inversion._common import Target, TargetConfig, configure_vantage, is_language_model, model_at, targets
+from attacks.inversion._common import (
+    Target,
+    TargetConfig,
+    configure_vantage,
+    is_language_model,
+    model_at,
+    reconstruct,
+)
 from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.handles import OpenHandle
-from bench.api.predictions import Reconstruction, text_decoder
+from bench.api.predictions import Reconstruction
 from bench.api.registry import ATTACKS
 from bench.api.transcript import ThreatView
 from bench.api.vocabulary import AttackFamily, Vantage
@@ -99,10 +106,7 @@ class UpdateDecode(Attack):
         configure_vantage(self, config)
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
-        result = Reconstruction(decode=text_decoder(view.tokenizer))
-        for target in targets(view, self.config, view.layout.num_trainable):
-            result.sequences[target.key] = [] if target.update is None else self.invert(view, target)
-        return result
+        return reconstruct(view, self.config, lambda target: self.invert(view, target))
 
     def invert(self, view: ThreatView, target: Target) -> list[list[int]]:
         method = view.final_model
