@@ -171,3 +171,20 @@ def test_runs_stored_before_defenses_declared_a_family_still_report():
     assert cell.defense_family == DefenseFamily.ROBUST_AGGREGATION and cell.comparison == "agree"
     [cell] = _poison_cells("robust-median", {"robust-median": "robust aggregation"})  # as the runner stores it now
     assert cell.defense_family == DefenseFamily.ROBUST_AGGREGATION and cell.comparison == "agree"
+
+
+def test_a_byzantine_cell_on_a_generative_task_reads_the_utility_it_cost():
+    # instruction tuning has no error rate: the run stores poison.utility_drop (ROUGE-L lost against its
+    # attacker-free twin), and the cell reads that with failure level 0 instead of staying "not applicable"
+    from report_helpers import run_rows
+
+    rows = []
+    for seed, (without, with_) in enumerate([(0.37, 0.01), (0.40, -0.02), (0.35, 0.03)]):
+        for defenses, drop in (("none", without), ("robust-median", with_)):
+            rows += run_rows(f"t4[method=instruction-tuning,defenses={defenses},attacks=byz-ipm]", seed,
+                             method="instruction-tuning", defenses=defenses,
+                             metrics={("none", "utility.rouge_l"): 0.4, ("byz-ipm", "poison.utility_drop"): drop})
+    board = leaderboard.build(rows)
+    (cell,) = [c for c in table4.build(board, paper=paper4.annotate) if c.role == "byzantine"]
+    assert (cell.metric, cell.failure_level, cell.verdict) == ("poison.utility_drop", 0.0, "mitigates"), cell.reason
+    assert cell.success_without == pytest.approx(0.3733, abs=1e-3)

@@ -65,4 +65,5 @@ declare(MetricSpec(name="mia.auc", chance=0.5, higher_is_better=True, scale="AUC
 declare(MetricSpec(name="inversion.rouge1", chance=0.0, higher_is_better=True, scale="rate", mde_goal=0.1))
 declare(MetricSpec(name="inversion.recovered", chance=0.0, higher_is_better=True, scale="rate", mde_goal=0.1))
 declare(MetricSpec(name="poison.asr", chance=0.0, higher_is_better=True, scale="rate", mde_goal=0.1))
+declare(MetricSpec(name="poison.utility_drop", chance=0.0, higher_is_better=True, scale="rate", mde_goal=0.1))
 declare(MetricSpec(name="extraction.rate", chance=0.0, higher_is_better=True, scale="rate", mde_goal=0.1))

@@ -68,6 +68,16 @@ HEADLINE = {"mia": "mia.auc", "inversion": "inversion.recovered", "malicious-inv
             "extraction": "extraction.rate"}
 ATTACK_COLUMN = {"mia": "mia_attack", "inversion": "inversion_attack", "malicious-inversion": "inversion_attack", "backdoor": "poison_attack",
                  "byzantine": "poison_attack", "extraction": "extraction_attack"}
+UTILITY_DROP = "poison.utility_drop"
+"""A Byzantine run's success on a generative task, where there is no error rate (``poison.asr``): the headline
+utility it cost against its attacker-free twin (ROUGE-L, reward accuracy), failure level 0."""
+
+
+def metric_of(row: JsonObject, role: str) -> str:
+    """The metric a run's cell reads: the role's headline, or for a Byzantine run without one the utility drop."""
+    if role == "byzantine" and row.get(HEADLINE[role]) is None and row.get(UTILITY_DROP) is not None:
+        return UTILITY_DROP
+    return HEADLINE[role]
 
 
 def role_of(attack: str, declared: dict[str, str]) -> str | None:
@@ -195,9 +205,12 @@ def failure_level(row: JsonObject, role: str, clean: dict[tuple, JsonObject],
                   stored: Floors | None = None) -> float | None:
     """What the run's attack scores when it fails: its stored floor, else (Byzantine) the clean twin's
     error rate, else the metric's declared chance level."""
-    key = (str(row.get("scenario_hash")), int(row["seed"]), str(row.get(ATTACK_COLUMN[role]) or ""), HEADLINE[role])
+    metric = metric_of(row, role)
+    key = (str(row.get("scenario_hash")), int(row["seed"]), str(row.get(ATTACK_COLUMN[role]) or ""), metric)
     if stored and key in stored:
         return stored[key]
+    if metric == UTILITY_DROP:
+        return spec_of(metric).chance
     if role == "byzantine":
         accuracy = _twin_accuracy(row, clean)
         return 1.0 - accuracy if accuracy is not None else spec_of(HEADLINE[role]).chance
@@ -206,10 +219,11 @@ def failure_level(row: JsonObject, role: str, clean: dict[tuple, JsonObject],
 
 def _advantage(row: JsonObject, role: str, clean: dict[tuple, JsonObject],
                stored: Floors | None = None) -> float | None:
-    value = row.get(HEADLINE[role])
+    metric = metric_of(row, role)
+    value = row.get(metric)
     if value is None:
         return None
-    sign = 1.0 if spec_of(HEADLINE[role]).higher_is_better else -1.0
+    sign = 1.0 if spec_of(metric).higher_is_better else -1.0
     return sign * (value - failure_level(row, role, clean, stored))
 
 
@@ -272,9 +286,10 @@ def make_cell(key: tuple, rows: list[dict], baseline: list[dict], clean: dict[tu
     pairs = _pairs(ok_rows, baseline)
     attack = next((r.get(ATTACK_COLUMN[role]) for r in ok_rows + baseline if r.get(ATTACK_COLUMN[role])), "")
     utility_metric = next((r.get("utility_metric") for r in ok_rows + baseline if r.get("utility_metric")), "")
-    cell = Cell(tier=tier, method=method, defense=defense, role=role, attack=attack or "", metric=HEADLINE[role],
-                seeds=len(pairs), success_without=_mean([b.get(HEADLINE[role]) for b, _ in pairs]),
-                success_with=_mean([d.get(HEADLINE[role]) for _, d in pairs]), advantage_without=None,
+    metric = next((metric_of(r, role) for r in ok_rows + baseline), HEADLINE[role])
+    cell = Cell(tier=tier, method=method, defense=defense, role=role, attack=attack or "", metric=metric,
+                seeds=len(pairs), success_without=_mean([b.get(metric) for b, _ in pairs]),
+                success_with=_mean([d.get(metric) for _, d in pairs]), advantage_without=None,
                 advantage_with=None, reduction=None, failure_level=None, change=None, change_low=None,
                 change_high=None, threshold=None, paired_sd=None, mde=None,
                 mde_goal=spec_of(HEADLINE[role]).mde_goal, utility_metric=utility_metric or "",
