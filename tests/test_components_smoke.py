@@ -23,6 +23,7 @@ DEFENSE_PARAMS = {"dp-local": {"noise_multiplier": 1.0}, "dp-central": {"noise_m
                   # 3 clients per round: Krum's n >= 2f + 3 holds for f = 0; trim one client per end
                   "robust-krum": {"f": 0}, "robust-trimmed": {"trim_count": 1}}
 VANTAGE_TIER = {"provider": "gray-box"}
+STRUCTURE_METHOD = {"inversion-trap": "adapter"}  # attacks that need a method's structure (the trap: adapters)
 
 
 def _protocol(component) -> dict:
@@ -44,8 +45,9 @@ def test_every_attack_runs_and_is_scored(tmp_path, name):
     tier = VANTAGE_TIER.get(cls.vantage, "open-weight")
     if tier == "gray-box":
         method = "provider-tuning"
+    method = STRUCTURE_METHOD.get(name, method)
     params = dict(FAST_PARAMS.get(name, {}))
-    if cls.changes_training:
+    if cls.changes_training and not cls.tampers_broadcast:  # malicious clients; a malicious server has no fraction
         params.setdefault("fraction", 0.34)
     scenario = make_scenario(tmp_path, task=task, method=method, tier=tier, federation={**TINY, **_protocol(cls)},
                              attacks=[{"name": name, "params": params}])

@@ -23,8 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS, ROWS_PER_RUN, KILLS = 400, 12, 10
 
 CHILD = """
-import os, sys, time
+import os, signal, sys, time
 from bench.store.results import ResultStore, Row
+
+# A shell that starts the test suite in the background leaves SIGINT ignored in every child, and Python keeps
+# an inherited SIG_IGN: this sweep would then sleep through the SIGINT kills below. Take the default back.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 out, starts, total, rows_per_run, cap = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 store = ResultStore(out, writer=True)
