@@ -118,7 +118,8 @@ class RoundRecord:
     aggregate: torch.Tensor | None = None
     """The update the server applied to the global state this round."""
     weights: dict[int, float] = field(default_factory=dict)
-    """Example counts each client reported (public metadata in FedAvg)."""
+    """Example counts each client reported (public metadata in FedAvg); empty under uniform (DP-FedAvg)
+    aggregation, where clients report none."""
     channel: dict[str, ChannelValue] = field(default_factory=dict)
     """What a non-parameter protocol's server holds anyway this round (``Protocol.round_public``): KD's
     proxy records, split learning's client-side layers (which it averages). Empty under FedAvg/FedSGD."""

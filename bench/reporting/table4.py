@@ -3,13 +3,16 @@
 A cell pairs the runs of one (tier, method, protocol, defense, attack role) with the runs of the same (tier,
 method, protocol, role) and no defense, seed by seed (the engine derives data, initialisation and sampling from
 the seed alone, so the pair differs only in the defense). Roles: ``mia`` (membership inference),
-``inversion`` (gradient inversion), ``backdoor`` and ``byzantine`` (poisoning attacks, by the role each
+``inversion`` (gradient inversion by an honest server), ``malicious-inversion`` (by a server that rewrites
+the broadcast: its own cells, never paired with the honest server's), ``backdoor`` and ``byzantine`` (poisoning attacks, by the role each
 declares: ``Attack.table_role``, stored by the runner in the row's ``attack_roles``), ``extraction``.
 
 **Attack advantage** = headline metric - the level a failed attack reaches (its *failure level*):
 the metric row's measured ``floor`` (in its ``extra``) when the run stored one, else the metric's
-declared chance level (``bench.api.metrics``: AUC 0.5, ROUGE-1 0, ASR 0), with the sign the metric
-declares. Byzantine attacks without a stored floor: ``poison.asr`` (error rate on clean inputs) - the
+declared chance level (``bench.api.metrics``: AUC 0.5, rates 0), with the sign the metric declares.
+Gradient inversion's headline is ``inversion.recovered`` (records reconstructed beyond guessing, failure
+level 0). A Byzantine run on a generative task (no error rate) reads ``poison.utility_drop`` (``metric_of``),
+failure level 0. Other Byzantine attacks without a stored floor: ``poison.asr`` (error rate on clean inputs) - the
 error rate of the same scenario and seed without attackers (its clean twin, through
 ``poison.utility_drop``; failing that, the privacy run of the same method, defense and seed), so that
 a defense that merely makes the model worse is not counted as an attack.
