@@ -139,3 +139,33 @@ def test_the_missing_cell_list_crosses_a_protocol_only_with_the_defenses_run_on_
     notes = table4.missing(board, table4.build(board, paper=paper4.annotate))
     assert [n for n in notes if "lora via kd" in n] == ["no run of open-weight / lora via kd / defense dp-logits with a "
                                                          "membership inference attack"], notes
+
+
+def test_an_attack_that_cannot_read_a_protocols_channel_has_no_table4_cell_on_its_row(tmp_path):
+    # table4-protocols.yaml lists KD's logit attack and split's activation inversion on every row; the runner
+    # refuses each on the other's channel. Before, the refused attack kept its role, so the kd row got an
+    # inversion cell (and the split row a membership cell) reading "not applicable", counted as gaps.
+    from bench.api.metrics import Metric
+    from bench.api.vocabulary import RunStatus
+    from bench.reporting import table4
+
+    grid = {(s.federation.protocol, s.defense_label): s for s in load("scenarios/table4-protocols.yaml")}
+    rows: list[Row] = []
+    for (protocol, defense), scenario in grid.items():
+        own, other = ("mia-kd-logits", "inversion-split") if protocol == "kd" else ("inversion-split", "mia-kd-logits")
+        metric = "mia.auc" if protocol == "kd" else "inversion.recovered"
+        for seed in SEEDS:
+            value = (0.9 if defense == "none" else 0.55) if protocol == "kd" else (0.4 if defense == "none" else 0.1)
+            result = RunResult(metrics=[("none", Metric("utility.accuracy", 0.6)), (own, Metric(metric, value + 0.01 * seed))],
+                               skipped=[(other, RunStatus.INCOMPATIBLE, "refused")])
+            stored = _rows(scenario, seed, result, 1.0)
+            assert stored[0].extra["attack_roles"] == {own: "mia" if protocol == "kd" else "inversion"}
+            rows += stored
+    store = ResultStore(tmp_path / "runs")
+    store.append(rows)
+    board = leaderboard.build(store.rows())
+    cells = table4.build(board, paper=paper4.annotate)
+    assert {(c.protocol, c.role) for c in cells} == {("kd", "mia"), ("split (cut 1)", "inversion")}
+    assert all(c.verdict != "not applicable" for c in cells), [(c.protocol, c.role, c.verdict) for c in cells]
+    notes = table4.missing(board, cells)
+    assert not [n for n in notes if "inversion" in n and "kd" in n], notes

@@ -129,9 +129,10 @@ def _engine_refusal(scenario: Scenario) -> str | None:
     return None
 
 
-def channel_refusal(component: Attack | Defense, scenario: Scenario) -> str | None:
-    """Why an attack or defense cannot act on the messages of the scenario's protocol (its ``channels``
-    do not hold the protocol's ``channel``), or None; components that touch no message run under any."""
+def channel_refusal(component: Attack | Defense | type[Attack], scenario: Scenario) -> str | None:
+    """Why an attack or defense (or an attack class) cannot act on the messages of the scenario's protocol
+    (its ``channels`` do not hold the protocol's ``channel``), or None; components that touch no message
+    run under any."""
     channel = PROTOCOLS.get(scenario.federation.protocol).channel
     if channel in component.channels or not _touches_messages(component):
         return None
@@ -139,10 +140,11 @@ def channel_refusal(component: Attack | Defense, scenario: Scenario) -> str | No
             f"{scenario.federation.protocol} sends {channel}")
 
 
-def _touches_messages(component: Attack | Defense) -> bool:
-    if isinstance(component, Attack):
-        reads = bool({"client_updates", "aggregates"} & set(component.needs)) or component.vantage == "aggregate"
-        return reads or type(component).poison_updates is not Attack.poison_updates
+def _touches_messages(component: Attack | Defense | type[Attack]) -> bool:
+    if isinstance(component, type) or isinstance(component, Attack):
+        attack = component if isinstance(component, type) else type(component)
+        reads = bool({"client_updates", "aggregates"} & set(attack.needs)) or attack.vantage == "aggregate"
+        return reads or attack.poison_updates is not Attack.poison_updates
     return component.slot is not DefenseSlot.TRAINING
 
 
@@ -511,10 +513,16 @@ def _keep_metric_extras(result: RunResult, attack: Attack, metrics: list[Metric]
 
 
 def _declared(scenario: Scenario) -> tuple[dict[str, str], dict[str, str]]:
-    """(attack -> family, attack -> Table 4 role) for every attack of the scenario, as declared by its class."""
+    """(attack -> family, attack -> Table 4 role) for the scenario's attacks, as declared by their classes.
+
+    An attack that cannot read the protocol's channel (``channel_refusal``) gets no role: it has no Table 4
+    cell on this protocol's row. A grid that lists split learning's activation inversion beside KD's logit
+    attack runs both on every row; the kd row's inversion cell is not a gap of KD (no attack on logits was
+    left out), so it must not read "not applicable". A tier that refuses an attack keeps its role: that
+    refusal is a finding of the tier."""
     classes = {spec.name: ATTACKS.get(spec.name) for spec in scenario.attacks}
     return ({name: str(cls.family) for name, cls in classes.items()},
-            {name: str(cls.table_role()) for name, cls in classes.items()})
+            {name: str(cls.table_role()) for name, cls in classes.items() if not channel_refusal(cls, scenario)})
 
 
 def _canary_copies(canaries: list[Canary], clients: list[ClientData]) -> list[int]:
