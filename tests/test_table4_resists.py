@@ -192,3 +192,16 @@ def test_resists_is_not_part_of_a_runs_identity(tmp_path):
     (plain,) = load(bare)
     assert declared.resists and not plain.resists
     assert (declared.hash, declared.training_key) == (plain.hash, plain.training_key)
+
+
+def test_a_curve_of_several_attacks_backs_only_the_attack_that_works_on_it(tmp_path):
+    # extraction curves hold one row per (run, attack): pii-infer beating its floor must not back pii-extract
+    path = tmp_path / "curve.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "attack", "extraction.rate", "extraction.rate.floor"])
+        writer.writerows([("lora", "pii-extract", 0.02, 0.0), ("lora", "pii-infer", 0.60, 0.19)])
+    for attack, backed in (("pii-extract", False), ("pii-infer", True)):
+        entry = Resists(method="lora", attack=attack, curve=str(path), metric="extraction.rate", why="rank")
+        found = resists.read_backing(entry, "scenarios/x.yaml", "resists[0]")
+        assert (found.rows, found.backed) == (1, backed)

@@ -3,7 +3,9 @@
 A scenario file declares ``resists:`` entries (``bench.spec.scenario.Resists``: method, attack, curve,
 metric, why). The curve is a CSV the report reads (it never trains): one row per run, a ``method`` column,
 the metric's column and its ``<metric>.floor`` column (the level the attack scores when it fails; an empty
-floor is the metric's declared chance level, as in the verdict rule).
+floor is the metric's declared chance level, as in the verdict rule). A curve that measured several attacks
+has an ``attack`` column; then only the entry's attack's rows count (one attack working does not back
+another's cells).
 
 An entry **backs** its (method, attack) when at least one row of that method beats its floor by at least
 ``verdict.MIN_ADVANTAGE`` (the attack works somewhere on the curve). Then every Table 4 cell of that
@@ -108,6 +110,8 @@ def read_backing(entry: Resists, file: str, key: str) -> Backing:
         for row in reader:
             value = _number(row.get(entry.metric))
             if row.get("method") != entry.method or value is None:
+                continue
+            if "attack" in columns and row.get("attack") != entry.attack:  # a curve of several attacks
                 continue
             floor = _number(row.get(f"{entry.metric}.floor"))
             advantages.append(sign * (value - (metric.chance if floor is None else floor)))
