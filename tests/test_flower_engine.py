@@ -273,3 +273,23 @@ def test_a_protocol_that_does_not_share_parameters_is_refused_under_flower(tmp_p
                                                    "clients_per_round": 2, "rounds": 1})
     rows = execute(scenario, 0)
     assert rows[0].status == "incompatible" and "in-process only" in rows[0].error
+
+
+def test_a_deployed_runs_wall_time_is_the_whole_deployment_not_the_server_apps(tmp_path, monkeypatch):
+    """The rows come back from the ServerApp's own ``execute``, which timed only itself; starting the
+    SuperLink, the SuperNodes and every ClientApp process is the run's cost too (issue 18)."""
+    from bench.engine.flower import deployment
+    from bench.store.results import Row
+
+    def fake_run(scenario: Scenario, seed: int) -> list[Row]:
+        time.sleep(0.5)  # the deployment around the ServerApp
+        base = dict(run_id="r", scenario="s", scenario_hash="h", seed=seed, tier="t", model="m", task="k", method="x",
+                    defenses="none", status="ok", wall_s=0.01)
+        return [Row(attack="none", metric="utility.accuracy", value=0.5, **base),
+                Row(attack="none", metric="cost.wall_s", value=0.01, **base)]
+
+    monkeypatch.setattr(deployment, "run_scenario", fake_run)
+    rows = runner.execute(engine(make_scenario(tmp_path, attacks=[]), "flower-deployment"), 0)
+    assert all(r.wall_s >= 0.5 for r in rows), [r.wall_s for r in rows]
+    cost = next(r for r in rows if r.metric == "cost.wall_s")
+    assert cost.value >= 0.5 and cost.extra["server_app_s"] == 0.01
