@@ -122,7 +122,10 @@ def _env(home: Path) -> dict[str, str]:
     path = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     binaries = os.pathsep.join([str(BIN), os.environ.get("PATH", "")])  # the SuperLink and SuperNodes start Flower's
     return {**os.environ, "FLWR_HOME": str(home / "flwr"), "RAY_TMPDIR": str(home / "ray"), "PYTHONPATH": path,
-            "PATH": binaries, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}  # executors (flower-superexec) by name
+            "PATH": binaries, "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # executors (flower-superexec) by name
+            # SuperExec polls for the next ClientApp task every 1 s by default (run_superexec.py); each
+            # message to a SuperNode is one task, so every client round waited up to a second for nothing
+            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
 
 
 @contextlib.contextmanager
