@@ -205,3 +205,34 @@ def test_a_curve_of_several_attacks_backs_only_the_attack_that_works_on_it(tmp_p
         entry = Resists(method="lora", attack=attack, curve=str(path), metric="extraction.rate", why="rank")
         found = resists.read_backing(entry, "scenarios/x.yaml", "resists[0]")
         assert (found.rows, found.backed) == (1, backed)
+
+
+def test_a_curve_backs_a_cell_of_the_same_role_that_names_another_attack_of_it(tmp_path):
+    # the extraction cell shows the run's strongest PII attack; where all three stay at their floors, the one it
+    # names is arbitrary, so a curve on which pii-infer works backs a LoRA cell that names pii-extract
+    def run(defense: str, seed: int) -> list[dict]:
+        name = f"t4x[method=lora,defenses={defense},attacks=pii-extract+pii-infer]"
+        rows = run_rows(name, seed, method="lora", defenses=defense,
+                        extras={("pii-extract", "extraction.rate"): {"floor": 0.0},
+                                ("pii-infer", "extraction.rate"): {"floor": 0.2}},
+                        metrics={("none", "utility.rouge_l"): 0.4, ("pii-extract", "extraction.rate"): 0.01,
+                                 ("pii-infer", "extraction.rate"): 0.15})
+        rows[0]["extra"]["attack_roles"] = {"pii-extract": "extraction", "pii-infer": "extraction"}
+        return rows
+
+    rows = [r for seed in range(3) for d in ("none", "scrub-pii") for r in run(d, seed)]
+    path = tmp_path / "curve.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "attack", "extraction.rate", "extraction.rate.floor"])
+        writer.writerows([("lora", "pii-extract", 0.0, 0.0), ("lora", "pii-infer", 0.35, 0.15)])
+    entry = Resists(method="lora", attack="pii-infer", curve=str(path), metric="extraction.rate", why="32 steps")
+    found = [resists.read_backing(entry, "scenarios/x.yaml", "resists[0]")]
+    [cell] = [c for c in cells_with(rows, found).values() if c.role == "extraction"]
+    assert cell.attack == "pii-extract" and cell.verdict == "resists", (cell.attack, cell.verdict, cell.reason)
+    assert "⊥ in 1 cells" in resists.summary_markdown([cell], found)
+    # another role's curve does not: an inversion curve on lora backs no extraction cell
+    other = Resists(method="lora", attack="inversion-dager", curve=str(write_curve(tmp_path / "inv.csv", [("lora", 0.9, 0.5)])),
+                    metric="inversion.rouge1", why="rank")
+    [cell] = [c for c in cells_with(rows, [resists.read_backing(other, "x.yaml", "r")]).values() if c.role == "extraction"]
+    assert cell.verdict == "not applicable"

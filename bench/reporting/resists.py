@@ -9,7 +9,7 @@ another's cells).
 
 An entry **backs** its (method, attack) when at least one row of that method beats its floor by at least
 ``verdict.MIN_ADVANTAGE`` (the attack works somewhere on the curve). Then every Table 4 cell of that
-method and attack whose verdict is "not applicable" because the attack does not beat its failure level
+method and of that attack's role (``covers``) whose verdict is "not applicable" because the attack does not beat its failure level
 without the defense (the cell has an undefended advantage: a cell whose attack could not run at all is
 left alone) reads **resists**: the method resists the attack at the grid's setting, and the curve shows
 where it stops resisting. An entry whose curve never shows the attack working backs nothing: its cells
@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,16 +130,31 @@ def backings(entries: Sequence[tuple[Resists, str, str]]) -> list[Backing]:
     return list(seen.values())
 
 
-def apply(cell: Cell, found: Sequence[Backing]) -> None:
-    """Turn a "not applicable" cell into *resists* when a backing curve covers its method and attack."""
+def covers(backing: Backing, cell: Cell, roles: Mapping[str, str]) -> bool:
+    """Whether ``backing`` speaks for ``cell``: same method, and the same attack or an attack of the cell's role
+    (``roles``: attack -> Table 4 role, as the runs declared them). A cell shows its role's strongest attack of
+    the run, and where every attack of the role stays at its floor which one it names is arbitrary: the three
+    PII attacks share the extraction cell, so a curve on which pii-infer works backs a LoRA extraction cell
+    that happens to name pii-extract."""
+    return backing.method == cell.method and (backing.attack == cell.attack or roles.get(backing.attack) == cell.role)
+
+
+def apply(cell: Cell, found: Sequence[Backing], roles: Mapping[str, str] | None = None) -> None:
+    """Turn a "not applicable" cell into *resists* when a backing curve covers its method and attack role."""
     if cell.verdict != NOT_APPLICABLE or cell.advantage_without is None:
         return
-    backing = next((b for b in found if b.backed and (b.method, b.attack) == (cell.method, cell.attack)), None)
+    backing = next((b for b in found if b.backed and covers(b, cell, roles or {})), None)
     if backing is None:
         return
     cell.verdict = VERDICT
     cell.curve = backing.curve
-    cell.reason = f"{cell.reason}; the curve {backing.curve} shows where it stops resisting: {backing.describe()}"
+    cell.reason = (f"{cell.reason}; the curve {backing.curve} shows where it stops resisting: {backing.attack}'s "
+                   f"{backing.describe()}")
+
+
+def _first_on(cell: Cell, found: Sequence[Backing]) -> Backing | None:
+    """The backing ``apply`` chose for a *resists* cell: the first backed one of its method and curve."""
+    return next((b for b in found if b.backed and b.method == cell.method and b.curve == cell.curve), None)
 
 
 def summary_markdown(cells: Sequence[Cell], found: Sequence[Backing]) -> str:
@@ -151,7 +166,7 @@ def summary_markdown(cells: Sequence[Cell], found: Sequence[Backing]) -> str:
              f"defense (or cannot run): {len(resisting)} of them backed by a curve (⊥ resists), {len(unbacked)} not "
              "applicable (–)."]
     for backing in found:
-        count = sum(1 for c in resisting if (c.method, c.attack) == (backing.method, backing.attack))
+        count = sum(1 for c in resisting if _first_on(c, found) is backing)
         if backing.backed:
             lines.append(f"- {backing.method} × {backing.attack}: ⊥ in {count} cells; curve `{backing.curve}` "
                          f"({backing.describe()}); why: {backing.why}")

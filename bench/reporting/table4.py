@@ -22,7 +22,7 @@ its 95% t-interval over seeds: ``mitigates``, ``partial``, ``no effect``, ``inco
 applicable``; before that, from run status: ``incompatible`` (the defended run could not be set up,
 the reason is the runner's), ``failed`` (a run failed at run time), ``not applicable`` (the attack
 does not run without the defense). Each cell also carries its minimum detectable effect.
-A "not applicable" cell whose (method, attack) a published curve backs reads ``resists`` instead
+A "not applicable" cell whose method and attack role a published curve backs reads ``resists`` instead
 (``bench.reporting.resists``: the scenario file's ``resists:`` entries; the curve names it in ``curve``).
 
 Columns of the interval (``table4.csv``): ``failure_level`` (mean over the undefended runs),
@@ -347,13 +347,14 @@ def build(board: list[JsonObject], paper: Callable[[Cell], None] | None = None, 
     ``stored`` holds the failure levels the runs measured (``floors(rows)`` of the tidy rows); ``curves``
     the published curves that turn a "not applicable" cell into *resists* (``bench.reporting.resists``)."""
     runs, clean = _index(board)
+    roles = {attack: role for row in board for attack, role in parse_families(row.get("attack_roles")).items()}
     cells = []
     for key in sorted(runs, key=_order):
         tier, method, protocol, defense, role = key
         if defense == "none":
             continue
         cell = make_cell(key, runs[key], runs.get((tier, method, protocol, "none", role), []), clean, stored)
-        resists.apply(cell, curves)
+        resists.apply(cell, curves, roles)
         if paper is not None:
             paper(cell)
         cells.append(cell)
