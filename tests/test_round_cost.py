@@ -126,3 +126,21 @@ def test_a_batched_group_drops_its_optimizer_state_before_building_the_clients_s
     stats = fl.run(p.fed, p.transcript, p.truth)
     assert stats.batching.record()["batched_clients"] == 3
     assert alive == [before] * 3
+
+
+def test_the_round_profile_breaks_a_run_into_nested_phases(tmp_path):
+    from bench.tools import profile_round
+    from tests.helpers import scenario_dict, write_scenario
+
+    small = {"rounds": 1, "local_steps": 1, "examples_per_client": 8, "eval_examples": 8}
+    path = write_scenario(tmp_path, scenario_dict(method="fft", attacks=["mia-loss"], federation=small))
+    result = profile_round.profile_run(str(path), 0)
+    phases = result["phases"]
+    assert list(phases) == [label for label, _, _ in profile_round.PHASES]
+    assert 0 < phases["local training"] <= phases["rounds"]
+    assert 0 < phases["aggregation"] <= phases["server"] <= phases["rounds"]
+    assert phases["attacks"] > 0 and phases["prepare"] > 0
+    top = sum(phases[label] for label, depth, _ in profile_round.PHASES if depth == 0)
+    assert top <= result["wall_s"]
+    assert result["costs"]["cost.client_s"] > 0 and "mia-loss/mia.auc" in result["metrics"]
+    assert "| rounds |" in profile_round.render(result)
