@@ -186,7 +186,9 @@ def finish_round(fed: Federation, r: int, record: RoundRecord, rng: torch.Genera
     check_finite(r, None, "aggregate", aggregate)
     record.aggregate = aggregate if "aggregates" in fed.keep else None
     transcript.rounds.append(record)
-    return global_state + s.server_lr * aggregate.to(global_state.dtype)
+    step = s.server_lr * aggregate.to(global_state.dtype)
+    step += global_state  # global_state + step, bit for bit (addition commutes), in the step's buffer
+    return step
 
 
 def _exchange(fed: Federation, r: int, sampled: list[int], record: RoundRecord, global_state: torch.Tensor,
@@ -237,12 +239,22 @@ def check_finite(r: int, client: int | None, what: str, value: float | torch.Ten
     if value is None:  # a trainer that reports no loss
         return
     tensor = torch.as_tensor(value)
-    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+    if not tensor.is_floating_point() or _all_finite(tensor):
         return
     bad = int((~torch.isfinite(tensor)).sum())
     who = f"client {client}'s " if client is not None else "the "
     detail = f"{float(tensor):g}" if tensor.numel() == 1 else f"{bad} of {tensor.numel()} values non-finite"
     raise DivergedError(f"diverged in round {r}: {who}{what} is not finite ({detail})")
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every value is finite, without a mask as large as the tensor (a 135M-parameter update's
+    would be 135 MB, allocated for every client and round): a sum is finite only if every term is (one
+    inf or nan makes it inf or nan), so a finite sum settles it; a non-finite sum (a nan, an inf, or
+    finite values that overflow float32 when added) is settled value by value."""
+    if bool(torch.isfinite(tensor.sum())):
+        return True
+    return bool(torch.isfinite(tensor).all())
 
 
 def server_update(fed: Federation, r: int, root: list[Record]) -> torch.Tensor:
@@ -253,9 +265,12 @@ def server_update(fed: Federation, r: int, root: list[Record]) -> torch.Tensor:
     return fed.method.get_flat() - fed.global_state
 
 
-def _job(fed: Federation, r: int, client: int, global_state: torch.Tensor, examples: list[Record]) -> LocalJob:
+def _job(fed: Federation, r: int, client: int, global_state: torch.Tensor, examples: list[Record],
+         load: bool = True) -> LocalJob:
+    """Client ``client``'s job; ``load``: set the model to ``global_state`` first (False: it holds it already)."""
     s = fed.settings
-    fed.method.set_flat(global_state)
+    if load:
+        fed.method.set_flat(global_state)
     fedsgd = s.protocol == "fedsgd"
     return LocalJob(
         model=fed.method.model,
@@ -282,7 +297,8 @@ def _train_clients(fed: Federation, r: int, sampled: list[int], global_state: to
     if reason is not None:
         stats.batching.sequential(reason, len(sampled))
         return {c: _train_client(fed, r, c, global_state, truth, stats) for c in sampled}
-    jobs = {c: _job(fed, r, c, global_state, fed.clients[c].members) for c in sampled}
+    fed.method.set_flat(global_state)  # once: every batched job starts from it and leaves the model alone
+    jobs = {c: _job(fed, r, c, global_state, fed.clients[c].members, load=False) for c in sampled}
     trained = batched.train_round(fed, jobs, stats.batching)
     updates = {}
     for c in sampled:
