@@ -152,7 +152,7 @@ def test_the_curve_path_is_taken_from_the_scenario_files_folder(tmp_path):
 
 @pytest.mark.parametrize(("entry", "key", "says"), [
     ("{method: lora, attack: inversion-dager, curve: c.csv, metric: inversion.rouge1, why: w, rank: 8}",
-     "resists[0].rank", "allowed: attack, curve, method, metric, why"),
+     "resists[0].rank", "allowed: attack, curve, method, metric, protocol, why"),
     ("{method: lora, attack: inversion-dager, curve: c.csv, metric: inversion.rouge1}", "resists[0].why", "missing"),
     ("{method: loraa, attack: inversion-dager, curve: c.csv, metric: inversion.rouge1, why: w}",
      "resists[0].method", "allowed:"),
@@ -236,3 +236,25 @@ def test_a_curve_backs_a_cell_of_the_same_role_that_names_another_attack_of_it(t
                     metric="inversion.rouge1", why="rank")
     [cell] = [c for c in cells_with(rows, [resists.read_backing(other, "x.yaml", "r")]).values() if c.role == "extraction"]
     assert cell.verdict == "not applicable"
+
+
+def test_a_curve_backs_only_the_cells_of_its_protocol(tmp_path):
+    # a KD curve (logit sharing) says nothing about parameter sharing's cells of the same method and role
+    def run(defense: str, seed: int, protocol: str) -> list[dict]:
+        name = f"t4p[protocol={protocol},defenses={defense},attacks=mia-kd-logits]"
+        rows = run_rows(name, seed, method="fft", defenses=defense,
+                        metrics={("none", "utility.accuracy"): 0.4, ("mia-kd-logits", "mia.auc"): 0.51})
+        rows[0]["extra"]["protocol"] = protocol
+        return rows
+
+    rows = [r for seed in range(3) for d in ("none", "dp-logits") for p in ("kd", "fedavg") for r in run(d, seed, p)]
+    path = tmp_path / "curve.csv"
+    path.write_text("method,mia.auc,mia.auc.floor\nfft,0.60,0.5\n")
+    for protocol, backed in (("kd", {"kd"}), ("fedavg", {"fedavg"})):
+        entry = Resists(method="fft", attack="mia-kd-logits", curve=str(path), metric="mia.auc", why="8 records",
+                        protocol=protocol)
+        found = [resists.read_backing(entry, "scenarios/x.yaml", "resists[0]")]
+        built = table4.build(leaderboard.build(rows), paper=paper4.annotate, curves=found)
+        assert {c.protocol for c in built if c.verdict == "resists"} == backed
+        assert {c.protocol for c in built if c.verdict == "not applicable"} == {"kd", "fedavg"} - backed
+    assert "- fft via kd × mia-kd-logits: ⊥ in 0 cells" not in resists.summary_markdown(built, found)

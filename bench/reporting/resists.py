@@ -61,6 +61,8 @@ class Backing:
     """The largest advantage over the floor among the method's rows (None without rows)."""
     file: str
     """The scenario file that declared the entry."""
+    protocol: str = "fedavg"
+    """The round protocol of the cells it backs (a KD curve says nothing about parameter sharing's cells)."""
 
     @property
     def backed(self) -> bool:
@@ -117,7 +119,8 @@ def read_backing(entry: Resists, file: str, key: str) -> Backing:
             advantages.append(sign * (value - (metric.chance if floor is None else floor)))
     working = sum(1 for a in advantages if a >= rule.MIN_ADVANTAGE - rule.TOLERANCE)
     return Backing(method=entry.method, attack=entry.attack, curve=shown_path(entry.curve), metric=entry.metric,
-                   why=entry.why, rows=len(advantages), working=working, best=max(advantages, default=None), file=file)
+                   why=entry.why, rows=len(advantages), working=working, best=max(advantages, default=None), file=file,
+                   protocol=entry.protocol)
 
 
 def backings(entries: Sequence[tuple[Resists, str, str]]) -> list[Backing]:
@@ -136,7 +139,8 @@ def covers(backing: Backing, cell: Cell, roles: Mapping[str, str]) -> bool:
     the run, and where every attack of the role stays at its floor which one it names is arbitrary: the three
     PII attacks share the extraction cell, so a curve on which pii-infer works backs a LoRA extraction cell
     that happens to name pii-extract."""
-    return backing.method == cell.method and (backing.attack == cell.attack or roles.get(backing.attack) == cell.role)
+    return (backing.method, backing.protocol) == (cell.method, cell.protocol) and (
+        backing.attack == cell.attack or roles.get(backing.attack) == cell.role)
 
 
 def apply(cell: Cell, found: Sequence[Backing], roles: Mapping[str, str] | None = None) -> None:
@@ -154,7 +158,14 @@ def apply(cell: Cell, found: Sequence[Backing], roles: Mapping[str, str] | None 
 
 def _first_on(cell: Cell, found: Sequence[Backing]) -> Backing | None:
     """The backing ``apply`` chose for a *resists* cell: the first backed one of its method and curve."""
-    return next((b for b in found if b.backed and b.method == cell.method and b.curve == cell.curve), None)
+    return next((b for b in found if b.backed and (b.method, b.protocol, b.curve) == (cell.method, cell.protocol, cell.curve)),
+                None)
+
+
+def _row(method: str, protocol: str) -> str:
+    """A Table 4 row's name (``table4.row_label``, which imports this module): the method, with its protocol
+    unless parameter sharing."""
+    return method if protocol == "fedavg" else f"{method} via {protocol}"
 
 
 def summary_markdown(cells: Sequence[Cell], found: Sequence[Backing]) -> str:
@@ -168,14 +179,15 @@ def summary_markdown(cells: Sequence[Cell], found: Sequence[Backing]) -> str:
     for backing in found:
         count = sum(1 for c in resisting if _first_on(c, found) is backing)
         if backing.backed:
-            lines.append(f"- {backing.method} × {backing.attack}: ⊥ in {count} cells; curve `{backing.curve}` "
+            lines.append(f"- {_row(backing.method, backing.protocol)} × {backing.attack}: ⊥ in {count} cells; curve `{backing.curve}` "
                          f"({backing.describe()}); why: {backing.why}")
         else:
-            lines.append(f"- {backing.method} × {backing.attack}: the curve `{backing.curve}` does not back it "
+            lines.append(f"- {_row(backing.method, backing.protocol)} × {backing.attack}: the curve `{backing.curve}` does not back it "
                          f"({backing.describe()}): its cells stay not applicable")
     by_row: dict[tuple[str, str], int] = {}
     for cell in unbacked:
-        by_row[(cell.method, cell.attack or cell.role)] = by_row.get((cell.method, cell.attack or cell.role), 0) + 1
+        row = (_row(cell.method, cell.protocol), cell.attack or cell.role)
+        by_row[row] = by_row.get(row, 0) + 1
     if by_row:
         lines.append("- not applicable, no curve: " + ", ".join(f"{m} × {a} ({n})" for (m, a), n in by_row.items()))
     return "\n".join(lines) + "\n"

@@ -166,9 +166,11 @@ class Resists:
     metric: str = doc("The curve's headline column (e.g. inversion.rouge1); `<metric>.floor` is each row's failure "
                       "level, and a row where the metric beats it by at least 0.05 shows the attack working.")
     why: str = doc("One line: why the grid's setting lies on the curve's failing side.")
+    protocol: str = doc("The round protocol of the cells it backs, as Table 4 labels rows: `fedavg` (parameter "
+                        "sharing: FedAvg and FedSGD), `kd`, `split (cut N)`.", "fedavg")
 
     def __post_init__(self) -> None:
-        for name in ("method", "attack", "curve", "metric", "why"):
+        for name in ("method", "attack", "curve", "metric", "why", "protocol"):
             if not getattr(self, name).strip():
                 raise FieldError(name, f"{name} must be a non-empty string")
 
