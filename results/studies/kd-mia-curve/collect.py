@@ -1,0 +1,62 @@
+"""Collect the kd-mia-curve runs into curves.csv: one row per run, with mia-kd-logits' AUC (floor 0.5, its
+chance level) and TPR at 1% FPR, the local steps and records per client, and the run's accuracy.
+
+Usage (from the repository root): PYTHONPATH=. python results/studies/kd-mia-curve/collect.py RUNS_DIR [...]
+(every folder's results.jsonl is read; a run id seen twice keeps its last reading).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+ATTACK = "mia-kd-logits"
+METRICS = ("mia.auc", "mia.tpr@0.01")
+MARGIN = 0.05  # bench.reporting.verdict.MIN_ADVANTAGE
+
+
+def main(*runs: str) -> None:
+    table: dict[str, dict] = {}
+    lines = [line for folder in runs for line in Path(folder, "results.jsonl").read_text().splitlines()]
+    for line in lines:
+        for row in json.loads(line).get("rows", []):
+            if row.get("status") != "ok":
+                continue
+            entry = table.setdefault(row["run_id"], {"method": row["method"], "seed": row["seed"]})
+            config = (row.get("extra") or {}).get("scenario_config") or {}
+            if config:
+                federation = config.get("federation", {})
+                entry.update(local_steps=federation.get("local_steps"),
+                             examples_per_client=federation.get("examples_per_client"))
+            if row["metric"] == "utility.accuracy":
+                entry["utility.accuracy"] = round(row["value"], 4)
+            if row["attack"] == ATTACK and row["metric"] in METRICS:
+                entry[row["metric"]] = round(row["value"], 4)
+                if row["metric"] == "mia.auc":
+                    entry["mia.auc.floor"] = (row.get("extra") or {}).get("floor", 0.5)
+    rows = sorted(table.values(), key=lambda e: (e.get("examples_per_client") or 0, e.get("local_steps") or 0, e["seed"]))
+    columns = ["method", "local_steps", "examples_per_client", "seed", "mia.auc", "mia.auc.floor", "mia.tpr@0.01",
+               "utility.accuracy"]
+    out = Path(__file__).with_name("curves.csv")
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {out} ({len(rows)} runs)")
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row.get("examples_per_client"), row.get("local_steps")), []).append(row)
+    print("| records per client | local steps | AUC | TPR@1%FPR | accuracy | runs >= 0.5 + 0.05 |\n|---|---|---|---|---|---|")
+    for (records, steps), runs_ in groups.items():
+        def mean(column: str, runs_: list[dict] = runs_) -> str:
+            values = [r[column] for r in runs_ if r.get(column) is not None]
+            return f"{sum(values) / len(values):.2f}" if values else ""
+        working = sum(1 for r in runs_ if r.get("mia.auc") is not None and r["mia.auc"] - 0.5 >= MARGIN)
+        print(f"| {records} | {steps} | {mean('mia.auc')} | {mean('mia.tpr@0.01')} | {mean('utility.accuracy')} | "
+              f"{working} of {len(runs_)} |")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
