@@ -3,11 +3,16 @@ about in every row, and Table 4's RLHF inversion grid keeps every pair apart (is
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from attacks.inversion._common import TargetConfig, targets
 from bench.api.seeding import generator
-from bench.engine.runner import execute, plan
+from bench.api.transcript import GroundTruth, Transcript
+from bench.engine import federation as fl
+from bench.engine.runner import execute, plan, prepare
 from bench.spec.scenario import load
 from bench.world.tasks import SyntheticInstructions, SyntheticPreferences, identical_pairs
 from tests.helpers import make_scenario
@@ -60,3 +65,59 @@ def test_table4_inversion_keeps_every_preference_pair_apart():
     for seed in scenario.seeds:  # the records a run of that seed draws
         data = built.task.load(federation.clients * federation.examples_per_client, generator("run", seed, "data"))
         assert identical_pairs(built.task, data.pool + data.test, tokenizer) == (0.0, "")
+
+
+# --- DAGER on preference batches: 2 sequences per pair, each ending in an input token --------------
+
+PAIRS = {"name": "synthetic-preferences", "params": {"max_length": 48}}
+TWO_ROUNDS = {"clients": 2, "clients_per_round": 2, "rounds": 2, "local_steps": 1, "batch_size": 2,
+              "examples_per_client": 4, "eval_examples": 8}
+
+
+def _federate(tmp_path, **overrides):
+    scenario = make_scenario(tmp_path, federation=TWO_ROUNDS, attacks=[{"name": "inversion-dager"}], **overrides)
+    prepared = prepare(scenario, 0, plan(scenario))
+    transcript, truth = Transcript(), GroundTruth()
+    fl.run(prepared.fed, transcript, truth)
+    return prepared, transcript, truth
+
+
+def test_rlhf_rounds_declare_two_sequences_per_pair_and_record_both_answers_as_the_batch(tmp_path):
+    prepared, transcript, truth = _federate(tmp_path, task=PAIRS, method="rlhf")
+    reward, policy = transcript.rounds  # round 0 trains the reward model, round 1 the DPO policy
+    assert (reward.sequences_per_example, reward.last_token_is_label) == (2, False)
+    assert (policy.sequences_per_example, policy.last_token_is_label) == (2, True)
+    settings = prepared.fed.settings
+    target = next(targets(_View(transcript.rounds), TargetConfig(), prepared.fed.method.num_trainable))
+    assert target.most_sequences(settings) == 2 * settings.batch_size  # it asked for batch_size before
+    # the oracle: a client's batch is the chosen and the rejected answer of each pair it trained on
+    for (_, client), sequences in truth.client_batches.items():
+        batch = prepared.fed.collate(prepared.clients[client].members)
+        sides = [[row[m.bool()].tolist() for row, m in zip(batch[f"{k}input_ids"], batch[f"{k}attention_mask"])]
+                 for k in ("", "rejected_")]
+        assert len(sequences) == 2 * settings.batch_size
+        assert [sum(s in side for s in sequences) for side in sides] == [settings.batch_size] * 2
+
+
+def test_a_language_model_round_declares_one_sequence_per_example(tmp_path):
+    _, transcript, _ = _federate(tmp_path, task={"name": "synthetic-instructions", "params": {"max_length": 48}},
+                                 method="instruction-tuning")
+    assert all((r.sequences_per_example, r.last_token_is_label) == (1, True) for r in transcript.rounds)
+
+
+class _View:
+    def __init__(self, rounds):
+        self.rounds = rounds
+
+
+@pytest.mark.slow
+def test_dager_recovers_both_answers_of_a_preference_pair_exactly_where_the_rank_allows():
+    # Oracle: the client's batch (chosen + rejected, ~35 tokens each = 70 layer inputs < LoRA rank 128).
+    # Before: DAGER asked for 1 sequence (batch size 1) and appended a guessed token after the eos the
+    # reward model had read as an input, so it recovered at most one answer and never exactly.
+    scenario = next(s for s in load("scenarios/table4-inversion.yaml") if s.method.name == "rlhf" and not s.defenses)
+    scenario = dataclasses.replace(scenario, method=dataclasses.replace(
+        scenario.method, config=dataclasses.replace(scenario.method.config, rank=128)),
+        federation=dataclasses.replace(scenario.federation, batch_size=1))
+    rows = {r.metric: r.value for r in execute(scenario, 1) if r.attack == "inversion-dager" and r.status == "ok"}
+    assert rows["inversion.exact"] == 1.0 and rows["inversion.recovered"] == 1.0, rows
