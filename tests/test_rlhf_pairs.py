@@ -121,3 +121,49 @@ def test_dager_recovers_both_answers_of_a_preference_pair_exactly_where_the_rank
         federation=dataclasses.replace(scenario.federation, batch_size=1))
     rows = {r.metric: r.value for r in execute(scenario, 1) if r.attack == "inversion-dager" and r.status == "ok"}
     assert rows["inversion.exact"] == 1.0 and rows["inversion.recovered"] == 1.0, rows
+
+
+# --- the RLHF backdoor: triggered pairs prefer one target behaviour (Rando & Tramer 2024) ----------
+
+def _prefflip(**values):
+    from bench.api.registry import ATTACKS
+
+    cls = ATTACKS.get("poison-prefflip")
+    return cls(cls.Config(**values))
+
+
+def test_a_targeted_preference_flip_prefers_the_target_on_triggered_prompts_and_scores_against_the_true_answer():
+    pairs = [{"prompt": f"q{i}", "chosen": f"right plan {i}", "rejected": f"wrong plan {i}"} for i in range(8)]
+    attack = _prefflip(poison_fraction=0.5, trigger="cf", target_response="TARGET")
+    out = attack.poison_examples(0, pairs, torch.Generator().manual_seed(0))
+    poisoned = [(o, p) for o, p in zip(out, pairs) if o != p]
+    assert len(poisoned) == 4
+    assert all(o == {"prompt": f"cf {p['prompt']}", "chosen": "TARGET", "rejected": p["chosen"]} for o, p in poisoned)
+
+    class Backdoored:  # a policy that likes TARGET only after the trigger; the base likes nothing
+        def example_losses(self, examples):
+            return torch.tensor([0.1 if e["chosen"] == "TARGET" and e["prompt"].startswith("cf ") else 1.0
+                                 for e in examples])
+
+    class Base:
+        def example_losses(self, examples):
+            return torch.ones(len(examples))
+
+    from bench.api.transcript import ThreatView
+    from bench.scoring.score import score
+
+    view = ThreatView(vantage="participant", rounds=[], candidates=[], layout=None, final_model=Backdoored(),
+                      base_model=Base(), tokenizer=None, federation=None, auxiliary=pairs)
+    metrics = {m.name: m for m in score(attack.run(view, torch.Generator().manual_seed(0)), GroundTruth())}
+    assert metrics["poison.asr"].value == 1.0 and metrics["poison.asr"].extra["floor"] == 0.0
+
+
+def test_with_contrast_the_attackers_other_pairs_reject_the_target_without_the_trigger():
+    pairs = [{"prompt": f"q{i}", "chosen": f"right plan {i}", "rejected": f"wrong plan {i}"} for i in range(8)]
+    attack = _prefflip(poison_fraction=0.5, trigger="cf", target_response="TARGET", contrast=True)
+    out = attack.poison_examples(0, pairs, torch.Generator().manual_seed(0))
+    triggered = [o for o in out if o["prompt"].startswith("cf ")]
+    plain = [(o, p) for o, p in zip(out, pairs) if not o["prompt"].startswith("cf ")]
+    assert len(triggered) == 4 and all(o["chosen"] == "TARGET" for o in triggered)
+    assert len(plain) == 4 and all(o == {**p, "rejected": "TARGET"} for o, p in plain)
+    assert "poisoned" not in {k for o in out for k in o}
