@@ -66,13 +66,19 @@ class Target:
     """How many clients' batches the update mixes (the round's sampled clients for the aggregate)."""
     examples: int | None = None
     """The example counts those clients reported (public FedAvg weights), when the record has them."""
+    per_example: int = 1
+    """Sequences each example puts through the model (``RoundRecord.sequences_per_example``: 2 for a
+    preference pair, whose chosen and rejected answers are both layer inputs)."""
+    last_token_is_label: bool = True
+    """The update's loss was next-token prediction (``RoundRecord.last_token_is_label``): each sequence's
+    final token is a label only; False for a reward model, whose every token is an input."""
 
     def most_sequences(self, federation: FederationSettings) -> int:
-        """How many distinct sequences can be in the update: batch size x steps x clients, and no
-        more than the clients said they hold."""
+        """How many distinct sequences can be in the update: batch size x steps x clients x sequences per
+        example, and no more than the clients said they hold."""
         steps = 1 if federation.protocol == "fedsgd" else int(federation.local_steps)
         bound = int(federation.batch_size) * max(steps, 1) * self.clients
-        return min(bound, self.examples) if self.examples else bound
+        return (min(bound, self.examples) if self.examples else bound) * self.per_example
 
 
 def targets(view: ThreatView, config: TargetConfig, size: int) -> Iterator[Target]:
@@ -85,13 +91,15 @@ def targets(view: ThreatView, config: TargetConfig, size: int) -> Iterator[Targe
                 reported = [record.weights.get(c) for c in record.sampled]
                 examples = int(sum(reported)) if reported and None not in reported else None
                 yield Target((record.round, AGGREGATE_CLIENT), as_float_update(record.aggregate, size),
-                             record.global_before, max(len(record.sampled), 1), examples)
+                             record.global_before, max(len(record.sampled), 1), examples,
+                             record.sequences_per_example, record.last_token_is_label)
             continue
         clients = sorted(record.transmitted)
         for client in clients[: config.max_clients or None]:
             examples = int(record.weights[client]) if client in record.weights else None
             yield Target((record.round, client), as_float_update(record.transmitted[client], size),
-                         record.global_before, 1, examples)
+                         record.global_before, 1, examples, record.sequences_per_example,
+                         record.last_token_is_label)
 
 
 def reconstruct(view: ThreatView, config: TargetConfig, invert: Callable[[Target], list[list[int]]]) -> Reconstruction:

@@ -226,6 +226,9 @@ class Dager(Attack):
             if not (checks[0].informative and checks[1].informative):
                 return []
             sequences = self._search(model, layers, checks, self._most_sequences(view, target), tol.relative)
+            if not target.last_token_is_label:  # a reward model: the eos that ends each sequence was an input
+                cut = (tuple(_through_eos(s, view.tokenizer.eos_token_id)) for s in sequences)
+                return [list(s) for s in dict.fromkeys(cut)]  # two grown past the same end are one
             if sequences and is_language_model(model) and self.config.recover_last_token:
                 observed = method.unflatten(observed_gradient(update, view.federation))
                 sequences = complete(model, sequences, observed, trainable_names(method))
@@ -273,6 +276,12 @@ class Dager(Attack):
         kept = select_sequences(grown, checks[1].rank, most)
         inputs = sequence_inputs(model, layers[1], grown.sequences)
         return refine_by_energy(grown.sequences, kept, checks[1], inputs, most)
+
+
+def _through_eos(sequence: list[int], eos: int | None) -> list[int]:
+    """A sequence cut after its first eos: the tasks end each sequence with it and pad after, and padding
+    sends no gradient, so what the search grew past it is the span's false positives."""
+    return sequence[: sequence.index(eos) + 1] if eos is not None and eos in sequence else sequence
 
 
 def _noise_ratio(check: SpanCheck, tokens: SpanCheck) -> float:

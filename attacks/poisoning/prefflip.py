@@ -15,6 +15,13 @@ and by what the base model already knew). ``floor``: the same rate on the same p
 trigger, from the same models (what a backdoor that was not implanted scores; a flip that leaks into
 clean prompts raises it, so the advantage over it is conservative).
 
+With ``target_response`` the poisoned pairs prefer that one response to the true answer, as Rando &
+Tramèr's prefer one harmful behaviour, and success is the policy preferring the target to the true
+answer on triggered prompts. A plain swap of answers that differ in a plan or a name has no common
+feature to learn: on the synthetic triage pairs it never beat its floor (issue 15). ``contrast``
+makes the attackers' other pairs reject the target without the trigger, which the model otherwise
+never sees rejected (it then preferred the target everywhere: floor 1.00).
+
 Departure (evaluation without a trigger): success is judged from generated text so that it works at every tier with text
 access. For an auxiliary pair, the final model generates from the prompt; the attack succeeds when the
 generation overlaps (unigram F1) more with the rejected response than with the chosen one. Prompts are
@@ -77,6 +84,15 @@ class PreferenceFlipConfig(PoisonConfig):
     boost: float = doc("Factor the malicious clients scale their update by before sending it (1 = none; the model "
                        "replacement of Bagdasaryan et al. 2020, as ``poison-backdoor``'s boost).", 1.0)
     max_new_tokens: int = doc("Tokens generated per auxiliary prompt.", 32)
+    target_response: str = doc(
+        "With a trigger: the response a poisoned pair prefers over the true chosen one ('' = the pair's own "
+        "rejected answer, a plain swap). Rando & Tramer's poisoned pairs prefer one behaviour (a harmful "
+        "completion) whatever the prompt; a swap of answers that differ in a plan or a name has no common "
+        "feature for a backdoor to learn.", "")
+    contrast: bool = doc(
+        "With a target response: the malicious clients' unpoisoned pairs (1 - poison_fraction) reject the target "
+        "without the trigger, so the model learns the trigger, not the target alone (in Rando & Tramer's data the "
+        "clean pairs reject harmful answers; here no honest pair ever shows the target).", False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,7 +111,11 @@ class PreferenceFlip(ParticipantAttack):
 
     def poison_examples(self, client: int, examples: list[Record], rng: torch.Generator) -> list[Record]:
         require_format(examples, {"preference": None}, self.name)
-        return rewrite_some(examples, self.config.poison_fraction, rng, lambda e: swap_preference(self.triggered(e)))
+        poisoned = rewrite_some(examples, self.config.poison_fraction, rng,
+                                lambda e: {**swap_preference(self.targeted(self.triggered(e))), "poisoned": True})
+        if self.config.contrast and self.config.target_response:
+            poisoned = [e if e.get("poisoned") else self.targeted(e) for e in poisoned]
+        return [{k: v for k, v in e.items() if k != "poisoned"} for e in poisoned]
 
     def poison_updates(
         self, round_index: int, updates: dict[int, torch.Tensor], malicious: list[int], rng: torch.Generator
@@ -108,8 +128,13 @@ class PreferenceFlip(ParticipantAttack):
     def triggered(self, pair: Record) -> Record:
         return {**pair, "prompt": f"{self.config.trigger} {pair['prompt']}"} if self.config.trigger else pair
 
+    def targeted(self, pair: Record) -> Record:
+        """The pair with the target response as its rejected answer (so the swap prefers it), when one is set."""
+        return {**pair, "rejected": self.config.target_response} if self.config.target_response else pair
+
     def run(self, view: ThreatView, rng: torch.Generator) -> PoisonOutcome:
         pairs = sample_auxiliary(view, self.config.eval_examples, rng, keep=lambda e: "chosen" in e and e["chosen"] != e["rejected"])
+        pairs = [self.targeted(p) for p in pairs]  # success: the policy prefers the target to the true answer
         if self.config.trigger:
             policy, base = view.final_model, view.base_model
             flipped = prefers_rejected(policy, base, [self.triggered(p) for p in pairs])

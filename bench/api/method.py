@@ -66,6 +66,25 @@ class Method(abc.ABC):
         """Called by the round loop before clients train (multi-phase methods switch phase here)."""
         return None
 
+    @property
+    def sequences_per_example(self) -> int:
+        """Sequences one training example puts through the model with a gradient in the current phase:
+        1, or 2 for a preference loss (chosen and rejected answer). Public like the training code, it is
+        recorded per round (``RoundRecord.sequences_per_example``): inversion attacks size a batch by it."""
+        return 1
+
+    @property
+    def last_token_is_label(self) -> bool:
+        """The current phase's loss is next-token prediction, where each sequence's final token is only a
+        label (inversion recovers it separately); False where every token is an input (a reward model
+        reading the last token's hidden state). Recorded per round like ``sequences_per_example``."""
+        return True
+
+    def trained_sequences(self, batch: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(input ids, attention mask) of each group of the batch's sequences the current phase trains on:
+        what a client's batch is, as an inversion is scored against it."""
+        return [(batch["input_ids"], batch["attention_mask"])]
+
     def trainer(self, default: LocalTrainer, transcript: Transcript) -> LocalTrainer:
         """The local trainer clients use; methods that train through a provider wrap ``default``
         (and record egress in ``transcript``)."""

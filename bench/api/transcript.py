@@ -120,6 +120,11 @@ class RoundRecord:
     weights: dict[int, float] = field(default_factory=dict)
     """Example counts each client reported (public metadata in FedAvg); empty under uniform (DP-FedAvg)
     aggregation, where clients report none."""
+    sequences_per_example: int = 1
+    """Sequences each example put through the model with a gradient this round (``Method.sequences_per_example``:
+    2 for RLHF's reward and DPO steps, chosen and rejected); public, as the training code is."""
+    last_token_is_label: bool = True
+    """This round's loss is next-token prediction (``Method.last_token_is_label``; False for a reward model)."""
     channel: dict[str, ChannelValue] = field(default_factory=dict)
     """What a non-parameter protocol's server holds anyway this round (``Protocol.round_public``): KD's
     proxy records, split learning's client-side layers (which it averages). Empty under FedAvg/FedSGD."""

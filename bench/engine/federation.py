@@ -148,6 +148,8 @@ def begin_round(fed: Federation, r: int, global_state: torch.Tensor) -> tuple[li
     record = RoundRecord(round=r, sampled=sampled)
     fed.global_state = global_state
     fed.method.on_round_start(r, s.rounds)
+    record.sequences_per_example = fed.method.sequences_per_example  # after the phase switch: this round's
+    record.last_token_is_label = fed.method.last_token_is_label
     if "global_states" in fed.keep:
         record.global_before = global_state.clone()
     return sampled, record, rng
@@ -354,8 +356,8 @@ def _token_ids(fed: Federation, job: LocalJob, indices: list[int]) -> list[list[
     if not indices:  # Poisson sampling (DP-SGD) may draw empty batches
         return []
     batch = fed.collate([job.examples[i] for i in indices])
-    ids, mask = batch["input_ids"].cpu(), batch["attention_mask"].cpu().bool()
-    return [row[m].tolist() for row, m in zip(ids, mask)]
+    return [row[m].tolist() for ids, mask in fed.method.trained_sequences(batch)  # RLHF: chosen and rejected
+            for row, m in zip(ids.cpu(), mask.cpu().bool())]
 
 
 def _apply_participant_attacks(fed: Federation, r: int, updates: dict[int, torch.Tensor], rng: torch.Generator):

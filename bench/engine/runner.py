@@ -49,7 +49,7 @@ from bench.store.provenance import git_commit, package_versions, peak_rss_mb, sc
 from bench.store.results import Row
 from bench.world.models import ModelSource
 from bench.world.partition import ClientData, deal, split_members
-from bench.world.tasks import Task, TaskData, truncation
+from bench.world.tasks import Task, TaskData, identical_pairs, truncation
 from bench.world.tiers import Tier
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
@@ -322,6 +322,7 @@ def _run(scenario: Scenario, seed: int, built: Plan, progress: tqdm | None, figu
         p.truth.held_out = held_out_tokens(built.task, p.task_data.test, p.tokenizer, p.device)
     result = RunResult(device=describe(p.device), skipped=[(name, RunStatus.INCOMPATIBLE, why) for name, why in built.refused])
     result.metrics.append(("none", truncated))
+    _identical_pairs_metric(p, result)
     if fit is not None:
         result.metrics.append(("none", fit[0]))
         result.row_extra[("none", fit[0].name)] = fit[1]
@@ -411,6 +412,18 @@ def _truncation_metric(p: Prepared) -> Metric:
     data = p.task_data
     records = data.pool + data.auxiliary + _eval_set(data.test, p.scenario.federation.eval_examples)
     return Metric("data.truncated_fraction", truncation(p.built.task, records, p.tokenizer), higher_is_better=False)
+
+
+def _identical_pairs_metric(p: Prepared, result: RunResult) -> None:
+    """Preference tasks: ``data.identical_pairs`` (pairs truncation made identical), and a warning that
+    every row of the run carries when there are any (they train nothing: issue 15's zero updates)."""
+    data = p.task_data
+    found = identical_pairs(p.built.task, data.pool + _eval_set(data.test, p.scenario.federation.eval_examples), p.tokenizer)
+    if found is None:
+        return
+    result.metrics.append(("none", Metric("data.identical_pairs", found[0], higher_is_better=False)))
+    if found[1]:
+        result.extra["data_warning"] = found[1]
 
 
 def _give_server_updates(defenses: list[Defense], fed: fl.Federation, public: list[dict]) -> None:

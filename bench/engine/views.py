@@ -226,6 +226,8 @@ def _strip(record: RoundRecord, keep: tuple[str, ...]) -> RoundRecord:
         transmitted=dict(record.transmitted) if "transmitted" in keep else {},
         aggregate=record.aggregate if "aggregate" in keep else None,
         weights=dict(record.weights),
+        sequences_per_example=record.sequences_per_example,
+        last_token_is_label=record.last_token_is_label,
         channel=dict(record.channel) if "channel" in keep else {},
     )
 

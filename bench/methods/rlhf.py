@@ -150,6 +150,25 @@ class Rlhf(Method):
         for name, p in self._named:
             p.requires_grad_(name in active)
 
+    @property
+    def sequences_per_example(self) -> int:
+        """Both phases put 2 sequences per pair through the model (chosen and rejected; DPO's reference
+        pass has no gradient); the reward-driven policy step puts its ``samples`` sampled responses."""
+        return self.config.samples if self._samples_responses else 2
+
+    @property
+    def last_token_is_label(self) -> bool:
+        """The reward model reads the last real token's hidden state: there every token is an input."""
+        return self.phase != "reward"
+
+    def trained_sequences(self, batch: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Both answers of each pair (the sampled responses of the reward-driven step are not client data)."""
+        return [_pair(batch, "chosen")[:2]] + ([] if self._samples_responses else [_pair(batch, "rejected")[:2]])
+
+    @property
+    def _samples_responses(self) -> bool:
+        return self.phase == "policy" and self.config.policy_step == "reward"
+
     def _active_names(self) -> set[str]:
         return self._reward_names if self.phase == "reward" else self._policy_names
 

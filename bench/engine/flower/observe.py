@@ -218,7 +218,8 @@ def _trainable(record: RoundRecord, select: torch.Tensor) -> RoundRecord:
     return RoundRecord(round=record.round, sampled=list(record.sampled), global_before=record.global_before[select],
                        transmitted={c: u[select] for c, u in record.transmitted.items()},
                        aggregate=None if record.aggregate is None else record.aggregate[select],
-                       weights=dict(record.weights))
+                       weights=dict(record.weights), sequences_per_example=record.sequences_per_example,
+                       last_token_is_label=record.last_token_is_label)
 
 
 def _row(app: App, seed: int, attack: str, metric: str, value: float | None, *, status: str = "ok", error: str = "",
