@@ -96,9 +96,10 @@ def test_qlora_without_bitsandbytes_fails_with_the_reason(tmp_path, monkeypatch)
 
 
 # --- prompt and prefix tuning ---------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["prompt-tuning", "prefix-tuning"])
-def test_prompt_classifiers_ignore_padding(tmp_path, method):
-    p = prepared(tmp_path, method)
+@pytest.mark.parametrize(("method", "params"), [("prompt-tuning", {}), ("prompt-tuning", {"pooling": "mean"}),
+                                              ("prefix-tuning", {})])
+def test_prompt_classifiers_ignore_padding(tmp_path, method, params):
+    p = prepared(tmp_path, method, params=params)
     model = p.built.method.model.eval()
     short, longer = {"text": "Patient seen.", "label": 0}, p.clients[0].members[0]
     alone, padded = p.fed.collate([short]), p.fed.collate([short, longer])
@@ -107,6 +108,34 @@ def test_prompt_classifiers_ignore_padding(tmp_path, method):
         first = model(input_ids=alone["input_ids"], attention_mask=alone["attention_mask"]).logits[0]
         second = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits[0]
     assert torch.allclose(first, second, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_soft_prompt_classifier_reads_the_pooled_real_tokens_after_the_prompt(tmp_path, pooling):
+    """The head reads, from the frozen body run on [prompt; input], the last real token's final hidden
+    state ('last') or the mean over the real tokens ('mean'): never a virtual or padding position."""
+    p = prepared(tmp_path, "prompt-tuning", params={"pooling": pooling})
+    wrapper = p.built.method.model.eval()
+    batch = p.fed.collate([{"text": "Patient seen.", "label": 0}, p.clients[0].members[0]])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert mask[0].sum() < mask.shape[1]  # the first row is padded
+    hf = wrapper.inner.base_model
+    with torch.no_grad():
+        prompts = wrapper._prompts(2)
+        virtual = prompts.shape[1]
+        full_mask = torch.cat([torch.ones(2, virtual, dtype=mask.dtype), mask], dim=1)
+        states = hf.base_model(inputs_embeds=torch.cat([prompts, hf.get_input_embeddings()(ids)], dim=1),
+                               attention_mask=full_mask).last_hidden_state[:, virtual:]
+        rows = [states[i, : int(mask[i].sum())] for i in range(2)]
+        pooled = torch.stack([r[-1] if pooling == "last" else r.mean(dim=0) for r in rows])
+        expected = hf.score(pooled)
+        got = wrapper(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+    other = "mean" if pooling == "last" else "last"
+    assert not torch.allclose(got, hf.score(torch.stack([r[-1] if other == "last" else r.mean(dim=0) for r in rows])),
+                              atol=1e-3)  # the two readouts differ, so the check above tells them apart
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        METHODS.get("prompt-tuning").Config(pooling="first")
 
 
 def test_soft_prompt_logits_match_peft_and_line_up_with_the_input(tmp_path):
@@ -122,13 +151,13 @@ def test_soft_prompt_logits_match_peft_and_line_up_with_the_input(tmp_path):
 
 
 def test_vocab_initialised_soft_prompt_starts_at_real_token_embeddings(tmp_path):
-    """init: vocab starts every virtual token at some vocabulary token's embedding (peft's SAMPLE_VOCAB),
-    at the scale the frozen model reads, where the default starts at N(0, 1) rows."""
-    vocab = prepared(tmp_path, "prompt-tuning", params={"init": "vocab"}).built.method.model
+    """init: vocab (the default) starts every virtual token at some vocabulary token's embedding (peft's
+    SAMPLE_VOCAB), at the scale the frozen model reads, where init: random starts at N(0, 1) rows."""
+    vocab = prepared(tmp_path, "prompt-tuning").built.method.model
     table = vocab.inner.base_model.get_input_embeddings().weight.detach()
     prompts = vocab._prompts(1)[0].detach()
     assert all((table - row).abs().amax(dim=1).min() < 1e-6 for row in prompts)
-    random = prepared(tmp_path, "prompt-tuning").built.method.model._prompts(1)[0].detach()
+    random = prepared(tmp_path, "prompt-tuning", params={"init": "random"}).built.method.model._prompts(1)[0].detach()
     assert not any((table - row).abs().amax(dim=1).min() < 1e-6 for row in random)
     with pytest.raises(ValueError, match="init must be one of"):
         METHODS.get("prompt-tuning").Config(init="text")

@@ -119,10 +119,13 @@ def _table4_cell(method: str, task: str) -> dict:
 
 # The level (accuracy >= 0.8) is the 5-seed mean (lora 0.83, adapter 0.84; notes/h-regime2.md); one seed
 # may fall a little short (lora seed 0: 0.78), so a single seed is checked at 0.75.
-@pytest.mark.slow  # one seed of four Table 4 cells: ~3 CPU minutes
+@pytest.mark.slow  # one seed of five Table 4 cells: ~4 CPU minutes
 @pytest.mark.parametrize(("method", "task", "check"), [
     ("lora", "synthetic-clinical", lambda v: v["utility.accuracy"] >= 0.75 and v["utility.base.accuracy"] <= 0.45),
     ("adapter", "synthetic-clinical", lambda v: v["utility.accuracy"] >= 0.75 and v["utility.base.accuracy"] <= 0.45),
+    # seed 0: 0.812 (seeds 0-2: 0.812, 0.805, 0.812; scenarios/studies/prompt-tuning-readout.yaml)
+    ("prompt-tuning", "synthetic-clinical",
+     lambda v: v["utility.accuracy"] >= 0.75 and v["utility.base.accuracy"] <= 0.45),
     ("instruction-tuning", "synthetic-instructions",
      lambda v: v["utility.rouge_l"] - v["utility.base.rouge_l"] >= 0.2),
     pytest.param("rlhf", "synthetic-preferences",
