@@ -111,6 +111,8 @@ from attacks.inversion._common import (
     trainable_names,
 )
 from attacks.inversion._decode import (
+    NOISE_FLOOR,
+    Candidates,
     Growth,
     grow_sequences,
     refine_by_energy,
@@ -119,7 +121,7 @@ from attacks.inversion._decode import (
     token_candidates,
 )
 from attacks.inversion._labels import complete
-from attacks.inversion._layers import capture_inputs, first_module, probes_for
+from attacks.inversion._layers import capture_inputs, first_module, map_probe, probes_for, trainable_maps
 from attacks.inversion._span import SpanBasis, SpanCheck, merge_probes, restrict_to_inputs, rounding_noise, span_basis
 from bench.api.access import Access
 from bench.api.attack import Attack
@@ -216,20 +218,75 @@ class Dager(Attack):
         update = target.update.to(target.global_before.device)
         state = target.global_before + tol.interpolation * update
         with model_at(method, state) as model:
-            depths = (0, self.config.growth_layer) + ((self.config.confirm_layer,) if self.config.confirm_layer else ())
-            layers = [first_module(model, depth) for depth in depths]
-            if None in layers:
-                return []
-            checks = [SpanCheck(self._bases(view, model, depth, target, state, tol), tol.span,
-                                self.config.false_positives) for depth in depths]
-            self._measure_input_space(model, layers, checks, rng)
-            if not (checks[0].informative and checks[1].informative):
-                return []
-            sequences = self._search(model, layers, checks, self._most_sequences(view, target), tol.relative)
+            sequences = self._through_projections(view, model, target, state, tol, rng)
+            if sequences is None:
+                sequences = self._through_trainable_map(view, model, target, state, tol, rng) or []
             if sequences and is_language_model(model) and self.config.recover_last_token:
                 observed = method.unflatten(observed_gradient(update, view.federation))
                 sequences = complete(model, sequences, observed, trainable_names(method))
         return sequences
+
+    def _through_projections(self, view: ThreatView, model: torch.nn.Module, target: Target, state: torch.Tensor,
+                             tol: Tolerance, rng: torch.Generator) -> list[list[int]] | None:
+        """The paper's attack: token candidates at layer 0, growth at ``growth_layer``; None when those
+        attention projections expose no informative span (adapters, LoRA past its rank)."""
+        depths = (0, self.config.growth_layer) + ((self.config.confirm_layer,) if self.config.confirm_layer else ())
+        layers = [first_module(model, depth) for depth in depths]
+        if None in layers:
+            return None
+        checks = [SpanCheck(self._bases(view, model, depth, target, state, tol), tol.span,
+                            self.config.false_positives) for depth in depths]
+        self._measure_input_space(model, layers, checks, rng)
+        if not (checks[0].informative and checks[1].informative):
+            return None
+        return self._search(model, layers, checks, self._most_sequences(view, target), tol.relative)
+
+    def _through_trainable_map(self, view: ThreatView, model: torch.nn.Module, target: Target, state: torch.Tensor,
+                               tol: Tolerance, rng: torch.Generator) -> list[list[int]]:
+        """Departure: growth through the first trainable linear map whose gradient identifies its inputs.
+
+        Bottleneck adapters train no attention projection, but the up projection of the first block's
+        attention adapter (``h + W_up relu(W_down h)``) has the gradient sum_t g_t a_t^T with
+        a_t = relu(W_down h_t), and the server knows W_down: its span holds every a_t while the batch's
+        distinct inputs stay below the bottleneck size (``W_down``'s own gradient is zero in round 0,
+        where ``W_up`` = 0). A map qualifies when its span is informative in its input space and its
+        rank stays below its output width (at or above it the span is only a subspace of the inputs'
+        span: LoRA's A factor). No layer-0 input depends on one token here, so every token of the
+        vocabulary extends every prefix, and the relative test takes the span's own noise floor as
+        each extension's reference instead of a layer-0 distance.
+        """
+        update = target.update.to(state.device)
+        grads = view.final_model.unflatten(update)
+        scale = self.config.gradient_noise * rounding_noise(update) if tol.sends_gradient else \
+            rounding_noise(target.global_before + update)
+        noise = view.final_model.unflatten(scale)
+        for name, module in trainable_maps(model, grads):
+            probe = map_probe(module, name, grads, noise)
+            basis = span_basis(probe, tol.rank, self.config.noise_margin)
+            # an input coordinate whose gradient row is zero was zero in every input (a ReLU unit no
+            # input of the batch activates): the inputs fill only the live coordinates, and a span
+            # that fills those says nothing (every candidate silent on the same units would pass)
+            basis.dim = min(basis.dim, int((probe.matrix.double().norm(dim=1) > basis.cut).sum()))
+            if not (basis.informative and basis.rank < module.out_features):
+                continue
+            check = SpanCheck([basis], tol.span, self.config.false_positives)
+            self._measure_input_space(model, [module], [check], rng)
+            if check.informative:
+                relative = min(tol.relative, _chance_ratio(model, module, check, rng) / CHANCE_MARGIN)
+                return self._grow_from_vocabulary(model, module, check, self._most_sequences(view, target), relative)
+        return []
+
+    def _grow_from_vocabulary(self, model: torch.nn.Module, module: torch.nn.Module, check: SpanCheck, most: int,
+                              relative: float) -> list[list[int]]:
+        vocab = model.get_input_embeddings().weight.shape[0]
+        limit = min(self.config.max_length or _position_limit(model), check.rank + 1)
+        reference = torch.full((vocab,), max(check.noise, NOISE_FLOOR))
+        candidates = Candidates([torch.arange(vocab)], [reference], position_free=True)
+        growth = Growth((check,), relative, limit, min(self.config.max_prefixes, self.config.beam_factor * most))
+        grown = grow_sequences(model, [module], growth, candidates)
+        kept = select_sequences(grown, check.rank, most)
+        inputs = sequence_inputs(model, module, grown.sequences)
+        return refine_by_energy(grown.sequences, kept, check, inputs, most)
 
     def _bases(self, view: ThreatView, model: torch.nn.Module, layer: int, target: Target, state: torch.Tensor,
                tol: Tolerance) -> list[SpanBasis]:
@@ -273,6 +330,33 @@ class Dager(Attack):
         kept = select_sequences(grown, checks[1].rank, most)
         inputs = sequence_inputs(model, layers[1], grown.sequences)
         return refine_by_energy(grown.sequences, kept, checks[1], inputs, most)
+
+
+CHANCE_SAMPLE = 256
+"""Random sequences of 16 tokens whose inputs calibrate a trainable map's check (``_chance_ratio``)."""
+CHANCE_MARGIN = 10.0
+"""An extension must sit this many times closer to the span than the closest random input."""
+
+
+def _chance_ratio(model: torch.nn.Module, module: torch.nn.Module, check: SpanCheck, rng: torch.Generator) -> float:
+    """The smallest distance-to-noise ratio of a random input that passes ``check``'s absolute test.
+
+    The chance law of ``_span.chance_distance`` is that of isotropic inputs. A ReLU bottleneck's inputs
+    are not: a unit that fires for one input of the batch alone, or two units that fire only together,
+    leave the span's complement on units that nearly every candidate leaves silent. Measured (adapter
+    size 16, 2 x 9 inputs, rank 15 of 16): random inputs sat at ratios from 0.003, below the batch's own
+    (up to 0.02), and the uncalibrated growth returned random text. So the growth accepts only what sits
+    ``CHANCE_MARGIN`` times closer than any random input; where that excludes the batch too, it reports
+    nothing. Position 0 is left out: a random first token may be the batch's own (the same input).
+    """
+    vocab = model.get_input_embeddings().weight.shape[0]
+    sample = torch.randint(vocab, (CHANCE_SAMPLE, min(16, _position_limit(model))), generator=rng)
+    inputs = capture_inputs(model, module, sample)[:, 1:]
+    inputs = inputs.reshape(-1, inputs.shape[-1])
+    score, distance = check.measure(inputs, inputs.shape[0])
+    ratio = distance.cpu() / max(check.noise, NOISE_FLOOR)
+    admitted = ratio[score.cpu() < 1.0]
+    return float(admitted.min()) if admitted.numel() else float("inf")
 
 
 def _noise_ratio(check: SpanCheck, tokens: SpanCheck) -> float:
