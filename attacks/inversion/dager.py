@@ -11,8 +11,10 @@ batched matrix products over the vocabulary or over all extensions of a step.
 What it needs and where it stops:
 - the first two layers' attention projections must be trainable: full fine-tuning (the weights) or
   LoRA on them (the factors; identifiable only while the batch has fewer distinct layer inputs than
-  the rank r, see ``_layers``). Adapters and prompt tuning expose no such gradient: the attack returns
-  empty reconstructions there (``inversion-optim`` covers them).
+  the rank r, see ``_layers``). Where they expose no informative span, the attack grows sequences
+  through the first trainable linear map whose gradient does (bottleneck adapters; see "Adapters"
+  below). Prompt tuning trains no linear map: the attack returns empty reconstructions there
+  (``inversion-optim`` covers it).
 - the span must not fill the input space: the number of distinct layer inputs (token positions that
   receive gradient, about B x (T - 1)) must stay below the hidden width d, with a margin. Past it
   the attack reports nothing rather than guesses.
@@ -84,6 +86,25 @@ near-full layer-1 span admits digit runs), x6-x10 gave GPT-2 1 / 1 / 1 / 1 and L
 sent as weights (FedAvg, one step) stay at GPT-2 1 / 0.5 / 0.25 / 0 and Llama 1 / 0.5 / 0.25 / 0.
 At 8 tokens (16 x 7 inputs < 128) both models are exact at B = 8 and 16
 (``tests/benchmarks/test_bench_inversion_text.py``).
+
+Adapters (departure: the paper attacks attention projections only). A Houlsby adapter
+``h + W_up relu(W_down h)`` trains no attention projection, and in round 0 ``W_up`` = 0, so
+``W_down``'s gradient is exactly zero. ``W_up``'s is sum_t g_t a_t^T with a_t = relu(W_down h_t): its
+row space holds every a_t while the batch's adapter inputs (about B x (T - 1)) are fewer than the
+bottleneck size m, and the server knows W_down (open weights, broadcast adapters). The first block's
+attention adapter sees at position t a function of tokens 0..t through the frozen block 0, so the
+growth of stage 2 runs on it directly (``_through_trainable_map``): no layer-0 input depends on one
+token there, so every vocabulary token extends every prefix, and a map is used only when its span is
+informative in its input space, over the input coordinates the batch activated, with rank below its
+output width (else the span is only a subspace of the inputs'; the hidden width bounds m this way).
+ReLU inputs are not isotropic, so the chance law does not bound false passes: a span one direction
+short of full admitted random text at distance ~0 (size 16, 2 x 9 inputs). The acceptance ratio is
+therefore calibrated on random inputs (``_chance_ratio``): an extension must sit ``CHANCE_MARGIN``
+times closer to the span than any of them, and where the batch cannot, nothing is reported. Probe
+(tiny GPT-2 of width 64, random tokens, FedSGD lr 0.1): exact at size 32 for B x (T - 1) = 7, 26 and
+30 inputs, at size 64 for 52 and 60, empty at size 16 with 18 and at size 128 with 104 (> width 64).
+The idea that adapter updates leak text to an honest server follows UTR (arXiv 2601.17533); this
+span-and-growth attack is DAGER's, not UTR's method.
 
 ``growth_layer`` (departure, default 1 as in the paper) grows sequences at a deeper layer, whose
 inputs mix more context. Probe ROUGE-1 (exact), B = 1 / 2 / 4 / 8, real text, one step: growth at
