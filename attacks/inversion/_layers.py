@@ -198,3 +198,35 @@ def map_probe(module: nn.Linear, name: str, grads: dict[str, torch.Tensor],
     """The probe of one trainable linear map: its weight gradient with the input side as columns."""
     key = f"{name}.weight"
     return Probe(grads[key].T, noise=_oriented((noise or {}).get(key), True))
+
+
+def output_gradient_dimension(model: nn.Module, module: nn.Module, input_ids: torch.Tensor, rng: torch.Generator,
+                              tolerance: float = 1e-4) -> int:
+    """The dimension of the space the gradients at ``module``'s output occupy, from a sample.
+
+    A weight gradient sum_i g_i x_i^T holds every input x_i only while the g_i are independent, i.e.
+    fewer than the dimension they occupy. That is the output width unless the network confines them:
+    every path from a GPT-2 block's output to the loss passes a LayerNorm, whose Jacobian removes the
+    mean direction, so the g_i of a width-128 map span at most 127 dimensions. Measured on the zoo
+    GPT-2 (adapter size 256, 8 x 23 inputs): the up projection's gradient had rank 127, one below its
+    output width, and only a subspace of the inputs' span. The sample's g_i come from a random linear
+    function of the logits (its form does not matter, only the space the network lets them fill);
+    ``torch.autograd.grad`` leaves the parameters' ``.grad`` untouched.
+    """
+    outputs: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        outputs.append(output)
+
+    handle = module.register_forward_hook(keep)
+    ids = input_ids.to(_device(model))
+    try:
+        with torch.enable_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            weights = torch.randn(logits.shape, generator=rng).to(logits)
+            grads = torch.autograd.grad((logits * weights).sum(), outputs[:1])
+    finally:
+        handle.remove()
+    rows = grads[0].reshape(-1, grads[0].shape[-1]).double()
+    singular = torch.linalg.svdvals(rows)
+    return int((singular > tolerance * singular[0]).sum()) if singular.numel() and singular[0] > 0 else 0

@@ -93,10 +93,11 @@ Adapters (departure: the paper attacks attention projections only). A Houlsby ad
 row space holds every a_t while the batch's adapter inputs (about B x (T - 1)) are fewer than the
 bottleneck size m, and the server knows W_down (open weights, broadcast adapters). The first block's
 attention adapter sees at position t a function of tokens 0..t through the frozen block 0, so the
-growth of stage 2 runs on it directly (``_through_trainable_map``): no layer-0 input depends on one
-token there, so every vocabulary token extends every prefix, and a map is used only when its span is
-informative in its input space, over the input coordinates the batch activated, with rank below its
-output width (else the span is only a subspace of the inputs'; the hidden width bounds m this way).
+growth of stage 2 runs on it directly (``_through_trainable_map``, on the first map the update
+trains): no layer-0 input depends on one token there, so every vocabulary token extends every prefix,
+and the map is used only when its span is informative in its input space, over the input coordinates
+the batch activated, with rank below the dimension its output gradients fill (127 for width 128 under
+LayerNorm; else the span is only a subspace of the inputs'; the hidden width bounds m this way).
 ReLU inputs are not isotropic, so the chance law does not bound false passes: a span one direction
 short of full admitted random text at distance ~0 (size 16, 2 x 9 inputs). The acceptance ratio is
 therefore calibrated on random inputs (``_chance_ratio``): an extension must sit ``CHANCE_MARGIN``
@@ -142,7 +143,14 @@ from attacks.inversion._decode import (
     token_candidates,
 )
 from attacks.inversion._labels import complete
-from attacks.inversion._layers import capture_inputs, first_module, map_probe, probes_for, trainable_maps
+from attacks.inversion._layers import (
+    capture_inputs,
+    first_module,
+    map_probe,
+    output_gradient_dimension,
+    probes_for,
+    trainable_maps,
+)
 from attacks.inversion._span import SpanBasis, SpanCheck, merge_probes, restrict_to_inputs, rounding_noise, span_basis
 from bench.api.access import Access
 from bench.api.attack import Attack
@@ -264,15 +272,16 @@ class Dager(Attack):
 
     def _through_trainable_map(self, view: ThreatView, model: torch.nn.Module, target: Target, state: torch.Tensor,
                                tol: Tolerance, rng: torch.Generator) -> list[list[int]]:
-        """Departure: growth through the first trainable linear map whose gradient identifies its inputs.
+        """Departure: growth through the first linear map the update trains, when its gradient identifies
+        its inputs (else nothing is reported).
 
         Bottleneck adapters train no attention projection, but the up projection of the first block's
         attention adapter (``h + W_up relu(W_down h)``) has the gradient sum_t g_t a_t^T with
         a_t = relu(W_down h_t), and the server knows W_down: its span holds every a_t while the batch's
         distinct inputs stay below the bottleneck size (``W_down``'s own gradient is zero in round 0,
-        where ``W_up`` = 0). A map qualifies when its span is informative in its input space and its
-        rank stays below its output width (at or above it the span is only a subspace of the inputs'
-        span: LoRA's A factor). No layer-0 input depends on one token here, so every token of the
+        where ``W_up`` = 0). The map is used when its span is informative in its input space and its
+        rank stays below the dimension its output gradients can fill (``output_gradient_dimension``: at
+        or above it the span is only a subspace of the inputs' span, as for LoRA's A factor). No layer-0 input depends on one token here, so every token of the
         vocabulary extends every prefix, and the relative test takes the span's own noise floor as
         each extension's reference instead of a layer-0 distance.
         """
@@ -284,17 +293,25 @@ class Dager(Attack):
         for name, module in trainable_maps(model, grads):
             probe = map_probe(module, name, grads, noise)
             basis = span_basis(probe, tol.rank, self.config.noise_margin)
+            if basis.rank == 0:
+                continue  # not trained by this update (an adapter's down projection while its up is 0)
+            # the first map the update trains decides: deeper maps carry weaker gradients, whose noise cut
+            # can drop a full span below its limits (measured: the zoo GPT-2's fourth attention adapter,
+            # rank 123 where its gradients fill 127 dimensions, grew fragments of 2-3 tokens)
             # an input coordinate whose gradient row is zero was zero in every input (a ReLU unit no
             # input of the batch activates): the inputs fill only the live coordinates, and a span
             # that fills those says nothing (every candidate silent on the same units would pass)
             basis.dim = min(basis.dim, int((probe.matrix.double().norm(dim=1) > basis.cut).sum()))
             if not (basis.informative and basis.rank < module.out_features):
-                continue
+                return []
+            if basis.rank >= output_gradient_dimension(model, module, _random_tokens(model, rng), rng):
+                return []  # the gradients at the output fill what they can: a subspace of the inputs' span
             check = SpanCheck([basis], tol.span, self.config.false_positives)
             self._measure_input_space(model, [module], [check], rng)
-            if check.informative:
-                relative = min(tol.relative, _chance_ratio(model, module, check, rng) / CHANCE_MARGIN)
-                return self._grow_from_vocabulary(model, module, check, self._most_sequences(view, target), relative)
+            if not check.informative:
+                return []
+            relative = min(tol.relative, _chance_ratio(model, module, check, rng) / CHANCE_MARGIN)
+            return self._grow_from_vocabulary(model, module, check, self._most_sequences(view, target), relative)
         return []
 
     def _grow_from_vocabulary(self, model: torch.nn.Module, module: torch.nn.Module, check: SpanCheck, most: int,
@@ -370,14 +387,18 @@ def _chance_ratio(model: torch.nn.Module, module: torch.nn.Module, check: SpanCh
     ``CHANCE_MARGIN`` times closer than any random input; where that excludes the batch too, it reports
     nothing. Position 0 is left out: a random first token may be the batch's own (the same input).
     """
-    vocab = model.get_input_embeddings().weight.shape[0]
-    sample = torch.randint(vocab, (CHANCE_SAMPLE, min(16, _position_limit(model))), generator=rng)
-    inputs = capture_inputs(model, module, sample)[:, 1:]
+    inputs = capture_inputs(model, module, _random_tokens(model, rng))[:, 1:]
     inputs = inputs.reshape(-1, inputs.shape[-1])
     score, distance = check.measure(inputs, inputs.shape[0])
     ratio = distance.cpu() / max(check.noise, NOISE_FLOOR)
     admitted = ratio[score.cpu() < 1.0]
     return float(admitted.min()) if admitted.numel() else float("inf")
+
+
+def _random_tokens(model: torch.nn.Module, rng: torch.Generator) -> torch.Tensor:
+    """``CHANCE_SAMPLE`` random sequences of 16 tokens (fewer where the model's positions end)."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    return torch.randint(vocab, (CHANCE_SAMPLE, min(16, _position_limit(model))), generator=rng)
 
 
 def _noise_ratio(check: SpanCheck, tokens: SpanCheck) -> float:
