@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from attacks.inversion._layers import trainable_maps
+from attacks.inversion._layers import output_gradient_dimension, trainable_maps
 from attacks.inversion.dager import Dager
 from bench.api.registry import METHODS, load_plugins
 from bench.testing.inversion import TinyArch, lm_example_losses, random_sequences, run_round, tiny_decoder
@@ -72,3 +72,19 @@ def test_trainable_maps_come_in_forward_order_and_only_trained_ones():
               for part in ("down", "up")]
     assert names == blocks  # the frozen attention and MLP projections are not among them
     assert trainable_maps(method.model, {}) == []
+
+
+@pytest.mark.parametrize(("family", "dimension"), [("gpt2", 63), ("llama", 64)])
+def test_output_gradients_fill_one_dimension_less_behind_a_layernorm(family, dimension):
+    # every path from a GPT-2 block to the loss passes a LayerNorm, which removes the mean direction:
+    # a width-64 map's output gradients fill 63 dimensions (RMSNorm does not centre: Llama's fill 64),
+    # so a span of rank 63 there is already a subspace of the inputs' span, not a sign of identifiability
+    arch = TinyArch(family=family, vocab=500, hidden=64, layers=2, heads=2, positions=32)
+    method, _, _ = adapter_round(16, 1, 4, arch)
+    grads = {name: None if p.grad is None else p.grad.clone() for name, p in method.model.named_parameters()}
+    ids = torch.randint(arch.vocab, (64, 16), generator=torch.Generator().manual_seed(0))
+    ups = [m for name, m in method.model.named_modules() if name.endswith("adapter_attention.up")]
+    assert [output_gradient_dimension(method.model, m, ids, torch.Generator().manual_seed(0)) for m in ups] == \
+        [dimension] * arch.layers
+    after = dict(method.model.named_parameters())
+    assert all((after[n].grad is None) if g is None else torch.equal(after[n].grad, g) for n, g in grads.items())
