@@ -97,7 +97,8 @@ growth of stage 2 runs on it directly (``_through_trainable_map``, on the first 
 trains): no layer-0 input depends on one token there, so every vocabulary token extends every prefix,
 and the map is used only when its span is informative in its input space, over the input coordinates
 the batch activated, with rank below the dimension its output gradients fill (127 for width 128 under
-LayerNorm; else the span is only a subspace of the inputs'; the hidden width bounds m this way).
+LayerNorm; else the span is only a subspace of the inputs'; the hidden width bounds m this way), and
+not above ``FILL_FRACTION`` of either limit (the noise cut can drop a direction of a full span).
 ReLU inputs are not isotropic, so the chance law does not bound false passes: a span one direction
 short of full admitted random text at distance ~0 (size 16, 2 x 9 inputs). The acceptance ratio is
 therefore calibrated on random inputs (``_chance_ratio``): an extension must sit ``CHANCE_MARGIN``
