@@ -166,3 +166,67 @@ def _device(model: nn.Module) -> torch.device:
 def first_module(model: nn.Module, layer: int) -> nn.Module | None:
     modules = projection_modules(model, layer)
     return modules[0][1] if modules else None
+
+
+def trainable_maps(model: nn.Module, grads: dict[str, torch.Tensor]) -> list[tuple[str, nn.Linear]]:
+    """The ``nn.Linear`` maps whose weight the update trains, in the order a forward pass reaches them.
+
+    Any such map inside a causal decoder sees, at position i, a function of tokens 0..i only, and its
+    weight gradient sum_i g_i x_i^T holds its inputs x_i in its row space: the span DAGER's growth
+    needs, wherever the method put its trainable maps (a bottleneck adapter's projections, LoRA on
+    feed-forward layers). The order is found by running one short sequence with pre-hooks.
+    """
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and f"{name}.weight" in grads]
+    order: dict[int, int] = {}
+
+    def seen(module: nn.Module, _args: tuple[torch.Tensor, ...]) -> None:  # returns None: inputs unchanged
+        order.setdefault(id(module), len(order))
+
+    handles = [m.register_forward_pre_hook(seen) for _, m in found]
+    ids = torch.zeros((1, 2), dtype=torch.long, device=_device(model))
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sorted((f for f in found if id(f[1]) in order), key=lambda f: order[id(f[1])])
+
+
+def map_probe(module: nn.Linear, name: str, grads: dict[str, torch.Tensor],
+              noise: dict[str, torch.Tensor] | None = None) -> Probe:
+    """The probe of one trainable linear map: its weight gradient with the input side as columns."""
+    key = f"{name}.weight"
+    return Probe(grads[key].T, noise=_oriented((noise or {}).get(key), True))
+
+
+def output_gradient_dimension(model: nn.Module, module: nn.Module, input_ids: torch.Tensor, rng: torch.Generator,
+                              tolerance: float = 1e-4) -> int:
+    """The dimension of the space the gradients at ``module``'s output occupy, from a sample.
+
+    A weight gradient sum_i g_i x_i^T holds every input x_i only while the g_i are independent, i.e.
+    fewer than the dimension they occupy. That is the output width unless the network confines them:
+    every path from a GPT-2 block's output to the loss passes a LayerNorm, whose Jacobian removes the
+    mean direction, so the g_i of a width-128 map span at most 127 dimensions. Measured on the zoo
+    GPT-2 (adapter size 256, 8 x 23 inputs): the up projection's gradient had rank 127, one below its
+    output width, and only a subspace of the inputs' span. The sample's g_i come from a random linear
+    function of the logits (its form does not matter, only the space the network lets them fill);
+    ``torch.autograd.grad`` leaves the parameters' ``.grad`` untouched.
+    """
+    outputs: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        outputs.append(output)
+
+    handle = module.register_forward_hook(keep)
+    ids = input_ids.to(_device(model))
+    try:
+        with torch.enable_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            weights = torch.randn(logits.shape, generator=rng).to(logits)
+            grads = torch.autograd.grad((logits * weights).sum(), outputs[:1])
+    finally:
+        handle.remove()
+    rows = grads[0].reshape(-1, grads[0].shape[-1]).double()
+    singular = torch.linalg.svdvals(rows)
+    return int((singular > tolerance * singular[0]).sum()) if singular.numel() and singular[0] > 0 else 0

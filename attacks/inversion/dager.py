@@ -11,8 +11,10 @@ batched matrix products over the vocabulary or over all extensions of a step.
 What it needs and where it stops:
 - the first two layers' attention projections must be trainable: full fine-tuning (the weights) or
   LoRA on them (the factors; identifiable only while the batch has fewer distinct layer inputs than
-  the rank r, see ``_layers``). Adapters and prompt tuning expose no such gradient: the attack returns
-  empty reconstructions there (``inversion-optim`` covers them).
+  the rank r, see ``_layers``). Where they expose no informative span, the attack grows sequences
+  through the first trainable linear map whose gradient does (bottleneck adapters; see "Adapters"
+  below). Prompt tuning trains no linear map: the attack returns empty reconstructions there
+  (``inversion-optim`` covers it).
 - the span must not fill the input space: the number of distinct layer inputs (token positions that
   receive gradient, about B x (T - 1)) must stay below the hidden width d, with a margin. Past it
   the attack reports nothing rather than guesses.
@@ -85,6 +87,27 @@ sent as weights (FedAvg, one step) stay at GPT-2 1 / 0.5 / 0.25 / 0 and Llama 1 
 At 8 tokens (16 x 7 inputs < 128) both models are exact at B = 8 and 16
 (``tests/benchmarks/test_bench_inversion_text.py``).
 
+Adapters (departure: the paper attacks attention projections only). A Houlsby adapter
+``h + W_up relu(W_down h)`` trains no attention projection, and in round 0 ``W_up`` = 0, so
+``W_down``'s gradient is exactly zero. ``W_up``'s is sum_t g_t a_t^T with a_t = relu(W_down h_t): its
+row space holds every a_t while the batch's adapter inputs (about B x (T - 1)) are fewer than the
+bottleneck size m, and the server knows W_down (open weights, broadcast adapters). The first block's
+attention adapter sees at position t a function of tokens 0..t through the frozen block 0, so the
+growth of stage 2 runs on it directly (``_through_trainable_map``, on the first map the update
+trains): no layer-0 input depends on one token there, so every vocabulary token extends every prefix,
+and the map is used only when its span is informative in its input space, over the input coordinates
+the batch activated, with rank below the dimension its output gradients fill (127 for width 128 under
+LayerNorm; else the span is only a subspace of the inputs'; the hidden width bounds m this way), and
+not above ``FILL_FRACTION`` of either limit (the noise cut can drop a direction of a full span).
+ReLU inputs are not isotropic, so the chance law does not bound false passes: a span one direction
+short of full admitted random text at distance ~0 (size 16, 2 x 9 inputs). The acceptance ratio is
+therefore calibrated on random inputs (``_chance_ratio``): an extension must sit ``CHANCE_MARGIN``
+times closer to the span than any of them, and where the batch cannot, nothing is reported. Probe
+(tiny GPT-2 of width 64, random tokens, FedSGD lr 0.1): exact at size 32 for B x (T - 1) = 7, 26 and
+30 inputs, at size 64 for 52 and 60, empty at size 16 with 18 and at size 128 with 104 (> width 64).
+The idea that adapter updates leak text to an honest server follows UTR (arXiv 2601.17533); this
+span-and-growth attack is DAGER's, not UTR's method.
+
 ``growth_layer`` (departure, default 1 as in the paper) grows sequences at a deeper layer, whose
 inputs mix more context. Probe ROUGE-1 (exact), B = 1 / 2 / 4 / 8, real text, one step: growth at
 layer 2 gives tiny-gpt2 1.00 (1) / 1.00 (1) / 0.77 / 0.68 against 1.00 (1) / 0.97 (0.5) / 0.67 (0.25)
@@ -111,6 +134,8 @@ from attacks.inversion._common import (
     trainable_names,
 )
 from attacks.inversion._decode import (
+    NOISE_FLOOR,
+    Candidates,
     Growth,
     grow_sequences,
     refine_by_energy,
@@ -119,7 +144,14 @@ from attacks.inversion._decode import (
     token_candidates,
 )
 from attacks.inversion._labels import complete
-from attacks.inversion._layers import capture_inputs, first_module, probes_for
+from attacks.inversion._layers import (
+    capture_inputs,
+    first_module,
+    map_probe,
+    output_gradient_dimension,
+    probes_for,
+    trainable_maps,
+)
 from attacks.inversion._span import SpanBasis, SpanCheck, merge_probes, restrict_to_inputs, rounding_noise, span_basis
 from bench.api.access import Access
 from bench.api.attack import Attack
@@ -216,16 +248,9 @@ class Dager(Attack):
         update = target.update.to(target.global_before.device)
         state = target.global_before + tol.interpolation * update
         with model_at(method, state) as model:
-            depths = (0, self.config.growth_layer) + ((self.config.confirm_layer,) if self.config.confirm_layer else ())
-            layers = [first_module(model, depth) for depth in depths]
-            if None in layers:
-                return []
-            checks = [SpanCheck(self._bases(view, model, depth, target, state, tol), tol.span,
-                                self.config.false_positives) for depth in depths]
-            self._measure_input_space(model, layers, checks, rng)
-            if not (checks[0].informative and checks[1].informative):
-                return []
-            sequences = self._search(model, layers, checks, self._most_sequences(view, target), tol.relative)
+            sequences = self._through_projections(view, model, target, state, tol, rng)
+            if sequences is None:
+                sequences = self._through_trainable_map(view, model, target, state, tol, rng) or []
             if not target.last_token_is_label:  # a reward model: the eos that ends each sequence was an input
                 cut = (tuple(_through_eos(s, view.tokenizer.eos_token_id)) for s in sequences)
                 return [list(s) for s in dict.fromkeys(cut)]  # two grown past the same end are one
@@ -233,6 +258,77 @@ class Dager(Attack):
                 observed = method.unflatten(observed_gradient(update, view.federation))
                 sequences = complete(model, sequences, observed, trainable_names(method))
         return sequences
+
+    def _through_projections(self, view: ThreatView, model: torch.nn.Module, target: Target, state: torch.Tensor,
+                             tol: Tolerance, rng: torch.Generator) -> list[list[int]] | None:
+        """The paper's attack: token candidates at layer 0, growth at ``growth_layer``; None when those
+        attention projections expose no informative span (adapters, LoRA past its rank)."""
+        depths = (0, self.config.growth_layer) + ((self.config.confirm_layer,) if self.config.confirm_layer else ())
+        layers = [first_module(model, depth) for depth in depths]
+        if None in layers:
+            return None
+        checks = [SpanCheck(self._bases(view, model, depth, target, state, tol), tol.span,
+                            self.config.false_positives) for depth in depths]
+        self._measure_input_space(model, layers, checks, rng)
+        if not (checks[0].informative and checks[1].informative):
+            return None
+        return self._search(model, layers, checks, self._most_sequences(view, target), tol.relative)
+
+    def _through_trainable_map(self, view: ThreatView, model: torch.nn.Module, target: Target, state: torch.Tensor,
+                               tol: Tolerance, rng: torch.Generator) -> list[list[int]]:
+        """Departure: growth through the first linear map the update trains, when its gradient identifies
+        its inputs (else nothing is reported).
+
+        Bottleneck adapters train no attention projection, but the up projection of the first block's
+        attention adapter (``h + W_up relu(W_down h)``) has the gradient sum_t g_t a_t^T with
+        a_t = relu(W_down h_t), and the server knows W_down: its span holds every a_t while the batch's
+        distinct inputs stay below the bottleneck size (``W_down``'s own gradient is zero in round 0,
+        where ``W_up`` = 0). The map is used when its span is informative in its input space and its
+        rank stays below the dimension its output gradients can fill (``output_gradient_dimension``: at
+        or above it the span is only a subspace of the inputs' span, as for LoRA's A factor). No layer-0 input depends on one token here, so every token of the
+        vocabulary extends every prefix, and the relative test takes the span's own noise floor as
+        each extension's reference instead of a layer-0 distance.
+        """
+        update = target.update.to(state.device)
+        grads = view.final_model.unflatten(update)
+        scale = self.config.gradient_noise * rounding_noise(update) if tol.sends_gradient else \
+            rounding_noise(target.global_before + update)
+        noise = view.final_model.unflatten(scale)
+        for name, module in trainable_maps(model, grads):
+            probe = map_probe(module, name, grads, noise)
+            basis = span_basis(probe, tol.rank, self.config.noise_margin)
+            if basis.rank == 0:
+                continue  # not trained by this update (an adapter's down projection while its up is 0)
+            # the first map the update trains decides: deeper maps carry weaker gradients, whose noise cut
+            # can drop a full span below its limits (measured: the zoo GPT-2's fourth attention adapter,
+            # rank 123 where its gradients fill 127 dimensions, grew fragments of 2-3 tokens)
+            # an input coordinate whose gradient row is zero was zero in every input (a ReLU unit no
+            # input of the batch activates): the inputs fill only the live coordinates, and a span
+            # that fills those says nothing (every candidate silent on the same units would pass)
+            basis.dim = min(basis.dim, int((probe.matrix.double().norm(dim=1) > basis.cut).sum()))
+            if not (basis.informative and basis.rank < module.out_features):
+                return []
+            # the gradients at the output fill what they can: the span is a subspace of the inputs' span
+            outputs = output_gradient_dimension(model, module, _random_tokens(model, rng), rng)
+            check = SpanCheck([basis], tol.span, self.config.false_positives)
+            self._measure_input_space(model, [module], [check], rng)
+            if not (check.informative and basis.rank <= FILL_FRACTION * min(outputs, basis.dim)):
+                return []
+            relative = min(tol.relative, _chance_ratio(model, module, check, rng) / CHANCE_MARGIN)
+            return self._grow_from_vocabulary(model, module, check, self._most_sequences(view, target), relative)
+        return []
+
+    def _grow_from_vocabulary(self, model: torch.nn.Module, module: torch.nn.Module, check: SpanCheck, most: int,
+                              relative: float) -> list[list[int]]:
+        vocab = model.get_input_embeddings().weight.shape[0]
+        limit = min(self.config.max_length or _position_limit(model), check.rank + 1)
+        reference = torch.full((vocab,), max(check.noise, NOISE_FLOOR))
+        candidates = Candidates([torch.arange(vocab)], [reference], position_free=True)
+        growth = Growth((check,), relative, limit, min(self.config.max_prefixes, self.config.beam_factor * most))
+        grown = grow_sequences(model, [module], growth, candidates)
+        kept = select_sequences(grown, check.rank, most)
+        inputs = sequence_inputs(model, module, grown.sequences)
+        return refine_by_energy(grown.sequences, kept, check, inputs, most)
 
     def _bases(self, view: ThreatView, model: torch.nn.Module, layer: int, target: Target, state: torch.Tensor,
                tol: Tolerance) -> list[SpanBasis]:
@@ -282,6 +378,42 @@ def _through_eos(sequence: list[int], eos: int | None) -> list[int]:
     """A sequence cut after its first eos: the tasks end each sequence with it and pad after, and padding
     sends no gradient, so what the search grew past it is the span's false positives."""
     return sequence[: sequence.index(eos) + 1] if eos is not None and eos in sequence else sequence
+
+
+FILL_FRACTION = 0.95
+"""A trainable map's span counts as full above this fraction of the dimension its inputs or its output
+gradients fill: the noise cut drops the weakest directions of a full span (measured on the zoo GPT-2,
+adapter size 128 at batch 8, 184 inputs: rank 126 where the output gradients fill 127, and the growth
+returned a fragment). Identifiable batches sat at most at 115 of 127 (size 128, batch 5)."""
+CHANCE_SAMPLE = 256
+"""Random sequences of 16 tokens whose inputs calibrate a trainable map's check (``_chance_ratio``)."""
+CHANCE_MARGIN = 10.0
+"""An extension must sit this many times closer to the span than the closest random input."""
+
+
+def _chance_ratio(model: torch.nn.Module, module: torch.nn.Module, check: SpanCheck, rng: torch.Generator) -> float:
+    """The smallest distance-to-noise ratio of a random input that passes ``check``'s absolute test.
+
+    The chance law of ``_span.chance_distance`` is that of isotropic inputs. A ReLU bottleneck's inputs
+    are not: a unit that fires for one input of the batch alone, or two units that fire only together,
+    leave the span's complement on units that nearly every candidate leaves silent. Measured (adapter
+    size 16, 2 x 9 inputs, rank 15 of 16): random inputs sat at ratios from 0.003, below the batch's own
+    (up to 0.02), and the uncalibrated growth returned random text. So the growth accepts only what sits
+    ``CHANCE_MARGIN`` times closer than any random input; where that excludes the batch too, it reports
+    nothing. Position 0 is left out: a random first token may be the batch's own (the same input).
+    """
+    inputs = capture_inputs(model, module, _random_tokens(model, rng))[:, 1:]
+    inputs = inputs.reshape(-1, inputs.shape[-1])
+    score, distance = check.measure(inputs, inputs.shape[0])
+    ratio = distance.cpu() / max(check.noise, NOISE_FLOOR)
+    admitted = ratio[score.cpu() < 1.0]
+    return float(admitted.min()) if admitted.numel() else float("inf")
+
+
+def _random_tokens(model: torch.nn.Module, rng: torch.Generator) -> torch.Tensor:
+    """``CHANCE_SAMPLE`` random sequences of 16 tokens (fewer where the model's positions end)."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    return torch.randint(vocab, (CHANCE_SAMPLE, min(16, _position_limit(model))), generator=rng)
 
 
 def _noise_ratio(check: SpanCheck, tokens: SpanCheck) -> float:
