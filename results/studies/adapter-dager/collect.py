@@ -1,14 +1,14 @@
 """Collect the adapter-dager runs into curves.csv (one row per method, adapter size, batch size, seed).
 
-Usage (from the repository root): python results/studies/adapter-dager/collect.py RUNS_DIR
+Usage (from the repository root): PYTHONPATH=. python results/studies/adapter-dager/collect.py RUNS_DIR
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from pathlib import Path
+
+from bench.tools.study_runs import ok_rows, write_curve
 
 METRICS = ("inversion.recovered", "inversion.rouge1", "inversion.rouge1_text", "inversion.exact",
            "inversion.token_f1")
@@ -17,30 +17,22 @@ MARGIN = 0.05  # bench.reporting.verdict.MIN_ADVANTAGE: a run "works" when it be
 
 def main(runs: str) -> None:
     table: dict[tuple, dict] = {}
-    for line in Path(runs, "results.jsonl").read_text().splitlines():
-        for row in json.loads(line).get("rows", []):
-            if row.get("status") != "ok":
-                continue
-            config = (row.get("extra") or {}).get("scenario_config") or {}
-            entry = table.setdefault(row["run_id"], {"seed": row["seed"], "method": row["method"]})
-            if config:  # the run's first row keeps the resolved scenario
-                method = config.get("method", {})
-                entry["size"] = (method.get("params") or {}).get("size", "") if isinstance(method, dict) else ""
-                entry["batch_size"] = config.get("federation", {}).get("batch_size")
-            if row["metric"] == "cost.wall_s":
-                entry["wall_s"] = round(row["value"], 2)
-            elif row["metric"] in METRICS:
-                entry[row["metric"]] = round(row["value"], 4)
-                entry[row["metric"] + ".floor"] = (row.get("extra") or {}).get("floor")
+    for row in ok_rows(runs):
+        config = (row.get("extra") or {}).get("scenario_config") or {}
+        entry = table.setdefault(row["run_id"], {"seed": row["seed"], "method": row["method"]})
+        if config:  # the run's first row keeps the resolved scenario
+            method = config.get("method", {})
+            entry["size"] = (method.get("params") or {}).get("size", "") if isinstance(method, dict) else ""
+            entry["batch_size"] = config.get("federation", {}).get("batch_size")
+        if row["metric"] == "cost.wall_s":
+            entry["wall_s"] = round(row["value"], 2)
+        elif row["metric"] in METRICS:
+            entry[row["metric"]] = round(row["value"], 4)
+            entry[row["metric"] + ".floor"] = (row.get("extra") or {}).get("floor")
     columns = ["method", "size", "batch_size", "seed"] + [c for m in METRICS for c in (m, m + ".floor")] + ["wall_s"]
     rows = sorted((e for e in table.values() if "inversion.rouge1" in e),
                   key=lambda e: (e["method"], int(e.get("size") or 0), e.get("batch_size") or 0, e["seed"]))
-    out = Path(__file__).with_name("curves.csv")
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out} ({len(rows)} runs)")
+    write_curve(Path(__file__).with_name("curves.csv"), columns, rows)
     print_table(rows)
 
 

@@ -8,10 +8,10 @@ Usage (from the repository root): PYTHONPATH=. python results/studies/extraction
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from pathlib import Path
+
+from bench.tools.study_runs import ok_rows, write_curve
 
 ATTACKS = ("pii-extract", "pii-reconstruct", "pii-infer")
 METRIC = "extraction.rate"
@@ -21,32 +21,23 @@ MARGIN = 0.05  # bench.reporting.verdict.MIN_ADVANTAGE: a run "works" when it be
 def main(*runs: str) -> None:
     settings: dict[str, dict] = {}
     table: dict[tuple[str, str], dict] = {}
-    lines = [line for folder in runs for line in Path(folder, "results.jsonl").read_text().splitlines()]
-    for line in lines:
-        for row in json.loads(line).get("rows", []):
-            if row.get("status") != "ok":
-                continue
-            extra = row.get("extra") or {}
-            config = extra.get("scenario_config") or {}
-            if config:  # the run's first row keeps the resolved scenario
-                federation = config.get("federation", {})
-                settings[row["run_id"]] = {"method": row["method"], "seed": row["seed"],
-                                           "rank": (config.get("method", {}).get("params") or {}).get("rank", ""),
-                                           "local_steps": federation.get("local_steps"), "lr": federation.get("lr")}
-            if row["metric"] == "utility.rouge_l":
-                settings.setdefault(row["run_id"], {})["utility.rouge_l"] = round(row["value"], 4)
-            if row["metric"] == METRIC and row["attack"] in ATTACKS:
-                table[(row["run_id"], row["attack"])] = {"attack": row["attack"], METRIC: round(row["value"], 4),
-                                                         f"{METRIC}.floor": extra.get("floor")}
+    for row in ok_rows(*runs):
+        extra = row.get("extra") or {}
+        config = extra.get("scenario_config") or {}
+        if config:  # the run's first row keeps the resolved scenario
+            federation = config.get("federation", {})
+            settings[row["run_id"]] = {"method": row["method"], "seed": row["seed"],
+                                       "rank": (config.get("method", {}).get("params") or {}).get("rank", ""),
+                                       "local_steps": federation.get("local_steps"), "lr": federation.get("lr")}
+        if row["metric"] == "utility.rouge_l":
+            settings.setdefault(row["run_id"], {})["utility.rouge_l"] = round(row["value"], 4)
+        if row["metric"] == METRIC and row["attack"] in ATTACKS:
+            table[(row["run_id"], row["attack"])] = {"attack": row["attack"], METRIC: round(row["value"], 4),
+                                                     f"{METRIC}.floor": extra.get("floor")}
     rows = [{**settings.get(run, {}), **entry} for (run, _), entry in table.items()]
     rows.sort(key=lambda e: (e["attack"], int(e.get("rank") or 0), e.get("local_steps") or 0, e.get("lr") or 0, e["seed"]))
     columns = ["method", "rank", "local_steps", "lr", "seed", "attack", METRIC, f"{METRIC}.floor", "utility.rouge_l"]
-    out = Path(__file__).with_name("curves.csv")
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out} ({len(rows)} rows)")
+    write_curve(Path(__file__).with_name("curves.csv"), columns, rows)
     print(means_table(rows))
 
 

@@ -7,10 +7,10 @@ Usage (from the repository root): PYTHONPATH=. python results/studies/kd-mia-cur
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from pathlib import Path
+
+from bench.tools.study_runs import ok_rows, write_curve
 
 ATTACK = "mia-kd-logits"
 METRICS = ("mia.auc", "mia.tpr@0.01")
@@ -19,32 +19,23 @@ MARGIN = 0.05  # bench.reporting.verdict.MIN_ADVANTAGE
 
 def main(*runs: str) -> None:
     table: dict[str, dict] = {}
-    lines = [line for folder in runs for line in Path(folder, "results.jsonl").read_text().splitlines()]
-    for line in lines:
-        for row in json.loads(line).get("rows", []):
-            if row.get("status") != "ok":
-                continue
-            entry = table.setdefault(row["run_id"], {"method": row["method"], "seed": row["seed"]})
-            config = (row.get("extra") or {}).get("scenario_config") or {}
-            if config:
-                federation = config.get("federation", {})
-                entry.update(local_steps=federation.get("local_steps"),
-                             examples_per_client=federation.get("examples_per_client"))
-            if row["metric"] == "utility.accuracy":
-                entry["utility.accuracy"] = round(row["value"], 4)
-            if row["attack"] == ATTACK and row["metric"] in METRICS:
-                entry[row["metric"]] = round(row["value"], 4)
-                if row["metric"] == "mia.auc":
-                    entry["mia.auc.floor"] = (row.get("extra") or {}).get("floor", 0.5)
+    for row in ok_rows(*runs):
+        entry = table.setdefault(row["run_id"], {"method": row["method"], "seed": row["seed"]})
+        config = (row.get("extra") or {}).get("scenario_config") or {}
+        if config:
+            federation = config.get("federation", {})
+            entry.update(local_steps=federation.get("local_steps"),
+                         examples_per_client=federation.get("examples_per_client"))
+        if row["metric"] == "utility.accuracy":
+            entry["utility.accuracy"] = round(row["value"], 4)
+        if row["attack"] == ATTACK and row["metric"] in METRICS:
+            entry[row["metric"]] = round(row["value"], 4)
+            if row["metric"] == "mia.auc":
+                entry["mia.auc.floor"] = (row.get("extra") or {}).get("floor", 0.5)
     rows = sorted(table.values(), key=lambda e: (e.get("examples_per_client") or 0, e.get("local_steps") or 0, e["seed"]))
     columns = ["method", "local_steps", "examples_per_client", "seed", "mia.auc", "mia.auc.floor", "mia.tpr@0.01",
                "utility.accuracy"]
-    out = Path(__file__).with_name("curves.csv")
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out} ({len(rows)} runs)")
+    write_curve(Path(__file__).with_name("curves.csv"), columns, rows)
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row.get("examples_per_client"), row.get("local_steps")), []).append(row)

@@ -1,0 +1,32 @@
+"""What the studies' ``collect.py`` scripts share: reading a store's finished runs and writing a curve CSV.
+
+A study script (``results/studies/<study>/collect.py``, run from the repository root with ``PYTHONPATH=.``)
+turns the runs of a sweep into the one CSV its README and Table 4's ``resists:`` entries read. Each picks
+its own columns; the reading and writing are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from bench.api.vocabulary import JsonObject
+
+
+def ok_rows(*folders: str) -> Iterator[JsonObject]:
+    """The rows of every run that finished ``ok`` in each folder's ``results.jsonl``, in file order (so a
+    run id stored twice is read twice, and a script that keys by run id keeps the later reading)."""
+    for folder in folders:
+        for line in Path(folder, "results.jsonl").read_text().splitlines():
+            yield from (row for row in json.loads(line).get("rows", []) if row.get("status") == "ok")
+
+
+def write_curve(path: Path, columns: Sequence[str], rows: Sequence[JsonObject]) -> None:
+    """``rows`` as a CSV with ``columns`` (keys outside them are left out, missing ones left empty)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path} ({len(rows)} rows)")

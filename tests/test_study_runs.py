@@ -1,0 +1,22 @@
+"""The studies' collect scripts read finished runs and write curve CSVs through ``bench.tools.study_runs``."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from bench.tools.study_runs import ok_rows, write_curve
+
+
+def test_ok_rows_reads_every_folder_in_order_and_leaves_failed_runs_out(tmp_path):
+    for name, records in (("a", [[("r1", "ok"), ("r2", "failed")]]), ("b", [[("r1", "ok")], [("r3", "incompatible")]])):
+        (tmp_path / name).mkdir()
+        lines = [json.dumps({"rows": [{"run_id": run, "status": status} for run, status in record]}) for record in records]
+        (tmp_path / name / "results.jsonl").write_text("\n".join(lines) + "\n")
+    assert [r["run_id"] for r in ok_rows(str(tmp_path / "a"), str(tmp_path / "b"))] == ["r1", "r1"]
+
+
+def test_write_curve_keeps_its_columns_and_leaves_missing_values_empty(tmp_path):
+    path = tmp_path / "curves.csv"
+    write_curve(path, ["method", "rate"], [{"method": "lora", "rate": 0.3, "other": 1}, {"method": "fft"}])
+    assert list(csv.reader(path.open())) == [["method", "rate"], ["lora", "0.3"], ["fft", ""]]
