@@ -141,7 +141,7 @@ def channel_refusal(component: Attack | Defense | type[Attack], scenario: Scenar
 
 
 def _touches_messages(component: Attack | Defense | type[Attack]) -> bool:
-    if isinstance(component, type) or isinstance(component, Attack):
+    if isinstance(component, (type, Attack)):
         attack = component if isinstance(component, type) else type(component)
         reads = bool({"client_updates", "aggregates"} & set(attack.needs)) or attack.vantage == "aggregate"
         return reads or attack.poison_updates is not Attack.poison_updates
