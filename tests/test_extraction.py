@@ -309,3 +309,33 @@ def test_table4_reports_what_scrubbing_leaves_behind_and_the_providers_log():
     assert (cell.egress_pii_without, cell.egress_pii_with) == (pytest.approx(0.58), pytest.approx(0.0))
     assert cell.utility_change == pytest.approx(-0.04)
     assert "PII left 0.06" in cell_text(cell) and "PII in log 0.58→0.00" in cell_text(cell)
+
+
+@pytest.mark.parametrize(("teacher", "proxy", "leaks"), [("memorised", "members", True), ("memorised", "public", True),
+                                                    ("scrubbed", "public", False)])
+def test_a_kd_server_infers_a_clients_pii_from_a_copy_distilled_from_its_logits(models, teacher, proxy, leaks):
+    """KD's reconstruction channel: a copy distilled from a memorising client's shared logits picks the
+    client's PII (rate 1 against the broadcast model's floor), both when the proxy set is the client's own
+    records and when it is disjoint public text: after a public record's "Patient" the client's next-token
+    distribution puts its mass on the names it memorised. A client trained on scrubbed records gives the
+    copy nothing to pick with (at most chance)."""
+    from bench.api.layout import ParameterLayout
+    from bench.api.transcript import RoundRecord
+    from bench.engine.protocols.kd import shared_logits
+
+    base, memorised, scrubbed, tokenizer = models
+    client = memorised if teacher == "memorised" else scrubbed
+    server = OpenModel(copy.deepcopy(base.model), None, base.task, tokenizer)
+    server.layout = ParameterLayout.of(list(server.model.named_parameters()))
+    records = [{"text": t, "label": 0} for t in (MEMBERS if proxy == "members" else PUBLIC)]
+    batch = base.task.collate(records, tokenizer, torch.device("cpu"))
+    sent = shared_logits(client.model, batch, temperature=2.0, top_k=0)
+    round_record = RoundRecord(round=0, sampled=[0], global_before=server.get_flat().clone(), transmitted={0: sent},
+                               channel={"proxy": records, "temperature": 2.0})
+    view = _view(server, base, tokenizer)
+    view.vantage, view.rounds = "server", [round_record]
+    metrics = _rates("pii-infer-kd", view, choices=2, steps=60, lr=3e-3)
+    rate, floor = metrics["extraction.rate"].value, metrics["extraction.rate"].extra["floor"]
+    assert floor <= 0.5 + 1e-9  # the broadcast (base) model picks among 2 no better than chance here
+    assert rate >= 0.8 if leaks else rate <= 0.5 + 1e-9
+    assert (server.get_flat() - round_record.global_before).abs().max() == 0  # the attack restores the model

@@ -24,6 +24,7 @@ has no client requests). It reads the provider vantage's view only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import torch
 
@@ -155,47 +156,72 @@ class PIIInference(_PIIAttack):
                 raise ValueError("choices must be at least 2")
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Extraction:
-        pool = self._public_values(view)
-        probes = []  # (candidate, filled records, index of the true filling)
-        for index, (example, items) in enumerate(zip(view.candidates, candidate_items(view), strict=True)):
-            for item in items:
-                others = [v for v in pool.get(item.kind, []) if v != item.value]
-                if len(others) < self.config.choices - 1:
-                    continue  # too few public values of this kind to build a list
-                picks = torch.randperm(len(others), generator=rng)[: self.config.choices - 1].tolist()
-                options = [item.value] + [others[i] for i in picks]
-                order = torch.randperm(len(options), generator=rng).tolist()
-                options = [options[i] for i in order]
-                probes.append((index, [replace_in(example, item.value, o) for o in options], order.index(0)))
-        trials = [0.0] * len(view.candidates)
-        for index, _, _ in probes:
-            trials[index] += 1
-        return Extraction(hits=_tensor(self._picked(view.final_model, probes, len(trials))), trials=_tensor(trials),
-                          base_hits=_tensor(self._picked(view.base_model, probes, len(trials))),
+        probes = infer_probes(view, rng, self.config.choices)
+        count = len(view.candidates)
+        return Extraction(hits=_tensor(picked(_nll(view.final_model, probes), probes, count)),
+                          trials=_tensor(probe_trials(probes, count)),
+                          base_hits=_tensor(picked(_nll(view.base_model, probes), probes, count)),
                           chance=1.0 / self.config.choices)
 
-    @staticmethod
-    def _public_values(view: ThreatView) -> dict[str, list[str]]:
-        pool: dict[str, list[str]] = {}
-        for example in view.auxiliary:
-            for kind, value in sorted(pii.values(text_of(view, example))):
-                if value not in pool.setdefault(kind, []):
-                    pool[kind].append(value)
-        return pool
 
-    @staticmethod
-    def _picked(handle: ModelHandle, probes: list[tuple[int, list[Record], int]], count: int) -> list[float]:
-        hits = [0.0] * count
-        if not probes:
-            return hits
-        flat = [record for _, records, _ in probes for record in records]
-        nll = summed_nll(handle, flat)
-        start = 0
-        for index, records, truth_at in probes:
-            chosen = int(torch.argmin(nll[start : start + len(records)]))
-            hits[index] += float(chosen == truth_at)
-            start += len(records)
-        return hits
+Probe: TypeAlias = tuple[int, list[Record], int]
+"""A ``pii-infer`` probe: (candidate index, the record filled with each offered value, index of the true one)."""
+
+
+def infer_probes(view: ThreatView, rng: torch.Generator, choices: int) -> list[Probe]:
+    """For each PII item of each candidate, the record filled with the true value and ``choices`` - 1 others
+    of its kind from public records, in a random order; items with too few public values are skipped."""
+    pool = _public_values(view)
+    probes = []
+    for index, (example, items) in enumerate(zip(view.candidates, candidate_items(view), strict=True)):
+        for item in items:
+            others = [v for v in pool.get(item.kind, []) if v != item.value]
+            if len(others) < choices - 1:
+                continue  # too few public values of this kind to build a list
+            picks = torch.randperm(len(others), generator=rng)[: choices - 1].tolist()
+            options = [item.value] + [others[i] for i in picks]
+            order = torch.randperm(len(options), generator=rng).tolist()
+            options = [options[i] for i in order]
+            probes.append((index, [replace_in(example, item.value, o) for o in options], order.index(0)))
+    return probes
+
+
+def probe_trials(probes: list[Probe], count: int) -> list[float]:
+    """Items probed per candidate."""
+    trials = [0.0] * count
+    for index, _, _ in probes:
+        trials[index] += 1
+    return trials
+
+
+def probe_records(probes: list[Probe]) -> list[Record]:
+    """Every filled record of every probe, in order: what a model scores once for all picks."""
+    return [record for _, records, _ in probes for record in records]
+
+
+def picked(nll: torch.Tensor, probes: list[Probe], count: int) -> list[float]:
+    """Per candidate, how many of its items were picked right: the filling of lowest ``nll`` (one value per
+    filled record, in ``probe_records`` order) is the true one."""
+    hits = [0.0] * count
+    start = 0
+    for index, records, truth_at in probes:
+        chosen = int(torch.argmin(nll[start : start + len(records)]))
+        hits[index] += float(chosen == truth_at)
+        start += len(records)
+    return hits
+
+
+def _nll(handle: ModelHandle, probes: list[Probe]) -> torch.Tensor:
+    return summed_nll(handle, probe_records(probes)) if probes else torch.zeros(0, dtype=torch.float64)
+
+
+def _public_values(view: ThreatView) -> dict[str, list[str]]:
+    pool: dict[str, list[str]] = {}
+    for example in view.auxiliary:
+        for kind, value in sorted(pii.values(text_of(view, example))):
+            if value not in pool.setdefault(kind, []):
+                pool[kind].append(value)
+    return pool
 
 
 @ATTACKS.register("pii-provider")

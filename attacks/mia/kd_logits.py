@@ -28,17 +28,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from attacks.mia._common import confidence_signal
+from attacks.mia._kd import distil_copy, teachers
 from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
 from bench.api.errors import IncompatibleError
 from bench.api.predictions import MembershipScores
-from bench.api.protocol import Channel, scored_logits
+from bench.api.protocol import Channel
 from bench.api.registry import ATTACKS
-from bench.api.transcript import RoundRecord, ThreatView
+from bench.api.transcript import ThreatView
 from bench.api.vocabulary import AttackFamily, Vantage
 
 
@@ -67,43 +67,12 @@ class SharedLogitsMIA(Attack):
         best = torch.full((len(view.candidates),), -torch.inf)
         try:
             for record in attacked:
-                proxy, temperature = record.channel["proxy"], record.channel["temperature"]
                 model.set_flat(record.global_before)
                 reference = confidence_signal(model, view.candidates)
-                for teacher in self._teachers(record):
-                    copy_signal = self._copy_signal(model, record.global_before, proxy, teacher, temperature,
-                                                    view.candidates)
-                    best = torch.maximum(best, copy_signal - reference)
+                for teacher in teachers(record, "mia-kd-logits"):
+                    distil_copy(model, record.global_before, record, teacher, steps=self.config.steps,
+                                lr=self.config.lr)
+                    best = torch.maximum(best, confidence_signal(model, view.candidates) - reference)
         finally:
             model.set_flat(saved)
         return MembershipScores(scores=best)
-
-    @staticmethod
-    def _teachers(record: RoundRecord) -> list[torch.Tensor]:
-        """The distributions the server can read this round: each client's, or under a secure sum only the
-        aggregate it unmasked."""
-        if record.channel.get("secure_sum"):
-            if record.aggregate is None:
-                raise IncompatibleError("mia-kd-logits: the logits were securely summed and no aggregate was kept")
-            return [record.aggregate.float()]
-        return [F.softmax(record.transmitted[c].float(), dim=-1) for c in sorted(record.transmitted)]
-
-    def _copy_signal(self, model, start, proxy, teacher, temperature, candidates) -> torch.Tensor:
-        """The candidates' confidence under the model at ``start`` distilled toward ``teacher``."""
-        model.set_flat(start)
-        module = model.module()
-        was_training = module.training
-        module.eval()
-        params = [p for _, p in model.named_trainable]
-        opt = torch.optim.Adam(params, lr=self.config.lr)
-        batch = model.task.collate(proxy, model.tokenizer, model.device)
-        teacher = teacher.to(model.device)
-        try:
-            for _ in range(self.config.steps):
-                opt.zero_grad(set_to_none=True)
-                log_q = F.log_softmax(scored_logits(module, batch) / temperature, dim=-1)
-                (-(teacher * log_q).sum(-1).mean()).backward()
-                opt.step()
-            return confidence_signal(model, candidates)
-        finally:
-            module.train(was_training)
