@@ -191,12 +191,14 @@ def assert_audited(rows) -> None:
     assert audited["dp.audit_canaries"] == 8 and audited["dp.audit_epsilon"] > 0
 
 
-def test_a_closed_tiers_provider_log_and_egress_reach_the_servers_transcript(tmp_path):
-    """provider-tuning at gray-box: each client's job uploads its examples to the provider's tuning endpoint,
-    which logs them (client side). Carried back in sampled order, the server's transcript holds the same
+@pytest.mark.parametrize(("tier", "method"), [("gray-box", "provider-tuning"), ("black-box", "textual-prompt")])
+def test_a_closed_tiers_provider_log_and_egress_reach_the_servers_transcript(tmp_path, tier, method):
+    """provider-tuning at gray-box: each client's job uploads its examples to the provider's tuning endpoint;
+    textual-prompt at black-box: each job queries the provider with its records. The provider logs them
+    while the client's job runs. Carried back in sampled order, the server's transcript holds the same
     provider log and egress counts as in-process: privacy.egress_* rows, and the provider's log-lookup
     membership attack, agree. A SuperNode hosts two clients and its process keeps the run between rounds."""
-    scenario = engine(make_scenario(tmp_path, tier="gray-box", method="provider-tuning", attacks=["mia-provider"],
+    scenario = engine(make_scenario(tmp_path, tier=tier, method=method, attacks=["mia-provider"],
                                     federation={"rounds": 2, "local_steps": 1, "examples_per_client": 8}), "flower")
     client._built.clear()
     with rounds_through(client.app, nodes=2):
@@ -204,7 +206,7 @@ def test_a_closed_tiers_provider_log_and_egress_reach_the_servers_transcript(tmp
     inprocess_rows = runner.execute(engine(scenario, "inprocess"), 0)
     values = {r.metric: r.value for r in flower_rows}
     assert values["privacy.egress_records"] > 0 and values["privacy.egress_bytes"] > 0
-    assert values["mia.auc"] == 1.0  # the log holds every member
+    assert values["mia.auc"] > 0.5  # the log holds members' text
     assert_same_metrics(flower_rows, inprocess_rows)
 
 
