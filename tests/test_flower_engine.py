@@ -304,6 +304,17 @@ def test_deployment_engine_gives_the_in_process_metrics(tmp_path, monkeypatch, f
     assert (tmp_path / "flower" / f"{scenario.hash}-0" / "flwr" / "state.db").exists()  # Flower's state in the run's folder
 
 
+@pytest.mark.slow  # as above
+def test_deployment_engine_gives_the_in_process_audit_of_dp_local(tmp_path, monkeypatch):
+    """dp-local's one-run audit deployed: each message runs in a fresh ``flwr-clientapp`` process, so the
+    audited client's second job continues the canaries only from the copy the server sent down."""
+    monkeypatch.setenv("TIERBENCH_FLOWER_HOME", str(tmp_path / "flower"))
+    scenario = audited_scenario(tmp_path)
+    flower_rows = runner.execute(engine(scenario, "flower-deployment"), 0)
+    assert_audited(flower_rows)
+    assert_same_metrics(flower_rows, runner.execute(engine(scenario, "inprocess"), 0))
+
+
 @pytest.mark.slow  # as above, through the command line
 def test_bench_run_on_a_flower_deployment_scenario_stores_the_in_process_metrics(tmp_path, monkeypatch):
     """``python -m bench run`` on the smoke cell with ``engine: flower-deployment`` starts and stops its
