@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
+import os
 import pickle
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -386,6 +389,40 @@ def test_a_deployment_that_cannot_run_is_a_failed_run_with_its_reason_not_a_hang
     assert [(r.status, r.metric) for r in rows] == [("failed", "run")]
     assert reason in rows[0].error, rows[0].error
     assert not _flower_processes(tmp_path / "flower")  # every process it started is stopped
+
+
+WARM_SERVER = """
+import json, os, sys
+from pathlib import Path
+from bench.engine.flower import warm
+
+def main():  # stands for Flower's flwr-clientapp: records where it ran, exits with the code it is given
+    Path(sys.argv[1]).write_text(json.dumps([os.getpid(), os.getppid(), 'tomllib' in sys.modules]))
+    sys.exit(int(sys.argv[2]))
+
+warm.serve(sys.argv[1], main=main, preload=('tomllib',))
+"""
+
+
+def test_the_warm_clientapp_server_runs_each_task_in_a_child_forked_after_its_imports(tmp_path):
+    """The ``flwr-clientapp`` a deployment's SuperExec starts is a shim: the task runs in a child the warm server
+    forks (its imports already done), and the shim exits with the child's code, as Flower's process would."""
+    from bench.engine.flower import warm
+
+    name = f"tierbench-test-{os.getpid()}"
+    server = subprocess.Popen([sys.executable, "-c", WARM_SERVER, name], cwd=Path(__file__).parents[1])
+    try:
+        env = {**os.environ, warm.SOCKET_ENV: name}
+        shim = warm.write_shim(tmp_path / "bin")
+        codes = [subprocess.run([str(shim), str(tmp_path / f"task{i}"), str(i)], env=env, timeout=60).returncode
+                 for i in (3, 0)]
+        ran = [json.loads((tmp_path / f"task{i}").read_text()) for i in (3, 0)]
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert codes == [3, 0]
+    assert [parent for _, parent, _ in ran] == [server.pid, server.pid]  # forked by the server, one child per task
+    assert ran[0][0] != ran[1][0] and all(preloaded for _, _, preloaded in ran)
 
 
 def test_a_protocol_that_does_not_share_parameters_is_refused_under_flower(tmp_path):
