@@ -7,7 +7,8 @@ app in ``app/`` with ``flwr run`` and waits for the rows. The app's ServerApp (`
 by the SuperLink in its own process) reads the job (the pickled scenario and seed) from a file named
 in the run config, runs ``runner.execute`` with the rounds sent through its Grid (``TierBenchStrategy``),
 and writes the rows back as a pickle. ClientApps are ``bench.engine.flower.client.app``, run by the
-SuperNodes. Every process finds ``bench`` on the PYTHONPATH (this checkout): nothing is installed.
+SuperNodes (each message in a process forked from one warm server per run: ``warm``). Every process
+finds ``bench`` on the PYTHONPATH (this checkout): nothing is installed.
 
 ``FLWR_HOME`` (the SuperLink's database, the FAB, the CLI's connection config) and Ray's temp dir are
 under one folder per call (``simulation.flower_home``).
