@@ -77,7 +77,7 @@ def _added(old: Entries, new: Entries) -> Entries:
         return list(new)
     grown = new[len(old) - 1]
     extra = [(grown[0], grown[1], grown[2] - old[-1][2])] if grown[2] != old[-1][2] else []
-    return extra + list(new[len(old):])
+    return extra + list(new[len(old) :])
 
 
 def apply(defense: Defense, changed: State) -> None:

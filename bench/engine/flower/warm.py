@@ -29,7 +29,7 @@ SOCKET_ENV = "TIERBENCH_FLOWER_WARM_SOCKET"
 PRELOAD = ("torch", "transformers", "flwr.supernode.cli", "bench.engine.flower.client")
 """What a ClientApp process imports anyway (its app module, the Flower runtime, what training needs)."""
 
-SHIM = '''#!{python} -S
+SHIM = """#!{python} -S
 # flwr-clientapp for TierBench's deployment (bench/engine/flower/warm.py): run by a warm, forked process
 import json, os, socket, sys, time
 name, deadline = os.environ["{env}"], time.monotonic() + 300
@@ -45,7 +45,7 @@ while True:
 s.sendall(json.dumps(sys.argv[1:]).encode() + b"\\n")
 code = s.makefile().readline().strip()
 sys.exit(int(code) if code else 1)
-'''
+"""
 
 
 def write_shim(folder: Path) -> Path:
