@@ -8,9 +8,13 @@ and SuperNodes as separate processes) and compare every non-cost metric with the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
+import os
 import pickle
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +28,7 @@ pytest.importorskip("flwr")
 from bench.api.errors import UserError  # noqa: E402
 from bench.engine import federation as fl  # noqa: E402
 from bench.engine import runner  # noqa: E402
-from bench.engine.flower import client, import_flwr, state  # noqa: E402
+from bench.engine.flower import GRIDS, DeployedGrid, client, import_flwr, state  # noqa: E402
 from bench.engine.flower.strategy import TierBenchStrategy, connected_nodes  # noqa: E402
 from bench.spec.scenario import Scenario, load  # noqa: E402
 from bench.testing.flower import InProcessGrid  # noqa: E402
@@ -103,6 +107,8 @@ def test_a_ledger_entry_grown_by_a_job_is_carried_as_the_steps_it_added():
                 history.append((z, q, steps))
 
     class Defense:
+        audit = None  # declared on bench.api.defense.Defense
+
         def __init__(self):
             self.ledger, self.mode = Ledger(), None
 
@@ -145,6 +151,107 @@ def test_the_server_records_what_it_received_and_the_ledger_of_client_side_dp(tm
     assert ours["dp.epsilon"] == theirs["dp.epsilon"]
 
 
+@contextlib.contextmanager
+def rounds_through(app, nodes: int):
+    """``runner.execute`` of an ``engine: flower`` run sends its rounds over an in-process Grid to ``app``
+    (the hook a deployed ServerApp uses), so a whole run's rows come out without starting Flower."""
+    GRIDS.append(DeployedGrid(InProcessGrid(app, nodes), min_nodes=nodes))
+    try:
+        yield
+    finally:
+        GRIDS.pop()
+
+
+def fresh_process_app(message, context):
+    """The ClientApp as the deployment engine runs it: every message in a fresh process that rebuilds the run
+    (its defenses' client-side state included) from the scenario and seed."""
+    client._built.clear()
+    return client.app(message, context)
+
+
+def test_dp_local_audit_gives_the_in_process_lower_bound_when_each_message_runs_in_a_fresh_process(tmp_path):
+    """dp-local's one-run audit (audit_canaries): the canaries, which were included and their losses live in the
+    audited client's copy of the defense. Under Flower that copy must reach the server (which reports
+    dp.epsilon_lower) and the audited client's next job (which, in deployment, runs in another process), and
+    a job of another client, replayed after it, must not undo it: same dp.* rows as in-process. Three clients
+    on two SuperNodes, two rounds."""
+    scenario = audited_scenario(tmp_path)
+    with rounds_through(fresh_process_app, nodes=2):
+        flower_rows = runner.execute(engine(scenario, "flower"), 0)
+    assert_audited(flower_rows)
+    assert_same_metrics(flower_rows, runner.execute(engine(scenario, "inprocess"), 0))
+
+
+def audited_scenario(tmp_path) -> Scenario:
+    """LoRA, three clients, two rounds; dp-local audits client 0 with 8 canaries."""
+    return make_scenario(tmp_path, attacks=[], federation={"rounds": 2, "local_steps": 1}, defenses=[
+        {"name": "dp-local", "params": {"noise_multiplier": 1.0, "audit_canaries": 8, "grad_sample_mode": "hooks"}}])
+
+
+def assert_audited(rows) -> None:
+    audited = {r.metric: r.value for r in rows if r.metric.startswith("dp.")}
+    assert audited.keys() >= {"dp.epsilon_lower", "dp.audit_epsilon", "dp.audit_canaries", "dp.audit_included"}
+    assert audited["dp.audit_canaries"] == 8 and audited["dp.audit_epsilon"] > 0
+
+
+@pytest.mark.parametrize(("tier", "method"), [("gray-box", "provider-tuning"), ("black-box", "textual-prompt")])
+def test_a_closed_tiers_provider_log_and_egress_reach_the_servers_transcript(tmp_path, tier, method):
+    """provider-tuning at gray-box: each client's job uploads its examples to the provider's tuning endpoint;
+    textual-prompt at black-box: each job queries the provider with its records. The provider logs them
+    while the client's job runs. Carried back in sampled order, the server's transcript holds the same
+    provider log and egress counts as in-process: privacy.egress_* rows, and the provider's log-lookup
+    membership attack, agree. A SuperNode hosts two clients and its process keeps the run between rounds."""
+    scenario = engine(make_scenario(tmp_path, tier=tier, method=method, attacks=["mia-provider"],
+                                    federation={"rounds": 2, "local_steps": 1, "examples_per_client": 8}), "flower")
+    client._built.clear()
+    with rounds_through(client.app, nodes=2):
+        flower_rows = runner.execute(scenario, 0)
+    inprocess_rows = runner.execute(engine(scenario, "inprocess"), 0)
+    values = {r.metric: r.value for r in flower_rows}
+    assert values["privacy.egress_records"] > 0 and values["privacy.egress_bytes"] > 0
+    assert values["mia.auc"] > 0.5  # the log holds members' text
+    assert_same_metrics(flower_rows, inprocess_rows)
+
+
+def test_what_a_job_added_to_the_transcript_is_carried_and_appended_in_place():
+    from bench.api.transcript import ProviderRecord, Transcript
+
+    client_side, server_side = Transcript(egress_records=3, egress_bytes=30), Transcript()
+    client_side.provider_log.append(ProviderRecord(0, "inference", "an earlier job's request"))
+    log = server_side.provider_log  # a view built before the rounds holds this list
+    mark = state.transcript_mark(client_side)
+    client_side.provider_log.append(ProviderRecord(1, "tuning-upload", "a note"))
+    client_side.egress_records, client_side.egress_bytes = 4, 36
+    state.extend_transcript(server_side, state.transcript_changes(client_side, mark))
+    assert log is server_side.provider_log and log == [ProviderRecord(1, "tuning-upload", "a note")]
+    assert (server_side.egress_records, server_side.egress_bytes) == (1, 6)
+
+
+class Audit:  # module level: the wire pickles it
+    def __init__(self):
+        self.after = None
+
+
+class AuditingDefense:
+    ledger = None
+
+    def __init__(self, audit=None):
+        self.audit = audit
+
+
+def test_an_audit_goes_down_with_the_message_and_comes_back_only_from_the_job_that_changed_it():
+    server, audited, other = AuditingDefense(Audit()), AuditingDefense(), AuditingDefense()
+    for job in (audited, other):
+        state.apply(job, pickle.loads(pickle.dumps(state.downlink(server))))  # through the wire
+    before = state.snapshot(audited), state.snapshot(other)
+    audited.audit.after = 0.5
+    changed = state.changes(audited, before[0]), state.changes(other, before[1])
+    assert changed[1] == {}  # the other client's copy is the stale one: it must not be replayed
+    for c in changed:
+        state.apply(server, c)
+    assert server.audit.after == 0.5
+
+
 def comparable(rows) -> dict:
     """Every measurement but time and memory (cost.*_s, peak memory; cost rows that count bytes are kept)."""
     timed = lambda metric: metric.startswith("cost.") and (metric.endswith("_s") or metric == "cost.peak_mem_mb")  # noqa: E731
@@ -176,6 +283,16 @@ def test_simulation_engine_gives_the_in_process_metrics_per_defense_family(tmp_p
     assert_same_metrics(flower_rows, runner.execute(engine(scenario, "inprocess"), 0))
 
 
+@pytest.mark.slow  # a Ray instance and its actors start
+def test_simulation_engine_gives_the_in_process_audit_of_dp_local(tmp_path):
+    """dp-local's one-run audit through Flower's simulation engine: one SuperNode per client, served by
+    whichever Ray actor is free, so the audited client's jobs need not share a process: same rows as in-process."""
+    scenario = audited_scenario(tmp_path)
+    flower_rows = runner.execute(engine(scenario, "flower"), 0)
+    assert_audited(flower_rows)
+    assert_same_metrics(flower_rows, runner.execute(engine(scenario, "inprocess"), 0))
+
+
 @pytest.mark.slow  # a SuperLink, two SuperNodes and their app processes start; minutes on 2 loaded cores
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_deployment_engine_gives_the_in_process_metrics(tmp_path, monkeypatch, family):
@@ -188,6 +305,17 @@ def test_deployment_engine_gives_the_in_process_metrics(tmp_path, monkeypatch, f
     assert {r.attack for r in flower_rows if r.value is not None} >= set(ATTACKS)
     assert_same_metrics(flower_rows, runner.execute(engine(scenario, "inprocess"), 0))
     assert (tmp_path / "flower" / f"{scenario.hash}-0" / "flwr" / "state.db").exists()  # Flower's state in the run's folder
+
+
+@pytest.mark.slow  # as above
+def test_deployment_engine_gives_the_in_process_audit_of_dp_local(tmp_path, monkeypatch):
+    """dp-local's one-run audit deployed: each message runs in a fresh ``flwr-clientapp`` process, so the
+    audited client's second job continues the canaries only from the copy the server sent down."""
+    monkeypatch.setenv("TIERBENCH_FLOWER_HOME", str(tmp_path / "flower"))
+    scenario = audited_scenario(tmp_path)
+    flower_rows = runner.execute(engine(scenario, "flower-deployment"), 0)
+    assert_audited(flower_rows)
+    assert_same_metrics(flower_rows, runner.execute(engine(scenario, "inprocess"), 0))
 
 
 @pytest.mark.slow  # as above, through the command line
@@ -261,6 +389,40 @@ def test_a_deployment_that_cannot_run_is_a_failed_run_with_its_reason_not_a_hang
     assert [(r.status, r.metric) for r in rows] == [("failed", "run")]
     assert reason in rows[0].error, rows[0].error
     assert not _flower_processes(tmp_path / "flower")  # every process it started is stopped
+
+
+WARM_SERVER = """
+import json, os, sys
+from pathlib import Path
+from bench.engine.flower import warm
+
+def main():  # stands for Flower's flwr-clientapp: records where it ran, exits with the code it is given
+    Path(sys.argv[1]).write_text(json.dumps([os.getpid(), os.getppid(), 'tomllib' in sys.modules]))
+    sys.exit(int(sys.argv[2]))
+
+warm.serve(sys.argv[1], main=main, preload=('tomllib',))
+"""
+
+
+def test_the_warm_clientapp_server_runs_each_task_in_a_child_forked_after_its_imports(tmp_path):
+    """The ``flwr-clientapp`` a deployment's SuperExec starts is a shim: the task runs in a child the warm server
+    forks (its imports already done), and the shim exits with the child's code, as Flower's process would."""
+    from bench.engine.flower import warm
+
+    name = f"tierbench-test-{os.getpid()}"
+    server = subprocess.Popen([sys.executable, "-c", WARM_SERVER, name], cwd=Path(__file__).parents[1])
+    try:
+        env = {**os.environ, warm.SOCKET_ENV: name}
+        shim = warm.write_shim(tmp_path / "bin")
+        codes = [subprocess.run([str(shim), str(tmp_path / f"task{i}"), str(i)], env=env, timeout=60).returncode
+                 for i in (3, 0)]
+        ran = [json.loads((tmp_path / f"task{i}").read_text()) for i in (3, 0)]
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert codes == [3, 0]
+    assert [parent for _, parent, _ in ran] == [server.pid, server.pid]  # forked by the server, one child per task
+    assert ran[0][0] != ran[1][0] and all(preloaded for _, _, preloaded in ran)
 
 
 def test_a_protocol_that_does_not_share_parameters_is_refused_under_flower(tmp_path):

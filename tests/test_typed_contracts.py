@@ -43,20 +43,29 @@ def test_client_side_state_an_engine_carries_is_declared_on_every_defense():
     assert dp_local(dp_local.Config(noise_multiplier=1.0)).ledger is not None
 
 
-def test_the_flower_client_refuses_a_defense_holding_an_audit():
+@dataclass
+class _Audit:  # module level: the Flower engine pickles a defense's audit
+    epsilon: float = 0.0
+
+    def epsilon_lower(self, delta: float, confidence: float) -> float | None:
+        return self.epsilon
+
+
+def test_the_flower_engine_carries_a_defense_holding_an_audit():
+    """The engine reads ``audit`` directly (it used to refuse a defense that set one): a job that starts an
+    audit sends it back to the server's copy."""
     pytest.importorskip("flwr")
-    from bench.engine.flower import client
+    from bench.engine.flower import state
 
     class Audited(Defense):
         name, family = "audited", DefenseFamily.DP
 
-    defense = Audited(Audited.Config())
-    p = SimpleNamespace(fed=SimpleNamespace(defenses=[defense]), transcript=SimpleNamespace(provider_log=[], egress_records=0),
-                        scenario=SimpleNamespace(method=SimpleNamespace(name="fft")))
-    client._refuse_uncarried(p)  # no audit: carried
-    defense.audit = SimpleNamespace(epsilon_lower=lambda delta, confidence: 0.0)
-    with pytest.raises(RuntimeError, match="audited: its client-side audit"):
-        client._refuse_uncarried(p)
+    on_client, on_server = Audited(Audited.Config()), Audited(Audited.Config())
+    before = state.snapshot(on_client)
+    assert state.changes(on_client, before) == {}  # no audit: nothing to carry
+    on_client.audit = _Audit(1.5)
+    state.apply(on_server, state.changes(on_client, before))
+    assert on_server.audit == _Audit(1.5)
 
 
 def test_a_task_config_must_derive_task_config():

@@ -162,8 +162,9 @@ class Defense:
     """The privacy ledger client-side training records into (dp-local), or None. Declared so that an engine
     training clients in another process (Flower) carries its new entries back to the server's copy."""
     audit: PrivacyAudit | None = None
-    """A one-run audit's client-side state (dp-local's canaries), or None: no engine message carries it, so
-    an engine training clients elsewhere refuses a defense that set it."""
+    """A one-run audit's client-side state (dp-local's canaries), or None. Declared so that an engine training
+    clients in other processes (Flower) carries it both ways: the server's copy down to each job, a job's
+    changed copy back (it must pickle)."""
 
     @dataclass(frozen=True, kw_only=True)
     class Config:

@@ -3,6 +3,12 @@
 A client process builds the run once from the scenario and seed the server sends (``runner.plan`` and
 ``runner.prepare``, exactly as the in-process engine does, so data, initialisation and defenses agree
 bit for bit), keeps it for later jobs, and answers each ``train`` message with the client's update.
+
+What a job changes client-side beyond the update travels back in its result (``bench.engine.flower.state``):
+the defenses' state (a DP ledger's new entries, a one-run audit such as dp-local's canaries, changed
+scalars) and what the job added to the transcript's client-side part (a closed tier's provider log and
+egress counters: the provider's endpoint is called from the client's job). The server's copy of each
+defense's audit comes down with the message, so a job continues it even in a fresh process.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ def train(msg: Message, context: Context) -> Message:
     job = msg.content[wire.JOB]
     p = prepared(bytes(job["scenario"]), int(job["seed"]))
     r = int(job["round"])
+    for defense, down in zip(p.fed.defenses, pickle.loads(bytes(job["defense_state"]))):
+        state.apply(defense, down)  # the server's audit: this process may not have run the client's last job
     updates, reply = {}, RecordDict()
     for client in [int(c) for c in job["clients"]]:
         update, result = run_job(p, r, client, msg.content[wire.GLOBAL])
@@ -50,13 +58,14 @@ def run_job(p: Prepared, r: int, client: int, global_record: ArrayRecord) -> tup
     global_state = wire.flat_of(global_record, device=p.device).to(p.fed.method.get_flat().dtype)
     p.fed.method.on_round_start(r, p.scenario.federation.rounds)
     before = [state.snapshot(d) for d in p.fed.defenses]
+    mark = state.transcript_mark(p.transcript)
     stats = fl.FederationStats()
     update = fl.train_client(p.fed, r, client, global_state, p.truth, stats)
-    _refuse_uncarried(p)
     changed = [state.changes(d, b) for d, b in zip(p.fed.defenses, before)]
     batches = p.truth.client_batches.pop((r, client), None)
     return update, ConfigRecord({"client": client, "loss": stats.train_losses[-1], "batches": wire.dump_batches(batches),
-                                 "defense_state": pickle.dumps(changed)})
+                                 "defense_state": pickle.dumps(changed),
+                                 "transcript": pickle.dumps(state.transcript_changes(p.transcript, mark))})
 
 
 def prepared(scenario_bytes: bytes, seed: int) -> Prepared:
@@ -70,12 +79,3 @@ def prepared(scenario_bytes: bytes, seed: int) -> Prepared:
         _built[key] = runner.prepare(scenario, seed, runner.plan(scenario))
     return _built[key]
 
-
-def _refuse_uncarried(p: Prepared) -> None:
-    for defense in p.fed.defenses:
-        if defense.audit is not None:  # declared on Defense: client-side state no message carries back
-            raise RuntimeError(f"{defense.name}: its client-side audit is not carried to the server under "
-                               "federation.engine: flower; use the in-process engine")
-    if p.transcript.provider_log or p.transcript.egress_records:
-        raise RuntimeError(f"{p.scenario.method.name} records provider calls client-side, which the Flower "
-                           "engine does not carry to the server; use the in-process engine")

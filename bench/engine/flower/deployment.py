@@ -7,7 +7,8 @@ app in ``app/`` with ``flwr run`` and waits for the rows. The app's ServerApp (`
 by the SuperLink in its own process) reads the job (the pickled scenario and seed) from a file named
 in the run config, runs ``runner.execute`` with the rounds sent through its Grid (``TierBenchStrategy``),
 and writes the rows back as a pickle. ClientApps are ``bench.engine.flower.client.app``, run by the
-SuperNodes. Every process finds ``bench`` on the PYTHONPATH (this checkout): nothing is installed.
+SuperNodes (each message in a process forked from one warm server per run: ``warm``). Every process
+finds ``bench`` on the PYTHONPATH (this checkout): nothing is installed.
 
 ``FLWR_HOME`` (the SuperLink's database, the FAB, the CLI's connection config) and Ray's temp dir are
 under one folder per call (``simulation.flower_home``).
@@ -27,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.engine.flower import GRIDS, DeployedGrid, import_flwr
+from bench.engine.flower import GRIDS, DeployedGrid, import_flwr, warm
 
 if TYPE_CHECKING:  # Flower and the runner load on first use
     from flwr.app import Context
@@ -140,6 +141,10 @@ def local_federation(home: Path, supernodes: int) -> Iterator[str]:
                                "--host", "127.0.0.1", "--port", str(link), "--database", str(home / "flwr" / "state.db")],
                               env, logs / "superlink.log"))
         _wait_for_port(link, started[0], logs / "superlink.log")
+        if os.environ.get("TIERBENCH_FLOWER_WARM", "1") != "0":  # ClientApp processes forked from one warm import
+            env = _warm_clientapps(home, env)
+            started.append(_start([sys.executable, "-m", "bench.engine.flower.warm", env[warm.SOCKET_ENV]], env,
+                                  logs / "clientapps.log"))
         for node in range(supernodes):
             started.append(_start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
                                    "--host", "127.0.0.1", "--port", str(_free_port()),
@@ -154,9 +159,17 @@ def local_federation(home: Path, supernodes: int) -> Iterator[str]:
         _stop_detached(home)
 
 
+def _warm_clientapps(home: Path, env: dict[str, str]) -> dict[str, str]:
+    """The SuperNodes' environment with ``warm``'s ``flwr-clientapp`` first on the PATH and its server's name
+    (unique to this run: the abstract socket namespace is shared by the machine)."""
+    shim = warm.write_shim(home / "bin")
+    name = f"tierbench-flower-{os.getpid()}-{os.urandom(4).hex()}"
+    return {**env, "PATH": os.pathsep.join([str(shim.parent), env["PATH"]]), warm.SOCKET_ENV: name}
+
+
 def _stop_detached(home: Path) -> None:
     """Flower's executors and app processes that our SuperLink and SuperNodes started in sessions of their
-    own (``flower-superexec``, ``flwr-clientapp``): found by this run's private ``FLWR_HOME`` in their
+    own (``flower-superexec``, ``flwr-clientapp``, the warm server's forked children): found by this run's private ``FLWR_HOME`` in their
     environment, so no other process is touched."""
     marker = f"FLWR_HOME={home / 'flwr'}".encode()
     for entry in Path("/proc").glob("[0-9]*"):

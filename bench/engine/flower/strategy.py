@@ -62,13 +62,15 @@ class TierBenchStrategy(Strategy):
                         message_type=MessageType.TRAIN) for node, clients in hosted.items()]
 
     def _job(self, r: int, clients: list[int]) -> ConfigRecord:
-        return ConfigRecord({"round": r, "clients": clients, "seed": self.p.seed, "scenario": self.scenario_bytes})
+        down = pickle.dumps([state.downlink(d) for d in self.fed.defenses])  # e.g. an audit the client continues
+        return ConfigRecord({"round": r, "clients": clients, "seed": self.p.seed, "scenario": self.scenario_bytes,
+                             "defense_state": down})
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         r, record, rng, started = self._pending
         received = self._received(r, list(replies))
         updates = {}
-        for c in record.sampled:  # sampled order, as the in-process loop: losses, ledgers, then the server side
+        for c in record.sampled:  # sampled order, as the in-process loop: losses, ledgers, provider log, then the server side
             if c not in received:
                 raise RuntimeError(f"round {r}: no reply from client {c}")
             update, result = received[c]
@@ -79,6 +81,7 @@ class TierBenchStrategy(Strategy):
                 self.p.truth.client_batches[(r, c)] = batches
             for defense, changed in zip(self.fed.defenses, pickle.loads(bytes(result["defense_state"]))):
                 state.apply(defense, changed)
+            state.extend_transcript(self.p.transcript, pickle.loads(bytes(result["transcript"])))
         self.global_state = fl.finish_round(self.fed, r, record, rng, updates, self.global_state, self.transport,
                                             self.p.transcript, self.stats, started)
         for observe in self.fed.observers:

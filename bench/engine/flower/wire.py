@@ -3,11 +3,13 @@
 One message per SuperNode and round. Server -> node (message type ``train``): ``global`` (ArrayRecord:
 the flat trainable state) and ``job`` (ConfigRecord: round, the clients the node hosts, seed and the
 pickled scenario, from which a client process builds the
-same run as the server: same data deal, initialisation and defenses, all keyed on the seed).
+same run as the server: same data deal, initialisation and defenses, all keyed on the seed; and the
+server's client-side defense state a job continues, e.g. a one-run audit: ``state.downlink``).
 Node -> server: ``update`` (ArrayRecord: each client's flat update, keyed by client), ``result.<client>``
 (ConfigRecord: the training loss, the token
-ids the client trained on — ground truth for scoring, which the transcript never holds — and the
-client-side state of the defenses, e.g. a DP ledger, that the server's accounting reads).
+ids the client trained on — ground truth for scoring, which the transcript never holds — the
+client-side state of the defenses, e.g. a DP ledger or an audit, that the server's accounting reads,
+and what the job added to the transcript's client-side part: a closed tier's provider log and egress).
 Tensors travel as numpy arrays: float32/float64 round-trip bit for bit.
 """
 
