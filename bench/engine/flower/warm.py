@@ -76,6 +76,9 @@ def serve(name: str, main: Callable[[], object] | None = None, preload: tuple[st
     while True:
         for _ in selector.select(timeout=0.05):
             connection, _ = listener.accept()
+            if not _same_user(connection):
+                connection.close()  # an abstract socket has no file permissions: only our own user's shims run tasks
+                continue
             argv = json.loads(connection.makefile().readline())
             child = os.fork()
             if child == 0:
@@ -84,6 +87,14 @@ def serve(name: str, main: Callable[[], object] | None = None, preload: tuple[st
                 os._exit(_run(main, argv))
             waiting[child] = connection
         _answer_finished(waiting)
+
+
+def _same_user(connection: socket.socket) -> bool:
+    """Whether the peer runs as this process's user (``SO_PEERCRED``: pid, uid, gid)."""
+    import struct
+
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", credentials)[1] == os.getuid()
 
 
 def _run(main: Callable[[], object], argv: list[str]) -> int:
