@@ -20,17 +20,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import Cache
 
 from bench.api.method import Method
 from bench.api.protocol import Channel, Message, Protocol, RoundContext
 from bench.api.registry import PROTOCOLS
 from bench.api.seeding import generator
 from bench.api.transcript import ChannelValue
-from bench.client.training import LocalJob, job_rng
+from bench.client.training import LocalJob, job_rng, make_optimizer
 
 HookOutput: TypeAlias = torch.Tensor | tuple[torch.Tensor, ...]
 """What a transformer block's forward returns (hidden states, or a tuple starting with them)."""
@@ -203,8 +206,9 @@ class SplitLearning(Protocol):
         return sum(int(g.numel()) for g in message.gradients) * 4
 
     def transcript_parts(self, messages: dict[int, SplitMessage]) -> dict[int, Message]:
-        """The server sees the activations and masks (and, averaging them, the client parts)."""
-        return {c: {"activations": m.activations, "masks": m.masks} for c, m in messages.items()}
+        """The server sees the activations and masks (and, averaging them, the client parts); it keeps
+        the gradients it returned for them (its own replies, which a replaying attack needs)."""
+        return {c: {"activations": m.activations, "masks": m.masks, "gradients": m.gradients} for c, m in messages.items()}
 
     def trained_on(self, message: SplitMessage) -> list[list[int]]:
         return message.trained_on
@@ -228,10 +232,15 @@ class _Stop(Exception):
 class Bottom(nn.Module):
     """The client side of a model frozen at one state: (input_ids, attention_mask) -> cut activations."""
 
-    def __init__(self, model: nn.Module, cut: int):
+    def __init__(self, model: nn.Module, cut: int, trainable: frozenset[str] = frozenset()):
         super().__init__()
         self.model, self.cut = model, cut
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        pad = model.config.pad_token_id
+        self.pad_token_id = int(pad) if pad is not None else 0
+        self.trainable = trainable
+        """Names of the parameters the client trains (``Method.named_trainable``), for ``follow``."""
+        self._optimizer: torch.optim.Optimizer | None = None
 
     @classmethod
     def at(cls, method: Method, state: torch.Tensor, cut: int) -> Bottom:
@@ -246,10 +255,44 @@ class Bottom(nn.Module):
                 offset += p.numel()
         for p in model.parameters():
             p.requires_grad_(False)
-        return cls(model, cut)
+        return cls(model, cut, frozenset(name for name, _ in method.named_trainable))
 
     @torch.no_grad()
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, shared_prefix: int = 0) -> torch.Tensor:
+        """The activations at the cut, (rows, positions, hidden). With ``shared_prefix`` = p > 0 every
+        row starts with the same p tokens (row 0's are used): they run once, their keys and values are
+        shared by all rows, and only positions p.. are returned, (rows, positions - p, hidden). This is
+        what makes trying every token of the vocabulary after a prefix affordable (the inversion's
+        exhaustive search): one prefix pass, then one position per candidate."""
+        if shared_prefix <= 0:
+            return self._run(input_ids, attention_mask, None)
+        if self.cut == 0:  # no block below the cut to cache (and an empty cache would restart the positions)
+            return self._run(input_ids, attention_mask, None)[:, shared_prefix:]
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        self._run(input_ids[:1, :shared_prefix], attention_mask[:1, :shared_prefix], cache)
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        return self._run(input_ids[:, shared_prefix:], attention_mask, cache)
+
+    def follow(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, gradient: torch.Tensor,
+               optimizer: str, lr: float) -> None:
+        """Replays one of the client's local steps on this copy (``ClientLayers.follow``). The client's
+        optimizer covers its server-side parameters too, but per-parameter (SGD, Adam): those get no
+        gradient here and are skipped, so the client-side update is the client's. (A tied LM head's
+        server-side gradient into the embedding is not replayed: exact for untied models.)"""
+        params = [p for name, p in self.model.named_parameters() if name in self.trainable]
+        if self._optimizer is None:
+            for p in params:
+                p.requires_grad_(True)
+            self._optimizer = make_optimizer(optimizer, params, lr)
+        self._optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            out = self._run(input_ids, attention_mask, None)
+        torch.autograd.backward(out, gradient.to(out.dtype))
+        self._optimizer.step()
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Cache | None) -> torch.Tensor:
         captured: list[torch.Tensor] = []
 
         def grab(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: HookOutput) -> None:
@@ -258,7 +301,10 @@ class Bottom(nn.Module):
 
         handle = cut_module(self.model, self.cut).register_forward_hook(grab)
         try:
-            self.model(input_ids=input_ids, attention_mask=attention_mask)
+            if cache is None:
+                self.model(input_ids=input_ids, attention_mask=attention_mask)
+            else:  # the blocks below the cut fill (or read) the cache before the cut stops the pass
+                self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
         except _Stop:
             pass
         finally:
