@@ -354,3 +354,17 @@ def test_split_learned_inversion_beats_its_floor_without_the_client_layers():
     metrics = {m.name: m for m in score_reconstruction(attack.run(view, torch.Generator().manual_seed(0)), truth)}
     rouge = metrics["inversion.rouge1"]
     assert rouge.value > rouge.extra["floor"] + 0.3, (rouge.value, rouge.extra["floor"])
+
+
+def test_split_sends_the_labels_in_the_clear_so_a_language_tasks_text_reaches_the_server():
+    """SplitFed V1 keeps the head and the loss on the server, so the clients send their labels with the
+    activations: under a language task those are the training tokens, and the server's transcript holds
+    every trained sequence without any inversion (what ``cost.labels_in_clear`` = 1 declares)."""
+    method, data = build_method(ARCH), _data(1)
+    fed = _federation(method, data, _settings("split", local_steps=2, batch_size=4, cut_layer=1))
+    transcript, truth = Transcript(), GroundTruth()
+    fl.run(fed, transcript, truth)
+    sent = transcript.rounds[0].transmitted[0]
+    read = {tuple(row[row != -100].tolist()) for labels in sent["labels"] for row in labels}
+    assert read == {tuple(s) for s in truth.client_batches[(0, 0)]}
+    assert fed.protocol.costs()["cost.labels_in_clear"] == 1.0

@@ -105,6 +105,9 @@ class SplitMessage:
     client_numel: int
     """Trainable values on the client side (the part that crosses the wire for averaging)."""
     label_numel: int
+    labels: list[torch.Tensor]
+    """Per local step, the labels sent with the activations (the server-side head's loss needs them): in the
+    clear, so the server reads every training label, and under a language task those are the tokens."""
     trained_on: list[list[int]]
     """The token sequences the client trained on (ground truth; never in the transcript)."""
 
@@ -159,6 +162,7 @@ class SplitLearning(Protocol):
         return SplitMessage(activations=[a.detach().cpu() for a in cut.sent], masks=masks,
                             gradients=[g.cpu() for g in cut.returned], update=method.get_flat() - global_state,
                             client_numel=self.client_numel, label_numel=sum(int(b["labels"].numel()) for b in batches),
+                            labels=[b["labels"].detach().cpu() for b in batches],
                             trained_on=trained)
 
     def combine(self, fed: RoundContext, round_index: int, messages: dict[int, SplitMessage], weights: dict[int, float],
@@ -179,16 +183,26 @@ class SplitLearning(Protocol):
         return sum(int(g.numel()) for g in message.gradients) * 4
 
     def transcript_parts(self, messages: dict[int, SplitMessage]) -> dict[int, Message]:
-        """The server sees the activations and masks (and, averaging them, the client parts); it keeps
-        the gradients it returned for them (its own replies, which a replaying attack needs)."""
-        return {c: {"activations": m.activations, "masks": m.masks, "gradients": m.gradients} for c, m in messages.items()}
+        """The server sees the activations, masks and labels (and, averaging them, the client parts); it
+        keeps the gradients it returned for them (its own replies, which a replaying attack needs)."""
+        return {c: {"activations": m.activations, "masks": m.masks, "labels": m.labels, "gradients": m.gradients}
+                for c, m in messages.items()}
 
     def trained_on(self, message: SplitMessage) -> list[list[int]]:
         return message.trained_on
 
     def costs(self) -> dict[str, float]:
-        """The client's share of the transformer blocks (its share of the per-token compute, embeddings aside)."""
-        return {"cost.client_block_share": self.cut / len(blocks_of(self._method.model))}
+        """The client's share of the transformer blocks (its share of the per-token compute, embeddings
+        aside), and ``cost.labels_in_clear``: the share of the label values the client's loss read that
+        cross to the server as they are. Declared, not measured: it is 1 by construction (SplitFed V1 keeps
+        the head, hence the loss, server-side; the transcript holds them, ``transcript_parts``), and it is
+        reported so that no table shows split learning's inversion figures without it: under a language
+        task the labels ARE the training tokens, so the server reads the text without inverting anything
+        (``tests/test_protocols.py::test_split_sends_the_labels_in_the_clear_so_a_language_tasks_text_reaches_the_server``);
+        under classification it reads each record's class. Label-leakage attacks (Li et al. 2022, "Label leakage and
+        protection in two-party split learning") target the other layout, head and loss on the client,
+        where only gradients cross; that layout (U-shaped split) is not built."""
+        return {"cost.client_block_share": self.cut / len(blocks_of(self._method.model)), "cost.labels_in_clear": 1.0}
 
     def round_public(self) -> dict[str, ChannelValue]:
         """The client-side layers as broadcast this round (the server averages them, so it knows them),
