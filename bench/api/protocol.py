@@ -59,6 +59,27 @@ Message: TypeAlias = object
 ``SplitMessage``): the engine only counts it (``message_bytes``) and hands it back to the protocol that made it."""
 
 
+class ClientLayers(TypingProtocol):
+    """Split learning's client side as the server holds it (``RoundRecord.channel["bottom"]``): the
+    embedding and the blocks below the cut, at one state, mapping tokens to the activations at the cut."""
+
+    vocab_size: int
+    pad_token_id: int
+    """The token the client's collation puts in padded positions (their activations cross the wire too)."""
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, shared_prefix: int = 0) -> torch.Tensor:
+        """(rows, positions, hidden) activations at the cut; with ``shared_prefix`` p, every row starts with
+        row 0's first p tokens, which run once, and only positions p.. are returned."""
+        ...
+
+    def follow(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, gradient: torch.Tensor,
+               optimizer: str, lr: float) -> None:
+        """One local step of the client, replayed: backward of the cut activations of ``input_ids`` from
+        ``gradient`` (what the server returned), then the client's optimizer step (its state kept
+        between calls, as the client's is within a round)."""
+        ...
+
+
 class ClientShard(TypingProtocol):
     """One client's data as a protocol trains on it (``bench.world.partition.ClientData``)."""
 

@@ -20,48 +20,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from transformers import Cache
+
+from bench.api.cut import blocks_of, cut_module
 from bench.api.method import Method
 from bench.api.protocol import Channel, Message, Protocol, RoundContext
 from bench.api.registry import PROTOCOLS
 from bench.api.seeding import generator
 from bench.api.transcript import ChannelValue
-from bench.client.training import LocalJob, job_rng
+from bench.client.training import LocalJob, job_rng, make_optimizer
 
 HookOutput: TypeAlias = torch.Tensor | tuple[torch.Tensor, ...]
 """What a transformer block's forward returns (hidden states, or a tuple starting with them)."""
-
-
-def blocks_of(model: nn.Module) -> nn.ModuleList:
-    """The transformer blocks (GPT-2 ``transformer.h``, Llama ``model.layers``), through any wrapper."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("h", "layers") and len(module) > 0:
-            return module
-    raise ValueError(f"split learning: cannot find the transformer blocks of {type(model).__name__}")
-
-
-def embedding_output(model: nn.Module) -> nn.Module:
-    """The module whose output enters the first block: GPT-2's embedding dropout (token + position
-    embeddings), Llama's token embedding (positions enter inside the blocks)."""
-    for name, module in model.named_modules():
-        if name.split(".")[-1] == "drop" and isinstance(module, nn.Dropout):
-            return module
-    for name, module in model.named_modules():
-        if name.split(".")[-1] == "embed_tokens":
-            return module
-    raise ValueError(f"split learning: cannot find the embedding output of {type(model).__name__}")
-
-
-def cut_module(model: nn.Module, cut: int) -> nn.Module:
-    """The module whose output crosses the wire at ``cut`` blocks."""
-    blocks = blocks_of(model)
-    if cut > len(blocks):
-        raise ValueError(f"cut_layer {cut} exceeds the model's {len(blocks)} blocks")
-    return embedding_output(model) if cut == 0 else blocks[cut - 1]
 
 
 def client_side(model: nn.Module, cut: int) -> set[int]:
@@ -129,6 +105,9 @@ class SplitMessage:
     client_numel: int
     """Trainable values on the client side (the part that crosses the wire for averaging)."""
     label_numel: int
+    labels: list[torch.Tensor]
+    """Per local step, the labels sent with the activations (the server-side head's loss needs them): in the
+    clear, so the server reads every training label, and under a language task those are the tokens."""
     trained_on: list[list[int]]
     """The token sequences the client trained on (ground truth; never in the transcript)."""
 
@@ -183,6 +162,7 @@ class SplitLearning(Protocol):
         return SplitMessage(activations=[a.detach().cpu() for a in cut.sent], masks=masks,
                             gradients=[g.cpu() for g in cut.returned], update=method.get_flat() - global_state,
                             client_numel=self.client_numel, label_numel=sum(int(b["labels"].numel()) for b in batches),
+                            labels=[b["labels"].detach().cpu() for b in batches],
                             trained_on=trained)
 
     def combine(self, fed: RoundContext, round_index: int, messages: dict[int, SplitMessage], weights: dict[int, float],
@@ -203,15 +183,26 @@ class SplitLearning(Protocol):
         return sum(int(g.numel()) for g in message.gradients) * 4
 
     def transcript_parts(self, messages: dict[int, SplitMessage]) -> dict[int, Message]:
-        """The server sees the activations and masks (and, averaging them, the client parts)."""
-        return {c: {"activations": m.activations, "masks": m.masks} for c, m in messages.items()}
+        """The server sees the activations, masks and labels (and, averaging them, the client parts); it
+        keeps the gradients it returned for them (its own replies, which a replaying attack needs)."""
+        return {c: {"activations": m.activations, "masks": m.masks, "labels": m.labels, "gradients": m.gradients}
+                for c, m in messages.items()}
 
     def trained_on(self, message: SplitMessage) -> list[list[int]]:
         return message.trained_on
 
     def costs(self) -> dict[str, float]:
-        """The client's share of the transformer blocks (its share of the per-token compute, embeddings aside)."""
-        return {"cost.client_block_share": self.cut / len(blocks_of(self._method.model))}
+        """The client's share of the transformer blocks (its share of the per-token compute, embeddings
+        aside), and ``cost.labels_in_clear``: the share of the label values the client's loss read that
+        cross to the server as they are. Declared, not measured: it is 1 by construction (SplitFed V1 keeps
+        the head, hence the loss, server-side; the transcript holds them, ``transcript_parts``), and it is
+        reported so that no table shows split learning's inversion figures without it: under a language
+        task the labels ARE the training tokens, so the server reads the text without inverting anything
+        (``tests/test_protocols.py::test_split_sends_the_labels_in_the_clear_so_a_language_tasks_text_reaches_the_server``);
+        under classification it reads each record's class. Label-leakage attacks (Li et al. 2022, "Label leakage and
+        protection in two-party split learning") target the other layout, head and loss on the client,
+        where only gradients cross; that layout (U-shaped split) is not built."""
+        return {"cost.client_block_share": self.cut / len(blocks_of(self._method.model)), "cost.labels_in_clear": 1.0}
 
     def round_public(self) -> dict[str, ChannelValue]:
         """The client-side layers as broadcast this round (the server averages them, so it knows them),
@@ -228,10 +219,15 @@ class _Stop(Exception):
 class Bottom(nn.Module):
     """The client side of a model frozen at one state: (input_ids, attention_mask) -> cut activations."""
 
-    def __init__(self, model: nn.Module, cut: int):
+    def __init__(self, model: nn.Module, cut: int, trainable: frozenset[str] = frozenset()):
         super().__init__()
         self.model, self.cut = model, cut
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
+        pad = model.config.pad_token_id
+        self.pad_token_id = int(pad) if pad is not None else 0
+        self.trainable = trainable
+        """Names of the parameters the client trains (``Method.named_trainable``), for ``follow``."""
+        self._optimizer: torch.optim.Optimizer | None = None
 
     @classmethod
     def at(cls, method: Method, state: torch.Tensor, cut: int) -> Bottom:
@@ -246,10 +242,44 @@ class Bottom(nn.Module):
                 offset += p.numel()
         for p in model.parameters():
             p.requires_grad_(False)
-        return cls(model, cut)
+        return cls(model, cut, frozenset(name for name, _ in method.named_trainable))
 
     @torch.no_grad()
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, shared_prefix: int = 0) -> torch.Tensor:
+        """The activations at the cut, (rows, positions, hidden). With ``shared_prefix`` = p > 0 every
+        row starts with the same p tokens (row 0's are used): they run once, their keys and values are
+        shared by all rows, and only positions p.. are returned, (rows, positions - p, hidden). This is
+        what makes trying every token of the vocabulary after a prefix affordable (the inversion's
+        exhaustive search): one prefix pass, then one position per candidate."""
+        if shared_prefix <= 0:
+            return self._run(input_ids, attention_mask, None)
+        if self.cut == 0:  # no block below the cut to cache (and an empty cache would restart the positions)
+            return self._run(input_ids, attention_mask, None)[:, shared_prefix:]
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        self._run(input_ids[:1, :shared_prefix], attention_mask[:1, :shared_prefix], cache)
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        return self._run(input_ids[:, shared_prefix:], attention_mask, cache)
+
+    def follow(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, gradient: torch.Tensor,
+               optimizer: str, lr: float) -> None:
+        """Replays one of the client's local steps on this copy (``ClientLayers.follow``). The client's
+        optimizer covers its server-side parameters too, but per-parameter (SGD, Adam): those get no
+        gradient here and are skipped, so the client-side update is the client's. (A tied LM head's
+        server-side gradient into the embedding is not replayed: exact for untied models.)"""
+        params = [p for name, p in self.model.named_parameters() if name in self.trainable]
+        if self._optimizer is None:
+            for p in params:
+                p.requires_grad_(True)
+            self._optimizer = make_optimizer(optimizer, params, lr)
+        self._optimizer.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            out = self._run(input_ids, attention_mask, None)
+        torch.autograd.backward(out, gradient.to(out.dtype))
+        self._optimizer.step()
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Cache | None) -> torch.Tensor:
         captured: list[torch.Tensor] = []
 
         def grab(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: HookOutput) -> None:
@@ -258,7 +288,10 @@ class Bottom(nn.Module):
 
         handle = cut_module(self.model, self.cut).register_forward_hook(grab)
         try:
-            self.model(input_ids=input_ids, attention_mask=attention_mask)
+            if cache is None:
+                self.model(input_ids=input_ids, attention_mask=attention_mask)
+            else:  # the blocks below the cut fill (or read) the cache before the cut stops the pass
+                self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
         except _Stop:
             pass
         finally:
