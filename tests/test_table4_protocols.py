@@ -152,7 +152,7 @@ def test_an_attack_that_cannot_read_a_protocols_channel_has_no_table4_cell_on_it
     grid = {(s.federation.protocol, s.defense_label): s for s in load("scenarios/table4-protocols.yaml")}
     rows: list[Row] = []
     for (protocol, defense), scenario in grid.items():
-        own, other = ("mia-kd-logits", "inversion-split") if protocol == "kd" else ("inversion-split", "mia-kd-logits")
+        own, other = ("mia-kd-logits", "inversion-split-replay") if protocol == "kd" else ("inversion-split-replay", "mia-kd-logits")
         metric = "mia.auc" if protocol == "kd" else "inversion.recovered"
         for seed in SEEDS:
             value = (0.9 if defense == "none" else 0.55) if protocol == "kd" else (0.4 if defense == "none" else 0.1)
