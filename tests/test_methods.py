@@ -192,13 +192,41 @@ def test_mean_pooled_reward_is_the_head_on_the_masked_mean_and_ignores_padding(t
         hidden = model.inner(input_ids=alone["input_ids"], attention_mask=alone["attention_mask"],
                              output_hidden_states=True).hidden_states[-1]  # the policy adapter: reward's is zero at start
         expected = model.reward_head(hidden[0].mean(dim=0))
-        rewards = model.reward(batch["input_ids"], batch["attention_mask"])
+        rewards = model.reward(batch["input_ids"], batch["attention_mask"], batch["labels"])
     assert batch["attention_mask"].sum(dim=1).min() < batch["attention_mask"].shape[1]  # one row is padded
-    assert torch.allclose(model.reward(alone["input_ids"], alone["attention_mask"]), expected, atol=1e-5)
+    assert torch.allclose(model.reward(alone["input_ids"], alone["attention_mask"], alone["labels"]), expected, atol=1e-5)
     short = int(batch["attention_mask"].sum(dim=1).argmin())
     solo = p.fed.collate([records[short]])
     with torch.no_grad():
-        assert torch.allclose(rewards[short], model.reward(solo["input_ids"], solo["attention_mask"])[0], atol=1e-5)
+        assert torch.allclose(rewards[short], model.reward(solo["input_ids"], solo["attention_mask"], solo["labels"])[0], atol=1e-5)
+
+
+def test_likelihood_reward_is_the_reward_adapters_response_log_likelihood_and_learns_from_pairs(tmp_path):
+    # The scalar head on a pooled state cannot compare an answer's tokens with the prompt in the zoo's
+    # small model (scenarios/studies/rlhf-reward-model.yaml); the likelihood reward scores the response
+    # with the language model's own output layer. At start the reward adapter is zero, so it is the base
+    # model's log-likelihood of the response tokens only, scaled by reward_beta; the unused head is not
+    # part of the trainable state; and Bradley-Terry steps on a batch raise its margin on that batch.
+    p = prepared(tmp_path, "rlhf", params={"reward_model": "likelihood", "reward_beta": 0.5})
+    method, model = p.built.method, p.built.method.model
+    batch = p.fed.collate(p.clients[0].members[:4])
+    with torch.no_grad(), model.inner.disable_adapter():
+        logits = model.inner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    targets = batch["labels"][:, 1:]
+    picked = torch.log_softmax(logits[:, :-1], -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    expected = 0.5 * (picked * (targets != -100)).sum(dim=1)
+    with torch.no_grad():
+        assert torch.allclose(model.reward(batch["input_ids"], batch["attention_mask"], batch["labels"]), expected, atol=1e-4)
+    assert not any(n.startswith("reward_head") for n, _ in method._named)
+    method.on_round_start(0, 2)
+    assert method.last_token_is_label  # every token is predicted from the ones before, as in the policy
+    before = float(method.reward_margins(model, batch).mean().detach())
+    optimizer = torch.optim.Adam([q for _, q in method.named_trainable], lr=0.01)
+    for _ in range(5):
+        optimizer.zero_grad()
+        method.example_losses(model, batch).mean().backward()
+        optimizer.step()
+    assert float(method.reward_margins(model, batch).mean().detach()) > before + 0.1
 
 
 def test_rlhf_trains_the_reward_model_then_the_policy_through_the_round_loop(tmp_path):

@@ -119,7 +119,7 @@ def _table4_cell(method: str, task: str) -> dict:
 
 # The level (accuracy >= 0.8) is the 5-seed mean (lora 0.83, adapter 0.84; notes/h-regime2.md); one seed
 # may fall a little short (lora seed 0: 0.78), so a single seed is checked at 0.75.
-@pytest.mark.slow  # one seed of five Table 4 cells: ~4 CPU minutes
+@pytest.mark.slow  # one seed of five Table 4 cells: ~5-6 CPU minutes (RLHF ~1.5 of them)
 @pytest.mark.parametrize(("method", "task", "check"), [
     ("lora", "synthetic-clinical", lambda v: v["utility.accuracy"] >= 0.75 and v["utility.base.accuracy"] <= 0.45),
     ("adapter", "synthetic-clinical", lambda v: v["utility.accuracy"] >= 0.75 and v["utility.base.accuracy"] <= 0.45),
@@ -128,12 +128,10 @@ def _table4_cell(method: str, task: str) -> dict:
      lambda v: v["utility.accuracy"] >= 0.75 and v["utility.base.accuracy"] <= 0.45),
     ("instruction-tuning", "synthetic-instructions",
      lambda v: v["utility.rouge_l"] - v["utility.base.rouge_l"] >= 0.2),
-    pytest.param("rlhf", "synthetic-preferences",
-                 lambda v: 0.6 <= v["utility.reward_accuracy"] <= 0.95 and "utility.implicit_reward_margin" in v,
-                 marks=pytest.mark.xfail(strict=True, reason="the explicit reward model stays near 0.5 in this regime, "
-                                                             "and at 0.54-0.58 even trained centrally for 200 steps "
-                                                             "(notes/h-regime2.md): RLHF still needs a reward model "
-                                                             "that learns")),
+    # the likelihood reward model on 260 pairs per client: 0.602-0.734 over seeds 0-4, mean 0.669; seed 0
+    # is the lowest (0.602), so one seed is checked at 0.58 (scenarios/studies/rlhf-reward-model.yaml)
+    ("rlhf", "synthetic-preferences",
+     lambda v: 0.58 <= v["utility.reward_accuracy"] <= 0.95 and v["utility.implicit_reward_margin"] > 0),
 ])
 def test_regime_levels(method, task, check):
     """Without a defense, the Table 4 regime learns each task beyond its base model (issue 15)."""
