@@ -18,7 +18,7 @@ SETTINGS = {  # task kind -> (task, method) that trains it
     "preference": ({"name": "synthetic-preferences", "params": {"max_length": 48}}, "rlhf"),
 }
 FAST_PARAMS = {"mia-lira": {"shadows": 4}, "inversion-optim": {"steps": 5}, "poison-labelflip": {"num_classes": 3},
-               "extract-generate": {"samples": 4, "top": 2}, "pii-extract": {"samples": 4}}
+               "extract-generate": {"samples": 4, "top": 2}, "pii-extract": {"samples": 4}, "pii-infer-kd": {"steps": 3, "choices": 2}}
 DEFENSE_PARAMS = {"dp-local": {"noise_multiplier": 1.0}, "dp-central": {"noise_multiplier": 1.0},
                   # 3 clients per round: Krum's n >= 2f + 3 holds for f = 0; trim one client per end
                   "robust-krum": {"f": 0}, "robust-trimmed": {"trim_count": 1}}
