@@ -20,3 +20,12 @@ def test_write_curve_keeps_its_columns_and_leaves_missing_values_empty(tmp_path)
     path = tmp_path / "curves.csv"
     write_curve(path, ["method", "rate"], [{"method": "lora", "rate": 0.3, "other": 1}, {"method": "fft"}])
     assert list(csv.reader(path.open())) == [["method", "rate"], ["lora", "0.3"], ["fft", ""]]
+
+
+def test_a_curves_summary_averages_the_rows_that_have_the_column_and_counts_those_beating_the_floor():
+    from bench.tools.study_runs import beating, column_mean
+
+    rows = [{"mia.auc": 0.60}, {"mia.auc": 0.52}, {"other": 1.0}, {"mia.auc": None}]
+    assert column_mean(rows, "mia.auc", 3) == "0.560"
+    assert column_mean(rows, "absent") == ""
+    assert beating(rows, "mia.auc", 0.5, 0.05) == 1

@@ -30,3 +30,14 @@ def write_curve(path: Path, columns: Sequence[str], rows: Sequence[JsonObject]) 
         writer.writeheader()
         writer.writerows(rows)
     print(f"wrote {path} ({len(rows)} rows)")
+
+
+def column_mean(rows: Sequence[JsonObject], column: str, digits: int = 2) -> str:
+    """The mean of ``column`` over the rows that have it, to ``digits`` places; empty when none has it."""
+    values = [float(r[column]) for r in rows if r.get(column) is not None]
+    return f"{sum(values) / len(values):.{digits}f}" if values else ""
+
+
+def beating(rows: Sequence[JsonObject], column: str, floor: float, margin: float) -> int:
+    """How many rows have ``column`` at least ``margin`` above ``floor`` (the attack works there)."""
+    return sum(1 for r in rows if r.get(column) is not None and float(r[column]) - floor >= margin)

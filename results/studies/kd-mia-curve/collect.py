@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench.tools.study_runs import ok_rows, write_curve
+from bench.tools.study_runs import beating, column_mean, ok_rows, write_curve
 
 ATTACK = "mia-kd-logits"
 METRICS = ("mia.auc", "mia.tpr@0.01")
@@ -41,11 +41,8 @@ def main(*runs: str) -> None:
         groups.setdefault((row.get("examples_per_client"), row.get("local_steps")), []).append(row)
     print("| records per client | local steps | AUC | TPR@1%FPR | accuracy | runs >= 0.5 + 0.05 |\n|---|---|---|---|---|---|")
     for (records, steps), runs_ in groups.items():
-        def mean(column: str, runs_: list[dict] = runs_) -> str:
-            values = [r[column] for r in runs_ if r.get(column) is not None]
-            return f"{sum(values) / len(values):.2f}" if values else ""
-        working = sum(1 for r in runs_ if r.get("mia.auc") is not None and r["mia.auc"] - 0.5 >= MARGIN)
-        print(f"| {records} | {steps} | {mean('mia.auc')} | {mean('mia.tpr@0.01')} | {mean('utility.accuracy')} | "
+        working = beating(runs_, "mia.auc", 0.5, MARGIN)
+        print(f"| {records} | {steps} | {column_mean(runs_, 'mia.auc', 2)} | {column_mean(runs_, 'mia.tpr@0.01', 2)} | {column_mean(runs_, 'utility.accuracy', 2)} | "
               f"{working} of {len(runs_)} |")
 
 

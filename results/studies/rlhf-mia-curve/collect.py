@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench.tools.study_runs import ok_rows, write_curve
+from bench.tools.study_runs import beating, column_mean, ok_rows, write_curve
 
 METRICS = ("mia.auc", "mia.tpr@0.01")
 MARGIN = 0.05  # bench.reporting.verdict.MIN_ADVANTAGE
@@ -64,12 +64,9 @@ def main(*runs: str) -> None:
     print("| member pairs per client | reward model | attack | AUC | TPR@1%FPR | reward accuracy | runs >= 0.5 + 0.05 |\n"
           "|---|---|---|---|---|---|---|")
     for (members, reward, attack), runs_ in groups.items():
-        def mean(column: str, runs_: list[dict] = runs_) -> str:
-            values = [r[column] for r in runs_ if r.get(column) is not None]
-            return f"{sum(values) / len(values):.3f}" if values else ""
-        working = sum(1 for r in runs_ if r.get("mia.auc") is not None and r["mia.auc"] - 0.5 >= MARGIN)
-        print(f"| {members} | {reward} | {attack} | {mean('mia.auc')} | {mean('mia.tpr@0.01')} | "
-              f"{mean('utility.reward_accuracy')} | {working} of {len(runs_)} |")
+        working = beating(runs_, "mia.auc", 0.5, MARGIN)
+        print(f"| {members} | {reward} | {attack} | {column_mean(runs_, 'mia.auc', 3)} | {column_mean(runs_, 'mia.tpr@0.01', 3)} | "
+              f"{column_mean(runs_, 'utility.reward_accuracy', 3)} | {working} of {len(runs_)} |")
 
 
 if __name__ == "__main__":
