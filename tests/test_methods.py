@@ -315,3 +315,30 @@ def test_methods_with_their_own_sampling_are_deterministic(tmp_path, method, par
         return p.built.method.get_flat()
 
     assert torch.equal(final_state(), final_state())
+
+
+def test_an_rlhf_shadow_walks_the_rounds_and_trains_the_policy_as_well_as_the_reward_model(tmp_path):
+    """A shadow (mia-calibrated's reference, LiRA's shadow) stands in for the federation's training. Trained
+    in one go, an RLHF shadow trained only the reward adapter, so its policy stayed the base model and
+    mia-calibrated scored exactly what mia-reference scores (the chosen answer's likelihood under the policy)."""
+    from bench.api.seeding import generator
+    from bench.engine.views import ViewBuilder
+
+    p = prepared(tmp_path, "rlhf", params={"reward_rounds": 1}, rounds=2)
+    views = ViewBuilder(p.scenario, 0, p.built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth)
+    shadow = views.train_shadow(list(p.task_data.auxiliary)[:8], generator("test", "shadow"))
+    base = views.base_loader()
+    candidates = list(p.task_data.test)[:6]
+    assert not torch.allclose(shadow.example_losses(candidates), base.example_losses(candidates))
+    method = p.built.method
+    policy_b = [q for n, q in shadow.model.named_parameters() if n in method._policy_names and "lora_B" in n]
+    assert policy_b and any(q.abs().sum() > 0 for q in policy_b), "the policy's LoRA B never left zero"
+
+
+def test_a_phased_shadow_spreads_its_steps_over_the_rounds_and_a_plain_one_trains_them_at_once():
+    from bench.engine.views import _phase_schedule
+
+    assert _phase_schedule(False, 10, 25) == [(0, 25)]
+    spread = _phase_schedule(True, 10, 25)
+    assert [r for r, _ in spread] == list(range(10)) and sum(n for _, n in spread) == 25
+    assert _phase_schedule(True, 4, 2) == [(0, 1), (1, 1), (2, 1), (3, 1)]  # every phase trains at least a step

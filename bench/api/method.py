@@ -44,6 +44,10 @@ class Method(abc.ABC):
     needs: ClassVar[frozenset[Access]] = frozenset({Access.WEIGHTS, Access.GRADIENTS})
     task_kinds: ClassVar[frozenset[str]] = frozenset({"classification", "language", "instruction"})
     """Task kinds (``Task.kind``) this method can train on."""
+    phased: ClassVar[bool] = False
+    """What it trains changes with the round (``on_round_start`` switches phase): a central fine-tune that
+    stands in for the federation (a shadow or reference model) must walk the same rounds, or it trains
+    only the first phase."""
     batchable: ClassVar[bool] = False
     """Its clients can train together as one vmapped computation (``bench.client.batched``): the loss is the
     task's and the forward depends on the trainable tensors only through ``named_trainable``."""

@@ -184,13 +184,28 @@ class ShadowTrainer:
         method.task_loss = task.example_losses
         model, _ = self.source.load(task.kind, task.num_labels, device, derive_seed("run", self.seed, "init"))
         method.prepare(model, task, generator(seed, "method"))
-        steps = _matching_exposure_steps(s, len(examples))
-        job = LocalJob(model=method.model, parameters=[p for _, p in method.named_trainable], examples=examples,
-                       collate=lambda ex: task.collate(ex, self.tokenizer, device),
-                       example_losses=method.example_losses, steps=max(steps, 1), batch_size=s.batch_size, lr=s.lr,
-                       optimizer=s.optimizer, rng=generator(seed, "shadow"))
-        method.trainer(train_local, Transcript())(job)
+        steps = max(_matching_exposure_steps(s, len(examples)), 1)
+        rng = generator(seed, "shadow")
+        # a phased method (RLHF: reward model, then policy) walks the federation's rounds, each its share of
+        # the steps; trained in one go it would train only its first phase's parameters
+        for round_index, round_steps in _phase_schedule(method.phased, s.rounds, steps):
+            if method.phased:
+                method.on_round_start(round_index, s.rounds)
+            job = LocalJob(model=method.model, parameters=[p for _, p in method.named_trainable], examples=examples,
+                           collate=lambda ex: task.collate(ex, self.tokenizer, device),
+                           example_losses=method.example_losses, steps=round_steps, batch_size=s.batch_size, lr=s.lr,
+                           optimizer=s.optimizer, rng=rng)
+            method.trainer(train_local, Transcript())(job)
         return OpenModel(method.model, method.layout(), task, self.tokenizer)
+
+
+def _phase_schedule(phased: bool, rounds: int, steps: int) -> list[tuple[int, int]]:
+    """(round, steps) a shadow trains: every step at once, or for a phased method the steps spread over the
+    federation's rounds (each round at least one step) so each phase gets its share."""
+    if not phased:
+        return [(0, steps)]
+    share = [steps * (r + 1) // rounds - steps * r // rounds for r in range(rounds)]
+    return [(r, max(n, 1)) for r, n in enumerate(share)]
 
 
 def _matching_exposure_steps(s: Federation, num_examples: int) -> int:

@@ -138,6 +138,7 @@ class Rlhf(Method):
 
     Config = RlhfSettings
     task_kinds = frozenset({TaskKind.PREFERENCE})
+    phased = True
 
     def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:
         return check_on_skeleton(architecture, task_kind, lambda model: target_problem(model, self.config))
