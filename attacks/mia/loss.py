@@ -21,8 +21,8 @@
   random draws of the auxiliary (public, same-distribution) records. Where the base model is no
   reference (a classifier's new head is random; a task format the base never saw), this one knows
   how hard each record is for a model that learned the task without it. It is offline LiRA with
-  a global variance and no Gaussian, at a fraction of the cost: the references are shared by every
-  defense cell of a (method, seed) (``bench.engine.views.ShadowTrainer`` caches them).
+  a global variance and no Gaussian, at a fraction of the cost: the references are shared by the runs
+  of a (method, seed) whose federation settings agree (``bench.engine.views.ShadowTrainer`` caches them).
 
 All four default to the ``external`` vantage and read the final model through the tier's access
 (a ``ProviderAPI`` at gray-box; at black-box the logits request raises ``TierAccessError``).

@@ -145,7 +145,11 @@ class ShadowTrainer:
     """Central fine-tunes of the base model with the run's method and settings (open tiers only).
 
     Cached across the runs of a sweep: a shadow depends on the model, task, method, federation
-    settings, seed and its examples, not on the defenses or attacks, so paired Table 4 cells share it."""
+    settings, seed and its examples, not on the defenses or attacks, so runs that differ only in those
+    share it. Every federation field is in the key (``setting``) and seeds the fit, including ones that do
+    not change training (``utility_curve``, ``client_batch``): Table 4's undefended cell, which draws the
+    learning curve, therefore fine-tunes its own references, apart from the DP cells' shared ones. Leaving
+    those fields out would pair the cells better but change every published ``mia-calibrated`` figure."""
 
     setting: tuple
     """What the shadow depends on besides its examples (the cache key's prefix)."""
