@@ -35,7 +35,7 @@ from bench.api.errors import IncompatibleError
 from bench.api.predictions import Reconstruction, text_decoder
 from bench.api.protocol import Channel, ClientLayers
 from bench.api.registry import ATTACKS
-from bench.api.transcript import ThreatView
+from bench.api.transcript import RoundRecord, ThreatView
 from bench.api.vocabulary import AttackFamily, Vantage
 
 
@@ -59,6 +59,14 @@ def decode(bottom: torch.nn.Module, activations: torch.Tensor, mask: torch.Tenso
     return [decoded[b, : int(lengths[b])].tolist() for b in range(rows)]
 
 
+def activation_rounds(view: ThreatView, last: int, attack: str) -> list[RoundRecord]:
+    """The last ``last`` rounds in which the server received cut-layer activations (refused when none did)."""
+    attacked = [r for r in view.rounds if r.transmitted][-last:]
+    if not attacked:
+        raise IncompatibleError(f"{attack} reads cut-layer activations; this run's server saw none")
+    return attacked
+
+
 @ATTACKS.register("inversion-split")
 class SplitActivationInversion(Attack):
     """Nearest-token matching of cut-layer activations through the known client-side layers."""
@@ -77,9 +85,7 @@ class SplitActivationInversion(Attack):
                              "the cost is one bottom-layer pass per position, step and client.", 0)
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
-        attacked = [r for r in view.rounds if r.transmitted][-self.config.rounds:]
-        if not attacked:
-            raise IncompatibleError("inversion-split reads cut-layer activations; this run's server saw none")
+        attacked = activation_rounds(view, self.config.rounds, self.name)
         sequences: dict[tuple[int, int], list[list[int]]] = {}
         for record in attacked:
             bottom = record.channel["bottom"]
@@ -167,9 +173,7 @@ class SplitReplayInversion(Attack):
         max_steps: int = doc("Decode at most this many local steps per client and round (0 = all).", 0)
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
-        attacked = [r for r in view.rounds if r.transmitted][-self.config.rounds:]
-        if not attacked:
-            raise IncompatibleError("inversion-split-replay reads cut-layer activations; this run's server saw none")
+        attacked = activation_rounds(view, self.config.rounds, self.name)
         c, fed = self.config, view.federation
         sequences: dict[tuple[int, int], list[list[int]]] = {}
         for record in attacked:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from attacks.inversion.split_activations import activation_rounds
 from bench.api.access import Access
 from bench.api.attack import Attack
 from bench.api.config import doc
@@ -98,9 +99,7 @@ class SplitLearnedInversion(Attack):
         max_steps: int = doc("Decode at most this many local steps per client and round (0 = all).", 0)
 
     def run(self, view: ThreatView, rng: torch.Generator) -> Reconstruction:
-        attacked = [r for r in view.rounds if r.transmitted][-self.config.rounds:]
-        if not attacked:
-            raise IncompatibleError("inversion-split-learned reads cut-layer activations; this run's server saw none")
+        attacked = activation_rounds(view, self.config.rounds, self.name)
         if not view.auxiliary:
             raise IncompatibleError("inversion-split-learned trains its decoder on public records; this run has none")
         cut = attacked[0].channel["cut_layer"]
