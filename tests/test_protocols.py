@@ -368,3 +368,14 @@ def test_split_sends_the_labels_in_the_clear_so_a_language_tasks_text_reaches_th
     read = {tuple(row[row != -100].tolist()) for labels in sent["labels"] for row in labels}
     assert read == {tuple(s) for s in truth.client_batches[(0, 0)]}
     assert fed.protocol.costs()["cost.labels_in_clear"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["inversion-split", "inversion-split-replay", "inversion-split-learned"])
+def test_split_attacks_refuse_a_run_whose_server_received_no_activations(name):
+    from bench.api.errors import IncompatibleError
+    from bench.api.registry import ATTACKS
+
+    attack = ATTACKS.get(name)(ATTACKS.get(name).Config())
+    view = SimpleNamespace(rounds=[SimpleNamespace(transmitted={}), SimpleNamespace(transmitted={})])
+    with pytest.raises(IncompatibleError, match=f"^{name} reads cut-layer activations; this run's server saw none$"):
+        attack.run(view, torch.Generator())
