@@ -96,6 +96,26 @@ def test_shadow_models_are_shared_by_runs_that_differ_only_in_defenses(tmp_path)
     assert len(views.SHADOW_CACHE) >= 1
 
 
+def _shadow_of(scenario):
+    examples = [{"text": "Patient Ann Berg, MRN 123456, age 40, seen on 2026-01-02 with a cough.", "label": 1}] * 4
+    prepared = prepare(scenario, 0, plan(scenario))
+    builder = ViewBuilder(scenario, 0, prepared.built, prepared.transcript, prepared.tokenizer, prepared.clients,
+                          prepared.task_data, prepared.truth)
+    return builder.train_shadow(examples, generator("lira"))
+
+
+def test_the_learning_curve_and_client_batching_do_not_change_a_cells_references(tmp_path):
+    # Table 4's undefended cell draws the learning curve and its DP cells do not: they must calibrate with the
+    # same references (a fresh draw would add its noise to the paired difference); until session 10 the
+    # undefended cell fine-tuned references of its own
+    base = {"rounds": 1, "local_steps": 1}
+    plain = _shadow_of(make_scenario(tmp_path, federation=base, defenses=["robust-clip"]))
+    curve = _shadow_of(make_scenario(tmp_path, federation={**base, "utility_curve": True, "client_batch": 1}))
+    assert curve is plain
+    other_lr = _shadow_of(make_scenario(tmp_path, federation={**base, "lr": 0.02}))
+    assert other_lr is not plain  # a field that changes training still keeps references apart
+
+
 def test_scenario_sets_how_many_candidates_membership_attacks_score(tmp_path, monkeypatch):
     import bench.engine.runner as runner
     from bench.spec.scenario import Federation

@@ -25,6 +25,7 @@ from bench.api.seeding import derive_seed, generator
 from bench.api.transcript import GroundTruth, RoundRecord, ThreatView, Transcript
 from bench.api.vocabulary import Vantage
 from bench.client.training import LocalJob, train_local
+from bench.spec.scenario import EXECUTION_ONLY
 from bench.world.models import ModelSource
 from bench.world.partition import ClientData
 from bench.world.tasks import Task, TaskData
@@ -140,16 +141,21 @@ class BaseModelLoader:
         return self._loaded[0]
 
 
+SHADOW_NEUTRAL = ("utility_curve", *EXECUTION_ONLY)
+"""Federation fields a shadow does not depend on: drawing the learning curve, and how clients are executed."""
+
+
 @dataclass(frozen=True, eq=False)
 class ShadowTrainer:
     """Central fine-tunes of the base model with the run's method and settings (open tiers only).
 
     Cached across the runs of a sweep: a shadow depends on the model, task, method, federation
     settings, seed and its examples, not on the defenses or attacks, so runs that differ only in those
-    share it. Every federation field is in the key (``setting``) and seeds the fit, including ones that do
-    not change training (``utility_curve``, ``client_batch``): Table 4's undefended cell, which draws the
-    learning curve, therefore fine-tunes its own references, apart from the DP cells' shared ones. Leaving
-    those fields out would pair the cells better but change every published ``mia-calibrated`` figure."""
+    share it. The federation fields that do not change training (``SHADOW_NEUTRAL``: the learning curve,
+    how clients are executed) are left out of the key (``setting``), which also seeds the fit: Table 4's
+    undefended cell, which draws the learning curve, calibrates with the same references as its defended
+    cells, so a cell's paired difference measures the defense and not a fresh draw of references. (Until
+    session 10 they were in the key: the undefended cell fine-tuned references of its own.)"""
 
     setting: tuple
     """What the shadow depends on besides its examples (the cache key's prefix)."""
@@ -166,8 +172,9 @@ class ShadowTrainer:
     @classmethod
     def for_run(cls, scenario: Scenario, seed: int, built: Plan, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> ShadowTrainer:
         s = scenario
+        federation = {k: v for k, v in dataclasses.asdict(s.federation).items() if k not in SHADOW_NEUTRAL}
         setting = (s.model.name, s.model.params, s.task.name, s.task.params, s.method.name, s.method.params,
-                   dataclasses.asdict(s.federation), s.device, seed)
+                   federation, s.device, seed)
         return cls(setting=setting, method_name=built.method.name, method_config=built.method.config,
                    source=built.model_source, task=built.task, tokenizer=tokenizer, federation=s.federation,
                    device=device, seed=seed)
