@@ -93,12 +93,10 @@ def failure_rows(job: Job, reason: str) -> list:
     return failed_rows(job.scenario, job.seed, reason)
 
 
-def prepare_models(jobs: list[Job], threads: int = 1) -> None:
-    """Pretrain (or find cached) every zoo model the jobs use, here, once, before workers start, with the
-    workers' thread count: the workers then load cached weights instead of each pretraining its own copy,
-    and a fresh cache holds what a serial sweep under ``OMP_NUM_THREADS=threads`` would have made."""
-    import torch
-
+def prepare_models(jobs: list[Job]) -> None:
+    """Pretrain (or find cached) every zoo model the jobs use, here, once, before workers start: the
+    workers then load cached weights instead of each pretraining its own copy (the weights do not depend
+    on who builds them: ``ZooModel._pretrain`` runs single-threaded)."""
     from bench.api.registry import MODELS
     from bench.world.models import ZooModel
 
@@ -108,13 +106,8 @@ def prepare_models(jobs: list[Job], threads: int = 1) -> None:
         source = MODELS.get(model.name)
         if isinstance(source, type) and issubclass(source, ZooModel):
             sources[repr(model.config)] = source(model.config)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for source in sources.values():
-            source.path()
-    finally:
-        torch.set_num_threads(before)
+    for source in sources.values():
+        source.path()
 
 
 class Executor(abc.ABC):
@@ -180,7 +173,7 @@ class PoolExecutor(Executor):
             show_progress: bool = False, started: Started | None = None) -> None:
         if not jobs:
             return
-        prepare_models(jobs, self.config.threads)
+        prepare_models(jobs)
         _Pool(self.config, run, figures, self.workers(len(jobs))).drive(jobs, done)
 
 

@@ -88,7 +88,7 @@ class RayExecutor(Executor):
         if not jobs:
             return
         ray = import_ray()
-        prepare_models(jobs, self.config.threads)
+        prepare_models(jobs)
         started = self._start(ray)
         try:
             self._drive(ray, jobs, run, done, figures)

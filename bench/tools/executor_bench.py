@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.keep or scratch)
         folder.mkdir(parents=True, exist_ok=True)
         scenarios = load(write_grid(folder))
-        prepare_models([Job(0, s, 0) for s in scenarios], args.threads)
+        prepare_models([Job(0, s, 0) for s in scenarios])
         runs = sum(len(s.seeds) for s in scenarios)
         walls: dict[str, float] = {}
         print(f"grid: {runs} runs; workers: {args.workers}; serial threads: {args.threads}")

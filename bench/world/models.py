@@ -9,6 +9,7 @@ the code a real model takes is the code the tests take.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,7 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -33,7 +34,10 @@ from bench.world import synthetic
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-ZOO_VERSION = 1
+# 2: pretraining runs single-threaded. Version 1 builds depended on the thread count of the process
+# that built them first (a 2-thread build of Table 4's model differs by up to 0.01 per weight from a
+# 1-thread build, enough to move a membership AUC by 0.035), so a cache held whichever a machine made first.
+ZOO_VERSION = 2
 
 
 def cache_root() -> Path:
@@ -244,13 +248,27 @@ class ZooModel(ModelSource):
         tokenizer = train_tokenizer(corpus, self.config.vocab)
         with isolated_rng(self.config.seed):
             model = self.model_class()(self.hf_config(tokenizer))
-        pretrain(model, tokenizer, corpus, self.config, label=f"pretraining {self.name}")
+        # One thread whatever the caller runs with: a parallel reduction sums in another order, and the
+        # weights (so every number measured on them) would depend on which process filled the cache.
+        with torch_threads(1):
+            pretrain(model, tokenizer, corpus, self.config, label=f"pretraining {self.name}")
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
 
     @abc.abstractmethod
     def model_class(self) -> type[PreTrainedModel]:
         """The transformers model class ``hf_config`` builds."""
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with torch's intra-op thread count set to ``threads``, then restore it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _build_atomically(target: Path, build: Callable[[Path], None]) -> None:
