@@ -41,6 +41,6 @@ def pretrain(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, corpus:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     return losses
