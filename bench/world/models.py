@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 # 2: pretraining runs single-threaded. Version 1 builds depended on the thread count of the process
-# that built them first (a 2-thread build of Table 4's model differs by up to 0.01 per weight from a
-# 1-thread build, enough to move a membership AUC by 0.035), so a cache held whichever a machine made first.
+# that built them first (a 2-thread build of Table 4's 4-layer model differs by up to 0.023 per weight
+# from a 1-thread build, enough to move a membership AUC by 0.035), so a cache held whichever came first.
 ZOO_VERSION = 2
 
 
