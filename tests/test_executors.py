@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import bench.engine.sweep as sweep_module
 from bench.cli import main
@@ -32,6 +31,7 @@ from bench.engine.executors import (
 from bench.spec.scenario import load
 from bench.store.results import ResultStore, Row
 from bench.tools.executor_bench import GRID, metric_rows, write_grid
+from bench.world.models import torch_threads
 from tests.helpers import make_scenario, scenario_dict, write_scenario
 
 KILL_DIR = "TIERBENCH_TEST_KILL_DIR"
@@ -89,12 +89,8 @@ def jobs_for(scenario, seeds) -> list[Job]:
 
 def run_serially(scenarios, out) -> None:
     """A serial sweep with one torch thread, the workers' count: the same arithmetic as theirs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         sweep_module.sweep(scenarios, out, show_progress=False)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_pool_rows_equal_serial_rows_failures_included(tmp_path):

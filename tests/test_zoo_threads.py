@@ -1,6 +1,8 @@
 import torch
 from safetensors.torch import load_file
 
+from bench.world.models import torch_threads
+
 
 def _weights(root, monkeypatch, threads):
     from bench.api.registry import MODELS
@@ -9,12 +11,8 @@ def _weights(root, monkeypatch, threads):
     zoo = MODELS.get("tiny-gpt2")
     config = zoo.Config(hidden=64, layers=1, heads=4, vocab=300, context=64, pretrain_steps=12, pretrain_batch=16,
                         corpus_documents=120)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         path = zoo(config).path()
-    finally:
-        torch.set_num_threads(before)
     return load_file(f"{path}/model.safetensors")
 
 
