@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-METRICS = ("inversion.rouge1", "inversion.rouge1_text", "inversion.rouge2", "inversion.exact", "inversion.token_f1")
+METRICS = ("inversion.recovered", "inversion.rouge1", "inversion.rouge1_text", "inversion.rouge2", "inversion.exact", "inversion.token_f1")
 
 
 def main(*runs: str) -> None:
@@ -51,16 +51,16 @@ def means_table(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["method"], row.get("rank") or "-", row.get("batch_size")), []).append(row)
-    lines = ["| method | rank | batch | ROUGE-1 (text) | floor | exact | ROUGE-1 | floor | runs >= floor + 0.05 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | rank | batch | recovered | exact | ROUGE-1 | floor | runs recovering >= 0.05 |",
+             "|---|---|---|---|---|---|---|---|"]
     for (method, rank, batch), runs in groups.items():
         def mean(column: str, runs: list[dict] = runs) -> str:
             values = [r[column] for r in runs if r.get(column) is not None]
             return f"{sum(values) / len(values):.2f}" if values else ""
-        working = sum(1 for r in runs if r["inversion.rouge1"] - (r["inversion.rouge1.floor"] or 0.0) >= MARGIN)
-        lines.append(f"| {method} | {rank} | {batch} | {mean('inversion.rouge1_text')} | "
-                     f"{mean('inversion.rouge1_text.floor')} | {mean('inversion.exact')} | {mean('inversion.rouge1')} | "
-                     f"{mean('inversion.rouge1.floor')} | {working} of {len(runs)} |")
+        # the headline Table 4 reads: records reconstructed better than any guess (failure level 0)
+        working = sum(1 for r in runs if r.get("inversion.recovered", 0.0) >= MARGIN)
+        lines.append(f"| {method} | {rank} | {batch} | {mean('inversion.recovered')} | {mean('inversion.exact')} | "
+                     f"{mean('inversion.rouge1')} | {mean('inversion.rouge1.floor')} | {working} of {len(runs)} |")
     return "\n".join(lines)
 
 
