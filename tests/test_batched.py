@@ -105,6 +105,35 @@ def test_batched_equals_sequential_on_tiny_llama_language(tmp_path, method):
     assert_same_training(sequential, together, adam=True)  # Llama's RMSNorm computes in float32 even in float64
 
 
+PREFERENCES = {"name": "synthetic-preferences", "params": {"max_length": 48}}
+
+
+@pytest.mark.parametrize(("reward_model", "optimizer"), [("likelihood", "adam"), ("head", "sgd")])
+def test_batched_rlhf_computes_what_sequential_does_in_both_phases(tmp_path, reward_model, optimizer):
+    # Round 0 trains the reward adapter (Bradley-Terry), round 1 the policy (DPO against the base with
+    # every adapter off): the model's own reward/logprobs methods must see each client's tensors, and the
+    # flat state carries the phase's untouched half unchanged.
+    settings = {"federation": {"optimizer": optimizer, "batch_size": 2}, "task": PREFERENCES,
+                "method": {"name": "rlhf", "params": {"reward_model": reward_model}}}
+    sequential = _train(tmp_path, 1, torch.float64, **settings)
+    together = _train(tmp_path, "auto", torch.float64, **settings)
+    assert together[1].batching.record()["batched_clients"] == 6, together[1].batching.reasons
+    assert_same_training(sequential, together, RTOL64, ATOL64)
+    method = together[0].fed.method
+    policy = torch.tensor([name in method._policy_names for name, p in method._named for _ in range(p.numel())])
+    reward_round, policy_round = together[0].transcript.rounds
+    for update in reward_round.transmitted.values():
+        assert update[policy].abs().max() == 0 and update[~policy].abs().max() > 0
+    for update in policy_round.transmitted.values():
+        assert update[~policy].abs().max() == 0 and update[policy].abs().max() > 0
+
+
+def test_rlhf_that_samples_responses_in_its_loss_trains_sequentially_and_says_why(tmp_path):
+    scenario = make_scenario(tmp_path, task=PREFERENCES, method={"name": "rlhf", "params": {"policy_step": "reward"}})
+    p = prepare(scenario, 0, plan(scenario))
+    assert batched.refusal(p.fed, batched.Batching()) == "method rlhf samples responses in its loss (policy_step: reward)"
+
+
 def test_client_batch_one_never_enters_the_batched_code(tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("client_batch 1 must train sequentially")

@@ -14,6 +14,7 @@ from bench.api.seeding import derive_seed
 from bench.engine import federation as fl
 from bench.engine.runner import plan, prepare
 from bench.methods import textual_prompt
+from bench.methods._common import sequence_logprobs
 from tests.helpers import make_scenario
 
 TASKS = {
@@ -342,3 +343,35 @@ def test_a_phased_shadow_spreads_its_steps_over_the_rounds_and_a_plain_one_train
     spread = _phase_schedule(True, 10, 25)
     assert [r for r, _ in spread] == list(range(10)) and sum(n for _, n in spread) == 25
     assert _phase_schedule(True, 4, 2) == [(0, 1), (1, 1), (2, 1), (3, 1)]  # every phase trains at least a step
+
+
+def test_rlhf_adapter_switches_agree_with_peft_and_leave_the_phase_flags_alone(tmp_path):
+    # RlhfModel switches adapters on peft's layers itself (peft's set_adapter/disable_adapter also flip
+    # requires_grad, which batched training under vmap may not do): the oracle is peft's own switches.
+    p = prepared(tmp_path, "rlhf", params={"reward_model": "likelihood"})
+    method, model = p.built.method, p.built.method.model
+    with torch.no_grad():  # both adapters away from zero, so each switch changes the answer
+        for name, q in model.named_parameters():
+            if "lora_B" in name:
+                q.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    method.on_round_start(0, 2)
+    flags = {n: q.requires_grad for n, q in model.named_parameters()}
+    batch = p.fed.collate(p.clients[0].members[:4])
+    args = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    with torch.no_grad():
+        ours = [sequence_logprobs(model.inner, *args)]
+        with model.adapter("reward"):
+            ours.append(sequence_logprobs(model.inner, *args))
+        with model.base_only():
+            ours.append(sequence_logprobs(model.inner, *args))
+    assert {n: q.requires_grad for n, q in model.named_parameters()} == flags
+    with torch.no_grad():
+        peft = [sequence_logprobs(model.inner, *args)]
+        model.inner.set_adapter("reward")
+        peft.append(sequence_logprobs(model.inner, *args))
+        model.inner.set_adapter("default")
+        with model.inner.disable_adapter():
+            peft.append(sequence_logprobs(model.inner, *args))
+    for mine, theirs in zip(ours, peft):
+        torch.testing.assert_close(mine, theirs)
+    assert not torch.allclose(ours[0], ours[1]) and not torch.allclose(ours[0], ours[2])

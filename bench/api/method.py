@@ -52,6 +52,11 @@ class Method(abc.ABC):
     """Its clients can train together as one vmapped computation (``bench.client.batched``): the loss is the
     task's and the forward depends on the trainable tensors only through ``named_trainable``."""
 
+    def batching_problem(self) -> str | None:
+        """Why this method's clients cannot train together as one vmapped computation (None: they can);
+        a method whose answer depends on its settings overrides this."""
+        return None if self.batchable else f"method {self.name} is not batchable"
+
     @dataclass(frozen=True, kw_only=True)
     class Config:
         pass
@@ -138,6 +143,11 @@ class Method(abc.ABC):
 
     def get_flat(self) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1).float() for _, p in self._named])
+
+    def flat_with(self, replaced: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The flat state (as ``get_flat``) with the named tensors in place of those parameters: batched
+        training's clients, of which only the trainable part (``named_trainable``) is stacked."""
+        return torch.cat([replaced.get(n, p).detach().reshape(-1).float() for n, p in self._named])
 
     def set_flat(self, flat: torch.Tensor) -> None:
         with torch.no_grad():

@@ -20,7 +20,7 @@ training to about 1e-6 relative (tests/test_batched.py asserts rtol 1e-4, atol 1
 
 Where it cannot apply, the round trains sequentially and the reason is counted in
 ``Batching.reasons`` (the run's ``train_batching`` provenance): ``client_batch`` 1, a method not
-declared ``batchable``, a trainer replaced by the method or a defense (dp-local's DP-SGD draws
+declared ``batchable`` (or one whose settings refuse: ``Method.batching_problem``), a trainer replaced by the method or a defense (dp-local's DP-SGD draws
 Poisson batches whose sizes differ per client and step, and its noise per client), dropout > 0
 (vmap cannot reproduce each client's dropout stream), clients whose batch sizes differ (grouped by
 size; a group of one trains alone), or a model whose forward vmap refuses (found at the first step,
@@ -30,8 +30,9 @@ then not tried again in the run).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -107,8 +108,9 @@ def refusal(fed: RoundFederation, batching: Batching) -> str | None:
         return "client_batch is 1"
     if batching.refused:
         return batching.refused
-    if not fed.method.batchable:
-        return f"method {fed.method.name} is not batchable"
+    problem = fed.method.batching_problem()
+    if problem:
+        return problem
     if fed.trainer is not train_local:
         return f"method {fed.method.name} replaces the local trainer"
     wrapping = [d.name for d in fed.defenses if type(d).wrap_training is not Defense.wrap_training]
@@ -206,7 +208,7 @@ def train_round(fed: RoundFederation, jobs: dict[int, LocalJob], batching: Batch
     trained: dict[int, Trained] = {}
     for index, group in enumerate(groups):
         try:
-            results = train_group([jobs[c] for c in group], names)
+            results = train_group([jobs[c] for c in group], names, fed.method.flat_with)
         except Unbatchable as error:
             batching.refused = str(error)
             batching.sequential(str(error), sum(len(g) for g in groups[index:]))
@@ -239,10 +241,13 @@ class Unbatchable(Exception):
     """The model's forward failed under vmap at a group's first step (nothing was changed)."""
 
 
-def train_group(jobs: list[LocalJob], names: list[str]) -> list[Trained]:
+def train_group(jobs: list[LocalJob], names: list[str],
+                flat_with: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> list[Trained]:
     """Train ``jobs`` (same model, steps, batch size and optimizer) together; ``names`` are the model's
-    trainable parameter names in ``job.parameters`` order. Fills each job's ``seen`` and ``step_update``
-    and leaves its rng where sequential training would; the model's own parameters are not changed."""
+    trainable parameter names in ``job.parameters`` order, ``flat_with`` makes a client's flat state from
+    its trained tensors (``Method.flat_with``: a phased method's flat state also holds what this phase
+    leaves alone). Fills each job's ``seen`` and ``step_update`` and leaves its rng where sequential
+    training would; the model's own parameters are not changed."""
     first = jobs[0]
     model = first.model
     model.train()
@@ -272,7 +277,7 @@ def train_group(jobs: list[LocalJob], names: list[str]) -> list[Trained]:
         job.seen.extend(schedules[k])
         job.step_update = step_grads[k] if step_grads is not None else None
     return [Trained({"loss": float(totals[k]) / max(first.steps, 1)},
-                    torch.cat([s.detach()[k].reshape(-1).float() for s in stacked])) for k in range(len(jobs))]
+                    flat_with({name: s.detach()[k] for name, s in zip(names, stacked)})) for k in range(len(jobs))]
 
 
 def _losses(job: LocalJob, model: nn.Module, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
@@ -293,7 +298,9 @@ def _losses(job: LocalJob, model: nn.Module, params: dict[str, torch.Tensor], ba
 
 class Bound:
     """The model called with one client's trainable tensors (``torch.func.functional_call``), passed to
-    ``example_losses`` where the model goes; other attributes are the model's."""
+    ``example_losses`` where the model goes. The model's own methods (RLHF's ``reward`` and ``logprobs``,
+    which call its inner model themselves) run with the same tensors in place; other attributes are the
+    model's."""
 
     def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]):
         self.model, self.params = model, params
@@ -302,7 +309,24 @@ class Bound:
         return torch.func.functional_call(self.model, self.params, args, kwargs, strict=False)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
+        attribute = getattr(self.model, name)
+        if not (inspect.ismethod(attribute) and attribute.__self__ is self.model):
+            return attribute
+        call = _Call(self.model, attribute)
+        params = {f"model.{key}": value for key, value in self.params.items()}
+        return lambda *args, **kwargs: torch.func.functional_call(call, params, args, kwargs, strict=False)
+
+
+class _Call(nn.Module):
+    """A module whose forward is one method of ``model`` (a submodule here, so ``functional_call`` puts a
+    client's tensors in place for the method's whole body, through every call it makes)."""
+
+    def __init__(self, model: nn.Module, method: Any):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, *args: object, **kwargs: object) -> Any:
+        return self.method(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -351,6 +375,7 @@ def _pad(key: str, tensor: torch.Tensor, length: int, model: nn.Module) -> torch
     missing = length - tensor.shape[1] if tensor.dim() > 1 else 0
     if missing == 0:
         return tensor
+    key = key.removeprefix("rejected_")  # preference pairs: the rejected sequences pad like the chosen ones
     if key == "position_ids":
         extra = torch.arange(tensor.shape[1], length, device=tensor.device, dtype=tensor.dtype)
         return torch.cat([tensor, extra.expand(tensor.shape[0], -1)], dim=1)

@@ -94,15 +94,31 @@ class RlhfModel(Wrapper):
 
     @contextlib.contextmanager
     def adapter(self, name: str) -> Iterator[None]:
-        # peft's set_adapter also flips requires_grad; the phase's flags are restored afterwards.
-        flags = {n: p.requires_grad for n, p in self.named_parameters()}
-        self.inner.set_adapter(name)
+        """The LoRA layers answer with adapter ``name`` inside the block."""
+        with self._layers_set("_active_adapter", [name]):
+            yield
+
+    @contextlib.contextmanager
+    def base_only(self) -> Iterator[None]:
+        """The base model alone (every adapter off) inside the block: the reference model."""
+        with self._layers_set("_disable_adapters", True):
+            yield
+
+    @contextlib.contextmanager
+    def _layers_set(self, attribute: str, value: object) -> Iterator[None]:
+        # Set on peft's LoRA layers directly: peft's set_adapter / disable_adapter also flip requires_grad,
+        # which the phase decides (on_round_start) and which batched training (vmap) may not touch.
+        from peft.tuners.tuners_utils import BaseTunerLayer  # peft loads with the model, not with the registry
+
+        layers = [m for m in self.inner.modules() if isinstance(m, BaseTunerLayer)]
+        before = [getattr(layer, attribute) for layer in layers]
+        for layer in layers:
+            setattr(layer, attribute, value)
         try:
             yield
         finally:
-            self.inner.set_adapter(POLICY_ADAPTER)
-            for n, p in self.named_parameters():
-                p.requires_grad_(flags[n])
+            for layer, old in zip(layers, before):
+                setattr(layer, attribute, old)
 
     def reward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One scalar per sequence; ``labels`` marks the response tokens (-100 elsewhere), which the
@@ -118,12 +134,12 @@ class RlhfModel(Wrapper):
         else:
             last_real = attention_mask.sum(dim=1) - 1  # right padding
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_real]
-        return self.reward_head(pooled.float()).squeeze(-1)
+        return self.reward_head(pooled.to(self.reward_head.weight.dtype)).squeeze(-1)  # float32 head under bf16
 
     def logprobs(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, reference: bool = False) -> torch.Tensor:
         if not reference:
             return sequence_logprobs(self.inner, ids, mask, labels)
-        with torch.no_grad(), self.inner.disable_adapter():
+        with torch.no_grad(), self.base_only():
             return sequence_logprobs(self.inner, ids, mask, labels)
 
 
@@ -139,6 +155,12 @@ class Rlhf(Method):
     Config = RlhfSettings
     task_kinds = frozenset({TaskKind.PREFERENCE})
     phased = True
+    batchable = True
+
+    def batching_problem(self) -> str | None:
+        if self.config.policy_step == "reward":  # it samples responses from its own generator inside the loss
+            return "method rlhf samples responses in its loss (policy_step: reward)"
+        return super().batching_problem()
 
     def check_model(self, architecture: PretrainedConfig | None, task_kind: str) -> str | None:
         return check_on_skeleton(architecture, task_kind, lambda model: target_problem(model, self.config))

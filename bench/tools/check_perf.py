@@ -54,7 +54,7 @@ def figures(report: JsonObject, engine_goal: float = ENGINE_GOAL, batched_goal: 
     engine = _ratio(benches, "test_central_loop_same_steps", "engine_over_central", "test_federated_engine", inverse=True)
     if engine is not None:
         found.append(Figure("engine/central", engine, engine_goal))
-    for method in ("lora", "fft"):
+    for method in ("lora", "fft", "rlhf"):
         batched = _ratio(benches, f"test_round_time[{method}-batched]", "batched_over_sequential",
                          f"test_round_time[{method}-sequential]")
         if batched is not None:

@@ -1,5 +1,7 @@
 """Round time with a round's clients trained together (``client_batch: auto``) against one after another
-(``client_batch: 1``): LoRA and full fine-tuning on tiny-llama, 8 clients x 10 local steps, one round.
+(``client_batch: 1``): LoRA and full fine-tuning on tiny-llama, 8 clients x 10 local steps, one round;
+RLHF as ``scenarios/table4-poisoning-rlhf.yaml`` trains it (tiny-gpt2, likelihood reward model, Adam,
+batches of 4 pairs), 8 clients x 10 local steps, two rounds: one of the reward model, one of DPO.
 
 One file, one group (``batched-vs-sequential``), so a single run prints all four side by side. The
 batched benchmark of each method records its ratio to the sequential one in ``extra_info``
@@ -18,17 +20,24 @@ from tests.helpers import make_scenario
 SETTINGS = {"clients": 8, "clients_per_round": 8, "rounds": 1, "local_steps": 10, "batch_size": 8,
             "examples_per_client": 32, "lr": 0.003}
 TASK = {"name": "synthetic-instructions", "params": {"max_length": 64}}
+SCENARIOS = {
+    "lora": {"model": "tiny-llama", "method": "lora", "task": TASK, "federation": SETTINGS},
+    "fft": {"model": "tiny-llama", "method": "fft", "task": TASK, "federation": SETTINGS},
+    "rlhf": {"model": "tiny-gpt2", "method": {"name": "rlhf", "params": {"reward_model": "likelihood", "reward_rounds": 1}},
+             "task": {"name": "synthetic-preferences", "params": {"max_length": 48}},
+             "federation": {**SETTINGS, "rounds": 2, "batch_size": 4, "optimizer": "adam"}},
+}
 MEANS: dict[str, float] = {}
 """Sequential means by method, read by the batched benchmark of the same method (which runs after it)."""
 
 
 @pytest.mark.perf
 @pytest.mark.benchmark(group="batched-vs-sequential")
-@pytest.mark.parametrize(("method", "client_batch"), [("lora", 1), ("lora", "auto"), ("fft", 1), ("fft", "auto")],
-                         ids=["lora-sequential", "lora-batched", "fft-sequential", "fft-batched"])
+@pytest.mark.parametrize(("method", "client_batch"), [(m, b) for m in SCENARIOS for b in (1, "auto")],
+                         ids=[f"{m}-{k}" for m in SCENARIOS for k in ("sequential", "batched")])
 def test_round_time(benchmark, tmp_path, method, client_batch):
-    scenario = make_scenario(tmp_path, model="tiny-llama", method=method, task=TASK,
-                             federation={**SETTINGS, "client_batch": client_batch})
+    settings = SCENARIOS[method]
+    scenario = make_scenario(tmp_path, **{**settings, "federation": {**settings["federation"], "client_batch": client_batch}})
 
     def setup():
         prepared = prepare(scenario, 0, plan(scenario))
