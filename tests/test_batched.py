@@ -253,5 +253,7 @@ def test_padding_keeps_each_clients_tokens_and_masks_the_rest():
     assert out["attention_mask"].tolist() == [[[1, 1, 0]], [[1, 1, 1]]]
     assert out["labels"].tolist() == [[[5, 6, -100]], [[7, 8, 9]]]
     assert out["position_ids"].tolist() == [[[0, 1, 2]], [[0, 1, 2]]]
-    with pytest.raises(ValueError, match="rejected_input_ids"):
-        batched.stack_batches([{"rejected_input_ids": short["input_ids"]}, {"rejected_input_ids": long["input_ids"]}], model)
+    pairs = batched.stack_batches([{f"rejected_{k}": v for k, v in b.items()} for b in (short, long)], model)
+    assert {k.removeprefix("rejected_"): v.tolist() for k, v in pairs.items()} == {k: v.tolist() for k, v in out.items()}
+    with pytest.raises(ValueError, match="rejected_token_type_ids"):
+        batched.stack_batches([{"rejected_token_type_ids": short["input_ids"]}, {"rejected_token_type_ids": long["input_ids"]}], model)

@@ -314,18 +314,22 @@ class Bound:
             return attribute
         call = _Call(self.model, attribute)
         params = {f"model.{key}": value for key, value in self.params.items()}
-        return lambda *args, **kwargs: torch.func.functional_call(call, params, args, kwargs, strict=False)
+
+        def with_client_tensors(*args: object, **kwargs: object) -> object:
+            return torch.func.functional_call(call, params, args, kwargs, strict=False)
+
+        return with_client_tensors
 
 
 class _Call(nn.Module):
     """A module whose forward is one method of ``model`` (a submodule here, so ``functional_call`` puts a
     client's tensors in place for the method's whole body, through every call it makes)."""
 
-    def __init__(self, model: nn.Module, method: Any):
+    def __init__(self, model: nn.Module, method: Callable[..., object]):
         super().__init__()
         self.model, self.method = model, method
 
-    def forward(self, *args: object, **kwargs: object) -> Any:
+    def forward(self, *args: object, **kwargs: object) -> object:
         return self.method(*args, **kwargs)
 
 
@@ -375,16 +379,16 @@ def _pad(key: str, tensor: torch.Tensor, length: int, model: nn.Module) -> torch
     missing = length - tensor.shape[1] if tensor.dim() > 1 else 0
     if missing == 0:
         return tensor
-    key = key.removeprefix("rejected_")  # preference pairs: the rejected sequences pad like the chosen ones
-    if key == "position_ids":
+    kind = key.removeprefix("rejected_")  # preference pairs: the rejected sequences pad like the chosen ones
+    if kind == "position_ids":
         extra = torch.arange(tensor.shape[1], length, device=tensor.device, dtype=tensor.dtype)
         return torch.cat([tensor, extra.expand(tensor.shape[0], -1)], dim=1)
-    if key == "input_ids":
+    if kind == "input_ids":
         value = getattr(getattr(model, "config", None), "pad_token_id", None)
         return F.pad(tensor, (0, missing), value=0 if value is None else int(value))
-    if key not in PAD_VALUES:
+    if kind not in PAD_VALUES:
         raise ValueError(f"cannot pad batch key {key!r} of clients' batches to one length")
-    return F.pad(tensor, (0, missing), value=PAD_VALUES[key])
+    return F.pad(tensor, (0, missing), value=PAD_VALUES[kind])
 
 
 def _copy(rng: torch.Generator) -> torch.Generator:
