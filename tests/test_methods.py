@@ -375,3 +375,52 @@ def test_rlhf_adapter_switches_agree_with_peft_and_leave_the_phase_flags_alone(t
     for mine, theirs in zip(ours, peft):
         torch.testing.assert_close(mine, theirs)
     assert not torch.allclose(ours[0], ours[1]) and not torch.allclose(ours[0], ours[2])
+
+
+def test_rlhf_evaluation_reuses_a_scoring_only_while_the_weights_it_reads_are_unchanged(tmp_path, monkeypatch):
+    # extra_utility keeps each scoring (reward model, policy, reference) with a digest of the weights it
+    # reads, so a learning curve does not rescore the half a phase leaves alone. Oracle: the metrics
+    # computed from scratch (reward_margins / implicit_margins on the same batches) after each change;
+    # and the scorings actually redone are only those whose weights moved.
+    from types import SimpleNamespace
+
+    p = prepared(tmp_path, "rlhf", params={"reward_model": "likelihood"})
+    method, model = p.built.method, p.built.method.model
+    test = p.clients[0].members[:6]
+    handle = SimpleNamespace(tokenizer=p.tokenizer, device=p.device)
+    calls: list[str] = []
+    reward, logprobs = model.reward, model.logprobs
+    monkeypatch.setattr(model, "reward", lambda *a: calls.append("reward") or reward(*a))
+    monkeypatch.setattr(model, "logprobs", lambda *a, reference=False: calls.append(
+        "reference" if reference else "policy") or logprobs(*a, reference=reference))
+
+    def from_scratch() -> dict[str, float]:
+        batch = p.fed.collate(test)
+        with torch.no_grad():
+            margins = method.implicit_margins(model, batch).float()
+            correct = (method.reward_margins(model, batch) > 0).float()
+        return {"utility.reward_accuracy": float(correct.mean()), "utility.implicit_reward_margin": float(margins.mean()),
+                "utility.implicit_reward_accuracy": float((margins > 0).float().mean())}
+
+    def memoised() -> tuple[dict[str, float], list[str]]:
+        calls.clear()
+        values = {m.name: m.value for m in method.extra_utility(handle, p.built.task, test)}
+        redone = sorted(set(calls))
+        assert values == from_scratch()
+        return values, redone
+
+    def move(part: set[str], seed: int) -> None:
+        with torch.no_grad():
+            for name, q in model.named_parameters():
+                if name in part and "lora_B" in name:
+                    q.add_(torch.randn(q.shape, generator=torch.Generator().manual_seed(seed)) * 0.05)
+
+    first, redone = memoised()
+    assert redone == ["policy", "reference", "reward"]
+    assert memoised()[1] == []  # nothing moved: nothing rescored
+    move(method._reward_names, 1)
+    after_reward, redone = memoised()
+    assert redone == ["reward"] and after_reward["utility.implicit_reward_margin"] == first["utility.implicit_reward_margin"]
+    move(method._policy_names, 2)
+    after_policy, redone = memoised()
+    assert redone == ["policy"] and after_policy["utility.implicit_reward_margin"] != first["utility.implicit_reward_margin"]

@@ -20,6 +20,8 @@ so the other part's update is exactly zero.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -186,6 +188,7 @@ class Rlhf(Method):
                 p.requires_grad_(True)
         self._sampling = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=rng)))
         self.phase = "reward"
+        self._scores = _Scores()  # evaluation scores by weights digest (extra_utility)
         return wrapped
 
     # --- phases ----------------------------------------------------------------------------------
@@ -294,13 +297,69 @@ class Rlhf(Method):
     # --- utility ---------------------------------------------------------------------------------
     @torch.no_grad()
     def extra_utility(self, handle: ModelHandle, task: TaskSpec, test: list[Record]) -> list[Metric]:
-        model, correct, margins = self.model, [], []
+        """Reward accuracy and the DPO policy's implicit margin on ``test``. Each of the three scorings
+        (reward model, policy, reference) is kept with a digest of the weights it reads: a learning curve
+        evaluates after every round, and in a reward round the policy and the reference have not moved
+        (nor the reward model in a policy round), so their scores are taken from the last evaluation
+        instead of recomputed; the same weights on the same batches give the same numbers."""
+        model = self.model
         model.eval()
-        for start in range(0, len(test), 16):
-            batch = task.collate(test[start : start + 16], handle.tokenizer, handle.device)
-            correct.append(self.reward_margins(model, batch) > 0)
-            margins.append(self.implicit_margins(model, batch))
-        correct_all, margin_all = torch.cat(correct).float(), torch.cat(margins).float()
+        batches: list[dict[str, torch.Tensor]] = []
+
+        def collated() -> list[dict[str, torch.Tensor]]:
+            if not batches:
+                batches.extend(task.collate(test[s : s + 16], handle.tokenizer, handle.device) for s in range(0, len(test), 16))
+            return batches
+
+        def logprobs(reference: bool) -> torch.Tensor:  # (2, examples): chosen, rejected
+            return torch.stack([torch.cat([model.logprobs(*_pair(b, side), reference=reference) for b in collated()])
+                                for side in ("chosen", "rejected")])
+
+        digests = {name: _digest(p) for name, p in model.named_parameters()}
+        of = lambda *left_out: _combined(digests, set().union(*left_out))  # noqa: E731
+        records = _fingerprint(test)
+        rewards = self._scores.get(("reward", records, of(self._policy_names)),
+                                   lambda: torch.cat([self.reward_margins(model, b) for b in collated()]))
+        policy = self._scores.get(("policy", records, of(self._reward_names)), lambda: logprobs(False))
+        reference = self._scores.get(("reference", records, of(self._reward_names, self._policy_names)),
+                                     lambda: logprobs(True))
+        ratios = policy - reference
+        margin_all = (self.config.beta * (ratios[0] - ratios[1])).float()
+        correct_all = (rewards > 0).float()
         return [Metric("utility.reward_accuracy", float(correct_all.mean())),
                 Metric("utility.implicit_reward_margin", float(margin_all.mean())),
                 Metric("utility.implicit_reward_accuracy", float((margin_all > 0).float().mean()))]
+
+
+class _Scores:
+    """The latest few evaluation scores, by (what was scored, on which records, with which weights)."""
+
+    KEEP = 6
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str, str, str], torch.Tensor] = {}
+
+    def get(self, key: tuple[str, str, str], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in self._kept:
+            self._kept[key] = compute()
+            while len(self._kept) > self.KEEP:
+                del self._kept[next(iter(self._kept))]
+        return self._kept[key]
+
+
+def _digest(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return hashlib.blake2b(flat.view(torch.uint8).numpy().tobytes() + str(flat.dtype).encode(), digest_size=16).digest()
+
+
+def _combined(digests: dict[str, bytes], left_out: set[str]) -> str:
+    """One digest of every parameter but ``left_out`` (those the scoring does not read)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(digests):
+        if name not in left_out:
+            h.update(name.encode() + digests[name])
+    return h.hexdigest()
+
+
+def _fingerprint(records: list[Record]) -> str:
+    return hashlib.blake2b(json.dumps(records, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()

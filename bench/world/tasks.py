@@ -266,8 +266,9 @@ def collate_prompt_response(prompts, responses, tokenizer, max_length, device) -
                      max_length=max_length, return_tensors="pt")
     batch = _with_positions(full)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    for row, prompt in enumerate(prompts):
-        labels[row, : len(tokenizer(prompt).input_ids)] = -100
+    prompt_ids = tokenizer(list(prompts)).input_ids if len(prompts) else []  # one call: one per prompt cost more than the model
+    for row, ids in enumerate(prompt_ids):
+        labels[row, : len(ids)] = -100
     batch["labels"] = labels
     return {k: v.to(device) for k, v in batch.items()}
 
