@@ -32,8 +32,9 @@ def kind_for(method: str) -> str:
     return next(k for k in ("classification", "instruction", "preference") if k in kinds)
 
 
-def prepared(tmp_path, method: str, kind: str | None = None, params: dict | None = None, **federation):
-    scenario = make_scenario(tmp_path, tier=TIER_OF.get(method, "open-weight"),
+def prepared(tmp_path, method: str, kind: str | None = None, params: dict | None = None, model: str | None = None,
+             **federation):
+    scenario = make_scenario(tmp_path, tier=TIER_OF.get(method, "open-weight"), **({"model": model} if model else {}),
                              method={"name": method, "params": params or {}},
                              task=TASKS[kind or kind_for(method)], federation={**SMALL, **federation})
     return prepare(scenario, 0, plan(scenario))
@@ -424,3 +425,21 @@ def test_rlhf_evaluation_reuses_a_scoring_only_while_the_weights_it_reads_are_un
     move(method._policy_names, 2)
     after_policy, redone = memoised()
     assert redone == ["policy"] and after_policy["utility.implicit_reward_margin"] != first["utility.implicit_reward_margin"]
+
+
+@pytest.mark.parametrize(("method", "model"), [("fft", None), ("lora", None), ("lora", "tiny-llama"), ("prefix-tuning", None),
+                                               ("prompt-tuning", None), ("textual-prompt", None)])
+def test_batched_generation_gives_the_tokens_of_a_prompt_at_a_time(tmp_path, method, model):
+    # OpenModel.generate left-pads GENERATION_BATCH prompts into one greedy generate call (a prompt at a
+    # time was most of an instruction run's evaluation); the oracle is the unpadded one-by-one path.
+    # peft's prompt tuning ignores position ids, so SoftPromptModel declares generates_batched = False.
+    from bench.api.vocabulary import PROMPT_TEMPLATE
+    from bench.world.tiers import GENERATION_BATCH, OpenModel
+
+    p = prepared(tmp_path, method, kind="instruction", model=model, rounds=2, local_steps=5, examples_per_client=16)
+    fl.run(p.fed, p.transcript, p.truth)
+    handle = OpenModel(p.built.method.model, None, p.built.task, p.tokenizer)
+    prompts = [PROMPT_TEMPLATE.format(instruction=e["instruction"]) for e in p.task_data.test[:GENERATION_BATCH]]
+    prompts += ["Patient", "Patient Omar Fischer, MRN"]  # a second, shorter batch of two lengths
+    assert len({len(p.tokenizer(q).input_ids) for q in prompts}) > 2
+    assert handle.generate(prompts, 24) == handle.generate_one_by_one(prompts, 24)

@@ -92,6 +92,11 @@ class SoftPromptModel(Wrapper):
     gradients from DP-SGD), (2) causal-LM logits line up with the real tokens, and (3) a classifier
     reads the real tokens only (``POOLINGS``: their mean, or the last one), never a virtual or pad position."""
 
+    generates_batched = False
+    """peft's prompt-tuning ``generate`` ignores position ids: left padding would sit between the virtual
+    tokens and the prompt and shift the prompt's positions (14 of 18 greedy outputs changed), so its
+    handle generates a prompt at a time."""
+
     def __init__(self, inner: nn.Module, classification: bool, pooling: str = "mean"):
         super().__init__(inner)
         self.classification = classification

@@ -117,6 +117,10 @@ def record_egress(transcript: Transcript, texts: list[str]) -> None:
     transcript.egress_bytes += sum(len(t.encode("utf-8")) for t in texts)
 
 
+GENERATION_BATCH = 16
+"""Prompts generated together (one padded batch); a prompt at a time spent most of an evaluation's time."""
+
+
 class OpenModel:
     """Full access to a model held in this process.
 
@@ -237,6 +241,33 @@ class OpenModel:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
+        """Greedy continuations, ``GENERATION_BATCH`` prompts per ``generate`` call (left-padded, masked:
+        the same tokens as a prompt at a time, ``tests/test_tiers.py``), unless the model declares
+        ``generates_batched = False`` (its pads would move its positions)."""
+        if not getattr(self.model, "generates_batched", True):
+            return self.generate_one_by_one(prompts, max_new_tokens)
+        self.model.eval()
+        room = prompt_room(self.model, max_new_tokens)
+        encoded = [self.tokenizer(prompt, return_tensors="pt").input_ids[0, -room:] for prompt in prompts]
+        texts = []
+        for start in range(0, len(encoded), GENERATION_BATCH):
+            texts += self._generate_batch(encoded[start : start + GENERATION_BATCH], max_new_tokens)
+        return texts
+
+    def _generate_batch(self, encoded: list[torch.Tensor], max_new_tokens: int) -> list[str]:
+        width = max(len(ids) for ids in encoded)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, one in enumerate(encoded):  # left padding: every row's next token is at the end
+            ids[row, width - len(one):], mask[row, width - len(one):] = one, 1
+        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        return [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
+
+    @torch.no_grad()
+    def generate_one_by_one(self, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
+        """``generate`` a prompt at a time, unpadded: the oracle the batched path is tested against."""
         self.model.eval()
         texts = []
         room = prompt_room(self.model, max_new_tokens)
