@@ -36,6 +36,8 @@ ALLOWED_GETATTR: dict[tuple[str, str], str] = {
     ("bench/world/tiers.py", "config"): THIRD_PARTY,
     ("bench/world/tiers.py", "max_position_embeddings"): THIRD_PARTY,
     ("bench/world/tiers.py", "extra_positions"): "an nn.Module that may carry virtual-token positions (peft)",
+    ("bench/world/tiers.py", "generates_batched"): "an nn.Module (a Hugging Face model or a method's wrapper) that "
+                                                   "may declare that left padding would shift its positions (peft prompt tuning)",
     ("bench/world/models.py", "is_decoder"): THIRD_PARTY,
     ("bench/world/models.py", "is_encoder_decoder"): THIRD_PARTY,
     ("bench/world/models.py", "causal"): THIRD_PARTY,
