@@ -242,19 +242,27 @@ class OpenModel:
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
         """Greedy continuations, ``GENERATION_BATCH`` prompts per ``generate`` call (left-padded, masked:
-        the same tokens as a prompt at a time, ``tests/test_tiers.py``), unless the model declares
+        the same tokens as a prompt at a time, ``tests/test_methods.py``), unless the model declares
         ``generates_batched = False`` (its pads would move its positions)."""
-        if not getattr(self.model, "generates_batched", True):
-            return self.generate_one_by_one(prompts, max_new_tokens)
+        batch = GENERATION_BATCH if getattr(self.model, "generates_batched", True) else 1
+        return self._generate(prompts, max_new_tokens, batch)
+
+    @torch.no_grad()
+    def generate_one_by_one(self, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
+        """``generate`` a prompt at a time, unpadded: the oracle the batched path is tested against."""
+        return self._generate(prompts, max_new_tokens, 1)
+
+    def _generate(self, prompts: list[str], max_new_tokens: int, batch: int) -> list[str]:
         self.model.eval()
         room = prompt_room(self.model, max_new_tokens)
         encoded = [self.tokenizer(prompt, return_tensors="pt").input_ids[0, -room:] for prompt in prompts]
         texts = []
-        for start in range(0, len(encoded), GENERATION_BATCH):
-            texts += self._generate_batch(encoded[start : start + GENERATION_BATCH], max_new_tokens)
+        for start in range(0, len(encoded), batch):
+            texts += self._generate_batch(encoded[start : start + batch], max_new_tokens)
         return texts
 
     def _generate_batch(self, encoded: list[torch.Tensor], max_new_tokens: int) -> list[str]:
+        """One ``generate`` call; rows shorter than the longest are left-padded and masked (none at one row)."""
         width = max(len(ids) for ids in encoded)
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(encoded), width), pad, dtype=torch.long)
@@ -264,19 +272,6 @@ class OpenModel:
         out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                   max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
         return [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
-
-    @torch.no_grad()
-    def generate_one_by_one(self, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
-        """``generate`` a prompt at a time, unpadded: the oracle the batched path is tested against."""
-        self.model.eval()
-        texts = []
-        room = prompt_room(self.model, max_new_tokens)
-        for prompt in prompts:
-            ids = self.tokenizer(prompt, return_tensors="pt").input_ids[:, -room:].to(self.device)
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                      do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
-            texts.append(self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-        return texts
 
 
 def prompt_room(model: nn.Module, max_new_tokens: int) -> int:
