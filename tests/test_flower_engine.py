@@ -17,6 +17,7 @@ import pickle
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -423,6 +424,80 @@ def test_the_warm_clientapp_server_runs_each_task_in_a_child_forked_after_its_im
     assert codes == [3, 0]
     assert [parent for _, parent, _ in ran] == [server.pid, server.pid]  # forked by the server, one child per task
     assert ran[0][0] != ran[1][0] and all(preloaded for _, _, preloaded in ran)
+
+
+BUILD_PROBE = """
+import json, sys
+from pathlib import Path
+from bench.engine.flower import warm
+
+names = warm.modules_a_build_imports(Path(sys.argv[1]))
+modelling = 'transformers.models.gpt2.modeling_gpt2'
+before = modelling in sys.modules
+warm.import_quietly(names)
+print(json.dumps({'names': names, 'before': before, 'after': modelling in sys.modules}))
+"""
+
+
+def test_the_warm_server_imports_what_building_the_run_imports_and_builds_nothing_itself(tmp_path):
+    """Given the run's job file, the warm server learns from a forked probe which modules a build imports (the
+    model's modelling code among them) and imports them by name: the children then skip those imports. The
+    probe builds; the server itself only imports (the modelling module is absent until it does)."""
+    scenario = make_scenario(tmp_path, method="lora")
+    job = tmp_path / "job.pkl"
+    job.write_bytes(pickle.dumps((scenario, 0)))
+    out = subprocess.run([sys.executable, "-c", BUILD_PROBE, str(job)], cwd=Path(__file__).parents[1], timeout=300,
+                         capture_output=True, text=True, check=True)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "transformers.models.gpt2.modeling_gpt2" in found["names"] and "peft" in found["names"]
+    assert (found["before"], found["after"]) == (False, True)
+
+
+def test_a_probe_that_cannot_build_the_run_costs_only_the_warm_start(tmp_path):
+    """A job the probe cannot read gives no modules and no exception: the tasks import on their own and
+    report the failure where it belongs."""
+    from bench.engine.flower import warm
+
+    job = tmp_path / "job.pkl"
+    job.write_bytes(b"not a pickle")
+    assert warm.modules_a_build_imports(job) == []
+
+
+class SlowReplies:
+    """A Grid's push and pull where each message's reply shows up at the ``after``-th pull."""
+
+    def __init__(self, after: dict[str, int]):
+        self.after, self.pulls = after, 0
+
+    def push_messages(self, messages):
+        return list(messages)
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        return [types.SimpleNamespace(metadata=types.SimpleNamespace(reply_to_message_id=m))
+                for m in message_ids if self.after[m] == self.pulls]
+
+
+def test_the_deployed_grid_collects_every_reply_pulling_at_its_own_interval(monkeypatch):
+    """``PromptGrid.send_and_receive`` is Flower's HTTP grid's (push, then pull until every reply is in or the
+    timeout passes) with ``poll_s`` between pulls instead of 3 s."""
+    from bench.engine.flower import prompt_grid
+
+    sleeps = []
+    monkeypatch.setattr(prompt_grid.time, "sleep", sleeps.append)
+    inner = SlowReplies({"a": 1, "b": 3})
+    grid = prompt_grid.PromptGrid(inner, poll_s=0.05)
+    monkeypatch.setattr(grid, "push_messages", inner.push_messages)
+    monkeypatch.setattr(grid, "pull_messages", inner.pull_messages)
+    replies = grid.send_and_receive(["a", "b"])
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
+    assert (inner.pulls, sleeps) == (3, [0.05, 0.05])
+    clock = iter([0.0, 0.0, 10.0])  # the deadline passes after the first pull
+    monkeypatch.setattr(prompt_grid.time, "time", lambda: next(clock))
+    late = SlowReplies({"a": 1, "b": 5})
+    monkeypatch.setattr(grid, "push_messages", late.push_messages)
+    monkeypatch.setattr(grid, "pull_messages", late.pull_messages)
+    assert [r.metadata.reply_to_message_id for r in grid.send_and_receive(["a", "b"], timeout=5.0)] == ["a"]
 
 
 def test_a_protocol_that_does_not_share_parameters_is_refused_under_flower(tmp_path):

@@ -53,7 +53,9 @@ def _server_app() -> ServerApp:
 
         job = Path(str(context.run_config["job"]))
         scenario, seed = pickle.loads(job.read_bytes())
-        GRIDS.append(DeployedGrid(grid, int(context.run_config.get("supernodes", 1))))
+        from bench.engine.flower.prompt_grid import PromptGrid
+
+        GRIDS.append(DeployedGrid(PromptGrid(grid), int(context.run_config.get("supernodes", 1))))
         try:
             rows = runner.execute(scenario, seed)
         finally:
@@ -83,24 +85,30 @@ def run_scenario(scenario: Scenario, seed: int, *, supernodes: int = 2, timeout:
     timeout = timeout or float(os.environ.get("TIERBENCH_FLOWER_TIMEOUT", DEFAULT_TIMEOUT_S))
     supernodes = max(1, min(supernodes, scenario.federation.clients))
     deadline = time.monotonic() + timeout
-    with flower_home(f"{scenario.hash}-{seed}") as home, local_federation(home, supernodes) as connection:
+    with flower_home(f"{scenario.hash}-{seed}") as home:
         job = home / "job.pkl"
         job.write_bytes(pickle.dumps((scenario, seed)))
-        out, log = job.with_suffix(".rows"), home / "logs" / "run.log"
-        out.unlink(missing_ok=True)  # a kept $TIERBENCH_FLOWER_HOME may hold an earlier run's rows
-        submit = _start([str(BIN / "flwr"), "run", str(APP_DIR), connection, "--stream", "--run-config",
-                         f'job="{job}" supernodes={supernodes}'], _env(home), log)  # --stream: exits when the run ends
-        try:
-            while not out.exists():
-                if submit.poll() is not None and not _appears(out, wait_s=5.0):
-                    raise RuntimeError(f"the deployed run ended without rows (flwr run exited {submit.returncode}): "
-                                       f"{_tail(log)}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no rows from the deployed run after {timeout:.0f} s: {_tail(log)}")
-                time.sleep(0.5)
-        finally:
-            _stop(submit)
-        return pickle.loads(out.read_bytes())
+        with local_federation(home, supernodes, job=job) as connection:
+            return _submit(job, connection, home, supernodes, deadline, timeout)
+
+
+def _submit(job: Path, connection: str, home: Path, supernodes: int, deadline: float, timeout: float) -> list[Row]:
+    """Submit the app for ``job`` with ``flwr run`` and wait for its rows (see ``run_scenario``)."""
+    out, log = job.with_suffix(".rows"), home / "logs" / "run.log"
+    out.unlink(missing_ok=True)  # a kept $TIERBENCH_FLOWER_HOME may hold an earlier run's rows
+    submit = _start([str(BIN / "flwr"), "run", str(APP_DIR), connection, "--stream", "--run-config",
+                     f'job="{job}" supernodes={supernodes}'], _env(home), log)  # --stream: exits when the run ends
+    try:
+        while not out.exists():
+            if submit.poll() is not None and not _appears(out, wait_s=5.0):
+                raise RuntimeError(f"the deployed run ended without rows (flwr run exited {submit.returncode}): "
+                                   f"{_tail(log)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no rows from the deployed run after {timeout:.0f} s: {_tail(log)}")
+            time.sleep(0.5)
+    finally:
+        _stop(submit)
+    return pickle.loads(out.read_bytes())
 
 
 def _appears(path: Path, wait_s: float) -> bool:
@@ -130,8 +138,9 @@ def _env(home: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def local_federation(home: Path, supernodes: int) -> Iterator[str]:
-    """A SuperLink and ``supernodes`` SuperNodes on localhost (insecure); yields the CLI's connection name."""
+def local_federation(home: Path, supernodes: int, job: Path | None = None) -> Iterator[str]:
+    """A SuperLink and ``supernodes`` SuperNodes on localhost (insecure); yields the CLI's connection name.
+    ``job``: the run's job file, from which the warm ClientApp server learns what a build imports."""
     link = _free_port()  # Flower 1.41 serves the Fleet, Control and ServerAppIo APIs over one HTTP port
     env, logs = _env(home), home / "logs"
     logs.mkdir(exist_ok=True)
@@ -143,8 +152,8 @@ def local_federation(home: Path, supernodes: int) -> Iterator[str]:
         _wait_for_port(link, started[0], logs / "superlink.log")
         if os.environ.get("TIERBENCH_FLOWER_WARM", "1") != "0":  # ClientApp processes forked from one warm import
             env = _warm_clientapps(home, env)
-            started.append(_start([sys.executable, "-m", "bench.engine.flower.warm", env[warm.SOCKET_ENV]], env,
-                                  logs / "clientapps.log"))
+            started.append(_start([sys.executable, "-m", "bench.engine.flower.warm", env[warm.SOCKET_ENV],
+                                   *([str(job)] if job else [])], env, logs / "clientapps.log"))
         for node in range(supernodes):
             started.append(_start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
                                    "--host", "127.0.0.1", "--port", str(_free_port()),

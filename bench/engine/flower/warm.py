@@ -13,6 +13,13 @@ Only modules are shared, never state: the child builds the run from the message 
 process does (``client.prepared``), and what a job changes travels in the messages
 (``bench.engine.flower.state``), so results do not depend on this. The server forks before any
 computation (torch's thread pool and CUDA start on first use, neither is fork-safe), and from one thread.
+
+Building a run imports more than ``PRELOAD``: transformers loads a model's modelling code (and, through
+it, torch's compiler stack), accelerate, safetensors, peft and the run's plugins on first use, about 1.9 s
+of the 2 s a build took in every forked child (measured on the smoke cell, one thread). Given the run's
+job file, ``serve`` first forks a *probe* that builds the run once and reports the modules the build
+imported (``modules_a_build_imports``), then imports those by name itself: still modules only, the
+computation stays in the probe, and each task's child rebuilds from the message in about 0.1 s.
 """
 
 from __future__ import annotations
@@ -58,13 +65,17 @@ def write_shim(folder: Path) -> Path:
     return shim
 
 
-def serve(name: str, main: Callable[[], object] | None = None, preload: tuple[str, ...] = PRELOAD) -> None:
-    """Import ``preload``, then for each connection fork a child running ``main`` (Flower's ``flwr-clientapp``
-    entry point) with the arguments received, and answer its exit code. Runs until terminated."""
+def serve(name: str, main: Callable[[], object] | None = None, preload: tuple[str, ...] = PRELOAD,
+          job: Path | None = None) -> None:
+    """Import ``preload`` (and, given the run's ``job`` file, what building that run imports), then for each
+    connection fork a child running ``main`` (Flower's ``flwr-clientapp`` entry point) with the arguments
+    received, and answer its exit code. Runs until terminated."""
     import importlib
 
     for module in preload:
         importlib.import_module(module)
+    if job is not None:
+        import_quietly(modules_a_build_imports(job))
     if main is None:
         from flwr.supernode.cli import flwr_clientapp as main
     listener = socket.socket(socket.AF_UNIX)
@@ -87,6 +98,55 @@ def serve(name: str, main: Callable[[], object] | None = None, preload: tuple[st
                 os._exit(_run(main, argv))
             waiting[child] = connection
         _answer_finished(waiting)
+
+
+def modules_a_build_imports(job: Path) -> list[str]:
+    """The modules, in import order, that building the run of ``job`` (the pickled scenario and seed that
+    ``deployment`` writes) imports beyond what this process has: found by a forked probe that builds it
+    (``runner.prepare``) and exits, so no computation happens here. Empty when the probe fails (the
+    tasks then import on their own, and report the failure where it belongs)."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read)
+        os._exit(_probe(job, write))
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        names = json.loads(pipe.read() or b"[]")
+    os.waitpid(child, 0)
+    return names
+
+
+def _probe(job: Path, out: int) -> int:
+    names: list[str] = []
+    try:
+        import pickle
+
+        from bench.engine import runner
+
+        before = set(sys.modules)
+        scenario, seed = pickle.loads(job.read_bytes())
+        runner.prepare(scenario, seed, runner.plan(scenario))
+        names = [m for m in sys.modules if m not in before]  # insertion order: an order that imports
+    except BaseException:  # noqa: BLE001 - a probe's failure only costs the warm start
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with os.fdopen(out, "wb") as pipe:
+            pipe.write(json.dumps(names).encode())
+    return 0
+
+
+def import_quietly(names: list[str]) -> None:
+    """Import each of ``names``, skipping any that does not import on its own (it only costs its task the time)."""
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001,S112 - private or platform-specific modules may refuse
+            continue
 
 
 def _same_user(connection: socket.socket) -> bool:
@@ -127,4 +187,4 @@ def _answer_finished(waiting: dict[int, socket.socket]) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], job=Path(sys.argv[2]) if len(sys.argv) > 2 else None)
