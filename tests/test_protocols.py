@@ -329,6 +329,33 @@ def test_split_replay_inversion_recovers_every_step_of_every_client_exactly_belo
     assert exact[False] < 1.0
 
 
+@pytest.mark.parametrize("arch", [ARCH, LLAMA], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("cut", [1, 2])
+def test_a_shared_prefix_runs_once_and_gives_the_activations_of_the_whole_rows(arch, cut):
+    """``Bottom(..., shared_prefix=p)`` (the exhaustive search's pass: one prefix, every candidate after it)
+    equals the plain pass over the whole rows at positions p.., and keeps the prefix's keys and values as
+    one row seen by all (a broadcast view, stride 0), not a copy per candidate."""
+    from transformers import DynamicCache
+
+    from bench.engine.protocols.split import Bottom, _share_rows
+
+    method = build_method(arch)
+    bottom = Bottom(method.model.eval(), cut)
+    prefix = torch.tensor([5, 9, 2, 30])
+    candidates = torch.arange(arch.vocab)
+    rows = torch.cat([prefix.repeat(len(candidates), 1), candidates[:, None]], dim=1)
+    mask = torch.ones_like(rows)
+    shared = bottom(rows, mask, shared_prefix=len(prefix))
+    whole = bottom(rows, mask)[:, len(prefix):]
+    assert shared.shape == whole.shape == (arch.vocab, 1, arch.hidden)
+    assert torch.allclose(shared, whole, atol=1e-5)
+    cache = DynamicCache()
+    bottom._run(rows[:1, :len(prefix)], mask[:1, :len(prefix)], cache)
+    _share_rows(cache, len(candidates))
+    filled = [layer for layer in cache.layers if layer.is_initialized and layer.keys.numel()]
+    assert len(filled) == cut and all(layer.keys.shape[0] == arch.vocab and layer.keys.stride(0) == 0 for layer in filled)
+
+
 def test_split_learned_inversion_beats_its_floor_without_the_client_layers():
     """A server that holds only the public base model (not the client-side layers, removed from its view
     here) trains a decoder on public records' base activations at the cut and decodes the fine-tuned

@@ -216,6 +216,17 @@ class _Stop(Exception):
     pass
 
 
+def _share_rows(cache: Cache, rows: int) -> None:
+    """Every layer's cached keys and values of one row, seen as ``rows`` identical rows: a broadcast view,
+    where ``batch_repeat_interleave`` copies them ``rows`` times (and the next position's update copies them
+    again when it appends). The exhaustive search runs a whole vocabulary of rows after every prefix, so
+    the copies were most of the split replay attack's time; the values read are the same."""
+    for layer in cache.layers:
+        if layer.is_initialized and layer.keys.numel():
+            layer.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
+            layer.values = layer.values.expand(rows, *layer.values.shape[1:])
+
+
 class Bottom(nn.Module):
     """The client side of a model frozen at one state: (input_ids, attention_mask) -> cut activations."""
 
@@ -259,7 +270,7 @@ class Bottom(nn.Module):
 
         cache = DynamicCache()
         self._run(input_ids[:1, :shared_prefix], attention_mask[:1, :shared_prefix], cache)
-        cache.batch_repeat_interleave(input_ids.shape[0])
+        _share_rows(cache, input_ids.shape[0])
         return self._run(input_ids[:, shared_prefix:], attention_mask, cache)
 
     def follow(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, gradient: torch.Tensor,
