@@ -397,8 +397,9 @@ import json, os, sys
 from pathlib import Path
 from bench.engine.flower import warm
 
-def main():  # stands for Flower's flwr-clientapp: records where it ran, exits with the code it is given
-    Path(sys.argv[1]).write_text(json.dumps([os.getpid(), os.getppid(), 'tomllib' in sys.modules]))
+def main():  # stands for Flower's flwr-clientapp: records where it ran and what it found imported, imports, exits
+    Path(sys.argv[1]).write_text(json.dumps([os.getpid(), os.getppid(), 'tomllib' in sys.modules, 'wave' in sys.modules]))
+    import wave  # noqa: F401 - what a task imports, the server imports after it (for the tasks after it)
     sys.exit(int(sys.argv[2]))
 
 warm.serve(sys.argv[1], main=main, preload=('tomllib',))
@@ -407,7 +408,8 @@ warm.serve(sys.argv[1], main=main, preload=('tomllib',))
 
 def test_the_warm_clientapp_server_runs_each_task_in_a_child_forked_after_its_imports(tmp_path):
     """The ``flwr-clientapp`` a deployment's SuperExec starts is a shim: the task runs in a child the warm server
-    forks (its imports already done), and the shim exits with the child's code, as Flower's process would."""
+    forks (its imports already done), and the shim exits with the child's code, as Flower's process would.
+    What a task imported the server imports after it: the next task's child starts with it."""
     from bench.engine.flower import warm
 
     name = f"tierbench-test-{os.getpid()}"
@@ -422,45 +424,23 @@ def test_the_warm_clientapp_server_runs_each_task_in_a_child_forked_after_its_im
         server.terminate()
         server.wait(timeout=20)
     assert codes == [3, 0]
-    assert [parent for _, parent, _ in ran] == [server.pid, server.pid]  # forked by the server, one child per task
-    assert ran[0][0] != ran[1][0] and all(preloaded for _, _, preloaded in ran)
+    assert [parent for _, parent, *_ in ran] == [server.pid, server.pid]  # forked by the server, one child per task
+    assert ran[0][0] != ran[1][0] and all(preloaded for _, _, preloaded, _ in ran)
+    assert [found for *_, found in ran] == [False, True]  # the first task imported it; the server, then the second
 
 
-BUILD_PROBE = """
-import json, sys
-from pathlib import Path
-from bench.engine.flower import warm
-
-names = warm.modules_a_build_imports(Path(sys.argv[1]))
-modelling = 'transformers.models.gpt2.modeling_gpt2'
-before = modelling in sys.modules
-warm.import_quietly(names)
-print(json.dumps({'names': names, 'before': before, 'after': modelling in sys.modules}))
-"""
-
-
-def test_the_warm_server_imports_what_building_the_run_imports_and_builds_nothing_itself(tmp_path):
-    """Given the run's job file, the warm server learns from a forked probe which modules a build imports (the
-    model's modelling code among them) and imports them by name: the children then skip those imports. The
-    probe builds; the server itself only imports (the modelling module is absent until it does)."""
-    scenario = make_scenario(tmp_path, method="lora")
-    job = tmp_path / "job.pkl"
-    job.write_bytes(pickle.dumps((scenario, 0)))
-    out = subprocess.run([sys.executable, "-c", BUILD_PROBE, str(job)], cwd=Path(__file__).parents[1], timeout=300,
-                         capture_output=True, text=True, check=True)
-    found = json.loads(out.stdout.strip().splitlines()[-1])
-    assert "transformers.models.gpt2.modeling_gpt2" in found["names"] and "peft" in found["names"]
-    assert (found["before"], found["after"]) == (False, True)
-
-
-def test_a_probe_that_cannot_build_the_run_costs_only_the_warm_start(tmp_path):
-    """A job the probe cannot read gives no modules and no exception: the tasks import on their own and
-    report the failure where it belongs."""
+def test_a_childs_report_of_its_imports_fits_a_pipe_and_a_torn_one_reads_as_none():
+    """A child reports its imports through a pipe the server reads only once the child has exited, so the report
+    must fit the pipe (``REPORT_BYTES``: cut to a prefix past it); a child killed mid-report gives no names."""
     from bench.engine.flower import warm
 
-    job = tmp_path / "job.pkl"
-    job.write_bytes(b"not a pickle")
-    assert warm.modules_a_build_imports(job) == []
+    read, write = os.pipe()
+    warm._report(write, [f"package{i}.module{i}" for i in range(20_000)])
+    with os.fdopen(read, "rb") as pipe:
+        text = pipe.read()
+    names = warm._names(text)
+    assert len(text) <= warm.REPORT_BYTES and names and names == [f"package{i}.module{i}" for i in range(len(names))]
+    assert warm._names(text[:100]) == [] and warm._names(b"") == []
 
 
 class SlowReplies:

@@ -88,7 +88,7 @@ def run_scenario(scenario: Scenario, seed: int, *, supernodes: int = 2, timeout:
     with flower_home(f"{scenario.hash}-{seed}") as home:
         job = home / "job.pkl"
         job.write_bytes(pickle.dumps((scenario, seed)))
-        with local_federation(home, supernodes, job=job) as connection:
+        with local_federation(home, supernodes) as connection:
             return _submit(job, connection, home, supernodes, deadline, timeout)
 
 
@@ -138,27 +138,29 @@ def _env(home: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def local_federation(home: Path, supernodes: int, job: Path | None = None) -> Iterator[str]:
-    """A SuperLink and ``supernodes`` SuperNodes on localhost (insecure); yields the CLI's connection name.
-    ``job``: the run's job file, from which the warm ClientApp server learns what a build imports."""
+def local_federation(home: Path, supernodes: int) -> Iterator[str]:
+    """A SuperLink and ``supernodes`` SuperNodes on localhost (insecure); yields the CLI's connection name."""
     link = _free_port()  # Flower 1.41 serves the Fleet, Control and ServerAppIo APIs over one HTTP port
     env, logs = _env(home), home / "logs"
     logs.mkdir(exist_ok=True)
     started: list[subprocess.Popen] = []
     try:
-        started.append(_start([str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-                               "--host", "127.0.0.1", "--port", str(link), "--database", str(home / "flwr" / "state.db")],
-                              env, logs / "superlink.log"))
-        _wait_for_port(link, started[0], logs / "superlink.log")
+        node_env = env
         if os.environ.get("TIERBENCH_FLOWER_WARM", "1") != "0":  # ClientApp processes forked from one warm import
-            env = _warm_clientapps(home, env)
-            started.append(_start([sys.executable, "-m", "bench.engine.flower.warm", env[warm.SOCKET_ENV],
-                                   *([str(job)] if job else [])], env, logs / "clientapps.log"))
+            # first: its imports overlap the SuperLink's start (the SuperNodes' first tasks wait for it to listen)
+            node_env = _warm_clientapps(home, env)
+            started.append(_start([sys.executable, "-m", "bench.engine.flower.warm", node_env[warm.SOCKET_ENV]],
+                                  node_env, logs / "clientapps.log"))
+        superlink = _start([str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+                            "--host", "127.0.0.1", "--port", str(link), "--database", str(home / "flwr" / "state.db")],
+                           env, logs / "superlink.log")
+        started.append(superlink)
+        _wait_for_port(link, superlink, logs / "superlink.log")
         for node in range(supernodes):
             started.append(_start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{link}",
                                    "--host", "127.0.0.1", "--port", str(_free_port()),
                                    "--node-config", f"partition-id={node} num-partitions={supernodes}"],
-                                  env, logs / f"supernode-{node}.log"))
+                                  node_env, logs / f"supernode-{node}.log"))
         (home / "flwr" / "config.toml").write_text(
             f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\ninsecure = true\n')
         yield "local"

@@ -14,12 +14,13 @@ process does (``client.prepared``), and what a job changes travels in the messag
 (``bench.engine.flower.state``), so results do not depend on this. The server forks before any
 computation (torch's thread pool and CUDA start on first use, neither is fork-safe), and from one thread.
 
-Building a run imports more than ``PRELOAD``: transformers loads a model's modelling code (and, through
-it, torch's compiler stack), accelerate, safetensors, peft and the run's plugins on first use, about 1.9 s
-of the 2 s a build took in every forked child (measured on the smoke cell, one thread). Given the run's
-job file, ``serve`` first forks a *probe* that builds the run once and reports the modules the build
-imported (``modules_a_build_imports``), then imports those by name itself: still modules only, the
-computation stays in the probe, and each task's child rebuilds from the message in about 0.1 s.
+A task imports more than ``PRELOAD``: transformers loads a model's modelling code (and, through it,
+torch's compiler stack), accelerate, safetensors, peft and the run's plugins on first use, about 1.9 s of
+the 2 s each forked child spent building the run (measured on the smoke cell, one thread). So each child
+reports, as it exits, the modules its task imported (through a pipe, at most ``REPORT_BYTES``), and the
+server, once it has answered the shim, imports those by name itself (``import_quietly``): still modules
+only, no state, no computation here. The first task of a run pays the imports as before; every later one
+forks from a server that has them, and rebuilds the run from its message in about 0.1-0.5 s.
 """
 
 from __future__ import annotations
@@ -65,17 +66,14 @@ def write_shim(folder: Path) -> Path:
     return shim
 
 
-def serve(name: str, main: Callable[[], object] | None = None, preload: tuple[str, ...] = PRELOAD,
-          job: Path | None = None) -> None:
-    """Import ``preload`` (and, given the run's ``job`` file, what building that run imports), then for each
-    connection fork a child running ``main`` (Flower's ``flwr-clientapp`` entry point) with the arguments
-    received, and answer its exit code. Runs until terminated."""
+def serve(name: str, main: Callable[[], object] | None = None, preload: tuple[str, ...] = PRELOAD) -> None:
+    """Import ``preload``, then for each connection fork a child running ``main`` (Flower's ``flwr-clientapp``
+    entry point) with the arguments received, answer its exit code, and import what its task imported.
+    Runs until terminated."""
     import importlib
 
     for module in preload:
         importlib.import_module(module)
-    if job is not None:
-        import_quietly(modules_a_build_imports(job))
     if main is None:
         from flwr.supernode.cli import flwr_clientapp as main
     listener = socket.socket(socket.AF_UNIX)
@@ -83,7 +81,7 @@ def serve(name: str, main: Callable[[], object] | None = None, preload: tuple[st
     listener.listen(64)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
-    waiting: dict[int, socket.socket] = {}
+    waiting: dict[int, tuple[socket.socket, int]] = {}
     while True:
         for _ in selector.select(timeout=0.05):
             connection, _ = listener.accept()
@@ -91,58 +89,31 @@ def serve(name: str, main: Callable[[], object] | None = None, preload: tuple[st
                 connection.close()  # an abstract socket has no file permissions: only our own user's shims run tasks
                 continue
             argv = json.loads(connection.makefile().readline())
+            report, into = os.pipe()
             child = os.fork()
             if child == 0:
                 listener.close()
                 connection.close()
-                os._exit(_run(main, argv))
-            waiting[child] = connection
-        _answer_finished(waiting)
+                os.close(report)
+                os._exit(_run(main, argv, into))
+            os.close(into)
+            waiting[child] = (connection, report)
+        import_quietly(_answer_finished(waiting))
 
 
-def modules_a_build_imports(job: Path) -> list[str]:
-    """The modules, in import order, that building the run of ``job`` (the pickled scenario and seed that
-    ``deployment`` writes) imports beyond what this process has: found by a forked probe that builds it
-    (``runner.prepare``) and exits, so no computation happens here. Empty when the probe fails (the
-    tasks then import on their own, and report the failure where it belongs)."""
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.close(read)
-        os._exit(_probe(job, write))
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        names = json.loads(pipe.read() or b"[]")
-    os.waitpid(child, 0)
-    return names
-
-
-def _probe(job: Path, out: int) -> int:
-    names: list[str] = []
-    try:
-        import pickle
-
-        from bench.engine import runner
-
-        before = set(sys.modules)
-        scenario, seed = pickle.loads(job.read_bytes())
-        runner.prepare(scenario, seed, runner.plan(scenario))
-        names = [m for m in sys.modules if m not in before]  # insertion order: an order that imports
-    except BaseException:  # noqa: BLE001 - a probe's failure only costs the warm start
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        with os.fdopen(out, "wb") as pipe:
-            pipe.write(json.dumps(names).encode())
-    return 0
+REPORT_BYTES = 60_000
+"""The most a child reports of the modules it imported: less than a pipe holds (64 KiB on Linux), so a
+child never blocks on its report while the server waits for it to exit; past it the list is cut."""
 
 
 def import_quietly(names: list[str]) -> None:
-    """Import each of ``names``, skipping any that does not import on its own (it only costs its task the time)."""
+    """Import each of ``names`` not imported yet, skipping any that does not import on its own (it only costs
+    a later task the time)."""
     import importlib
 
     for name in names:
+        if name in sys.modules:
+            continue
         try:
             importlib.import_module(name)
         except BaseException:  # noqa: BLE001,S112 - private or platform-specific modules may refuse
@@ -157,8 +128,9 @@ def _same_user(connection: socket.socket) -> bool:
     return struct.unpack("3i", credentials)[1] == os.getuid()
 
 
-def _run(main: Callable[[], object], argv: list[str]) -> int:
+def _run(main: Callable[[], object], argv: list[str], report: int) -> int:
     sys.argv = ["flwr-clientapp", *argv]
+    before = set(sys.modules)
     try:
         main()
     except SystemExit as stop:  # flwr_exit ends every task with sys.exit
@@ -170,21 +142,45 @@ def _run(main: Callable[[], object], argv: list[str]) -> int:
         traceback.print_exc()
         return 1
     finally:
+        _report(report, [m for m in sys.modules if m not in before])  # insertion order: an order that imports
         sys.stdout.flush()
         sys.stderr.flush()
     return 0
 
 
-def _answer_finished(waiting: dict[int, socket.socket]) -> None:
+def _report(fd: int, names: list[str]) -> None:
+    text = json.dumps(names).encode()
+    while len(text) > REPORT_BYTES:
+        names = names[: len(names) // 2]
+        text = json.dumps(names).encode()
+    with os.fdopen(fd, "wb") as pipe:
+        pipe.write(text)
+
+
+def _answer_finished(waiting: dict[int, tuple[socket.socket, int]]) -> list[str]:
+    """Answer every shim whose child has exited; the modules those children imported."""
+    imported: list[str] = []
     while waiting:
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid == 0:
-            return
-        connection = waiting.pop(pid, None)
+            break
+        connection, report = waiting.pop(pid, (None, -1))
         if connection is not None:
             with connection:
                 connection.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+        if report >= 0:
+            with os.fdopen(report, "rb") as pipe:
+                imported += _names(pipe.read())
+    return imported
+
+
+def _names(text: bytes) -> list[str]:
+    try:
+        names = json.loads(text or b"[]")
+    except ValueError:  # a child killed mid-report
+        return []
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], job=Path(sys.argv[2]) if len(sys.argv) > 2 else None)
+    serve(sys.argv[1])
