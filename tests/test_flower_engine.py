@@ -431,16 +431,24 @@ def test_the_warm_clientapp_server_runs_each_task_in_a_child_forked_after_its_im
 
 def test_a_childs_report_of_its_imports_fits_a_pipe_and_a_torn_one_reads_as_none():
     """A child reports its imports through a pipe the server reads only once the child has exited, so the report
-    must fit the pipe (``REPORT_BYTES``: cut to a prefix past it); a child killed mid-report gives no names."""
+    must fit the pipe (``REPORT_BYTES``): a task's ~2,000 module names fit whole, compressed; a list that does
+    not is cut to a prefix; a child killed mid-report gives no names."""
     from bench.engine.flower import warm
 
-    read, write = os.pipe()
-    warm._report(write, [f"package{i}.module{i}" for i in range(20_000)])
-    with os.fdopen(read, "rb") as pipe:
-        text = pipe.read()
-    names = warm._names(text)
-    assert len(text) <= warm.REPORT_BYTES and names and names == [f"package{i}.module{i}" for i in range(len(names))]
-    assert warm._names(text[:100]) == [] and warm._names(b"") == []
+    def reported(names):
+        read, write = os.pipe()
+        warm._report(write, names)
+        with os.fdopen(read, "rb") as pipe:
+            data = pipe.read()
+        assert len(data) <= warm.REPORT_BYTES
+        return data, warm._names(data)
+
+    modules = [f"transformers.models.model{i}.modeling_model{i}" for i in range(2_000)]  # 64 KB as JSON
+    data, names = reported(modules)
+    assert names == modules
+    noise = [os.urandom(12).hex() for _ in range(20_000)]  # does not compress: cut
+    assert 0 < len(reported(noise)[1]) < len(noise) and reported(noise)[1] == noise[: len(reported(noise)[1])]
+    assert warm._names(data[:100]) == [] and warm._names(b"") == []
 
 
 class SlowReplies:

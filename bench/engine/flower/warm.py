@@ -30,6 +30,7 @@ import os
 import selectors
 import socket
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,8 +103,8 @@ def serve(name: str, main: Callable[[], object] | None = None, preload: tuple[st
 
 
 REPORT_BYTES = 60_000
-"""The most a child reports of the modules it imported: less than a pipe holds (64 KiB on Linux), so a
-child never blocks on its report while the server waits for it to exit; past it the list is cut."""
+"""The most a child writes of its report (compressed): less than a pipe holds (64 KiB on Linux), so a child
+never blocks on its report while the server waits for it to exit; past it the list is cut to a prefix."""
 
 
 def import_quietly(names: list[str]) -> None:
@@ -149,12 +150,14 @@ def _run(main: Callable[[], object], argv: list[str], report: int) -> int:
 
 
 def _report(fd: int, names: list[str]) -> None:
-    text = json.dumps(names).encode()
-    while len(text) > REPORT_BYTES:
+    """Write ``names`` to the pipe ``fd``, compressed: a task that builds and trains a run imports about 2,000
+    modules (64 KB as JSON, more than the pipe holds; about a sixth of that compressed)."""
+    data = zlib.compress("\n".join(names).encode())
+    while len(data) > REPORT_BYTES:
         names = names[: len(names) // 2]
-        text = json.dumps(names).encode()
+        data = zlib.compress("\n".join(names).encode())
     with os.fdopen(fd, "wb") as pipe:
-        pipe.write(text)
+        pipe.write(data)
 
 
 def _answer_finished(waiting: dict[int, tuple[socket.socket, int]]) -> list[str]:
@@ -174,12 +177,11 @@ def _answer_finished(waiting: dict[int, tuple[socket.socket, int]]) -> list[str]
     return imported
 
 
-def _names(text: bytes) -> list[str]:
+def _names(data: bytes) -> list[str]:
     try:
-        names = json.loads(text or b"[]")
-    except ValueError:  # a child killed mid-report
+        return [n for n in zlib.decompress(data).decode().split("\n") if n] if data else []
+    except (zlib.error, UnicodeDecodeError):  # a child killed mid-report
         return []
-    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
 if __name__ == "__main__":
