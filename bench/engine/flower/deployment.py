@@ -85,30 +85,24 @@ def run_scenario(scenario: Scenario, seed: int, *, supernodes: int = 2, timeout:
     timeout = timeout or float(os.environ.get("TIERBENCH_FLOWER_TIMEOUT", DEFAULT_TIMEOUT_S))
     supernodes = max(1, min(supernodes, scenario.federation.clients))
     deadline = time.monotonic() + timeout
-    with flower_home(f"{scenario.hash}-{seed}") as home:
+    with flower_home(f"{scenario.hash}-{seed}") as home, local_federation(home, supernodes) as connection:
         job = home / "job.pkl"
         job.write_bytes(pickle.dumps((scenario, seed)))
-        with local_federation(home, supernodes) as connection:
-            return _submit(job, connection, home, supernodes, deadline, timeout)
-
-
-def _submit(job: Path, connection: str, home: Path, supernodes: int, deadline: float, timeout: float) -> list[Row]:
-    """Submit the app for ``job`` with ``flwr run`` and wait for its rows (see ``run_scenario``)."""
-    out, log = job.with_suffix(".rows"), home / "logs" / "run.log"
-    out.unlink(missing_ok=True)  # a kept $TIERBENCH_FLOWER_HOME may hold an earlier run's rows
-    submit = _start([str(BIN / "flwr"), "run", str(APP_DIR), connection, "--stream", "--run-config",
-                     f'job="{job}" supernodes={supernodes}'], _env(home), log)  # --stream: exits when the run ends
-    try:
-        while not out.exists():
-            if submit.poll() is not None and not _appears(out, wait_s=5.0):
-                raise RuntimeError(f"the deployed run ended without rows (flwr run exited {submit.returncode}): "
-                                   f"{_tail(log)}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no rows from the deployed run after {timeout:.0f} s: {_tail(log)}")
-            time.sleep(0.5)
-    finally:
-        _stop(submit)
-    return pickle.loads(out.read_bytes())
+        out, log = job.with_suffix(".rows"), home / "logs" / "run.log"
+        out.unlink(missing_ok=True)  # a kept $TIERBENCH_FLOWER_HOME may hold an earlier run's rows
+        submit = _start([str(BIN / "flwr"), "run", str(APP_DIR), connection, "--stream", "--run-config",
+                         f'job="{job}" supernodes={supernodes}'], _env(home), log)  # --stream: exits when the run ends
+        try:
+            while not out.exists():
+                if submit.poll() is not None and not _appears(out, wait_s=5.0):
+                    raise RuntimeError(f"the deployed run ended without rows (flwr run exited {submit.returncode}): "
+                                       f"{_tail(log)}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no rows from the deployed run after {timeout:.0f} s: {_tail(log)}")
+                time.sleep(0.5)
+        finally:
+            _stop(submit)
+        return pickle.loads(out.read_bytes())
 
 
 def _appears(path: Path, wait_s: float) -> bool:

@@ -220,7 +220,7 @@ def _share_rows(cache: Cache, rows: int) -> None:
     """Every layer's cached keys and values of one row, seen as ``rows`` identical rows: a broadcast view,
     where ``batch_repeat_interleave`` copies them ``rows`` times (and the next position's update copies them
     again when it appends). The exhaustive search runs a whole vocabulary of rows after every prefix, so
-    the copies were most of the split replay attack's time; the values read are the same."""
+    the copies were nearly half of the split replay attack's time; the values read are the same."""
     for layer in cache.layers:
         if layer.is_initialized and layer.keys.numel():
             layer.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
