@@ -474,18 +474,13 @@ def test_the_deployed_grid_collects_every_reply_pulling_at_its_own_interval(monk
     sleeps = []
     monkeypatch.setattr(prompt_grid.time, "sleep", sleeps.append)
     inner = SlowReplies({"a": 1, "b": 3})
-    grid = prompt_grid.PromptGrid(inner, poll_s=0.05)
-    monkeypatch.setattr(grid, "push_messages", inner.push_messages)
-    monkeypatch.setattr(grid, "pull_messages", inner.pull_messages)
-    replies = grid.send_and_receive(["a", "b"])
+    replies = prompt_grid.PromptGrid(inner, poll_s=0.05).send_and_receive(["a", "b"])  # push and pull go to inner
     assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
     assert (inner.pulls, sleeps) == (3, [0.05, 0.05])
     clock = iter([0.0, 0.0, 10.0])  # the deadline passes after the first pull
     monkeypatch.setattr(prompt_grid.time, "time", lambda: next(clock))
-    late = SlowReplies({"a": 1, "b": 5})
-    monkeypatch.setattr(grid, "push_messages", late.push_messages)
-    monkeypatch.setattr(grid, "pull_messages", late.pull_messages)
-    assert [r.metadata.reply_to_message_id for r in grid.send_and_receive(["a", "b"], timeout=5.0)] == ["a"]
+    late = prompt_grid.PromptGrid(SlowReplies({"a": 1, "b": 5}), poll_s=0.05)
+    assert [r.metadata.reply_to_message_id for r in late.send_and_receive(["a", "b"], timeout=5.0)] == ["a"]
 
 
 def test_a_protocol_that_does_not_share_parameters_is_refused_under_flower(tmp_path):

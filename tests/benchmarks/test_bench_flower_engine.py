@@ -1,6 +1,6 @@
 """The Flower engines' cost against the in-process engine on the smoke cell, side by side (``-m perf``).
 
-Run (about 15 min on 2 idle cores; the JSON is what the README's figures come from):
+Run (about 7 min on 2 idle cores; the JSON is what the README's figures come from):
 
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest -p no:cacheprovider -m perf --benchmark-only \
         --benchmark-json=flower-engine-bench.json tests/benchmarks/test_bench_flower_engine.py
@@ -69,7 +69,7 @@ def summary(results: dict) -> list[str]:
     for engine in ENGINES:
         if all((engine, r) in median for r in ROUNDS):
             per_round = (median[engine, ROUNDS[1]] - median[engine, ROUNDS[0]]) / (ROUNDS[1] - ROUNDS[0])
-            costs[engine] = (per_round, median[engine, 1] - per_round)
+            costs[engine] = (per_round, median[engine, ROUNDS[0]] - per_round)
     base = costs.get("inprocess")
     lines = ["engine      per-round s  fixed s  per-round x inprocess  start-up overhead s"]
     for engine, (per_round, fixed) in costs.items():
