@@ -118,7 +118,7 @@ def import_quietly(names: list[str]) -> None:
             continue
         try:
             importlib.import_module(name)
-        except BaseException:  # noqa: BLE001,S112 - private or platform-specific modules may refuse
+        except (Exception, SystemExit):  # noqa: BLE001,S112 - private or platform-specific modules may refuse
             continue
 
 
