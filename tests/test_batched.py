@@ -19,7 +19,7 @@ import itertools
 import pytest
 import torch
 
-from bench.client import batched
+from bench.client import batched, vmapped
 from bench.engine import federation as fl
 from bench.engine.runner import plan, prepare
 from tests.helpers import make_scenario
@@ -193,7 +193,7 @@ def test_a_model_vmap_refuses_trains_sequentially_and_says_why(tmp_path, monkeyp
     def refuse(*args, **kwargs):
         raise RuntimeError("vmap: data-dependent control flow")
 
-    monkeypatch.setattr(batched, "_vmappable", refuse)
+    monkeypatch.setattr(vmapped, "vmappable", refuse)
     sequential = _train(tmp_path, 1)
     refused = _train(tmp_path, "auto")
     assert refused[1].batching.batched_clients == 0
@@ -248,12 +248,12 @@ def test_padding_keeps_each_clients_tokens_and_masks_the_rest():
             "position_ids": torch.tensor([[0, 1, 2]]), "labels": torch.tensor([[7, 8, 9]])}
     model = torch.nn.Linear(1, 1)
     model.config = type("C", (), {"pad_token_id": 3})()
-    out = batched.stack_batches([short, long], model)
+    out = vmapped.stack_batches([short, long], model)
     assert out["input_ids"].tolist() == [[[5, 6, 3]], [[7, 8, 9]]]
     assert out["attention_mask"].tolist() == [[[1, 1, 0]], [[1, 1, 1]]]
     assert out["labels"].tolist() == [[[5, 6, -100]], [[7, 8, 9]]]
     assert out["position_ids"].tolist() == [[[0, 1, 2]], [[0, 1, 2]]]
-    pairs = batched.stack_batches([{f"rejected_{k}": v for k, v in b.items()} for b in (short, long)], model)
+    pairs = vmapped.stack_batches([{f"rejected_{k}": v for k, v in b.items()} for b in (short, long)], model)
     assert {k.removeprefix("rejected_"): v.tolist() for k, v in pairs.items()} == {k: v.tolist() for k, v in out.items()}
     with pytest.raises(ValueError, match="rejected_token_type_ids"):
-        batched.stack_batches([{"rejected_token_type_ids": short["input_ids"]}, {"rejected_token_type_ids": long["input_ids"]}], model)
+        vmapped.stack_batches([{"rejected_token_type_ids": short["input_ids"]}, {"rejected_token_type_ids": long["input_ids"]}], model)

@@ -26,12 +26,12 @@ from dp_helpers import (
 
 from bench.api.config import bind
 from bench.api.errors import UserError
+from bench.api.private_steps import poisson_batch
 from bench.api.registry import DEFENSES
 from bench.client.training import train_local
 from defenses.dp.accounting import Ledger, calibrate_noise, epsilon_for
 from defenses.dp.central import DPCentral
 from defenses.dp.local import DPLocal
-from defenses.dp.sgd import poisson_batch
 
 # --- the DP-SGD step ------------------------------------------------------------------------------
 

@@ -29,24 +29,19 @@ then not tried again in the run).
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.api.vocabulary import JsonObject
-from bench.client.device import autocast
 from bench.client.training import LocalJob, Trainer, batch_indices, make_optimizer, train_local
+from bench.client.vmapped import Bound, Unbatchable, copied, stack_batches, vmapped_call
 
 if TYPE_CHECKING:  # named in annotations only
-    from transformers.utils import ModelOutput
-
     from bench.api.defense import Defense
     from bench.api.method import Method
 
@@ -237,10 +232,6 @@ class Trained:
     """The client's trainable state after training, flat (as ``Method.get_flat``)."""
 
 
-class Unbatchable(Exception):
-    """The model's forward failed under vmap at a group's first step (nothing was changed)."""
-
-
 def train_group(jobs: list[LocalJob], names: list[str],
                 flat_with: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> list[Trained]:
     """Train ``jobs`` (same model, steps, batch size and optimizer) together; ``names`` are the model's
@@ -253,7 +244,7 @@ def train_group(jobs: list[LocalJob], names: list[str],
     model.train()
     stacked = [p.detach().unsqueeze(0).repeat(len(jobs), *([1] * p.dim())).requires_grad_(True) for p in first.parameters]
     optimizer = make_optimizer(first.optimizer, stacked, first.lr)
-    rngs = [_copy(job.rng) for job in jobs]  # drawn on copies: a refused first step leaves the jobs untouched
+    rngs = [copied(job.rng) for job in jobs]  # drawn on copies: a refused first step leaves the jobs untouched
     schedules = [batch_indices(_with_rng(job, rng)) for job, rng in zip(jobs, rngs)]
     totals = torch.zeros(len(jobs), dtype=torch.float64)
     step_grads = None
@@ -287,114 +278,7 @@ def _losses(job: LocalJob, model: nn.Module, params: dict[str, torch.Tensor], ba
     def client_loss(client_params: dict[str, torch.Tensor], client_batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return job.example_losses(Bound(model, client_params), client_batch).mean()
 
-    try:
-        with autocast(next(model.parameters()).device), _vmappable(model):
-            return torch.func.vmap(client_loss, randomness="error")(params, batch)
-    except Exception as error:
-        if first_step:  # vmap refuses the model (data-dependent control flow, random ops): train sequentially
-            raise Unbatchable(f"forward cannot be vmapped: {str(error).splitlines()[0][:200]}") from error
-        raise
-
-
-class Bound:
-    """The model called with one client's trainable tensors (``torch.func.functional_call``), passed to
-    ``example_losses`` where the model goes. The model's own methods (RLHF's ``reward`` and ``logprobs``,
-    which call its inner model themselves) run with the same tensors in place; other attributes are the
-    model's."""
-
-    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor]):
-        self.model, self.params = model, params
-
-    def __call__(self, *args: object, **kwargs: object) -> ModelOutput:
-        return torch.func.functional_call(self.model, self.params, args, kwargs, strict=False)
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self.model, name)
-        if not (inspect.ismethod(attribute) and attribute.__self__ is self.model):
-            return attribute
-        call = _Call(self.model, attribute)
-        params = {f"model.{key}": value for key, value in self.params.items()}
-
-        def with_client_tensors(*args: object, **kwargs: object) -> object:
-            return torch.func.functional_call(call, params, args, kwargs, strict=False)
-
-        return with_client_tensors
-
-
-class _Call(nn.Module):
-    """A module whose forward is one method of ``model`` (a submodule here, so ``functional_call`` puts a
-    client's tensors in place for the method's whole body, through every call it makes)."""
-
-    def __init__(self, model: nn.Module, method: Callable[..., object]):
-        super().__init__()
-        self.model, self.method = model, method
-
-    def forward(self, *args: object, **kwargs: object) -> object:
-        return self.method(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def _vmappable(model: nn.Module) -> Iterator[None]:
-    """What the Hugging Face forward needs to run under vmap, restored afterwards:
-    - attention through plain matmuls (``eager``) instead of SDPA, which has no vmap batching rule on
-      CPU (vmap would loop over the clients, one kernel each, the cost batching removes);
-    - a causal mask always built: with SDPA, transformers skips it when a batch has no padding by
-      reading the mask's values in Python (``_ignore_causal_mask_sdpa``), which vmap cannot do; the
-      skip is only a speed-up (the same attention either way)."""
-    config = getattr(model, "config", None)
-    implementation = getattr(config, "_attn_implementation", None)
-    try:
-        from transformers import masking_utils
-    except ImportError:
-        masking_utils = None
-    skip = getattr(masking_utils, "_ignore_causal_mask_sdpa", None)
-    if implementation == "sdpa":
-        config._attn_implementation = "eager"
-    if skip is not None:
-        masking_utils._ignore_causal_mask_sdpa = lambda *args, **kwargs: False
-    try:
-        yield
-    finally:
-        if implementation == "sdpa":
-            config._attn_implementation = implementation
-        if skip is not None:
-            masking_utils._ignore_causal_mask_sdpa = skip
-
-
-PAD_VALUES = {"attention_mask": 0, "labels": -100}
-
-
-def stack_batches(batches: list[dict[str, torch.Tensor]], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Clients' batches stacked along a new leading dimension, sequences right-padded to the longest:
-    input ids with the pad token, masks with 0, labels with -100, position ids continued."""
-    out = {}
-    for key in batches[0]:
-        tensors = [b[key] for b in batches]
-        length = max(t.shape[1] for t in tensors) if tensors[0].dim() > 1 else 0
-        out[key] = torch.stack([_pad(key, t, length, model) for t in tensors])
-    return out
-
-
-def _pad(key: str, tensor: torch.Tensor, length: int, model: nn.Module) -> torch.Tensor:
-    missing = length - tensor.shape[1] if tensor.dim() > 1 else 0
-    if missing == 0:
-        return tensor
-    kind = key.removeprefix("rejected_")  # preference pairs: the rejected sequences pad like the chosen ones
-    if kind == "position_ids":
-        extra = torch.arange(tensor.shape[1], length, device=tensor.device, dtype=tensor.dtype)
-        return torch.cat([tensor, extra.expand(tensor.shape[0], -1)], dim=1)
-    if kind == "input_ids":
-        value = getattr(getattr(model, "config", None), "pad_token_id", None)
-        return F.pad(tensor, (0, missing), value=0 if value is None else int(value))
-    if kind not in PAD_VALUES:
-        raise ValueError(f"cannot pad batch key {key!r} of clients' batches to one length")
-    return F.pad(tensor, (0, missing), value=PAD_VALUES[kind])
-
-
-def _copy(rng: torch.Generator) -> torch.Generator:
-    twin = torch.Generator(device=rng.device)
-    twin.set_state(rng.get_state())
-    return twin
+    return vmapped_call(model, client_loss, params, batch, first_step=first_step)
 
 
 def _with_rng(job: LocalJob, rng: torch.Generator) -> LocalJob:

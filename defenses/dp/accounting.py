@@ -1,7 +1,5 @@
 """Privacy accounting shared by ``dp-local`` and ``dp-central``: accountants over a ledger.
 
-Also the one randomness helper both share (``generator_on``).
-
 A ledger keeps, per privacy unit (a client for record-level DP, the federation for user-level DP),
 the composed history of subsampled Gaussian mechanisms as ``(noise_multiplier, sample_rate, steps)``
 triples, exactly the form Opacus accountants keep in ``accountant.history``. Epsilon is computed on
@@ -24,7 +22,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import torch
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
@@ -133,12 +130,3 @@ class Ledger:
             return None, 0.0
         unit = max(epsilons, key=lambda u: (epsilons[u], self.steps(u)))
         return unit, epsilons[unit]
-
-
-def generator_on(device: torch.device | str, rng: torch.Generator) -> torch.Generator:
-    """``rng`` itself when it lives on ``device``, else a generator there seeded from ``rng``
-    (torch samples on a device only from a generator of that device type)."""
-    if torch.device(device).type == rng.device.type:
-        return rng
-    seed = int(torch.randint(0, 2**62, (1,), generator=rng))
-    return torch.Generator(device=device).manual_seed(seed)

@@ -66,10 +66,11 @@ import torch
 
 from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot, PrivacyReport
+from bench.api.private_steps import generator_on
 from bench.api.registry import DEFENSES
 from bench.api.transcript import PlannedScenario
 from bench.api.vocabulary import DefenseFamily
-from defenses.dp.accounting import Ledger, calibrate_noise, generator_on
+from defenses.dp.accounting import Ledger, calibrate_noise
 
 FEDERATION = 0  # the single privacy ledger unit: user-level DP is about the federation's output
 REPLACE_ONE_SENSITIVITY = 2.0

@@ -25,10 +25,11 @@ import torch
 from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot, PrivacyReport
 from bench.api.plugin_types import ExchangeScenario
+from bench.api.private_steps import generator_on
 from bench.api.protocol import Channel
 from bench.api.registry import DEFENSES
 from bench.api.vocabulary import DefenseFamily
-from defenses.dp.accounting import Ledger, generator_on
+from defenses.dp.accounting import Ledger
 
 ACCOUNTANT = "rdp"
 

@@ -24,8 +24,8 @@ import torch
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from torch import nn
 
+from bench.api.private_steps import generator_on, poisson_batch
 from bench.client.training import LocalJob, make_optimizer
-from defenses.dp.accounting import generator_on
 from defenses.dp.hooks import MODES, Attached, attached, expanded_position_ids
 
 _OPTIMIZERS: dict[str, type[DPOptimizer]] = {
@@ -44,11 +44,6 @@ class DPSGDSettings:
     sample_rate: float
     mode: str
     """A concrete mode from ``MODES`` (``auto`` is resolved by ``resolve_mode`` first)."""
-
-
-def poisson_batch(n: int, sample_rate: float, rng: torch.Generator) -> list[int]:
-    """Each of ``n`` examples independently with probability ``sample_rate`` (Poisson sampling)."""
-    return torch.nonzero(torch.rand(n, generator=rng) < sample_rate).flatten().tolist()
 
 
 def _empty_batch_gradients(params: list[nn.Parameter]) -> None:

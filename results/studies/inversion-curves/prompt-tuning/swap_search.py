@@ -44,7 +44,7 @@ from bench.api.attack import Attack
 from bench.api.predictions import Reconstruction
 from bench.api.transcript import ThreatView
 from bench.api.vocabulary import AttackFamily, Vantage
-from bench.client.batched import _vmappable
+from bench.client.vmapped import vmappable as _vmappable
 
 
 class Capture(Attack):
