@@ -165,11 +165,12 @@ TIMES = ("_s", "mem_mb")
 """Metrics that measure the machine (seconds, memory), not the training."""
 
 
-def test_dp_local_falls_back_to_sequential_with_its_reason(tmp_path):
-    settings = {"defenses": [{"name": "dp-local", "params": {"noise_multiplier": 1.0}}]}
+def test_dp_local_with_an_explicit_opacus_mode_trains_sequentially_with_its_reason(tmp_path):
+    settings = {"defenses": [{"name": "dp-local", "params": {"noise_multiplier": 1.0, "grad_sample_mode": "ghost"}}]}
     _, stats = _train(tmp_path, "auto", **settings)
     assert stats.batching.batched_clients == 0
-    assert stats.batching.reasons == {"defense dp-local replaces the local trainer": 6}
+    assert stats.batching.reasons == {
+        "dp-local grad_sample_mode ghost: Opacus trains one client at a time (auto trains a round's clients together)": 6}
 
 
 def test_dropout_falls_back_to_sequential(tmp_path):

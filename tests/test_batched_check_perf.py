@@ -22,12 +22,14 @@ def test_goals_met_exit_zero_and_print_every_figure(tmp_path, capsys):
         _bench("test_federated_engine", 4.0), _bench("test_central_loop_same_steps", 4.0, engine_over_central=1.02),
         _bench("test_round_time[lora-sequential]", 10.0), _bench("test_round_time[lora-batched]", 3.0),
         _bench("test_round_time[fft-sequential]", 10.0), _bench("test_round_time[fft-batched]", 2.0,
-                                                                 batched_over_sequential=0.2)])
+                                                                 batched_over_sequential=0.2),
+        _bench("test_round_time[dp-lora-sequential]", 10.0), _bench("test_round_time[dp-lora-batched]", 3.5)])
     assert check_perf.main([path]) == 0
     out = capsys.readouterr().out
     assert "engine/central" in out and "1.020" in out
     assert "batched/sequential lora" in out and "0.300" in out  # computed from the means
     assert "batched/sequential fft" in out and "0.200" in out  # as recorded
+    assert "batched/sequential dp-lora" in out and "0.350" in out  # dp-local's clients trained together
 
 
 def test_a_missed_goal_exits_one(tmp_path, capsys):

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Protocol, TypedDict
 import torch
 
 from bench.api.privacy import PrivacyAccounting
+from bench.api.private_steps import PrivateSteps
 from bench.api.protocol import Channel
 from bench.api.transcript import PlannedScenario
 from bench.api.vocabulary import DefenseFamily
@@ -198,6 +199,20 @@ class Defense:
 
     def wrap_training(self, train_step: LocalTrainer, client: int, rng: torch.Generator) -> LocalTrainer:
         return train_step
+
+    def batching_problem(self) -> str | None:
+        """Why a round's clients cannot train together (``bench.client.batched``) under this defense, or None.
+        A defense that wraps local training cannot, unless it overrides this and states its trainer as
+        ``private_steps``."""
+        if type(self).wrap_training is Defense.wrap_training:
+            return None
+        return f"defense {self.name} replaces the local trainer"
+
+    def private_steps(self, client: int, examples: int, batch_size: int) -> PrivateSteps | None:
+        """Record-level DP-SGD for ``client`` (``examples`` records, ``batch_size`` expected per step) stated as
+        data (``bench.api.private_steps``), for training it beside other clients; None: this client trains
+        alone, through ``wrap_training``. Asked only when ``batching_problem`` is None."""
+        return None
 
     def on_client_update(self, round_index: int, client: int, update: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         return update

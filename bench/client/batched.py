@@ -20,11 +20,16 @@ training to about 1e-6 relative (tests/test_batched.py asserts rtol 1e-4, atol 1
 
 Where it cannot apply, the round trains sequentially and the reason is counted in
 ``Batching.reasons`` (the run's ``train_batching`` provenance): ``client_batch`` 1, a method not
-declared ``batchable`` (or one whose settings refuse: ``Method.batching_problem``), a trainer replaced by the method or a defense (dp-local's DP-SGD draws
-Poisson batches whose sizes differ per client and step, and its noise per client), dropout > 0
-(vmap cannot reproduce each client's dropout stream), clients whose batch sizes differ (grouped by
-size; a group of one trains alone), or a model whose forward vmap refuses (found at the first step,
-then not tried again in the run).
+declared ``batchable`` (or one whose settings refuse: ``Method.batching_problem``), a trainer replaced by
+the method, a defense that replaces it without stating it as data (``Defense.batching_problem``; dp-local
+with an explicit Opacus mode), dropout > 0 (vmap cannot reproduce each client's dropout stream), clients
+whose batch sizes differ (grouped by size; a group of one trains alone), a client the defense keeps alone
+(dp-local's audited client), or a model whose forward vmap refuses (found at the first step, then not
+tried again in the run).
+
+Record-level DP-SGD (dp-local under ``grad_sample_mode: auto``) trains its groups through
+``bench.client.private_group``: the same Poisson batches, clipping and noise draws per client, with every
+client's per-example gradients in one vmapped pass.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import nn
 
+from bench.api.private_steps import PrivateSteps
 from bench.api.vocabulary import JsonObject
+from bench.client.private_group import train_private_group
 from bench.client.training import LocalJob, Trainer, batch_indices, make_optimizer, train_local
 from bench.client.vmapped import Bound, Unbatchable, copied, stack_batches, vmapped_call
 
@@ -97,8 +104,6 @@ class Batching:
 # --- may a round batch at all ------------------------------------------------------------------------
 def refusal(fed: RoundFederation, batching: Batching) -> str | None:
     """Why this federation's rounds train sequentially (decided without side effects), or None."""
-    from bench.api.defense import Defense
-
     if fed.settings.client_batch == 1:
         return "client_batch is 1"
     if batching.refused:
@@ -108,9 +113,9 @@ def refusal(fed: RoundFederation, batching: Batching) -> str | None:
         return problem
     if fed.trainer is not train_local:
         return f"method {fed.method.name} replaces the local trainer"
-    wrapping = [d.name for d in fed.defenses if type(d).wrap_training is not Defense.wrap_training]
-    if wrapping:
-        return f"defense {', '.join(wrapping)} replaces the local trainer"
+    problems = [problem for problem in (d.batching_problem() for d in fed.defenses) if problem]
+    if problems:
+        return problems[0]
     return dropout_problem(fed.method.model)
 
 
@@ -126,22 +131,26 @@ def dropout_problem(model: nn.Module) -> str | None:
 
 
 # --- how many clients per group ----------------------------------------------------------------------
-def group_size(setting: int | str, model: nn.Module, parameters: list[nn.Parameter], batch: int, length: int) -> int:
+def group_size(setting: int | str, model: nn.Module, parameters: list[nn.Parameter], batch: int, length: int,
+               per_example: bool = False) -> int:
     """``client_batch`` as a number: itself, or under ``auto`` as many clients as fit in a share of the
-    measured free memory (CUDA: the device's; CPU: MemAvailable), capped."""
+    measured free memory (CUDA: the device's; CPU: MemAvailable), capped. ``per_example``: DP-SGD, which
+    holds every example's gradient."""
     if setting != "auto":
         return int(setting)
     device = parameters[0].device
-    per_client = client_bytes(model, parameters, batch, length)
+    per_client = client_bytes(model, parameters, batch, length, per_example)
     cap = CUDA_CAP if device.type == "cuda" else CPU_CAP
     return max(1, min(cap, int(MEMORY_SHARE * free_bytes(device) // max(per_client, 1))))
 
 
-def client_bytes(model: nn.Module, parameters: list[nn.Parameter], batch: int, length: int) -> int:
+def client_bytes(model: nn.Module, parameters: list[nn.Parameter], batch: int, length: int,
+                 per_example: bool = False) -> int:
     """Memory one more client in a group costs: its trainable tensors four times (weights, gradient,
     Adam's two moments) plus activations kept for backward, after Korthikanti et al. (2022): about
     34 s b h bytes per layer in 16-bit (doubled for float32) plus 5 a s^2 b for attention scores, and
-    the logits three times in float32. An estimate, deliberately generous."""
+    the logits three times in float32; under DP-SGD (``per_example``) each example's gradient too, for
+    three times the expected batch (a Poisson batch varies). An estimate, deliberately generous."""
     trainable = sum(p.numel() * p.element_size() for p in parameters)
     config = getattr(model, "config", None)
     hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 1024)
@@ -149,7 +158,7 @@ def client_bytes(model: nn.Module, parameters: list[nn.Parameter], batch: int, l
     heads = int(getattr(config, "num_attention_heads", 0) or getattr(config, "n_head", 0) or 16)
     vocab = int(getattr(config, "vocab_size", 0) or 32_000)
     activations = layers * (68 * length * batch * hidden + 10 * heads * length * length * batch)
-    return 4 * trainable + activations + 12 * batch * length * vocab
+    return 4 * trainable + activations + 12 * batch * length * vocab + (3 * batch * trainable if per_example else 0)
 
 
 def free_bytes(device: torch.device) -> int:
@@ -193,9 +202,22 @@ def _alone_reason(sampled: int, same_batch: int, size: int) -> str:
 
 def train_round(fed: RoundFederation, jobs: dict[int, LocalJob], batching: Batching) -> dict[int, Trained]:
     """Train the round's clients (``jobs``, in sampled order) in groups; returns what each batched client
-    trained to. Clients missing from the answer train sequentially, their reason counted in ``batching``."""
-    first = next(iter(jobs.values()))
-    size = _size(fed, first)
+    trained to. Clients missing from the answer train sequentially, their reason counted in ``batching``.
+    Under a defense that replaces local training with DP-SGD, groups train through ``private_group`` with
+    each client's ``PrivateSteps``; a client the defense keeps alone trains sequentially."""
+    replacing = next((d for d in fed.defenses if d.replaces_training), None)
+    rules: dict[int, PrivateSteps] = {}
+    if replacing is not None:
+        for client, job in list(jobs.items()):
+            rule = replacing.private_steps(client, len(job.examples), job.batch_size)
+            if rule is None:
+                batching.sequential(f"defense {replacing.name} trains this client alone", 1)
+                jobs = {c: j for c, j in jobs.items() if c != client}
+            else:
+                rules[client] = rule
+    if not jobs:
+        return {}
+    size = _size(fed, next(iter(jobs.values())), per_example=replacing is not None)
     groups, alone = groups_of(jobs, size)
     for _, reason in alone:
         batching.sequential(reason, 1)
@@ -203,7 +225,11 @@ def train_round(fed: RoundFederation, jobs: dict[int, LocalJob], batching: Batch
     trained: dict[int, Trained] = {}
     for index, group in enumerate(groups):
         try:
-            results = train_group([jobs[c] for c in group], names, fed.method.flat_with)
+            if replacing is None:
+                results = train_group([jobs[c] for c in group], names, fed.method.flat_with)
+            else:
+                results = [Trained(result, after) for result, after in train_private_group(
+                    [jobs[c] for c in group], [rules[c] for c in group], names, fed.method.flat_with)]
         except Unbatchable as error:
             batching.refused = str(error)
             batching.sequential(str(error), sum(len(g) for g in groups[index:]))
@@ -215,13 +241,13 @@ def train_round(fed: RoundFederation, jobs: dict[int, LocalJob], batching: Batch
     return trained
 
 
-def _size(fed: RoundFederation, job: LocalJob) -> int:
+def _size(fed: RoundFederation, job: LocalJob, per_example: bool) -> int:
     setting = fed.settings.client_batch
     if setting != "auto":
         return int(setting)
     rows = min(job.batch_size, len(job.examples))
     length = int(job.collate(job.examples[:rows])["input_ids"].shape[1])  # a typical batch's sequence length
-    return group_size("auto", fed.method.model, job.parameters, rows, length)
+    return group_size("auto", fed.method.model, job.parameters, rows, length, per_example)
 
 
 # --- one group -----------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ Figures (each a ratio of mean seconds; the benchmarks record them in ``extra_inf
 is missing it is computed here from the two benchmarks' means):
 - ``engine/central``: the round loop over a central loop of the same steps (goal at most 1.10);
 - ``batched/sequential <method>``: a round with the clients trained together over one after
-  another (goal at most 0.35 on 2 CPU cores).
+  another (goal at most 0.35 on 2 CPU cores); ``dp-lora`` is LoRA under dp-local (DP-SGD's clients
+  together, ``bench.client.private_group``, against Opacus one client at a time).
 
 Prints one line per figure and exits 1 when any misses its goal, 2 when the file holds none of them
 (or cannot be read), else 0. It times nothing itself.
@@ -54,7 +55,7 @@ def figures(report: JsonObject, engine_goal: float = ENGINE_GOAL, batched_goal: 
     engine = _ratio(benches, "test_central_loop_same_steps", "engine_over_central", "test_federated_engine", inverse=True)
     if engine is not None:
         found.append(Figure("engine/central", engine, engine_goal))
-    for method in ("lora", "fft", "rlhf"):
+    for method in ("lora", "fft", "rlhf", "dp-lora"):
         batched = _ratio(benches, f"test_round_time[{method}-batched]", "batched_over_sequential",
                          f"test_round_time[{method}-sequential]")
         if batched is not None:

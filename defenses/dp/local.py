@@ -18,6 +18,10 @@ Departures from the paper / from plain Opacus usage:
 - ``grad_sample_mode: auto`` probes Opacus' modes once per model class on the first job (per-sample
   norms must match batch-of-one autograd; then the fastest wins, with a 25% margin so that timing
   noise does not flip the choice). Set a mode explicitly for bit-exact reruns across machines.
+- Under ``auto`` a round's clients train together where ``bench.client.batched`` allows it: the same
+  Poisson batches, clipping, noise draws and optimizer steps, with per-sample gradients from
+  ``torch.func`` over all clients at once (``bench.client.private_group``; ``dp.grad_sample_mode``
+  then reads ``vmap``). An explicit Opacus mode keeps every client on Opacus, one at a time.
 - Opacus' hooks are attached for each client job and removed after it (the base model is shared
   with evaluation, attacks and other scenarios); autograd's summed weight gradients, which DP-SGD
   discards, are not computed (see ``defenses/dp/hooks.py``).
@@ -42,6 +46,7 @@ import torch
 
 from bench.api.config import doc
 from bench.api.defense import Defense, DefenseSlot, PrivacyReport
+from bench.api.private_steps import PrivateSteps
 from bench.api.registry import DEFENSES
 from bench.api.transcript import FederationSettings, PlannedScenario
 from bench.api.vocabulary import DefenseFamily
@@ -57,6 +62,9 @@ PARTICIPATIONS: dict[str, Callable[[FederationSettings], int]] = {
     ),
 }
 """How many rounds a client is assumed to train in when calibrating noise to ``target_epsilon``."""
+BATCHED_MODE = "vmap"
+"""``dp.grad_sample_mode`` of clients trained together: per-sample gradients by ``torch.func`` over a round's
+clients (``bench.client.private_group``), not by Opacus."""
 STEPS_PER_ROUND: dict[str, Callable[[FederationSettings], int]] = {"fedsgd": lambda federation: 1}
 """Local steps per participation by protocol; FedAvg (the default) takes ``local_steps``."""
 
@@ -81,7 +89,9 @@ class DPLocal(Defense):
         max_grad_norm: float = doc("Per-example gradient L2 clip norm C.", 1.0)
         accountant: Literal["rdp", "prv"] = doc("Opacus accountant: rdp (Renyi DP) or prv (PRV).", "rdp")
         grad_sample_mode: Literal["auto", "hooks", "ghost", "functorch"] = doc(
-            "Opacus per-sample-gradient mode; auto probes them and keeps the fastest that is right.", "auto"
+            "Per-sample-gradient mode: an Opacus mode (clients one at a time), or auto: a round's clients together "
+            "under torch.func where batching applies, else Opacus' modes probed and the fastest that is right kept.",
+            "auto",
         )
         calibrate_for: Literal["every-round", "expected"] = doc(
             "Participations assumed by target_epsilon calibration: every round, or the expected count.",
@@ -148,18 +158,46 @@ class DPLocal(Defense):
             return train_with_dp_sgd_plain(job)
 
         def train_with_dp_sgd_plain(job: LocalJob) -> dict[str, float]:
-            self.mode = resolve_mode(job, self.config.grad_sample_mode, self.config.max_grad_norm)
+            mode = resolve_mode(job, self.config.grad_sample_mode, self.config.max_grad_norm)
+            self._note_mode(mode)
             settings = DPSGDSettings(
                 noise_multiplier=float(self.noise_multiplier),
                 max_grad_norm=self.config.max_grad_norm,
                 sample_rate=min(1.0, job.batch_size / len(job.examples)),
-                mode=self.mode,
+                mode=mode,
             )
             result = run_dp_sgd(job, settings, noise_rng=rng)
             self.ledger.record(client, settings.noise_multiplier, settings.sample_rate, job.steps)
             return result
 
         return train_with_dp_sgd
+
+    def batching_problem(self) -> str | None:
+        if self.config.grad_sample_mode != "auto":  # an explicit Opacus mode is kept, for bit-exact reruns
+            return (f"dp-local grad_sample_mode {self.config.grad_sample_mode}: Opacus trains one client at a "
+                    "time (auto trains a round's clients together)")
+        return None
+
+    def private_steps(self, client: int, examples: int, batch_size: int) -> PrivateSteps | None:
+        if self.noise_multiplier is None:
+            raise RuntimeError("dp-local with target_epsilon needs setup(scenario, num_examples) before training")
+        if self.config.audit_canaries > 0 and client == self.config.audit_client:
+            return None  # its canaries change its records: it trains alone (``_audited``)
+        sample_rate = min(1.0, batch_size / examples)
+        noise_multiplier = float(self.noise_multiplier)
+
+        def finished(steps: int) -> None:
+            self._note_mode(BATCHED_MODE)
+            self.ledger.record(client, noise_multiplier, sample_rate, steps)
+
+        return PrivateSteps(sample_rate=sample_rate, max_grad_norm=self.config.max_grad_norm,
+                            noise_multiplier=noise_multiplier, finished=finished)
+
+    def _note_mode(self, mode: str) -> None:
+        """``dp.grad_sample_mode`` names every way this run computed per-sample gradients (``vmap+hooks``
+        when some clients trained together and one alone)."""
+        used = set(self.mode.split("+")) if self.mode else set()
+        self.mode = "+".join(sorted(used | {mode}))
 
     def _audited(self, job: LocalJob, train: Trainer) -> dict[str, float]:
         """Train the audited client on its records plus the included canaries; score the canaries after."""

@@ -1,9 +1,11 @@
 """Round time with a round's clients trained together (``client_batch: auto``) against one after another
 (``client_batch: 1``): LoRA and full fine-tuning on tiny-llama, 8 clients x 10 local steps, one round;
 RLHF as ``scenarios/table4-poisoning-rlhf.yaml`` trains it (tiny-gpt2, likelihood reward model, Adam,
-batches of 4 pairs), 8 clients x 10 local steps, two rounds: one of the reward model, one of DPO.
+batches of 4 pairs), 8 clients x 10 local steps, two rounds: one of the reward model, one of DPO;
+and LoRA under dp-local (record-level DP-SGD, noise multiplier 1, ``grad_sample_mode: auto``): sequential
+is Opacus one client at a time (its fastest right mode), batched is ``bench.client.private_group``.
 
-One file, one group (``batched-vs-sequential``), so a single run prints all four side by side. The
+One file, one group (``batched-vs-sequential``), so a single run prints all of them side by side. The
 batched benchmark of each method records its ratio to the sequential one in ``extra_info``
 (``batched_over_sequential``, goal at most 0.35 on 2 CPU cores); ``bench/tools/check_perf.py`` reads the
 ``--benchmark-json`` file and fails when a ratio misses its goal. Nothing here asserts a time.
@@ -23,6 +25,8 @@ TASK = {"name": "synthetic-instructions", "params": {"max_length": 64}}
 SCENARIOS = {
     "lora": {"model": "tiny-llama", "method": "lora", "task": TASK, "federation": SETTINGS},
     "fft": {"model": "tiny-llama", "method": "fft", "task": TASK, "federation": SETTINGS},
+    "dp-lora": {"model": "tiny-llama", "method": "lora", "task": TASK, "federation": SETTINGS,
+                "defenses": [{"name": "dp-local", "params": {"noise_multiplier": 1.0}}]},
     "rlhf": {"model": "tiny-gpt2", "method": {"name": "rlhf", "params": {"reward_model": "likelihood", "reward_rounds": 1}},
              "task": {"name": "synthetic-preferences", "params": {"max_length": 48}},
              "federation": {**SETTINGS, "rounds": 2, "batch_size": 4, "optimizer": "adam"}},
