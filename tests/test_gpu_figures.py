@@ -11,7 +11,7 @@ from bench.tools import gpu_figures
 def test_cpu_run_writes_every_figure_of_the_schema(tmp_path, capsys):
     out = tmp_path / "gpu"
     assert gpu_figures.main(["--device", "cpu", "--model", "tiny-llama", "--steps", "1", "--batch", "2",
-                             "--max-length", "16", "--clients", "2", "--local-steps", "1", "--round-methods", "lora",
+                             "--max-length", "16", "--clients", "2", "--local-steps", "1", "--round-methods", "lora", "lora+dp-local",
                              "--out", str(out), "--under-load"]) == 0
     figures = json.loads((out / "figures.json").read_text())
     assert {key: type(figures[key]) for key in gpu_figures.SCHEMA} == gpu_figures.SCHEMA
@@ -20,7 +20,8 @@ def test_cpu_run_writes_every_figure_of_the_schema(tmp_path, capsys):
     assert abs(tokens["ratio"] - tokens["ours"] / tokens["plain_hf"]) < 1e-9 and tokens["goal"] == 0.6
     rounds = figures["round_ratio"]
     if rounds["available"]:
-        assert rounds["methods"]["lora"]["batched_s"] > 0 and rounds["methods"]["lora"]["sequential_s"] > 0
+        for method in ("lora", "lora+dp-local"):
+            assert rounds["methods"][method]["batched_s"] > 0 and rounds["methods"][method]["sequential_s"] > 0
     else:
         assert "client_batch" in rounds["note"]
     assert figures["peak_memory_mb"]["lora"] is None and "CUDA" in figures["peak_memory_mb"]["note"]

@@ -109,12 +109,19 @@ def convert_gguf(gguf: Path) -> str:
 # -- scenarios ------------------------------------------------------------------------------------
 
 
+ROUND_DEFENSES: dict[str, list[JsonObject]] = {"dp-local": [{"name": "dp-local", "params": {"noise_multiplier": 1.0}}]}
+"""Defenses a round method may name after ``+`` (``lora+dp-local``: DP-SGD's clients together against Opacus)."""
+
+
 def scenario(model: JsonObject, device: str, method: str, *, clients: int, steps: int, batch: int,
              max_length: int, extra: JsonObject | None = None) -> Scenario:
-    """One round of ``clients`` clients x ``steps`` local steps on a language task (loss on every token)."""
+    """One round of ``clients`` clients x ``steps`` local steps on a language task (loss on every token);
+    ``method`` may name a defense after ``+`` (``ROUND_DEFENSES``)."""
     from bench.spec.scenario import build
 
+    method, _, defense = method.partition("+")
     entry = {"name": f"gpu-figures-{method}", "tier": "open-weight", "model": model, "method": method,
+             "defenses": ROUND_DEFENSES[defense] if defense else [],
              "task": {"name": "synthetic-clinical", "params": {"objective": "language", "max_length": max_length}},
              "federation": {"clients": clients, "clients_per_round": clients, "rounds": 1, "local_steps": steps,
                             "batch_size": batch, "lr": 1e-4, "optimizer": "adam",
@@ -328,7 +335,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--clients", type=int, default=8, help="clients of the batched-vs-sequential round")
     p.add_argument("--local-steps", type=int, default=10, help="local steps of the batched-vs-sequential round")
-    p.add_argument("--round-methods", nargs="+", default=["lora", "fft"])
+    p.add_argument("--round-methods", nargs="+", default=["lora", "fft", "lora+dp-local"],
+                   help=f"methods of the batched-vs-sequential round; METHOD+DEFENSE with a defense of {sorted(ROUND_DEFENSES)}")
     p.add_argument("--slice-methods", nargs="+", default=["lora", "fft"])
     p.add_argument("--slice-defenses", nargs="+", default=["none", "dp-local", "secagg"])
     p.add_argument("--slice-runs", type=int, default=6, help="at most this many Table 4 runs (0: skip the slice)")
