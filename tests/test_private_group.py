@@ -122,3 +122,35 @@ def test_dp_local_on_tiny_llama_trains_together_as_opacus_does(tmp_path):
     sequential, together = (_train(tmp_path, "auto", torch.float64, defenses=_dp(mode), **settings) for mode in ("hooks", "auto"))
     assert together[1].batching.batched_clients == 6
     assert_same_training(sequential, together, adam=True)  # Llama's RMSNorm computes in float32 even in float64
+
+
+def test_only_a_defense_that_replaces_training_may_state_it_for_batching():
+    from bench.api.defense import Defense
+    from bench.api.vocabulary import DefenseFamily
+
+    with pytest.raises(TypeError, match="replaces_training"):
+        class Wrapper(Defense):  # wraps training; batched training would never call its wrap_training
+            family = DefenseFamily.DP
+
+            def batching_problem(self):
+                return None
+
+
+def test_a_model_vmap_refuses_falls_back_even_when_the_first_step_drew_nothing(tmp_path, monkeypatch):
+    from bench.client import vmapped
+
+    calls = []
+
+    def nothing_at_first(n, rate, rng):
+        drawn = poisson_batch(n, rate, rng)
+        calls.append(n)
+        return [] if len(calls) <= 3 else drawn  # the first group's first step: three clients, three empty draws
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("vmap: data-dependent control flow")
+
+    monkeypatch.setattr(private_group, "poisson_batch", nothing_at_first)
+    monkeypatch.setattr(vmapped, "vmappable", refuse)
+    _, stats = _train(tmp_path, "auto", defenses=_dp("auto"))
+    assert stats.batching.batched_clients == 0
+    assert stats.batching.reasons == {"forward cannot be vmapped: vmap: data-dependent control flow": 6}

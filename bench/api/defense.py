@@ -176,6 +176,10 @@ class Defense:
         for hook, slot in (("transport", DefenseSlot.TRANSPORT), ("aggregate", DefenseSlot.AGGREGATION)):
             if hook in vars(cls) and cls.slot is not slot:  # the engine calls this hook only for that slot
                 raise TypeError(f"{cls.__qualname__} overrides {hook} and must declare slot = DefenseSlot.{slot.name}")
+        stating = any(hook in vars(cls) for hook in ("batching_problem", "private_steps"))
+        if stating and not cls.replaces_training:  # batched training would bypass a mere wrapper's wrap_training
+            raise TypeError(f"{cls.__qualname__} states its trainer for batched training and must declare "
+                            "replaces_training = True")
 
     def __init__(self, config: Any):
         if not isinstance(declared_family(type(self)), DefenseFamily):
@@ -202,8 +206,8 @@ class Defense:
 
     def batching_problem(self) -> str | None:
         """Why a round's clients cannot train together (``bench.client.batched``) under this defense, or None.
-        A defense that wraps local training cannot, unless it overrides this and states its trainer as
-        ``private_steps``."""
+        A defense that wraps local training cannot, unless it replaces the trainer (``replaces_training``,
+        checked at import), overrides this and states its trainer as ``private_steps``."""
         if type(self).wrap_training is Defense.wrap_training:
             return None
         return f"defense {self.name} replaces the local trainer"

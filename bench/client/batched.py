@@ -206,15 +206,15 @@ def train_round(fed: RoundFederation, jobs: dict[int, LocalJob], batching: Batch
     Under a defense that replaces local training with DP-SGD, groups train through ``private_group`` with
     each client's ``PrivateSteps``; a client the defense keeps alone trains sequentially."""
     replacing = next((d for d in fed.defenses if d.replaces_training), None)
-    rules: dict[int, PrivateSteps] = {}
+    stated: dict[int, PrivateSteps] = {}
     if replacing is not None:
-        for client, job in list(jobs.items()):
+        for client, job in jobs.items():
             rule = replacing.private_steps(client, len(job.examples), job.batch_size)
             if rule is None:
                 batching.sequential(f"defense {replacing.name} trains this client alone", 1)
-                jobs = {c: j for c, j in jobs.items() if c != client}
             else:
-                rules[client] = rule
+                stated[client] = rule
+        jobs = {c: job for c, job in jobs.items() if c in stated}
     if not jobs:
         return {}
     size = _size(fed, next(iter(jobs.values())), per_example=replacing is not None)
@@ -229,7 +229,7 @@ def train_round(fed: RoundFederation, jobs: dict[int, LocalJob], batching: Batch
                 results = train_group([jobs[c] for c in group], names, fed.method.flat_with)
             else:
                 results = [Trained(result, after) for result, after in train_private_group(
-                    [jobs[c] for c in group], [rules[c] for c in group], names, fed.method.flat_with)]
+                    [jobs[c] for c in group], [stated[c] for c in group], names, fed.method.flat_with)]
         except Unbatchable as error:
             batching.refused = str(error)
             batching.sequential(str(error), sum(len(g) for g in groups[index:]))

@@ -45,9 +45,11 @@ def train_private_group(jobs: list[LocalJob], rules: list[PrivateSteps], names: 
     noise = [generator_on(stacked[0].device, rng) for rng in rngs]
     seen: list[list[list[int]]] = [[] for _ in jobs]
     batch_losses: list[list[float]] = [[] for _ in jobs]
-    for step in range(first.steps):
+    computed = False  # until the first vmapped pass, a refusal means the model cannot batch (Unbatchable)
+    for _ in range(first.steps):
         draws = [poisson_batch(len(job.examples), rule.sample_rate, rng) for job, rule, rng in zip(jobs, rules, rngs)]
-        summed, losses = _clipped_sums(jobs, rules, names, stacked, draws, first_step=step == 0)
+        summed, losses = _clipped_sums(jobs, rules, names, stacked, draws, first_step=not computed)
+        computed = computed or any(draws)
         for k, drawn in enumerate(draws):
             seen[k].append(drawn)
             if drawn:
@@ -77,12 +79,12 @@ def _clipped_sums(jobs: list[LocalJob], rules: list[PrivateSteps], names: list[s
     the gradient of the rows' summed losses with respect to the gathered tensors is, row by row, each
     example's own gradient (a row's loss reads only its own copy). No row is padding, whatever the
     Poisson draws' sizes."""
-    owner = torch.tensor([k for k, drawn in enumerate(draws) for _ in drawn], dtype=torch.long)
+    owner = torch.tensor([k for k, drawn in enumerate(draws) for _ in drawn], dtype=torch.long, device=stacked[0].device)
     if len(owner) == 0:  # every batch empty: the step releases noise only
-        return [torch.zeros_like(s) for s in stacked], [torch.zeros(0) for _ in jobs]
+        return [torch.zeros_like(s) for s in stacked], [torch.zeros(0, device=owner.device) for _ in jobs]
     model = jobs[0].model
     batch = stack_batches([job.collate([job.examples[i]]) for job, drawn in zip(jobs, draws) for i in drawn], model)
-    gathered = [s.detach()[owner.to(s.device)].requires_grad_(True) for s in stacked]
+    gathered = [s.detach()[owner].requires_grad_(True) for s in stacked]
     job = jobs[0]
 
     def row_loss(params: dict[str, torch.Tensor], row: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -96,7 +98,7 @@ def _clipped_sums(jobs: list[LocalJob], rules: list[PrivateSteps], names: list[s
     sums = []
     for g, s in zip(per_example, stacked):
         clipped = g * factor.to(g.dtype).reshape(-1, *([1] * (g.dim() - 1)))
-        sums.append(torch.zeros_like(s).index_add_(0, owner.to(g.device), clipped))
+        sums.append(torch.zeros_like(s).index_add_(0, owner, clipped))
     losses = losses.detach()
     return sums, [losses[owner == k] for k in range(len(jobs))]
 
