@@ -12,7 +12,7 @@ EXECUTOR ?= auto
 BENCH_SCENARIOS ?= scenarios/table4.yaml scenarios/table4-inversion.yaml scenarios/table4-inversion-malicious.yaml scenarios/table4-protocols.yaml scenarios/table4-poisoning.yaml scenarios/table4-poisoning-rlhf.yaml scenarios/table4-closed.yaml scenarios/table4-extraction.yaml scenarios/table4-protocols-extraction.yaml
 # bench-full: also the columns the default grid leaves out (SecAgg/HE/robust rules against membership
 # inference, norm clipping and FLTrust against poisoning, HE/robust rules at the closed tiers)
-FULL_SCENARIOS ?= $(BENCH_SCENARIOS) scenarios/table4-more.yaml scenarios/table4-poisoning-more.yaml scenarios/table4-closed-more.yaml
+FULL_SCENARIOS ?= $(BENCH_SCENARIOS) scenarios/table4-more.yaml scenarios/table4-poisoning-more.yaml scenarios/table4-poisoning-rlhf-more.yaml scenarios/table4-closed-more.yaml
 
 .PHONY: install bench bench-full test test-all perf lint clean-results
 

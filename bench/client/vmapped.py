@@ -28,14 +28,13 @@ class Unbatchable(Exception):
     """The model's forward failed under vmap at a group's first step (nothing was changed)."""
 
 
-def vmapped_call(model: nn.Module, function: Callable[..., torch.Tensor], *args: object, first_step: bool,
-                 in_dims: tuple | int = 0) -> torch.Tensor:
-    """``torch.func.vmap(function, in_dims)(*args)`` with ``model``'s forward made vmappable (under the
-    device's autocast). At a group's first step a failure means vmap refuses the model (data-dependent
-    control flow, random ops): ``Unbatchable``, with nothing changed; later it is a real error."""
+def vmapped_call(model: nn.Module, function: Callable[..., torch.Tensor], *args: object, first_step: bool) -> torch.Tensor:
+    """``torch.func.vmap(function)(*args)`` with ``model``'s forward made vmappable (under the device's
+    autocast). In a group's first vmapped pass (``first_step``) a failure means vmap refuses the model
+    (data-dependent control flow, random ops): ``Unbatchable``, with nothing changed; later it is a real error."""
     try:
         with autocast(next(model.parameters()).device), vmappable(model):
-            return torch.func.vmap(function, in_dims=in_dims, randomness="error")(*args)
+            return torch.func.vmap(function, randomness="error")(*args)
     except Exception as error:
         if first_step:
             raise Unbatchable(f"forward cannot be vmapped: {str(error).splitlines()[0][:200]}") from error

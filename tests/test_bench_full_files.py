@@ -1,0 +1,59 @@
+"""`make bench-full`'s extra files add defense columns to `make bench`'s grid, and nothing else.
+
+Each ``scenarios/*-more.yaml`` includes a main grid file and changes its defense column; its cells are read
+beside the main file's undefended runs (the verdict pairs them by seed). A cell whose method, task, model,
+attacks or federation differ from every cell of its main file pairs with nothing it measured: session 16
+found three quarters of ``table4-more.yaml``'s 168 cells in settings the main grid never runs (its copy of
+the matrix had drifted), and RLHF's poisoning cells in a regime the main grid had left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.spec.scenario import Scenario, load
+
+ROOT = Path(__file__).resolve().parent.parent
+EXTRA = {
+    "scenarios/table4-more.yaml": "scenarios/table4.yaml",
+    "scenarios/table4-poisoning-more.yaml": "scenarios/table4-poisoning.yaml",
+    "scenarios/table4-poisoning-rlhf-more.yaml": "scenarios/table4-poisoning-rlhf.yaml",
+    "scenarios/table4-closed-more.yaml": "scenarios/table4-closed.yaml",
+}
+"""Each extra file of ``make bench-full`` and the main grid file whose columns it extends."""
+
+
+def _make_list(name: str) -> list[str]:
+    """A ``NAME ?= ...`` file list of the Makefile, with ``$(BENCH_SCENARIOS)`` spelled out."""
+    makefile = (ROOT / "Makefile").read_text()
+    lists = dict(re.findall(r"^(\w+) \?= (.*)$", makefile, flags=re.MULTILINE))
+    return lists[name].replace("$(BENCH_SCENARIOS)", lists["BENCH_SCENARIOS"]).split()
+
+
+def _setting(scenario: Scenario) -> str:
+    """Everything a cell measures under, except its defenses (and whether it draws the learning curve)."""
+    fields = dataclasses.asdict(scenario)
+    federation = {k: v for k, v in fields["federation"].items() if k != "utility_curve"}
+    kept = {k: fields[k] for k in ("tier", "model", "task", "method", "attacks", "seeds", "device")}
+    return json.dumps({**kept, "federation": federation}, sort_keys=True, default=str)
+
+
+def test_bench_full_runs_every_extra_file_beside_its_main_file():
+    full, bench = _make_list("FULL_SCENARIOS"), _make_list("BENCH_SCENARIOS")
+    assert set(full) - set(bench) == set(EXTRA)
+    assert set(EXTRA.values()) <= set(bench)
+
+
+@pytest.mark.parametrize("extra", sorted(EXTRA))
+def test_each_extra_cell_is_a_main_cell_with_another_defense(extra):
+    main = {_setting(s): s for s in load(str(ROOT / EXTRA[extra]))}
+    cells = load(str(ROOT / extra))
+    astray = [s.name for s in cells if _setting(s) not in main]
+    assert not astray, f"{len(astray)} of {len(cells)} cells of {extra} match no cell of {EXTRA[extra]}: {astray[:2]}"
+    main_defenses = {s.defense_label for s in main.values()}
+    assert not {s.defense_label for s in cells} & main_defenses, "an extra file reruns a column the main grid has"
