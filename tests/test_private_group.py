@@ -7,7 +7,7 @@ client's generator and optimizer steps. Tolerances:
   FFT with noise on: equal to the last bit, the noise swamping the kernels' rounding; float32: 4e-9-1.5e-8
   absolute on updates of about 0.02);
 - float32 with Adam: relative L2 norm 2e-2, as for plain batching (``tests/test_batched.py``);
-- client batches (the Poisson draws, empty ones included), epsilon and the noise itself exactly.
+- client batches (the Poisson draws, empty ones included), the ledger and epsilon exactly.
 """
 
 from __future__ import annotations

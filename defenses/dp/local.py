@@ -194,7 +194,7 @@ class DPLocal(Defense):
                             noise_multiplier=noise_multiplier, finished=finished)
 
     def _note_mode(self, mode: str) -> None:
-        """``dp.grad_sample_mode`` names every way this run computed per-sample gradients (``vmap+hooks``
+        """``dp.grad_sample_mode`` names every way this run computed per-sample gradients (``hooks+vmap``
         when some clients trained together and one alone)."""
         used = set(self.mode.split("+")) if self.mode else set()
         self.mode = "+".join(sorted(used | {mode}))
