@@ -46,7 +46,7 @@ from bench.api.private_steps import PrivateSteps
 from bench.api.vocabulary import JsonObject
 from bench.client.private_group import train_private_group
 from bench.client.training import LocalJob, Trainer, batch_indices, make_optimizer, train_local
-from bench.client.vmapped import Bound, Unbatchable, copied, stack_batches, vmapped_call
+from bench.client.vmapped import Bound, Trained, Unbatchable, copied, stack_batches, stacked_copies, vmapped_call
 
 if TYPE_CHECKING:  # named in annotations only
     from bench.api.defense import Defense
@@ -228,8 +228,8 @@ def train_round(fed: RoundFederation, jobs: dict[int, LocalJob], batching: Batch
             if replacing is None:
                 results = train_group([jobs[c] for c in group], names, fed.method.flat_with)
             else:
-                results = [Trained(result, after) for result, after in train_private_group(
-                    [jobs[c] for c in group], [stated[c] for c in group], names, fed.method.flat_with)]
+                results = train_private_group([jobs[c] for c in group], [stated[c] for c in group], names,
+                                              fed.method.flat_with)
         except Unbatchable as error:
             batching.refused = str(error)
             batching.sequential(str(error), sum(len(g) for g in groups[index:]))
@@ -251,13 +251,6 @@ def _size(fed: RoundFederation, job: LocalJob, per_example: bool) -> int:
 
 
 # --- one group -----------------------------------------------------------------------------------------
-@dataclass
-class Trained:
-    result: dict[str, float]
-    after: torch.Tensor
-    """The client's trainable state after training, flat (as ``Method.get_flat``)."""
-
-
 def train_group(jobs: list[LocalJob], names: list[str],
                 flat_with: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> list[Trained]:
     """Train ``jobs`` (same model, steps, batch size and optimizer) together; ``names`` are the model's
@@ -268,7 +261,7 @@ def train_group(jobs: list[LocalJob], names: list[str],
     first = jobs[0]
     model = first.model
     model.train()
-    stacked = [p.detach().unsqueeze(0).repeat(len(jobs), *([1] * p.dim())).requires_grad_(True) for p in first.parameters]
+    stacked = stacked_copies(first.parameters, len(jobs))
     optimizer = make_optimizer(first.optimizer, stacked, first.lr)
     rngs = [copied(job.rng) for job in jobs]  # drawn on copies: a refused first step leaves the jobs untouched
     schedules = [batch_indices(_with_rng(job, rng)) for job, rng in zip(jobs, rngs)]

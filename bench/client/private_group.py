@@ -28,18 +28,18 @@ import torch
 
 from bench.api.private_steps import CLIP_EPSILON, PrivateSteps, generator_on, poisson_batch
 from bench.client.training import LocalJob, make_optimizer
-from bench.client.vmapped import Bound, copied, stack_batches, vmapped_call
+from bench.client.vmapped import Bound, Trained, copied, stack_batches, stacked_copies, vmapped_call
 
 
 def train_private_group(jobs: list[LocalJob], rules: list[PrivateSteps], names: list[str],
-                        flat_with: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> list[tuple[dict[str, float], torch.Tensor]]:
+                        flat_with: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> list[Trained]:
     """DP-SGD for ``jobs`` (same model, steps and optimizer), client k under ``rules[k]``; returns each
-    client's mean batch loss and flat trained state. Fills each job's ``seen``, leaves its rng where the
+    client's mean batch loss and flat trained state (``Trained``). Fills each job's ``seen``, leaves its rng where the
     one-client trainer would, and calls each rule's ``finished``; the model's own parameters are unchanged.
     Raises ``Unbatchable`` at the first step, with the jobs untouched, when vmap refuses the model."""
     first = jobs[0]
     first.model.train()
-    stacked = [p.detach().unsqueeze(0).repeat(len(jobs), *([1] * p.dim())).requires_grad_(True) for p in first.parameters]
+    stacked = stacked_copies(first.parameters, len(jobs))
     optimizer = make_optimizer(first.optimizer, stacked, first.lr)
     rngs = [copied(job.rng) for job in jobs]
     noise = [generator_on(stacked[0].device, rng) for rng in rngs]
@@ -66,8 +66,8 @@ def train_private_group(jobs: list[LocalJob], rules: list[PrivateSteps], names: 
         job.rng.set_state(rng.get_state())
         job.seen.extend(seen[k])
         rule.finished(first.steps)
-    return [({"loss": sum(losses) / len(losses) if losses else float("nan")},
-             flat_with({name: s.detach()[k] for name, s in zip(names, stacked)})) for k, losses in enumerate(batch_losses)]
+    return [Trained({"loss": sum(losses) / len(losses) if losses else float("nan")},
+                    flat_with({name: s.detach()[k] for name, s in zip(names, stacked)})) for k, losses in enumerate(batch_losses)]
 
 
 def _clipped_sums(jobs: list[LocalJob], rules: list[PrivateSteps], names: list[str], stacked: list[torch.Tensor],

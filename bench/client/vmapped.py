@@ -2,9 +2,9 @@
 
 Shared by ``bench.client.batched`` (plain local training) and ``bench.client.private_group`` (DP-SGD):
 a model called with one client's trainable tensors (``Bound``), the forward settings vmap needs
-(``vmappable``), clients' batches stacked to one shape (``stack_batches``), and one vmapped call whose
-refusal at a group's first step becomes ``Unbatchable`` (the caller then trains those clients one after
-another).
+(``vmappable``), clients' batches stacked to one shape (``stack_batches``), their trainable tensors stacked
+(``stacked_copies``), one vmapped call whose refusal at a group's first step becomes ``Unbatchable`` (the
+caller then trains those clients one after another), and what a group trainer returns per client (``Trained``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -39,6 +40,20 @@ def vmapped_call(model: nn.Module, function: Callable[..., torch.Tensor], *args:
         if first_step:
             raise Unbatchable(f"forward cannot be vmapped: {str(error).splitlines()[0][:200]}") from error
         raise
+
+
+@dataclass
+class Trained:
+    """What a group trainer gives back for one client."""
+
+    result: dict[str, float]
+    after: torch.Tensor
+    """The client's trainable state after training, flat (as ``Method.get_flat``)."""
+
+
+def stacked_copies(parameters: list[nn.Parameter], clients: int) -> list[torch.Tensor]:
+    """Each trainable tensor repeated along a new leading client dimension: the group's leaf tensors."""
+    return [p.detach().unsqueeze(0).repeat(clients, *([1] * p.dim())).requires_grad_(True) for p in parameters]
 
 
 def copied(rng: torch.Generator) -> torch.Generator:
