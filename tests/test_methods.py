@@ -443,3 +443,34 @@ def test_batched_generation_gives_the_tokens_of_a_prompt_at_a_time(tmp_path, met
     prompts += ["Patient", "Patient Omar Fischer, MRN"]  # a second, shorter batch of two lengths
     assert len({len(p.tokenizer(q).input_ids) for q in prompts}) > 2
     assert handle.generate(prompts, 24) == handle.generate_one_by_one(prompts, 24)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A 'model' that returns given logits: the losses' arithmetic alone."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, input_ids, attention_mask=None):
+        return type("Out", (), {"logits": self.logits})()
+
+
+@pytest.mark.parametrize("dtype, expected", [(torch.float64, torch.float64), (torch.float32, torch.float32),
+                                             (torch.bfloat16, torch.float32)])
+def test_losses_widen_half_precision_and_keep_float64(dtype, expected):
+    # A float64 model's losses rounded to float32 (the old `.float()`) differed by an ulp between the
+    # batched and sequential paths, and Adam made that a visible difference in RLHF's update.
+    from bench.world.tasks import token_losses
+
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ids = torch.tensor([[1, 2, 3, 4, 5], [6, 5, 4, 3, 2]])
+    labels = ids.masked_fill(torch.tensor([[0, 0, 0, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.bool), -100)
+    model = _FixedLogits(logits.to(dtype))
+    summed = sequence_logprobs(model, ids, torch.ones_like(ids), labels)
+    mean = token_losses(logits.to(dtype), labels)
+    assert summed.dtype == expected and mean.dtype == expected
+    exact = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) * (labels[:, 1:] != -100)
+    if dtype == torch.float64:  # no rounding to float32 anywhere on the way
+        torch.testing.assert_close(summed, exact.sum(1), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(mean, -exact.sum(1) / (labels[:, 1:] != -100).sum(1), rtol=1e-13, atol=1e-13)

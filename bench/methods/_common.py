@@ -12,6 +12,7 @@ from torch import nn
 
 from bench.api.seeding import derive_seed, isolated_rng
 from bench.api.vocabulary import TaskKind
+from bench.world.tasks import widened
 
 if TYPE_CHECKING:  # named in annotations only
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
@@ -90,7 +91,7 @@ class Wrapper(nn.Module):
 def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       labels: torch.Tensor) -> torch.Tensor:
     """Sum over response tokens (labels != -100) of log p(token | prefix), per sequence."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    logits = widened(model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1])
     targets = labels[:, 1:]
     keep = targets != -100
     picked = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)

@@ -97,13 +97,20 @@ class Task(abc.ABC):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits
         if self.kind == TaskKind.CLASSIFICATION:
-            return F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+            return F.cross_entropy(widened(logits), batch["labels"], reduction="none")
         return token_losses(logits, batch["labels"])
+
+
+def widened(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` in at least float32 for a loss: half precision is widened, float64 is kept (a float64
+    model's losses rounded to float32 differ by an ulp between two orders of the same sums, and Adam
+    turns that into visible differences in the update)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token NLL per example over positions whose label is not -100."""
-    shifted, targets = logits[:, :-1].float(), labels[:, 1:]
+    shifted, targets = widened(logits[:, :-1]), labels[:, 1:]
     nll = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), reduction="none", ignore_index=-100)
     nll = nll.view(targets.shape)
     counts = (targets != -100).sum(dim=1).clamp(min=1)
