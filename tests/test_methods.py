@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -445,17 +446,6 @@ def test_batched_generation_gives_the_tokens_of_a_prompt_at_a_time(tmp_path, met
     assert handle.generate(prompts, 24) == handle.generate_one_by_one(prompts, 24)
 
 
-class _FixedLogits(torch.nn.Module):
-    """A 'model' that returns given logits: the losses' arithmetic alone."""
-
-    def __init__(self, logits: torch.Tensor):
-        super().__init__()
-        self.logits = logits
-
-    def forward(self, input_ids, attention_mask=None):
-        return type("Out", (), {"logits": self.logits})()
-
-
 @pytest.mark.parametrize("dtype, expected", [(torch.float64, torch.float64), (torch.float32, torch.float32),
                                              (torch.bfloat16, torch.float32)])
 def test_losses_widen_half_precision_and_keep_float64(dtype, expected):
@@ -466,7 +456,9 @@ def test_losses_widen_half_precision_and_keep_float64(dtype, expected):
     logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ids = torch.tensor([[1, 2, 3, 4, 5], [6, 5, 4, 3, 2]])
     labels = ids.masked_fill(torch.tensor([[0, 0, 0, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.bool), -100)
-    model = _FixedLogits(logits.to(dtype))
+    def model(input_ids, attention_mask=None):  # a model that returns given logits: the losses' arithmetic alone
+        return SimpleNamespace(logits=logits.to(dtype))
+
     summed = sequence_logprobs(model, ids, torch.ones_like(ids), labels)
     mean = token_losses(logits.to(dtype), labels)
     assert summed.dtype == expected and mean.dtype == expected
