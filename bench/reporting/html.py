@@ -134,6 +134,24 @@ def curves_html(out: Path) -> str:
     return f'<p>{html.escape(intro)}</p><ul id="table4-curves">{items}</ul>'
 
 
+def learned_html(out: Path) -> str:
+    """``table4.md``'s utility-without-a-defense section (``bench.reporting.learned``), from leaderboard.csv."""
+    from bench.reporting import leaderboard, learned
+
+    path = out / "leaderboard.csv"
+    entries = learned.build(leaderboard.read_csv(path)) if path.exists() else []
+    if not entries:
+        return ""
+    head = ["regime", "tier", "method", "utility", "seeds", "base", "trained", "lowest", "highest", "change",
+            "95% CI", "learned", "per round"]
+    rows = [[e.regime, e.tier, e.row, e.metric.removeprefix("utility."), str(e.seeds), f"{e.base:.2f}",
+             f"{e.trained:.2f}{' †' if e.twin else ''}", f"{e.low:.2f}", f"{e.high:.2f}", f"{e.change:+.2f}",
+             f"{e.change_low:+.2f} to {e.change_high:+.2f}", e.learned, " ".join(f"{v:.2f}" for v in e.curve)]
+            for e in entries]
+    return (f"<h3>{html.escape(learned.SECTION)}</h3>\n<p>{html.escape(' '.join(learned.LEGEND.split()))}</p>\n"
+            f"{table_html('table4-learned', head, rows)}")
+
+
 def matrix_section(header: list[str], rows: list[list[str]]) -> str:
     """Table 4 as the paper prints it, then each column's minimum detectable effect (from table4.csv)."""
     from bench.reporting import matrix4
@@ -164,6 +182,7 @@ def render(out: Path) -> str:
 (<a href="table4.md">markdown</a>) and <a href="table1.csv">table1.csv</a>. Click a column header to sort.</p>
 <h2>Table 4 (method × defense × attack)</h2>
 {matrix_section(*t4)}
+{learned_html(out)}
 {curves_html(out)}
 {missing_html(out)}
 <h2>Figures</h2>

@@ -233,8 +233,8 @@ def write_csv(board: list[JsonObject], path: str | Path) -> Path:
 
 def read_csv(path: str | Path) -> list[JsonObject]:
     """Leaderboard rows back from CSV, numbers as floats (None for empty cells)."""
-    text_columns = set(IDENTITY) | {"utility_metric", *(f"{f}_attack" for f in FAMILY_METRICS)} | set(PROVENANCE) \
-        | {"attack_families", "attack_roles", "defense_families", "protocol"}
+    text_columns = set(IDENTITY) | {"utility_metric", "utility_curve", *(f"{f}_attack" for f in FAMILY_METRICS)} \
+        | set(PROVENANCE) | {"attack_families", "attack_roles", "defense_families", "protocol"}
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return [{k: (v if k in text_columns else _number(v)) for k, v in row.items()} for row in rows]

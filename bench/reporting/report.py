@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from bench.api.errors import UserError
 from bench.api.vocabulary import JsonObject, JsonValue, RunStatus
-from bench.reporting import leaderboard, paper4, resists, table4
+from bench.reporting import leaderboard, learned, paper4, resists, table4
 
 if TYPE_CHECKING:  # named in annotations only: scenarios load lazily
     from bench.spec.scenario import Scenario
@@ -180,7 +180,10 @@ and at the closed tiers the fraction of the members' PII in the provider's log (
 
 
 def write_table4_markdown(cells: list[table4.Cell], path: Path, title: str = "Table 4, measured",
-                          missing: list[str] | None = None, curves: list[resists.Backing] | None = None) -> Path:
+                          missing: list[str] | None = None, curves: list[resists.Backing] | None = None,
+                          regimes: list[learned.Learned] | None = None) -> Path:
+    """``regimes``: the undefended utility of each regime beside its base model's (its section is left out
+    when None)."""
     from bench.reporting import matrix4
     from bench.store.outfiles import atomic_write as _atomic_write
 
@@ -193,10 +196,12 @@ def write_table4_markdown(cells: list[table4.Cell], path: Path, title: str = "Ta
         body = f"No Table 4 cell can be built from these runs:\n\n{gaps}"
     else:
         dicts = table4.as_dicts(cells)
-        body = (f"## The matrix\n\n{matrix4.matrix_markdown(dicts)}\nComparison with the paper: {summary}.\n\n"
-                f"## {resists.SECTION}\n\n{resists.summary_markdown(cells, curves or [])}\n"
-                f"## Minimum detectable effect per column\n\n{matrix4.mde_markdown(dicts)}\n"
-                f"## Verdict rule and thresholds\n\n{matrix4.rule_markdown()}\n")
+        body = f"## The matrix\n\n{matrix4.matrix_markdown(dicts)}\nComparison with the paper: {summary}.\n\n"
+        if regimes is not None:
+            body += f"## {learned.SECTION}\n\n{learned.markdown(regimes)}\n"
+        body += (f"## {resists.SECTION}\n\n{resists.summary_markdown(cells, curves or [])}\n"
+                 f"## Minimum detectable effect per column\n\n{matrix4.mde_markdown(dicts)}\n"
+                 f"## Verdict rule and thresholds\n\n{matrix4.rule_markdown()}\n")
         body += f"Missing from this grid:\n\n{gaps}\n" if gaps else ""
         body += f"## Detail\n{TABLE4_LEGEND}\n{table4_markdown(cells)}"
     _atomic_write(path, f"# {title}\n\n{body}")
@@ -252,7 +257,8 @@ def write_reports(runs: str | Path, out: str | Path, scenario_paths: list[str | 
     notes += [f"table4: resists: {b.method} x {b.attack}: the curve {b.curve} does not back it ({b.describe()})"
               for b in curves if not b.backed]
     write_table4_csv(cells, out / "table4.csv")
-    write_table4_markdown(cells, out / "table4.md", missing=gaps, curves=curves)
+    regimes = learned.build(board)
+    write_table4_markdown(cells, out / "table4.md", missing=gaps, curves=curves, regimes=regimes)
     copy_table1(runs_dir(runs), out, notes)
     if figures:
         from bench.reporting import figures as figs
