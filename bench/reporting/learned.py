@@ -27,12 +27,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bench.api.vocabulary import JsonObject, RunStatus
-from bench.reporting.table4 import protocol_of, roles_of_run, row_label
+from bench.reporting.table4 import UTILITY_DROP, protocol_of, roles_of_run, row_label
 from bench.reporting.verdict import interval
 
 SECTION = "Utility without a defense, beside the base model"
 POISONING_ROLES = frozenset({"backdoor", "byzantine"})
-UTILITY_DROP = "poison.utility_drop"
 
 
 @dataclass(frozen=True)
