@@ -1,7 +1,7 @@
 """`make bench-full`'s extra files add defense columns to `make bench`'s grid, and nothing else.
 
 Each ``scenarios/*-more.yaml`` includes a main grid file and changes its defense column; its cells are read
-beside the main file's undefended runs (the verdict pairs them by seed). A cell whose method, task, model,
+beside the main file's undefended runs (the verdict pairs them by regime and seed: ``Scenario.regime``). A cell whose method, task, model,
 attacks or federation differ from every cell of its main file pairs with nothing it measured: session 16
 found three quarters of ``table4-more.yaml``'s 168 cells in settings the main grid never runs (its copy of
 the matrix had drifted), and RLHF's poisoning cells in a regime the main grid had left.
@@ -57,3 +57,12 @@ def test_each_extra_cell_is_a_main_cell_with_another_defense(extra):
     assert not astray, f"{len(astray)} of {len(cells)} cells of {extra} match no cell of {EXTRA[extra]}: {astray[:2]}"
     main_defenses = {s.defense_label for s in main.values()}
     assert not {s.defense_label for s in cells} & main_defenses, "an extra file reruns a column the main grid has"
+
+
+def test_every_defended_cell_has_an_undefended_twin_of_its_regime():
+    # Table 4 pairs a defended run with the undefended run of its regime and seed (``Scenario.regime``): a defended
+    # cell with no undefended twin anywhere in the grid is compared with nothing
+    scenarios = [s for path in _make_list("FULL_SCENARIOS") for s in load(str(ROOT / path))]
+    undefended = {s.regime for s in scenarios if not s.defenses}
+    orphans = [s.name for s in scenarios if s.defenses and s.regime not in undefended]
+    assert not orphans, f"{len(orphans)} defended cells without an undefended twin: {orphans[:2]}"

@@ -289,3 +289,22 @@ def test_execution_settings_leave_the_identity_alone(tmp_path):
         value = {"engine": "flower"}.get(field, 1)  # a valid non-default value of each field
         changed = _one(tmp_path, yaml.safe_dump(_changed(document, "federation", field, value)), "changed.yaml")
         assert (changed.hash, changed.training_key) == (base.hash, base.training_key), field
+
+
+def test_a_regime_is_the_scenario_without_its_defenses(tmp_path):
+    """``Scenario.regime`` pairs a defended run with its undefended twin in Table 4: the same for the two,
+    and for spellings of one configuration; unchanged by the fields that change nothing an attack
+    measures (the learning curve, client execution); changed by anything else the run reads."""
+    plain = _one(tmp_path, PLAIN, "plain.yaml")
+    undefended = _one(tmp_path, PLAIN.replace("defenses: [{name: dp-local, params: {noise_multiplier: 1.0}}]",
+                                              "defenses: []"), "none.yaml")
+    assert undefended.hash != plain.hash and undefended.regime == plain.regime
+    for label, text in SPELLINGS.items():
+        assert _one(tmp_path, text, "spelled.yaml").regime == plain.regime, label
+    neutral = PLAIN.replace("examples_per_client: 12}", "examples_per_client: 12, utility_curve: true, client_batch: 1}")
+    assert _one(tmp_path, neutral, "neutral.yaml").regime == plain.regime
+    for label, text in {"federation": PLAIN.replace("lr: 0.005", "lr: 0.01"),
+                        "attacks": PLAIN.replace("attacks: [mia-loss, poison-labelflip]", "attacks: [mia-loss]"),
+                        "task": PLAIN.replace("max_length: 40", "max_length: 32"),
+                        "method": PLAIN.replace("method: lora", "method: fft")}.items():
+        assert _one(tmp_path, text, "other.yaml").regime != plain.regime, label

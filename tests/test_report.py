@@ -23,13 +23,13 @@ EXPECTED_COLUMNS = [
     "dp.epsilon_lower", "privacy.egress_records", "privacy.egress_pii_fraction", "privacy.residual_pii_fraction",
     "cost.wall_s", "cost.client_s",
     "cost.server_s", "cost.bytes_up", "cost.bytes_down", "cost.expansion", "cost.peak_mem_mb", "git_commit", "device",
-    "attack_families", "attack_roles", "defense_families", "protocol",
+    "attack_families", "attack_roles", "defense_families", "protocol", "regime",
 ]
 
 
 def test_leaderboard_schema_is_pinned():
     # Changing the columns is a schema change: bump LEADERBOARD_SCHEMA and the README, then this list.
-    assert leaderboard.LEADERBOARD_SCHEMA == 7
+    assert leaderboard.LEADERBOARD_SCHEMA == 8
     assert leaderboard.COLUMNS == EXPECTED_COLUMNS
 
 
@@ -46,7 +46,7 @@ def test_one_row_per_run_with_the_strongest_attack_per_family(tmp_path):
         rows = list(reader)
     assert reader.fieldnames == EXPECTED_COLUMNS and len(rows) == len(board)
     back = leaderboard.read_csv(path)
-    assert back[0]["leaderboard_schema"] == "7" and isinstance(back[0]["cost.wall_s"], float)
+    assert back[0]["leaderboard_schema"] == "8" and isinstance(back[0]["cost.wall_s"], float)
 
 
 def test_failed_and_incompatible_runs_keep_their_attacks_and_reason():

@@ -130,6 +130,7 @@ def test_runs_store_the_roc_and_the_resolved_scenario():
     assert config["federation"]["rounds"] == scenario.federation.rounds and "mia_candidates" in config["federation"]
     assert config["task"]["params"]["max_length"] == 48 and [a["name"] for a in config["attacks"]] == ["mia-loss"]
     assert all("scenario_config" not in r.extra for r in rows[1:])
+    assert rows[0].extra["regime"] == scenario.regime   # what Table 4 pairs a defended run by
     json.dumps(config)
     failed = runner._rows(scenario, 0, runner.RunResult(status="failed", error="boom"), 1.0)
     assert len(failed) == 1 and leaderboard.stored_attacks([vars(failed[0])]) == ["mia-loss"]
@@ -161,7 +162,9 @@ def test_a_partial_grid_lists_its_missing_cells_and_seeds():
     gaps = table4.missing(board, table4.build(board))
     assert "no run of open-weight / fft / defense dp-local with a membership inference attack" in gaps
     assert "no run of open-weight / lora / defense secagg with a gradient inversion attack" in gaps
-    assert "open-weight / fft / secagg (membership inference): 1 paired seeds of 3" in gaps
+    assert ("open-weight / fft / secagg (membership inference): 1 paired seeds of 3; seeds run on one side: "
+            "1 (without the defense only), 2 (without the defense only)") in gaps
+    assert not [g for g in gaps if "lora / dp-local" in g]   # all three seeds paired: no gap
     only_baseline = leaderboard.build([r for r in rows if r["defenses"] == "none"])
     assert any("runs without a defense only" in g for g in table4.missing(only_baseline, []))
 
@@ -195,3 +198,46 @@ def test_the_stored_scenario_names_plugin_code(monkeypatch):
     assert "plugins" not in scenario_record(scenario)
     monkeypatch.setattr(registry, "loaded_plugins", ["/home/me/plugins/my_attack.py"])
     assert scenario_record(scenario)["plugins"] == ["/home/me/plugins/my_attack.py"]
+
+
+def _in_regime(rows: list[dict], regime: str) -> list[dict]:
+    """A run's rows as the runner stores them: its regime (``Scenario.regime``) in the first row's extra, and
+    a scenario hash of its own (two regimes are two scenarios)."""
+    rows[0]["extra"] = {**rows[0]["extra"], "regime": regime}
+    return [{**r, "scenario_hash": f"{r['scenario_hash']}-{regime}"} for r in rows]
+
+
+def test_a_defended_run_pairs_with_the_undefended_run_of_its_own_regime():
+    # Oracle: two regimes of lora in one store (Table 4's and a study's: same seeds, other settings). Regime A's
+    # defense halves its advantage; regime B's undefended runs are far stronger. Pairing by seed alone took
+    # whichever undefended run came last, so the cell compared A's defended runs with B's baseline.
+    rows = []
+    for seed in (0, 1, 2):
+        rows += _in_regime(privacy_run("lora", "none", seed, auc=0.70 + 0.01 * seed, rouge=0.5, accuracy=0.9), "A")
+        rows += _in_regime(privacy_run("lora", "dp-local", seed, auc=0.60 + 0.01 * seed, rouge=0.2, accuracy=0.8), "A")
+    for seed in (0, 1, 2):   # the study: its name sorts after the grid's, so pairing by seed alone took its runs
+        rows += _in_regime(run_rows(f"zz-study[method=lora,defenses=none,attacks=mia-reference,s={seed}]", seed,
+                                    metrics={("none", "utility.accuracy"): 0.9, ("mia-reference", "mia.auc"): 0.95}), "B")
+    board = leaderboard.build(rows)
+    assert {r["regime"] for r in board} == {"A", "B"}
+    cell = next(c for c in table4.build(board) if c.defense == "dp-local" and c.role == "mia")
+    assert cell.seeds == 3 and cell.success_without == pytest.approx(0.71)   # A's baseline, not B's 0.95
+    assert cell.change == pytest.approx(-0.10)
+    assert not [g for g in table4.missing(board, [cell]) if "dp-local" in g]
+
+
+def test_a_cell_pooling_two_regimes_or_missing_a_twin_says_so():
+    rows = []
+    for regime, seeds in (("A", (0, 1)), ("B", (0,))):
+        for seed in seeds:
+            rows += _in_regime(privacy_run("lora", "none", seed, auc=0.8, rouge=0.5, accuracy=0.9), regime)
+            rows += _in_regime(privacy_run("lora", "dp-local", seed, auc=0.6, rouge=0.2, accuracy=0.8), regime)
+    rows += _in_regime(privacy_run("lora", "dp-local", 1, auc=0.6, rouge=0.2, accuracy=0.8), "B")  # no B baseline at 1
+    board = leaderboard.build(rows)
+    cell = next(c for c in table4.build(board) if c.defense == "dp-local" and c.role == "mia")
+    assert cell.seeds == 3   # (A, 0), (A, 1), (B, 0)
+    gaps = [g for g in table4.missing(board, [cell]) if "dp-local" in g]
+    assert gaps == ["open-weight / lora / dp-local (membership inference): pools 2 regimes (scenarios that differ in "
+                    "more than the defense)",
+                    "open-weight / lora / dp-local (membership inference): 3 paired seeds of 4; seeds run on one side: "
+                    "1 (with the defense only)"], gaps

@@ -230,7 +230,7 @@ def _rows(scenario: Scenario, seed: int, result: RunResult, wall_s: float) -> li
     for row in rows:  # figures read these later; the report never re-runs anything
         row.extra = {**row.extra, **extras.get((row.attack, row.metric), {}),
                      **result.row_extra.get((row.attack, row.metric), {})}
-    rows[0].extra = {**rows[0].extra, "scenario_config": scenario_record(scenario),
+    rows[0].extra = {**rows[0].extra, "scenario_config": scenario_record(scenario), "regime": scenario.regime,
                      "protocol": PROTOCOLS.get(scenario.federation.protocol)(scenario.federation).label()}
     families, roles = _declared(scenario)
     if families:  # reports file attacks by the family and role they declare, even for runs that never ran them

@@ -25,7 +25,7 @@ from bench.api.seeding import derive_seed, generator
 from bench.api.transcript import GroundTruth, RoundRecord, ThreatView, Transcript
 from bench.api.vocabulary import Vantage
 from bench.client.training import LocalJob, train_local
-from bench.spec.scenario import EXECUTION_ONLY
+from bench.spec.scenario import MEASUREMENT_NEUTRAL
 from bench.world.models import ModelSource
 from bench.world.partition import ClientData
 from bench.world.tasks import Task, TaskData
@@ -141,7 +141,7 @@ class BaseModelLoader:
         return self._loaded[0]
 
 
-SHADOW_NEUTRAL = ("utility_curve", *EXECUTION_ONLY)
+SHADOW_NEUTRAL = MEASUREMENT_NEUTRAL
 """Federation fields a shadow does not depend on: drawing the learning curve, and how clients are executed."""
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.api.metrics import spec_of
 from bench.api.vocabulary import UTILITY_HEADLINE, JsonObject, JsonValue
 
-LEADERBOARD_SCHEMA = 7
+LEADERBOARD_SCHEMA = 8
 
 IDENTITY = ["leaderboard_schema", "scenario", "scenario_hash", "seed", "tier", "model", "task", "method", "defenses",
             "attacks", "status", "error"]
@@ -49,12 +49,14 @@ def _family_columns() -> list[str]:
 
 
 COLUMNS = (IDENTITY + UTILITY + _family_columns() + PRIVACY + COST + PROVENANCE
-           + ["attack_families", "attack_roles", "defense_families", "protocol"])
+           + ["attack_families", "attack_roles", "defense_families", "protocol", "regime"])
 """``attack_families``, ``attack_roles``: ``name=family`` (``name=role``) pairs joined by ``+``, as each attack
 declared them (``Attack.family``, ``Attack.table_role``) and the runner stored them; an attack is never
 classified by its name. ``defense_families``: ``name=family`` pairs as each defense declared it
 (``Defense.family``); empty for a run stored before defenses declared theirs. ``protocol``: the round
-protocol's label as the run stored it (``Protocol.label``: ``fedavg``, ``kd``, ``split (cut 1)``)."""
+protocol's label as the run stored it (``Protocol.label``: ``fedavg``, ``kd``, ``split (cut 1)``).
+``regime``: the run's scenario without its defenses, hashed (``regime_of``): Table 4 pairs a defended run
+with the undefended run of the same regime and seed."""
 
 DEFAULT_PROTOCOL = "fedavg"
 """What a run stored before protocols existed ran: parameter sharing."""
@@ -111,6 +113,12 @@ def stored_config(rows: list[JsonObject]) -> JsonObject:
         if isinstance(extra.get("scenario_config"), dict):
             return extra["scenario_config"]
     return {}
+
+
+def regime_of(rows: list[JsonObject]) -> str | None:
+    """The regime the run stored (``Scenario.regime``: its scenario without the defenses); None for a run
+    stored before regimes were (those pair by seed alone, as every run did then)."""
+    return next((str(row_extra(r)["regime"]) for r in rows if row_extra(r).get("regime")), None)
 
 
 def stored_attacks(rows: list[JsonObject]) -> list[str]:
@@ -184,6 +192,7 @@ def leaderboard_row(rows: list[JsonObject], scenario_attacks: list[str] | None =
     out["defense_families"] = "+".join(f"{d}={f}" for d, f in sorted(defenses.items())) if isinstance(defenses, dict) else None
     out.update({k: first.get(k) for k in PROVENANCE})
     out["protocol"] = protocol_of(rows)
+    out["regime"] = regime_of(rows)
     return out
 
 
@@ -234,7 +243,7 @@ def write_csv(board: list[JsonObject], path: str | Path) -> Path:
 def read_csv(path: str | Path) -> list[JsonObject]:
     """Leaderboard rows back from CSV, numbers as floats (None for empty cells)."""
     text_columns = set(IDENTITY) | {"utility_metric", "utility_curve", *(f"{f}_attack" for f in FAMILY_METRICS)} \
-        | set(PROVENANCE) | {"attack_families", "attack_roles", "defense_families", "protocol"}
+        | set(PROVENANCE) | {"attack_families", "attack_roles", "defense_families", "protocol", "regime"}
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return [{k: (v if k in text_columns else _number(v)) for k, v in row.items()} for row in rows]

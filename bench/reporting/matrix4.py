@@ -215,7 +215,7 @@ is the fraction of the batch's records reconstructed better (token ROUGE-1) than
 the update for that record (any held-out record, or the bare template), so its failure level is 0 and
 a half-recovered batch reads 0.5 (a batch-mean ROUGE-1 against the guessing floor read it as a failure).
 Change = advantage with − without the defense,
-paired by seed; its {level}% interval is the paired t-interval mean ± t({1 - verdict.ALPHA / 2:g}, n − 1)·sd/√n
+paired by seed (within a regime: the scenario without the defense); its {level}% interval is the paired t-interval mean ± t({1 - verdict.ALPHA / 2:g}, n − 1)·sd/√n
 (t = {t3:.2f} at 3 seeds, {t5:.2f} at 5). Mitigation threshold m = {verdict.MITIGATION:g} × the undefended
 advantage (the defense removes at least {verdict.MITIGATION:.0%} of it).
 

@@ -1,8 +1,9 @@
 """Table 4 (method x defense x attack), measured: attack success without -> with each defense.
 
 A cell pairs the runs of one (tier, method, protocol, defense, attack role) with the runs of the same (tier,
-method, protocol, role) and no defense, seed by seed (the engine derives data, initialisation and sampling from
-the seed alone, so the pair differs only in the defense). Roles: ``mia`` (membership inference),
+method, protocol, role) and no defense, seed by seed within a regime (the run's scenario without its defenses,
+``Scenario.regime``, stored by the runner: the engine derives data, initialisation and sampling from the seed
+alone, so the pair differs only in the defense, even when the store holds other regimes of the method). Roles: ``mia`` (membership inference),
 ``inversion`` (gradient inversion by an honest server), ``malicious-inversion`` (by a server that rewrites
 the broadcast: its own cells, never paired with the honest server's), ``backdoor`` and ``byzantine`` (poisoning attacks, by the role each
 declares: ``Attack.table_role``, stored by the runner in the row's ``attack_roles``), ``extraction``.
@@ -336,9 +337,15 @@ def _decide(cell: Cell, pairs: list[tuple[dict, dict]], clean: dict[tuple, dict]
     cell.mde = rule.mde(change.sd, change.n)
 
 
+def _twin_key(row: JsonObject) -> tuple[str, int]:
+    """What pairs a defended run with an undefended one: the same regime (the scenario without its
+    defenses, ``leaderboard.regime_of``; empty for runs stored without their scenario) and seed."""
+    return str(row.get("regime") or ""), int(row["seed"])
+
+
 def _pairs(defended: list[dict], baseline: list[dict]) -> list[tuple[dict, dict]]:
-    by_seed = {int(b["seed"]): b for b in baseline if b.get("status") == RunStatus.OK}
-    return [(by_seed[int(d["seed"])], d) for d in defended if int(d["seed"]) in by_seed]
+    by_key = {_twin_key(b): b for b in baseline if b.get("status") == RunStatus.OK}
+    return [(by_key[_twin_key(d)], d) for d in defended if _twin_key(d) in by_key]
 
 
 def build(board: list[JsonObject], paper: Callable[[Cell], None] | None = None, stored: Floors | None = None,
@@ -388,7 +395,8 @@ def as_dicts(cells: list[Cell]) -> list[JsonObject]:
 def missing(board: list[JsonObject], cells: list[Cell], limit: int = 20) -> list[str]:
     """What an empty or partial grid lacks, in words: every (tier, method, defense, attack role) of the
     grid the runs span (their methods x their defenses, per tier and role) that has no run, and cells
-    measured on fewer paired seeds than the others."""
+    with seeds that ran with the defense or without it but not both (``_seed_gaps``). Cells from scenario
+    files with different seed lists are no gap: each pairs the seeds its regime ran."""
     if not board:
         return ["no runs in the results"]
     runs, _ = _index(board)
@@ -411,7 +419,26 @@ def missing(board: list[JsonObject], cells: list[Cell], limit: int = 20) -> list
         gaps = sorted((tier, m, p, d, role) for m, p in methods for d in defenses if (tier, m, p, d, role) not in runs)
         notes += [f"no run of {t} / {row_label(m, p)} / defense {d} with a {ROLE_TITLES[r]} attack" for t, m, p, d, r in
                   sorted(gaps, key=_order)]
-    most = max((c.seeds for c in cells), default=0)
-    notes += [f"{c.tier} / {row_label(c.method, c.protocol)} / {c.defense} ({ROLE_TITLES[c.role]}): {c.seeds} paired seeds of {most}"
-              for c in cells if c.seeds < most and c.verdict not in ("incompatible", "not applicable", "resists")]
+    notes += [note for c in cells if c.verdict != "incompatible"
+              for note in _seed_gaps(c, runs[(c.tier, c.method, c.protocol, c.defense, c.role)],
+                                     runs.get((c.tier, c.method, c.protocol, "none", c.role), []))]
     return notes if len(notes) <= limit else notes[:limit] + [f"... and {len(notes) - limit} more"]
+
+
+def _seed_gaps(cell: Cell, defended: list[dict], baseline: list[dict]) -> list[str]:
+    """A cell's seeds that ran on one side only (with or without the defense, within the defended runs'
+    regimes), and a cell that pools runs of several regimes (scenarios that differ in more than the
+    defense: each pair is still one regime's, but the cell averages over them)."""
+    label = f"{cell.tier} / {row_label(cell.method, cell.protocol)} / {cell.defense} ({ROLE_TITLES[cell.role]})"
+    regimes = {_twin_key(d)[0] for d in defended}
+    with_ = {_twin_key(d) for d in defended}
+    without = {_twin_key(b) for b in baseline if _twin_key(b)[0] in regimes}
+    notes = []
+    if len(regimes) > 1:
+        notes.append(f"{label}: pools {len(regimes)} regimes (scenarios that differ in more than the defense)")
+    one_sided = sorted(with_ ^ without, key=lambda k: (k[1], k[0]))
+    if one_sided:
+        which = ", ".join(f"{seed} ({'with' if (regime, seed) in with_ else 'without'} the defense only)"
+                          for regime, seed in one_sided)
+        notes.append(f"{label}: {cell.seeds} paired seeds of {len(with_ | without)}; seeds run on one side: {which}")
+    return notes

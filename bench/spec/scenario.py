@@ -276,6 +276,17 @@ class Scenario:
         """The training key of this scenario without its attackers (its clean twin's)."""
         return _digest(self.identity((), kind="training"))
 
+    @property
+    def regime(self) -> str:
+        """The scenario without its defenses and without the federation fields that change nothing an
+        attack measures (``MEASUREMENT_NEUTRAL``): a defended run and the undefended run of the same regime
+        and seed are a Table 4 pair (``bench.reporting.table4``). Pairing by seed alone would pair a defended
+        run with another scenario's undefended run whenever a store holds two regimes of one method."""
+        body = self.identity(self.attacks, kind="regime")
+        body["defenses"] = []
+        body["federation"] = {k: v for k, v in body["federation"].items() if k not in MEASUREMENT_NEUTRAL}
+        return _digest(body)
+
     def without_attacks(self) -> Scenario:
         """The same federation with no attack at all: the reference for ``poison.utility_drop``."""
         raw = {k: v for k, v in (self.raw or {}).items() if k != "attacks"}
@@ -314,6 +325,13 @@ REPO_ROOT = Path(__file__).absolute().parent.parent
 EXECUTION_ONLY = ("client_batch", "engine")
 """Federation fields that change how training is executed, not what it computes (within float tolerance):
 left out of the identity, so published hashes and stored runs stay valid."""
+
+
+MEASUREMENT_NEUTRAL = ("utility_curve", *EXECUTION_ONLY)
+"""Federation fields that change neither the trained model nor what an attack on it measures: drawing the
+learning curve (an evaluation per round) and how clients are executed. Runs that differ only in these (and
+in their defenses) are one regime: they share shadow models (``bench.engine.views``) and Table 4 pairs a
+defended run with the undefended run of its regime (``bench.reporting.leaderboard.regime_of``)."""
 
 
 PROTOCOL_FIELDS = ("cut_layer", "proxy_examples", "kd_temperature", "kd_top_k", "distill_steps")
