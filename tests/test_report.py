@@ -115,6 +115,22 @@ def test_study_summary_means_over_seeds():
     assert "| 3 | ok |" in dp_row and "| 0.52 |" in dp_row and "| mia-reference |" in dp_row
 
 
+def test_study_summary_keeps_the_settings_a_study_varies_apart():
+    # Oracle: two settings of one method without a defense (a study over rounds), seeds 0-1 each; the old
+    # summary keyed rows by (tier, method, defenses) and printed one mean of both settings (0.5)
+    from bench.reporting.report import study_summary
+
+    rows = []
+    for rounds, accuracy in ((10, 0.6), (20, 0.4)):
+        for seed in (0, 1):
+            rows += run_rows(f"kd[rounds={rounds}]", seed, method="fft",
+                             metrics={("none", "utility.accuracy"): accuracy + 0.01 * seed})
+    lines = [line for line in study_summary(leaderboard.build(rows)).splitlines() if line.startswith("| kd[")]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("| kd[rounds=10] | open-weight | fft | none | 2 | ok |") and "| 0.605 |" in lines[0]
+    assert lines[1].startswith("| kd[rounds=20] |") and "| 0.405 |" in lines[1]
+
+
 def test_frontier_points_group_by_method_and_epsilon():
     from bench.reporting.figures import frontier_points
 

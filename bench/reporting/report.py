@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -275,30 +276,35 @@ SUMMARY_COLUMNS = ["utility", "mia.auc", "mia.tpr@0.01", "poison.asr", "poison.u
                    "dp.epsilon_lower", "privacy.egress_records", "cost.client_s", "cost.bytes_up", "cost.expansion"]
 
 
-def _group_order(key: tuple[str, str, str, str]) -> tuple:
-    tier, method, defenses, epsilon = key
-    return (tier, method, defenses, -float(epsilon[2:]) if epsilon else -float("inf"))
+def _group_order(rows: list[JsonObject]) -> tuple:
+    first = rows[0]
+    epsilon = first.get("dp.epsilon")
+    return (first["tier"], first["method"], first["defenses"], -epsilon if epsilon is not None else -math.inf,
+            first["scenario"])
 
 
 def study_summary(board: list[JsonObject]) -> str:
-    """Markdown: per (tier, method, defenses), the mean over seeds of the headline columns."""
+    """Markdown: per scenario (one grid cell: its hash, whatever its seeds), the mean over seeds of the headline
+    columns. A study varies settings that the tier, method and defenses do not name (a rank, rounds, a target
+    epsilon): grouping by those alone averaged over the settings the study compares (session 20 found
+    ``results/studies/kd-regime/summary.md`` printing one mean of six regimes)."""
     import statistics
 
-    groups: dict[tuple[str, str, str, str], list[JsonObject]] = {}
+    groups: dict[str, list[JsonObject]] = {}
     for row in board:
-        # dp.epsilon is in the key: a grid over target epsilon shares one defenses label
-        epsilon = "" if row.get("dp.epsilon") is None else f"ε≈{row['dp.epsilon']:.2g}"
-        groups.setdefault((row["tier"], row["method"], row["defenses"], epsilon), []).append(row)
-    header = ["tier", "method", "defenses", "runs", "status", "utility_metric", "mia_attack"] + SUMMARY_COLUMNS
+        groups.setdefault(str(row["scenario_hash"]), []).append(row)
+    header = ["scenario", "tier", "method", "defenses", "runs", "status", "utility_metric", "mia_attack"] + SUMMARY_COLUMNS
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (tier, method, defenses, _), rows in sorted(groups.items(), key=lambda item: _group_order(item[0])):
+    for rows in sorted(groups.values(), key=_group_order):
+        first = rows[0]
         statuses = ",".join(sorted({str(r["status"]) for r in rows}))
         texts = [next((str(r[k]) for r in rows if r.get(k)), "") for k in ("utility_metric", "mia_attack")]
         means = []
         for column in SUMMARY_COLUMNS:
             values = [r[column] for r in rows if r.get(column) is not None]
             means.append(f"{statistics.fmean(values):.4g}" if values else "")
-        lines.append("| " + " | ".join([tier, method, defenses, str(len(rows)), statuses, *texts, *means]) + " |")
+        cells = [str(first["scenario"]).replace("|", "/"), first["tier"], first["method"], first["defenses"]]
+        lines.append("| " + " | ".join([*cells, str(len(rows)), statuses, *texts, *means]) + " |")
     return "\n".join(lines) + "\n"
 
 
