@@ -241,3 +241,15 @@ def test_a_cell_pooling_two_regimes_or_missing_a_twin_says_so():
                     "more than the defense)",
                     "open-weight / lora / dp-local (membership inference): 3 paired seeds of 4; seeds run on one side: "
                     "1 (with the defense only)"], gaps
+
+
+def test_runs_stored_before_regimes_pair_by_seed_so_a_resumed_sweep_keeps_its_pairs():
+    # the undefended runs finished before regimes were stored (no regime), the defended ones after (regime A)
+    rows = []
+    for seed in (0, 1, 2):
+        rows += privacy_run("lora", "none", seed, auc=0.70 + 0.01 * seed, rouge=0.5, accuracy=0.9)
+        rows += _in_regime(privacy_run("lora", "dp-local", seed, auc=0.60 + 0.01 * seed, rouge=0.2, accuracy=0.8), "A")
+    board = leaderboard.build(rows)
+    cell = next(c for c in table4.build(board) if c.defense == "dp-local" and c.role == "mia")
+    assert cell.seeds == 3 and cell.change == pytest.approx(-0.10)
+    assert not [g for g in table4.missing(board, [cell]) if "dp-local" in g]

@@ -339,13 +339,30 @@ def _decide(cell: Cell, pairs: list[tuple[dict, dict]], clean: dict[tuple, dict]
 
 def _twin_key(row: JsonObject) -> tuple[str, int]:
     """What pairs a defended run with an undefended one: the same regime (the scenario without its
-    defenses, ``leaderboard.regime_of``; empty for runs stored without their scenario) and seed."""
+    defenses, ``leaderboard.regime_of``; empty for runs stored before regimes were) and seed."""
     return str(row.get("regime") or ""), int(row["seed"])
 
 
+class _Twins:
+    """The undefended runs of a cell, found for a defended run: the one of its regime and seed; a run stored
+    without a regime (before regimes were) pairs by seed alone, as every run did then, so a sweep resumed
+    across that change keeps its pairs."""
+
+    def __init__(self, baseline: list[dict]):
+        self.exact = {_twin_key(b): b for b in baseline}
+        self.legacy = {seed: b for (regime, seed), b in self.exact.items() if not regime}
+        self.any_regime = {int(b["seed"]): b for b in baseline}
+
+    def of(self, defended: JsonObject) -> dict | None:
+        regime, seed = _twin_key(defended)
+        if not regime:
+            return self.any_regime.get(seed)
+        return self.exact.get((regime, seed)) or self.legacy.get(seed)
+
+
 def _pairs(defended: list[dict], baseline: list[dict]) -> list[tuple[dict, dict]]:
-    by_key = {_twin_key(b): b for b in baseline if b.get("status") == RunStatus.OK}
-    return [(by_key[_twin_key(d)], d) for d in defended if _twin_key(d) in by_key]
+    twins = _Twins([b for b in baseline if b.get("status") == RunStatus.OK])
+    return [(twin, d) for d in defended if (twin := twins.of(d)) is not None]
 
 
 def build(board: list[JsonObject], paper: Callable[[Cell], None] | None = None, stored: Floors | None = None,
@@ -431,14 +448,18 @@ def _seed_gaps(cell: Cell, defended: list[dict], baseline: list[dict]) -> list[s
     defense: each pair is still one regime's, but the cell averages over them)."""
     label = f"{cell.tier} / {row_label(cell.method, cell.protocol)} / {cell.defense} ({ROLE_TITLES[cell.role]})"
     regimes = {_twin_key(d)[0] for d in defended}
-    with_ = {_twin_key(d) for d in defended}
-    without = {_twin_key(b) for b in baseline if _twin_key(b)[0] in regimes}
+    twins = _Twins(baseline)
+    matched = [twins.of(d) for d in defended]
+    with_ = {_twin_key(d)[1] for d in defended}
+    without = {int(b["seed"]) for b in baseline if _twin_key(b)[0] in regimes or not _twin_key(b)[0] or "" in regimes}
+    one_sided_with = sorted(int(d["seed"]) for d, twin in zip(defended, matched) if twin is None)
+    one_sided_without = sorted(without - with_)
     notes = []
-    if len(regimes) > 1:
-        notes.append(f"{label}: pools {len(regimes)} regimes (scenarios that differ in more than the defense)")
-    one_sided = sorted(with_ ^ without, key=lambda k: (k[1], k[0]))
+    if len(regimes - {""}) > 1:
+        notes.append(f"{label}: pools {len(regimes - {''})} regimes (scenarios that differ in more than the defense)")
+    one_sided = sorted([(seed, "with") for seed in one_sided_with] + [(seed, "without") for seed in one_sided_without])
     if one_sided:
-        which = ", ".join(f"{seed} ({'with' if (regime, seed) in with_ else 'without'} the defense only)"
-                          for regime, seed in one_sided)
-        notes.append(f"{label}: {cell.seeds} paired seeds of {len(with_ | without)}; seeds run on one side: {which}")
+        which = ", ".join(f"{seed} ({side} the defense only)" for seed, side in one_sided)
+        notes.append(f"{label}: {cell.seeds} paired seeds of {cell.seeds + len(one_sided)}; seeds run on one side: "
+                     f"{which}")
     return notes
