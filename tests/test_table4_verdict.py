@@ -118,6 +118,24 @@ def test_pooled_sd_weights_by_degrees_of_freedom():
     assert verdict.pooled_sd([(0.3, 1)]) is None
 
 
+def test_a_column_mixing_seed_counts_reads_its_worst_group_at_that_groups_seeds():
+    # Oracle: a Byzantine column with a noisy file at 40 seeds (sd 0.2) and a quiet one at 5 (sd 0.04). Each
+    # group's own MDE: (2.023 + 0.851) * 0.2 / sqrt(40) = 0.0909 (t975 and t80 at 39 df) and
+    # (2.776 + 0.941) * 0.04 / sqrt(5) = 0.0665, so the column reads 0.0909 at 40 seeds; pooling every cell
+    # (sd 0.198) at the fewest seeds read (2.776 + 0.941) * 0.198 / sqrt(5) = 0.328
+    cells = [{"role": "byzantine", "defense": "robust-median", "verdict": "no effect", "paired_sd": sd, "seeds": n}
+             for sd, n in [(0.2, 40)] * 4 + [(0.04, 5)]]
+    (column,) = matrix4.column_mde(cells)
+    assert column.seeds == 40 and column.sd == pytest.approx(0.2)
+    assert column.mde == pytest.approx(verdict.mde(0.2, 40)) and column.mde == pytest.approx(0.0909, abs=1e-3)
+    assert column.met and column.cells == 5
+    groups = matrix4.seed_groups([(c["paired_sd"], c["seeds"]) for c in cells])
+    assert [(g.seeds, g.cells) for g in groups] == [(5, 1), (40, 4)]
+    assert groups[0].mde == pytest.approx((T975[4] + T80[4]) * 0.04 / math.sqrt(5), abs=1e-4)
+    (line,) = matrix4.role_summary(cells)
+    assert "MDE 0.091 at 40 seeds (paired sd 0.200 pooled over the 4 cells with 40 seeds" in line and "met" in line
+
+
 def test_column_mde_is_printed_with_its_goal(oracle):
     cells = table4.as_dicts(list(oracle.values()))
     (column,) = matrix4.column_mde(cells)   # one column: (inversion, dp-local); the n/a cell is left out

@@ -131,9 +131,39 @@ class ColumnMDE:
         return None if self.mde is None else self.mde <= self.goal + 1e-12
 
 
+@dataclass(frozen=True)
+class SeedGroup:
+    """The decided cells of a column (or role) with one number of paired seeds: one scenario file's cells."""
+
+    seeds: int
+    cells: int
+    sd: float | None
+    mde: float | None
+
+
+def seed_groups(groups: Sequence[tuple[float, int]]) -> list[SeedGroup]:
+    """(sd, n) per cell -> one ``SeedGroup`` per n: the sd pooled over that group's cells and the MDE at its n.
+    Pooling across groups would carry one file's noise to another's seeds (a poisoning regime whose twins
+    swing between seeds, beside an RLHF regime that barely moves), and an MDE at the fewest seeds of all
+    would charge every file with the least-seeded one's count."""
+    by_n: dict[int, list[tuple[float, int]]] = {}
+    for sd, n in groups:
+        by_n.setdefault(n, []).append((sd, n))
+    out = []
+    for n, members in sorted(by_n.items()):
+        sd = verdict.pooled_sd(members)
+        out.append(SeedGroup(n, len(members), sd, verdict.mde(sd, n)))
+    return out
+
+
+def worst_group(groups: Sequence[tuple[float, int]]) -> SeedGroup:
+    """The seed group whose MDE is largest: what the column (or role) can detect at worst."""
+    return max(seed_groups(groups), key=lambda g: (g.mde if g.mde is not None else -math.inf, -g.seeds))
+
+
 def column_mde(cells: Sequence[Cell]) -> list[ColumnMDE]:
-    """Per (attack role, defense): the paired sd pooled over the column's cells whose verdict the interval
-    decided, and the MDE at the fewest seeds among them (a cell's own test has n - 1 degrees of freedom)."""
+    """Per (attack role, defense), over the column's cells whose verdict the interval decided: the MDE of its
+    worst seed group (``worst_group``; a cell's own test has n - 1 degrees of freedom)."""
     columns: dict[tuple[str, str], list[tuple[float, int]]] = {}
     for c in cells:
         sd, seeds = _num(c.get("paired_sd")), int(_num(c.get("seeds")) or 0)
@@ -142,8 +172,8 @@ def column_mde(cells: Sequence[Cell]) -> list[ColumnMDE]:
     out = []
     for (role, defense), groups in sorted(columns.items(), key=lambda kv: (
             table4.ROLES.index(kv[0][0]), table4._rank(kv[0][1], table4.DEFENSE_ORDER))):
-        sd, seeds = verdict.pooled_sd(groups), min(n for _, n in groups)
-        out.append(ColumnMDE(role, defense, len(groups), sd, seeds, verdict.mde(sd, seeds),
+        worst = worst_group(groups)
+        out.append(ColumnMDE(role, defense, len(groups), worst.sd, worst.seeds, worst.mde,
                              spec_of(table4.HEADLINE[role]).mde_goal))
     return out
 
@@ -158,7 +188,8 @@ def seeds_needed(sd: float | None, goal: float, limit: int = 1000) -> int | None
 
 
 def role_summary(cells: Sequence[Cell]) -> list[str]:
-    """One line per attack role: the paired sd pooled over every decided cell, and the seeds it needs."""
+    """One line per attack role, over every decided cell: the MDE of its worst seed group, and the seeds
+    each group would need."""
     lines = []
     for role in table4.ROLES:
         groups = [(_num(c.get("paired_sd")), int(_num(c.get("seeds")) or 0)) for c in cells
@@ -166,13 +197,13 @@ def role_summary(cells: Sequence[Cell]) -> list[str]:
         groups = [(sd, n) for sd, n in groups if n >= 2]
         if not groups:
             continue
-        sd, seeds = verdict.pooled_sd(groups), min(n for _, n in groups)
-        goal, mde = spec_of(table4.HEADLINE[role]).mde_goal, verdict.mde(sd, seeds)
-        needed = seeds_needed(sd, goal)
-        lines.append(f"{table4.ROLE_TITLES[role]} ({table4.HEADLINE[role]}): pooled paired sd {sd:.3f} over "
-                     f"{len(groups)} cells; MDE {mde:.3f} at {seeds} seeds (goal ≤ {goal:g}: "
-                     f"{'met' if mde <= goal + 1e-12 else 'not met'}); the goal needs "
-                     f"{needed if needed else 'more than 1000'} seeds")
+        goal, worst = spec_of(table4.HEADLINE[role]).mde_goal, worst_group(groups)
+        needed = [seeds_needed(g.sd, goal) for g in seed_groups(groups)]
+        most = None if None in needed else max(needed)
+        lines.append(f"{table4.ROLE_TITLES[role]} ({table4.HEADLINE[role]}): {len(groups)} cells; MDE {worst.mde:.3f} "
+                     f"at {worst.seeds} seeds (paired sd {worst.sd:.3f} pooled over the {worst.cells} cells with "
+                     f"{worst.seeds} seeds; goal ≤ {goal:g}: {'met' if worst.mde <= goal + 1e-12 else 'not met'}); "
+                     f"the goal needs {most if most else 'more than 1000'} seeds")
     return lines
 
 
@@ -196,7 +227,8 @@ def mde_markdown(cells: Sequence[Cell]) -> str:
         texts = [_mde_text(by_key[(role, d)]) if (role, d) in by_key else "" for d in defenses]
         lines.append(f"| {table4.ROLE_TITLES[role]} (≤ {goal:g}) | " + " | ".join(texts) + " |")
     summary = "".join(f"\n- {line}" for line in role_summary(cells))
-    note = ("\nEach entry: MDE, ✓ when it meets the goal, the pooled paired sd and the fewest seeds. An sd of 0 "
+    note = ("\nEach entry: MDE, ✓ when it meets the goal, the pooled paired sd and the seeds of the column's worst seed "
+            "group (its cells with one number of paired seeds, i.e. one scenario file's). An sd of 0 "
             "means the defense left the attack's measurement exactly unchanged on every seed.\n")
     return "\n".join(lines) + "\n" + note + (f"\nPer attack role, over all defenses:{summary}\n" if summary else "")
 
@@ -234,12 +266,13 @@ advantage (the defense removes at least {verdict.MITIGATION:.0%} of it).
 
 Minimum detectable effect (MDE) = (t({1 - verdict.ALPHA / 2:g}, n − 1) + t({verdict.POWER:g}, n − 1))·sd/√n: the
 smallest true change a cell's paired test detects with {verdict.POWER:.0%} power at two-sided α = {verdict.ALPHA:g},
-from the paired sd pooled over a column's decided cells and its fewest seeds. Goals (issue 15): {goals}.
+for each group of a column's decided cells with one number of paired seeds n (one scenario file's cells), from
+the paired sd pooled over the group; a column's MDE is its largest. Goals (issue 15): {goals}.
 Code: `bench/reporting/verdict.py` (rule), `bench/reporting/table4.py` (cells), `bench/reporting/paper4.py` (paper marks, agree rule).
 """
 
 
 MDE_CAPTION = (f"Smallest true change of the attack's advantage a column's paired test detects with "
                f"{verdict.POWER:.0%} power at two-sided α = {verdict.ALPHA:g}, from the paired sd pooled over the "
-               f"column's decided cells and its fewest seeds; goals (issue 15): "
+               f"column's decided cells with one number of seeds (the largest such MDE); goals (issue 15): "
                + ", ".join(f"{n} ≤ {spec_of(n).mde_goal:g}" for n in dict.fromkeys(table4.HEADLINE.values())) + ".")
