@@ -55,8 +55,8 @@ declared them (``Attack.family``, ``Attack.table_role``) and the runner stored t
 classified by its name. ``defense_families``: ``name=family`` pairs as each defense declared it
 (``Defense.family``); empty for a run stored before defenses declared theirs. ``protocol``: the round
 protocol's label as the run stored it (``Protocol.label``: ``fedavg``, ``kd``, ``split (cut 1)``).
-``regime``: the run's scenario without its defenses, hashed (``regime_of``): Table 4 pairs a defended run
-with the undefended run of the same regime and seed."""
+``regime``: the digest of the run's scenario without its defenses (``Scenario.regime``, as the runner stored
+it: ``regime_of``): Table 4 pairs a defended run with the undefended run of the same regime and seed."""
 
 DEFAULT_PROTOCOL = "fedavg"
 """What a run stored before protocols existed ran: parameter sharing."""
