@@ -258,3 +258,20 @@ def test_a_curve_backs_only_the_cells_of_its_protocol(tmp_path):
         assert {c.protocol for c in built if c.verdict == "resists"} == backed
         assert {c.protocol for c in built if c.verdict == "not applicable"} == {"kd", "fedavg"} - backed
     assert "- fft via kd × mia-kd-logits: ⊥ in 0 cells" not in resists.summary_markdown(built, found)
+
+
+def test_a_curve_whose_attack_works_in_the_grid_backs_no_cell_and_says_why(tmp_path):
+    # table4-extraction.yaml's LoRA entry: at 8 seeds the attack beats its floor without a defense, so no cell
+    # reads ⊥; the summary said "⊥ in 0 cells", which reads like a curve that backs nothing it should
+    rows = [r for seed in range(3) for d, auc in (("none", 0.80), ("dp-local", 0.55))
+            for r in run_rows(f"t4[defenses={d},attacks=mia-reference]", seed, method="fft", defenses=d,
+                              metrics={("none", "utility.accuracy"): 0.8, ("mia-reference", "mia.auc"): auc + 0.01 * seed})]
+    path = tmp_path / "curve.csv"
+    path.write_text("method,mia.auc,mia.auc.floor\nfft,0.70,0.5\n")
+    entry = Resists(method="fft", attack="mia-reference", curve=str(path), metric="mia.auc", why="more records")
+    found = [resists.read_backing(entry, "scenarios/x.yaml", "resists[0]")]
+    built = table4.build(leaderboard.build(rows), paper=paper4.annotate, curves=found)
+    assert [c.verdict for c in built if c.role == "mia"] == ["mitigates"]
+    text = resists.summary_markdown(built, found)
+    assert "- fft × mia-reference: ⊥ in no cell (the attack beats its failure level without a defense here)" in text
+    assert "⊥ in 0 cells" not in text

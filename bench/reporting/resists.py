@@ -178,7 +178,10 @@ def summary_markdown(cells: Sequence[Cell], found: Sequence[Backing]) -> str:
              "applicable (–)."]
     for backing in found:
         count = sum(1 for c in resisting if _first_on(c, found) is backing)
-        if backing.backed:
+        if backing.backed and not count:  # the attack beats its floor in this grid: the curve has nothing to back
+            lines.append(f"- {_row(backing.method, backing.protocol)} × {backing.attack}: ⊥ in no cell (the attack "
+                         f"beats its failure level without a defense here); curve `{backing.curve}` ({backing.describe()})")
+        elif backing.backed:
             lines.append(f"- {_row(backing.method, backing.protocol)} × {backing.attack}: ⊥ in {count} cells; curve `{backing.curve}` "
                          f"({backing.describe()}); why: {backing.why}")
         else:
