@@ -449,11 +449,10 @@ def _seed_gaps(cell: Cell, defended: list[dict], baseline: list[dict]) -> list[s
     label = f"{cell.tier} / {row_label(cell.method, cell.protocol)} / {cell.defense} ({ROLE_TITLES[cell.role]})"
     regimes = {_twin_key(d)[0] for d in defended}
     twins = _Twins(baseline)
-    matched = [twins.of(d) for d in defended]
-    with_ = {_twin_key(d)[1] for d in defended}
-    without = {int(b["seed"]) for b in baseline if _twin_key(b)[0] in regimes or not _twin_key(b)[0] or "" in regimes}
-    one_sided_with = sorted(int(d["seed"]) for d, twin in zip(defended, matched) if twin is None)
-    one_sided_without = sorted(without - with_)
+    one_sided_with = sorted(int(d["seed"]) for d in defended if twins.of(d) is None)
+    # an undefended run another regime's defended runs could never pair with is not this cell's gap
+    could_pair = [b for b in baseline if "" in regimes or _twin_key(b)[0] in regimes | {""}]
+    one_sided_without = sorted({int(b["seed"]) for b in could_pair} - {int(d["seed"]) for d in defended})
     notes = []
     if len(regimes - {""}) > 1:
         notes.append(f"{label}: pools {len(regimes - {''})} regimes (scenarios that differ in more than the defense)")
