@@ -160,7 +160,7 @@ def import_ray() -> ModuleType:
 
 def temp_dir(configured: str = "") -> Path:
     """Where a local Ray instance keeps its files: never a shared system location."""
-    from bench.world.models import cache_root
+    from bench.api.memo import cache_root
 
     folder = Path(configured or os.environ.get("RAY_TMPDIR") or cache_root() / "ray").expanduser().absolute()
     folder.mkdir(parents=True, exist_ok=True)
@@ -169,7 +169,7 @@ def temp_dir(configured: str = "") -> Path:
 
 def worker_environment(threads: int) -> dict[str, str]:
     """Environment of the Ray workers: this checkout importable, the same cache, ``threads`` threads."""
-    from bench.world.models import cache_root
+    from bench.api.memo import cache_root
 
     path = [str(Path(__file__).resolve().parents[1])] + [p for p in sys.path if p and os.path.isdir(p)]
     env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(path)), "TIERBENCH_CACHE": str(cache_root()),

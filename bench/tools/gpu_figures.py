@@ -87,7 +87,7 @@ def hf_directory(spec: str) -> str:
 
 def convert_gguf(gguf: Path) -> str:
     """Dequantise a GGUF checkpoint into a float32 HF directory (cached; see ../shared/models/README.md)."""
-    from bench.world.models import cache_root
+    from bench.api.memo import cache_root
 
     target = cache_root() / "models" / f"hf-from-gguf-{gguf.stem}"
     if (target / "done").exists():

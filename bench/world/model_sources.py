@@ -36,10 +36,11 @@ import torch
 
 from bench.api.config import doc
 from bench.api.errors import UserError
+from bench.api.memo import cache_root
 from bench.api.registry import MODELS
 from bench.api.seeding import isolated_rng
 from bench.api.vocabulary import JsonObject
-from bench.world.models import ModelSource, _build_atomically, cache_root
+from bench.world.models import ModelSource, _build_atomically
 
 if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
     from transformers import PretrainedConfig

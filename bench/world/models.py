@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import torch
 
 from bench.api.config import doc
 from bench.api.errors import UserError
+from bench.api.memo import cache_root
 from bench.api.registry import MODELS
 from bench.api.seeding import isolated_rng
 from bench.api.vocabulary import JsonObject, TaskKind
@@ -38,10 +38,6 @@ if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
 # that built them first (a 2-thread build of Table 4's 4-layer model differs by up to 0.023 per weight
 # from a 1-thread build, enough to move a membership AUC by 0.035), so a cache held whichever came first.
 ZOO_VERSION = 2
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TIERBENCH_CACHE", Path.home() / ".cache" / "tierbench"))
 
 
 class ModelSource(abc.ABC):
