@@ -18,7 +18,8 @@ SETTINGS = {  # task kind -> (task, method) that trains it
     "preference": ({"name": "synthetic-preferences", "params": {"max_length": 48}}, "rlhf"),
 }
 FAST_PARAMS = {"mia-lira": {"shadows": 4}, "inversion-optim": {"steps": 5}, "poison-labelflip": {"num_classes": 3},
-               "extract-generate": {"samples": 4, "top": 2}, "pii-extract": {"samples": 4}, "pii-infer-kd": {"steps": 3, "choices": 2}}
+               "extract-generate": {"samples": 4, "top": 2}, "pii-extract": {"samples": 4}, "pii-infer-kd": {"steps": 3, "choices": 2},
+               "inversion-learned": {"samples": 16, "epochs": 2, "batches": 4, "width": 16, "token_width": 4}}
 DEFENSE_PARAMS = {"dp-local": {"noise_multiplier": 1.0}, "dp-central": {"noise_multiplier": 1.0},
                   # 3 clients per round: Krum's n >= 2f + 3 holds for f = 0; trim one client per end
                   "robust-krum": {"f": 0}, "robust-trimmed": {"trim_count": 1}}
