@@ -11,21 +11,29 @@ on which gradient matching and exact searches stall; ``results/studies/inversion
 
 What the server does, per attacked round:
 1. at the broadcast state (``RoundRecord.global_before``), the gradient of the task loss of every
-   public record alone (``ThreatView.auxiliary``: same distribution, never a client's); a batch's
-   gradient is the mean of its records' (the clients' loss is the mean of per-example losses);
+   public record alone (``ThreatView.auxiliary``: same distribution, never a client's) and of
+   ``samples`` sequences it samples from the public base model, each continuing a public record's first
+   token (language-modelling tasks); a batch's gradient is the mean of its records' (the clients' loss
+   is the mean of per-example losses);
 2. sketches each gradient to ``features`` numbers (a count sketch: a fixed random bucket and sign per
-   coordinate, as LTI hashes the gradients of large models) and standardises them;
-3. trains the MLP on random batches of the federation's batch size drawn from the public records,
-   fresh every epoch: sketch -> per slot and position a token (or "no token"), the slots matched to
-   the batch's records by the Hungarian algorithm (a batch is a set, not a list);
-4. reads each attacked update's sketch and decodes every slot position by position (argmax).
+   coordinate, as LTI hashes the gradients of large models);
+3. trains the MLP on random batches of the federation's batch size, fresh every epoch: the batch's
+   gradient direction (unit length, standardised) -> per slot and position a token (or "no token"),
+   the slots matched to the batch's records by the Hungarian algorithm (a batch is a set, not a list);
+4. reads each attacked update's direction and decodes every slot position by position (argmax).
+The decoder depends on the broadcast state, the models, the public records and the generator, never on
+an update, so every defense cell of a seed builds the same one: it is memoised in the cache folder
+(``bench.api.memo``, keyed by a digest of all it reads), and a Table 4 row trains it once per seed.
 
-Departures from LTI. LTI trains on tens of thousands of auxiliary images; our public split holds
-about 64 records, so the training batches are the ``C(64, B)`` subsets of those, and the decoder can
-only name tokens the public records contain (its classes), as ``inversion-split-learned``'s does. The
-output is a set of ``B`` sequences matched by the Hungarian algorithm (LTI predicts one image per
-batch element in a fixed order). The update is divided by the learning rate (``observed_gradient``)
-so that the protocol's public lr does not shift the features.
+Departures from LTI. LTI trains on tens of thousands of auxiliary images; our public split holds 64
+records, on which the decoder only memorises (0.015 of held-out notes recovered at batch 1),
+so the server adds text it samples from the open base model (temperature 1): on the zoo model, whose
+pretraining corpus holds notes of the same kind, the samples are notes with other names and numbers.
+The decoder can only name tokens its training sequences hold at least ``min_count`` times. It reads the
+update's direction, not its scale (at batch 1, 300 epochs: 0.27 of notes recovered against 0.18 on
+the raw update; both figures from session 21's one-off diagnosis on dumped gradients, script not kept), which also makes a clipped update (dp-central's server reads it before
+adding noise) read like an unclipped one. The output is a set of ``B`` sequences matched by the
+Hungarian algorithm (LTI predicts one image per batch element in a fixed order).
 
 What it sees: the broadcast trainable state and the base weights (``Access.WEIGHTS``), the client's
 update (``Access.GRADIENTS``), and public records. A message that is not a float update (secure
@@ -113,9 +121,37 @@ class LearnedInversion(Attack):
         return reconstruct(view, self.config, invert)
 
     def _train(self, view: ThreatView, state: torch.Tensor, rng: torch.Generator) -> _Inverter:
-        c = self.config
+        """The decoder for updates sent from broadcast state ``state``. It depends on what the key digests, not
+        on any update: every defense cell of a seed builds the same one, so it is memoised (``bench.api.memo``)."""
         method: OpenHandle = view.final_model  # type: ignore[assignment]
         public = [view.task.collate([record], view.tokenizer, method.device) for record in view.auxiliary]
+        key = self._key(view, method, public, state, rng)
+        entry = memo.load(MEMO_KIND, key)
+        if entry is not None:
+            rng.set_state(entry.pop("rng"))
+            return _Inverter.restore(entry)
+        inverter = self._build(view, method, public, state, rng)
+        memo.save(MEMO_KIND, key, {**inverter.entry(), "rng": rng.get_state()})
+        return inverter
+
+    def _key(self, view: ThreatView, method: OpenHandle, public: list[dict[str, torch.Tensor]], state: torch.Tensor,
+             rng: torch.Generator) -> str:
+        """A digest of everything ``_build`` reads: this file, the torch build and thread count (float results
+        depend on them), the settings, the broadcast state, every weight of the attacked and the sampling model,
+        the public records as collated, the tokenizer's special tokens, and the generator's state."""
+        with model_at(method, state) as model:
+            weights = [t for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
+        sampler = view.base_model.module() if self.config.samples else None
+        sampling = [t for t in sampler.state_dict().values() if isinstance(t, torch.Tensor)] if sampler is not None else []
+        tokens = [b[k] for b in public for k in sorted(b)]
+        return memo.digest(_SOURCE, torch.__version__, torch.get_num_threads(), str(method.device), self.config,
+                           view.federation.batch_size, view.task.kind, view.task.config, state, *weights, *sampling, *tokens,
+                           view.tokenizer.eos_token_id if view.tokenizer is not None else None,
+                           view.tokenizer.pad_token_id if view.tokenizer is not None else None, rng.get_state())
+
+    def _build(self, view: ThreatView, method: OpenHandle, public: list[dict[str, torch.Tensor]], state: torch.Tensor,
+               rng: torch.Generator) -> _Inverter:
+        c = self.config
         batches = public + _sampled(view, public, c, rng)
         sketch = _Sketch.draw(int(state.numel()), c.features, rng)
         grads, tokens = _per_sequence(method, view, batches, state, sketch)
@@ -124,19 +160,10 @@ class LearnedInversion(Attack):
         single = _unit(grads)
         mean, std = single.mean(0), single.std(0) + 1e-8
         shape = (sketch.size, size, targets.shape[1], len(classes) + 1, c.width, c.token_width)
-        # The decoder depends on these inputs only, not on the update it will read: every defense cell of a
-        # seed trains the same one, so it is memoised by their digest (and this file's source).
         with isolated_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=rng))):
             net = _Net(*shape)
-        key = memo.digest(_SOURCE, torch.__version__, c, shape, grads, targets, *net.state_dict().values(), rng.get_state())
-        entry = memo.load(MEMO_KIND, key)
-        if entry is not None:
-            net.load_state_dict(entry["net"])
-            rng.set_state(entry["rng"])
-        else:
-            self._fit(net, grads, targets, (mean, std), size, rng)
-            memo.save(MEMO_KIND, key, {"net": net.state_dict(), "rng": rng.get_state()})
-        return _Inverter(net.eval(), sketch, mean, std, classes)
+        self._fit(net, grads, targets, (mean, std), size, rng)
+        return _Inverter(net.eval(), shape, sketch, mean, std, classes)
 
     def _fit(self, net: _Net, grads: torch.Tensor, targets: torch.Tensor, moments: tuple[torch.Tensor, torch.Tensor],
              size: int, rng: torch.Generator) -> None:
@@ -311,6 +338,8 @@ class _Net(nn.Module):
 @dataclass
 class _Inverter:
     net: _Net
+    shape: tuple[int, ...]
+    """``_Net``'s arguments."""
     sketch: _Sketch
     mean: torch.Tensor
     std: torch.Tensor
@@ -322,3 +351,17 @@ class _Inverter:
         best = self.net(x.unsqueeze(0))[0].argmax(-1)  # (slots, positions)
         none = len(self.classes)
         return [[int(self.classes[c]) for c in row.tolist() if c != none] for row in best]
+
+    def entry(self) -> dict[str, object]:
+        """What the memo keeps (tensors and numbers only)."""
+        return {"net": self.net.state_dict(), "shape": list(self.shape), "bucket": self.sketch.bucket,
+                "sign": self.sketch.sign, "size": self.sketch.size, "mean": self.mean, "std": self.std,
+                "classes": self.classes}
+
+    @classmethod
+    def restore(cls, entry: dict) -> _Inverter:
+        with isolated_rng(0):  # initial weights replaced at once; the global generator stays untouched
+            net = _Net(*entry["shape"])
+        net.load_state_dict(entry["net"])
+        sketch = _Sketch(entry["bucket"], entry["sign"], int(entry["size"]))
+        return cls(net.eval(), tuple(entry["shape"]), sketch, entry["mean"], entry["std"], entry["classes"])
