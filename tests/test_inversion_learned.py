@@ -122,6 +122,12 @@ def test_a_memoised_decoder_reads_exactly_what_a_fresh_one_reads(tmp_path, monke
         runs.append((learned.LearnedInversion(config).run(view, rng).sequences, rng.get_state()))
     assert len(list((tmp_path / "memo" / learned.MEMO_KIND).glob("*.pt"))) == 1
     assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
+    # another defense trains the model elsewhere from the same broadcast state: still the same decoder
+    # (the key reads the weights at the broadcast state, not the live ones)
+    view.final_model.set_flat(view.final_model.get_flat() + 1.0)
+    rng = torch.Generator().manual_seed(0)
+    assert learned.LearnedInversion(config).run(view, rng).sequences == runs[0][0]
+    assert len(list((tmp_path / "memo" / learned.MEMO_KIND).glob("*.pt"))) == 1
     # a different seed is another decoder, not a hit
     learned.LearnedInversion(config).run(view, torch.Generator().manual_seed(1))
     assert len(list((tmp_path / "memo" / learned.MEMO_KIND).glob("*.pt"))) == 2
