@@ -188,3 +188,22 @@ def test_a_byzantine_cell_on_a_generative_task_reads_the_utility_it_cost():
     (cell,) = [c for c in table4.build(board, paper=paper4.annotate) if c.role == "byzantine"]
     assert (cell.metric, cell.failure_level, cell.verdict) == ("poison.utility_drop", 0.0, "mitigates"), cell.reason
     assert cell.success_without == pytest.approx(0.3733, abs=1e-3)
+
+
+def test_a_cell_names_the_attack_that_succeeded_without_the_defense():
+    # prompt tuning's inversion row: the learned inversion reads the undefended update, DAGER reads nothing;
+    # under SecAgg every attack reads nothing and the defended run's "strongest" is a tie. The cell is about
+    # what the defense stopped, so it names the undefended run's strongest attack, not the tie's winner.
+    from report_helpers import run_rows
+
+    rows = []
+    for seed, recovered in enumerate([0.25, 0.125, 0.25]):
+        for defenses, learned in (("none", recovered), ("secagg", 0.0)):
+            rows += run_rows(f"t4[method=prompt-tuning,defenses={defenses}]", seed, method="prompt-tuning",
+                             defenses=defenses,
+                             metrics={("inversion-dager", "inversion.recovered"): 0.0,
+                                      ("inversion-learned", "inversion.recovered"): learned})
+    board = leaderboard.build(rows)
+    assert {r["inversion_attack"] for r in board if r["defenses"] == "secagg"} == {"inversion-dager"}  # the tie
+    (cell,) = [c for c in table4.build(board) if c.role == "inversion" and c.defense == "secagg"]
+    assert cell.attack == "inversion-learned" and cell.verdict == "mitigates", (cell.attack, cell.reason)

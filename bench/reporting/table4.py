@@ -288,7 +288,8 @@ def make_cell(key: tuple, rows: list[dict], baseline: list[dict], clean: dict[tu
     tier, method, protocol, defense, role = key
     ok_rows = [r for r in rows if r.get("status") == RunStatus.OK]
     pairs = _pairs(ok_rows, baseline)
-    attack = next((r.get(ATTACK_COLUMN[role]) for r in ok_rows + baseline if r.get(ATTACK_COLUMN[role])), "")
+    # the attack the defense has to stop: the undefended runs' strongest (the defended runs' can be a tie at 0)
+    attack = next((r.get(ATTACK_COLUMN[role]) for r in baseline + ok_rows if r.get(ATTACK_COLUMN[role])), "")
     utility_metric = next((r.get("utility_metric") for r in ok_rows + baseline if r.get("utility_metric")), "")
     metric = next((metric_of(r, role) for r in ok_rows + baseline), HEADLINE[role])
     cell = Cell(tier=tier, method=method, defense=defense, role=role, attack=attack or "", metric=metric,
