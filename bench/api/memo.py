@@ -15,7 +15,6 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -43,7 +42,7 @@ def _path(kind: str, key: str) -> Path:
     return cache_root() / "memo" / kind / f"{key}.pt"
 
 
-def load(kind: str, key: str) -> dict[str, Any] | None:
+def load(kind: str, key: str) -> dict[str, object] | None:
     """The entry ``save`` wrote under ``key``, or None (absent or unreadable)."""
     path = _path(kind, key)
     if not path.exists():
@@ -54,7 +53,7 @@ def load(kind: str, key: str) -> dict[str, Any] | None:
         return None
 
 
-def save(kind: str, key: str, value: dict[str, Any]) -> None:
+def save(kind: str, key: str, value: dict[str, object]) -> None:
     """Write ``value`` (tensors, numbers, strings, lists and dicts of them) under ``key``, atomically."""
     path = _path(kind, key)
     path.parent.mkdir(parents=True, exist_ok=True)
