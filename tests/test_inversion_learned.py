@@ -97,7 +97,7 @@ def test_it_reads_private_tokens_back_from_soft_prompt_updates_where_guessing_ca
     prediction = attack.run(view, torch.Generator().manual_seed(0))
     assert all(len(prediction.sequences[(0, c)]) == 1 for c in range(8))
     values = {m.name: m.value for m in score(prediction, truth)}
-    assert values["inversion.recovered"] >= 0.625  # 0.75-1.0 on three data seeds
+    assert values["inversion.recovered"] >= 0.625  # 0.875-1.0 with client records of data seeds 100, 110, 120
 
 
 def test_a_masked_message_gives_an_empty_reconstruction():
