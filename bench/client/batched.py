@@ -265,7 +265,7 @@ def train_group(jobs: list[LocalJob], names: list[str],
     optimizer = make_optimizer(first.optimizer, stacked, first.lr)
     rngs = [copied(job.rng) for job in jobs]  # drawn on copies: a refused first step leaves the jobs untouched
     schedules = [batch_indices(_with_rng(job, rng)) for job, rng in zip(jobs, rngs)]
-    totals = torch.zeros(len(jobs), dtype=torch.float64)
+    totals = torch.zeros(len(jobs), dtype=torch.float64, device=stacked[0].device)
     step_grads = None
     for step in range(first.steps):
         batches = [job.collate([job.examples[i] for i in schedule[step]]) for job, schedule in zip(jobs, schedules)]
