@@ -13,34 +13,46 @@
 # MODEL: a registered model name (e.g. smollm2-135m), an HF directory, or a GGUF file / folder
 #   (default: the smollm2-135m model source where the checkout has one, else the GGUF file in
 #   ../shared/models/smollm2-135m, see ../shared/models/README.md).
-# Writes results/studies/gpu/figures.json and figures.md, the Table 4 slice's runs under
+# PYTHON=python3: use that interpreter and its own CUDA torch instead of a venv (the wheels then install
+#   with --no-deps into $SITE: name every package the machine lacks, e.g. opacus, peft, bitsandbytes).
+# Options after MODEL go to gpu_figures, e.g. --random-weights with MODEL a folder holding only
+#   SmolLM2-135M's config and tokenizer (python -m bench.tools.gpu_figures --write-architecture DIR): for a
+#   machine its 98 MB of weights cannot reach; speed and memory figures only.
+# Writes $GPU_OUT (default results/studies/gpu): figures.json and figures.md, the Table 4 slice's runs under
 # results/studies/gpu/runs and its report under results/studies/gpu/slice (bench/tools/gpu_figures.py).
 set -euo pipefail
 
-WHEELS="${1:?usage: bash bench/tools/gpu_check.sh WHEELS_DIR [MODEL]}"
+WHEELS="${1:?usage: bash bench/tools/gpu_check.sh WHEELS_DIR [MODEL] [gpu_figures options]}"
 MODEL="${2:-}"
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
-VENV="${VENV:-.venv-gpu}"
-OUT="${OUT:-results/studies/gpu}"
+GPU_OUT="${GPU_OUT:-results/studies/gpu}"
 
 test -d "$WHEELS" || { echo "error: $WHEELS is not a folder of wheels" >&2; exit 2; }
-test -x "$VENV/bin/python" || python3 -m venv "$VENV"
-PY="$VENV/bin/python"
-PIP=("$PY" -m pip install -q --disable-pip-version-check --no-index --find-links "$WHEELS")
-# torch first (the CUDA build in WHEELS), then the project with the quant extra, then the GGUF readers.
-"${PIP[@]}" setuptools
-"${PIP[@]}" torch==2.13.0
-"${PIP[@]}" --no-build-isolation -e ".[quant]"
-"${PIP[@]}" gguf accelerate || echo "warning: gguf/accelerate not in $WHEELS: a GGUF model cannot be converted" >&2
+if [ -n "${PYTHON:-}" ]; then
+  # The machine's own Python and its CUDA torch (a GPU image rarely lets a 2 GB torch wheel travel): the
+  # wheels go, without their dependencies, into a folder put first on the path; the project runs from here.
+  PY="$PYTHON"
+  SITE="${SITE:-/tmp/tierbench-site}"
+  "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --upgrade --target "$SITE" "$WHEELS"/*.whl
+  export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+else
+  VENV="${VENV:-.venv-gpu}"
+  test -x "$VENV/bin/python" || python3 -m venv "$VENV"
+  PY="$VENV/bin/python"
+  PIP=("$PY" -m pip install -q --disable-pip-version-check --no-index --find-links "$WHEELS")
+  # torch first (the CUDA build in WHEELS), then the project with the quant extra, then the GGUF readers.
+  "${PIP[@]}" setuptools
+  "${PIP[@]}" torch==2.13.0
+  "${PIP[@]}" --no-build-isolation -e ".[quant]"
+  "${PIP[@]}" gguf accelerate || echo "warning: gguf/accelerate not in $WHEELS: a GGUF model cannot be converted" >&2
+fi
 
-"$PY" - <<'EOF'
+"$PY" - <<'PYEOF'
 import torch
 assert torch.cuda.is_available(), "no CUDA GPU visible to torch: this script measures the GPU path"
 print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, bf16: {torch.cuda.is_bf16_supported()}")
-EOF
-# The batched-vs-sequential round needs federation.client_batch (issue 16 item 1); gpu_figures says
-# in figures.json when this checkout has none.
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-"$PY" -m bench.tools.gpu_figures --device cuda ${MODEL:+--model "$MODEL"} --out "$OUT" "${@:3}"
-echo "wrote $OUT/figures.json, $OUT/figures.md, $OUT/runs, $OUT/slice"
+PYEOF
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+"$PY" -m bench.tools.gpu_figures --device cuda ${MODEL:+--model "$MODEL"} --out "$GPU_OUT" "${@:3}"
+echo "wrote $GPU_OUT/figures.json, $GPU_OUT/figures.md, $GPU_OUT/runs, $GPU_OUT/slice"
