@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from bench.api.files import atomic_write_with
 
 
 def cache_root() -> Path:
@@ -55,13 +56,4 @@ def load(kind: str, key: str) -> dict[str, object] | None:
 
 def save(kind: str, key: str, value: dict[str, object]) -> None:
     """Write ``value`` (tensors, numbers, strings, lists and dicts of them) under ``key``, atomically."""
-    path = _path(kind, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(value, file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_with(_path(kind, key), lambda file: torch.save(value, file))

@@ -199,7 +199,7 @@ def render(out: Path) -> str:
 
 
 def write_index(out: str | Path) -> Path:
-    from bench.store.outfiles import atomic_write as _atomic_write
+    from bench.api.files import atomic_write as _atomic_write
 
     out = Path(out)
     path = out / "index.html"

@@ -228,7 +228,7 @@ def _cell(value: JsonValue) -> JsonValue:
 def write_csv(board: list[JsonObject], path: str | Path) -> Path:
     import io
 
-    from bench.store.outfiles import atomic_write as _atomic_write
+    from bench.api.files import atomic_write as _atomic_write
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")

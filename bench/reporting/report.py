@@ -123,7 +123,7 @@ def _fmt(value: JsonValue, digits: int = 3) -> str:
 
 
 def write_table4_csv(cells: list[table4.Cell], path: Path) -> Path:
-    from bench.store.outfiles import atomic_write as _atomic_write
+    from bench.api.files import atomic_write as _atomic_write
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=table4.TABLE4_COLUMNS, lineterminator="\n")
@@ -185,8 +185,8 @@ def write_table4_markdown(cells: list[table4.Cell], path: Path, title: str = "Ta
                           regimes: list[learned.Learned] | None = None) -> Path:
     """``regimes``: the undefended utility of each regime beside its base model's (its section is left out
     when None)."""
+    from bench.api.files import atomic_write as _atomic_write
     from bench.reporting import matrix4
-    from bench.store.outfiles import atomic_write as _atomic_write
 
     counts: dict[str, int] = {}
     for cell in cells:
@@ -226,7 +226,7 @@ TABLE1_FILES = ("table1.csv", "table1.md")
 
 def copy_table1(runs: Path, out: Path, notes: list[str]) -> None:
     """Table 1 comes from the code, not from results: ``run`` stores it beside the runs; copy it."""
-    from bench.store.outfiles import atomic_write as _atomic_write
+    from bench.api.files import atomic_write as _atomic_write
 
     sources = [runs / name for name in TABLE1_FILES]
     if not all(p.exists() for p in sources):
@@ -310,7 +310,7 @@ def study_summary(board: list[JsonObject]) -> str:
 
 def write_study_report(runs: str | Path, out: str | Path, command: str = "") -> list[Path]:
     """A study's leaderboard.csv, summary.md (means over seeds, and the command) and index.html."""
-    from bench.store.outfiles import atomic_write as _atomic_write
+    from bench.api.files import atomic_write as _atomic_write
 
     out = Path(out)
     board = leaderboard.build(load_rows(runs))

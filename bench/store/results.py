@@ -24,18 +24,18 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import BinaryIO
 
 from bench.api.errors import UserError
+from bench.api.files import atomic_write
 from bench.api.vocabulary import JsonObject, JsonValue, RunStatus
 
 SCHEMA_VERSION = 1
 LOCK_NAME = ".results.lock"
-# What a SIGKILL during an atomic rewrite leaves: mkstemp names ``.<target>-XXXXXXXX``.
+# What a SIGKILL during an atomic rewrite leaves: ``bench.api.files.temporary_prefix`` + 8 characters.
 TEMPORARY_GLOBS = (".results.jsonl-*", ".results.csv-*")
 DONE_STATUSES = (RunStatus.OK, RunStatus.INCOMPATIBLE)  # a failed run is retried by the next sweep
 
@@ -413,18 +413,7 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; results are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text, durable=True)
 
 
 def _atomic_write_csv(path: Path, rows: list[JsonObject]) -> None:
