@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from bench.api.files import atomic_write
 from bench.api.vocabulary import JsonObject
 
 if TYPE_CHECKING:  # imported where used: the GPU script starts before the heavy layers load
@@ -392,11 +393,8 @@ def markdown(figures: JsonObject) -> str:
 def write(out: Path, figures: JsonObject) -> None:
     """figures.json and figures.md, replaced whole (the script writes after each part, so a run stopped
     at its time limit keeps the parts it measured)."""
-    for name, text in (("figures.json", json.dumps(figures, indent=2, sort_keys=True) + "\n"),
-                       ("figures.md", markdown(figures))):
-        partial = out / f".{name}.partial"
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, out / name)
+    atomic_write(out / "figures.json", json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    atomic_write(out / "figures.md", markdown(figures))
 
 
 def parser() -> argparse.ArgumentParser:
