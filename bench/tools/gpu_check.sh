@@ -14,7 +14,7 @@
 #   (default: the smollm2-135m model source where the checkout has one, else the GGUF file in
 #   ../shared/models/smollm2-135m, see ../shared/models/README.md).
 # PYTHON=python3: use that interpreter and its own CUDA torch instead of a venv (the wheels then install
-#   with --no-deps into $SITE: name every package the machine lacks, e.g. opacus, peft, bitsandbytes).
+#   with --no-deps into $SITE: name every package the machine lacks; bench/tools/gpu_wheels.sh makes them).
 # Options after MODEL go to gpu_figures, e.g. --random-weights with MODEL a folder holding only
 #   SmolLM2-135M's config and tokenizer (python -m bench.tools.gpu_figures --write-architecture DIR): for a
 #   machine its 98 MB of weights cannot reach; speed and memory figures only.
