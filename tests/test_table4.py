@@ -207,3 +207,22 @@ def test_a_cell_names_the_attack_that_succeeded_without_the_defense():
     assert {r["inversion_attack"] for r in board if r["defenses"] == "secagg"} == {"inversion-dager"}  # the tie
     (cell,) = [c for c in table4.build(board) if c.role == "inversion" and c.defense == "secagg"]
     assert cell.attack == "inversion-learned" and cell.verdict == "mitigates", (cell.attack, cell.reason)
+
+
+def test_a_cell_names_the_strongest_attack_over_its_runs_not_its_first_run():
+    # LoRA's inversion row: the learned inversion reads 0 of seed 0's notes (a tie at 0 with DAGER, which the
+    # run then names) and up to half of the others'; the cell named seed 0's tie winner, DAGER, which never read
+    # anything. It names the attack of the run where the headline is highest.
+    from report_helpers import run_rows
+
+    rows = []
+    for seed, recovered in enumerate([0.0, 0.25, 0.5]):
+        for defenses, learned in (("none", recovered), ("dp-local", 0.0)):
+            rows += run_rows(f"t4[method=lora,defenses={defenses}]", seed, method="lora", defenses=defenses,
+                             metrics={("inversion-dager", "inversion.recovered"): 0.0,
+                                      ("inversion-learned", "inversion.recovered"): learned})
+    board = leaderboard.build(rows)
+    seed0 = [r for r in board if r["defenses"] == "none" and r["seed"] == 0]
+    assert seed0 and seed0[0]["inversion_attack"] == "inversion-dager"  # the tie
+    (cell,) = [c for c in table4.build(board) if c.role == "inversion" and c.defense == "dp-local"]
+    assert cell.attack == "inversion-learned", (cell.attack, cell.reason)

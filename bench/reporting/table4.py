@@ -52,6 +52,7 @@ are both parameter sharing (``leaderboard.PARAMETER_SHARING``): their runs share
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -177,6 +178,20 @@ def verdict(without: Sequence[float], with_: Sequence[float]) -> tuple[str, floa
     return decision.verdict, decision.reduction, decision.reason
 
 
+def _named_attack(role: str, rows: list[dict]) -> str:
+    """The attack named by the run whose headline is highest: each run names its own strongest attack, and a
+    run where every attack reads nothing names the first listed (a tie at 0), so the first run is no guide."""
+    named = [r for r in rows if r.get(ATTACK_COLUMN[role])]
+    if not named:
+        return ""
+
+    def headline(row: dict) -> float:
+        value = row.get(metric_of(row, role))
+        return float(value) if isinstance(value, (int, float)) else -math.inf
+
+    return str(max(named, key=headline)[ATTACK_COLUMN[role]])
+
+
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.fmean(present) if present else None
@@ -289,7 +304,7 @@ def make_cell(key: tuple, rows: list[dict], baseline: list[dict], clean: dict[tu
     ok_rows = [r for r in rows if r.get("status") == RunStatus.OK]
     pairs = _pairs(ok_rows, baseline)
     # the attack the defense has to stop: the undefended runs' strongest (the defended runs' can be a tie at 0)
-    attack = next((r.get(ATTACK_COLUMN[role]) for r in baseline + ok_rows if r.get(ATTACK_COLUMN[role])), "")
+    attack = _named_attack(role, baseline) or _named_attack(role, ok_rows)
     utility_metric = next((r.get("utility_metric") for r in ok_rows + baseline if r.get("utility_metric")), "")
     metric = next((metric_of(r, role) for r in ok_rows + baseline), HEADLINE[role])
     cell = Cell(tier=tier, method=method, defense=defense, role=role, attack=attack or "", metric=metric,
