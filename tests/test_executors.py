@@ -103,7 +103,7 @@ def test_pool_rows_equal_serial_rows_failures_included(tmp_path):
     scenarios = load(ok) + load(broken)
     run_serially(scenarios, tmp_path / "serial")
     # One worker runs all three in turn: what a run leaves in its process must not change the next one.
-    # (Two workers on the 24-run grid: the slow test below.)
+    # (Two workers on the 24-run grid: the test further below.)
     sweep_module.sweep(scenarios, tmp_path / "pool", show_progress=False,
                        executor=PoolExecutor(PoolConfig(workers=1)))
     serial, pool = metric_rows(tmp_path / "serial"), metric_rows(tmp_path / "pool")
@@ -208,8 +208,8 @@ def test_gpu_fraction_from_device_and_model_size(tmp_path):
     assert gpu_fraction(auto, 24.0, False) == 0.0 and gpu_fraction(auto, 24.0, True) > 0
 
 
-@pytest.mark.slow  # a local Ray instance starts: 10-30 s on 2 cores
 def test_a_killed_ray_worker_leaves_its_run_to_be_retried(tmp_path, monkeypatch):
+    """A local Ray instance starts: about 8 s on 2 idle cores (in the default suite, as CI runs it)."""
     pytest.importorskip("ray")
     from bench.engine.executors_ray import RayConfig, RayExecutor
 
@@ -225,8 +225,8 @@ def test_a_killed_ray_worker_leaves_its_run_to_be_retried(tmp_path, monkeypatch)
     assert sorted(starts(tmp_path)).count(f"{scenario.hash} 1") == 2
 
 
-@pytest.mark.slow  # 3 x 24 tiny runs plus a Ray start: minutes on 2 cores
 def test_the_24_run_grid_gives_the_same_rows_serially_with_the_pool_and_with_ray(tmp_path, monkeypatch):
+    """3 x 24 tiny runs plus a Ray start: about 40 s on 2 idle cores (in the default suite, as CI runs it)."""
     pytest.importorskip("ray")
     from bench.engine.executors_ray import RayConfig, RayExecutor
 
