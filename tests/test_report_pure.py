@@ -163,7 +163,7 @@ def test_a_partial_grid_lists_its_missing_cells_and_seeds():
     assert "no run of open-weight / fft / defense dp-local with a membership inference attack" in gaps
     assert "no run of open-weight / lora / defense secagg with a gradient inversion attack" in gaps
     assert ("open-weight / fft / secagg (membership inference): 1 paired seeds of 3; seeds run on one side: "
-            "1 (without the defense only), 2 (without the defense only)") in gaps
+            "1-2 (without the defense only)") in gaps
     assert not [g for g in gaps if "lora / dp-local" in g]   # all three seeds paired: no gap
     only_baseline = leaderboard.build([r for r in rows if r["defenses"] == "none"])
     assert any("runs without a defense only" in g for g in table4.missing(only_baseline, []))
@@ -224,6 +224,12 @@ def test_a_defended_run_pairs_with_the_undefended_run_of_its_own_regime():
     assert cell.seeds == 3 and cell.success_without == pytest.approx(0.71)   # A's baseline, not B's 0.95
     assert cell.change == pytest.approx(-0.10)
     assert not [g for g in table4.missing(board, [cell]) if "dp-local" in g]
+
+
+@pytest.mark.parametrize(("seeds", "text"), [([0], "0"), ([3, 1, 2], "1-3"), ([1, 2, 3, 7, 9, 10], "1-3, 7, 9-10"),
+                                             ([55, *range(56, 90)], "55-89")])
+def test_one_sided_seeds_read_as_runs_of_consecutive_seeds(seeds, text):
+    assert table4.seed_ranges(seeds) == text
 
 
 def test_a_cell_pooling_two_regimes_or_missing_a_twin_says_so():

@@ -472,9 +472,22 @@ def _seed_gaps(cell: Cell, defended: list[dict], baseline: list[dict]) -> list[s
     notes = []
     if len(regimes - {""}) > 1:
         notes.append(f"{label}: pools {len(regimes - {''})} regimes (scenarios that differ in more than the defense)")
-    one_sided = sorted([(seed, "with") for seed in one_sided_with] + [(seed, "without") for seed in one_sided_without])
-    if one_sided:
-        which = ", ".join(f"{seed} ({side} the defense only)" for seed, side in one_sided)
-        notes.append(f"{label}: {cell.seeds} paired seeds of {cell.seeds + len(one_sided)}; seeds run on one side: "
-                     f"{which}")
+    sides = [(side, seeds) for side, seeds in (("with", one_sided_with), ("without", one_sided_without)) if seeds]
+    if sides:
+        which = "; ".join(f"{seed_ranges(seeds)} ({side} the defense only)" for side, seeds in sides)
+        one_sided = sum(len(seeds) for _, seeds in sides)
+        notes.append(f"{label}: {cell.seeds} paired seeds of {cell.seeds + one_sided}; seeds run on one side: {which}")
     return notes
+
+
+def seed_ranges(seeds: list[int]) -> str:
+    """Sorted seeds as runs of consecutive ones: [1, 2, 3, 7, 9, 10] -> "1-3, 7, 9-10". A file that runs some
+    cells to more seeds than their defended twins (``scenarios/*-power-*.yaml``) leaves 35 one-sided seeds in
+    a row, which a list of every seed buried in the notes."""
+    spans: list[list[int]] = []
+    for seed in sorted(seeds):
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
