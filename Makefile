@@ -9,7 +9,7 @@ OUT ?= results
 PRESET ?= cpu-small
 # auto: one single-threaded worker process per core for CPU runs of zoo models, else one process (bench/engine/executors.py)
 EXECUTOR ?= auto
-BENCH_SCENARIOS ?= scenarios/table4.yaml scenarios/table4-inversion.yaml scenarios/table4-inversion-malicious.yaml scenarios/table4-protocols.yaml scenarios/table4-poisoning.yaml scenarios/table4-poisoning-rlhf.yaml scenarios/table4-closed.yaml scenarios/table4-extraction.yaml scenarios/table4-protocols-extraction.yaml
+BENCH_SCENARIOS ?= scenarios/table4.yaml scenarios/table4-inversion.yaml scenarios/table4-inversion-malicious.yaml scenarios/table4-protocols.yaml scenarios/table4-poisoning.yaml scenarios/table4-poisoning-rlhf.yaml scenarios/table4-closed.yaml scenarios/table4-extraction.yaml scenarios/table4-protocols-extraction.yaml scenarios/table4-poisoning-power-krum.yaml scenarios/table4-poisoning-power-coordinate.yaml scenarios/table4-poisoning-rlhf-power-krum.yaml
 # bench-full: also the columns the default grid leaves out (SecAgg/HE/robust rules against membership
 # inference, norm clipping and FLTrust against poisoning, HE/robust rules at the closed tiers)
 FULL_SCENARIOS ?= $(BENCH_SCENARIOS) scenarios/table4-more.yaml scenarios/table4-poisoning-more.yaml scenarios/table4-poisoning-rlhf-more.yaml scenarios/table4-closed-more.yaml

@@ -1,4 +1,5 @@
-"""`make bench-full`'s extra files add defense columns to `make bench`'s grid, and nothing else.
+"""`make bench-full`'s extra files add defense columns to `make bench`'s grid, and nothing else; `make bench`'s
+power files add seeds to cells of its grid, and nothing else.
 
 Each ``scenarios/*-more.yaml`` includes a main grid file and changes its defense column; its cells are read
 beside the main file's undefended runs (the verdict pairs them by regime and seed: ``Scenario.regime``). A cell whose method, task, model,
@@ -26,6 +27,15 @@ EXTRA = {
     "scenarios/table4-closed-more.yaml": "scenarios/table4-closed.yaml",
 }
 """Each extra file of ``make bench-full`` and the main grid file whose columns it extends."""
+
+
+POWER = {
+    "scenarios/table4-poisoning-power-krum.yaml": "scenarios/table4-poisoning.yaml",
+    "scenarios/table4-poisoning-power-coordinate.yaml": "scenarios/table4-poisoning.yaml",
+    "scenarios/table4-poisoning-rlhf-power-krum.yaml": "scenarios/table4-poisoning-rlhf.yaml",
+}
+"""Each power file of ``make bench`` (more seeds for the cells whose column's minimum detectable effect needs
+them) and the main grid file whose cells it runs."""
 
 
 def _make_list(name: str) -> list[str]:
@@ -66,3 +76,21 @@ def test_every_defended_cell_has_an_undefended_twin_of_its_regime():
     undefended = {s.regime for s in scenarios if not s.defenses}
     orphans = [s.name for s in scenarios if s.defenses and s.regime not in undefended]
     assert not orphans, f"{len(orphans)} defended cells without an undefended twin: {orphans[:2]}"
+
+
+def test_bench_runs_every_power_file_after_its_main_file():
+    bench = _make_list("BENCH_SCENARIOS")
+    for power, main in POWER.items():
+        assert power in bench and bench.index(main) < bench.index(power), (power, main)
+
+
+@pytest.mark.parametrize("power", sorted(POWER))
+def test_each_power_cell_is_a_main_cell_with_more_seeds_under_its_label(power):
+    # The report pools a cell's seeds by hash whichever file ran them; the name is the label the leaderboard
+    # prints, so a seed run by the power file must read as the same cell as one the main file ran
+    main = {s.hash: s for s in load(str(ROOT / POWER[power]))}
+    cells = load(str(ROOT / power))
+    assert cells and all(s.hash in main for s in cells), f"{power} runs a cell its main file does not have"
+    for s in cells:
+        assert s.name == main[s.hash].name
+        assert set(main[s.hash].seeds) < set(s.seeds), f"{s.name}: the power file must extend the main file's seeds"
