@@ -249,6 +249,28 @@ def test_a_cell_pooling_two_regimes_or_missing_a_twin_says_so():
                     "1 (with the defense only)"], gaps
 
 
+def test_one_sided_seeds_no_file_plans_are_by_design_and_planned_ones_stay_gaps():
+    # A power file ran the shared undefended cell to seeds 0-4, dp-local's cell only to 0-2. With the files'
+    # plan (hash, seed) the undefended seeds 3-4 are by design; a seed the plan asks of dp-local and the store
+    # lacks (seed 2 here, planned but never run) is still a gap; without a plan everything one-sided is a gap.
+    rows = []
+    for seed in range(5):
+        rows += privacy_run("lora", "none", seed, auc=0.8, rouge=0.5, accuracy=0.9)
+    for seed in range(2):
+        rows += privacy_run("lora", "dp-local", seed, auc=0.6, rouge=0.2, accuracy=0.8)
+    board = leaderboard.build(rows)
+    cell = next(c for c in table4.build(board) if c.defense == "dp-local" and c.role == "mia")
+    label = "open-weight / lora / dp-local (membership inference)"
+    defended, undefended = (next(r["scenario_hash"] for r in board if r["defenses"] == d) for d in ("dp-local", "none"))
+    planned = frozenset({(undefended, s) for s in range(5)} | {(defended, s) for s in range(3)})
+    gaps = [g for g in table4.missing(board, [cell], planned=planned) if label in g]
+    assert gaps == [f"{label}: 2 paired seeds of 3; seeds run on one side: 2 (without the defense only)"], gaps
+    assert table4.by_design(board, [cell], planned) == [
+        f"{label}: 2 paired seeds of 4; seeds run on one side: 3-4 (without the defense only)"]
+    unplanned = [g for g in table4.missing(board, [cell]) if label in g]
+    assert unplanned == [f"{label}: 2 paired seeds of 5; seeds run on one side: 2-4 (without the defense only)"]
+
+
 def test_runs_stored_before_regimes_pair_by_seed_so_a_resumed_sweep_keeps_its_pairs():
     # the undefended runs finished before regimes were stored (no regime), the defended ones after (regime A)
     rows = []

@@ -176,11 +176,13 @@ def test_page_leads_with_the_matrix_read_from_the_csv(oracle, tmp_path):
 
     cells = list(oracle.values())
     write_table4_csv(cells, tmp_path / "table4.csv")
-    write_table4_markdown(cells, tmp_path / "table4.md", missing=["no run of x"])
+    write_table4_markdown(cells, tmp_path / "table4.md", missing=["no run of x"], by_design=["seeds 3-4 of y"])
     page = html.render(tmp_path)
     assert page.index('id="table4-matrix"') < page.index('id="table4-mde"') < page.index('id="table4"')
     assert page.count('class="v disagree"') == 1 and "✓" in page and "│" in page
-    assert html.missing_lines((tmp_path / "table4.md").read_text()) == ["no run of x"]   # not the rule's bullets
+    # not the rule's bullets, nor the cells whose one-sided seeds no file plans (listed apart, below)
+    assert html.missing_lines((tmp_path / "table4.md").read_text()) == ["no run of x"]
+    assert "by design" in (tmp_path / "table4.md").read_text() and "- seeds 3-4 of y" in (tmp_path / "table4.md").read_text()
     markdown = (tmp_path / "table4.md").read_text()
     assert markdown.index("## The matrix") < markdown.index("## Minimum detectable effect") < markdown.index("## Detail")
     assert "t = 4.30 at 3 seeds" in markdown and "80% power" in markdown

@@ -180,11 +180,16 @@ and at the closed tiers the fraction of the members' PII in the provider's log (
 """
 
 
+BY_DESIGN_HEAD = ("Seeds run on one side by design (a power file runs another defense's cell and the shared "
+                  "undefended cell to more seeds; each cell pairs the seeds both sides ran):")
+
+
 def write_table4_markdown(cells: list[table4.Cell], path: Path, title: str = "Table 4, measured",
                           missing: list[str] | None = None, curves: list[resists.Backing] | None = None,
-                          regimes: list[learned.Learned] | None = None) -> Path:
+                          regimes: list[learned.Learned] | None = None, by_design: list[str] | None = None) -> Path:
     """``regimes``: the undefended utility of each regime beside its base model's (its section is left out
-    when None)."""
+    when None). ``by_design``: cells whose seeds are one-sided because no file plans the other side
+    (``table4.by_design``), listed apart from what is missing."""
     from bench.api.files import atomic_write as _atomic_write
     from bench.reporting import matrix4
 
@@ -204,6 +209,8 @@ def write_table4_markdown(cells: list[table4.Cell], path: Path, title: str = "Ta
                  f"## Minimum detectable effect per column\n\n{matrix4.mde_markdown(dicts)}\n"
                  f"## Verdict rule and thresholds\n\n{matrix4.rule_markdown()}\n")
         body += f"Missing from this grid:\n\n{gaps}\n" if gaps else ""
+        designed = "".join(f"- {line}\n" for line in by_design or [])
+        body += f"{BY_DESIGN_HEAD}\n\n{designed}\n" if designed else ""
         body += f"## Detail\n{TABLE4_LEGEND}\n{table4_markdown(cells)}"
     _atomic_write(path, f"# {title}\n\n{body}")
     return path
@@ -253,13 +260,15 @@ def write_reports(runs: str | Path, out: str | Path, scenario_paths: list[str | 
     board = leaderboard.build(rows, attacks)
     leaderboard.write_csv(board, out / "leaderboard.csv")
     cells = table4.build(board, paper=paper4.annotate, stored=table4.floors(rows), curves=curves)
-    gaps = table4.missing(board, cells)
+    planned = frozenset((s.hash, seed) for s in scenarios for seed in s.seeds) if scenarios else None
+    gaps = table4.missing(board, cells, planned=planned)
+    designed = table4.by_design(board, cells, planned) if planned is not None else []
     notes += [f"table4: {line}" for line in gaps]
     notes += [f"table4: resists: {b.method} x {b.attack}: the curve {b.curve} does not back it ({b.describe()})"
               for b in curves if not b.backed]
     write_table4_csv(cells, out / "table4.csv")
     regimes = learned.build(board)
-    write_table4_markdown(cells, out / "table4.md", missing=gaps, curves=curves, regimes=regimes)
+    write_table4_markdown(cells, out / "table4.md", missing=gaps, curves=curves, regimes=regimes, by_design=designed)
     copy_table1(runs_dir(runs), out, notes)
     if figures:
         from bench.reporting import figures as figs

@@ -425,11 +425,16 @@ def as_dicts(cells: list[Cell]) -> list[JsonObject]:
     return [asdict(c) for c in cells]
 
 
-def missing(board: list[JsonObject], cells: list[Cell], limit: int = 20) -> list[str]:
+Planned = frozenset[tuple[str, int]]
+"""The (scenario hash, seed) runs the loaded scenario files ask for (``bench report --scenarios``)."""
+
+
+def missing(board: list[JsonObject], cells: list[Cell], limit: int = 20, planned: Planned | None = None) -> list[str]:
     """What an empty or partial grid lacks, in words: every (tier, method, defense, attack role) of the
     grid the runs span (their methods x their defenses, per tier and role) that has no run, and cells
     with seeds that ran with the defense or without it but not both (``_seed_gaps``). Cells from scenario
-    files with different seed lists are no gap: each pairs the seeds its regime ran."""
+    files with different seed lists are no gap: each pairs the seeds its regime ran. With ``planned``, a
+    one-sided seed whose other side no file plans is no gap either: ``by_design`` lists those."""
     if not board:
         return ["no runs in the results"]
     runs, _ = _index(board)
@@ -453,15 +458,31 @@ def missing(board: list[JsonObject], cells: list[Cell], limit: int = 20) -> list
         notes += [f"no run of {t} / {row_label(m, p)} / defense {d} with a {ROLE_TITLES[r]} attack" for t, m, p, d, r in
                   sorted(gaps, key=_order)]
     notes += [note for c in cells if c.verdict != "incompatible"
-              for note in _seed_gaps(c, runs[(c.tier, c.method, c.protocol, c.defense, c.role)],
-                                     runs.get((c.tier, c.method, c.protocol, "none", c.role), []))]
+              for note in _seed_gaps(c, *_sides(runs, c), planned)[0]]
     return notes if len(notes) <= limit else notes[:limit] + [f"... and {len(notes) - limit} more"]
 
 
-def _seed_gaps(cell: Cell, defended: list[dict], baseline: list[dict]) -> list[str]:
+def by_design(board: list[JsonObject], cells: list[Cell], planned: Planned) -> list[str]:
+    """Cells with seeds on one side that no loaded scenario file plans on the other: a power file
+    (``scenarios/*-power-*.yaml``) runs one defense's cell and the shared undefended cell to more seeds, so
+    the other defenses' cells pair fewer seeds than their baseline ran. Not a gap: nothing asked for them."""
+    runs, _ = _index(board)
+    return [note for c in cells if c.verdict != "incompatible" for note in _seed_gaps(c, *_sides(runs, c), planned)[1]]
+
+
+def _sides(runs: dict[tuple, list[dict]], cell: Cell) -> tuple[list[dict], list[dict]]:
+    """A cell's defended runs and its undefended ones."""
+    return (runs[(cell.tier, cell.method, cell.protocol, cell.defense, cell.role)],
+            runs.get((cell.tier, cell.method, cell.protocol, "none", cell.role), []))
+
+
+def _seed_gaps(cell: Cell, defended: list[dict], baseline: list[dict],
+               planned: Planned | None = None) -> tuple[list[str], list[str]]:
     """A cell's seeds that ran on one side only (with or without the defense, within the defended runs'
     regimes), and a cell that pools runs of several regimes (scenarios that differ in more than the
-    defense: each pair is still one regime's, but the cell averages over them)."""
+    defense: each pair is still one regime's, but the cell averages over them): (gaps, by design). A
+    one-sided seed is by design when ``planned`` is given and holds none of the other side's scenarios at
+    that seed."""
     label = f"{cell.tier} / {row_label(cell.method, cell.protocol)} / {cell.defense} ({ROLE_TITLES[cell.role]})"
     regimes = {_twin_key(d)[0] for d in defended}
     twins = _Twins(baseline)
@@ -472,12 +493,25 @@ def _seed_gaps(cell: Cell, defended: list[dict], baseline: list[dict]) -> list[s
     notes = []
     if len(regimes - {""}) > 1:
         notes.append(f"{label}: pools {len(regimes - {''})} regimes (scenarios that differ in more than the defense)")
-    sides = [(side, seeds) for side, seeds in (("with", one_sided_with), ("without", one_sided_without)) if seeds]
-    if sides:
-        which = "; ".join(f"{seed_ranges(seeds)} ({side} the defense only)" for side, seeds in sides)
-        one_sided = sum(len(seeds) for _, seeds in sides)
-        notes.append(f"{label}: {cell.seeds} paired seeds of {cell.seeds + one_sided}; seeds run on one side: {which}")
-    return notes
+    sides = {"with": one_sided_with, "without": one_sided_without}
+    designed = {side: [] for side in sides}
+    if planned is not None:
+        other = {"with": {str(b["scenario_hash"]) for b in could_pair}, "without": {str(d["scenario_hash"]) for d in defended}}
+        for side, seeds in sides.items():
+            # no run on the other side at all says nothing of what was planned there: a gap
+            designed[side] = [s for s in seeds if other[side] and not any((h, s) in planned for h in other[side])]
+            sides[side] = [s for s in seeds if s not in designed[side]]
+    return notes + _one_sided_note(label, cell.seeds, sides), _one_sided_note(label, cell.seeds, designed)
+
+
+def _one_sided_note(label: str, paired: int, sides: dict[str, list[int]]) -> list[str]:
+    """"<cell>: 55 paired seeds of 90; seeds run on one side: 55-89 (without the defense only)", or nothing."""
+    present = [(side, seeds) for side, seeds in sides.items() if seeds]
+    if not present:
+        return []
+    which = "; ".join(f"{seed_ranges(seeds)} ({side} the defense only)" for side, seeds in present)
+    one_sided = sum(len(seeds) for _, seeds in present)
+    return [f"{label}: {paired} paired seeds of {paired + one_sided}; seeds run on one side: {which}"]
 
 
 def seed_ranges(seeds: list[int]) -> str:
