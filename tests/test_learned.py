@@ -41,6 +41,18 @@ def test_a_regime_that_beats_its_base_on_every_seed_learned_and_one_at_its_base_
     assert flat.learned == "no"
 
 
+def test_a_cells_seeds_run_by_a_file_of_another_name_stay_one_regime_named_by_its_lowest_seed():
+    # real-model.yaml ran seed 0 of a cell, real-model-fft-seeds.yaml seeds 1-2 of the same cell (same hash,
+    # another name); by name alone the cell read as two regimes of 1 and 2 seeds
+    rows = _run("real-model[method=fft]", 0, 0.38, 0.23, method="fft")
+    for seed, trained in ((1, 0.43), (2, 0.33)):
+        rows += [{**r, "scenario_hash": "h-real-model[method=fft]"}
+                 for r in _run("real-model-fft-seeds[defenses=none]", seed, trained, 0.2, method="fft")]
+    entries = _entries(rows)
+    assert list(entries) == [("real-model", "fft")]
+    assert entries[("real-model", "fft")].seeds == 3 and entries[("real-model", "fft")].trained == pytest.approx(0.38)
+
+
 def test_defended_failed_and_single_seed_runs():
     rows = _run("t4[method=lora]", 0, 0.9, 0.3) + _run("t4[method=lora,dp]", 1, 0.3, 0.3, defenses="dp-local")
     rows += _run("t4[method=lora]", 1, 0.0, 0.3, status="failed")

@@ -7,7 +7,9 @@ its 95% t-interval (``bench.reporting.verdict.interval``), and the learning curv
 round; round 0 is the base model) where the runs recorded one.
 
 Which runs: status ok, no defense. A regime is the scenario's name (the part of the leaderboard's
-``scenario`` before its matrix brackets). A poisoning run's own utility is that of the attacked model;
+``scenario`` before its matrix brackets); runs of one cell (one scenario hash) that files of other names ran
+to more seeds (``scenarios/studies/real-model-fft-seeds.yaml``) take the name of the cell's lowest seed's run,
+so a cell is one row however many files ran its seeds. A poisoning run's own utility is that of the attacked model;
 its attacker-free twin's (same scenario and seed without attackers) is utility + ``poison.utility_drop``,
 derived by the sweep in the same metric, so poisoning regimes read the twin's (one value per seed however
 many attacks share it). Inversion regimes stay in although they train one FedSGD step on purpose (DAGER's
@@ -87,6 +89,8 @@ def _curve(rows: list[JsonObject]) -> tuple[float, ...]:
 def build(board: Iterable[JsonObject]) -> list[Learned]:
     """One ``Learned`` per regime row of ``board`` (leaderboard rows)."""
     groups: dict[tuple[str, str, str, str], dict[int, tuple[JsonObject, float, bool]]] = {}
+    board = list(board)
+    names = _names_by_cell(board)
     for row in board:
         roles = set(roles_of_run(row))
         if row.get("status") != RunStatus.OK or row.get("defenses") not in (None, "", "none"):
@@ -94,10 +98,20 @@ def build(board: Iterable[JsonObject]) -> list[Learned]:
         value, twin = _clean_utility(row, roles)
         if value is None or row.get("utility_base") is None or not row.get("utility_metric"):
             continue
-        key = (regime_of(row), str(row["tier"]), row_label(str(row["method"]), protocol_of(row)),
+        key = (names[str(row["scenario_hash"])], str(row["tier"]), row_label(str(row["method"]), protocol_of(row)),
                str(row["utility_metric"]))
         groups.setdefault(key, {}).setdefault(int(row["seed"]), (row, float(value), twin))
     return [_entry(key, list(by_seed.values())) for key, by_seed in sorted(groups.items())]
+
+
+def _names_by_cell(board: list[JsonObject]) -> dict[str, str]:
+    """scenario hash -> the regime name of its lowest seed's run (a cell's runs share it, whichever file ran them)."""
+    lowest: dict[str, JsonObject] = {}
+    for row in board:
+        key = str(row["scenario_hash"])
+        if key not in lowest or int(row["seed"]) < int(lowest[key]["seed"]):
+            lowest[key] = row
+    return {key: regime_of(row) for key, row in lowest.items()}
 
 
 def _entry(key: tuple[str, str, str, str], runs: list[tuple[JsonObject, float, bool]]) -> Learned:
