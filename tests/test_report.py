@@ -131,6 +131,20 @@ def test_study_summary_keeps_the_settings_a_study_varies_apart():
     assert lines[1].startswith("| kd[rounds=20] |") and "| 0.405 |" in lines[1]
 
 
+def test_study_summary_labels_a_cell_by_its_lowest_seeds_run_whichever_file_ran_the_others():
+    # seeds 1-2 of a cell run later by a file of another name (same hash) and stored first: the row pools the
+    # three seeds under the name of seed 0's run, not of whichever row came first
+    from bench.reporting.report import study_summary
+
+    rows = []
+    for name, seed in (("real-model-fft-seeds[defenses=none]", 1), ("real-model-fft-seeds[defenses=none]", 2),
+                       ("real-model[method=fft]", 0)):
+        rows += [{**r, "scenario_hash": "h-fft"} for r in run_rows(name, seed, method="fft",
+                                                                   metrics={("none", "utility.accuracy"): 0.3 + 0.1 * seed})]
+    lines = [line for line in study_summary(leaderboard.build(rows)).splitlines() if "| fft |" in line]
+    assert len(lines) == 1 and lines[0].startswith("| real-model[method=fft] |") and "| 3 | ok |" in lines[0], lines
+
+
 def test_frontier_points_group_by_method_and_epsilon():
     from bench.reporting.figures import frontier_points
 

@@ -300,8 +300,8 @@ def study_summary(board: list[JsonObject]) -> str:
     import statistics
 
     groups: dict[str, list[JsonObject]] = {}
-    for row in board:
-        groups.setdefault(str(row["scenario_hash"]), []).append(row)
+    for row in sorted(board, key=lambda r: int(r["seed"])):  # a cell is labelled by its lowest seed's run, whichever
+        groups.setdefault(str(row["scenario_hash"]), []).append(row)  # file (of whatever name) ran its other seeds
     header = ["scenario", "tier", "method", "defenses", "runs", "status", "utility_metric", "mia_attack"] + SUMMARY_COLUMNS
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rows in sorted(groups.values(), key=_group_order):
