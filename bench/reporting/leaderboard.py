@@ -217,6 +217,19 @@ def build(rows: Iterable[JsonObject], scenario_attacks: dict[str, list[str]] | N
     return sorted(board, key=lambda r: (r["scenario"], r["seed"]))
 
 
+def cell_labels(board: Iterable[JsonObject]) -> dict[str, str]:
+    """scenario hash -> the ``scenario`` label of its lowest seed's run. A cell is keyed by its hash; when a file
+    of another name runs more of its seeds (``scenarios/studies/real-model-fft-seeds.yaml``), its rows carry
+    that file's label, and a report that grouped or labelled by name would split the cell or name it after
+    whichever row came first."""
+    lowest: dict[str, JsonObject] = {}
+    for row in board:
+        key = str(row["scenario_hash"])
+        if key not in lowest or int(row["seed"]) < int(lowest[key]["seed"]):
+            lowest[key] = row
+    return {key: str(row["scenario"]) for key, row in lowest.items()}
+
+
 def _cell(value: JsonValue) -> JsonValue:
     if value is None:
         return ""

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bench.api.vocabulary import JsonObject, RunStatus
+from bench.reporting.leaderboard import cell_labels
 from bench.reporting.table4 import UTILITY_DROP, protocol_of, roles_of_run, row_label
 from bench.reporting.verdict import interval
 
@@ -63,8 +64,9 @@ class Learned:
         return "yes" if self.change_low > 0 else "no"
 
 
-def regime_of(row: JsonObject) -> str:
-    return str(row["scenario"]).split("[", 1)[0]
+def regime_name(label: str) -> str:
+    """A scenario label's regime: its name, before the matrix brackets."""
+    return label.split("[", 1)[0]
 
 
 def _clean_utility(row: JsonObject, roles: set[str]) -> tuple[float | None, bool]:
@@ -90,7 +92,7 @@ def build(board: Iterable[JsonObject]) -> list[Learned]:
     """One ``Learned`` per regime row of ``board`` (leaderboard rows)."""
     groups: dict[tuple[str, str, str, str], dict[int, tuple[JsonObject, float, bool]]] = {}
     board = list(board)
-    names = _names_by_cell(board)
+    labels = cell_labels(board)
     for row in board:
         roles = set(roles_of_run(row))
         if row.get("status") != RunStatus.OK or row.get("defenses") not in (None, "", "none"):
@@ -98,20 +100,10 @@ def build(board: Iterable[JsonObject]) -> list[Learned]:
         value, twin = _clean_utility(row, roles)
         if value is None or row.get("utility_base") is None or not row.get("utility_metric"):
             continue
-        key = (names[str(row["scenario_hash"])], str(row["tier"]), row_label(str(row["method"]), protocol_of(row)),
+        key = (regime_name(labels[str(row["scenario_hash"])]), str(row["tier"]), row_label(str(row["method"]), protocol_of(row)),
                str(row["utility_metric"]))
         groups.setdefault(key, {}).setdefault(int(row["seed"]), (row, float(value), twin))
     return [_entry(key, list(by_seed.values())) for key, by_seed in sorted(groups.items())]
-
-
-def _names_by_cell(board: list[JsonObject]) -> dict[str, str]:
-    """scenario hash -> the regime name of its lowest seed's run (a cell's runs share it, whichever file ran them)."""
-    lowest: dict[str, JsonObject] = {}
-    for row in board:
-        key = str(row["scenario_hash"])
-        if key not in lowest or int(row["seed"]) < int(lowest[key]["seed"]):
-            lowest[key] = row
-    return {key: regime_of(row) for key, row in lowest.items()}
 
 
 def _entry(key: tuple[str, str, str, str], runs: list[tuple[JsonObject, float, bool]]) -> Learned:

@@ -300,8 +300,9 @@ def study_summary(board: list[JsonObject]) -> str:
     import statistics
 
     groups: dict[str, list[JsonObject]] = {}
-    for row in sorted(board, key=lambda r: int(r["seed"])):  # a cell is labelled by its lowest seed's run, whichever
-        groups.setdefault(str(row["scenario_hash"]), []).append(row)  # file (of whatever name) ran its other seeds
+    for row in board:
+        groups.setdefault(str(row["scenario_hash"]), []).append(row)
+    labels = leaderboard.cell_labels(board)  # a cell's label: its lowest seed's run's, whichever file ran the others
     header = ["scenario", "tier", "method", "defenses", "runs", "status", "utility_metric", "mia_attack"] + SUMMARY_COLUMNS
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rows in sorted(groups.values(), key=_group_order):
@@ -312,7 +313,7 @@ def study_summary(board: list[JsonObject]) -> str:
         for column in SUMMARY_COLUMNS:
             values = [r[column] for r in rows if r.get(column) is not None]
             means.append(f"{statistics.fmean(values):.4g}" if values else "")
-        cells = [str(first["scenario"]).replace("|", "/"), first["tier"], first["method"], first["defenses"]]
+        cells = [labels[str(first["scenario_hash"])].replace("|", "/"), first["tier"], first["method"], first["defenses"]]
         lines.append("| " + " | ".join([*cells, str(len(rows)), statuses, *texts, *means]) + " |")
     return "\n".join(lines) + "\n"
 
