@@ -45,6 +45,17 @@ def found_at(scores: torch.Tensor, members: torch.Tensor, alpha: float) -> torch
     return members & (scores.double() >= thresholds[best])
 
 
+def trained_views(scenario, seed: int) -> tuple:
+    """(plan, attackers' views) of one run, trained through the runner's own steps (plan, prepare, the round
+    loop): what ``bench.engine.runner`` does before it runs the attacks, kept open so per-candidate scores can be
+    read (the store keeps metrics only)."""
+    built = plan(scenario)
+    run = prepare(scenario, seed, built)
+    _federate(run)
+    return built, ViewBuilder(scenario, seed, built, run.transcript, run.tokenizer, run.clients, run.task_data,
+                              run.truth, max_candidates=scenario.federation.mia_candidates or None)
+
+
 def main(seeds: list[int]) -> None:
     load_plugins()
     print("| method | seed | attack | TPR@1%FPR | members found | of them atypical | atypical members |\n"
@@ -53,11 +64,7 @@ def main(seeds: list[int]) -> None:
         if scenario.task.name != "synthetic-clinical":
             continue
         for seed in seeds:
-            built = plan(scenario)
-            run = prepare(scenario, seed, built)
-            _federate(run)
-            views = ViewBuilder(scenario, seed, built, run.transcript, run.tokenizer, run.clients, run.task_data,
-                                run.truth, max_candidates=scenario.federation.mia_candidates or None)
+            built, views = trained_views(scenario, seed)
             members = views.truth.member_flags.bool()
             atypical = torch.tensor([is_atypical(c) for c in views.candidates])
             for attack in built.attacks:

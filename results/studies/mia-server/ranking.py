@@ -15,18 +15,17 @@ Attacks from the server's vantage are skipped (``mia-gradient`` reads updates, n
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 
 from bench.api.registry import load_plugins
 from bench.api.seeding import generator
 from bench.api.vocabulary import Vantage
-from bench.engine.runner import _federate, plan, prepare
-from bench.engine.views import ViewBuilder
 from bench.spec.scenario import load
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from atypical import is_atypical  # noqa: E402  (the study's own helper, beside this script)
+sys.path.insert(0, str(Path(__file__).parent))
+from atypical import is_atypical, trained_views  # noqa: E402  (the study's own helpers, beside this script)
 
 FALSE_POSITIVES = 10  # 1% of 1,000 non-members
 
@@ -39,11 +38,7 @@ def main(path: str, seeds: list[int]) -> None:
         if scenario.method.name != "fft":
             continue
         for seed in seeds:
-            built = plan(scenario)
-            run = prepare(scenario, seed, built)
-            _federate(run)
-            views = ViewBuilder(scenario, seed, built, run.transcript, run.tokenizer, run.clients, run.task_data,
-                                run.truth, max_candidates=scenario.federation.mia_candidates or None)
+            built, views = trained_views(scenario, seed)
             members = views.truth.member_flags.bool()
             for attack in built.attacks:
                 if attack.vantage != Vantage.EXTERNAL:
