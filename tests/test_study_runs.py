@@ -29,3 +29,24 @@ def test_a_curves_summary_averages_the_rows_that_have_the_column_and_counts_thos
     assert column_mean(rows, "mia.auc", 3) == "0.560"
     assert column_mean(rows, "absent") == ""
     assert beating(rows, "mia.auc", 0.5, 0.05) == 1
+
+
+def test_attack_metrics_keys_by_run_and_attack_and_leaves_out_the_runs_own_rows():
+    from bench.tools.study_runs import attack_metrics
+
+    def row(run, attack, metric, value):
+        return {"run_id": run, "attack": attack, "metric": metric, "value": value, "method": "fft", "seed": 0}
+
+    rows = [row("r1", "mia-a", "mia.auc", 0.612345), row("r1", "mia-a", "other", 1.0), row("r1", "none", "mia.auc", 0.9),
+            row("r1", "mia-b", "mia.auc", 0.5), row("r2", "mia-a", "mia.auc", 0.7)]
+    table = attack_metrics(rows, ["mia.auc"])
+    assert list(table) == [("r1", "mia-a"), ("r1", "mia-b"), ("r2", "mia-a")]
+    assert table[("r1", "mia-a")] == {"method": "fft", "seed": 0, "attack": "mia-a", "mia.auc": 0.6123}
+
+
+def test_grouped_keeps_first_seen_order_of_groups_and_rows():
+    from bench.tools.study_runs import grouped
+
+    rows = [{"m": "b", "v": 1}, {"m": "a", "v": 2}, {"m": "b", "v": 3}]
+    assert grouped(rows, ["m"]) == {("b",): [rows[0], rows[2]], ("a",): [rows[1]]}
+    assert list(grouped(rows, ["m"])) == [("b",), ("a",)]

@@ -41,3 +41,23 @@ def column_mean(rows: Sequence[JsonObject], column: str, digits: int = 2) -> str
 def beating(rows: Sequence[JsonObject], column: str, floor: float, margin: float) -> int:
     """How many rows have ``column`` at least ``margin`` above ``floor`` (the attack works there)."""
     return sum(1 for r in rows if r.get(column) is not None and float(r[column]) - floor >= margin)
+
+
+def attack_metrics(rows: Sequence[JsonObject], metrics: Sequence[str]) -> dict[tuple[str, str], JsonObject]:
+    """Per (run id, attack) other than ``none``: the run's method and seed, the attack, and each of ``metrics``
+    it reported, rounded to 4 places (a later reading of the same run replaces an earlier one)."""
+    table: dict[tuple[str, str], JsonObject] = {}
+    for row in rows:
+        if row["metric"] in metrics and row["attack"] != "none":
+            entry = table.setdefault((row["run_id"], row["attack"]),
+                                     {"method": row["method"], "seed": row["seed"], "attack": row["attack"]})
+            entry[row["metric"]] = round(row["value"], 4)
+    return table
+
+
+def grouped(rows: Sequence[JsonObject], keys: Sequence[str]) -> dict[tuple, list[JsonObject]]:
+    """``rows`` grouped by their values of ``keys``, groups and rows in first-seen order."""
+    groups: dict[tuple, list[JsonObject]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return groups

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench.tools.study_runs import column_mean, ok_rows, write_curve
+from bench.tools.study_runs import attack_metrics, column_mean, grouped, ok_rows, write_curve
 
 METRICS = ("mia.auc", "mia.tpr@0.01", "mia.tpr@0.001")
 
@@ -22,9 +22,9 @@ def _passes(federation: dict) -> float:
 
 
 def main(*runs: str) -> None:
+    rows_read = list(ok_rows(*runs))
     runs_seen: dict[str, dict] = {}
-    table: dict[tuple[str, str], dict] = {}
-    for row in ok_rows(*runs):
+    for row in rows_read:
         config = (row.get("extra") or {}).get("scenario_config")
         if config:
             federation = config["federation"]
@@ -32,20 +32,15 @@ def main(*runs: str) -> None:
                 local_steps=federation["local_steps"], passes=round(_passes(federation), 2))
         if row["metric"] == "utility.accuracy":
             runs_seen.setdefault(row["run_id"], {})["accuracy"] = round(row["value"], 4)
-        if row["metric"] in METRICS and row["attack"].startswith("mia-"):
-            entry = table.setdefault((row["run_id"], row["attack"]),
-                                     {"method": row["method"], "seed": row["seed"], "attack": row["attack"]})
-            entry[row["metric"]] = round(row["value"], 4)
+    table = attack_metrics(rows_read, METRICS)
     rows = [{**entry, **runs_seen.get(run_id, {})} for (run_id, _), entry in table.items()]
     rows.sort(key=lambda e: (e["method"], e["attack"], e["local_steps"], e["seed"]))
     columns = ["method", "attack", "local_steps", "passes", "seed", "accuracy", *METRICS]
     write_curve(Path(__file__).with_name("curves.csv"), columns, rows)
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["method"], row["attack"], row["local_steps"], row["passes"]), []).append(row)
     print("| method | attack | local steps | passes per member | accuracy | AUC | TPR@1%FPR | TPR@0.1%FPR | seeds |\n"
           "|---|---|---|---|---|---|---|---|---|")
-    for (method, attack, steps, passes), group in groups.items():
+    for (method, attack, steps, passes), group in grouped(
+            rows, ("method", "attack", "local_steps", "passes")).items():
         print(f"| {method} | {attack} | {steps} | {passes:g} | {column_mean(group, 'accuracy')} | "
               f"{column_mean(group, 'mia.auc', 3)} | {column_mean(group, 'mia.tpr@0.01', 3)} | "
               f"{column_mean(group, 'mia.tpr@0.001', 3)} | {len(group)} |")

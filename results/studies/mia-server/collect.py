@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from bench.api.registry import ATTACKS, load_plugins
-from bench.tools.study_runs import column_mean, ok_rows, write_curve
+from bench.tools.study_runs import attack_metrics, column_mean, grouped, ok_rows, write_curve
 
 METRICS = ("mia.auc", "mia.tpr@0.01", "mia.tpr@0.001")
 UTILITIES = ("utility.accuracy", "utility.rouge_l")
@@ -19,25 +19,18 @@ UTILITIES = ("utility.accuracy", "utility.rouge_l")
 
 def main(*runs: str) -> None:
     load_plugins()
-    utility: dict[str, dict] = {}
-    table: dict[tuple[str, str], dict] = {}
-    for row in ok_rows(*runs):
-        if row["attack"] == "none" and row["metric"] in UTILITIES:
-            utility[row["run_id"]] = {"utility_metric": row["metric"], "utility": round(row["value"], 4)}
-        if row["metric"] in METRICS and row["attack"] != "none":
-            vantage = str(ATTACKS.get(row["attack"]).vantage)  # declared by the attack, never read from its name
-            entry = table.setdefault((row["run_id"], row["attack"]), {"method": row["method"], "seed": row["seed"],
-                                                                      "attack": row["attack"], "vantage": vantage})
-            entry[row["metric"]] = round(row["value"], 4)
+    rows_read = list(ok_rows(*runs))
+    utility = {row["run_id"]: {"utility_metric": row["metric"], "utility": round(row["value"], 4)}
+               for row in rows_read if row["attack"] == "none" and row["metric"] in UTILITIES}
+    table = attack_metrics(rows_read, METRICS)
+    for entry in table.values():
+        entry["vantage"] = str(ATTACKS.get(entry["attack"]).vantage)  # declared by the attack, never read from its name
     rows = [{**entry, **utility.get(run_id, {})} for (run_id, _), entry in table.items()]
     rows.sort(key=lambda e: (e["method"], e["vantage"], e["attack"], e["seed"]))
     columns = ["method", "vantage", "attack", "seed", "utility_metric", "utility", *METRICS]
     write_curve(Path(__file__).with_name("curves.csv"), columns, rows)
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault((row["method"], row["vantage"], row["attack"]), []).append(row)
     print("| method | vantage | attack | utility | AUC | TPR@1%FPR | TPR@0.1%FPR | seeds |\n|---|---|---|---|---|---|---|---|")
-    for (method, vantage, attack), group in groups.items():
+    for (method, vantage, attack), group in grouped(rows, ("method", "vantage", "attack")).items():
         print(f"| {method} | {vantage} | {attack} | {column_mean(group, 'utility')} | {column_mean(group, 'mia.auc', 3)} | "
               f"{column_mean(group, 'mia.tpr@0.01', 3)} | {column_mean(group, 'mia.tpr@0.001', 3)} | {len(group)} |")
 
