@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import bench  # noqa: F401  pins the CPU kernel path before any test touches a tensor (bench.api.numerics)
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TIERBENCH_CACHE", str(ROOT / ".cache" / "tierbench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

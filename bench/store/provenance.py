@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.api.numerics import cpu_kernels
 from bench.api.vocabulary import JsonObject, JsonValue
 
 if TYPE_CHECKING:  # named in annotations only
@@ -48,12 +49,15 @@ def git_commit() -> str:
 
 @functools.cache
 def package_versions() -> str:
+    """Python and the packages that move a figure, then the CPU kernel path (``cpu_kernels=AVX2``): the same
+    code and packages sum in another order on another path (``bench.api.numerics``)."""
     found = [f"python={sys.version.split()[0]}"]
     for name in PACKAGES:
         try:
             found.append(f"{name}={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             continue
+    found.append(f"cpu_kernels={cpu_kernels()}")
     return " ".join(found)
 
 

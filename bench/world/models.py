@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
@@ -26,6 +27,7 @@ import torch
 from bench.api.config import doc
 from bench.api.errors import UserError
 from bench.api.memo import cache_root
+from bench.api.numerics import cpu_kernels
 from bench.api.registry import MODELS
 from bench.api.seeding import isolated_rng
 from bench.api.vocabulary import JsonObject, TaskKind
@@ -38,6 +40,9 @@ if TYPE_CHECKING:  # named in annotations only: transformers loads lazily
 # that built them first (a 2-thread build of Table 4's 4-layer model differs by up to 0.023 per weight
 # from a 1-thread build, enough to move a membership AUC by 0.035), so a cache held whichever came first.
 ZOO_VERSION = 2
+KERNELS_FILE = "cpu_kernels"
+"""Written beside a pretrained zoo model: the CPU kernel path its weights were summed on."""
+UNRECORDED = "unrecorded"
 
 
 class ModelSource(abc.ABC):
@@ -218,12 +223,17 @@ class ZooModel(ModelSource):
 
     def path(self) -> str:
         target = cache_root() / "models" / f"{self.name}-{self.cache_key()}"
-        if not (target / "done").exists():
+        built_on = _kernels_of(target)
+        if built_on != cpu_kernels():
             from tqdm import tqdm
 
-            tqdm.write(f"pretraining zoo model {self.name} on first use ({self.config.pretrain_steps} steps; cached "
+            was = ("does not record the CPU kernel path it was pretrained on" if built_on == UNRECORDED else
+                   f"was pretrained on the {built_on} CPU kernel path")
+            why = ("on first use" if built_on is None else
+                   f"again: the cached copy {was}, this process runs {cpu_kernels()} (bench.api.numerics)")
+            tqdm.write(f"pretraining zoo model {self.name} {why} ({self.config.pretrain_steps} steps; cached "
                        f"in {target}, TIERBENCH_CACHE moves it)", file=sys.stderr)
-            _build_atomically(target, self._pretrain)
+            _build_atomically(target, self._pretrain, replace=built_on is not None)
         return str(target)
 
     def context_length(self) -> int | None:
@@ -234,8 +244,10 @@ class ZooModel(ModelSource):
 
     def metadata(self) -> JsonObject:
         c = self.config
+        target = Path(self.path())
         return {"license": self.license, "openness": "open-source", "source": f"zoo:{self.name}-{self.cache_key()}",
-                "pretraining": f"{c.pretrain_steps} steps x {c.pretrain_batch} on {c.corpus_documents} generated documents"}
+                "pretraining": f"{c.pretrain_steps} steps x {c.pretrain_batch} on {c.corpus_documents} generated documents",
+                "weights": f"sha256 {_file_digest(target / 'model.safetensors')} ({_kernels_of(target)} kernels)"}
 
     def _pretrain(self, directory: Path) -> None:
         from bench.world.pretrain import pretrain
@@ -250,6 +262,7 @@ class ZooModel(ModelSource):
             pretrain(model, tokenizer, corpus, self.config, label=f"pretraining {self.name}")
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
+        (directory / KERNELS_FILE).write_text(cpu_kernels() + "\n")
 
     @abc.abstractmethod
     def model_class(self) -> type[PreTrainedModel]:
@@ -267,18 +280,46 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _build_atomically(target: Path, build: Callable[[Path], None]) -> None:
+def _kernels_of(target: Path) -> str | None:
+    """The CPU kernel path a cached zoo model was pretrained on: None when there is no finished copy,
+    ``UNRECORDED`` for a copy made before the path was recorded (session 28)."""
+    if not (target / "done").exists():
+        return None
+    try:
+        return (target / KERNELS_FILE).read_text().strip()
+    except OSError:
+        return UNRECORDED
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()  # in the key: a copy pretrained again in this process is a new file
+    return _digest_of(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.cache
+def _digest_of(path: Path, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _build_atomically(target: Path, build: Callable[[Path], None], *, replace: bool = False) -> None:
+    """Build into a staging folder, then rename it to ``target``; with ``replace``, a finished ``target``
+    that is stale is moved aside first (a reader sees the old copy or the new one, never half of one)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    stale = staging.with_name(staging.name + "-stale")
     try:
         build(staging)
         (staging / "done").write_text("ok\n")
+        if replace:
+            with contextlib.suppress(OSError):  # another process moved it first
+                target.rename(stale)
         try:
             staging.rename(target)
         except OSError:  # another process finished first; its copy is identical
             pass
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
