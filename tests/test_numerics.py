@@ -42,6 +42,21 @@ def test_a_kernel_path_the_user_chose_is_kept():
     assert _kernels_in_fresh_process(ATEN_CPU_CAPABILITY="default") == "DEFAULT"
 
 
+def _library_pins(**env: str) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in {numerics.VARIABLE, *numerics.LIBRARIES}}
+    code = f"import bench, json, os; print(json.dumps([os.environ.get(k) for k in {sorted(numerics.LIBRARIES)!r}]))"
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True)
+    return json.loads(out.stdout)
+
+
+@needs_avx2
+def test_mkl_and_onednn_are_pinned_with_pytorch_unless_the_user_chose_a_path():
+    assert _library_pins() == ["AVX2", "AVX2"]
+    assert _library_pins(MKL_CBWR="COMPATIBLE") == ["AVX2", "COMPATIBLE"]  # sorted: DNNL_MAX_CPU_ISA, MKL_CBWR
+    assert _library_pins(ATEN_CPU_CAPABILITY="avx512") == [None, None]
+
+
 def test_a_runs_provenance_names_its_kernel_path():
     assert package_versions().endswith(f" cpu_kernels={numerics.cpu_kernels()}")
 
