@@ -303,7 +303,8 @@ def _digest_of(path: Path, mtime_ns: int, size: int) -> str:
 
 def _build_atomically(target: Path, build: Callable[[Path], None], *, replace: bool = False) -> None:
     """Build into a staging folder, then rename it to ``target``; with ``replace``, a finished ``target``
-    that is stale is moved aside first (a reader sees the old copy or the new one, never half of one)."""
+    that is stale is moved aside first (a reader finds the old copy, the new one or none, which it then builds
+    itself; never half of one). A sweep builds its models before its workers start (``prepare_models``)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     stale = staging.with_name(staging.name + "-stale")
