@@ -19,7 +19,7 @@ import platform
 from pathlib import Path
 
 PINNED = "avx2"
-"""The kernel path pinned on x86 processors that have it (every x86 server since 2013)."""
+"""The kernel path pinned on x86 processors that have it (Intel since 2013, AMD since 2015)."""
 VARIABLE = "ATEN_CPU_CAPABILITY"
 
 
@@ -30,13 +30,13 @@ def _has_avx2() -> bool:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: cannot tell cheaply, keep PyTorch's choice
         return False
-    return any(line.startswith("flags") and " avx2" in line for line in cpuinfo.splitlines())
+    return any(line.startswith("flags") and "avx2" in line.split() for line in cpuinfo.splitlines())
 
 
 LIBRARIES = {"MKL_CBWR": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}
 """The same pin for the libraries PyTorch calls (MKL's matrix products, oneDNN): on the AMD machines measured
-they already took one path (setting these changed no digit), but on an Intel AVX-512 processor MKL would pick
-its AVX-512 kernels."""
+they already took one path (setting these changed no digit); on an Intel AVX-512 processor MKL may pick its
+AVX-512 kernels (not measured: no such machine here)."""
 
 
 def pin_cpu_kernels() -> None:
