@@ -136,3 +136,6 @@ def test_the_fingerprint_tool_tells_this_paths_runs_from_another_paths(tmp_path,
     assert kernel_fingerprint.main([str(tmp_path / "store"), str(scenario), "--per-commit", "2"]) == 0
     out = capsys.readouterr().out
     assert "more than one base model: 1 of 1" in out and "| same |" in out and "| differs |" in out
+
+    assert kernel_fingerprint.main([str(tmp_path / "store"), str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err

@@ -18,6 +18,7 @@ has AVX-512 (the zoo models are then pretrained on that path, once).
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 
 from bench.api.numerics import cpu_kernels
@@ -29,7 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="+")
     parser.add_argument("--per-commit", type=int, default=2, help="rows checked per (commit, file)")
     args = parser.parse_args(argv)
+    from bench.api.errors import UserError
 
+    try:
+        return _fingerprint(args.store, args.files, args.per_commit)
+    except UserError as error:  # a wrong path or scenario file: the message, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _fingerprint(store: str, files: list[str], per_commit: int) -> int:
     import torch
 
     from bench.api.registry import load_plugins
@@ -40,16 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     from bench.store.results import ResultStore
 
     load_plugins()
-    scenarios = {s.hash: (path, s) for path in args.files for s in load(path)}
+    scenarios = {s.hash: (path, s) for path in files for s in load(path)}
     picked: dict[tuple[str, str], list] = defaultdict(list)
     weights: dict[tuple, set[float]] = defaultdict(set)  # per (file, method, task, seed): the base models its cells saw
-    for row in ResultStore(args.store).rows():
+    for row in ResultStore(store).rows():
         if row["metric"] != "model.base_perplexity" or row["status"] != "ok" or row["scenario_hash"] not in scenarios:
             continue
         path = scenarios[row["scenario_hash"]][0]
         weights[(path, row["method"], row["task"], row["seed"])].add(row["value"])
         key = (row["git_commit"][:7], path)
-        if len(picked[key]) < args.per_commit:
+        if len(picked[key]) < per_commit:
             picked[key].append(row)
 
     mixed = sum(len(values) > 1 for values in weights.values())
@@ -62,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             built = plan(scenario)
             s = scenario.federation
             data = built.task.load(s.clients * s.examples_per_client, generator("run", row["seed"], "data"))
-            metric, _ = base_perplexity.measure(built.model_source, built.task, _eval_set(data.test, s.eval_examples),
-                                                torch.device("cpu"))
+            measured = base_perplexity.measure(built.model_source, built.task, _eval_set(data.test, s.eval_examples),
+                                               torch.device("cpu"))
+            if measured is None:  # an encoder: no next-token figure, so no row either
+                continue
+            metric = measured[0]
             same = "same" if metric.value == row["value"] else "differs"
             print(f"| {commit} | {path} | {row['scenario_hash']} | {row['seed']} | {row['value']:.9f} | "
                   f"{metric.value:.9f} | {same} |", flush=True)
