@@ -36,16 +36,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paths", nargs="+", default=["avx2", "avx512"])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
+    try:
+        _time(args.file, args.paths, args.repeats)
+    except subprocess.CalledProcessError as error:  # bench run said why on stderr (a bad file, a path this CPU lacks)
+        print(f"error: `bench run {args.file}` exited {error.returncode}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _time(scenario: str, paths: list[str], repeats: int) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        for path in args.paths:  # warm-up: pretrain the zoo models on each path, untimed
-            _run(path, args.file, root / f"warm-{path}", root / f"cache-{path}")
+        for path in paths:  # warm-up: pretrain the zoo models on each path, untimed
+            _run(path, scenario, root / f"warm-{path}", root / f"cache-{path}")
         print("| path | repeat | wall_s per run |\n|---|---|---|")
-        for repeat in range(args.repeats):
-            for path in args.paths:
-                walls = _run(path, args.file, root / f"{path}-{repeat}", root / f"cache-{path}")
+        for repeat in range(repeats):
+            for path in paths:
+                walls = _run(path, scenario, root / f"{path}-{repeat}", root / f"cache-{path}")
                 print(f"| {path} | {repeat} | {', '.join(f'{w:.1f}' for w in walls)} |", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
