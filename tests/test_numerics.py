@@ -24,12 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 needs_avx2 = pytest.mark.skipif(not numerics._has_avx2(), reason="the pin applies to x86 processors with AVX2")
 
 
-def _kernels_in_fresh_process(**env: str) -> str:
-    clean = {k: v for k, v in os.environ.items() if k != numerics.VARIABLE}
-    code = "import bench, torch; print(torch.backends.cpu.get_cpu_capability())"
-    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, check=True)
+def _in_fresh_process(code: str, **env: str) -> str:
+    """stdout of ``code`` run after ``import bench`` in a new interpreter, none of the pinned variables inherited."""
+    clean = {k: v for k, v in os.environ.items() if k not in {numerics.VARIABLE, *numerics.LIBRARIES}}
+    out = subprocess.run([sys.executable, "-c", f"import bench; {code}"], env={**clean, **env}, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True)
     return out.stdout.strip()
+
+
+def _kernels_in_fresh_process(**env: str) -> str:
+    return _in_fresh_process("import torch; print(torch.backends.cpu.get_cpu_capability())", **env)
 
 
 @needs_avx2
@@ -43,11 +47,8 @@ def test_a_kernel_path_the_user_chose_is_kept():
 
 
 def _library_pins(**env: str) -> list[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in {numerics.VARIABLE, *numerics.LIBRARIES}}
-    code = f"import bench, json, os; print(json.dumps([os.environ.get(k) for k in {sorted(numerics.LIBRARIES)!r}]))"
-    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, check=True)
-    return json.loads(out.stdout)
+    code = f"import json, os; print(json.dumps([os.environ.get(k) for k in {sorted(numerics.LIBRARIES)!r}]))"
+    return json.loads(_in_fresh_process(code, **env))
 
 
 @needs_avx2
