@@ -37,12 +37,15 @@ def is_atypical(record: dict) -> bool:
     return symptom_condition(record["text"]) != synthetic.CONDITION_NAMES[int(record["label"])]
 
 
+def lowest_threshold(scores: torch.Tensor, members: torch.Tensor, alpha: float) -> float:
+    """The lowest ROC threshold whose FPR is at most ``alpha``: where the scorer's TPR at ``alpha`` is read."""
+    fpr, _, thresholds = roc_curve(scores, members)
+    return float(thresholds[(fpr <= alpha + 1e-12).nonzero().flatten().max()])
+
+
 def found_at(scores: torch.Tensor, members: torch.Tensor, alpha: float) -> torch.Tensor:
     """Members ranked at or above the lowest threshold whose FPR is at most ``alpha`` (the TPR@alpha point)."""
-    fpr, tpr, thresholds = roc_curve(scores, members)
-    allowed = (fpr <= alpha + 1e-12).nonzero().flatten()
-    best = allowed[tpr[allowed].argmax()]
-    return members & (scores.double() >= thresholds[best])
+    return members & (scores.double() >= lowest_threshold(scores, members, alpha))
 
 
 def trained_views(scenario, seed: int) -> tuple:

@@ -23,19 +23,12 @@ import torch
 from bench.api.registry import load_plugins
 from bench.api.seeding import generator
 from bench.api.vocabulary import Vantage
-from bench.scoring.mia import roc_curve
 from bench.spec.scenario import load
 
 sys.path.insert(0, str(Path(__file__).parent))
-from atypical import is_atypical, trained_views  # noqa: E402  (the study's own helpers, beside this script)
+from atypical import is_atypical, lowest_threshold, trained_views  # noqa: E402  (the study's own helpers, beside this script)
 
 ALPHA = 0.01
-
-
-def lowest_threshold(scores: torch.Tensor, members: torch.Tensor, alpha: float) -> float:
-    """The lowest ROC threshold whose FPR is at most ``alpha``: where the scorer's TPR at ``alpha`` is read."""
-    fpr, _, thresholds = roc_curve(scores, members)
-    return float(thresholds[(fpr <= alpha + 1e-12).nonzero().flatten().max()])
 
 
 def main(path: str, seeds: list[int]) -> None:
