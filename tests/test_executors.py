@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -149,6 +151,48 @@ def test_a_raising_run_function_fails_its_run_not_the_worker(tmp_path):
     PoolExecutor(PoolConfig(workers=1)).run(jobs_for(scenario, [0, 1]), raising_run,
                                             lambda job, rows: finished.setdefault(job.seed, rows))
     assert [finished[s][0].error for s in (0, 1)] == ["RuntimeError: boom at seed 0", "RuntimeError: boom at seed 1"]
+
+
+DRIVER = """
+import pathlib
+from bench.engine.executors import PoolConfig, PoolExecutor
+from tests.helpers import make_scenario
+from tests.test_executors import jobs_for, killable_run
+scenario = make_scenario(pathlib.Path({folder!r}))
+PoolExecutor(PoolConfig(workers=1)).run(jobs_for(scenario, [1]), killable_run, lambda job, rows: None)
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` still computes (an exited orphan that nobody reaped yet is a zombie: not running)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_a_killed_driver_takes_its_pool_workers_with_it(tmp_path):
+    # SIGKILL skips every cleanup of the driver (daemon workers are stopped only at a normal exit): the worker,
+    # 120 s into nothing, must notice by itself, or it computes on, unrecorded, beside the next sweep
+    root = Path(__file__).resolve().parents[1]
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(folder=str(tmp_path))], cwd=root,
+                              env={**os.environ, KILL_DIR: str(tmp_path)})
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "pid").exists() and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (tmp_path / "pid").exists(), "the worker never started its run"
+    worker = int((tmp_path / "pid").read_text())
+    assert running(worker)
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 15
+    while running(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if running(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail(f"worker {worker} kept running 15 s after its driver was killed")
 
 
 def test_resume_runs_only_what_is_not_done_and_the_bar_counts_every_run(tmp_path, monkeypatch, capsys):

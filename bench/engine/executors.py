@@ -10,7 +10,10 @@ business, whatever the executor.
   each, 1 by default). A run's arithmetic depends only on its thread count, never on which worker
   or how many workers ran it, so the rows equal a serial sweep's under ``OMP_NUM_THREADS=1``. A
   worker that dies (killed, out of memory) takes only its own run with it: that run is started again
-  on a fresh worker, up to ``attempts`` times, then recorded ``failed`` with the reason.
+  on a fresh worker, up to ``attempts`` times, then recorded ``failed`` with the reason. A driver that dies
+  (``kill``, out of memory) takes its workers with it within about a second: each watches its driver's pid,
+  because ``daemon`` workers are only stopped by a driver that exits normally, and an orphan would go on
+  computing a run nobody records, on cores another sweep is measuring.
 - ``ray`` (``bench.engine.executors_ray``): each run a Ray task, locally or on a cluster.
 - ``auto``: ``pool`` with a worker per core when every run is a CPU run of a zoo model (tiny models:
   per-step overhead dominates, and two single-threaded processes do about 4x the work of one process
@@ -23,6 +26,8 @@ import abc
 import multiprocessing
 import os
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -182,7 +187,8 @@ class _Worker:
 
     def __init__(self, context: multiprocessing.context.BaseContext, config: PoolConfig, run: RunFn):
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_pool_worker, args=(child, config.threads, config.plugins), daemon=True)
+        self.process = context.Process(target=_pool_worker, args=(child, config.threads, config.plugins, os.getpid()),
+                                       daemon=True)
         self.process.start()
         child.close()
         self.conn.send(run)  # after the worker pinned its threads: unpickling ``run`` imports torch
@@ -260,8 +266,9 @@ class _Pool:
             pending.appendleft(job)  # retried first, on a fresh worker
 
 
-def _pool_worker(conn: Connection, threads: int, plugins: tuple[str, ...]) -> None:
+def _pool_worker(conn: Connection, threads: int, plugins: tuple[str, ...], driver: int) -> None:
     """A worker process: pin threads, receive the run function, then run jobs until told to stop."""
+    exit_with_driver(driver)
     single_threaded(threads)
     from bench.engine.sweep import quiet_libraries
 
@@ -274,6 +281,21 @@ def _pool_worker(conn: Connection, threads: int, plugins: tuple[str, ...]) -> No
             conn.send(_guarded_run(run, scenario, seed, figures))
     except (KeyboardInterrupt, EOFError, BrokenPipeError):  # Ctrl-C reaches the whole group; the driver says so
         sys.exit(1)
+
+
+def exit_with_driver(driver: int, every_s: float = 1.0) -> None:
+    """End this process once ``driver`` is no longer its parent (the driver died and it was reparented).
+
+    A thread polls ``os.getppid()``, which changes when POSIX reparents an orphan (Windows does not: there an
+    orphan runs on until its next send fails, as before). The driver's pid comes as an argument rather than from
+    ``getppid()`` at start, so a driver that died before this worker started is noticed too."""
+
+    def watch() -> None:
+        while os.getppid() == driver:
+            time.sleep(every_s)
+        os._exit(1)  # mid-run: nothing of this process is worth keeping, and nothing would read it
+
+    threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
 
 
 def _guarded_run(run: RunFn, scenario: Scenario, seed: int, figures: str | None) -> list:
