@@ -124,10 +124,12 @@ def test_truncated_fraction_counts_records_cut_short():
 def test_a_prompt_that_fills_max_length_is_an_error_naming_task_key_and_length():
     task = SyntheticInstructions(SyntheticInstructions.Config(max_length=10))
     with pytest.raises(UserError) as error:
-        truncation(task, [_pair(2, 3), _pair(6, 2)], WordTokenizer())  # a 10-token prompt leaves no response
+        truncation(task, [_pair(2, 3), _pair(6, 2), _pair(9, 3)], WordTokenizer())  # 10- and 13-token prompts
     message = str(error.value)
     assert "synthetic-instructions" in message and "task.params.max_length" in message
-    assert "at least 11" in message and "12 keeps every record whole" in message
+    # The count is of prompts at or over the limit, and the longest of them sets the length needed.
+    assert "2 of 3 sequences have a prompt of 10 tokens or more (the longest 13)" in message, message
+    assert "at least 14" in message and "16 keeps every record whole" in message
 
 
 def test_an_instruction_task_whose_template_fills_max_length_fails_instead_of_reporting_perplexity_one(tmp_path):

@@ -133,9 +133,10 @@ def truncation(task: Task, examples: list[Record], tokenizer: PreTrainedTokenize
     fulls = [len(ids) for ids in tokenizer([f for _, f in pairs]).input_ids]
     starved = [n for n in prompts if n >= limit]
     if starved:
-        raise UserError(f"task {task.name}: {len(starved)} of {len(pairs)} sequences have a prompt of {max(starved)} "
-                        f"tokens or more, so max_length {limit} cuts every response token; set max_length to at "
-                        f"least {max(starved) + 1} ({max(fulls)} keeps every record whole)", key="task.params.max_length")
+        raise UserError(f"task {task.name}: {len(starved)} of {len(pairs)} sequences have a prompt of {limit} tokens or "
+                        f"more (the longest {max(starved)}), so max_length {limit} cuts every response token of "
+                        f"those; set max_length to at least {max(starved) + 1} ({max(fulls)} keeps every record "
+                        f"whole)", key="task.params.max_length")
     cut = iter(full > limit for full in fulls)
     return sum(any([next(cut) for _ in record]) for record in records) / len(records)
 
