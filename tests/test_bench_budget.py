@@ -49,7 +49,8 @@ def test_a_run_two_files_plan_is_priced_once_at_its_last_place(tmp_path):
     assert by_name["second.yaml"].missing == 1  # seed 2 of this cell is not in the store
     assert order == [10.0, 20.0]
     lines = bench_budget.report(entries, order, workers=2)
-    assert "30" in lines[-2] and "20 s wall" in lines[-1] and "lower bound" in lines[-1]
+    assert lines[-2].split() == ["all", "4", "3", "1", "30"]  # planned, run, missing, run-seconds
+    assert "20 s wall" in lines[-1] and "lower bound" in lines[-1]  # two workers: 10 and 20 side by side
 
 
 def test_the_command_prices_a_store_and_refuses_bad_input(tmp_path, capsys):
