@@ -240,7 +240,7 @@ class ShadowWorld:
     def __init__(self, records_: list[dict], gain: float = 1.0, noise: float = 0.3):
         self.texts = [r["text"] for r in records_]
         self.difficulty = 3.0 + 2.0 * torch.randn(len(self.texts), generator=rng(11))
-        self.gain, self.noise, self.trained = gain, noise, []
+        self.gain, self.noise, self.trained, self.how = gain, noise, [], []
 
     def model(self, trained_on: list[dict], generator: torch.Generator) -> TableModel:
         inside = {r["text"] for r in trained_on}
@@ -250,8 +250,9 @@ class ShadowWorld:
         )
         return TableModel(dict(zip(self.texts, losses.tolist(), strict=True)))
 
-    def train_shadow(self, examples: list[dict], generator: torch.Generator) -> TableModel:
+    def train_shadow(self, examples: list[dict], generator: torch.Generator, **how) -> TableModel:
         self.trained.append(examples)
+        self.how.append(how)
         return self.model(examples, generator)
 
 
@@ -314,6 +315,46 @@ def test_lira_shadow_datasets(shadow_world):
     shadow_world.world.trained.clear()
     attack("mia-lira", online=False, shadows=4).run(shadow_world.view, rng(1))
     assert all(not e["text"].startswith("cand") for shadow in shadow_world.world.trained for e in shadow)
+
+
+def test_sized_membership_gives_every_shadow_its_size_and_every_record_an_equal_share():
+    from attacks.mia.lira import sized_membership
+
+    membership = sized_membership(shadows=10, records=37, size=8, rng=rng(4))
+    assert membership.sum(1).tolist() == [8] * 10  # each shadow trains on exactly `size` records
+    per_record = membership.sum(0)
+    assert int(per_record.max()) - int(per_record.min()) <= 1 and int(per_record.sum()) == 80  # 80 / 37: 2 or 3
+    assert torch.equal(membership, sized_membership(10, 37, 8, rng(4)))
+    assert not torch.equal(membership, sized_membership(10, 37, 8, rng(5)))
+
+
+def test_lira_with_target_sized_shadows_draws_from_the_candidates_and_still_calibrates(shadow_world):
+    # the target here trained on the 100 members among the 300 candidates: shadows of 100 records, 12 of them,
+    # each candidate IN for 4 (the paper's shadows match the target's training set; the pool is the candidates)
+    lira = attack("mia-lira", shadows=12, shadow_records=100, variance="global").run(shadow_world.view, rng(5))
+    shadows = shadow_world.world.trained
+    assert [len(s) for s in shadows] == [100] * 12
+    assert all(e["text"].startswith("cand") for s in shadows for e in s)  # no auxiliary record
+    assert {sum(c["text"] in {e["text"] for e in s} for s in shadows) for c in shadow_world.candidates} == {4}
+    assert shadow_world.world.how == [{}] * 12  # central shadows unless asked: a trainer may not offer more
+    assert metrics.point_metrics(lira.scores, shadow_world.flags)["mia.auc"] > 0.95
+
+
+def test_lira_asks_the_harness_for_federated_shadows():
+    world = ShadowWorld(records(40, "cand") + records(40, "aux"))
+    view = make_view(records(40, "cand"), world.model([], rng(1)), auxiliary=records(40, "aux"),
+                     train_shadow=world.train_shadow)
+    attack("mia-lira", shadows=4, online=False, federated_shadows=True).run(view, rng(2))
+    assert world.how == [{"federated": True}] * 4
+
+
+def test_lira_refuses_target_sized_shadows_it_cannot_fit(shadow_world):
+    with pytest.raises(UserError, match="shadows >= 6"):  # 300 candidates, 100 each: 4 shadows leave some IN once
+        attack("mia-lira", shadows=4, shadow_records=100).run(shadow_world.view, rng(5))
+    with pytest.raises(UserError, match="fewer than the 300"):
+        attack("mia-lira", shadows=4, shadow_records=300, online=False).run(shadow_world.view, rng(5))
+    with pytest.raises(UserError, match="shadow_records"):
+        attack("mia-lira", shadow_records=-1)
 
 
 def test_lira_is_deterministic_in_its_generator(shadow_world):

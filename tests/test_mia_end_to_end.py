@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from bench.api.seeding import generator
 from bench.engine import federation as fl
@@ -133,3 +134,43 @@ def test_scenario_sets_how_many_candidates_membership_attacks_score(tmp_path, mo
     scenario = make_scenario(tmp_path, federation={"rounds": 1, "local_steps": 1, "mia_candidates": 8})
     rows = runner.execute(scenario, 0)
     assert all(r.status == "ok" for r in rows) and seen == [8]
+
+
+
+def _central_and_federated_shadows(tmp_path, clients: int):
+    """A run's central and federated shadow (fft: no random initialisation) on every member of its clients
+    (6 each), each fitted afresh, and the run's untrained state they both start from."""
+    from bench.engine import views
+
+    # SGD: Adam turns float-level differences between the federation's batched client step and the central
+    # step (a weight whose gradient is 1e-12 on one path and 0 on the other) into steps of the full size
+    scenario = make_scenario(tmp_path, method="fft", federation={
+        "clients": clients, "clients_per_round": clients, "rounds": 1, "local_steps": 3, "batch_size": 8,
+        "optimizer": "sgd", "lr": 0.1, "examples_per_client": 12, "member_fraction": 0.5})
+    prepared = prepare(scenario, 0, plan(scenario))
+    builder = ViewBuilder(scenario, 0, prepared.built, prepared.transcript, prepared.tokenizer, prepared.clients,
+                          prepared.task_data, prepared.truth)
+    examples = [e for c in prepared.clients for e in c.members]
+    views.SHADOW_CACHE.clear()
+    central = builder.train_shadow(examples, generator("lira")).get_flat()
+    federated = builder.train_shadow(examples, generator("lira"), federated=True)
+    views.SHADOW_CACHE.clear()
+    again = builder.train_shadow(examples, generator("lira"), federated=True).get_flat()
+    return prepared.fed.method.get_flat(), central, federated.get_flat(), again
+
+
+def test_a_federated_shadow_of_one_client_is_the_central_shadow(tmp_path):
+    # one client, one round of 3 local steps on its 6 records, batches of all 6: the federation's replay and the
+    # central fine-tune at the same exposure (3 steps) take the same steps, so the shadows agree
+    start, central, federated, again = _central_and_federated_shadows(tmp_path, clients=1)
+    assert (central - start).abs().max() > 1e-4  # both trained
+    assert torch.allclose(federated, central, atol=1e-6)
+    assert torch.equal(federated, again)
+
+
+def test_a_federated_shadow_averages_its_clients(tmp_path):
+    # two clients of 6: FedAvg of two 3-step trajectories, not 6 central steps over 12 records
+    start, central, federated, again = _central_and_federated_shadows(tmp_path, clients=2)
+    assert (federated - start).abs().max() > 1e-4
+    assert not torch.allclose(federated, central, atol=1e-4)
+    assert torch.equal(federated, again)  # refitted after the cache is cleared: the same shadow

@@ -26,12 +26,16 @@ spread between candidates' means, inflates the variance and flattens the ratio. 
 uses the global variance below 64 shadows, where the paper reports per-example variances are
 unreliable.
 
-Setting and departures: shadows are central fine-tunes of the base model with the target's method
-and hyperparameters on records of the same distribution (``view.train_shadow``, provided and cached
-by the harness), while the target was trained federatedly, so shadow and target training differ in
-how the data was split across clients (FedAvg dilutes each client's memorisation, so IN shadows
-overstate the target's member shift; offline scores do not depend on it). No test-time
-augmentations.
+Setting and departures: by default shadows are central fine-tunes of the base model with the target's
+method and hyperparameters on random halves of the pool (``view.train_shadow``, provided and cached by the
+harness), while the target was trained federatedly on its members, so shadow and target training differ
+in how the data was split across clients and in how many records share the model (FedAvg dilutes each
+client's memorisation, so IN shadows overstate the target's member shift; offline scores do not depend on
+it). The paper trains shadows exactly as the target: ``shadow_records`` (the target's training-set size)
+and ``federated_shadows`` (the run's own federation replayed on each shadow's records) do that here. With
+shadows far smaller than the pool each candidate is IN for only a few shadows (``sized_membership``), so
+the IN Gaussian's centre rests on a few observations and its variance should be pooled (``variance:
+global``). No test-time augmentations.
 """
 
 from __future__ import annotations
@@ -69,6 +73,18 @@ def balanced_membership(shadows: int, records: int, rng: torch.Generator) -> tor
     """(shadows, records) bool: each record IN for exactly ``shadows // 2`` shadows, chosen at random."""
     ranks = torch.rand(shadows, records, generator=rng).argsort(0).argsort(0)
     return ranks < shadows // 2
+
+
+def sized_membership(shadows: int, records: int, size: int, rng: torch.Generator) -> torch.Tensor:
+    """(shadows, records) bool: each shadow IN on ``size`` records, every record IN for as many shadows as any
+    other, give or take one (each shadow takes the records with the fewest shadows so far, ties at random)."""
+    membership = torch.zeros(shadows, records, dtype=torch.bool)
+    counts = torch.zeros(records)
+    for row in membership:
+        chosen = (counts + torch.rand(records, generator=rng)).topk(size, largest=False).indices
+        row[chosen] = True
+        counts[chosen] += 1
+    return membership
 
 
 def masked_gaussian(
@@ -133,6 +149,15 @@ class LiRA(Attack):
         center: Literal["mean", "median"] = doc(
             "per-candidate centre of the shadow signals (the paper's code: median)", "mean"
         )
+        shadow_records: int = doc(
+            "records each shadow trains on; 0: half the pool (the paper's design). Set it to the target's training-set "
+            "size (the federation's clients x members each) to train shadows like the target; online, the pool is "
+            "then the candidates alone, and each is IN for shadows x shadow_records / candidates shadows", 0
+        )
+        federated_shadows: bool = doc(
+            "train each shadow through the run's federation (its records dealt to the clients, same rounds, local "
+            "steps and aggregation) instead of one central fine-tune at the federation's exposure per record", False
+        )
 
         def __post_init__(self) -> None:
             least = 4 if self.online else 2
@@ -140,6 +165,8 @@ class LiRA(Attack):
                 raise ValueError(
                     f"shadows must be even and at least {least} for {'online' if self.online else 'offline'} LiRA"
                 )
+            if self.shadow_records < 0:
+                raise ValueError(f"shadow_records must be 0 (half the pool) or a positive count, got {self.shadow_records}")
 
     def run(self, view: ThreatView, rng: torch.Generator):
         return membership_scores(self.score(self.observe(view, rng)))
@@ -148,14 +175,29 @@ class LiRA(Attack):
         """Train the shadows and read the candidates' signal under each of them and under the target."""
         if view.train_shadow is None:
             raise TierAccessError("LiRA needs shadow models, and this vantage cannot train them")
-        pool = list(view.auxiliary) + (list(view.candidates) if self.config.online else [])
+        public = [] if self.config.online and self.config.shadow_records else list(view.auxiliary)
+        pool = public + (list(view.candidates) if self.config.online else [])
         if not view.auxiliary and not self.config.online:
             raise UserError("offline LiRA needs auxiliary records to train shadow models on")
-        membership = balanced_membership(self.config.shadows, len(pool), rng)
+        membership = self._membership(len(pool), rng)
         observations = torch.stack([self._shadow_signal(view, pool, keep, rng) for keep in membership]).double()
         target = confidence_signal(view.final_model, view.candidates).double()
-        candidate_in = membership[:, len(view.auxiliary) :] if self.config.online else None
+        candidate_in = membership[:, len(public) :] if self.config.online else None
         return ShadowFit(target, observations, candidate_in)
+
+    def _membership(self, records: int, rng: torch.Generator) -> torch.Tensor:
+        """Which pool records each shadow trains on: random halves, or ``shadow_records`` each, balanced."""
+        shadows, size = self.config.shadows, self.config.shadow_records
+        if not size:
+            return balanced_membership(shadows, records, rng)
+        if size >= records:
+            raise UserError(f"mia-lira: shadow_records ({size}) must be fewer than the {records} records of the shadow pool")
+        if self.config.online and shadows * size < 2 * records:
+            raise UserError(
+                f"mia-lira: online with shadow_records {size} over {records} candidates needs shadows >= "
+                f"{-(-2 * records // size)} (each candidate IN for at least two shadows), got {shadows}"
+            )
+        return sized_membership(shadows, records, size, rng)
 
     def score(self, fit: ShadowFit) -> torch.Tensor:
         pooled, center = self.pooled(), self.config.center
@@ -167,5 +209,6 @@ class LiRA(Attack):
         ]
 
     def _shadow_signal(self, view: ThreatView, pool: list, keep: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-        shadow = view.train_shadow([pool[i] for i in keep.nonzero().flatten().tolist()], derived_generator(rng))
+        how = {"federated": True} if self.config.federated_shadows else {}  # a trainer may offer central only
+        shadow = view.train_shadow([pool[i] for i in keep.nonzero().flatten().tolist()], derived_generator(rng), **how)
         return confidence_signal(shadow, view.candidates)

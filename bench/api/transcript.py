@@ -6,7 +6,6 @@ The engine fills a ``Transcript``; attacks receive a ``ThreatView`` built from i
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
@@ -100,8 +99,14 @@ ChannelValue: TypeAlias = list[Record] | float | int | nn.Module
 """What a non-parameter protocol's server holds of a round (``Protocol.round_public``): KD's proxy records and
 temperature, split learning's cut layer and client-side layers (a module)."""
 
-ShadowTraining = Callable[[list[Record], torch.Generator], OpenHandle]
-"""Trains a shadow model on records (same harness as the run, its own seed from the generator)."""
+class ShadowTraining(Protocol):
+    """Trains a shadow model on records (same harness as the run, its own seed from the generator)."""
+
+    def __call__(self, records: list[Record], rng: torch.Generator, *, federated: bool = False) -> OpenHandle:
+        """``federated``: through the run's federation (the records dealt to its clients as their members, same
+        rounds, local steps and aggregation, no defense); otherwise one central fine-tune showing each record
+        as often as the federation showed each member."""
+        ...
 
 
 @dataclass

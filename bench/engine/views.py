@@ -2,7 +2,8 @@
 
 The builder also draws the membership candidates (members and non-members at random from the same
 distribution, equal in number), keeps the matching ground truth for the scorer, and offers shadow
-training (central fine-tunes with the run's method and hyperparameters) cached per run.
+training (central fine-tunes with the run's method and hyperparameters, or the run's federation replayed on
+the shadow's records) cached per run.
 
 A view never refers back to the builder: the base model's lazy loader (``BaseModelLoader``) and
 shadow training (``ShadowTrainer``) are small objects built from the model source, the task, the
@@ -25,6 +26,7 @@ from bench.api.seeding import derive_seed, generator
 from bench.api.transcript import GroundTruth, RoundRecord, ThreatView, Transcript
 from bench.api.vocabulary import Vantage
 from bench.client.training import LocalJob, train_local
+from bench.engine import federation as fl
 from bench.spec.scenario import MEASUREMENT_NEUTRAL
 from bench.world.models import ModelSource
 from bench.world.partition import ClientData
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase  # the runner imports this module; its Plan is only named here
 
     from bench.api.attack import Attack
+    from bench.api.method import Method
     from bench.engine.runner import Plan
     from bench.spec.scenario import Federation, Scenario
 
@@ -116,11 +119,11 @@ class ViewBuilder:
             return ProviderAPI(self.base_loader, self.built.tier.grants, self.transcript.provider_log)
         return _LazyHandle(self.base_loader)
 
-    def train_shadow(self, examples: list[dict], rng: torch.Generator) -> OpenModel:
+    def train_shadow(self, examples: list[dict], rng: torch.Generator, *, federated: bool = False) -> OpenModel:
         """Shadow training for callers holding the builder (benchmarks); views get ``self.shadows``."""
         if self.shadows is None:
             raise TypeError("this tier does not grant the weights shadow training needs")
-        return self.shadows(examples, rng)
+        return self.shadows(examples, rng, federated=federated)
 
 
 @dataclass(eq=False)
@@ -147,7 +150,8 @@ SHADOW_NEUTRAL = MEASUREMENT_NEUTRAL
 
 @dataclass(frozen=True, eq=False)
 class ShadowTrainer:
-    """Central fine-tunes of the base model with the run's method and settings (open tiers only).
+    """Shadows of the base model with the run's method and settings (open tiers only): a central fine-tune at
+    the federation's exposure per record, or (``federated``) the federation itself on the shadow's records.
 
     Cached across the runs of a sweep: a shadow depends on the model, task, method, federation
     settings, seed and its examples, not on the defenses or attacks, so runs that differ only in those
@@ -179,22 +183,46 @@ class ShadowTrainer:
                    source=built.model_source, task=built.task, tokenizer=tokenizer, federation=s.federation,
                    device=device, seed=seed)
 
-    def __call__(self, examples: list[dict], rng: torch.Generator) -> OpenModel:
-        key = hashlib.sha256(json.dumps([*self.setting, examples], sort_keys=True, default=str).encode()).hexdigest()[:20]
+    def __call__(self, examples: list[dict], rng: torch.Generator, *, federated: bool = False) -> OpenModel:
+        key_parts = [*self.setting, examples] + (["federated"] if federated else [])  # central keys as before
+        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
         draw = int(torch.randint(2**31, (1,), generator=rng))
         if key not in SHADOW_CACHE:
-            SHADOW_CACHE[key] = self._fit(examples, derive_seed(key, draw))
+            fit = self._fit_federated if federated else self._fit
+            SHADOW_CACHE[key] = fit(examples, derive_seed(key, draw))
             while len(SHADOW_CACHE) > SHADOW_CACHE_SIZE:
                 SHADOW_CACHE.popitem(last=False)
         SHADOW_CACHE.move_to_end(key)
         return SHADOW_CACHE[key]
 
-    def _fit(self, examples: list[dict], seed: int) -> OpenModel:
-        task, s, device = self.task, self.federation, self.device
+    def _fresh_method(self, seed: int) -> Method:
+        """The run's method, prepared on a fresh copy of the base model (the run's initialisation)."""
+        task = self.task
         method = METHODS.get(self.method_name)(self.method_config)
         method.task_loss = task.example_losses
-        model, _ = self.source.load(task.kind, task.num_labels, device, derive_seed("run", self.seed, "init"))
+        model, _ = self.source.load(task.kind, task.num_labels, self.device, derive_seed("run", self.seed, "init"))
         method.prepare(model, task, generator(seed, "method"))
+        return method
+
+    def _fit_federated(self, examples: list[dict], seed: int) -> OpenModel:
+        """The shadow trained as the target was: ``examples`` dealt at random over the federation's clients as
+        their members, then the federation's own round loop (rounds, sampling, local steps, batching,
+        aggregation) with no defense and no attack."""
+        task, s = self.task, self.federation
+        method = self._fresh_method(seed)
+        order = torch.randperm(len(examples), generator=generator(seed, "deal")).tolist()
+        shares = [chunk.tolist() for chunk in torch.tensor_split(torch.tensor(order, dtype=torch.long), s.clients)]
+        fed = fl.Federation(method=method, model=method.model, settings=s, seed_parts=("shadow", seed),
+                            clients=[ClientData(members=[examples[i] for i in share], nonmembers=[]) for share in shares],
+                            collate=lambda ex: task.collate(ex, self.tokenizer, self.device))
+        transcript = Transcript()
+        fed.trainer = method.trainer(fed.trainer, transcript)
+        fl.run(fed, transcript, GroundTruth())
+        return OpenModel(method.model, method.layout(), task, self.tokenizer)
+
+    def _fit(self, examples: list[dict], seed: int) -> OpenModel:
+        task, s, device = self.task, self.federation, self.device
+        method = self._fresh_method(seed)
         steps = max(_matching_exposure_steps(s, len(examples)), 1)
         rng = generator(seed, "shadow")
         # a phased method (RLHF: reward model, then policy) walks the federation's rounds, each its share of
