@@ -340,6 +340,35 @@ def test_lira_with_target_sized_shadows_draws_from_the_candidates_and_still_cali
     assert metrics.point_metrics(lira.scores, shadow_world.flags)["mia.auc"] > 0.95
 
 
+def test_lira_normalise_ignores_a_shift_the_whole_target_model_shares(shadow_world):
+    # every shadow ends more or less confident on all its records at once (a federation that trained a little
+    # more or less overall) and the target less than most: online LiRA's ratio reads those common shifts as
+    # membership evidence; normalised, each model's shift is gone before the Gaussians are fitted
+    offsets = iter((2.0 * torch.randn(8, generator=rng(7))).tolist())
+
+    def shifted_shadow(examples, generator):
+        shadow, offset = shadow_world.world.train_shadow(examples, generator), next(offsets)
+        return TableModel({t: loss + offset for t, loss in shadow.losses.items()})
+
+    losses = shadow_world.view.final_model.losses
+    shifted = make_view(shadow_world.candidates, TableModel({t: loss + 1.5 for t, loss in losses.items()}),
+                        auxiliary=shadow_world.view.auxiliary, train_shadow=shifted_shadow)
+    raw = attack("mia-lira", shadows=8).run(shifted, rng(5))
+    offsets = iter((2.0 * torch.randn(8, generator=rng(7))).tolist())  # the same shadows again
+    normalised = attack("mia-lira", shadows=8, normalise=True).run(shifted, rng(5))
+    assert metrics.point_metrics(raw.scores, shadow_world.flags)["mia.auc"] < 0.8
+    assert metrics.point_metrics(normalised.scores, shadow_world.flags)["mia.auc"] > 0.95
+
+
+def test_per_model_normalised_standardises_each_model_over_its_candidates():
+    from attacks.mia.lira import per_model_normalised
+
+    signals = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0], [12.0, 14.0, 16.0, 18.0, 20.0]], dtype=torch.float64)
+    assert torch.equal(per_model_normalised(signals)[0], per_model_normalised(signals)[1])  # shift and scale gone
+    assert per_model_normalised(signals)[0].tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]  # median 3, IQR 2
+    assert per_model_normalised(signals[0]).tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]  # one model alone
+
+
 def test_lira_asks_the_harness_for_federated_shadows():
     world = ShadowWorld(records(40, "cand") + records(40, "aux"))
     view = make_view(records(40, "cand"), world.model([], rng(1)), auxiliary=records(40, "aux"),
