@@ -35,12 +35,12 @@ it). The paper trains shadows exactly as the target: ``shadow_records`` (the tar
 and ``federated_shadows`` (the run's own federation replayed on each shadow's records) do that here. With
 shadows far smaller than the pool each candidate is IN for only a few shadows (``sized_membership``), so
 the IN Gaussian's centre rests on a few observations and its variance should be pooled (``variance:
-global``). Departure (``normalise``): each model's signals are standardised over the candidates before the
-Gaussians are fitted. Measured on Table 4's undefended fft and LoRA cells (seed 1, 64 federated shadows of
-64 records, ``results/studies/mia-online/``): raw online LiRA read AUC 0.50 and 0.52, normalised 0.58 and 0.69
-(the base-model reference attack 0.60 and 0.65): a shadow federation that ends a little more or less
-confident overall shifts every candidate's signal at once, and the online ratio reads that shift as
-membership. No test-time augmentations.
+global``). Departure (``normalise``, off by default): each model's signals are standardised over the
+candidates before the Gaussians are fitted, so a shadow federation that ends a little more or less confident
+overall does not shift every candidate's score at once. On Table 4's undefended cells (64 federated shadows
+of 64 records, ``results/studies/mia-online/``) it lifted fft and LoRA at seed 1 (AUC 0.50 -> 0.58 and
+0.52 -> 0.69, the same shadows scored both ways) and lowered fft at seed 0 (0.61 -> 0.47): with 3-4 IN
+shadows per candidate the online ratio is noisy either way. No test-time augmentations.
 """
 
 from __future__ import annotations
