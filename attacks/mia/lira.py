@@ -99,6 +99,11 @@ def per_model_normalised(signals: torch.Tensor) -> torch.Tensor:
     return (signals - middle) / (high - low).clamp_min(_VARIANCE_FLOOR)
 
 
+def normalised_fit(fit: ShadowFit) -> ShadowFit:
+    """``fit`` with the target's and every shadow's signals standardised (``per_model_normalised``)."""
+    return ShadowFit(per_model_normalised(fit.target), per_model_normalised(fit.observations), fit.candidate_in)
+
+
 def masked_gaussian(
     observations: torch.Tensor, mask: torch.Tensor, pooled: bool, center: str = "mean"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +224,7 @@ class LiRA(Attack):
     def score(self, fit: ShadowFit) -> torch.Tensor:
         pooled, center = self.pooled(), self.config.center
         if self.config.normalise:
-            fit = ShadowFit(per_model_normalised(fit.target), per_model_normalised(fit.observations), fit.candidate_in)
+            fit = normalised_fit(fit)
         return online_scores(fit, pooled, center) if self.config.online else offline_scores(fit, pooled, center)
 
     def pooled(self) -> bool:

@@ -5,7 +5,7 @@ lets its mia-lira attack train its 64 federated shadows once with the generator 
 variant must reproduce the sweep's stored LiRA figures: a check that this is the same fit), then scores the one
 set of observations as: online and offline LiRA with pooled variances (the attack's setting; offline reads only
 the OUT shadows), online with per-candidate OUT variances (about 60 OUT observations each, 3-4 IN), and both
-after normalising each model's signals over the candidates (``per_model_normalised``: less the model's
+after normalising each model's signals over the candidates (``normalised_fit``: less the model's
 median, over its interquartile range; mia-lira's ``normalise``): a shadow or a target whose confidences sit higher or spread wider overall then no longer
 moves every candidate's score the same way. Writes variants.csv beside this file (one row per cell and variant).
 
@@ -21,7 +21,14 @@ from pathlib import Path
 
 import torch
 
-from attacks.mia.lira import ShadowFit, masked_gaussian, offline_scores, online_scores, per_model_normalised
+from attacks.mia.lira import (
+    ShadowFit,
+    gaussian_log_density,
+    masked_gaussian,
+    normalised_fit,
+    offline_scores,
+    online_scores,
+)
 from bench.api.seeding import generator
 from bench.engine import federation as fl
 from bench.engine.runner import plan, prepare
@@ -38,12 +45,11 @@ def online_out_per_example(fit: ShadowFit) -> torch.Tensor:
     """Online LiRA with the IN variance pooled (3-4 observations each) and the OUT variance per candidate."""
     mean_in, var_in = masked_gaussian(fit.observations, fit.candidate_in, pooled=True)
     mean_out, var_out = masked_gaussian(fit.observations, ~fit.candidate_in, pooled=False)
-    density = lambda mean, var: -0.5 * (fit.target - mean).square() / var - 0.5 * var.log()  # noqa: E731
-    return density(mean_in, var_in) - density(mean_out, var_out)
+    return gaussian_log_density(fit.target, mean_in, var_in) - gaussian_log_density(fit.target, mean_out, var_out)
 
 
 def variants(fit: ShadowFit) -> dict[str, torch.Tensor]:
-    norm = ShadowFit(per_model_normalised(fit.target), per_model_normalised(fit.observations), fit.candidate_in)
+    norm = normalised_fit(fit)
     return {
         "online, pooled variance (the attack)": online_scores(fit, pooled=True),
         "offline, pooled variance": offline_scores(fit, pooled=True),
