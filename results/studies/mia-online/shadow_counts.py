@@ -26,13 +26,11 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
+from variants import trained_cell  # this folder's sibling script (Python puts a script's folder on sys.path)
+
 from attacks.mia.lira import ShadowFit, normalised_fit, offline_scores
 from bench.api.seeding import generator
-from bench.engine import federation as fl
-from bench.engine.runner import plan, prepare
-from bench.engine.views import ViewBuilder
 from bench.scoring.mia import point_metrics
-from bench.spec.scenario import load
 
 SCENARIO = "scenarios/studies/mia-online-offline.yaml"
 SHADOWS = 128
@@ -55,12 +53,7 @@ def lira_variants(fit: ShadowFit) -> list[dict]:
 
 
 def cell(method: str, seed: int) -> list[dict]:
-    scenario = next(s for s in load(SCENARIO) if s.method.name == method)
-    built = plan(scenario)
-    p = prepare(scenario, seed, built)
-    fl.run(p.fed, p.transcript, p.truth)
-    views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth,
-                        max_candidates=scenario.federation.mia_candidates or None)
+    built, views = trained_cell(SCENARIO, method, seed)
     flags = views.truth.member_flags
     scored = [{"attack": a.name, "shadows": "", "variance": "", "signals": "",
                "scores": a.run(views.for_attack(a), generator("run", seed, "attack", a.name)).scores}

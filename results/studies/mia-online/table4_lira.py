@@ -1,6 +1,6 @@
 """Table 4's membership cells with offline LiRA beside its two attacks (scenarios/studies/mia-online-table4.yaml).
 
-Reads the runs of that file (defenses none, dp-local, dp-central at epsilon 8; five methods; seeds 0-1) and prints
+Reads the runs of that file (defenses none, dp-local, dp-central at epsilon 8; five methods; seeds 0-5) and prints
 the README's two tables: per method, defense and attack the mean AUC and the members (of 64) found at 1% FPR per
 seed; per defense and attack the paired change in AUC against the undefended cell of the same method and seed, its
 standard deviation pooled over the methods (each method's pairs are one group, as Table 4 pools a column's cells), the minimum

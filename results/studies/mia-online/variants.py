@@ -31,7 +31,7 @@ from attacks.mia.lira import (
 )
 from bench.api.seeding import generator
 from bench.engine import federation as fl
-from bench.engine.runner import plan, prepare
+from bench.engine.runner import Plan, plan, prepare
 from bench.engine.views import ViewBuilder
 from bench.scoring.mia import point_metrics
 from bench.spec.scenario import load
@@ -59,13 +59,20 @@ def variants(fit: ShadowFit) -> dict[str, torch.Tensor]:
     }
 
 
-def cell(method: str, seed: int) -> list[dict]:
-    scenario = next(s for s in load(SCENARIO) if s.method.name == method)
+def trained_cell(path: str, method: str, seed: int) -> tuple[Plan, ViewBuilder]:
+    """``path``'s scenario of ``method`` as the sweep ran it at ``seed`` (same data, members and training): its plan
+    and the views its attacks read (shadow_counts.py uses it too)."""
+    scenario = next(s for s in load(path) if s.method.name == method)
     built = plan(scenario)
     p = prepare(scenario, seed, built)
     fl.run(p.fed, p.transcript, p.truth)
     views = ViewBuilder(scenario, seed, built, p.transcript, p.tokenizer, p.clients, p.task_data, p.truth,
                         max_candidates=scenario.federation.mia_candidates or None)
+    return built, views
+
+
+def cell(method: str, seed: int) -> list[dict]:
+    built, views = trained_cell(SCENARIO, method, seed)
     lira = next(a for a in built.attacks if a.name == "mia-lira")
     fit = lira.observe(views.for_attack(lira), generator("run", seed, "attack", lira.name))  # the sweep's generator
     flags = views.truth.member_flags
