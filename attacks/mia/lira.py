@@ -25,8 +25,8 @@ candidate's own mean; the paper's code takes the spread of all observations, whi
 spread between candidates' means, inflates the variance and flattens the ratio. ``variance: auto``
 uses the global variance below 64 shadows, where the paper reports per-example variances are
 unreliable. In Table 4's regime per-example variances did no better even at 128 offline federated shadows
-(mean AUC 0.628 against 0.640 pooled over ten cells, ``results/studies/mia-online/``, "How many shadows"):
-where candidates' spreads are alike, the pooled variance is the better-estimated one.
+(mean AUC 0.628 against 0.640 pooled over ten cells, ``results/studies/mia-online/``, "How many shadows");
+our reading: where candidates' spreads are alike, the pooled variance is the better-estimated one.
 
 Setting and departures: by default shadows are central fine-tunes of the base model with the target's
 method and hyperparameters on random halves of the pool (``view.train_shadow``, provided and cached by the
