@@ -1,8 +1,8 @@
 """Table 4's membership cells with offline LiRA beside its two attacks (scenarios/studies/mia-online-table4.yaml).
 
 Reads the runs of that file (defenses none, dp-local, dp-central at epsilon 8; five methods; seeds 0-5) and prints
-the README's two tables: per method, defense and attack the mean AUC and the members (of 64) found at 1% FPR per
-seed; per defense and attack the paired change in AUC against the undefended cell of the same method and seed, its
+the README's two tables: per method, defense and attack the mean AUC and the members found at 1% FPR per
+seed (of the run's members: 64 here); per defense and attack the paired change in AUC against the undefended cell of the same method and seed, its
 standard deviation pooled over the methods (each method's pairs are one group, as Table 4 pools a column's cells), the minimum
 detectable effect that sd gives at Table 4's 6 seeds, and the seeds Table 4's goal (0.05) would need
 (``bench.reporting``'s own formulas).
@@ -35,7 +35,9 @@ def figures(*runs: str) -> dict[tuple[str, str, str, int], dict[str, float]]:
         if config:
             names[row["run_id"]] = config.get("name", "")
         if names.get(row["run_id"], "").startswith(FILE) and row["attack"] in ATTACKS and row["metric"] in ("mia.auc", "mia.tpr@0.01"):
-            out[row["method"], row["defenses"], row["attack"], row["seed"]][row["metric"]] = row["value"]
+            entry = out[row["method"], row["defenses"], row["attack"], row["seed"]]
+            entry[row["metric"]] = row["value"]
+            entry["members"] = (row.get("extra") or {}).get("members", 0)  # the run's own count, not assumed
     return out
 
 
@@ -50,7 +52,7 @@ def main(*runs: str) -> None:
             for attack in ATTACKS:
                 got = [v for (m, d, a, _), v in sorted(data.items()) if (m, d, a) == (method, defense, attack)]
                 cells.append(f"{statistics.fmean(v['mia.auc'] for v in got):.3f} | "
-                             f"{', '.join(str(round(v['mia.tpr@0.01'] * 64)) for v in got)}" if got else " | ")
+                             f"{', '.join(str(round(v['mia.tpr@0.01'] * v['members'])) for v in got)}" if got else " | ")
             print(f"| {method} | {defense} | " + " | ".join(cells) + " |")
     print("\n| defense | attack | pairs | mean change in AUC | paired sd (pooled over methods) | MDE at 6 seeds | "
           "seeds for MDE 0.05 |\n|---|---|---|---|---|---|---|")
