@@ -11,8 +11,10 @@ moves the folder, as it does for the model cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -57,3 +59,25 @@ def load(kind: str, key: str) -> dict[str, object] | None:
 def save(kind: str, key: str, value: dict[str, object]) -> None:
     """Write ``value`` (tensors, numbers, strings, lists and dicts of them) under ``key``, atomically."""
     atomic_write_with(_path(kind, key), lambda file: torch.save(value, file))
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def _source_digest(files: tuple[str, ...]) -> str:
+    return digest(*[(name, Path(name).read_bytes()) for name in files])
+
+
+def source_digest(*components: object) -> str:
+    """A digest of the ``bench`` package's source and of the files that define ``components`` (instances or
+    classes: a method or task a plugin folder registered lives outside the package). A memo of something the
+    harness trains keys on it: any change to the code that could change the result is a miss (coarser than
+    needed, never stale). Read once per process."""
+    files = {str(p) for p in _PACKAGE.rglob("*.py")}
+    for component in components:
+        cls = component if isinstance(component, type) else type(component)
+        module = sys.modules.get(cls.__module__)
+        if module is not None and getattr(module, "__file__", None):
+            files.add(str(Path(module.__file__).resolve()))
+    return _source_digest(tuple(sorted(files)))

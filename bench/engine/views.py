@@ -3,7 +3,7 @@
 The builder also draws the membership candidates (members and non-members at random from the same
 distribution, equal in number), keeps the matching ground truth for the scorer, and offers shadow
 training (central fine-tunes with the run's method and hyperparameters, or the run's federation replayed on
-the shadow's records) cached per run.
+the shadow's records) cached per process and memoised on disk.
 
 A view never refers back to the builder: the base model's lazy loader (``BaseModelLoader``) and
 shadow training (``ShadowTrainer``) are small objects built from the model source, the task, the
@@ -27,6 +27,7 @@ from bench.api.transcript import GroundTruth, RoundRecord, ThreatView, Transcrip
 from bench.api.vocabulary import Vantage
 from bench.client.training import LocalJob, train_local
 from bench.engine import federation as fl
+from bench.engine import shadow_memo
 from bench.spec.scenario import MEASUREMENT_NEUTRAL
 from bench.world.models import ModelSource
 from bench.world.partition import ClientData
@@ -159,7 +160,9 @@ class ShadowTrainer:
     how clients are executed) are left out of the key (``setting``), which also seeds the fit: Table 4's
     undefended cell, which draws the learning curve, calibrates with the same references as its defended
     cells, so a cell's paired difference measures the defense and not a fresh draw of references. (Until
-    session 10 they were in the key: the undefended cell fine-tuned references of its own.)"""
+    session 10 they were in the key: the undefended cell fine-tuned references of its own.) Beyond this
+    process's last ``SHADOW_CACHE_SIZE`` shadows, the disk memo (``bench.engine.shadow_memo``) serves a shadow
+    any process trained before, so a sweep's workers train each one once."""
 
     setting: tuple
     """What the shadow depends on besides its examples (the cache key's prefix)."""
@@ -188,12 +191,22 @@ class ShadowTrainer:
         key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
         draw = int(torch.randint(2**31, (1,), generator=rng))
         if key not in SHADOW_CACHE:
-            fit = self._fit_federated if federated else self._fit
-            SHADOW_CACHE[key] = fit(examples, derive_seed(key, draw))
+            SHADOW_CACHE[key] = self._trained(key, examples, derive_seed(key, draw), federated)
             while len(SHADOW_CACHE) > SHADOW_CACHE_SIZE:
                 SHADOW_CACHE.popitem(last=False)
         SHADOW_CACHE.move_to_end(key)
         return SHADOW_CACHE[key]
+
+    def _trained(self, key: str, examples: list[dict], seed: int, federated: bool) -> OpenModel:
+        """The shadow: restored from the on-disk memo (``bench.engine.shadow_memo``) when a process trained it
+        before, else trained and stored."""
+        method = self._fresh_method(seed)
+        prepared = shadow_memo.state_of(method.model)
+        memo_key = shadow_memo.key(key, seed, prepared, self.device, method, self.task, self.source)
+        if not shadow_memo.restore(method.model, memo_key):
+            (self._fit_federated if federated else self._fit)(method, examples, seed)
+            shadow_memo.save(method.model, memo_key, prepared)
+        return OpenModel(method.model, method.layout(), self.task, self.tokenizer)
 
     def _fresh_method(self, seed: int) -> Method:
         """The run's method, prepared on a fresh copy of the base model (the run's initialisation)."""
@@ -204,12 +217,11 @@ class ShadowTrainer:
         method.prepare(model, task, generator(seed, "method"))
         return method
 
-    def _fit_federated(self, examples: list[dict], seed: int) -> OpenModel:
-        """The shadow trained as the target was: ``examples`` dealt at random over the federation's clients as
+    def _fit_federated(self, method: Method, examples: list[dict], seed: int) -> None:
+        """Train ``method`` as the target was: ``examples`` dealt at random over the federation's clients as
         their members, then the federation's own round loop (rounds, sampling, local steps, batching,
         aggregation) with no defense and no attack."""
         task, s = self.task, self.federation
-        method = self._fresh_method(seed)
         order = torch.randperm(len(examples), generator=generator(seed, "deal")).tolist()
         shares = [chunk.tolist() for chunk in torch.tensor_split(torch.tensor(order, dtype=torch.long), s.clients)]
         fed = fl.Federation(method=method, model=method.model, settings=s, seed_parts=("shadow", seed),
@@ -218,11 +230,10 @@ class ShadowTrainer:
         transcript = Transcript()
         fed.trainer = method.trainer(fed.trainer, transcript)
         fl.run(fed, transcript, GroundTruth())
-        return OpenModel(method.model, method.layout(), task, self.tokenizer)
 
-    def _fit(self, examples: list[dict], seed: int) -> OpenModel:
+    def _fit(self, method: Method, examples: list[dict], seed: int) -> None:
+        """Train ``method`` centrally on ``examples``, showing each as often as the federation showed a member."""
         task, s, device = self.task, self.federation, self.device
-        method = self._fresh_method(seed)
         steps = max(_matching_exposure_steps(s, len(examples)), 1)
         rng = generator(seed, "shadow")
         # a phased method (RLHF: reward model, then policy) walks the federation's rounds, each its share of
@@ -235,7 +246,6 @@ class ShadowTrainer:
                            example_losses=method.example_losses, steps=round_steps, batch_size=s.batch_size, lr=s.lr,
                            optimizer=s.optimizer, rng=rng)
             method.trainer(train_local, Transcript())(job)
-        return OpenModel(method.model, method.layout(), task, self.tokenizer)
 
 
 def _phase_schedule(phased: bool, rounds: int, steps: int) -> list[tuple[int, int]]:
