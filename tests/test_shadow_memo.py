@@ -67,12 +67,15 @@ def _check_round_trip(tmp_path, monkeypatch, method, task, federated, folder):
 
 
 def test_the_key_sees_the_shadow_seed_the_prepared_weights_and_the_thread_count(tmp_path):
-    prepared = {"w": torch.zeros(3)}
+    model = torch.nn.Linear(3, 1)
+    prepared = shadow_memo.fingerprint(model)
     base = shadow_memo.key("k", 1, prepared, torch.device("cpu"))
-    assert shadow_memo.key("k", 1, {"w": torch.zeros(3)}, torch.device("cpu")) == base
+    assert shadow_memo.key("k", 1, shadow_memo.fingerprint(model), torch.device("cpu")) == base
     assert shadow_memo.key("k", 2, prepared, torch.device("cpu")) != base
     assert shadow_memo.key("other", 1, prepared, torch.device("cpu")) != base
-    assert shadow_memo.key("k", 1, {"w": torch.tensor([0.0, 0.0, 1e-30])}, torch.device("cpu")) != base
+    with torch.no_grad():
+        model.weight.view(-1)[0:1].view(torch.int32).bitwise_xor_(1)  # one bit of one weight
+    assert shadow_memo.key("k", 1, shadow_memo.fingerprint(model), torch.device("cpu")) != base
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads + 1)

@@ -78,6 +78,7 @@ def source_digest(*components: object) -> str:
     for component in components:
         cls = component if isinstance(component, type) else type(component)
         module = sys.modules.get(cls.__module__)
-        if module is not None and getattr(module, "__file__", None):
-            files.add(str(Path(module.__file__).resolve()))
+        source = vars(module).get("__file__") if module is not None else None  # None for a module built in memory
+        if source:
+            files.add(str(Path(source).resolve()))
     return _source_digest(tuple(sorted(files)))

@@ -25,14 +25,15 @@ MEMO_KIND = "shadow"
 MAX_BYTES = 256 * 2**20
 
 
-def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of every tensor of ``model``'s state (what training could change)."""
-    return {name: t.detach().clone() for name, t in model.state_dict().items() if isinstance(t, torch.Tensor)}
+def fingerprint(model: nn.Module) -> dict[str, str]:
+    """A digest per tensor of ``model``'s state (what training could change). Digests, not a copy: a copy of a
+    large model's state would double its memory on the accelerator; each tensor passes through host memory alone."""
+    return {name: memo.digest(t) for name, t in model.state_dict().items() if isinstance(t, torch.Tensor)}
 
 
-def key(shadow_key: str, seed: int, prepared: dict[str, torch.Tensor], device: torch.device, *code: object) -> str:
-    """The digest a shadow is stored under (``prepared``: ``state_of`` the model before training; ``code``: the
-    method, task and model source, whose defining files join the package's source)."""
+def key(shadow_key: str, seed: int, prepared: dict[str, str], device: torch.device, *code: object) -> str:
+    """The digest a shadow is stored under (``prepared``: the ``fingerprint`` of the model before training; ``code``:
+    the method, task and model source, whose defining files join the package's source)."""
     return memo.digest(MEMO_KIND, shadow_key, seed, memo.source_digest(*code), torch.__version__,
                        torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(), str(device),
                        *[part for name in sorted(prepared) for part in (name, prepared[name])])
@@ -53,9 +54,9 @@ def restore(model: nn.Module, memo_key: str) -> bool:
     return True
 
 
-def save(model: nn.Module, memo_key: str, prepared: dict[str, torch.Tensor]) -> None:
-    """Store the tensors of ``model``'s state that differ from ``prepared`` (skipped above ``MAX_BYTES``)."""
+def save(model: nn.Module, memo_key: str, prepared: dict[str, str]) -> None:
+    """Store the tensors of ``model``'s state whose digest differs from ``prepared`` (skipped above ``MAX_BYTES``)."""
     changed = {name: t.detach().cpu().clone() for name, t in model.state_dict().items()
-               if isinstance(t, torch.Tensor) and not torch.equal(t, prepared[name])}
+               if isinstance(t, torch.Tensor) and memo.digest(t) != prepared.get(name)}
     if sum(t.numel() * t.element_size() for t in changed.values()) <= MAX_BYTES:
         memo.save(MEMO_KIND, memo_key, {"changed": changed})

@@ -201,7 +201,7 @@ class ShadowTrainer:
         """The shadow: restored from the on-disk memo (``bench.engine.shadow_memo``) when a process trained it
         before, else trained and stored."""
         method = self._fresh_method(seed)
-        prepared = shadow_memo.state_of(method.model)
+        prepared = shadow_memo.fingerprint(method.model)
         memo_key = shadow_memo.key(key, seed, prepared, self.device, method, self.task, self.source)
         if not shadow_memo.restore(method.model, memo_key):
             (self._fit_federated if federated else self._fit)(method, examples, seed)
