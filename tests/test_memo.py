@@ -20,6 +20,13 @@ def test_the_digest_changes_with_any_bit_of_a_tensor_and_with_its_shape_or_dtype
     assert memo.digest("b", x) != base
 
 
+def test_a_zero_dimensional_tensor_has_a_digest_of_its_own():
+    counter = torch.tensor(3)  # as a model's state holds counters
+    assert memo.digest(counter) == memo.digest(torch.tensor(3))
+    assert memo.digest(counter) != memo.digest(torch.tensor([3]))
+    assert memo.digest(counter) != memo.digest(torch.tensor(4))
+
+
 def test_an_entry_round_trips_and_a_broken_one_is_a_miss(tmp_path, monkeypatch):
     monkeypatch.setenv("TIERBENCH_CACHE", str(tmp_path))
     assert memo.load("kind", "key") is None

@@ -34,7 +34,8 @@ def digest(*parts: object) -> str:
         if isinstance(part, torch.Tensor):
             flat = part.detach().cpu().contiguous()
             hasher.update(f"{flat.dtype}{tuple(flat.shape)}".encode())
-            hasher.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+            # reshape: a 0-dim tensor (a counter buffer in a model's state) cannot be viewed as bytes directly
+            hasher.update(flat.reshape(-1).view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
         else:
             hasher.update(repr(part).encode())
         hasher.update(b"\x00")

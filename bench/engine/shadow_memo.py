@@ -46,7 +46,8 @@ def restore(model: nn.Module, memo_key: str) -> bool:
         return False
     changed = entry.get("changed")
     state = model.state_dict()
-    if not isinstance(changed, dict) or any(name not in state or state[name].shape != t.shape for name, t in changed.items()):
+    if not isinstance(changed, dict) or any(name not in state or state[name].shape != t.shape or state[name].dtype != t.dtype
+                                            for name, t in changed.items()):
         return False  # written by other code under a colliding key: recompute
     with torch.no_grad():
         for name, tensor in changed.items():
