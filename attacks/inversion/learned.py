@@ -136,15 +136,15 @@ class LearnedInversion(Attack):
 
     def _key(self, view: ThreatView, method: OpenHandle, public: list[dict[str, torch.Tensor]], state: torch.Tensor,
              rng: torch.Generator) -> str:
-        """A digest of everything ``_build`` reads: this file, the torch build and thread count (float results
-        depend on them), the settings, the broadcast state, every weight of the attacked and the sampling model,
+        """A digest of everything ``_build`` reads: this file, ``memo.platform`` (the torch build, CPU kernel path,
+        thread count and device: float results depend on them), the settings, the broadcast state, every weight of the attacked and the sampling model,
         the public records as collated, the tokenizer's special tokens, and the generator's state."""
         with model_at(method, state) as model:  # digested inside: the state_dict's tensors are the live weights
             weights = memo.digest(*[t for t in model.state_dict().values() if isinstance(t, torch.Tensor)])
         sampler = view.base_model.module() if self.config.samples else None
         sampling = [t for t in sampler.state_dict().values() if isinstance(t, torch.Tensor)] if sampler is not None else []
         tokens = [b[k] for b in public for k in sorted(b)]
-        return memo.digest(_SOURCE, torch.__version__, torch.get_num_threads(), str(method.device), self.config,
+        return memo.digest(_SOURCE, *memo.platform(method.device), self.config,
                            view.federation.batch_size, view.task.kind, view.task.config, state, weights, *sampling, *tokens,
                            view.tokenizer.eos_token_id if view.tokenizer is not None else None,
                            view.tokenizer.pad_token_id if view.tokenizer is not None else None, rng.get_state())

@@ -62,6 +62,12 @@ def save(kind: str, key: str, value: dict[str, object]) -> None:
     atomic_write_with(_path(kind, key), lambda file: torch.save(value, file))
 
 
+def platform(device: torch.device | str) -> tuple[str, str, int, str]:
+    """What a computation's floats depend on besides its inputs: the torch build, its CPU kernel path, the thread
+    count and the device. Every memo key includes it."""
+    return torch.__version__, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(), str(device)
+
+
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 

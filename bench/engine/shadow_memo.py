@@ -34,8 +34,7 @@ def fingerprint(model: nn.Module) -> dict[str, str]:
 def key(shadow_key: str, seed: int, prepared: dict[str, str], device: torch.device, *code: object) -> str:
     """The digest a shadow is stored under (``prepared``: the ``fingerprint`` of the model before training; ``code``:
     the method, task and model source, whose defining files join the package's source)."""
-    return memo.digest(MEMO_KIND, shadow_key, seed, memo.source_digest(*code), torch.__version__,
-                       torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(), str(device),
+    return memo.digest(MEMO_KIND, shadow_key, seed, memo.source_digest(*code), *memo.platform(device),
                        *[part for name in sorted(prepared) for part in (name, prepared[name])])
 
 
