@@ -53,6 +53,18 @@ def test_a_run_two_files_plan_is_priced_once_at_its_last_place(tmp_path):
     assert "20 s wall" in lines[-1] and "lower bound" in lines[-1]  # two workers: 10 and 20 side by side
 
 
+def test_seeds_replaces_every_files_seeds_as_bench_run_does(tmp_path):
+    first, second = _files(tmp_path)
+    cell = load_many([str(first)])[0].hash
+    rows = [{"scenario_hash": cell, "seed": seed, "wall_s": 1.0 + seed, "metric": "a"} for seed in range(4)]
+    entries, order = bench_budget.budget([str(first), str(second)], rows, "cpu-small", seeds=3)
+    by_name = {Path(e.file).name: e for e in entries}
+    # both files now plan seeds 0-2 of the one cell: each run is priced once, at the second file's place
+    assert (by_name["first.yaml"].planned, by_name["first.yaml"].runs) == (3, 0)
+    assert (by_name["second.yaml"].planned, by_name["second.yaml"].runs, by_name["second.yaml"].walls) == (3, 3, [1.0, 2.0, 3.0])
+    assert order == [1.0, 2.0, 3.0]  # seed 3, outside 0..2, is not priced
+
+
 def test_the_command_prices_a_store_and_refuses_bad_input(tmp_path, capsys):
     first, _ = _files(tmp_path)
     store = tmp_path / "store"
@@ -62,6 +74,8 @@ def test_the_command_prices_a_store_and_refuses_bad_input(tmp_path, capsys):
     (store / "results.jsonl").write_text("")
     assert bench_budget.main([str(store), str(first), "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
+    assert bench_budget.main([str(store), str(first), "--seeds", "0"]) == 2
+    assert "--seeds" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text(SCENARIO.format(name="bad", seeds="[0]") + "federaton: {}\n")
     assert bench_budget.main([str(store), str(bad)]) == 2

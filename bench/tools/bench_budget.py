@@ -1,6 +1,6 @@
 """How long would a sweep of these files take, by the run times a store recorded? (Issue 15 item 5's figure.)
 
-    python -m bench.tools.bench_budget STORE FILE [FILE ...] [--workers 2] [--preset cpu-small]
+    python -m bench.tools.bench_budget STORE FILE [FILE ...] [--workers 2] [--preset cpu-small] [--seeds N]
 
 Plans the sweep as ``bench run FILE ... --preset PRESET`` into an empty store would (the grid's runs, preceded
 by the clean twins its poisoning runs need, each (scenario, seed) run once however many files plan it:
@@ -10,6 +10,8 @@ the file plans, the runs the sweep runs for it (a run shared with a later file c
 and the sum and median of the recorded ``wall_s`` (one single-threaded run's wall time as it was recorded); then,
 for the whole sweep, the wall time of ``--workers`` workers that each take the next run as soon as they are free
 (what ``--executor pool`` does). A run STORE lacks adds nothing: the estimate is then a lower bound, and says so.
+``--seeds N`` plans seeds 0..N-1 of every file instead of the files' seeds, as ``bench run --seeds N`` would: with
+N = 5, the fewest seeds issue 15 allows a Table 4 cell, the smallest sweep of these files that Table 4 may rest on.
 
 It reads what was recorded, when and where it was recorded: runs timed on other machines, under load or
 before a change of regime keep their old times, and a run that built an artefact later runs read from the
@@ -65,8 +67,10 @@ def pool_wall(walls: Sequence[float], workers: int) -> float:
     return max(free_at)
 
 
-def budget(files: Sequence[str], store_rows: Sequence[dict], preset: str) -> tuple[list[FileBudget], list[float]]:
-    """Per file, its planned runs and their recorded times; and every found run's time in the sweep's order."""
+def budget(files: Sequence[str], store_rows: Sequence[dict], preset: str,
+           seeds: int | None = None) -> tuple[list[FileBudget], list[float]]:
+    """Per file, its planned runs and their recorded times; and every found run's time in the sweep's order.
+    ``seeds``: seeds 0..seeds-1 of every file instead of its own (``bench run --seeds``)."""
     from bench.engine.sweep import pending_jobs, planned_runs
     from bench.spec.presets import apply
     from bench.spec.scenario import load_many
@@ -74,7 +78,7 @@ def budget(files: Sequence[str], store_rows: Sequence[dict], preset: str) -> tup
     scenarios = apply(load_many(list(files)), preset)
     walls = recorded_walls(store_rows)
     with _empty_store() as empty:
-        planned = planned_runs(scenarios, empty)
+        planned = planned_runs(scenarios, empty, seeds)
     by_file = {str(Path(f)): FileBudget(file=str(f)) for f in files}
 
     def entry(scenario) -> FileBudget:
@@ -127,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("files", nargs="+", help="the scenario files of the sweep")
     parser.add_argument("--workers", type=int, default=2, help="pool workers (default 2)")
     parser.add_argument("--preset", default="cpu-small", help="size overlay, as bench run's (default cpu-small)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="plan seeds 0..N-1 of every file instead of the files' seeds, as bench run's --seeds")
     args = parser.parse_args(argv)
     from bench.api.errors import UserError
     from bench.store.results import ResultStore
@@ -138,8 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         print(f"--workers: {args.workers} is not allowed; give 1 or more", file=sys.stderr)
         return 2
+    if args.seeds is not None and not 1 <= args.seeds <= 1000:
+        print(f"--seeds: {args.seeds} is not allowed; give 1 to 1000, as bench run's --seeds", file=sys.stderr)
+        return 2
     try:
-        entries, order = budget(args.files, ResultStore(args.store).rows(), args.preset)
+        entries, order = budget(args.files, ResultStore(args.store).rows(), args.preset, args.seeds)
     except UserError as error:  # a scenario file's mistake: the message names the file and key
         print(f"error: {error}", file=sys.stderr)
         return 2
